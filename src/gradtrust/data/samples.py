@@ -1,0 +1,51 @@
+"""The items every dataset yields, and the collate function that sets unreadable samples aside.
+
+A dataset never raises for one bad file: it returns a :class:`Sample` with ``input=None`` and the reason,
+so that a long run records the failure and goes on (see ``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+
+class Sample(NamedTuple):
+    """One dataset item: the model-ready tensor (or ``None`` when unreadable) and where it came from."""
+
+    input: torch.Tensor | None
+    label: int
+    index: int
+    path: str
+    error: str = ""
+
+
+class Batch(NamedTuple):
+    """A collated batch: the readable samples stacked, the unreadable ones listed in ``failures``."""
+
+    inputs: torch.Tensor | None
+    labels: torch.Tensor
+    indices: torch.Tensor
+    paths: list[str]
+    failures: list[tuple[int, str, str]]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def collate_samples(samples: Sequence[Sample]) -> Batch:
+    """Stack the readable samples of a list into a :class:`Batch`; failed ones go to ``failures``.
+
+    ``inputs`` is ``None`` when every sample of the batch failed.
+    """
+    good = [s for s in samples if s.input is not None and not s.error]
+    failures = [(int(s.index), str(s.path), s.error or "unreadable") for s in samples if s.input is None or s.error]
+    inputs = torch.stack([s.input for s in good]) if good else None
+    return Batch(
+        inputs=inputs,
+        labels=torch.tensor([s.label for s in good], dtype=torch.int64),
+        indices=torch.tensor([s.index for s in good], dtype=torch.int64),
+        paths=[s.path for s in good],
+        failures=failures,
+    )
