@@ -1,0 +1,136 @@
+"""``gradtrust.score``: every requested trust score of one batch, each network pass run at most once."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from gradtrust.errors import InputError, ModelError
+from gradtrust.scores.passes import BatchPasses, ScoreOptions
+from gradtrust.scores.registry import Method, available_methods, get_method
+from gradtrust.scores.result import ScoreResult
+from gradtrust.scores.state import scoring_state
+
+GRADIENT_METHODS = ("gradtrust", "gradtrust_topk", "gradnorm")
+
+
+def resolve_methods(methods: str | Iterable[str] | None) -> tuple[list[Method], bool]:
+    """Turn ``None``/``"all"``/``"a,b"``/``["a", "b"]`` into registered methods; also say whether the list
+    was explicit (explicit methods that cannot apply raise, default ones are skipped with a reason)."""
+    if methods is None or methods == "all" or (not isinstance(methods, str) and list(methods) == ["all"]):
+        return [get_method(name) for name in available_methods()], False
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = [n for n in names if n]
+    if not names:
+        raise InputError(f"no methods given; choose from: {', '.join(available_methods())}, or 'all'.")
+    unique = list(dict.fromkeys(names))
+    return [get_method(name) for name in unique], True
+
+
+def _as_module(model) -> nn.Module:
+    module = getattr(model, "module", model)  # a LoadedModel carries the nn.Module as .module
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module (or a gradtrust LoadedModel), got {type(model).__name__}.")
+    return module
+
+
+def _prepare_inputs(module: nn.Module, inputs) -> torch.Tensor:
+    """Validate the batch and move it to the model's device and floating dtype."""
+    if not isinstance(inputs, torch.Tensor):
+        try:
+            inputs = torch.as_tensor(inputs)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"inputs must be a tensor (batch first), got {type(inputs).__name__}.") from exc
+    if inputs.dim() < 2:
+        raise InputError(f"inputs must be a batch with the batch dimension first, got shape {tuple(inputs.shape)}; "
+                         "for a single sample use inputs.unsqueeze(0).")
+    if inputs.shape[0] == 0:
+        raise InputError("inputs hold an empty batch (batch dimension 0).")
+    if not inputs.is_floating_point():
+        raise InputError(f"inputs must be a floating-point tensor already preprocessed for the model, got dtype "
+                         f"{inputs.dtype}; convert images with the model's transform (LoadedModel.transform) first.")
+    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if reference is None:
+        reference = next((b for b in module.buffers() if b.is_floating_point()), None)
+    if reference is not None:
+        inputs = inputs.to(device=reference.device, dtype=reference.dtype)
+    return inputs
+
+
+def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_ids=None, **options) -> ScoreResult:
+    """Trust scores of a batch: ``result[name]`` has one float64 value per sample, higher = more trustworthy.
+
+    Args:
+        model: a classifier ``nn.Module`` (or a :class:`gradtrust.models.LoadedModel`) mapping a batch to
+            logits (B, C). It is scored in eval mode and left exactly as it was found.
+        inputs: a preprocessed float batch (B, ...), moved to the model's device and dtype.
+        methods: names from :func:`gradtrust.available_methods` (a list, or a comma-separated string);
+            ``None`` or ``"all"`` = every method that applies to this model (the others are listed in
+            ``result.skipped``). An explicitly requested method that cannot apply raises an error.
+        sample_ids: stable ids of the samples (default ``0..B−1``); MC-dropout masks depend on them, so a
+            sample scores the same in any batch.
+        **options: see :class:`gradtrust.scores.passes.ScoreOptions` (``odin_temperature``, ``odin_epsilon``,
+            ``mc_samples``, ``topk``, ``layer``, ``gradient_path``, ``purview_backend``, ``pnorm_p``, ``seed``…).
+
+    Cost: the forward-pass scores (softmax, entropy, max_logit, margin, brier, logit_margin, energy, doctor,
+    maxlogit_pnorm, gradtrust, gradtrust_topk, gradnorm) share one forward pass; ODIN adds an input-gradient
+    pass and a forward; Purview a backward with per-sample parameter gradients; MC dropout ``T`` forwards.
+    """
+    module = _as_module(model)
+    chosen, explicit = resolve_methods(methods)
+    opts = ScoreOptions.from_kwargs(**options)
+    x = _prepare_inputs(module, inputs)
+    batch = x.shape[0]
+    ids = torch.arange(batch) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.int64).flatten()
+    if ids.shape[0] != batch:
+        raise InputError(f"sample_ids has {ids.shape[0]} entries for a batch of {batch} samples.")
+    needs = frozenset().union(*(m.needs for m in chosen))
+
+    with scoring_state(module):
+        passes = BatchPasses(module, x, opts, ids, needs)
+        try:
+            logits = passes.logits
+        except RuntimeError as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"the model could not run on inputs of shape {tuple(x.shape)} ({x.dtype}): {first_line}. "
+                             "Check the input size and channels the model expects and apply its preprocessing "
+                             "(LoadedModel.transform).") from exc
+        scores, reasons, skipped, parameters = {}, {}, {}, {}
+        for method in chosen:
+            problem = _why_not_applicable(method, passes)
+            if problem is not None:
+                if explicit:
+                    raise ModelError(f"{method.name}: {problem}")
+                skipped[method.name] = problem
+                continue
+            values, why = method(passes)
+            scores[method.name], reasons[method.name] = values, why
+            parameters[method.name] = _method_parameters(method, passes)
+        info = {"final_layer": passes.final_layer_name, "num_classes": passes.num_classes}
+        if any(name in scores for name in GRADIENT_METHODS):
+            info["gradient_path"] = "autograd" if passes.uses_autograd_path else "closed_form"
+            info["gradient_layer"] = opts.layer or passes.final_layer_name
+        if passes.purview_backend_used:
+            info["purview_backend"] = passes.purview_backend_used
+        return ScoreResult(scores=scores, prediction=passes.prediction.cpu(), logits=logits.float().cpu(),
+                           reasons=reasons, skipped=skipped, parameters=parameters, info=info)
+
+
+def _why_not_applicable(method: Method, passes: BatchPasses) -> str | None:
+    if method.name in GRADIENT_METHODS:
+        return passes.gradient_layer_problem()
+    if method.name == "mc_dropout" and not passes.dropout_layers:
+        return ("the model has no dropout layer with p > 0 (nn.Dropout / Dropout1d/2d/3d), so MC dropout is "
+                "undefined; leave mc_dropout out of the methods.")
+    return None
+
+
+def _method_parameters(method: Method, passes: BatchPasses) -> dict:
+    params = {name: getattr(passes.options, name) for name in method.options}
+    if method.name == "gradtrust_topk":
+        params["topk"] = min(passes.options.topk or 10, max(passes.num_classes - 1, 1))
+    if "layer" in params and params["layer"] is None:
+        params["layer"] = passes.final_layer_name
+    return params

@@ -1,0 +1,473 @@
+"""The passes of the network that trust scores are computed from, each run at most once per batch.
+
+:class:`BatchPasses` exposes every per-batch quantity as a lazily computed, cached property. A method reads
+the properties it needs; the first reader pays for the pass, every later reader gets it for free:
+
+| property | pass | cost |
+| --- | --- | --- |
+| ``logits``, ``features`` | one forward pass, penultimate features from a hook on the final ``nn.Linear`` | 1 forward |
+| ``odin_logits`` | input gradient of ``−log softmax(z/T)_ŷ``, then a forward on the perturbed input | ~1 backward + 1 forward |
+| ``parameter_sq_norms`` | per-sample ``‖∂L/∂θ_j‖²`` of every parameter tensor under ``BCE(z, 1)`` | ~1 backward + per-sample weight grads |
+| ``mc_probabilities`` | ``T`` forward passes with seeded per-sample dropout masks | T forwards |
+| ``row_energies``, ``uniform_ce_grad_l1`` | closed forms from the forward pass, or per-sample autograd on ``layer=`` | 0, or ~1 backward each |
+
+When any gradient is needed the single forward pass is run with autograd recording (input
+``requires_grad``, parameters frozen) and every backward pass reuses its graph.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, fields
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradtrust.errors import ModelError, UnknownNameError
+from gradtrust.scores import per_sample
+from gradtrust.scores.dropout import dropout_modules, seeded_dropout
+from gradtrust.scores.per_sample import LayerCapture, UnsupportedForHooks, model_logits
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Every option a trust score reads, with the defaults of SPEC §1 (the GradTrust release).
+
+    Attributes:
+        odin_temperature: ODIN's temperature ``T`` (default 100).
+        odin_epsilon: ODIN's perturbation size ``ε`` in the model's input space (default 0.0014).
+        mc_samples: number ``T`` of MC-dropout passes (default 10).
+        topk: number of counterfactual classes for ``gradtrust_topk``; ``None`` = ``min(10, C − 1)``.
+        layer: module name whose weight gradients the gradient scores use; ``None`` = the final
+            ``nn.Linear``. A layer other than the final one goes through per-sample autograd.
+        gradient_path: ``"auto"`` (closed form on the final layer, autograd elsewhere), ``"closed_form"``
+            or ``"autograd"`` (per-sample autograd even on the final layer, to check the closed form).
+        purview_backend: ``"auto"`` (hooks, then ``torch.func.vmap``, then a loop), ``"hooks"``, ``"vmap"``
+            or ``"loop"``.
+        pnorm_p: the ``p`` of ``maxlogit_pnorm`` (default 2).
+        seed: seed of the MC-dropout masks; with ``sample_ids`` it fixes them per sample.
+        chunk_bytes: memory bound for one block of materialised per-sample gradients.
+    """
+
+    odin_temperature: float = 100.0
+    odin_epsilon: float = 0.0014
+    mc_samples: int = 10
+    topk: int | None = None
+    layer: str | None = None
+    gradient_path: str = "auto"
+    purview_backend: str = "auto"
+    pnorm_p: float = 2.0
+    seed: int = 0
+    chunk_bytes: int = per_sample.DEFAULT_CHUNK_BYTES
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "ScoreOptions":
+        """Build options from keyword arguments, rejecting unknown names and bad values clearly."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise UnknownNameError(f"unknown scoring option(s) {', '.join(unknown)}. Valid options: {', '.join(valid)}.")
+        options = cls(**kwargs)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        checks = [
+            (self.odin_temperature > 0, "odin_temperature must be > 0"),
+            (self.odin_epsilon >= 0, "odin_epsilon must be >= 0"),
+            (isinstance(self.mc_samples, int) and self.mc_samples >= 1, "mc_samples must be an integer >= 1"),
+            (self.topk is None or (isinstance(self.topk, int) and self.topk >= 1), "topk must be None or an integer >= 1"),
+            (self.gradient_path in ("auto", "closed_form", "autograd"),
+             "gradient_path must be 'auto', 'closed_form' or 'autograd'"),
+            (self.purview_backend in ("auto", "hooks", "vmap", "loop"),
+             "purview_backend must be 'auto', 'hooks', 'vmap' or 'loop'"),
+            (self.pnorm_p > 0, "pnorm_p must be > 0"),
+            (self.chunk_bytes > 0, "chunk_bytes must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message} (got {self!r})")
+
+
+# The final layer found for a model, so later batches hook that one layer instead of every nn.Linear.
+_FINAL_LAYER_CACHE: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class GradientRows:
+    """Per-sample statistics of a weight gradient ``G`` (rows = output units), float64 on the CPU."""
+
+    row_energy: torch.Tensor  # (B, R): e_r = Var_d(G_{r,d}²)
+    l1: torch.Tensor | None = None  # (B,): ‖G‖₁
+
+
+class BatchPasses:
+    """Lazily computed per-batch quantities of ``model`` on ``inputs`` (see the module docstring).
+
+    ``model`` must already be in the scoring state (:func:`gradtrust.scores.state.scoring_state`).
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, options: ScoreOptions,
+                 sample_ids: torch.Tensor, needs: frozenset[str]):
+        self.model = model
+        self.inputs = inputs
+        self.options = options
+        self.sample_ids = sample_ids
+        self.needs = needs
+        self._record_graph = bool(needs & {"odin", "per_sample_gradients"}) or (
+            "counterfactual_gradients" in needs and (options.layer is not None or options.gradient_path == "autograd"))
+        self.purview_backend_used: str | None = None
+
+    # ------------------------------------------------------------------ the forward pass
+    @cached_property
+    def _forward(self) -> dict:
+        """The one forward pass (recording an autograd graph when any method needs a gradient)."""
+        return self._run_forward(self._record_graph)
+
+    def _graph_forward(self) -> dict:
+        """A forward pass with a recorded graph: the shared one, or (rarely) a second forward when the
+        shared one was run without a graph and the gradient scores turn out to need autograd."""
+        if self._forward["x"].requires_grad:
+            return self._forward
+        if "_second_forward" not in self.__dict__:
+            self.__dict__["_second_forward"] = self._run_forward(True)
+        return self.__dict__["_second_forward"]
+
+    def _run_forward(self, record_graph: bool) -> dict:
+        """Run the model once, capturing the final layer's input/output and, if needed, layer activations."""
+        model, options = self.model, self.options
+        cached_final = _FINAL_LAYER_CACHE.get(model)
+        linears = ({cached_final: model.get_submodule(cached_final)} if cached_final is not None else
+                   {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+        seen: list[tuple] = []
+        handles = [m.register_forward_hook(
+            lambda mod, args, out, name=name: seen.append((name, mod, args[0], out, out._version)))
+            for name, m in linears.items()]
+
+        capture_layers: dict[str, nn.Module] = {}
+        self._purview_hooks_error = getattr(self, "_purview_hooks_error", None)
+        if record_graph and "per_sample_gradients" in self.needs and options.purview_backend in ("auto", "hooks"):
+            try:
+                capture_layers.update(per_sample.hook_layers_for_all_parameters(model))
+            except UnsupportedForHooks as exc:
+                self._purview_hooks_error = str(exc)
+        if record_graph and options.layer is not None:
+            capture_layers[options.layer] = self.layer_module
+        capture = LayerCapture(capture_layers)
+        x = self.inputs.detach().requires_grad_(record_graph)
+        try:
+            with capture, torch.set_grad_enabled(record_graph):
+                logits = model_logits(model, x)
+        except TypeError as exc:
+            raise ModelError(str(exc)) from exc
+        finally:
+            for handle in handles:
+                handle.remove()
+        if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            raise ModelError(f"the model returned logits of shape {tuple(logits.shape)}; expected "
+                             f"(batch={x.shape[0]}, classes). GradTrust scores classifiers whose output is one "
+                             "logit per class.")
+        num_classes = logits.shape[1]
+        final = [entry for entry in seen if entry[3].shape[-1] == num_classes]
+        final_info = final[-1] if final else None
+        if final_info is not None and cached_final is None:
+            _FINAL_LAYER_CACHE[model] = final_info[0]
+        return {"x": x, "logits_graph": logits, "final": final_info, "capture": capture}
+
+    @cached_property
+    def logits(self) -> torch.Tensor:
+        """The model's logits ``z`` (B, C) as float64, detached."""
+        return self._forward["logits_graph"].detach().double()
+
+    @cached_property
+    def prediction(self) -> torch.Tensor:
+        """``ŷ = argmax_c z_c`` (B,) int64."""
+        return self.logits.argmax(dim=1)
+
+    @cached_property
+    def num_classes(self) -> int:
+        return self.logits.shape[1]
+
+    @cached_property
+    def finite(self) -> torch.Tensor:
+        """Samples whose logits are all finite; the others get NaN for every score."""
+        return torch.isfinite(self.logits).all(dim=1)
+
+    @property
+    def final_layer_name(self) -> str | None:
+        """Name of the final ``nn.Linear`` (the last one to run with one output per class), or None."""
+        final = self._forward["final"]
+        return final[0] if final is not None else None
+
+    @cached_property
+    def closed_form_applies(self) -> bool:
+        """Whether the final layer's output *is* the logits, with one feature vector per sample."""
+        final = self._forward["final"]
+        if final is None:
+            return False
+        _, _, a, out, _ = final
+        return out is self._forward["logits_graph"] and a.dim() == 2
+
+    @cached_property
+    def features(self) -> torch.Tensor:
+        """Penultimate features ``h`` (B, D) float64: the input of the final ``nn.Linear``."""
+        final = self._forward["final"]
+        if final is None:
+            raise ModelError(self.no_final_linear_message())
+        return final[2].detach().reshape(final[2].shape[0], -1).double()
+
+    def no_final_linear_message(self) -> str:
+        return (f"no nn.Linear with {self.num_classes} outputs runs last in this model "
+                f"({type(self.model).__name__}), so the closed-form gradient scores do not apply. Pass "
+                "layer='<module name>' (any nn.Linear or nn.ConvNd, e.g. the classifier convolution) to compute "
+                "them by per-sample autograd on that layer, or leave out gradtrust, gradtrust_topk and gradnorm.")
+
+    # ------------------------------------------------------------------ gradient scores: where from
+    @cached_property
+    def layer_module(self) -> nn.Module:
+        """The module named by ``layer=`` (validated: an ``nn.Linear`` or ``nn.ConvNd``)."""
+        name = self.options.layer
+        try:
+            module = self.model.get_submodule(name)
+        except AttributeError:
+            candidates = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, *per_sample._CONV))]
+            raise UnknownNameError(f"layer={name!r} is not a module of this model. Layers that can be used: "
+                                   f"{', '.join(candidates[-8:])}{' …' if len(candidates) > 8 else ''}.") from None
+        if not (isinstance(module, nn.Linear) or type(module) in per_sample._CONV):
+            raise ModelError(f"layer={name!r} is a {type(module).__name__}; gradient scores need an nn.Linear or "
+                             "nn.Conv1d/2d/3d layer.")
+        if type(module) in per_sample._CONV and not per_sample.supports_hooks(module):
+            raise ModelError(f"layer={name!r} uses padding={module.padding!r}, padding_mode={module.padding_mode!r}; "
+                             "only numeric padding with padding_mode='zeros' is supported for per-sample gradients.")
+        return module
+
+    @cached_property
+    def uses_autograd_path(self) -> bool:
+        """Whether the gradient scores come from per-sample autograd rather than the closed forms."""
+        opts = self.options
+        if opts.gradient_path == "autograd":
+            return True
+        on_final = opts.layer is None or opts.layer == self.final_layer_name
+        if opts.gradient_path == "closed_form":
+            if not (on_final and self.closed_form_applies):
+                raise ModelError("gradient_path='closed_form' needs the final nn.Linear whose output is the logits; "
+                                 + ("" if self.final_layer_name else self.no_final_linear_message()))
+            return False
+        return not (on_final and self.closed_form_applies)
+
+    def gradient_layer_problem(self) -> str | None:
+        """Why the gradient scores cannot be computed for this model, or None when they can."""
+        if self.options.layer is None and self.final_layer_name is None:
+            return self.no_final_linear_message()
+        return None
+
+    # ------------------------------------------------------------------ gradient scores: closed forms
+    @cached_property
+    def feature_sq_variance(self) -> torch.Tensor:
+        """``Var_d(h_d²)`` (unbiased) per sample: zero means the gradient rows carry no variance."""
+        return self.features.square().var(dim=1, unbiased=True)
+
+    @cached_property
+    def mse_gradient_rows(self) -> GradientRows:
+        """Row energies ``e_r = Var_d(G_{r,d}²)`` of ``G = ∂L/∂W`` for ``L = (1/C) Σ_c (z_c − 1/C)²``.
+
+        Closed form (SPEC §1, "GradTrust's closed form"): ``G = a hᵀ`` with ``a_c = (2/C)(z_c − 1/C)``, so
+        ``e_c = a_c⁴ · Var_d(h_d²)``. Otherwise per-sample autograd on the chosen layer.
+        """
+        if not self.uses_autograd_path:
+            c = self.num_classes
+            a = (2.0 / c) * (self.logits - 1.0 / c)
+            return GradientRows(row_energy=a.pow(4) * self.feature_sq_variance.unsqueeze(1))
+        return self._autograd_rows(self._mse_uniform_loss, want_l1=False)
+
+    @cached_property
+    def uniform_ce_grad_l1(self) -> torch.Tensor:
+        """``‖∂L/∂W‖₁`` for ``L = −Σ_c u_c log p_c`` (GradNorm's loss), per sample (B,) float64.
+
+        Closed form: ``G = (p − u) hᵀ`` so ``‖G‖₁ = ‖p − u‖₁ · ‖h‖₁`` (Huang et al., NeurIPS 2021).
+        """
+        if not self.uses_autograd_path:
+            u = 1.0 / self.num_classes
+            return (self.probabilities - u).abs().sum(1) * self.features.abs().sum(1)
+        return self._autograd_rows(self._uniform_ce_loss, want_l1=True).l1
+
+    @staticmethod
+    def _mse_uniform_loss(z: torch.Tensor) -> torch.Tensor:
+        """Per-sample ``(1/C) Σ_c (z_c − 1/C)²`` (B,)."""
+        c = z.shape[1]
+        return (z.float() - 1.0 / c).square().mean(1)
+
+    @staticmethod
+    def _uniform_ce_loss(z: torch.Tensor) -> torch.Tensor:
+        """Per-sample cross-entropy against the uniform label, ``−(1/C) Σ_c log p_c`` (B,)."""
+        return -F.log_softmax(z.float(), dim=1).mean(1)
+
+    def _autograd_rows(self, loss_fn, want_l1: bool) -> GradientRows:
+        """Per-sample weight gradient of the gradient layer under ``loss_fn``, reduced to row statistics.
+
+        The layer's input ``a`` and output gradient ``g`` come from one batched backward pass through the
+        shared graph; :func:`gradtrust.scores.per_sample.parameter_grads` forms each sample's ``∂L_i/∂W``.
+        """
+        forward = self._graph_forward()
+        loss = loss_fn(forward["logits_graph"]).sum()
+        batch = self.inputs.shape[0]
+        if self.options.layer is None:  # the final nn.Linear, recorded by the forward hook
+            if forward["final"] is None:
+                raise ModelError(self.no_final_linear_message())
+            _, module, a, out, version = forward["final"]
+            if out._version != version:
+                raise ModelError("the final layer's output is modified in place by the model; pass layer= "
+                                 "explicitly to compute the gradient scores through layer hooks.")
+            (g,) = torch.autograd.grad(loss, out, retain_graph=True)
+            energy, l1 = _rows_from_grads(module, a.detach(), g, self.options.chunk_bytes, want_l1)
+            return GradientRows(row_energy=energy, l1=l1)
+        name, module = self.options.layer, self.layer_module
+        capture: LayerCapture = forward["capture"]
+        if capture.calls.get(name) != 1:
+            raise ModelError(f"layer={name!r} ran {capture.calls.get(name, 0)} times in one forward pass; "
+                             "per-sample gradients need a layer that runs exactly once.")
+        collected: dict[str, tuple] = {}
+
+        def on_grad(layer_name, mod, a, g):
+            if layer_name == name:
+                collected["rows"] = _rows_from_grads(mod, a, g, self.options.chunk_bytes, want_l1)
+
+        capture.on_grad, capture.active = on_grad, True
+        try:
+            torch.autograd.grad(loss, forward["x"], retain_graph=True)
+        finally:
+            capture.active, capture.on_grad = False, None
+        if "rows" not in collected:  # the layer does not reach the logits: its gradient is zero
+            zeros = torch.zeros(batch, module.weight.shape[0], dtype=torch.float64)
+            return GradientRows(row_energy=zeros, l1=torch.zeros(batch, dtype=torch.float64))
+        energy, l1 = collected["rows"]
+        return GradientRows(row_energy=energy, l1=l1)
+
+    # ------------------------------------------------------------------ cheap derived quantities
+    @cached_property
+    def log_probabilities(self) -> torch.Tensor:
+        """``log softmax(z)`` (B, C) float64."""
+        return F.log_softmax(self.logits, dim=1)
+
+    @cached_property
+    def probabilities(self) -> torch.Tensor:
+        """``p = softmax(z)`` (B, C) float64."""
+        return self.log_probabilities.exp()
+
+    # ------------------------------------------------------------------ ODIN
+    @cached_property
+    def odin_logits(self) -> torch.Tensor:
+        """Logits of ODIN's perturbed input ``x̃ = x − ε·sign(∇_x[−log softmax(f(x)/T)_ŷ])`` (B, C) float64.
+
+        One backward pass to the input through the shared forward graph, one forward pass on ``x̃``.
+        Source: Liang et al., ICLR 2018; defaults of the GradTrust release (SPEC §1).
+        """
+        forward = self._graph_forward()
+        z = forward["logits_graph"].float()
+        log_p = F.log_softmax(z / self.options.odin_temperature, dim=1)
+        loss = -log_p.gather(1, self.prediction.to(z.device).unsqueeze(1)).sum()
+        (grad,) = torch.autograd.grad(loss, forward["x"], retain_graph=True)
+        perturbed = (forward["x"].detach() - self.options.odin_epsilon * grad.sign()).to(self.inputs.dtype)
+        with torch.no_grad():
+            return model_logits(self.model, perturbed).double()
+
+    # ------------------------------------------------------------------ Purview
+    @cached_property
+    def parameter_sq_norms(self) -> torch.Tensor:
+        """``s_ij = ‖∂L_i/∂θ_j‖²₂`` for every parameter tensor ``θ_j`` in ``named_parameters()`` order.
+
+        ``L_i = mean_c BCEWithLogits(z_ic, 1)`` (Lee et al., IEEE Access 2023, as in the GradTrust release).
+        (B, J) float64. Backends, fastest first: layer hooks (one batched backward), ``torch.func.vmap``
+        (chunked), a per-sample loop; ``auto`` takes the first that applies to the model.
+        """
+        backend = self.options.purview_backend
+        if backend in ("auto", "hooks"):
+            try:
+                result = self._sq_norms_by_hooks()
+                self.purview_backend_used = "hooks"
+                return result
+            except UnsupportedForHooks as exc:
+                if backend == "hooks":
+                    raise ModelError(f"purview_backend='hooks' cannot handle this model: {exc}") from exc
+        x = self.inputs
+        if backend in ("auto", "vmap"):
+            try:
+                with torch.enable_grad():
+                    result = per_sample.sq_norms_by_vmap(self.model, x, _purview_loss,
+                                                         per_sample.vmap_chunk_size(self.model))
+                self.purview_backend_used = "vmap"
+                return result.double().cpu()
+            except Exception as exc:  # noqa: BLE001 - any vmap limitation falls through to the exact loop
+                if backend == "vmap":
+                    raise ModelError(f"purview_backend='vmap' failed on this model: {exc}") from exc
+        self.purview_backend_used = "loop"
+        return per_sample.sq_norms_by_loop(self.model, x, _purview_loss).double().cpu()
+
+    def _sq_norms_by_hooks(self) -> torch.Tensor:
+        forward = self._graph_forward()
+        if self._purview_hooks_error is not None:
+            raise UnsupportedForHooks(self._purview_hooks_error)
+        capture: LayerCapture = forward["capture"]
+        names, owners = per_sample.parameter_owners(self.model)
+        wanted = {module_name for module_name, _, _ in owners.values()}
+        calls = {n: c for n, c in capture.calls.items() if n in wanted}
+        bad = {n: c for n, c in calls.items() if c != 1}
+        if bad:
+            raise UnsupportedForHooks(f"layers not run exactly once per forward pass: {bad}")
+        norms: dict[tuple[str, str], torch.Tensor] = {}
+
+        def on_grad(layer_name, module, a, g):
+            if layer_name in wanted:
+                for attr, value in per_sample.parameter_sq_norms(module, a, g, self.options.chunk_bytes).items():
+                    norms[(layer_name, attr)] = value
+
+        capture.on_grad, capture.active = on_grad, True
+        try:
+            torch.autograd.grad(_purview_loss(forward["logits_graph"]).sum(), forward["x"], retain_graph=True)
+        finally:
+            capture.active, capture.on_grad = False, None
+        batch = self.inputs.shape[0]
+        zeros = torch.zeros(batch, device=self.inputs.device)
+        columns = [norms.get((owners[n][0], owners[n][2]), zeros) for n in names]
+        return torch.stack(columns, dim=1).double().cpu()
+
+    # ------------------------------------------------------------------ MC dropout
+    @cached_property
+    def dropout_layers(self) -> list[nn.Module]:
+        return dropout_modules(self.model)
+
+    @cached_property
+    def mc_mean_probabilities(self) -> torch.Tensor:
+        """``p̄ = mean_t softmax(f_t(x))`` over ``T`` passes with seeded per-sample dropout masks (B, C) float64."""
+        total = None
+        for t in range(self.options.mc_samples):
+            with seeded_dropout(self.dropout_layers, self.options.seed, self.sample_ids, t), torch.no_grad():
+                p = F.softmax(model_logits(self.model, self.inputs).double(), dim=1)
+            total = p if total is None else total + p
+        return total / self.options.mc_samples
+
+
+def _purview_loss(z: torch.Tensor) -> torch.Tensor:
+    """Purview's per-sample loss ``mean_c BCEWithLogits(z_c, 1)`` (B,)."""
+    zf = z.float()
+    return F.binary_cross_entropy_with_logits(zf, torch.ones_like(zf), reduction="none").mean(1)
+
+
+def _rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor | None, chunk_bytes: int,
+                     want_l1: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row energies ``Var_d(G_{r,d}²)`` (B, R) and optionally ``‖G‖₁`` (B,) of per-sample weight gradients.
+
+    Materialises the per-sample gradients in blocks of samples bounded by ``chunk_bytes``.
+    """
+    per_sample_bytes = 4 * module.weight.numel()
+    step = max(1, chunk_bytes // per_sample_bytes)
+    energies, l1s = [], []
+    for start in range(0, a.shape[0], step):
+        grads = per_sample.parameter_grads(module, a[start:start + step], g[start:start + step])["weight"]
+        rows = grads.reshape(grads.shape[0], grads.shape[1], -1).double()
+        energies.append(rows.square().var(dim=2, unbiased=True).cpu())
+        if want_l1:
+            l1s.append(rows.abs().sum((1, 2)).cpu())
+    return torch.cat(energies), (torch.cat(l1s) if want_l1 else None)

@@ -1,0 +1,321 @@
+"""Per-sample parameter gradients from one batched backward pass.
+
+A batched backward of ``Σ_i L_i`` gives every layer its per-sample output gradient ``g_i`` (the model runs
+in eval mode, so samples do not interact). A layer's per-sample parameter gradient is a function of its
+input ``a_i`` and of ``g_i`` alone:
+
+* ``nn.Linear``:  ``∂L_i/∂W = Σ_t g_{i,t} a_{i,t}ᵀ``, ``∂L_i/∂b = Σ_t g_{i,t}`` (``t`` runs over any extra
+  dimensions, e.g. tokens);
+* ``nn.ConvNd``: the weight gradient of a convolution of sample ``i`` alone, computed for all samples at
+  once as one grouped convolution backward (the batch folded into the channel groups);
+* ``nn.BatchNorm`` (eval), ``nn.LayerNorm``, ``nn.GroupNorm``: ``∂L_i/∂γ = Σ g_i ⊙ x̂_i``,
+  ``∂L_i/∂β = Σ g_i`` with ``x̂`` the normalised input.
+
+:class:`LayerCapture` records ``a`` with a forward hook and ``g`` with a hook on the layer's output tensor,
+so the parameters themselves need no ``requires_grad`` and autograd never computes the batch-summed
+parameter gradients. This is what makes Purview cost about one backward pass instead of ``B`` of them.
+Everything here is checked against a per-sample ``torch.autograd.grad`` loop in ``tests/test_per_sample.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+#: Upper bound, in bytes, on one materialised block of per-sample weight gradients.
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+class UnsupportedForHooks(RuntimeError):
+    """The hook path cannot compute this model's per-sample gradients exactly; use another path."""
+
+
+def supports_hooks(module: nn.Module) -> bool:
+    """Whether the per-sample gradient of ``module``'s own parameters can be formed from (input, grad)."""
+    kind = type(module)
+    if kind is nn.Linear or kind is nn.modules.linear.NonDynamicallyQuantizableLinear:
+        return True
+    if kind in _CONV:
+        return isinstance(module.padding, tuple) and module.padding_mode == "zeros"
+    if kind in _BATCH_NORM:
+        return module.running_mean is not None and not module.training
+    return kind in (nn.LayerNorm, nn.GroupNorm)
+
+
+def _as_tokens(t: torch.Tensor) -> torch.Tensor:
+    """(B, ..., F) → (B, T, F) in float32, T the product of the middle dimensions."""
+    return t.reshape(t.shape[0], -1, t.shape[-1]).float()
+
+
+def linear_weight_grads(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``∂L_i/∂W = Σ_t g_{i,t} a_{i,t}ᵀ`` of an ``nn.Linear``: shape (B, out, in)."""
+    return torch.einsum("bto,bti->boi", _as_tokens(g), _as_tokens(a))
+
+
+def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients of a ``ConvNd``, shape (B, out, in/groups, *kernel).
+
+    Sample ``i``'s gradient is the weight gradient of the convolution of sample ``i`` alone. Folding the
+    batch into the channel dimension — input (1, B·C_in, …), output gradient (1, B·C_out, …) — and
+    multiplying the groups by ``B`` computes all of them in one ``convolution_backward`` call.
+    """
+    batch = a.shape[0]
+    weight = module.weight
+    spatial = a.shape[2:]
+    a1 = a.float().reshape(1, batch * a.shape[1], *spatial)
+    g1 = g.float().reshape(1, batch * g.shape[1], *g.shape[2:])
+    stacked_shape = (batch * weight.shape[0], *weight.shape[1:])
+    # Only grad_weight is asked for, so the kernel reads this weight argument for its shape alone.
+    dummy = torch.zeros(stacked_shape, device=a.device, dtype=torch.float32)
+    _, grad_weight, _ = torch.ops.aten.convolution_backward(
+        g1, a1, dummy, None, list(module.stride), list(module.padding), list(module.dilation), False,
+        [0] * len(spatial), module.groups * batch, [False, True, False],
+    )
+    return grad_weight.reshape(batch, *weight.shape)
+
+
+def _normalised_input(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """``x̂``: the input of a normalisation layer before its affine transform (float32)."""
+    a = a.float()
+    kind = type(module)
+    if kind in _BATCH_NORM:
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        mean = module.running_mean.float().reshape(shape)
+        var = module.running_var.float().reshape(shape)
+        return (a - mean) / torch.sqrt(var + module.eps)
+    if kind is nn.LayerNorm:
+        return F.layer_norm(a, module.normalized_shape, eps=module.eps)
+    return F.group_norm(a, module.num_groups, eps=module.eps)
+
+
+def _affine_reduce_dims(module: nn.Module, a: torch.Tensor) -> tuple[int, ...]:
+    """The dimensions summed over to get a per-sample γ/β gradient of a normalisation layer."""
+    if type(module) is nn.LayerNorm:  # (B, *, *normalized_shape): sum over the middle dimensions
+        return tuple(range(1, a.dim() - len(module.normalized_shape)))
+    return tuple(range(2, a.dim()))  # BatchNorm / GroupNorm (B, C, *spatial): sum over space
+
+
+def parameter_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample gradients of ``module``'s own parameters, each of shape (B, *param.shape), float32."""
+    kind = type(module)
+    out: dict[str, torch.Tensor] = {}
+    if kind in _CONV:
+        out["weight"] = conv_weight_grads(module, a, g)
+        if module.bias is not None:
+            out["bias"] = g.float().flatten(2).sum(-1)
+    elif kind in _BATCH_NORM or kind in (nn.LayerNorm, nn.GroupNorm):
+        dims = _affine_reduce_dims(module, a)
+        gf = g.float()
+        if module.weight is not None:
+            out["weight"] = (gf * _normalised_input(module, a)).sum(dim=dims) if dims else gf * _normalised_input(module, a)
+        if module.bias is not None:
+            out["bias"] = gf.sum(dim=dims) if dims else gf
+    else:  # nn.Linear
+        out["weight"] = linear_weight_grads(a, g)
+        if module.bias is not None:
+            out["bias"] = _as_tokens(g).sum(1)
+    return out
+
+
+def linear_weight_sq_norms(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``‖Σ_t g_t a_tᵀ‖²_F`` per sample without forming the gradient when that is cheaper.
+
+    With one token this is ``‖g‖²·‖a‖²``; with ``T`` tokens it is ``Σ_{t,t'} (a_t·a_t')(g_t·g_t')``
+    ("ghost norm", Goodfellow 2015; Li et al. 2022), cheaper than materialising when ``T² < out·in``.
+    """
+    a3, g3 = _as_tokens(a), _as_tokens(g)
+    tokens = a3.shape[1]
+    if tokens == 1:
+        return (g3.square().sum((1, 2))) * (a3.square().sum((1, 2)))
+    if tokens * tokens < a3.shape[2] * g3.shape[2]:
+        return (torch.bmm(a3, a3.transpose(1, 2)) * torch.bmm(g3, g3.transpose(1, 2))).sum((1, 2))
+    return linear_weight_grads(a, g).square().sum((1, 2))
+
+
+def parameter_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor,
+                       chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, torch.Tensor]:
+    """``‖∂L_i/∂θ‖²₂`` per sample for each of ``module``'s own parameters: {name: (B,) float32}.
+
+    Per-sample weight gradients are materialised in blocks of samples of at most ``chunk_bytes`` so that
+    memory stays bounded for wide layers and large batches.
+    """
+    kind = type(module)
+    if kind is nn.Linear or kind is nn.modules.linear.NonDynamicallyQuantizableLinear:
+        out = {"weight": linear_weight_sq_norms(a, g)}
+        if module.bias is not None:
+            out["bias"] = _as_tokens(g).sum(1).square().sum(1)
+        return out
+    per_sample_bytes = 4 * sum(p.numel() for p in module.parameters(recurse=False))
+    step = max(1, chunk_bytes // max(per_sample_bytes, 1))
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, a.shape[0], step):
+        grads = parameter_grads(module, a[start:start + step], g[start:start + step])
+        for name, grad in grads.items():
+            parts.setdefault(name, []).append(grad.flatten(1).square().sum(1))
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
+class LayerCapture:
+    """Records each chosen layer's input in the forward pass and its output gradient in the backward pass.
+
+    Use as a context manager around the forward pass. Each backward run through the recorded graph calls
+    ``on_grad(name, module, input, grad_output)`` for every layer whose output reaches the loss, but only
+    while :attr:`active` is True (other backward passes through the same graph, ODIN's for example, are
+    ignored). Raises :class:`UnsupportedForHooks` when an exact per-sample result cannot be guaranteed: a
+    layer called twice in one forward, or an input modified in place after it was recorded.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module]):
+        self.layers = layers
+        self.inputs: dict[str, tuple[torch.Tensor, int]] = {}
+        self.calls: dict[str, int] = {name: 0 for name in layers}
+        self.active = False
+        self.on_grad: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None] | None = None
+        self._handles: list = []
+
+    def __enter__(self) -> "LayerCapture":
+        for name, module in self.layers.items():
+            self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _forward_hook(self, name: str):
+        def hook(module, args, output):
+            self.calls[name] += 1
+            if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
+                return
+            a = args[0].detach()
+            self.inputs[name] = (a, a._version)
+            if output.requires_grad:
+                output.register_hook(self._grad_hook(name, module))
+
+        return hook
+
+    def _grad_hook(self, name: str, module: nn.Module):
+        def hook(grad: torch.Tensor):
+            if not self.active or self.on_grad is None:
+                return None
+            a, version = self.inputs[name]
+            if a._version != version:
+                raise UnsupportedForHooks(f"the input of layer {name!r} was modified in place after use")
+            self.on_grad(name, module, a, grad.detach())
+            return None
+
+        return hook
+
+    def check_single_use(self) -> None:
+        """Raise :class:`UnsupportedForHooks` unless every layer ran exactly once in the forward pass."""
+        bad = {name: n for name, n in self.calls.items() if n != 1}
+        if bad:
+            raise UnsupportedForHooks(f"layers not run exactly once per forward pass: {bad}")
+
+
+def parameter_owners(model: nn.Module) -> tuple[list[str], dict[str, tuple[str, nn.Module, str]]]:
+    """Parameter names in ``named_parameters()`` order and, for each, the module and attribute owning it."""
+    names = [name for name, _ in model.named_parameters()]
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    owners: dict[str, tuple[str, nn.Module, str]] = {}
+    for module_name, module in model.named_modules():
+        for attr, p in module.named_parameters(recurse=False):
+            name = by_id.get(id(p))
+            if name is not None and name not in owners:
+                owners[name] = (module_name, module, attr)
+    return names, owners
+
+
+def hook_layers_for_all_parameters(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers to capture so that every parameter's per-sample gradient is known, or raise.
+
+    Raises :class:`UnsupportedForHooks` naming the first parameter owned by a layer type the hook path
+    does not handle (class tokens, attention in-projections, relative-position tables…).
+    """
+    names, owners = parameter_owners(model)
+    layers: dict[str, nn.Module] = {}
+    for name in names:
+        module_name, module, attr = owners[name]
+        if attr not in ("weight", "bias") or not supports_hooks(module):
+            raise UnsupportedForHooks(f"parameter {name!r} ({type(module).__name__}.{attr}) is not hook-supported")
+        layers[module_name] = module
+    return layers
+
+
+def sq_norms_by_loop(model: nn.Module, inputs: torch.Tensor,
+                     loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Reference path: ``‖∂L_i/∂θ_j‖²`` by one ``torch.autograd.grad`` per sample, (B, J) float32.
+
+    Works for any model. Temporarily sets ``requires_grad`` on the parameters (the caller's state guard
+    restores them); ``autograd.grad`` never writes ``.grad``.
+    """
+    params = [p for _, p in model.named_parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        rows = []
+        for i in range(inputs.shape[0]):
+            with torch.enable_grad():
+                loss = loss_fn(model_logits(model, inputs[i:i + 1])).sum()
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            rows.append(torch.stack([
+                torch.zeros((), device=inputs.device) if gr is None else gr.float().square().sum() for gr in grads
+            ]))
+        return torch.stack(rows)
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+
+
+def sq_norms_by_vmap(model: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+                     chunk_size: int) -> torch.Tensor:
+    """``‖∂L_i/∂θ_j‖²`` with ``torch.func.vmap(grad(·))`` over chunks of samples, (B, J) float32.
+
+    The generic batched path for models the hook path does not cover; memory is bounded by ``chunk_size``
+    samples' worth of full parameter gradients.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = {name: b for name, b in model.named_buffers()}
+
+    def sample_loss(theta, x):
+        logits = _logits_of(functional_call(model, (theta, buffers), (x.unsqueeze(0),)))
+        return loss_fn(logits).sum()
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0))
+    rows = []
+    for start in range(0, inputs.shape[0], chunk_size):
+        grads = per_sample(params, inputs[start:start + chunk_size])
+        rows.append(torch.stack([grads[n].float().flatten(1).square().sum(1) for n in params], dim=1))
+    return torch.cat(rows)
+
+
+def _logits_of(output) -> torch.Tensor:
+    """The logits tensor of a model's output (a tensor, an object with ``.logits``, or a tuple)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"the model returned {type(output).__name__}, not a logits tensor")
+
+
+def model_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` and return its logits tensor (see :func:`_logits_of`)."""
+    return _logits_of(model(inputs))
+
+
+def vmap_chunk_size(model: nn.Module, chunk_bytes: int = 4 * DEFAULT_CHUNK_BYTES) -> int:
+    """Samples per vmap chunk so that one chunk's full parameter gradients stay under ``chunk_bytes``."""
+    n_bytes = 4 * sum(p.numel() for p in model.parameters())
+    return max(1, min(64, math.floor(chunk_bytes / max(n_bytes, 1))))

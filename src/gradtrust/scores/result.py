@@ -1,0 +1,72 @@
+"""What :func:`gradtrust.score` returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+
+@dataclass
+class ScoreResult(Mapping):
+    """Trust scores of one batch: ``result[name]`` is a 1-D float64 CPU tensor, higher = more trustworthy.
+
+    Attributes:
+        scores: ``{method: (B,) float64}`` in the order the methods were asked for.
+        prediction: ``ŷ`` (B,) int64.
+        logits: the model's logits (B, C) float32 on the CPU.
+        reasons: ``{method: [str] * B}``: why a value is NaN ("" where it is defined).
+        skipped: ``{method: reason}`` for default methods that do not apply to this model.
+        parameters: ``{method: {option: value}}``: the options each method read.
+        info: how the scores were computed (final layer name, gradient path, Purview backend).
+    """
+
+    scores: dict[str, torch.Tensor]
+    prediction: torch.Tensor
+    logits: torch.Tensor
+    reasons: dict[str, list[str]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, dict] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        try:
+            return self.scores[name]
+        except KeyError:
+            extra = f" It was skipped: {self.skipped[name]}" if name in self.skipped else ""
+            raise KeyError(f"no score {name!r} in this result (scores: {', '.join(self.scores)}).{extra}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scores)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.scores)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.prediction.shape[0])
+
+    def nan_reasons(self, name: str) -> dict[int, str]:
+        """``{sample position: reason}`` for every NaN value of score ``name``."""
+        return {i: r for i, r in enumerate(self.reasons[name]) if r}
+
+    def to_dataframe(self, reasons: bool = True):
+        """One row per sample: ``prediction``, one float64 column per method and, where a method produced
+        a NaN, a ``nan_reason_<method>`` column (pandas is imported lazily)."""
+        import pandas as pd
+
+        data = {"prediction": self.prediction.numpy()}
+        for name, values in self.scores.items():
+            data[name] = values.numpy()
+        frame = pd.DataFrame(data)
+        if reasons:
+            for name, why in self.reasons.items():
+                if any(why):
+                    frame[f"nan_reason_{name}"] = why
+        return frame
