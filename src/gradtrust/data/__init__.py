@@ -1,5 +1,21 @@
-"""Datasets: image folders, the flat ImageNet validation layout, Kinetics-style video, built-in digits."""
+"""Datasets: image folders, the flat ImageNet validation layout, Kinetics-style video, built-in digits.
 
+Every dataset yields :class:`Sample` items and never raises for one unreadable file (see
+``docs/architecture.md``); :func:`collate_samples` sets the failures aside.
+"""
+
+from gradtrust.data.classes import (imagenet_wnid_to_index, is_wnid, load_imagenet_class_names,
+                                    load_imagenet_wnids, resolve_class_indices)
+from gradtrust.data.imagenet import FlatImageDataset, read_devkit_meta
+from gradtrust.data.images import IMAGE_EXTENSIONS, ImageFolderDataset, default_image_transform, read_rgb_image, to_rgb
 from gradtrust.data.samples import Batch, Sample, collate_samples
+from gradtrust.data.video import (VIDEO_EXTENSIONS, VIDEO_MODELS, VideoClipSettings, VideoFolderDataset,
+                                  clip_frame_indices, read_video_clip, video_clip_settings)
 
-__all__ = ["Batch", "Sample", "collate_samples"]
+__all__ = [
+    "Batch", "FlatImageDataset", "IMAGE_EXTENSIONS", "ImageFolderDataset", "Sample", "VIDEO_EXTENSIONS",
+    "VIDEO_MODELS", "VideoClipSettings", "VideoFolderDataset", "clip_frame_indices", "collate_samples",
+    "default_image_transform", "imagenet_wnid_to_index", "is_wnid", "load_imagenet_class_names",
+    "load_imagenet_wnids", "read_devkit_meta", "read_rgb_image", "resolve_class_indices", "to_rgb",
+    "video_clip_settings",
+]
