@@ -6,6 +6,7 @@ Every dataset yields :class:`Sample` items and never raises for one unreadable f
 
 from gradtrust.data.classes import (imagenet_wnid_to_index, is_wnid, load_imagenet_class_names,
                                     load_imagenet_wnids, resolve_class_indices)
+from gradtrust.data.digits import CORRUPTIONS, DIGITS_CLASSES, SEVERITIES, DigitsDataset, digits_image
 from gradtrust.data.imagenet import FlatImageDataset, read_devkit_meta
 from gradtrust.data.images import IMAGE_EXTENSIONS, ImageFolderDataset, default_image_transform, read_rgb_image, to_rgb
 from gradtrust.data.samples import Batch, Sample, collate_samples
@@ -13,6 +14,7 @@ from gradtrust.data.video import (VIDEO_EXTENSIONS, VIDEO_MODELS, VideoClipSetti
                                   clip_frame_indices, read_video_clip, video_clip_settings)
 
 __all__ = [
+    "CORRUPTIONS", "DIGITS_CLASSES", "DigitsDataset", "SEVERITIES", "digits_image",
     "Batch", "FlatImageDataset", "IMAGE_EXTENSIONS", "ImageFolderDataset", "Sample", "VIDEO_EXTENSIONS",
     "VIDEO_MODELS", "VideoClipSettings", "VideoFolderDataset", "clip_frame_indices", "collate_samples",
     "default_image_transform", "imagenet_wnid_to_index", "is_wnid", "load_imagenet_class_names",

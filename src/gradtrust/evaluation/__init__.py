@@ -1,0 +1,62 @@
+"""Evaluation of trust scores: plain functions on per-sample arrays (SPEC §2).
+
+Every metric takes per-sample arrays (NumPy, torch tensors or lists; converted at the boundary) and returns
+a float. Scores are oriented higher = more trustworthy; NaN scores rank as least trustworthy (below -inf)
+and tied scores are always accepted or rejected together.
+
+- The paper's metrics (:mod:`.selective`): :func:`accuracy_curve`, :func:`f1_curve`, :func:`auac`,
+  :func:`aufc` (in [0, 100]).
+- Selective classification (:mod:`.risk`): :func:`risk_coverage_curve`, :func:`aurc`, :func:`eaurc`,
+  :func:`augrc`, :func:`auroc`, :func:`fpr_at_95tpr` (fractions).
+- :func:`bootstrap_ci` (:mod:`.bootstrap`), :func:`random_reference`, :func:`oracle_reference`
+  (:mod:`.references`), and :func:`evaluate`, :func:`evaluate_frame`, :class:`TrustEvaluator`
+  (:mod:`.summary`).
+
+Importing this package needs NumPy only (pandas is imported inside :func:`evaluate_frame`).
+"""
+
+from gradtrust.evaluation.bootstrap import (
+    VECTORISED_METRICS,
+    bootstrap_ci,
+    bootstrap_distribution,
+    bootstrap_indices,
+)
+from gradtrust.evaluation.references import oracle_reference, random_reference
+from gradtrust.evaluation.risk import (
+    augrc,
+    aurc,
+    auroc,
+    eaurc,
+    fpr_at_95tpr,
+    optimal_augrc,
+    optimal_aurc,
+    risk_coverage_curve,
+)
+from gradtrust.evaluation.selective import PERCENTILES, accuracy_curve, auac, aufc, f1_curve
+from gradtrust.evaluation.summary import METRICS, TrustEvaluator, evaluate, evaluate_frame
+
+__all__ = [
+    "METRICS",
+    "PERCENTILES",
+    "VECTORISED_METRICS",
+    "TrustEvaluator",
+    "accuracy_curve",
+    "auac",
+    "aufc",
+    "augrc",
+    "aurc",
+    "auroc",
+    "bootstrap_ci",
+    "bootstrap_distribution",
+    "bootstrap_indices",
+    "eaurc",
+    "evaluate",
+    "evaluate_frame",
+    "f1_curve",
+    "fpr_at_95tpr",
+    "optimal_augrc",
+    "optimal_aurc",
+    "oracle_reference",
+    "random_reference",
+    "risk_coverage_curve",
+]

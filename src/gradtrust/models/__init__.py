@@ -1,0 +1,7 @@
+"""Models: ``load_model(spec, weights, num_classes)`` → :class:`LoadedModel`, and the bundled digits networks."""
+
+from gradtrust.models.base import LoadedModel
+from gradtrust.models.digits import DIGITS_CLASSES, available_digits_models, build_digits_model
+from gradtrust.models.loading import available_models, file_sha256, hub_checkpoint_path, load_model, read_state_dict
+
+__all__ = ["DIGITS_CLASSES", "LoadedModel", "available_digits_models", "build_digits_model", "available_models", "file_sha256", "hub_checkpoint_path", "load_model", "read_state_dict"]
