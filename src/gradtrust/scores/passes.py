@@ -320,6 +320,9 @@ class BatchPasses:
             if out._version != version:
                 raise ModelError("the final layer's output is modified in place by the model; pass layer= "
                                  "explicitly to compute the gradient scores through layer hooks.")
+            if not loss.requires_grad:
+                raise ModelError("the logits do not depend differentiably on the model's input, so per-sample "
+                                 "layer gradients cannot be taken; use the closed form (gradient_path='auto').")
             (g,) = torch.autograd.grad(loss, out, retain_graph=True)
             energy, l1 = _rows_from_grads(module, a.detach(), g, self.options.chunk_bytes, want_l1)
             return GradientRows(row_energy=energy, l1=l1)
@@ -368,7 +371,11 @@ class BatchPasses:
         z = forward["logits_graph"].float()
         log_p = F.log_softmax(z / self.options.odin_temperature, dim=1)
         loss = -log_p.gather(1, self.prediction.to(z.device).unsqueeze(1)).sum()
-        (grad,) = torch.autograd.grad(loss, forward["x"], retain_graph=True)
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(loss, forward["x"], retain_graph=True, allow_unused=True)
+        else:  # the logits do not depend differentiably on the input: ODIN does not move it
+            grad = None
+        grad = torch.zeros_like(forward["x"]) if grad is None else grad
         perturbed = (forward["x"].detach() - self.options.odin_epsilon * grad.sign()).to(self.inputs.dtype)
         with torch.no_grad():
             return model_logits(self.model, perturbed).double()
@@ -409,6 +416,8 @@ class BatchPasses:
         forward = self._graph_forward()
         if self._purview_hooks_error is not None:
             raise UnsupportedForHooks(self._purview_hooks_error)
+        if not forward["logits_graph"].requires_grad:
+            raise UnsupportedForHooks("the logits do not depend differentiably on the input")
         capture: LayerCapture = forward["capture"]
         names, owners = per_sample.parameter_owners(self.model)
         wanted = {module_name for module_name, _, _ in owners.values()}

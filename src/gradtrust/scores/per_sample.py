@@ -59,21 +59,22 @@ def linear_weight_grads(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bto,bti->boi", _as_tokens(g), _as_tokens(a))
 
 
-def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strategy: str | None = None) -> torch.Tensor:
     """Per-sample weight gradients of a ``ConvNd``, shape (B, out, in/groups, *kernel).
 
     Sample ``i``'s gradient is the weight gradient of the convolution of sample ``i`` alone. On a GPU all
     of them come from one grouped ``convolution_backward`` (the batch folded into the channel groups:
     input (1, B·C_in, …), output gradient (1, B·C_out, …), groups × B). On a CPU the grouped kernels are
     slow (measured ~4× slower than the alternative for resnet18), so each sample's gradient comes from the
-    native weight-gradient kernel at batch size 1.
+    native weight-gradient kernel at batch size 1. ``strategy`` ("grouped" or "per_sample") overrides
+    the choice by device.
     """
     batch = a.shape[0]
     weight = module.weight
     spatial = a.shape[2:]
     a, g = a.float(), g.float()
     conv_args = (list(module.stride), list(module.padding), list(module.dilation), False, [0] * len(spatial))
-    if a.device.type == "cpu":
+    if (strategy or ("per_sample" if a.device.type == "cpu" else "grouped")) == "per_sample":
         w = weight.detach().float()
         grads = [torch.ops.aten.convolution_backward(g[i:i + 1], a[i:i + 1], w, None, *conv_args, module.groups,
                                                      [False, True, False])[1] for i in range(batch)]
