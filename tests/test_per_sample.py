@@ -27,6 +27,8 @@ LAYERS = [
     ("linear_no_bias", lambda: nn.Linear(6, 4, bias=False), (5, 2, 2, 6)),
     ("conv1d", lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1), (3, 4, 11)),
     ("conv2d_groups_dilation", lambda: nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2), (3, 4, 9, 9)),
+    ("conv2d_ghost_norm", lambda: nn.Conv2d(8, 16, 3, padding=1, bias=False), (3, 8, 3, 3)),  # T² (K+O) < T·K·O
+    ("conv2d_materialised", lambda: nn.Conv2d(2, 3, 3), (3, 2, 12, 12)),
     ("conv2d_depthwise", lambda: nn.Conv2d(4, 4, 3, groups=4, bias=False), (3, 4, 7, 7)),
     ("conv3d", lambda: nn.Conv3d(2, 3, (2, 3, 3), stride=(1, 2, 2)), (2, 2, 4, 7, 7)),
     ("batchnorm1d_2d_input", lambda: nn.BatchNorm1d(5), (4, 5)),
@@ -67,6 +69,7 @@ def test_parameter_grads_match_autograd(name, factory, shape):
 
 @pytest.mark.parametrize("strategy", ["grouped", "per_sample"])
 def test_both_convolution_strategies_agree(strategy):
+    """The grouped kernel (used on GPUs) and the per-sample loop (CPUs) give the same gradients."""
     module = _make(lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2))
     x = torch.randn(3, 4, 8, 8)
     with torch.no_grad():

@@ -88,6 +88,46 @@ def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strat
     return grad_weight.reshape(batch, *weight.shape)
 
 
+def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    """``‖∂L_i/∂W‖²_F`` per sample for a ``ConvNd``, (B,) float32, choosing the cheaper of two exact ways.
+
+    With ``U_i`` (K × T) the unfolded input patches and ``g_i`` (O × T) the output gradient at the ``T``
+    output positions, ``∂L_i/∂W = g_i U_iᵀ`` and ``‖g_i U_iᵀ‖² = ⟨g_iᵀ g_i, U_iᵀ U_i⟩`` (the "ghost norm",
+    Goodfellow 2015; Bu et al. 2022). The Gram form costs ``T²(K + O)``, the gradient itself ``T·K·O``;
+    late layers of a CNN have few positions and many channels, where the Gram form is ~10× cheaper.
+    """
+    out_positions = g[0, 0].numel()
+    k = module.weight[0].numel()
+    o = module.weight.shape[0]
+    ghost_cost = out_positions * out_positions * (k + o)
+    if type(module) is nn.Conv2d and module.groups == 1 and ghost_cost < out_positions * k * o:
+        norms = []
+        per_sample_bytes = 4 * (out_positions * (k + out_positions) + a[0].numel())
+        step = max(1, chunk_bytes // per_sample_bytes)
+        for start in range(0, a.shape[0], step):
+            patches = F.unfold(a[start:start + step].float(), module.kernel_size, dilation=module.dilation,
+                               padding=module.padding, stride=module.stride)  # (b, K, T)
+            grads = g[start:start + step].float().flatten(2)  # (b, O, T)
+            gram_u = torch.bmm(patches.transpose(1, 2), patches)
+            gram_g = torch.bmm(grads.transpose(1, 2), grads)
+            norms.append((gram_u * gram_g).sum((1, 2)))
+        return torch.cat(norms)
+    if a.device.type == "cpu":  # per-sample native kernels, each reduced at once (no stacked gradients)
+        w = module.weight.detach().float()
+        conv_args = (list(module.stride), list(module.padding), list(module.dilation), False, [0] * (a.dim() - 2))
+        af, gf = a.float(), g.float()
+        rows = []
+        for i in range(a.shape[0]):
+            grad = torch.ops.aten.convolution_backward(gf[i:i + 1], af[i:i + 1], w, None, *conv_args, module.groups,
+                                                       [False, True, False])[1].flatten()
+            rows.append(torch.dot(grad, grad))
+        return torch.stack(rows)
+    per_sample_bytes = 4 * module.weight.numel()
+    step = max(1, chunk_bytes // per_sample_bytes)
+    return torch.cat([conv_weight_grads(module, a[i:i + step], g[i:i + step]).flatten(1).square().sum(1)
+                      for i in range(0, a.shape[0], step)])
+
+
 def _normalised_input(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
     """``x̂``: the input of a normalisation layer before its affine transform (float32)."""
     a = a.float()
@@ -158,6 +198,11 @@ def parameter_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor,
         out = {"weight": linear_weight_sq_norms(a, g)}
         if module.bias is not None:
             out["bias"] = _as_tokens(g).sum(1).square().sum(1)
+        return out
+    if kind in _CONV:
+        out = {"weight": conv_weight_sq_norms(module, a, g, chunk_bytes)}
+        if module.bias is not None:
+            out["bias"] = g.float().flatten(2).sum(-1).square().sum(1)
         return out
     per_sample_bytes = 4 * sum(p.numel() for p in module.parameters(recurse=False))
     step = max(1, chunk_bytes // max(per_sample_bytes, 1))

@@ -1,0 +1,308 @@
+"""The report's figures (PNG, drawn with matplotlib's Agg canvas; pyplot's global state is never touched).
+
+* :func:`curves_figure`: accuracy (or macro F1) vs. percentile, one panel per run, one line per method,
+  with the random and oracle references on the accuracy panels.
+* :func:`scatter_figure`: the paper's concept figure: GradTrust on x, softmax on y, one point per sample,
+  green = correct, red = wrong, split at the medians with the wrong predictions counted per quadrant.
+* :func:`qualitative_figure`: wrong predictions with a high softmax (top quartile of the run's softmax),
+  in ascending GradTrust (the lowest first), each with its predicted (red) and true (blue) class name.
+  Images come from the stored paths (PIL) or, for the built-in digits (``digits/<split>/<tag>/<index>``),
+  from the digits arrays with the corruption settings of the run's manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from gradtrust.reporting.runs import Run, dataset_description, dataset_fields
+from gradtrust.reporting.tables import METHOD_ORDER, RunResult, display_name
+
+__all__ = ["Quadrants", "curves_figure", "load_sample_image", "qualitative_figure", "scatter_figure"]
+
+_DPI = 110
+_DIGITS_PATH = re.compile(r"^digits/(train|test)/([A-Za-z_]+)/(\d+)$")
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                   ".pbm", ".pnm"}
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
+    return path
+
+
+def method_style(method: str) -> dict[str, Any]:
+    """A stable colour per method (tab20 by :data:`METHOD_ORDER`); GradTrust thick black."""
+    import matplotlib
+
+    if method == "gradtrust":
+        return {"color": "black", "linewidth": 2.4, "zorder": 5}
+    if method == "gradtrust_topk":
+        return {"color": "0.35", "linewidth": 1.8, "linestyle": "--", "zorder": 4}
+    cmap = matplotlib.colormaps["tab20"]
+    others = [m for m in METHOD_ORDER if m not in ("gradtrust", "gradtrust_topk")]
+    k = others.index(method) if method in others else len(others) + (hash(method) % 6)
+    return {"color": cmap(k % 20), "linewidth": 1.2, "zorder": 3}
+
+
+# ------------------------------------------------------------------------------------------- curves
+
+
+def curves_figure(results: Sequence[RunResult], path: Path, kind: str = "accuracy") -> Path:
+    """Accuracy (``kind="accuracy"``) or macro-F1 (``kind="f1"``) vs. percentile: one panel per run."""
+    if kind not in ("accuracy", "f1"):
+        raise ValueError(f"kind must be 'accuracy' or 'f1', got {kind!r}")
+    n = len(results)
+    ncols = min(4, max(1, n))
+    nrows = math.ceil(n / ncols)
+    fig = _new_figure(3.6 * ncols, 2.9 * nrows + 0.9)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    q = np.arange(100)
+    seen: dict[str, Any] = {}
+    for ax, r in zip(axes, results):
+        curves = r.accuracy_curves if kind == "accuracy" else r.f1_curves
+        for method in sorted(curves, key=lambda m: m == "gradtrust"):  # GradTrust drawn last
+            (line,) = ax.plot(q, 100 * curves[method], label=display_name(method), **method_style(method))
+            seen.setdefault(display_name(method), line)
+        if kind == "accuracy" and r.run.n:
+            a = r.accuracy
+            (rl,) = ax.plot(q, np.full(100, 100 * a), color="0.5", linestyle=":", linewidth=1.2,
+                            label="random (reference)")
+            oracle = np.minimum(1.0, a / np.maximum(1e-12, 1 - q / 100.0)) if a > 0 else np.zeros(100)
+            (ol,) = ax.plot(q, 100 * oracle, color="0.5", linestyle="-.", linewidth=1.2,
+                            label="oracle (reference)")
+            seen.setdefault("random (reference)", rl)
+            seen.setdefault("oracle (reference)", ol)
+        ax.set_title(f"{r.name}\naccuracy {100 * r.accuracy:.1f}%, n = {r.run.n}", fontsize=8.5)
+        ax.set_xlim(0, 99)
+        ax.set_xlabel("percentile of the trust score (samples below it rejected)", fontsize=7)
+        ax.set_ylabel("accuracy of the rest (%)" if kind == "accuracy" else "macro F1 of the rest (%)",
+                      fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    title = "Accuracy" if kind == "accuracy" else "Macro F1"
+    fig.suptitle(f"{title} vs. percentile (area under the curve = {'AUAC' if kind == 'accuracy' else 'AUFC'})",
+                 fontsize=11)
+    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(6, len(seen)),
+               fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(seen) / 6), 1, 0.97))
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------ scatter
+
+
+@dataclass
+class Quadrants:
+    """Counts of the concept figure, split at the medians: ``(wrong, total)`` per quadrant."""
+
+    x_median: float
+    y_median: float
+    low_x_high_y: tuple[int, int]   # top left: low GradTrust, high softmax
+    high_x_high_y: tuple[int, int]  # top right
+    low_x_low_y: tuple[int, int]    # bottom left
+    high_x_low_y: tuple[int, int]   # bottom right: high GradTrust, low softmax
+    dropped: int = 0                # samples with a NaN in either score
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "x_median": self.x_median, "y_median": self.y_median,
+            "low_gradtrust_high_softmax": self.low_x_high_y, "high_gradtrust_high_softmax": self.high_x_high_y,
+            "low_gradtrust_low_softmax": self.low_x_low_y, "high_gradtrust_low_softmax": self.high_x_low_y,
+            "dropped_nan": self.dropped,
+        }
+
+
+def quadrant_counts(x: np.ndarray, y: np.ndarray, correct: np.ndarray) -> Quadrants:
+    """Wrong / total per quadrant, split at the medians (a value equal to the median counts as high)."""
+    ok = ~(np.isnan(x) | np.isnan(y))
+    x, y, c = x[ok], y[ok], correct[ok]
+    xm, ym = (float(np.median(x)), float(np.median(y))) if x.size else (float("nan"), float("nan"))
+    hx, hy = x >= xm, y >= ym
+
+    def count(mask: np.ndarray) -> tuple[int, int]:
+        return int((mask & ~c).sum()), int(mask.sum())
+
+    return Quadrants(xm, ym, count(~hx & hy), count(hx & hy), count(~hx & ~hy), count(hx & ~hy),
+                     int((~ok).sum()))
+
+
+def scatter_figure(result: RunResult, path: Path, x_method: str = "gradtrust",
+                   y_method: str = "softmax") -> Quadrants | None:
+    """The concept figure of one run; None (nothing drawn) when either score is missing."""
+    run = result.run
+    if x_method not in run.methods or y_method not in run.methods:
+        return None
+    x, y, c = run.scores(x_method), run.scores(y_method), run.correct
+    quad = quadrant_counts(x, y, c)
+    ok = ~(np.isnan(x) | np.isnan(y))
+    fig = _new_figure(5.6, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    size = 10 if ok.sum() < 3000 else 3
+    ax.scatter(x[ok & c], y[ok & c], s=size, c="#2ca02c", alpha=0.55, linewidths=0,
+               label=f"correct ({int((ok & c).sum())})")
+    ax.scatter(x[ok & ~c], y[ok & ~c], s=size + 4, c="#d62728", alpha=0.8, linewidths=0,
+               label=f"wrong ({int((ok & ~c).sum())})")
+    if ok.any():
+        ax.axvline(quad.x_median, color="0.4", linestyle="--", linewidth=0.9)
+        ax.axhline(quad.y_median, color="0.4", linestyle="--", linewidth=0.9)
+        boxes = {(0.02, 0.97, "left", "top"): quad.low_x_high_y,
+                 (0.98, 0.97, "right", "top"): quad.high_x_high_y,
+                 (0.02, 0.03, "left", "bottom"): quad.low_x_low_y,
+                 (0.98, 0.03, "right", "bottom"): quad.high_x_low_y}
+        for (bx, by, ha, va), (wrong, total) in boxes.items():
+            ax.text(bx, by, f"wrong {wrong} of {total}", transform=ax.transAxes, ha=ha, va=va, fontsize=8,
+                    color="#d62728", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7",
+                                           "boxstyle": "round,pad=0.25"})
+    ax.set_xlabel(f"{display_name(x_method)} (higher = more trustworthy)")
+    ax.set_ylabel(f"{display_name(y_method)} confidence")
+    note = f"; {quad.dropped} with NaN left out" if quad.dropped else ""
+    ax.set_title(f"{run.name}: one point per sample, split at the medians{note}", fontsize=9)
+    ax.legend(loc="center right", fontsize=8, framealpha=0.85)
+    ax.grid(alpha=0.25)
+    _save(fig, path)
+    return quad
+
+
+# -------------------------------------------------------------------------------------- qualitative
+
+
+class _DigitsCache:
+    def __init__(self) -> None:
+        self._sets: dict[tuple, Any] = {}
+
+    def image(self, run: Run, sample_path: str) -> np.ndarray | None:
+        m = _DIGITS_PATH.match(sample_path)
+        if not m:
+            return None
+        split, tag, index = m.group(1), m.group(2), int(m.group(3))
+        fields = dataset_fields(dataset_description(run.manifest))
+        corruption = None if tag == "clean" else tag
+        severity = int(fields.get("severity") or 1) if corruption else 1
+        seed = int(fields.get("seed") or 0) if corruption else 0
+        key = (split, corruption, severity, seed)
+        try:
+            if key not in self._sets:
+                from gradtrust.data.digits import DigitsDataset
+
+                self._sets[key] = DigitsDataset(split, corruption=corruption, severity=severity, seed=seed)
+            from gradtrust.data.digits import digits_image
+
+            sample = self._sets[key][index]
+            return 255 - digits_image(sample.input)  # dark ink on white paper
+        except Exception:  # noqa: BLE001 - a picture that cannot be rebuilt is shown as missing
+            return None
+
+
+def load_sample_image(run: Run, sample_path: str, cache: _DigitsCache | None = None,
+                      max_side: int = 160) -> np.ndarray | None:
+    """The picture of one sample as an array (H, W) or (H, W, 3), or None when it cannot be found/read."""
+    if not sample_path:
+        return None
+    if sample_path.startswith("digits/"):
+        return (cache or _DigitsCache()).image(run, sample_path)
+    p = Path(sample_path)
+    candidates = [p] if p.is_absolute() else []
+    if not p.is_absolute():
+        fields = dataset_fields(dataset_description(run.manifest))
+        for key in ("root", "path", "data", "folder"):
+            if isinstance(fields.get(key), str):
+                candidates.append(Path(fields[key]) / p)
+        candidates += [run.source / p, run.source.parent / p, p]
+    for cand in candidates:
+        if cand.suffix.lower() in _IMAGE_SUFFIXES and cand.is_file():
+            try:
+                from PIL import Image
+
+                with Image.open(cand) as im:
+                    im = im.convert("RGB")
+                    im.thumbnail((max_side, max_side))
+                    return np.asarray(im)
+            except Exception:  # noqa: BLE001 - unreadable image: shown as missing
+                return None
+    return None
+
+
+def select_qualitative(run: Run, quantile: float = 0.75, max_images: int = 16,
+                       trust: str = "gradtrust", confidence: str = "softmax") -> tuple[np.ndarray, float]:
+    """Row positions of the wrong predictions whose softmax is in the top quartile (≥ the ``quantile`` of
+    all the run's softmax values), in ascending GradTrust (NaN first), at most ``max_images``; and the
+    softmax threshold."""
+    sm, gt, c = run.scores(confidence), run.scores(trust), run.correct
+    finite = sm[~np.isnan(sm)]
+    if finite.size == 0:
+        return np.array([], dtype=np.int64), float("nan")
+    threshold = float(np.quantile(finite, quantile))
+    cand = np.flatnonzero(~c & (sm >= threshold))
+    key = np.where(np.isnan(gt[cand]), -np.inf, gt[cand])
+    order = cand[np.argsort(key, kind="stable")]
+    return order[:max_images], threshold
+
+
+def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, quantile: float = 0.75,
+                       cache: _DigitsCache | None = None) -> dict[str, Any] | None:
+    """The qualitative grid of one run. Returns what was drawn (positions, threshold, how many images were
+    found) or None when GradTrust or softmax is missing or no wrong prediction has a high softmax."""
+    run = result.run
+    if "gradtrust" not in run.methods or "softmax" not in run.methods:
+        return None
+    rows, threshold = select_qualitative(run, quantile, max_images)
+    n_candidates = int((~run.correct & (run.scores("softmax") >= threshold)).sum()) if rows.size else 0
+    if rows.size == 0:
+        return None
+    cache = cache or _DigitsCache()
+    ncols = min(8, rows.size)
+    nrows = math.ceil(rows.size / ncols)
+    fig = _new_figure(1.55 * ncols + 0.2, 1.95 * nrows + 0.6)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    frame = run.frame
+    found = 0
+    for ax, i in zip(axes, rows):
+        img = load_sample_image(run, str(frame["path"].iat[i]), cache)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if img is None:
+            ax.set_facecolor("0.9")
+            ax.text(0.5, 0.5, "image not\navailable", ha="center", va="center", fontsize=7, color="0.4",
+                    transform=ax.transAxes)
+        else:
+            found += 1
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255,
+                      interpolation="nearest" if max(img.shape[:2]) < 64 else "antialiased")
+        pred = run.class_name(int(frame["prediction"].iat[i]))
+        true = run.class_name(int(frame["label"].iat[i]))
+        ax.text(0.5, 1.30, _short(pred), color="#d62728", ha="center", va="bottom", fontsize=7.5,
+                transform=ax.transAxes)
+        ax.text(0.5, 1.04, _short(true), color="#1f77b4", ha="center", va="bottom", fontsize=7.5,
+                transform=ax.transAxes)
+        gt, sm = run.scores("gradtrust")[i], run.scores("softmax")[i]
+        ax.set_xlabel(f"GT {gt:.3g} · SM {sm:.2f}", fontsize=6.5)
+    for ax in axes[rows.size:]:
+        ax.set_visible(False)
+    fig.suptitle(f"{run.name}: wrong predictions with softmax ≥ {threshold:.3f} (top {100 * (1 - quantile):g}%), "
+                 f"lowest GradTrust first ({rows.size} of {n_candidates}); "
+                 "red = predicted, blue = true", fontsize=8.5)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    _save(fig, path)
+    return {"rows": rows.tolist(), "threshold": threshold, "candidates": n_candidates, "images_found": found}
+
+
+def _short(name: str, limit: int = 22) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"

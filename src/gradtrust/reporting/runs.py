@@ -1,0 +1,465 @@
+"""Loading and validating score runs (``scores.parquet`` + ``manifest.json``) for the report.
+
+A *run* is one scored (model, dataset) pair: a folder holding ``scores.parquet`` and ``manifest.json``
+(what :func:`gradtrust.runner.score_dataset` writes), or a bare parquet file (its manifest is read from a
+``manifest.json`` beside it when there is one). Everything here is tolerant: a file that cannot be read
+becomes a :class:`LoadProblem` naming the file and the reason, never an exception, so one bad input never
+stops the rest of a report.
+
+The manifest is read defensively: only the fields the report shows are looked up (model spec and class
+names, dataset identity and condition), each with fallbacks, so runs written by older or foreign tools
+still load (with less to show).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+__all__ = [
+    "CONDITION_KEYS",
+    "LoadProblem",
+    "Run",
+    "discover_results",
+    "load_run",
+    "load_runs",
+]
+
+SCORES_FILE = "scores.parquet"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_COLUMNS = ("label", "prediction")
+RESERVED_COLUMNS = ("index", "path", "label", "prediction", "correct")
+
+#: Keys of a manifest's dataset description that name a *condition* of a dataset (a corrupted copy, its
+#: severity and seed) or a count, rather than which dataset it is. Runs whose dataset descriptions agree
+#: once these are left out share one table; anything else is a different dataset.
+CONDITION_KEYS = frozenset({
+    "corruption", "severity", "seed", "samples", "num_samples", "n", "length", "size",
+    "fingerprint", "data_fingerprint", "sha256", "spec", "condition",
+})
+
+#: How far below a folder given on the command line ``scores.parquet`` files are looked for.
+_SEARCH_DEPTH = 4
+
+
+class ReportInputError(Exception):
+    """A results file that cannot be used; the message names the file and says why."""
+
+
+@dataclass
+class LoadProblem:
+    """One input that could not be used: its path and the reason, in words."""
+
+    source: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}"
+
+
+@dataclass
+class Run:
+    """One loaded, validated run.
+
+    Attributes:
+        source: the folder (or parquet file) it was read from.
+        scores_path: the parquet file.
+        frame: the results table, restricted to rows with a known label (``label >= 0``), ``correct``
+            recomputed as ``label == prediction``.
+        manifest: the parsed ``manifest.json`` (``{}`` when there is none).
+        methods: the score columns (float columns that are not reserved), in file order.
+        model: the model's name for the table (its spec, e.g. ``digits:digits_cnn``).
+        condition: the data condition (``clean``, ``gaussian_noise/1``…).
+        dataset_key: the dataset identity (see :data:`CONDITION_KEYS`); runs with equal keys share a table.
+        dataset_label: the dataset in words.
+        class_names: one name per class index, or ``None`` when the manifest has none.
+        n_unlabeled: rows left out because their label is unknown (< 0).
+        notes: things worth saying about this run (missing manifest, inconsistent ``correct``…).
+        name: the row label (``model · condition``), made unique by :func:`load_runs`.
+    """
+
+    source: Path
+    scores_path: Path
+    frame: Any
+    manifest: dict
+    methods: list[str]
+    model: str
+    condition: str
+    dataset_key: str
+    dataset_label: str
+    class_names: list[str] | None
+    n_unlabeled: int = 0
+    notes: list[str] = field(default_factory=list)
+    name: str = ""
+
+    @property
+    def n(self) -> int:
+        return int(len(self.frame))
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.frame["label"].to_numpy()
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.frame["prediction"].to_numpy()
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.frame["correct"].to_numpy(dtype=bool)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if self.n else float("nan")
+
+    @property
+    def n_wrong(self) -> int:
+        return int((~self.correct).sum())
+
+    def scores(self, method: str) -> np.ndarray:
+        return self.frame[method].to_numpy(dtype=np.float64)
+
+    def nan_reason(self, method: str) -> str:
+        """The most frequent NaN reason of a method ('' when it has no NaN or no reason column)."""
+        col = f"nan_reason_{method}"
+        if col not in self.frame.columns:
+            return ""
+        values = self.frame[col].astype(str)
+        values = values[(values != "") & (values != "nan") & (values != "None")]
+        if values.empty:
+            return ""
+        return str(values.value_counts().index[0])
+
+    def class_name(self, index: int) -> str:
+        if self.class_names is not None and 0 <= int(index) < len(self.class_names):
+            return str(self.class_names[int(index)])
+        return str(index)
+
+    @property
+    def slug(self) -> str:
+        return slugify(self.name or self.model)
+
+
+def slugify(text: str) -> str:
+    """A file-name-safe version of a run name."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return out or "run"
+
+
+# ----------------------------------------------------------------------------------------- discovery
+
+
+def discover_results(paths: Iterable[str | Path]) -> tuple[list[Path], list[LoadProblem]]:
+    """Expand the command-line inputs into parquet files.
+
+    A parquet file is taken as is; a folder holding ``scores.parquet`` is one run; any other folder is
+    searched (a few levels deep, sorted) for ``scores.parquet`` files, so a benchmark's output folder can be
+    given whole. Inputs that do not exist or hold no results become problems.
+    """
+    found: list[Path] = []
+    problems: list[LoadProblem] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(p)
+
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            problems.append(LoadProblem(str(p), "does not exist."))
+        elif p.is_file():
+            add(p)
+        elif (p / SCORES_FILE).is_file():
+            add(p / SCORES_FILE)
+        else:
+            hits = sorted(_search(p, _SEARCH_DEPTH))
+            if not hits:
+                problems.append(LoadProblem(
+                    str(p), f"is a folder without a {SCORES_FILE} (nor one in its sub-folders): "
+                            "not a score run."))
+            for hit in hits:
+                add(hit)
+    return found, problems
+
+
+def _search(folder: Path, depth: int) -> list[Path]:
+    out: list[Path] = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.is_dir():
+            if (entry / SCORES_FILE).is_file():
+                out.append(entry / SCORES_FILE)
+            elif depth > 1:
+                out.extend(_search(entry, depth - 1))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[LoadProblem]]:
+    """Load every run the inputs name; the unusable ones become problems. Run names are made unique."""
+    files, problems = discover_results(paths)
+    runs: list[Run] = []
+    for f in files:
+        try:
+            runs.append(load_run(f))
+        except ReportInputError as exc:
+            problems.append(LoadProblem(str(f), str(exc)))
+    _unique_names(runs)
+    return runs, problems
+
+
+def _unique_names(runs: list[Run]) -> None:
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.name] = counts.get(run.name, 0) + 1
+    for run in runs:
+        if counts[run.name] > 1:
+            run.name = f"{run.name} [{_short_source(run.source)}]"
+    # Still clashing (same folder name twice): number them.
+    seen: dict[str, int] = {}
+    for run in runs:
+        k = seen.get(run.name, 0)
+        seen[run.name] = k + 1
+        if k:
+            run.name = f"{run.name} #{k + 1}"
+
+
+def _short_source(source: Path) -> str:
+    parts = source.resolve().parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else str(source)
+
+
+def load_run(path: str | Path) -> Run:
+    """Read and validate one run (a folder with ``scores.parquet``, or a parquet file).
+
+    Raises:
+        ReportInputError: the file cannot be read as parquet, lacks ``label``/``prediction``, has no score
+            column, or has no row with a known label. The message names the file.
+    """
+    import pandas as pd
+
+    p = Path(path)
+    scores_path = p / SCORES_FILE if p.is_dir() else p
+    source = scores_path.parent if scores_path.name == SCORES_FILE else scores_path
+    if not scores_path.is_file():
+        raise ReportInputError(f"no {SCORES_FILE} here.")
+    try:
+        frame = pd.read_parquet(scores_path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a non-parquet file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReportInputError(f"cannot be read as a parquet file ({type(exc).__name__}: {reason}).") from None
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ReportInputError(
+            f"is not a GradTrust results table: it lacks the column(s) {', '.join(missing)} "
+            f"(columns: {', '.join(map(str, frame.columns[:12]))}{'…' if len(frame.columns) > 12 else ''}).")
+    methods = [
+        str(c) for c in frame.columns
+        if c not in RESERVED_COLUMNS and not str(c).startswith("nan_reason_")
+        and (pd.api.types.is_float_dtype(frame[c]) )
+    ]
+    if not methods:
+        raise ReportInputError(
+            "has no score column (a float64 column besides index, path, label, prediction, correct): "
+            "not a GradTrust results table.")
+    for col in REQUIRED_COLUMNS:
+        if not pd.api.types.is_integer_dtype(frame[col]):
+            try:
+                frame[col] = frame[col].astype("int64")
+            except (TypeError, ValueError):
+                raise ReportInputError(f"its column {col!r} does not hold integer class indices "
+                                       f"(dtype {frame[col].dtype}).") from None
+
+    notes: list[str] = []
+    manifest, manifest_note = _read_manifest(scores_path)
+    if manifest_note:
+        notes.append(manifest_note)
+
+    labels = frame["label"].to_numpy()
+    keep = labels >= 0
+    n_unlabeled = int((~keep).sum())
+    if n_unlabeled:
+        notes.append(f"{n_unlabeled} row(s) with an unknown label (< 0) left out of every metric.")
+    frame = frame.loc[keep].reset_index(drop=True)
+    if frame.empty:
+        raise ReportInputError("has no row with a known label: nothing to evaluate.")
+    correct = (frame["label"].to_numpy() == frame["prediction"].to_numpy())
+    if "correct" in frame.columns:
+        stored = frame["correct"].to_numpy()
+        try:
+            disagree = int((stored.astype(bool) != correct).sum())
+        except (TypeError, ValueError):
+            disagree = len(frame)
+        if disagree:
+            notes.append(f"the stored `correct` column disagrees with label == prediction in {disagree} "
+                         "row(s); label == prediction is used.")
+    frame["correct"] = correct
+    if "path" not in frame.columns:
+        frame["path"] = ""
+    if "index" not in frame.columns:
+        frame["index"] = np.arange(len(frame), dtype=np.int64)
+
+    model = _model_name(manifest, source)
+    dataset = dataset_description(manifest)
+    condition = _condition(dataset)
+    key, label = _dataset_identity(dataset, manifest)
+    run = Run(
+        source=source,
+        scores_path=scores_path,
+        frame=frame,
+        manifest=manifest,
+        methods=methods,
+        model=model,
+        condition=condition,
+        dataset_key=key,
+        dataset_label=label,
+        class_names=_class_names(manifest),
+        n_unlabeled=n_unlabeled,
+        notes=notes,
+    )
+    run.name = f"{model} · {condition}" if condition else model
+    return run
+
+
+def _read_manifest(scores_path: Path) -> tuple[dict, str]:
+    candidates = [scores_path.parent / MANIFEST_FILE]
+    if scores_path.name != SCORES_FILE:
+        candidates.insert(0, scores_path.with_name(scores_path.stem + ".manifest.json"))
+    for cand in candidates:
+        if cand.is_file():
+            try:
+                data = json.loads(cand.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                return {}, f"its manifest {cand} cannot be read ({exc}); model and dataset identity unknown."
+            if not isinstance(data, dict):
+                return {}, f"its manifest {cand} is not a JSON object; model and dataset identity unknown."
+            return data, ""
+    return {}, "no manifest.json beside it: model and dataset identity unknown."
+
+
+# ------------------------------------------------------------------------------- manifest read-outs
+
+
+def _model_name(manifest: dict, source: Path) -> str:
+    model = manifest.get("model")
+    if isinstance(model, dict):
+        for key in ("spec", "name", "architecture"):
+            if model.get(key):
+                return str(model[key])
+    elif isinstance(model, str) and model:
+        return model
+    for key in ("model_spec", "model_name"):
+        if manifest.get(key):
+            return str(manifest[key])
+    return source.stem if source.suffix == ".parquet" else source.name
+
+
+def _class_names(manifest: dict) -> list[str] | None:
+    places = [manifest.get("model"), manifest, manifest.get("dataset")]
+    for place in places:
+        if isinstance(place, dict):
+            for key in ("class_names", "classes"):
+                names = place.get(key)
+                if isinstance(names, list) and names:
+                    return [str(n) for n in names]
+    return None
+
+
+def dataset_description(manifest: dict) -> Any:
+    for key in ("dataset", "data", "dataset_info"):
+        if key in manifest and manifest[key] not in (None, "", {}):
+            return manifest[key]
+    return None
+
+
+def _parse_builtin_spec(spec: str) -> dict | None:
+    """``digits:test:gaussian_noise:1`` → a dict like :attr:`DigitsDataset.spec` (None if not such a spec)."""
+    parts = spec.split(":")
+    if not parts or parts[0] != "digits":
+        return None
+    out: dict[str, Any] = {"dataset": "digits", "split": parts[1] if len(parts) > 1 and parts[1] else "test"}
+    if len(parts) > 2 and parts[2] not in ("", "clean"):
+        out["corruption"] = parts[2]
+        out["severity"] = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 1
+    return out
+
+
+def dataset_fields(dataset: Any) -> dict:
+    """The dataset description as one flat dict (a nested ``spec``/``info`` dict merged in)."""
+    if isinstance(dataset, str):
+        return _parse_builtin_spec(dataset) or {"spec": dataset}
+    if not isinstance(dataset, dict):
+        return {}
+    flat = dict(dataset)
+    for key in ("spec", "info", "dataset_info"):
+        inner = flat.get(key)
+        if isinstance(inner, dict):
+            flat.pop(key)
+            for k, v in inner.items():
+                flat.setdefault(k, v)
+        elif key == "spec" and isinstance(inner, str):
+            parsed = _parse_builtin_spec(inner)
+            if parsed:
+                for k, v in parsed.items():
+                    flat.setdefault(k, v)
+    if isinstance(flat.get("dataset"), dict):
+        inner = flat.pop("dataset")
+        for k, v in inner.items():
+            flat.setdefault(k, v)
+    return flat
+
+
+def _condition(dataset: Any) -> str:
+    flat = dataset_fields(dataset)
+    if not flat:
+        return ""
+    corruption = flat.get("corruption")
+    if corruption in (None, "", "clean", "none"):
+        return "clean" if "corruption" in flat or flat.get("dataset") == "digits" else ""
+    severity = flat.get("severity")
+    return f"{corruption}/{severity}" if severity not in (None, "") else str(corruption)
+
+
+def _dataset_identity(dataset: Any, manifest: dict) -> tuple[str, str]:
+    """(key, label): what makes two runs comparable in one table. Conditions and counts are left out."""
+    flat = dataset_fields(dataset)
+    if not flat:
+        return "unknown", "unknown dataset (no manifest)" if not manifest else "unknown dataset"
+    ident = {k: v for k, v in flat.items() if k not in CONDITION_KEYS and not _is_path_list(v)}
+    if not ident:  # only a spec string we could not parse: the spec is the identity
+        ident = {"spec": flat.get("spec")}
+    key = json.dumps(_jsonable(ident), sort_keys=True, default=str)
+    name = (ident.get("dataset") or ident.get("name") or ident.get("root") or ident.get("spec")
+            or ident.get("path") or "dataset")
+    extras = [f"{k}={ident[k]}" for k in ("split",) if ident.get(k) not in (None, "")]
+    label = str(name) + (f" ({', '.join(extras)})" if extras else "")
+    return key, label
+
+
+def _is_path_list(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 200  # long per-sample lists are never identity
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v

@@ -1,0 +1,163 @@
+"""Chunk files and atomic writes.
+
+The dataset positions ``0 … N−1`` are cut into fixed ranges of ``chunk_size`` positions; chunk ``k`` covers
+``[k·chunk_size, min((k+1)·chunk_size, N))`` and is stored, once every sample of it has been scored, as
+``chunks/chunk-<first position:09d>.parquet``. The file is written to a temporary name in the same folder,
+fsync'ed and renamed over the final name (``os.replace``, atomic on POSIX), so a chunk file is either
+absent or complete, whatever kills the process.
+
+Besides the rows of the samples that were scored (the columns of ``scores.parquet``), a chunk file carries
+in its Parquet key-value metadata (key ``gradtrust``) a JSON object: the run's identity hash, the range,
+the **failures** of the range (``[index, path, reason]`` of every sample that could not be read), the
+methods scored, their parameters, the methods skipped with their reasons and ``ScoreResult.info``.
+One file holds all of it, so there is no second file to keep consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_KEY = b"gradtrust"
+CHUNK_DIR = "chunks"
+BASE_COLUMNS = ("index", "path", "label", "prediction", "correct")
+BASE_TYPES = {"index": pa.int64(), "path": pa.string(), "label": pa.int64(), "prediction": pa.int64(),
+              "correct": pa.bool_()}
+_TMP_MARK = ".tmp-"
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Call ``write(binary file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    data = (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def remove_temporary_files(folder: Path) -> int:
+    """Delete temporary files left by a killed writer (``.<name>.tmp-<pid>-<id>``); returns how many."""
+    removed = 0
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.name.startswith(".") and _TMP_MARK in entry.name:
+                try:
+                    entry.unlink()
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Fixed ranges of dataset positions, and the batches inside each (never crossing a chunk border)."""
+
+    num_samples: int
+    chunk_size: int
+    batch_size: int
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_samples // self.chunk_size)
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        start = k * self.chunk_size
+        return start, min(start + self.chunk_size, self.num_samples)
+
+    def batches(self, k: int) -> Iterator[tuple[int, int]]:
+        start, stop = self.bounds(k)
+        for lo in range(start, stop, self.batch_size):
+            yield lo, min(lo + self.batch_size, stop)
+
+    def num_batches(self, k: int) -> int:
+        start, stop = self.bounds(k)
+        return -(-(stop - start) // self.batch_size)
+
+    def path(self, folder: Path, k: int) -> Path:
+        return Path(folder) / CHUNK_DIR / f"chunk-{self.bounds(k)[0]:09d}.parquet"
+
+
+class ChunkBatchSampler:
+    """A DataLoader ``batch_sampler`` over some chunks: batch ``[lo, hi)`` after batch, lazily (flat memory)."""
+
+    def __init__(self, layout: ChunkLayout, chunks: list[int]) -> None:
+        self.layout = layout
+        self.chunks = list(chunks)
+
+    def plan(self) -> Iterator[tuple[int, int, int, bool]]:
+        """``(chunk, lo, hi, last batch of the chunk)`` in the order the batches are yielded."""
+        for k in self.chunks:
+            n = self.layout.num_batches(k)
+            for j, (lo, hi) in enumerate(self.layout.batches(k)):
+                yield k, lo, hi, j == n - 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _, lo, hi, _ in self.plan():
+            yield list(range(lo, hi))
+
+    def __len__(self) -> int:
+        return sum(self.layout.num_batches(k) for k in self.chunks)
+
+
+# --------------------------------------------------------------------------- chunk files
+
+
+def write_chunk(path: Path, columns: dict[str, Any], schema: pa.Schema, meta: dict) -> None:
+    table = pa.table(columns, schema=schema)
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
+    atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+
+
+def read_chunk_meta(path: Path) -> dict | None:
+    """The ``gradtrust`` metadata of a chunk file, or ``None`` when the file is missing or unreadable."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+        return json.loads(metadata[META_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+
+
+def read_chunk_table(path: Path) -> pa.Table:
+    return pq.read_table(path)

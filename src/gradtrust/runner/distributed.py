@@ -1,0 +1,144 @@
+"""``torch.distributed`` for the runner: one process per device, chunks shared round-robin.
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the runner initialises the default
+process group (``gloo`` on CPU, ``nccl`` on CUDA, device ``cuda:LOCAL_RANK``), unless the caller already
+did; it destroys only a group it created. Collectives carry only small Python objects (statuses, counts,
+the summary): the scores themselves go through the shared output folder, which every process must see
+(a local disk on one machine; a shared file system across machines).
+
+One machine, 4 GPUs::
+
+    torchrun --nproc_per_node 4 -m gradtrust score --model torchvision:resnet50 --weights DEFAULT \\
+        --data /data/imagenet/val --labels LOC_val_solution.csv --out runs/resnet50
+
+Two machines (run on each; ``--out`` on a shared file system)::
+
+    torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
+        --rdzv-id gradtrust-r50 -m gradtrust score … --out /shared/runs/resnet50
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+
+from gradtrust.errors import GradTrustError
+
+# Ranks wait for one another at the end of their share of chunks; a resumed run can leave them unequal
+# shares, so the collective timeout is generous (GRADTRUST_DIST_TIMEOUT seconds, default 6 hours).
+_DEFAULT_TIMEOUT_S = 6 * 3600
+
+
+def env_world() -> tuple[int, int, int]:
+    """``(world_size, rank, local_rank)`` from the environment torchrun sets (``1, 0, 0`` otherwise)."""
+    def read(name: str, default: int) -> int:
+        try:
+            return int(os.environ.get(name, default))
+        except ValueError:
+            raise GradTrustError(f"environment variable {name}={os.environ.get(name)!r} is not an integer") from None
+
+    return read("WORLD_SIZE", 1), read("RANK", 0), read("LOCAL_RANK", 0)
+
+
+def resolve_device(device: Optional[str | torch.device], fallback: Optional[torch.device] = None) -> torch.device:
+    """The device this process scores on.
+
+    ``None``: under torchrun ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; in one process the
+    model's own device (``fallback``), else CPU. ``"cuda"`` under torchrun means ``cuda:LOCAL_RANK``.
+    """
+    world, _, local_rank = env_world()
+    if device is None:
+        if world > 1:
+            return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return fallback if fallback is not None else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise GradTrustError(f"invalid device {device!r}: {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GradTrustError(f"device {device!r} asked for, but CUDA is not available; use --device cpu.")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank if world > 1 else torch.cuda.current_device()}")
+        if dev.index >= torch.cuda.device_count():
+            raise GradTrustError(f"device {dev} does not exist: {torch.cuda.device_count()} CUDA devices visible.")
+    return dev
+
+
+@dataclass
+class DistContext:
+    """Rank and world of this process; collectives that are no-ops in a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    active: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if not self.active:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, value: Any) -> list[Any]:
+        if not self.active:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+@contextlib.contextmanager
+def distributed_session(device: Optional[torch.device] = None) -> Iterator[DistContext]:
+    """Join (or create, under torchrun) the default process group for the duration of the block."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        _, _, local_rank = env_world()
+        yield DistContext(rank=dist.get_rank(), world_size=world, local_rank=local_rank, active=world > 1)
+        return
+    world, rank, local_rank = env_world()
+    if world <= 1:
+        yield DistContext()
+        return
+    if not dist.is_available():
+        raise GradTrustError(f"WORLD_SIZE={world} but this PyTorch build has no torch.distributed.")
+    dev = device if device is not None else resolve_device(None)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    timeout = datetime.timedelta(seconds=float(os.environ.get("GRADTRUST_DIST_TIMEOUT", _DEFAULT_TIMEOUT_S)))
+    try:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    except (RuntimeError, ValueError) as exc:
+        raise GradTrustError(
+            f"cannot initialise torch.distributed (backend {backend}, WORLD_SIZE={world}, RANK={rank}): "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}. Launch with "
+            "torchrun (it sets MASTER_ADDR, MASTER_PORT, RANK, LOCAL_RANK, WORLD_SIZE)."
+        ) from None
+    try:
+        yield DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, active=True)
+    finally:
+        dist.destroy_process_group()
