@@ -9,13 +9,13 @@ Prints, each figure against a plain batched forward pass (``torch.no_grad``) tim
 3. cost of Purview alone, in plain forward passes (target ≤ 3.5);
 4. the straightforward way (one image at a time, one autograd pass per method:
    ``gradtrust.scores.reference``) ÷ ``gradtrust.score`` on the same images.
-Timings are medians over repeats, interleaved with the plain forward so drifts in machine load cancel.
+Timings are minima over repeats (the least-disturbed run), interleaved with the plain forward so drifts in
+machine load hit both alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -42,7 +42,7 @@ def timed(fn, device) -> float:
 
 
 def ratio_to_forward(model, x, work, repeats: int, device) -> tuple[float, float]:
-    """Median time of ``work`` and median time of a plain forward, interleaved; returns (work, forward)."""
+    """Minimum time of ``work`` and of a plain forward over interleaved repeats; returns (work, forward)."""
 
     def forward():
         with torch.no_grad():
@@ -53,7 +53,7 @@ def ratio_to_forward(model, x, work, repeats: int, device) -> tuple[float, float
     for _ in range(repeats):
         forward_times.append(timed(forward, device))
         work_times.append(timed(work, device))
-    return statistics.median(work_times), statistics.median(forward_times)
+    return min(work_times), min(forward_times)
 
 
 def main() -> None:
@@ -95,7 +95,7 @@ def main() -> None:
                 reference_score(model, x[i:i + 1], method, layer=final)
 
     t_ref = timed(straightforward, device) / n
-    t_fast = statistics.median(timed(lambda: gradtrust.score(model, x, methods), device)
+    t_fast = min(timed(lambda: gradtrust.score(model, x, methods), device)
                                for _ in range(max(1, args.repeats // 2))) / args.batch_size
     print(f"4. straightforward (per image, per method autograd) / gradtrust.score: {t_ref / t_fast:.1f}x "
           f"[{t_ref * 1e3:.0f} ms vs {t_fast * 1e3:.1f} ms per image]")

@@ -270,7 +270,7 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
     cache = cache or _DigitsCache()
     ncols = min(8, rows.size)
     nrows = math.ceil(rows.size / ncols)
-    fig = _new_figure(1.55 * ncols + 0.2, 1.95 * nrows + 0.6)
+    fig = _new_figure(max(1.6 * ncols + 0.2, 5.5), 1.95 * nrows + 0.8)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     frame = run.frame
     found = 0
@@ -288,18 +288,18 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
                       interpolation="nearest" if max(img.shape[:2]) < 64 else "antialiased")
         pred = run.class_name(int(frame["prediction"].iat[i]))
         true = run.class_name(int(frame["label"].iat[i]))
-        ax.text(0.5, 1.30, _short(pred), color="#d62728", ha="center", va="bottom", fontsize=7.5,
+        ax.text(0.5, 1.16, f"pred: {_short(pred)}", color="#d62728", ha="center", va="bottom", fontsize=7.5,
                 transform=ax.transAxes)
-        ax.text(0.5, 1.04, _short(true), color="#1f77b4", ha="center", va="bottom", fontsize=7.5,
+        ax.text(0.5, 1.02, f"true: {_short(true)}", color="#1f77b4", ha="center", va="bottom", fontsize=7.5,
                 transform=ax.transAxes)
         gt, sm = run.scores("gradtrust")[i], run.scores("softmax")[i]
         ax.set_xlabel(f"GT {gt:.3g} · SM {sm:.2f}", fontsize=6.5)
     for ax in axes[rows.size:]:
         ax.set_visible(False)
-    fig.suptitle(f"{run.name}: wrong predictions with softmax ≥ {threshold:.3f} (top {100 * (1 - quantile):g}%), "
-                 f"lowest GradTrust first ({rows.size} of {n_candidates}); "
-                 "red = predicted, blue = true", fontsize=8.5)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.suptitle(f"{run.name}: wrong predictions with softmax ≥ {threshold:.3f} (top {100 * (1 - quantile):g}% "
+                 f"of the run)\nin ascending GradTrust, lowest first ({rows.size} of {n_candidates}); "
+                 "red = predicted class, blue = true class", fontsize=8.5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / (1.95 * nrows + 0.8)))
     _save(fig, path)
     return {"rows": rows.tolist(), "threshold": threshold, "candidates": n_candidates, "images_found": found}
 

@@ -100,7 +100,9 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
     k = module.weight[0].numel()
     o = module.weight.shape[0]
     ghost_cost = out_positions * out_positions * (k + o)
-    if type(module) is nn.Conv2d and module.groups == 1 and ghost_cost < out_positions * k * o:
+    # The unfolded patches cost memory traffic the FLOP count ignores: take the Gram form only when it is
+    # at most half the work (resnet18: layer4 and its downsample, not layer3).
+    if type(module) is nn.Conv2d and module.groups == 1 and 2 * ghost_cost <= out_positions * k * o:
         norms = []
         per_sample_bytes = 4 * (out_positions * (k + out_positions) + a[0].numel())
         step = max(1, chunk_bytes // per_sample_bytes)

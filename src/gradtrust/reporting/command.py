@@ -1,0 +1,63 @@
+"""``gradtrust report RESULTS… --out DIR``: the paper's table, the selective table, figures and an HTML page."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["report_command", "echo_report"]
+
+
+def echo_report(report, *, print_table: bool = False) -> None:
+    """Print a report's problems, warnings, top-2 line and where its files are (problems to stderr)."""
+    for p in report.problems:
+        click.echo(f"error: {p.source}: {p.message}", err=True)
+    for w in report.warnings:
+        click.echo(f"WARNING: {w}", err=True)
+    if not report.ok:
+        return
+    if print_table:
+        click.echo(report.table_markdown)
+    for line in report.summary_lines[:2]:
+        click.echo(line)
+    click.echo(f"Report of {len(report.results)} run(s) written to {report.out_dir} "
+               f"({report.elapsed_s:.1f} s): table.md, table.csv, selective.md, selective.csv, summary.md, "
+               f"figures/, report.json")
+    click.echo(f"HTML page: {report.files['html'].resolve()}")
+
+
+@click.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the report (created).")
+@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples for the confidence intervals of the selective table (0 = none).")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
+              show_default=True, help="Level of the bootstrap confidence intervals.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples.")
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the PNG figures.")
+@click.option("--max-images", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most images in each run's qualitative grid.")
+@click.option("--title", default="GradTrust report", show_default=True, help="Title of the HTML page.")
+@click.option("--print-table", is_flag=True, help="Print the Markdown table to stdout.")
+def report_command(results, out_dir, resamples, confidence, seed, figures, max_images, title, print_table):
+    """Report on score runs: RESULTS are run folders (scores.parquet + manifest.json), parquet files, or
+    folders holding runs (searched a few levels deep).
+
+    Writes into --out: table.md / table.csv (the paper's AUAC / AUFC table, rows by accuracy, top two of
+    each row in bold, random and oracle references), selective.md / selective.csv (AURC, AUGRC, AUROC,
+    FPR@95 with bootstrap CIs), summary.md (winner of each cell, GradTrust's top-2 count), figures/*.png
+    and index.html (one self-contained page). An unreadable input is reported and skipped; the exit code
+    is 1 only when no run could be read.
+    """
+    from gradtrust.reporting.report import build_report
+
+    report = build_report(results, out_dir, resamples=resamples, confidence=confidence, seed=seed,
+                          figures=figures, max_images=max_images, title=title)
+    echo_report(report, print_table=print_table)
+    if not report.ok:
+        click.echo(f"error: none of the {len(results)} input(s) could be read as a score run; "
+                   f"nothing to report (the page {report.files['html']} lists why).", err=True)
+        sys.exit(1)

@@ -1,0 +1,165 @@
+"""``index.html``: one self-contained page (inline CSS, PNGs as base64 data URIs, no script, no network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from gradtrust.reporting.tables import (
+    PAPER_LEGEND,
+    paper_cells,
+    selective_cells,
+    selective_legend,
+    summary_cells,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gradtrust.reporting.report import Report
+
+__all__ = ["render_html", "data_uri"]
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em auto; max-width: 1500px;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }
+h3 { font-size: 1.05em; margin-bottom: .3em; }
+table { border-collapse: collapse; font-size: 12.5px; margin: .5em 0 1em; }
+th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; position: sticky; top: 0; }
+td:first-child, th:first-child { text-align: left; }
+tr:nth-child(even) td { background: #fafafa; }
+.scroll { overflow-x: auto; }
+.warning { background: #fff4ce; border: 1px solid #e0b400; padding: .5em 1em; margin: .6em 0; }
+.problem { background: #fde7e9; border: 1px solid #d13438; padding: .5em 1em; margin: .6em 0; }
+.legend, .notes { font-size: 13px; color: #444; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+details { margin: .3em 0; } summary { cursor: pointer; }
+pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: 12px; }
+.claim { font-size: 15px; background: #eef6ff; border: 1px solid #9cc3ee; padding: .5em 1em; }
+"""
+
+
+def data_uri(path: Path) -> str:
+    """A PNG file as a ``data:image/png;base64,…`` URI."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    """Cells are trusted HTML fragments (built escaped by :mod:`.tables`)."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _md_bold_to_html(text: str) -> str:
+    parts = html.escape(text).split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _notes(notes: Sequence[str]) -> str:
+    if not notes:
+        return ""
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in dict.fromkeys(notes))
+    return f'<ul class="notes">{items}</ul>'
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None or not Path(path).is_file():
+        return ""
+    return f'<p><img src="{data_uri(path)}" alt="{html.escape(alt)}"></p>'
+
+
+def render_html(report: "Report") -> str:
+    """The whole page as a string."""
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{e(report.title)}</title>", f"<style>{_CSS}</style></head><body>",
+           f"<h1>{e(report.title)}</h1>",
+           f'<p class="legend">Generated {e(report.created)} by gradtrust {e(report.version)} from '
+           f"{len(report.results)} run(s). Sections: <a href=\"#table\">quantitative results</a> · "
+           '<a href="#summary">summary</a> · <a href="#selective">selective classification</a> · '
+           '<a href="#figures">figures</a> · <a href="#manifests">manifests</a>.</p>']
+    for w in report.warnings:
+        out.append(f'<div class="warning"><strong>Warning:</strong> {e(w)}</div>')
+    if report.problems:
+        items = "".join(f"<li><code>{e(p.source)}</code>: {e(p.message)}</li>" for p in report.problems)
+        out.append(f'<div class="problem"><strong>{len(report.problems)} input(s) could not be used '
+                   f"(the rest of the report is complete):</strong><ul>{items}</ul></div>")
+    if not report.results:
+        out.append("<p>No run could be read: nothing to report.</p></body></html>")
+        return "\n".join(out)
+
+    # The paper's table.
+    out.append('<h2 id="table">Quantitative results (AUAC / AUFC)</h2>')
+    out.append(f'<p class="legend">{_md_bold_to_html(PAPER_LEGEND)}</p>')
+    for g in report.groups:
+        if len(report.groups) > 1:
+            out.append(f"<h3>Dataset: {e(g.label)}</h3>")
+        header, rows, notes = paper_cells(g, html=True)
+        out.append(_table(header, rows, "paper"))
+        out.append(_notes(notes))
+
+    # Summary.
+    out.append('<h2 id="summary">Summary: which trust score wins</h2>')
+    for line in report.summary_lines:
+        out.append(f'<p class="claim">{e(line)}</p>')
+    header, rows = summary_cells(report.summary)
+    out.append(_table([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
+
+    # Selective table.
+    out.append('<h2 id="selective">Selective classification (AURC, AUGRC, AUROC, FPR@95)</h2>')
+    out.append(f'<p class="legend">{_md_bold_to_html(selective_legend(report.resamples, report.seed, report.confidence))}</p>')
+    for g in report.groups:
+        if len(report.groups) > 1:
+            out.append(f"<h3>Dataset: {e(g.label)}</h3>")
+        for i, r in enumerate(g.results):
+            header, rows, notes = selective_cells(r, g.methods, html=True)
+            out.append(f"<details{' open' if i == 0 else ''}><summary><strong>{e(r.name)}</strong> — accuracy "
+                       f"{100 * r.accuracy:.2f}%, n = {r.run.n}</summary>")
+            out.append(_table(header, rows, "selective"))
+            out.append(_notes(notes))
+            out.append("</details>")
+
+    # Figures.
+    out.append('<h2 id="figures">Figures</h2>')
+    figs = report.figures
+    if not figs:
+        out.append("<p>Figures were not drawn (--no-figures).</p>")
+    else:
+        out.append("<h3>Accuracy vs. percentile</h3>" + _img(figs.get("accuracy_curves"), "accuracy curves"))
+        out.append("<h3>Macro F1 vs. percentile</h3>" + _img(figs.get("f1_curves"), "F1 curves"))
+        out.append("<h3>Concept figure: GradTrust vs. softmax</h3>")
+        out.append('<p class="legend">One point per sample; green = correct, red = wrong. Dashed lines: the '
+                   "medians; each quadrant gives its wrong predictions out of its samples. The paper's claim: "
+                   "many wrong predictions with low GradTrust and high softmax (top left), none with low "
+                   "softmax and high GradTrust (bottom right).</p>")
+        for r in report.results:
+            path = figs.get(f"scatter/{r.name}")
+            if path is None:
+                out.append(f"<p>{e(r.name)}: no concept figure (needs both gradtrust and softmax).</p>")
+            else:
+                out.append(f"<details open><summary>{e(r.name)}</summary>{_img(path, 'scatter ' + r.name)}</details>")
+        out.append("<h3>Qualitative grid: confident mistakes, lowest GradTrust first</h3>")
+        for r in report.results:
+            path = figs.get(f"qualitative/{r.name}")
+            if path is None:
+                why = report.qualitative_notes.get(r.name, "")
+                out.append(f"<p>{e(r.name)}: no grid{': ' + e(why) if why else ''}.</p>")
+            else:
+                out.append(f"<details open><summary>{e(r.name)}</summary>"
+                           f"{_img(path, 'qualitative ' + r.name)}</details>")
+
+    # Manifests.
+    out.append('<h2 id="manifests">Runs and their manifests</h2>')
+    for r in report.results:
+        run = r.run
+        body = json.dumps(run.manifest, indent=2, sort_keys=False, default=str) if run.manifest else "(no manifest)"
+        extra = _notes(run.notes)
+        out.append(f"<details><summary><strong>{e(run.name)}</strong> — <code>{e(str(run.source))}</code>; "
+                   f"dataset {e(run.dataset_label)}; {run.n} samples, {len(run.methods)} methods</summary>"
+                   f"{extra}<pre>{e(body)}</pre></details>")
+    out.append("</body></html>")
+    return "\n".join(out)

@@ -1,0 +1,232 @@
+"""Building a whole report: load the runs, evaluate them, write the tables, figures and the HTML page.
+
+>>> from gradtrust.reporting import build_report
+>>> report = build_report(["runs/resnet18", "runs/alexnet"], "report/")
+>>> print(report.table_markdown); report.files["html"]
+
+Never raises for a bad input file: it becomes a problem in ``report.problems`` (and on the page), and the
+rest is written. ``report.ok`` is False only when no run at all could be read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from gradtrust.reporting.runs import LoadProblem, load_runs, slugify
+from gradtrust.reporting.tables import (
+    Group,
+    RunResult,
+    Summary,
+    evaluate_run,
+    group_runs,
+    paper_table_frame,
+    paper_table_markdown,
+    selective_frame,
+    selective_markdown,
+    summarise,
+    summary_markdown,
+)
+
+__all__ = ["Report", "build_report"]
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` produced.
+
+    Attributes:
+        out_dir: where it was written.
+        results: one :class:`~gradtrust.reporting.tables.RunResult` per readable run.
+        groups: the runs by dataset, each ordered by accuracy (ascending).
+        problems: inputs that could not be used (file and reason), and figures that could not be drawn.
+        warnings: things the reader must know (several datasets in one report…).
+        summary: winners per (run, metric) and GradTrust's top-2 counts.
+        files: ``{"table_md", "table_csv", "selective_md", "selective_csv", "summary_md", "html",
+            "json"}`` → path; figures in ``figures`` (``accuracy_curves``, ``f1_curves``,
+            ``scatter/<run>``, ``qualitative/<run>``).
+        table_markdown: the content of ``table.md``.
+    """
+
+    out_dir: Path
+    title: str
+    results: list[RunResult]
+    groups: list[Group]
+    problems: list[LoadProblem]
+    warnings: list[str]
+    summary: Summary | None
+    summary_lines: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    quadrants: dict[str, dict] = field(default_factory=dict)
+    qualitative_notes: dict[str, str] = field(default_factory=dict)
+    table_markdown: str = ""
+    resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+    created: str = ""
+    version: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when at least one run was read."""
+        return bool(self.results)
+
+
+def _version() -> str:
+    try:
+        from gradtrust import __version__
+
+        return __version__
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def dataset_warnings(groups: Sequence[Group]) -> list[str]:
+    if len(groups) <= 1:
+        return []
+    listing = "; ".join(f"{g.label}: {', '.join(r.name for r in g.results)}" for g in groups)
+    return [f"the runs come from {len(groups)} different datasets (by the dataset identity in their "
+            f"manifests): {listing}. Their numbers are not comparable across datasets, so each dataset "
+            "gets its own table (and the CSV files a `dataset` column); compare rows only within a table."]
+
+
+def build_report(
+    results: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    figures: bool = True,
+    max_images: int = 16,
+    title: str = "GradTrust report",
+) -> Report:
+    """Write the report of the given runs (folders with ``scores.parquet`` + ``manifest.json``, parquet files,
+    or folders holding such runs) into ``out_dir``.
+
+    Args:
+        results: the inputs.
+        out_dir: output folder (created).
+        resamples: bootstrap resamples for the CIs of the selective table (0 = no CIs); seeded by ``seed``.
+        confidence: the CIs' level.
+        figures: draw the PNG figures.
+        max_images: most images in each run's qualitative grid.
+        title: the page title.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, problems = load_runs(results)
+    evaluated = [evaluate_run(r, resamples=resamples, confidence=confidence, seed=seed) for r in runs]
+    groups = group_runs(evaluated)
+    ordered = [r for g in groups for r in g.results]
+    warnings = dataset_warnings(groups)
+    report = Report(out_dir=out, title=title, results=ordered, groups=groups, problems=problems,
+                    warnings=warnings, summary=summarise(groups) if ordered else None,
+                    resamples=resamples, confidence=confidence, seed=seed,
+                    created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), version=_version())
+    if ordered:
+        _write_tables(report)
+        if figures:
+            _draw_figures(report, max_images)
+    _write_html(report)
+    report.elapsed_s = time.perf_counter() - t0
+    _write_json(report)
+    return report
+
+
+def _write_tables(report: Report) -> None:
+    out, groups, warnings = report.out_dir, report.groups, report.warnings
+    report.table_markdown = paper_table_markdown(groups, warnings)
+    (out / "table.md").write_text(report.table_markdown, encoding="utf-8")
+    paper_table_frame(groups).to_csv(out / "table.csv", index=False)
+    (out / "selective.md").write_text(
+        selective_markdown(groups, resamples=report.resamples, seed=report.seed, confidence=report.confidence,
+                           warnings=warnings), encoding="utf-8")
+    selective_frame(groups).to_csv(out / "selective.csv", index=False)
+    text = summary_markdown(report.summary, groups, warnings)
+    (out / "summary.md").write_text(text, encoding="utf-8")
+    report.summary_lines = [line[2:] for line in text.splitlines() if line.startswith("- ")]
+    report.files.update(table_md=out / "table.md", table_csv=out / "table.csv",
+                        selective_md=out / "selective.md", selective_csv=out / "selective.csv",
+                        summary_md=out / "summary.md")
+
+
+def _draw_figures(report: Report, max_images: int) -> None:
+    from gradtrust.reporting import figures as F
+
+    fig_dir = report.out_dir / "figures"
+    for kind, name in (("accuracy", "accuracy_curves"), ("f1", "f1_curves")):
+        try:
+            report.figures[name] = F.curves_figure(report.results, fig_dir / f"{name}.png", kind)
+        except Exception as exc:  # noqa: BLE001 - one figure never stops the report
+            report.problems.append(LoadProblem(f"figures/{name}.png", f"could not be drawn: {exc!r}"))
+    cache = F._DigitsCache()
+    used: set[str] = set()
+    for r in report.results:
+        slug = slugify(r.name)
+        while slug in used:
+            slug += "_"
+        used.add(slug)
+        try:
+            path = fig_dir / "scatter" / f"{slug}.png"
+            quad = F.scatter_figure(r, path)
+            if quad is not None:
+                report.figures[f"scatter/{r.name}"] = path
+                report.quadrants[r.name] = quad.as_dict()
+        except Exception as exc:  # noqa: BLE001
+            report.problems.append(LoadProblem(f"figures/scatter/{slug}.png", f"could not be drawn: {exc!r}"))
+        try:
+            path = fig_dir / "qualitative" / f"{slug}.png"
+            drawn = F.qualitative_figure(r, path, max_images=max_images, cache=cache)
+            if drawn is not None:
+                report.figures[f"qualitative/{r.name}"] = path
+            elif "gradtrust" not in r.run.methods or "softmax" not in r.run.methods:
+                report.qualitative_notes[r.name] = "needs both gradtrust and softmax"
+            else:
+                report.qualitative_notes[r.name] = "no wrong prediction with a softmax in the top quartile"
+        except Exception as exc:  # noqa: BLE001
+            report.problems.append(LoadProblem(f"figures/qualitative/{slug}.png", f"could not be drawn: {exc!r}"))
+
+
+def _write_html(report: Report) -> None:
+    from gradtrust.reporting.html import render_html
+
+    path = report.out_dir / "index.html"
+    path.write_text(render_html(report), encoding="utf-8")
+    report.files["html"] = path
+
+
+def _write_json(report: Report) -> None:
+    """``report.json``: what was read, what failed, where everything is (for scripts and tests)."""
+    s = report.summary
+    data: dict[str, Any] = {
+        "created": report.created,
+        "gradtrust_version": report.version,
+        "elapsed_s": round(report.elapsed_s, 3),
+        "bootstrap": {"resamples": report.resamples, "confidence": report.confidence, "seed": report.seed},
+        "warnings": report.warnings,
+        "problems": [{"source": p.source, "message": p.message} for p in report.problems],
+        "groups": [{"dataset": g.label, "runs": [r.name for r in g.results], "methods": g.methods}
+                   for g in report.groups],
+        "runs": [{"name": r.name, "source": str(r.run.source), "model": r.run.model,
+                  "condition": r.run.condition, "dataset": r.run.dataset_label, "n": r.run.n,
+                  "n_wrong": r.run.n_wrong, "accuracy": r.accuracy, "methods": r.run.methods,
+                  "notes": r.notes, "quadrants": report.quadrants.get(r.name)} for r in report.results],
+        "summary": None if s is None else {
+            "top2": s.top2, "top2_paper_methods": s.top2_paper, "rows": s.rows, "wins": s.wins,
+            "winners": [{"run": k[0], "metric": k[1], "methods": v} for k, v in s.winners.items()],
+        },
+        "files": {k: str(v) for k, v in report.files.items()},
+        "figures": {k: str(v) for k, v in report.figures.items()},
+    }
+    path = report.out_dir / "report.json"
+    report.files["json"] = path
+    data["files"]["json"] = str(path)
+    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")

@@ -1,0 +1,253 @@
+"""``gradtrust score``: score a dataset with a model into ``scores.parquet`` + ``manifest.json``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from gradtrust.errors import GradTrustError, InputError, UnknownNameError
+from gradtrust.scores import ScoreOptions, available_methods
+
+__all__ = ["parse_option_pairs", "score_command"]
+
+DEFAULT_DIGITS_OUT = "runs/digits"
+RANDOM_INIT_SEED = 0  # random-weight models are initialised from torch.manual_seed(0): every run, every rank
+
+
+def _epilog() -> str:
+    names = available_methods()
+    lines = ["\b", "Methods (--methods, default all that apply to the model):"]
+    line = " "
+    for name in names:
+        if len(line) + len(name) + 2 > 100:
+            lines.append(line.rstrip(", "))
+            line = " "
+        line += f" {name},"
+    lines.append(line.rstrip(","))
+    lines += [
+        "",
+        "\b",
+        "Options (--option KEY=VALUE, repeatable):",
+        "  odin_temperature=100  odin_epsilon=0.0014  mc_samples=10  topk=10  layer=<module name>",
+        "  seed=0  pnorm_p=2  gradient_path=auto|closed_form|autograd  purview_backend=auto|hooks|vmap|loop",
+        "",
+        "\b",
+        "Examples:",
+        "  gradtrust score                                   # every bundled digits network -> runs/digits/<net>/",
+        "  gradtrust score --model digits:digits_cnn --data digits:test:blur:2 --out runs/cnn-blur",
+        "  gradtrust score --model torchvision:resnet50 --weights DEFAULT --data /data/imagenet/val \\",
+        "      --labels LOC_val_solution.csv --out runs/resnet50 --workers 8 --device cuda",
+        "  gradtrust score --model torchvision:resnet18 --weights my_head.pth --data ./my_images \\",
+        "      --out runs/mine --methods softmax,gradtrust,gradtrust_topk --option topk=5",
+        "  gradtrust score --model torchvision:r3d_18 --weights DEFAULT --data /data/kinetics400/val --out runs/r3d",
+        "  torchrun --nproc_per_node 4 -m gradtrust score --model ... --data ... --out ...   # 4 processes",
+        "",
+        "\b",
+        "Output: <out>/scores.parquet (one row per scored sample), <out>/manifest.json, <out>/run.json and",
+        "<out>/chunks/. Interrupted? Run the same command again: complete chunks are kept (resume).",
+    ]
+    return "\n".join(lines)
+
+
+def _option_types() -> dict[str, Any]:
+    return typing.get_type_hints(ScoreOptions)
+
+
+def parse_option_pairs(pairs: typing.Iterable[str]) -> dict[str, Any]:
+    """``["odin_temperature=50", "topk=none"]`` → ``{"odin_temperature": 50.0, "topk": None}``.
+
+    Values are converted to the type of the :class:`~gradtrust.ScoreOptions` field (``none``/``null`` for
+    optional fields); unknown keys raise :class:`UnknownNameError` listing the valid ones.
+    """
+    types = _option_types()
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = str(pair).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InputError(f"--option takes KEY=VALUE (e.g. --option odin_temperature=50), got {pair!r}.")
+        if key not in types:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(types), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UnknownNameError(f"unknown scoring option {key!r}.{hint} Valid options: {', '.join(types)}.")
+        out[key] = _convert(key, value.strip(), types[key])
+    return out
+
+
+def _convert(key: str, value: str, hint: Any) -> Any:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    kinds = [a for a in args if a is not type(None)] if args else [hint]
+    if optional and value.lower() in ("none", "null", ""):
+        return None
+    kind = kinds[0] if kinds else str
+    try:
+        if kind is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+    except ValueError:
+        expected = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+        raise InputError(f"--option {key}={value!r}: {key} must be {expected}"
+                         f"{' (or none)' if optional else ''}.") from None
+    return value
+
+
+def _weights_arg(spec: str, weights: Optional[str]) -> Optional[str]:
+    if weights is not None and weights.strip().lower() in ("random", "none", "null"):
+        return None
+    if weights is None and spec.startswith("digits:"):
+        return "DEFAULT"  # the bundled, trained weights
+    return weights
+
+
+def _echo_summary(summary, spec: str) -> None:
+    acc = "n/a (no labels)" if summary.accuracy is None else f"{summary.accuracy:.4f}"
+    click.echo(f"{spec}: scored {summary.num_scored} of {summary.num_samples} samples, {summary.num_failed} failed; "
+               f"accuracy {acc}; {summary.elapsed_s:.1f} s"
+               + (f" (resumed {summary.resumed_chunks} complete chunks)" if summary.resumed_chunks else ""))
+    click.echo(f"  methods:  {', '.join(summary.methods)}")
+    click.echo(f"  scores:   {summary.scores_path}")
+    click.echo(f"  manifest: {summary.manifest_path}")
+
+
+@click.command("score", epilog=_epilog(),
+               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--model", "model_spec", metavar="SPEC",
+              help="torchvision:<name>, timm:<name>, digits:<name>, or a TorchScript/pickled model file "
+                   "(`gradtrust models` lists them). Without --model: every bundled digits network.")
+@click.option("--weights", metavar="W",
+              help="DEFAULT or a torchvision enum name (from the torch hub cache; never downloaded), a local "
+                   ".pth/.safetensors file, or 'random'. Default: the bundled weights for digits:*, random "
+                   "initialisation (seed 0) otherwise.")
+@click.option("--num-classes", type=click.IntRange(min=1), metavar="N",
+              help="Outputs of a fine-tuned head (inferred from a weights file when omitted).")
+@click.option("--data", metavar="DIR|digits[:SPLIT[:CORRUPTION[:SEVERITY]]]",
+              help="Class-folder images (DIR/<class>/<img>), a flat image folder with --labels, Kinetics-style "
+                   "videos (DIR/<class>/<clip>.mp4) for a video model, or the built-in digits (default: digits).")
+@click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Labels of a flat image folder (ImageNet validation layout): LOC_val_solution.csv or one "
+                   "label (WordNet ID or class index) per line in sorted file order.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help=f"Output folder (default {DEFAULT_DIGITS_OUT} for the digits networks; required otherwise).")
+@click.option("--methods", default="all", show_default=True, metavar="a,b,c|all",
+              help="Comma-separated trust scores (see below). Named methods that cannot apply are an error; "
+                   "'all' skips them with the reason.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, metavar="N")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="DataLoader worker processes reading the files (4-8 for large image folders).")
+@click.option("--device", metavar="D", help="cpu, cuda, cuda:1 … (default: cuda when available, else cpu; under "
+                                              "torchrun cuda:LOCAL_RANK).")
+@click.option("--chunk-size", type=click.IntRange(min=1), metavar="N",
+              help="Samples per resumable chunk file (default: smallest multiple of --batch-size >= 1024).")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A scoring option, repeatable (see below).")
+@click.option("--force", is_flag=True, help="Discard the results of a different run already in --out.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_context
+def score_command(ctx: click.Context, model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size,
+                  workers, device, chunk_size, option_pairs, force, no_progress) -> None:
+    """Score every sample of a dataset with trust scores -> scores.parquet + manifest.json.
+
+    One row per sample: index, path, label (model class index, -1 if unknown), prediction, correct, one
+    column per method (higher = more trustworthy, NaN with a nan_reason_<method> column when undefined).
+    Unreadable files are skipped and listed in manifest.json. Runs are resumable and can be sharded over
+    processes and machines with torchrun.
+    """
+    rank = int(os.environ.get("RANK", "0") or 0)
+    try:
+        _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device,
+             chunk_size, option_pairs, force, not no_progress, rank)
+    except GradTrustError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(2)
+    except OSError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(2)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted. Complete chunks are kept: run the same command again to resume.", err=True)
+        ctx.exit(130)
+    except RuntimeError as exc:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            click.echo(f"Error: out of GPU memory at --batch-size {batch_size}; use a smaller --batch-size "
+                       "(the complete chunks are kept).", err=True)
+            ctx.exit(2)
+        raise
+
+
+def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device, chunk_size,
+         option_pairs, force, progress, rank) -> None:
+    import torch
+
+    from gradtrust.data.open import open_dataset
+    from gradtrust.models import available_digits_models, load_model
+    from gradtrust.runner.distributed import distributed_session, resolve_device
+    from gradtrust.runner.run import _score_options, score_dataset
+    from gradtrust.scores.engine import resolve_methods
+
+    # Everything that can be checked cheaply is checked before a model is built.
+    options = parse_option_pairs(option_pairs)
+    _score_options(options)
+    resolve_methods(methods)
+    if labels is not None and not os.path.isfile(labels):
+        raise InputError(f"labels file {os.path.abspath(labels)} does not exist.")
+
+    if model_spec is None:
+        data = data or "digits"
+        if not data.startswith("digits") or os.path.isdir(data):
+            raise InputError("--model is required with --data DIR (only the built-in digits data can be scored "
+                             "without --model, by every bundled digits network).")
+        if weights is not None or num_classes is not None:
+            raise InputError("--weights and --num-classes need --model.")
+        jobs = [(f"digits:{name}", "DEFAULT", Path(out_dir or DEFAULT_DIGITS_OUT) / name)
+                for name in available_digits_models()]
+    else:
+        if data is None:
+            if not model_spec.startswith("digits:"):
+                raise InputError("--data is required with this --model (a dataset folder).")
+            data = "digits"
+        if out_dir is None:
+            raise InputError("--out is required: the folder for scores.parquet and manifest.json.")
+        jobs = [(model_spec, _weights_arg(model_spec, weights), Path(out_dir))]
+
+    default = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    dev = resolve_device(device, default)
+    summaries = []
+    with distributed_session(dev):
+        for spec, spec_weights, out in jobs:
+            if spec_weights is None:
+                torch.manual_seed(RANDOM_INIT_SEED)
+                if rank == 0 and not spec.startswith("digits:"):
+                    click.echo(f"note: {spec} has random weights (an untrained network); pass --weights DEFAULT or "
+                               "a weights file for a trained one.", err=True)
+            model = load_model(spec, spec_weights, num_classes, device=dev)
+            dataset = open_dataset(data, model, labels)
+            summary = score_dataset(model, dataset, out, methods=methods, options=options, batch_size=batch_size,
+                                    num_workers=workers, device=str(dev), force=force, progress=progress,
+                                    chunk_size=chunk_size)
+            summaries.append((spec, summary))
+            if rank == 0:
+                _echo_summary(summary, spec)
+    if rank == 0 and len(summaries) > 1:
+        click.echo("")
+        click.echo(f"{'network':28s} {'scored':>7s} {'failed':>7s} {'accuracy':>9s}")
+        for spec, s in summaries:
+            acc = "n/a" if s.accuracy is None else f"{s.accuracy:.4f}"
+            click.echo(f"{spec:28s} {s.num_scored:7d} {s.num_failed:7d} {acc:>9s}")
+        click.echo(f"results in {Path(jobs[0][2]).parent.resolve()}/<network>/")
+    sys.stdout.flush()

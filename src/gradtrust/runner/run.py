@@ -1,0 +1,495 @@
+"""``score_dataset``: every trust score of every sample of a dataset, in resumable atomic chunks.
+
+Output folder::
+
+    <out>/run.json                          the run's identity, written (atomically) before any work
+    <out>/chunks/chunk-000000000.parquet    one file per chunk of ``chunk_size`` dataset positions, written
+    <out>/chunks/chunk-000001024.parquet    atomically when the chunk is complete; its failures live in
+    …                                       the file's Parquet metadata (:mod:`gradtrust.runner.chunks`)
+    <out>/scores.parquet                    all chunks merged, sorted by ``index`` (written atomically)
+    <out>/manifest.json                     identity, counts, failures, versions, timings (atomically)
+
+Resume: run the same command again. Complete chunks are kept, the others are scored again; batches are
+always cut the same way inside a chunk (``[start + j·batch_size, …)``), so the merged ``scores.parquet`` is
+identical to that of an uninterrupted run (on the same device type and thread settings). A folder that
+holds a run with another identity (model, weights, dataset, methods, options, batch or chunk size — see
+:mod:`gradtrust.runner.identity`) is refused unless ``force=True``, which discards its results first.
+
+Labels: ``label`` is the *model's* output index of the sample's class (the dataset's classes are mapped
+with :func:`gradtrust.data.resolve_class_indices` before any work), ``−1`` when the dataset does not know
+the label; ``correct`` is then ``False``, and ``accuracy`` is computed over labelled samples only
+(``None`` when there is none). Samples whose file cannot be read get no row: they are listed, with the
+reason, under ``failures`` in ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from gradtrust.data.classes import resolve_class_indices
+from gradtrust.data.open import describe_dataset
+from gradtrust.data.samples import collate_samples
+from gradtrust.errors import DataError, GradTrustError, InputError, ModelError
+from gradtrust.runner import chunks as ch
+from gradtrust.runner.distributed import DistContext, distributed_session, resolve_device
+from gradtrust.runner.identity import (FORMAT_VERSION, dataset_identity, identity_differences, library_versions,
+                                       model_identity, options_identity, sha256_of)
+from gradtrust.scores.engine import resolve_methods
+from gradtrust.scores.engine import score as score_batch
+from gradtrust.scores.passes import ScoreOptions
+
+__all__ = ["DEFAULT_CHUNK_SAMPLES", "RunConflictError", "RunSummary", "default_chunk_size", "score_dataset"]
+
+DEFAULT_CHUNK_SAMPLES = 1024
+RUN_FILE = "run.json"
+SCORES_FILE = "scores.parquet"
+MANIFEST_FILE = "manifest.json"
+_PROBE_TRIES = 32
+
+
+class RunConflictError(GradTrustError):
+    """The output folder holds results of a different run (use another output folder or ``force``)."""
+
+
+@dataclass
+class RunSummary:
+    """What :func:`score_dataset` did. ``accuracy`` is over labelled, scored samples (``None`` if none)."""
+
+    out_dir: Path
+    scores_path: Path
+    manifest_path: Path
+    num_samples: int
+    num_scored: int
+    num_failed: int
+    accuracy: Optional[float]
+    resumed_chunks: int
+    elapsed_s: float
+    methods: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in ("out_dir", "scores_path", "manifest_path"):
+            out[key] = str(out[key])
+        return out
+
+
+def default_chunk_size(batch_size: int) -> int:
+    """The smallest multiple of ``batch_size`` that is at least 1024 samples."""
+    return batch_size * max(1, -(-DEFAULT_CHUNK_SAMPLES // batch_size))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _score_options(options: Optional[dict]) -> tuple[dict, dict]:
+    """Validate the scoring options: ``(as given, every ScoreOptions field with its value)``."""
+    given = dict(options or {})
+    try:
+        full = ScoreOptions.from_kwargs(**given)
+    except GradTrustError:
+        raise
+    except (TypeError, ValueError) as exc:
+        text = str(exc).split(" (got ")[0]
+        raise InputError(f"bad scoring option: {text}") from None
+    return given, dataclasses.asdict(full)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None = None,
+                  batch_size: int = 64, num_workers: int = 0, device: str | None = None, force: bool = False,
+                  progress: bool = True, chunk_size: int | None = None,
+                  dataset_info: dict | None = None) -> RunSummary:
+    """Score every sample of ``dataset`` with ``model`` into ``out_dir`` (see the module docstring).
+
+    Args:
+        model: a :class:`gradtrust.models.LoadedModel` (moved to ``device`` when one is given).
+        dataset: a GradTrust dataset (``Sample`` items, ``classes``), e.g. from
+            :func:`gradtrust.data.open.open_dataset`.
+        out_dir: the output folder (created).
+        methods: ``None``/``"all"`` (every method that applies; the others are recorded as skipped), or
+            names (list or comma-separated): explicitly named methods that cannot apply raise.
+        options: scoring options (:class:`gradtrust.ScoreOptions` fields: ``odin_temperature``,
+            ``mc_samples``, ``topk``, ``layer``, ``seed``, ``pnorm_p``…).
+        batch_size: samples per forward pass.
+        num_workers: DataLoader worker processes that read and transform the samples.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``None`` = the model's device (under torchrun:
+            ``cuda:LOCAL_RANK`` when CUDA is available, else CPU).
+        force: discard the results of a different run already in ``out_dir`` instead of refusing.
+        progress: show a progress bar (samples/s and ETA) on stderr (rank 0 only).
+        chunk_size: samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024).
+        dataset_info: extra JSON-serialisable facts about the dataset for the manifest (not part of the
+            run's identity).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) chunk ``k`` is scored by rank ``k mod WORLD_SIZE``; rank 0
+    merges and writes ``scores.parquet`` and ``manifest.json``; every rank returns the same summary.
+
+    Raises:
+        DataError: an empty dataset, classes that do not match the model's outputs (before anything is
+            written); RunConflictError: ``out_dir`` holds another run; ModelError/InputError: an explicit
+            method that does not apply, inputs the model cannot take…
+    """
+    t0 = time.perf_counter()
+    started_at = _now()
+    batch_size = _positive_int(batch_size, "batch_size")
+    num_workers = _positive_int(num_workers, "num_workers", 0)
+    chunk_size = default_chunk_size(batch_size) if chunk_size is None else _positive_int(chunk_size, "chunk_size")
+    given_options, full_options = _score_options(options)
+    chosen, explicit = resolve_methods(methods)
+    method_names = [m.name for m in chosen]
+    methods_arg = method_names if explicit else None
+
+    num_samples = len(dataset)
+    if num_samples == 0:
+        raise DataError("the dataset holds no samples.")
+    classes = getattr(dataset, "classes", None)
+    if not classes:
+        raise DataError("the dataset has no `classes` (class names in label order).")
+    module = getattr(model, "module", None)
+    if not isinstance(module, torch.nn.Module):
+        raise ModelError("score_dataset takes a gradtrust LoadedModel (gradtrust.load_model(...)).")
+    if not model.num_classes:
+        raise ModelError(f"the number of outputs of {model.spec or 'the model'} is unknown; pass --num-classes "
+                         "(num_classes=...) to load_model.")
+    class_map = resolve_class_indices(classes, model.class_names, model.num_classes)
+
+    dev = resolve_device(device, model.device)
+    with distributed_session(dev) as ctx:
+        if model.device != dev:
+            module.to(dev)
+        description = describe_dataset(dataset)
+        identity = {
+            "format": FORMAT_VERSION,
+            "model": model_identity(model, model.describe()),
+            "dataset": dataset_identity(description),
+            "methods": {"requested": method_names, "explicit": explicit},
+            "options": options_identity(full_options),
+            "class_map": class_map,
+            "layout": {"chunk_size": chunk_size, "batch_size": batch_size},
+        }
+        run_id = sha256_of(identity)
+        out = Path(out_dir).expanduser().resolve()
+        layout = ch.ChunkLayout(num_samples, chunk_size, batch_size)
+
+        # Rank 0 checks the model on one sample and prepares the folder; the others wait for its verdict.
+        problem = None
+        if ctx.is_main:
+            try:
+                _probe(module, dataset, dev, methods_arg, given_options)
+                _prepare_out_dir(out, identity, run_id, force, started_at)
+            except (GradTrustError, OSError) as exc:
+                problem = exc
+        verdict = ctx.broadcast(None if problem is None else f"{type(problem).__name__}: {problem}")
+        if problem is not None:
+            raise problem
+        if verdict is not None:
+            raise GradTrustError(f"rank 0 stopped the run: {verdict}")
+        ids = ctx.all_gather(run_id)
+        if len(set(ids)) != 1:
+            raise GradTrustError("the processes do not score the same run (their models, data or options "
+                                 "differ: a random-weight model must be initialised from the same seed on "
+                                 "every rank).")
+
+        mine = [k for k in range(layout.num_chunks) if k % ctx.world_size == ctx.rank]
+        pending = [k for k in mine if not _chunk_done(out, layout, k, run_id)]
+        resumed = len(mine) - len(pending)
+        failure = None
+        try:
+            _score_chunks(module, dataset, out, layout, pending, run_id, class_map, methods_arg, given_options,
+                          dev, num_workers, progress and ctx.is_main, ctx)
+        except (GradTrustError, OSError, RuntimeError) as exc:
+            if not ctx.active:
+                raise
+            failure = exc
+        statuses = ctx.all_gather((None if failure is None else f"{type(failure).__name__}: {failure}", resumed))
+        if failure is not None:
+            raise failure
+        bad = [(rank, s[0]) for rank, s in enumerate(statuses) if s[0] is not None]
+        if bad:
+            raise GradTrustError("; ".join(f"rank {r} failed: {m}" for r, m in bad))
+        resumed_total = sum(s[1] for s in statuses)
+
+        summary = None
+        problem = None
+        if ctx.is_main:
+            try:
+                execution = {
+                    "device": str(dev), "world_size": ctx.world_size, "num_workers": num_workers,
+                    "resumed_chunks": resumed_total, "started_at": started_at,
+                }
+                summary = _finish(out, layout, run_id, model, description, dataset_info, class_map,
+                                  method_names if explicit else "all", full_options, execution, t0)
+            except (GradTrustError, OSError) as exc:
+                problem = exc
+        shared = ctx.broadcast(None if summary is None else summary.to_dict())
+        if problem is not None:
+            raise problem
+        if shared is None:
+            raise GradTrustError("rank 0 could not merge the chunks (see its error).")
+        if summary is None:
+            summary = RunSummary(**{**shared, **{k: Path(shared[k]) for k in ("out_dir", "scores_path",
+                                                                             "manifest_path")}})
+        summary.elapsed_s = time.perf_counter() - t0
+        return summary
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _probe(module, dataset, dev, methods_arg, options) -> None:
+    """Score one readable sample, so that a model or method that cannot work fails before any output."""
+    for i in range(min(len(dataset), _PROBE_TRIES)):
+        sample = dataset[i]
+        if sample.input is None or sample.error:
+            continue
+        score_batch(module, sample.input.unsqueeze(0).to(dev), methods_arg,
+                    sample_ids=torch.tensor([int(sample.index)]), **options)
+        return
+
+
+def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, started_at: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunConflictError(f"the output path {out} is a file; give a folder to --out.")
+    run_file = out / RUN_FILE
+    old = None
+    if run_file.is_file():
+        try:
+            old = json.loads(run_file.read_text("utf-8"))
+        except (OSError, ValueError):
+            old = {}
+    leftovers = [p for p in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE) if p.exists()]
+    if old is None and leftovers and not force:
+        raise RunConflictError(
+            f"the output folder {out} holds results ({', '.join(p.name for p in leftovers)}) but no {RUN_FILE}, "
+            "so they cannot be resumed safely. Use another --out, or --force to discard them."
+        )
+    if old is not None and old.get("identity_sha256") != run_id and not force:
+        diffs = identity_differences(old.get("identity", {}), identity)
+        shown = "; ".join(diffs[:6]) + (f"; … ({len(diffs)} differences)" if len(diffs) > 6 else "")
+        raise RunConflictError(
+            f"the output folder {out} holds a run with other settings ({shown or 'unreadable ' + RUN_FILE}). "
+            "Use another --out to keep both, or --force to discard the old results."
+        )
+    if force:
+        for path in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE, run_file):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        old = None
+    (out / ch.CHUNK_DIR).mkdir(parents=True, exist_ok=True)
+    ch.remove_temporary_files(out)
+    ch.remove_temporary_files(out / ch.CHUNK_DIR)
+    if old is None:
+        ch.atomic_write_json(run_file, {"identity_sha256": run_id, "created_at": started_at, "identity": identity})
+
+
+def _chunk_done(out: Path, layout: ch.ChunkLayout, k: int, run_id: str) -> bool:
+    meta = ch.read_chunk_meta(layout.path(out, k))
+    start, stop = layout.bounds(k)
+    return bool(meta) and meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
+
+
+class _ChunkBuffer:
+    """The rows and failures of one chunk as its batches arrive."""
+
+    def __init__(self, k: int, start: int, stop: int) -> None:
+        self.k, self.start, self.stop = k, start, stop
+        self.index: list[np.ndarray] = []
+        self.paths: list[str] = []
+        self.label: list[np.ndarray] = []
+        self.prediction: list[np.ndarray] = []
+        self.scores: dict[str, list[np.ndarray]] = {}
+        self.reasons: dict[str, list[str]] = {}
+        self.failures: list[list] = []
+        self.parameters: dict = {}
+        self.skipped: dict = {}
+        self.info: dict = {}
+
+    def add_failures(self, failures) -> None:
+        self.failures.extend([int(i), str(p), str(r)] for i, p, r in failures)
+
+    def add(self, batch, labels: torch.Tensor, result) -> None:
+        self.index.append(batch.indices.numpy().astype(np.int64))
+        self.paths.extend(batch.paths)
+        self.label.append(labels.numpy().astype(np.int64))
+        self.prediction.append(result.prediction.numpy().astype(np.int64))
+        if not self.scores:
+            self.parameters, self.skipped, self.info = result.parameters, result.skipped, result.info
+        for name, values in result.scores.items():
+            self.scores.setdefault(name, []).append(values.detach().cpu().numpy().astype(np.float64))
+            self.reasons.setdefault(name, []).extend(result.reasons[name])
+
+    def write(self, path: Path, run_id: str) -> None:
+        def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+        index, label, prediction = cat(self.index, np.int64), cat(self.label, np.int64), cat(self.prediction, np.int64)
+        columns: dict[str, Any] = {"index": index, "path": self.paths, "label": label, "prediction": prediction,
+                                   "correct": (label >= 0) & (label == prediction)}
+        fields = [pa.field(name, ch.BASE_TYPES[name]) for name in ch.BASE_COLUMNS]
+        methods = list(self.scores)
+        for name in methods:
+            columns[name] = cat(self.scores[name], np.float64)
+            fields.append(pa.field(name, pa.float64()))
+        nan_reasons = [name for name in methods if any(self.reasons[name])]
+        for name in nan_reasons:
+            columns[f"nan_reason_{name}"] = self.reasons[name]
+            fields.append(pa.field(f"nan_reason_{name}", pa.string()))
+        labelled = label >= 0
+        meta = {
+            "format": FORMAT_VERSION, "run": run_id, "chunk": self.k, "start": self.start, "stop": self.stop,
+            "rows": int(index.shape[0]), "labelled": int(labelled.sum()), "correct": int(columns["correct"].sum()),
+            "failures": sorted(self.failures), "methods": methods, "nan_reasons": nan_reasons,
+            "parameters": self.parameters, "skipped": self.skipped, "info": self.info,
+        }
+        ch.write_chunk(path, columns, pa.schema(fields), meta)
+
+
+def _score_chunks(module, dataset, out: Path, layout: ch.ChunkLayout, pending: list[int], run_id: str,
+                  class_map: list[int], methods_arg, options: dict, dev: torch.device, num_workers: int,
+                  progress: bool, ctx: DistContext) -> None:
+    if not pending:
+        return
+    from tqdm import tqdm
+
+    sampler = ch.ChunkBatchSampler(layout, pending)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_samples,
+                        pin_memory=dev.type == "cuda", prefetch_factor=2 if num_workers > 0 else None)
+    to_model = torch.tensor(class_map, dtype=torch.int64)
+    total = sum(layout.bounds(k)[1] - layout.bounds(k)[0] for k in pending)
+    desc = "scoring" if ctx.world_size == 1 else f"scoring (rank 0 of {ctx.world_size})"
+    bar = tqdm(total=total, desc=desc, unit="sample", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5, smoothing=0.1)
+    failed = 0
+    buffer: Optional[_ChunkBuffer] = None
+    try:
+        for (k, lo, hi, last), batch in zip(sampler.plan(), loader):
+            if buffer is None:
+                buffer = _ChunkBuffer(k, *layout.bounds(k))
+            buffer.add_failures(batch.failures)
+            failed += len(batch.failures)
+            if batch.inputs is not None:
+                inputs = batch.inputs.to(dev, non_blocking=True)
+                result = score_batch(module, inputs, methods_arg, sample_ids=batch.indices, **options)
+                labels = batch.labels
+                mapped = torch.where(labels >= 0, to_model[labels.clamp(min=0, max=len(class_map) - 1)],
+                                     torch.full_like(labels, -1))
+                buffer.add(batch, mapped, result)
+            bar.update(hi - lo)
+            if failed:
+                bar.set_postfix(failed=failed, refresh=False)
+            if last:
+                buffer.write(layout.path(out, k), run_id)
+                buffer = None
+    finally:
+        bar.close()
+
+
+def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, description: dict, dataset_info,
+            class_map: list[int], requested, options: dict, execution: dict, t0: float) -> RunSummary:
+    """Merge the chunks into ``scores.parquet`` (streamed, chunk by chunk) and write ``manifest.json``."""
+    metas = []
+    for k in range(layout.num_chunks):
+        meta = ch.read_chunk_meta(layout.path(out, k))
+        if not meta or meta.get("run") != run_id:
+            raise GradTrustError(f"chunk {layout.path(out, k)} is missing or belongs to another run; run the same "
+                                 "command again to score it.")
+        metas.append(meta)
+    methods: list[str] = []
+    for meta in metas:
+        methods += [m for m in meta["methods"] if m not in methods]
+    nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
+    fields = [pa.field(name, ch.BASE_TYPES[name]) for name in ch.BASE_COLUMNS]
+    fields += [pa.field(name, pa.float64()) for name in methods]
+    fields += [pa.field(f"nan_reason_{name}", pa.string()) for name in nan_reasons]
+    schema = pa.schema(fields)
+
+    def write(handle) -> None:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            for k, meta in enumerate(metas):
+                if not meta["rows"]:
+                    continue
+                table = ch.read_chunk_table(layout.path(out, k))
+                columns = []
+                for field in schema:
+                    if field.name in table.column_names:
+                        columns.append(table[field.name])
+                    elif field.name.startswith("nan_reason_"):
+                        columns.append(pa.array([""] * table.num_rows, pa.string()))
+                    else:
+                        raise GradTrustError(f"chunk {layout.path(out, k)} has no column {field.name!r}; "
+                                             "rerun with --force.")
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+
+    scores_path = out / SCORES_FILE
+    ch.atomic_write(scores_path, write)
+
+    scored = sum(m["rows"] for m in metas)
+    labelled = sum(m["labelled"] for m in metas)
+    correct = sum(m["correct"] for m in metas)
+    failures = [{"index": i, "path": p, "reason": r} for m in metas for i, p, r in m["failures"]]
+    first = next((m for m in metas if m["rows"]), metas[0])
+    accuracy = correct / labelled if labelled else None
+    dataset_section = dict(description)
+    if dataset_info:
+        dataset_section["info"] = dataset_info
+    model_section = model.describe()
+    model_section["parameters_sha256"] = model_identity(model, model_section)["parameters_sha256"]
+    try:
+        created_at = json.loads((out / RUN_FILE).read_text("utf-8")).get("created_at")
+    except (OSError, ValueError):
+        created_at = None
+    elapsed = time.perf_counter() - t0
+    manifest = {
+        "format": f"gradtrust.scores/{FORMAT_VERSION}",
+        "run_id": run_id,
+        "files": {"scores": SCORES_FILE, "run": RUN_FILE, "chunks": f"{ch.CHUNK_DIR}/chunk-<first index>.parquet"},
+        "model": model_section,
+        "weights_sha256": model.weights_sha256,
+        "dataset": dataset_section,
+        "class_map": class_map,
+        "methods_requested": requested,
+        "methods": {name: first["parameters"].get(name, {}) for name in methods},
+        "skipped": first["skipped"],
+        "score_info": first["info"],
+        "options": options,
+        "columns": schema.names,
+        "counts": {"samples": layout.num_samples, "scored": scored, "failed": len(failures),
+                   "labelled": labelled, "correct": correct},
+        "accuracy": accuracy,
+        "failures": failures,
+        "layout": {"chunk_size": layout.chunk_size, "batch_size": layout.batch_size,
+                   "num_chunks": layout.num_chunks},
+        "versions": library_versions(),
+        "execution": {**execution, "run_created_at": created_at, "finished_at": _now(),
+                      "elapsed_s": round(elapsed, 3)},
+    }
+    manifest_path = out / MANIFEST_FILE
+    ch.atomic_write_json(manifest_path, manifest)
+    return RunSummary(out_dir=out, scores_path=scores_path, manifest_path=manifest_path,
+                      num_samples=layout.num_samples, num_scored=scored, num_failed=len(failures),
+                      accuracy=accuracy, resumed_chunks=int(execution["resumed_chunks"]), elapsed_s=elapsed,
+                      methods=methods)
