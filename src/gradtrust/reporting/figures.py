@@ -42,7 +42,7 @@ def _new_figure(width: float, height: float):
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
+    fig.savefig(path, format="png", dpi=_DPI)  # layouts are fixed by tight_layout (cheaper than bbox "tight")
     return path
 
 
@@ -177,6 +177,7 @@ def scatter_figure(result: RunResult, path: Path, x_method: str = "gradtrust",
     ax.set_title(f"{run.name}: one point per sample, split at the medians{note}", fontsize=9)
     ax.legend(loc="center right", fontsize=8, framealpha=0.85)
     ax.grid(alpha=0.25)
+    fig.tight_layout()
     _save(fig, path)
     return quad
 
@@ -270,8 +271,15 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
     cache = cache or _DigitsCache()
     ncols = min(8, rows.size)
     nrows = math.ceil(rows.size / ncols)
-    fig = _new_figure(max(1.6 * ncols + 0.2, 5.5), 1.95 * nrows + 0.8)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    # Fixed geometry (inches): each image 1.5 tall, 0.5 above it for the class names, 0.3 below for the
+    # scores, 0.7 at the top for the title. tight_layout would ignore the texts placed above the axes.
+    cell_h, above, below, head = 1.5, 0.5, 0.3, 0.75
+    height = nrows * (cell_h + above + below) + head
+    width = max(1.7 * ncols, 5.6)
+    fig = _new_figure(width, height)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={
+        "left": 0.1 / width, "right": 1 - 0.1 / width, "top": 1 - (head + above) / height,
+        "bottom": below / height, "hspace": (above + below) / cell_h, "wspace": 0.15})).ravel()
     frame = run.frame
     found = 0
     for ax, i in zip(axes, rows):
@@ -288,7 +296,7 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
                       interpolation="nearest" if max(img.shape[:2]) < 64 else "antialiased")
         pred = run.class_name(int(frame["prediction"].iat[i]))
         true = run.class_name(int(frame["label"].iat[i]))
-        ax.text(0.5, 1.16, f"pred: {_short(pred)}", color="#d62728", ha="center", va="bottom", fontsize=7.5,
+        ax.text(0.5, 1.14, f"pred: {_short(pred)}", color="#d62728", ha="center", va="bottom", fontsize=7.5,
                 transform=ax.transAxes)
         ax.text(0.5, 1.02, f"true: {_short(true)}", color="#1f77b4", ha="center", va="bottom", fontsize=7.5,
                 transform=ax.transAxes)
@@ -298,8 +306,7 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
         ax.set_visible(False)
     fig.suptitle(f"{run.name}: wrong predictions with softmax ≥ {threshold:.3f} (top {100 * (1 - quantile):g}% "
                  f"of the run)\nin ascending GradTrust, lowest first ({rows.size} of {n_candidates}); "
-                 "red = predicted class, blue = true class", fontsize=8.5)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / (1.95 * nrows + 0.8)))
+                 "red = predicted class, blue = true class", fontsize=8.5, y=1 - 0.12 / height, va="top")
     _save(fig, path)
     return {"rows": rows.tolist(), "threshold": threshold, "candidates": n_candidates, "images_found": found}
 

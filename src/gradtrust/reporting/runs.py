@@ -40,9 +40,12 @@ RESERVED_COLUMNS = ("index", "path", "label", "prediction", "correct")
 #: severity and seed) or a count, rather than which dataset it is. Runs whose dataset descriptions agree
 #: once these are left out share one table; anything else is a different dataset.
 CONDITION_KEYS = frozenset({
-    "corruption", "severity", "seed", "samples", "num_samples", "n", "length", "size",
-    "fingerprint", "data_fingerprint", "sha256", "spec", "condition",
+    "corruption", "severity", "seed", "samples", "num_samples", "n", "length", "size", "spec", "condition",
+    # how a model reads the data, not which data: differs between networks on the same dataset
+    "transform", "clip_len", "frame_stride", "frame_rate", "alpha", "repr",
 })
+#: Content fingerprints: part of the identity, except for a corrupted copy (its pixels differ by design).
+FINGERPRINT_KEYS = frozenset({"fingerprint", "data_fingerprint", "sha256"})
 
 #: How far below a folder given on the command line ``scores.parquet`` files are looked for.
 _SEARCH_DEPTH = 4
@@ -440,12 +443,13 @@ def _dataset_identity(dataset: Any, manifest: dict) -> tuple[str, str]:
     flat = dataset_fields(dataset)
     if not flat:
         return "unknown", "unknown dataset (no manifest)" if not manifest else "unknown dataset"
-    ident = {k: v for k, v in flat.items() if k not in CONDITION_KEYS and not _is_path_list(v)}
+    dropped = CONDITION_KEYS | (FINGERPRINT_KEYS if "corruption" in flat else frozenset())
+    ident = {k: v for k, v in flat.items() if k not in dropped and not _is_path_list(v)}
     if not ident:  # only a spec string we could not parse: the spec is the identity
         ident = {"spec": flat.get("spec")}
     key = json.dumps(_jsonable(ident), sort_keys=True, default=str)
-    name = (ident.get("dataset") or ident.get("name") or ident.get("root") or ident.get("spec")
-            or ident.get("path") or "dataset")
+    name = (ident.get("dataset") or ident.get("name") or ident.get("root") or ident.get("path")
+            or ident.get("kind") or ident.get("spec") or "dataset")
     extras = [f"{k}={ident[k]}" for k in ("split",) if ident.get(k) not in (None, "")]
     label = str(name) + (f" ({', '.join(extras)})" if extras else "")
     return key, label

@@ -1,0 +1,271 @@
+"""``gradtrust benchmark``: score several models on several datasets, then write the report.
+
+With no arguments it runs the built-in benchmark end to end: every bundled digits network (weights
+``DEFAULT``) on the clean digits test split and on two corrupted copies (``gaussian_noise`` and ``blur``,
+severity 1, corruption seed 0), every method: twelve runs, one table row each.
+
+Layout of ``--out`` (default ``gradtrust-benchmark``)::
+
+    <out>/runs/<model>/<data>/   one score run each (scores.parquet, manifest.json, run.json, chunks/,
+                                 benchmark.json = the request that produced it)
+    <out>/report/                the report (index.html, table.md, …; see docs/reporting.md)
+
+A run whose folder already holds a complete run of the same request (model, weights, data, labels,
+methods, batch size) is skipped without loading its model; an interrupted one is resumed by the runner.
+A (model, data) pair that cannot be scored (unknown model, missing weights, data the model cannot read…)
+is reported and skipped; the report covers the rest, and the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from gradtrust.reporting.runs import slugify
+
+__all__ = ["BenchmarkJob", "DEFAULT_DATA", "benchmark_command", "default_models", "plan_jobs", "run_benchmark"]
+
+#: The built-in conditions: the clean digits test split and two corrupted copies (severity 1, seed 0).
+DEFAULT_DATA = ("digits:test", "digits:test:gaussian_noise:1", "digits:test:blur:1")
+DEFAULT_OUT = "gradtrust-benchmark"
+REQUEST_FILE = "benchmark.json"
+RANDOM_INIT_SEED = 0
+
+
+def default_models() -> list[str]:
+    """Every bundled digits network, as a model spec."""
+    from gradtrust.models.digits import available_digits_models
+
+    return [f"digits:{name}" for name in available_digits_models()]
+
+
+@dataclass
+class BenchmarkJob:
+    """One (model, data) pair to score into ``out_dir``."""
+
+    model: str
+    weights: Optional[str]
+    data: str
+    labels: Optional[str]
+    out_dir: Path
+    request: dict
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} on {self.data}"
+
+
+def _split(values) -> list[str]:
+    """Specs from a string, or from repeated options, each possibly comma-separated."""
+    if isinstance(values, (str, os.PathLike)):
+        values = [os.fspath(values)]
+    out: list[str] = []
+    for v in values or ():
+        v = str(v)
+        out += [v] if os.path.exists(v) else [p.strip() for p in v.split(",") if p.strip()]
+    return list(dict.fromkeys(out))
+
+
+def _is_builtin(data: str) -> bool:
+    return data.split(":")[0] == "digits" and not os.path.isdir(data)
+
+
+def _data_slug(data: str) -> str:
+    if _is_builtin(data):
+        return slugify(data.replace(":", "-"))
+    path = os.path.abspath(data)
+    digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{slugify(os.path.basename(path.rstrip(os.sep)) or 'data')}-{digest}"
+
+
+def _model_slug(spec: str, weights: Optional[str]) -> str:
+    slug = slugify(spec.replace(":", "-"))
+    if weights not in (None, "DEFAULT", "default"):
+        slug += "-" + slugify(Path(str(weights)).stem if os.path.exists(str(weights)) else str(weights))
+    return slug
+
+
+def _weights_for(spec: str, weights: Optional[str]) -> Optional[str]:
+    if weights is not None and weights.strip().lower() in ("random", "none", "null"):
+        return None
+    return weights if weights is not None else "DEFAULT"
+
+
+def plan_jobs(models, data, out: Path, *, weights: Optional[str] = None, labels: Optional[str] = None,
+              methods: Optional[str] = None, batch_size: int = 64) -> list[BenchmarkJob]:
+    """Every (model, data) pair, in model order then data order, with its run folder and request."""
+    models = _split(models) or default_models()
+    data = _split(data) or list(DEFAULT_DATA)
+    jobs = []
+    for spec in models:
+        w = _weights_for(spec, weights)
+        for d in data:
+            lab = None if _is_builtin(d) else labels
+            request = {"model": spec, "weights": w, "data": d if _is_builtin(d) else os.path.abspath(d),
+                       "labels": os.path.abspath(lab) if lab else None, "methods": methods or "all",
+                       "batch_size": batch_size}
+            jobs.append(BenchmarkJob(spec, w, d, lab, out / "runs" / _model_slug(spec, w) / _data_slug(d), request))
+    return jobs
+
+
+def is_complete(job: BenchmarkJob) -> bool:
+    """True when the job's folder holds a finished run of exactly this request (nothing to do)."""
+    d = job.out_dir
+    try:
+        request = json.loads((d / REQUEST_FILE).read_text("utf-8"))
+        manifest = json.loads((d / "manifest.json").read_text("utf-8"))
+        run = json.loads((d / "run.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    if request != job.request or not (d / "scores.parquet").is_file():
+        return False
+    if manifest.get("run_id") != run.get("identity_sha256"):
+        return False
+    counts = manifest.get("counts") or {}
+    try:
+        return int(counts["scored"]) + int(counts["failed"]) == int(counts["samples"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+@dataclass
+class JobOutcome:
+    job: BenchmarkJob
+    status: str  # "scored", "skipped", "failed"
+    message: str = ""
+    seconds: float = 0.0
+    accuracy: Optional[float] = None
+
+
+def run_jobs(jobs: list[BenchmarkJob], *, device: Optional[str] = None, workers: int = 0, force: bool = False,
+             echo=click.echo) -> list[JobOutcome]:
+    """Score every job not already complete; a failing job is recorded, never fatal."""
+    from gradtrust.errors import GradTrustError
+
+    outcomes: list[JobOutcome] = []
+    models: dict[tuple, Any] = {}
+    total = len(jobs)
+    for k, job in enumerate(jobs, 1):
+        prefix = f"[{k}/{total}] {job.name}"
+        if not force and is_complete(job):
+            outcomes.append(JobOutcome(job, "skipped", "already complete"))
+            echo(f"{prefix}: skipped (already complete in {job.out_dir})")
+            continue
+        t0 = time.perf_counter()
+        try:
+            import torch
+
+            from gradtrust.data.open import open_dataset
+            from gradtrust.models import load_model
+            from gradtrust.runner import score_dataset
+
+            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            key = (job.model, job.weights, dev)
+            if key not in models:
+                torch.manual_seed(RANDOM_INIT_SEED)  # random weights: the same network every time
+                models.clear()  # one model in memory at a time
+                models[key] = load_model(job.model, job.weights, device=dev)
+            model = models[key]
+            dataset = open_dataset(job.data, model, job.labels)
+            summary = score_dataset(model, dataset, job.out_dir, methods=job.request["methods"],
+                                    batch_size=job.request["batch_size"], num_workers=workers, device=dev,
+                                    force=force, progress=sys.stderr.isatty())
+            (job.out_dir / REQUEST_FILE).write_text(json.dumps(job.request, indent=2), encoding="utf-8")
+        except (GradTrustError, OSError, RuntimeError, ImportError) as exc:
+            msg = f"{type(exc).__name__}: {exc}"
+            outcomes.append(JobOutcome(job, "failed", msg, time.perf_counter() - t0))
+            echo(f"{prefix}: FAILED: {msg}", err=True)
+            continue
+        dt = time.perf_counter() - t0
+        acc = summary.accuracy
+        outcomes.append(JobOutcome(job, "scored", "", dt, acc))
+        resumed = f", resumed {summary.resumed_chunks} chunk(s)" if summary.resumed_chunks else ""
+        acc_text = "n/a" if acc is None else f"{100 * acc:.2f}%"
+        echo(f"{prefix}: scored {summary.num_scored}/{summary.num_samples} samples "
+             f"({summary.num_failed} failed{resumed}), accuracy {acc_text}, {dt:.1f} s")
+    return outcomes
+
+
+def run_benchmark(models=None, data=None, out: str | Path = DEFAULT_OUT, *, weights: Optional[str] = None,
+                  labels: Optional[str] = None, methods: Optional[str] = None, batch_size: int = 64,
+                  device: Optional[str] = None, workers: int = 0, force: bool = False, resamples: int = 1000,
+                  seed: int = 0, figures: bool = True, echo=click.echo):
+    """Score, then report (``<out>/report``). Returns ``(outcomes, report)``; see the module docstring."""
+    from gradtrust.reporting.report import build_report
+
+    out = Path(out)
+    jobs = plan_jobs(models, data, out, weights=weights, labels=labels, methods=methods, batch_size=batch_size)
+    outcomes = run_jobs(jobs, device=device, workers=workers, force=force, echo=echo)
+    done = [o.job.out_dir for o in outcomes if o.status != "failed"]
+    report = build_report(done, out / "report", resamples=resamples, seed=seed, figures=figures,
+                          title="GradTrust benchmark")
+    return outcomes, report
+
+
+@click.command("benchmark")
+@click.option("--models", "models", multiple=True, metavar="SPEC[,SPEC…]",
+              help="Model specs (repeatable or comma-separated): torchvision:<name>, timm:<name>, digits:<name>, "
+                   "a model file. Default: every bundled digits network.")
+@click.option("--weights", metavar="W", default=None,
+              help="Weights for every model: DEFAULT (the default), an enum name, a local file, or 'random'.")
+@click.option("--data", "data", multiple=True, metavar="DIR|digits:…",
+              help="Datasets (repeatable or comma-separated): image/video folders or built-in digits specs. "
+                   f"Default: {', '.join(DEFAULT_DATA)}.")
+@click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Labels of flat image folders (ImageNet validation layout); ignored for the built-in digits.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
+              show_default=True, help="Folder for the runs (<out>/runs/) and the report (<out>/report/).")
+@click.option("--methods", default=None, metavar="a,b,c|all",
+              help="Comma-separated trust scores; default all that apply to each model.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, metavar="N")
+@click.option("--device", metavar="D", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available, else cpu).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="DataLoader worker processes.")
+@click.option("--force", is_flag=True, help="Score every run again, discarding what --out holds.")
+@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples of the report's confidence intervals (0 = none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples.")
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the report's figures.")
+def benchmark_command(models, weights, data, labels, out, methods, batch_size, device, workers, force, resamples,
+                      seed, figures):
+    """Score every model on every dataset (runs already complete in --out are skipped), then write the report
+    to <out>/report/ and print its table.
+
+    With no arguments: every bundled digits network on the clean digits test split and on its
+    gaussian_noise and blur copies (severity 1): twelve runs on the CPU in about a minute.
+    """
+    from gradtrust.reporting.command import echo_report
+
+    if labels is not None and not os.path.isfile(labels):
+        raise click.BadParameter(f"labels file {os.path.abspath(labels)} does not exist.", param_hint="--labels")
+    if methods is not None:
+        from gradtrust.errors import GradTrustError
+        from gradtrust.scores.engine import resolve_methods
+
+        try:
+            resolve_methods(methods)
+        except GradTrustError as exc:
+            raise click.BadParameter(str(exc), param_hint="--methods") from None
+    t0 = time.perf_counter()
+    outcomes, report = run_benchmark(models, data, out, weights=weights, labels=labels, methods=methods,
+                                     batch_size=batch_size, device=device, workers=workers, force=force,
+                                     resamples=resamples, seed=seed, figures=figures)
+    click.echo("")
+    echo_report(report, print_table=True)
+    scored = sum(o.status == "scored" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    click.echo(f"Benchmark: {len(outcomes)} run(s): {scored} scored, {skipped} skipped (already complete), "
+               f"{len(failed)} failed; {time.perf_counter() - t0:.1f} s in all.")
+    for o in failed:
+        click.echo(f"failed: {o.job.name}: {o.message}", err=True)
+    if failed or not report.ok:
+        sys.exit(1)
