@@ -201,7 +201,8 @@ def describe_dataset(dataset: Any) -> dict[str, Any]:
     if callable(describe):
         info.update(describe())
         return info
-    info["repr"] = " ".join(repr(dataset).split())[:500]
+    if type(dataset).__repr__ is not object.__repr__:  # the default repr holds a memory address
+        info["repr"] = re.sub(r" at 0x[0-9a-fA-F]+", "", " ".join(repr(dataset).split()))[:500]
     return info
 
 

@@ -172,7 +172,10 @@ def score_command(ctx: click.Context, model_spec, weights, num_classes, data, la
         _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device,
              chunk_size, option_pairs, force, not no_progress, rank)
     except GradTrustError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        from gradtrust.runner.run import PeerError
+
+        if not (isinstance(exc, PeerError) and rank != 0):  # the failing rank reports the cause
+            click.echo(f"Error: {exc}", err=True)
         ctx.exit(2)
     except OSError as exc:
         click.echo(f"Error: {exc}", err=True)
@@ -230,12 +233,11 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
     summaries = []
     with distributed_session(dev):
         for spec, spec_weights, out in jobs:
-            if spec_weights is None:
-                torch.manual_seed(RANDOM_INIT_SEED)
-                if rank == 0 and not spec.startswith("digits:"):
-                    click.echo(f"note: {spec} has random weights (an untrained network); pass --weights DEFAULT or "
-                               "a weights file for a trained one.", err=True)
+            torch.manual_seed(RANDOM_INIT_SEED)  # random weights: the same network on every run and rank
             model = load_model(spec, spec_weights, num_classes, device=dev)
+            if rank == 0 and model.meta.get("weights_kind") == "random":
+                click.echo(f"note: {spec} has random weights (an untrained network); pass --weights DEFAULT or "
+                           "a weights file for a trained one.", err=True)
             dataset = open_dataset(data, model, labels)
             summary = score_dataset(model, dataset, out, methods=methods, options=options, batch_size=batch_size,
                                     num_workers=workers, device=str(dev), force=force, progress=progress,

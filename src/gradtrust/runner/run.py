@@ -52,7 +52,8 @@ from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
 from gradtrust.scores.passes import ScoreOptions
 
-__all__ = ["DEFAULT_CHUNK_SAMPLES", "RunConflictError", "RunSummary", "default_chunk_size", "score_dataset"]
+__all__ = ["DEFAULT_CHUNK_SAMPLES", "PeerError", "RunConflictError", "RunSummary", "default_chunk_size",
+           "score_dataset"]
 
 DEFAULT_CHUNK_SAMPLES = 1024
 RUN_FILE = "run.json"
@@ -63,6 +64,10 @@ _PROBE_TRIES = 32
 
 class RunConflictError(GradTrustError):
     """The output folder holds results of a different run (use another output folder or ``force``)."""
+
+
+class PeerError(GradTrustError):
+    """Under torchrun: another rank failed (that rank reports the cause); raised on the other ranks."""
 
 
 @dataclass
@@ -193,24 +198,27 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
         out = Path(out_dir).expanduser().resolve()
         layout = ch.ChunkLayout(num_samples, chunk_size, batch_size)
 
+        if len(set(ctx.all_gather(run_id))) != 1:
+            raise GradTrustError("the processes do not score the same run (their models, data or options "
+                                 "differ: a random-weight model must be initialised from the same seed on "
+                                 "every rank).")
+
         # Rank 0 checks the model on one sample and prepares the folder; the others wait for its verdict.
+        # (Under torchrun every failure is shared before it is raised, so that no rank waits forever.)
         problem = None
         if ctx.is_main:
             try:
                 _probe(module, dataset, dev, methods_arg, given_options)
                 _prepare_out_dir(out, identity, run_id, force, started_at)
-            except (GradTrustError, OSError) as exc:
+            except Exception as exc:
+                if not ctx.active:
+                    raise
                 problem = exc
         verdict = ctx.broadcast(None if problem is None else f"{type(problem).__name__}: {problem}")
         if problem is not None:
             raise problem
         if verdict is not None:
-            raise GradTrustError(f"rank 0 stopped the run: {verdict}")
-        ids = ctx.all_gather(run_id)
-        if len(set(ids)) != 1:
-            raise GradTrustError("the processes do not score the same run (their models, data or options "
-                                 "differ: a random-weight model must be initialised from the same seed on "
-                                 "every rank).")
+            raise PeerError(f"rank 0 stopped the run: {verdict}")
 
         mine = [k for k in range(layout.num_chunks) if k % ctx.world_size == ctx.rank]
         pending = [k for k in mine if not _chunk_done(out, layout, k, run_id)]
@@ -219,7 +227,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
         try:
             _score_chunks(module, dataset, out, layout, pending, run_id, class_map, methods_arg, given_options,
                           dev, num_workers, progress and ctx.is_main, ctx)
-        except (GradTrustError, OSError, RuntimeError) as exc:
+        except Exception as exc:
             if not ctx.active:
                 raise
             failure = exc
@@ -228,7 +236,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
             raise failure
         bad = [(rank, s[0]) for rank, s in enumerate(statuses) if s[0] is not None]
         if bad:
-            raise GradTrustError("; ".join(f"rank {r} failed: {m}" for r, m in bad))
+            raise PeerError("; ".join(f"rank {r} failed: {m}" for r, m in bad))
         resumed_total = sum(s[1] for s in statuses)
 
         summary = None
@@ -239,15 +247,18 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
                     "device": str(dev), "world_size": ctx.world_size, "num_workers": num_workers,
                     "resumed_chunks": resumed_total, "started_at": started_at,
                 }
-                summary = _finish(out, layout, run_id, model, description, dataset_info, class_map,
-                                  method_names if explicit else "all", full_options, execution, t0)
-            except (GradTrustError, OSError) as exc:
+                summary = _finish(out, layout, run_id, model, identity["model"]["parameters_sha256"], description,
+                                  dataset_info, class_map, method_names if explicit else "all", full_options,
+                                  execution, t0)
+            except Exception as exc:
+                if not ctx.active:
+                    raise
                 problem = exc
         shared = ctx.broadcast(None if summary is None else summary.to_dict())
         if problem is not None:
             raise problem
         if shared is None:
-            raise GradTrustError("rank 0 could not merge the chunks (see its error).")
+            raise PeerError("rank 0 could not merge the chunks (see its error).")
         if summary is None:
             summary = RunSummary(**{**shared, **{k: Path(shared[k]) for k in ("out_dir", "scores_path",
                                                                              "manifest_path")}})
@@ -342,7 +353,7 @@ class _ChunkBuffer:
             self.scores.setdefault(name, []).append(values.detach().cpu().numpy().astype(np.float64))
             self.reasons.setdefault(name, []).extend(result.reasons[name])
 
-    def write(self, path: Path, run_id: str) -> None:
+    def write(self, path: Path, run_id: str, ctx: DistContext) -> None:
         def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
@@ -364,6 +375,7 @@ class _ChunkBuffer:
             "rows": int(index.shape[0]), "labelled": int(labelled.sum()), "correct": int(columns["correct"].sum()),
             "failures": sorted(self.failures), "methods": methods, "nan_reasons": nan_reasons,
             "parameters": self.parameters, "skipped": self.skipped, "info": self.info,
+            "written_by": {"rank": ctx.rank, "world_size": ctx.world_size},
         }
         ch.write_chunk(path, columns, pa.schema(fields), meta)
 
@@ -402,14 +414,14 @@ def _score_chunks(module, dataset, out: Path, layout: ch.ChunkLayout, pending: l
             if failed:
                 bar.set_postfix(failed=failed, refresh=False)
             if last:
-                buffer.write(layout.path(out, k), run_id)
+                buffer.write(layout.path(out, k), run_id, ctx)
                 buffer = None
     finally:
         bar.close()
 
 
-def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, description: dict, dataset_info,
-            class_map: list[int], requested, options: dict, execution: dict, t0: float) -> RunSummary:
+def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sha256: str, description: dict,
+            dataset_info, class_map: list[int], requested, options: dict, execution: dict, t0: float) -> RunSummary:
     """Merge the chunks into ``scores.parquet`` (streamed, chunk by chunk) and write ``manifest.json``."""
     metas = []
     for k in range(layout.num_chunks):
@@ -457,7 +469,7 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, description: 
     if dataset_info:
         dataset_section["info"] = dataset_info
     model_section = model.describe()
-    model_section["parameters_sha256"] = model_identity(model, model_section)["parameters_sha256"]
+    model_section["parameters_sha256"] = parameters_sha256
     try:
         created_at = json.loads((out / RUN_FILE).read_text("utf-8")).get("created_at")
     except (OSError, ValueError):
