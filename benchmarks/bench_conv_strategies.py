@@ -2,14 +2,14 @@
 
     python benchmarks/bench_conv_strategies.py --device cuda
 
-``gradtrust.scores.per_sample.conv_weight_grads`` picks the per-sample loop on CPUs and the grouped kernel
-elsewhere; this prints Purview's cost in plain forward passes with each, to check that choice.
+``gradtrust.scores.per_sample.conv_weight_grads`` picks the per-sample loop on CPUs and unfold+bmm (one
+group) or the grouped kernel elsewhere; this prints Purview's cost in plain forward passes with each
+strategy forced (unfold applies to one-group Conv2d only; other layers keep the default), to check that choice.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import torch
@@ -48,8 +48,13 @@ def main() -> None:
 
     t_forward = best(forward)
     original = per_sample.conv_weight_grads
-    for strategy in ("grouped", "per_sample"):
-        per_sample.conv_weight_grads = functools.partial(original, strategy=strategy)
+    for strategy in ("grouped", "per_sample", "unfold"):
+        def forced(module, a, g, strategy=strategy):
+            if strategy == "unfold" and not (type(module) is torch.nn.Conv2d and module.groups == 1):
+                return original(module, a, g)
+            return original(module, a, g, strategy=strategy)
+
+        per_sample.conv_weight_grads = forced
         try:
             t = best(lambda: gradtrust.score(model, x, ["purview_final"], chunk_bytes=2**30))
         finally:

@@ -67,10 +67,10 @@ def test_parameter_grads_match_autograd(name, factory, shape):
         torch.testing.assert_close(norms[key], expected[key].flatten(1).square().sum(1), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("strategy", ["grouped", "per_sample"])
+@pytest.mark.parametrize("strategy", ["grouped", "per_sample", "unfold"])
 def test_both_convolution_strategies_agree(strategy):
-    """The grouped kernel (used on GPUs) and the per-sample loop (CPUs) give the same gradients."""
-    module = _make(lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2))
+    """The grouped kernel and unfold+bmm (GPUs) and the per-sample loop (CPUs) give the same gradients."""
+    module = _make(lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2 if strategy != "unfold" else 1))
     x = torch.randn(3, 4, 8, 8)
     with torch.no_grad():
         g = torch.randn_like(module(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,7 +98,7 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             raise InputError(f"the model could not run on inputs of shape {tuple(x.shape)} ({x.dtype}): {first_line}. "
                              "Check the input size and channels the model expects and apply its preprocessing "
                              "(LoadedModel.transform).") from exc
-        scores, reasons, skipped, parameters = {}, {}, {}, {}
+        outputs, skipped, parameters = {}, {}, {}
         for method in chosen:
             problem = _why_not_applicable(method, passes)
             if problem is not None:
@@ -105,9 +106,9 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
                     raise ModelError(f"{method.name}: {problem}")
                 skipped[method.name] = problem
                 continue
-            values, why = method(passes)
-            scores[method.name], reasons[method.name] = values, why
+            outputs[method.name] = method(passes)
             parameters[method.name] = _method_parameters(method, passes)
+        scores, reasons = _to_cpu(outputs, batch)
         info = {"final_layer": passes.final_layer_name, "num_classes": passes.num_classes}
         if any(name in scores for name in GRADIENT_METHODS):
             info["gradient_path"] = "autograd" if passes.uses_autograd_path else "closed_form"
@@ -116,6 +117,21 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             info["purview_backend"] = passes.purview_backend_used
         return ScoreResult(scores=scores, prediction=passes.prediction.cpu(), logits=logits.float().cpu(),
                            reasons=reasons, skipped=skipped, parameters=parameters, info=info)
+
+
+def _to_cpu(outputs: dict, batch: int) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Copy every method's values and reason codes to the CPU in one transfer (one GPU synchronisation)."""
+    if not outputs:
+        return {}, {}
+    packed = torch.stack([o.values for o in outputs.values()] + [o.codes.double() for o in outputs.values()]).cpu()
+    n = len(outputs)
+    scores, reasons = {}, {}
+    for k, (name, output) in enumerate(outputs.items()):
+        scores[name] = packed[k].clone()
+        codes = packed[n + k].to(torch.int64).numpy()
+        texts = np.array(["", *output.reasons], dtype=object)
+        reasons[name] = texts[codes].tolist()
+    return scores, reasons
 
 
 def _why_not_applicable(method: Method, passes: BatchPasses) -> str | None:

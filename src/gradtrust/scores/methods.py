@@ -22,18 +22,23 @@ GRADIENTS = {"forward", "counterfactual_gradients"}
 
 
 def _finish(passes: BatchPasses, values: torch.Tensor, undefined: dict[str, torch.Tensor] | None = None) -> MethodOutput:
-    """NaN where the logits are not finite or where an ``undefined`` mask holds, with the reasons."""
-    values = values.detach().double().cpu().clone()
-    reasons = [""] * values.shape[0]
-    masks = {NONFINITE: ~passes.finite.cpu()}
-    masks.update({reason: mask.cpu() for reason, mask in (undefined or {}).items()})
-    for reason, mask in masks.items():
-        for i in torch.nonzero(mask).flatten().tolist():
-            values[i] = float("nan")
-            reasons[i] = reasons[i] or reason
-    for i in torch.nonzero(torch.isnan(values)).flatten().tolist():
-        reasons[i] = reasons[i] or "the score is not a number for this sample (numerical overflow)"
-    return values, reasons
+    """NaN where the logits are not finite or where an ``undefined`` mask holds, with the reasons.
+
+    Everything stays on the model's device (no synchronisation per method); the first reason that applies
+    to a sample is the one recorded.
+    """
+    device = passes.logits.device
+    values = values.detach().to(device=device, dtype=torch.float64)
+    reasons = [NONFINITE, *(undefined or {})]
+    masks = [~passes.finite, *(m.to(device) for m in (undefined or {}).values())]
+    codes = torch.zeros(values.shape, dtype=torch.int8, device=device)
+    for k in range(len(masks), 0, -1):  # the first reason wins
+        codes = torch.where(masks[k - 1], torch.tensor(k, dtype=torch.int8, device=device), codes)
+    reasons.append("the score is not a number for this sample (numerical overflow)")
+    overflow = torch.tensor(len(reasons), dtype=torch.int8, device=device)
+    codes = torch.where((codes == 0) & torch.isnan(values), overflow, codes)
+    values = torch.where(codes > 0, torch.tensor(float("nan"), dtype=torch.float64, device=device), values)
+    return MethodOutput(values, codes, reasons)
 
 
 def _top2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +203,7 @@ def mc_dropout_score(passes: BatchPasses) -> MethodOutput:
     Every dropout layer samples a mask (seeded per sample), everything else stays in eval mode. The
     GradTrust release averaged only the last pass (a bug); this averages all ``T``.
     """
-    p = passes.mc_mean_probabilities.cpu()
+    p = passes.mc_mean_probabilities
     values = torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(dim=1)
     return _finish(passes, values, {"non-finite logits in a dropout pass": ~torch.isfinite(p).all(1)})
 

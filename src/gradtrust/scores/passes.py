@@ -97,7 +97,7 @@ _FINAL_LAYER_CACHE: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKe
 
 @dataclass
 class GradientRows:
-    """Per-sample statistics of a weight gradient ``G`` (rows = output units), float64 on the CPU."""
+    """Per-sample statistics of a weight gradient ``G`` (rows = output units), float64 on the model's device."""
 
     row_energy: torch.Tensor  # (B, R): e_r = Var_d(G_{r,d}²)
     l1: torch.Tensor | None = None  # (B,): ‖G‖₁
@@ -343,8 +343,8 @@ class BatchPasses:
         finally:
             capture.active, capture.on_grad = False, None
         if "rows" not in collected:  # the layer does not reach the logits: its gradient is zero
-            zeros = torch.zeros(batch, module.weight.shape[0], dtype=torch.float64)
-            return GradientRows(row_energy=zeros, l1=torch.zeros(batch, dtype=torch.float64))
+            zeros = torch.zeros(batch, module.weight.shape[0], dtype=torch.float64, device=self.inputs.device)
+            return GradientRows(row_energy=zeros, l1=zeros[:, 0].clone())
         energy, l1 = collected["rows"]
         return GradientRows(row_energy=energy, l1=l1)
 
@@ -405,12 +405,12 @@ class BatchPasses:
                     result = per_sample.sq_norms_by_vmap(self.model, x, _purview_loss,
                                                          per_sample.vmap_chunk_size(self.model))
                 self.purview_backend_used = "vmap"
-                return result.double().cpu()
+                return result.double()
             except Exception as exc:  # noqa: BLE001 - any vmap limitation falls through to the exact loop
                 if backend == "vmap":
                     raise ModelError(f"purview_backend='vmap' failed on this model: {exc}") from exc
         self.purview_backend_used = "loop"
-        return per_sample.sq_norms_by_loop(self.model, x, _purview_loss).double().cpu()
+        return per_sample.sq_norms_by_loop(self.model, x, _purview_loss).double()
 
     def _sq_norms_by_hooks(self) -> torch.Tensor:
         forward = self._graph_forward()
@@ -440,7 +440,7 @@ class BatchPasses:
         batch = self.inputs.shape[0]
         zeros = torch.zeros(batch, device=self.inputs.device)
         columns = [norms.get((owners[n][0], owners[n][2]), zeros) for n in names]
-        return torch.stack(columns, dim=1).double().cpu()
+        return torch.stack(columns, dim=1).double()
 
     # ------------------------------------------------------------------ MC dropout
     @cached_property
@@ -476,7 +476,7 @@ def _rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor | None,
     for start in range(0, a.shape[0], step):
         grads = per_sample.parameter_grads(module, a[start:start + step], g[start:start + step])["weight"]
         rows = grads.reshape(grads.shape[0], grads.shape[1], -1).double()
-        energies.append(rows.square().var(dim=2, unbiased=True).cpu())
+        energies.append(rows.square().var(dim=2, unbiased=True))
         if want_l1:
-            l1s.append(rows.abs().sum((1, 2)).cpu())
+            l1s.append(rows.abs().sum((1, 2)))
     return torch.cat(energies), (torch.cat(l1s) if want_l1 else None)

@@ -66,15 +66,21 @@ def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strat
     of them come from one grouped ``convolution_backward`` (the batch folded into the channel groups:
     input (1, B·C_in, …), output gradient (1, B·C_out, …), groups × B). On a CPU the grouped kernels are
     slow (measured ~4× slower than the alternative for resnet18), so each sample's gradient comes from the
-    native weight-gradient kernel at batch size 1. ``strategy`` ("grouped" or "per_sample") overrides
-    the choice by device.
+    native weight-gradient kernel at batch size 1. A plain ``Conv2d`` (one group) off the CPU uses one
+    batched matrix product of the output gradient with the unfolded input patches, ``g_i U_iᵀ``, the
+    kind of work GPUs do best. ``strategy`` ("grouped", "per_sample" or "unfold") overrides the choice.
     """
     batch = a.shape[0]
     weight = module.weight
     spatial = a.shape[2:]
     a, g = a.float(), g.float()
     conv_args = (list(module.stride), list(module.padding), list(module.dilation), False, [0] * len(spatial))
-    if (strategy or ("per_sample" if a.device.type == "cpu" else "grouped")) == "per_sample":
+    strategy = strategy or default_conv_strategy(module, a.device)
+    if strategy == "unfold":
+        patches = F.unfold(a.float(), module.kernel_size, dilation=module.dilation, padding=module.padding,
+                           stride=module.stride)  # (B, K, T)
+        return torch.bmm(g.float().flatten(2), patches.transpose(1, 2)).reshape(batch, *weight.shape)
+    if strategy == "per_sample":
         w = weight.detach().float()
         grads = [torch.ops.aten.convolution_backward(g[i:i + 1], a[i:i + 1], w, None, *conv_args, module.groups,
                                                      [False, True, False])[1] for i in range(batch)]
@@ -86,6 +92,13 @@ def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strat
     _, grad_weight, _ = torch.ops.aten.convolution_backward(g1, a1, stacked, None, *conv_args, module.groups * batch,
                                                             [False, True, False])
     return grad_weight.reshape(batch, *weight.shape)
+
+
+def default_conv_strategy(module: nn.Module, device: torch.device) -> str:
+    """How :func:`conv_weight_grads` forms per-sample gradients by default on ``device``."""
+    if device.type == "cpu":
+        return "per_sample"
+    return "unfold" if type(module) is nn.Conv2d and module.groups == 1 else "grouped"
 
 
 def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
@@ -124,7 +137,7 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
                                                        [False, True, False])[1].flatten()
             rows.append(torch.dot(grad, grad))
         return torch.stack(rows)
-    per_sample_bytes = 4 * module.weight.numel()
+    per_sample_bytes = 4 * (module.weight.numel() + k * out_positions)  # gradient + unfolded patches
     step = max(1, chunk_bytes // per_sample_bytes)
     return torch.cat([conv_weight_grads(module, a[i:i + step], g[i:i + step]).flatten(1).square().sum(1)
                       for i in range(0, a.shape[0], step)])

@@ -10,7 +10,7 @@ needs (``"forward"``, ``"odin"``, ``"per_sample_gradients"``, ``"mc_dropout"``);
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 
@@ -19,8 +19,16 @@ from gradtrust.errors import UnknownNameError
 if TYPE_CHECKING:
     from gradtrust.scores.passes import BatchPasses
 
-#: What a method function returns: one float64 value per sample, and the reason for each NaN ("" if none).
-MethodOutput = tuple[torch.Tensor, list[str]]
+class MethodOutput(NamedTuple):
+    """What a method function returns, kept on the model's device until the engine copies all at once.
+
+    ``values``: (B,) float64, NaN where undefined; ``codes``: (B,) int8, 0 where defined, else ``k`` for the
+    reason ``reasons[k − 1]``.
+    """
+
+    values: torch.Tensor
+    codes: torch.Tensor
+    reasons: list[str]
 
 
 @dataclass(frozen=True)
