@@ -108,7 +108,7 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
                 continue
             outputs[method.name] = method(passes)
             parameters[method.name] = _method_parameters(method, passes)
-        scores, reasons = _to_cpu(outputs, batch)
+        scores, reasons = _to_cpu(outputs, ~passes.finite)
         info = {"final_layer": passes.final_layer_name, "num_classes": passes.num_classes}
         if any(name in scores for name in GRADIENT_METHODS):
             info["gradient_path"] = "autograd" if passes.uses_autograd_path else "closed_form"
@@ -119,18 +119,39 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
                            reasons=reasons, skipped=skipped, parameters=parameters, info=info)
 
 
-def _to_cpu(outputs: dict, batch: int) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """Copy every method's values and reason codes to the CPU in one transfer (one GPU synchronisation)."""
+NONFINITE = "non-finite logits"
+OVERFLOW = "the score is not a number for this sample (numerical overflow)"
+
+
+def _to_cpu(outputs: dict, not_finite: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Copy every method's values and masks to the CPU in one transfer, then apply the NaN policy.
+
+    A value is NaN, with the first reason that holds, where the logits are not finite, where one of the
+    method's ``undefined`` masks holds, or where it came out NaN anyway (overflow). One transfer means one
+    GPU synchronisation per batch, whatever the number of methods.
+    """
     if not outputs:
         return {}, {}
-    packed = torch.stack([o.values for o in outputs.values()] + [o.codes.double() for o in outputs.values()]).cpu()
+    device = not_finite.device
+    values = torch.stack([o.values.detach().to(device=device, dtype=torch.float64) for o in outputs.values()])
+    masks = [not_finite] + [m.to(device) for o in outputs.values() for m in o.undefined.values()]
+    packed = torch.cat([values, torch.stack(masks).to(torch.float64)]).cpu().numpy()
     n = len(outputs)
+    all_values, all_masks = packed[:n], packed[n:].astype(bool)
     scores, reasons = {}, {}
+    row = 1  # all_masks[0] is the non-finite-logits mask shared by every method
     for k, (name, output) in enumerate(outputs.items()):
-        scores[name] = packed[k].clone()
-        codes = packed[n + k].to(torch.int64).numpy()
-        texts = np.array(["", *output.reasons], dtype=object)
-        reasons[name] = texts[codes].tolist()
+        texts = [NONFINITE, *output.undefined]
+        own = [all_masks[0], *all_masks[row:row + len(output.undefined)]]
+        row += len(output.undefined)
+        vals = all_values[k].copy()
+        codes = np.zeros(vals.shape[0], dtype=np.int64)
+        for code in range(len(own), 0, -1):  # the first reason that holds wins
+            codes[own[code - 1]] = code
+        codes[(codes == 0) & np.isnan(vals)] = len(texts) + 1
+        vals[codes > 0] = np.nan
+        scores[name] = torch.from_numpy(vals)
+        reasons[name] = np.array(["", *texts, OVERFLOW], dtype=object)[codes].tolist()
     return scores, reasons
 
 

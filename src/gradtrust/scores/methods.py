@@ -15,30 +15,13 @@ import torch
 from gradtrust.scores.passes import BatchPasses
 from gradtrust.scores.registry import MethodOutput, register_method
 
-NONFINITE = "non-finite logits"
-
 FORWARD = {"forward"}
 GRADIENTS = {"forward", "counterfactual_gradients"}
 
 
 def _finish(passes: BatchPasses, values: torch.Tensor, undefined: dict[str, torch.Tensor] | None = None) -> MethodOutput:
-    """NaN where the logits are not finite or where an ``undefined`` mask holds, with the reasons.
-
-    Everything stays on the model's device (no synchronisation per method); the first reason that applies
-    to a sample is the one recorded.
-    """
-    device = passes.logits.device
-    values = values.detach().to(device=device, dtype=torch.float64)
-    reasons = [NONFINITE, *(undefined or {})]
-    masks = [~passes.finite, *(m.to(device) for m in (undefined or {}).values())]
-    codes = torch.zeros(values.shape, dtype=torch.int8, device=device)
-    for k in range(len(masks), 0, -1):  # the first reason wins
-        codes = torch.where(masks[k - 1], torch.tensor(k, dtype=torch.int8, device=device), codes)
-    reasons.append("the score is not a number for this sample (numerical overflow)")
-    overflow = torch.tensor(len(reasons), dtype=torch.int8, device=device)
-    codes = torch.where((codes == 0) & torch.isnan(values), overflow, codes)
-    values = torch.where(codes > 0, torch.tensor(float("nan"), dtype=torch.float64, device=device), values)
-    return MethodOutput(values, codes, reasons)
+    """Package a method's values with the masks of the samples where it is undefined (see MethodOutput)."""
+    return MethodOutput(values, undefined or {})
 
 
 def _top2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,15 +20,16 @@ if TYPE_CHECKING:
     from gradtrust.scores.passes import BatchPasses
 
 class MethodOutput(NamedTuple):
-    """What a method function returns, kept on the model's device until the engine copies all at once.
+    """What a method function returns, left on the model's device: the engine copies every method's
+    output to the CPU in one transfer and applies the NaN policy there.
 
-    ``values``: (B,) float64, NaN where undefined; ``codes``: (B,) int8, 0 where defined, else ``k`` for the
-    reason ``reasons[k − 1]``.
+    ``values``: (B,) one value per sample; ``undefined``: ``{reason: (B,) bool mask}``, in priority order
+    (a sample's recorded reason is the first mask that holds). Samples with non-finite logits, and values
+    that come out NaN for any other reason, are handled by the engine for every method.
     """
 
     values: torch.Tensor
-    codes: torch.Tensor
-    reasons: list[str]
+    undefined: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
