@@ -144,24 +144,18 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
 
 
 def _normalised_input(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
-    """``x̂``: the input of a normalisation layer before its affine transform (float32)."""
+    """``x̂``: the input of a LayerNorm or GroupNorm before its affine transform (float32)."""
     a = a.float()
-    kind = type(module)
-    if kind in _BATCH_NORM:
-        shape = (1, -1) + (1,) * (a.dim() - 2)
-        mean = module.running_mean.float().reshape(shape)
-        var = module.running_var.float().reshape(shape)
-        return (a - mean) / torch.sqrt(var + module.eps)
-    if kind is nn.LayerNorm:
+    if type(module) is nn.LayerNorm:
         return F.layer_norm(a, module.normalized_shape, eps=module.eps)
     return F.group_norm(a, module.num_groups, eps=module.eps)
 
 
 def _affine_reduce_dims(module: nn.Module, a: torch.Tensor) -> tuple[int, ...]:
-    """The dimensions summed over to get a per-sample γ/β gradient of a normalisation layer."""
+    """The dimensions summed over to get a per-sample γ/β gradient of LayerNorm or GroupNorm."""
     if type(module) is nn.LayerNorm:  # (B, *, *normalized_shape): sum over the middle dimensions
         return tuple(range(1, a.dim() - len(module.normalized_shape)))
-    return tuple(range(2, a.dim()))  # BatchNorm / GroupNorm (B, C, *spatial): sum over space
+    return tuple(range(2, a.dim()))  # GroupNorm (B, C, *spatial): sum over space
 
 
 def parameter_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -172,7 +166,18 @@ def parameter_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict
         out["weight"] = conv_weight_grads(module, a, g)
         if module.bias is not None:
             out["bias"] = g.float().flatten(2).sum(-1)
-    elif kind in _BATCH_NORM or kind in (nn.LayerNorm, nn.GroupNorm):
+    elif kind in _BATCH_NORM:
+        # Eval-mode BatchNorm normalises with fixed statistics, so Σ_s g·(a − μ)/σ = (Σ_s g·a − μ Σ_s g)/σ:
+        # one fused reduction over the activations instead of rebuilding x̂ (measured: ~8% of Purview).
+        g3 = g.float().reshape(g.shape[0], g.shape[1], -1)
+        grad_beta = g3.sum(2)
+        if module.weight is not None:
+            grad_ga = torch.einsum("bcs,bcs->bc", g3, a.float().reshape(a.shape[0], a.shape[1], -1))
+            sigma = torch.sqrt(module.running_var.float() + module.eps)
+            out["weight"] = (grad_ga - module.running_mean.float() * grad_beta) / sigma
+        if module.bias is not None:
+            out["bias"] = grad_beta
+    elif kind in (nn.LayerNorm, nn.GroupNorm):
         dims = _affine_reduce_dims(module, a)
         gf = g.float()
         if module.weight is not None:
