@@ -62,8 +62,8 @@ def make_run(out: Path, model: str, corruption: str | None = None, methods=None,
         dataset.pop("dataset")
         dataset.update(dataset_extra or {})
         (out / "manifest.json").write_text(json.dumps({
-            "model": loaded.describe(), "dataset": dataset,
-            "methods": result.parameters, "counts": {"samples": m, "scored": m, "failed": 0},
+            "model": loaded.describe(), "dataset": dataset, "methods": result.parameters,
+            "skipped": result.skipped, "counts": {"samples": m, "scored": m, "failed": 0},
         }), encoding="utf-8")
     return out
 
@@ -172,6 +172,13 @@ def test_method_missing_from_some_runs_gives_empty_cells(report):
     for cells in md_rows(text):
         assert (cells[col] == "") == ("digits_tiny" in cells[0])
     assert "no column for MCD" in text
+
+
+def test_empty_cells_give_the_reason_the_scorer_recorded(runs, tmp_path):
+    """A default method the scorer skipped (MC dropout on a network without dropout) is explained."""
+    run = make_run(tmp_path / "tiny_all", "digits_tiny")  # every method that applies: mc_dropout is skipped
+    text = build_report([run, runs["mlp_clean"]], tmp_path / "report", resamples=0, figures=False).files["table_md"].read_text()
+    assert "no column for MCD (empty cells): the model has no dropout layer" in text
 
 
 def test_selective_csv_matches_direct_evaluation_and_bootstrap(report, runs):

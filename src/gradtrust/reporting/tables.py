@@ -332,9 +332,13 @@ def paper_cells(group: Group, html: bool = False) -> tuple[list[str], list[list[
             if m in r.methods:
                 for why, metrics in _by_reason(r.methods[m].reasons, ("auac", "aufc")).items():
                     notes.append(f"{r.name}, {display_name(m)}: {' and '.join(metrics)} n/a: {why}.")
-        missing = [display_name(m) for m in group.methods if m not in r.methods]
-        if missing:
-            notes.append(f"{r.name}: no column for {', '.join(missing)} (empty cells: the method was not "
+        missing = [m for m in group.methods if m not in r.methods]
+        skipped = r.run.manifest.get("skipped") or {}  # why the scorer left a default method out
+        for m in [m for m in missing if isinstance(skipped, dict) and skipped.get(m)]:
+            notes.append(f"{r.name}: no column for {display_name(m)} (empty cells): {skipped[m]}")
+        unexplained = [display_name(m) for m in missing if not (isinstance(skipped, dict) and skipped.get(m))]
+        if unexplained:
+            notes.append(f"{r.name}: no column for {', '.join(unexplained)} (empty cells: the method was not "
                          "scored in this run).")
     return header, rows, notes
 
