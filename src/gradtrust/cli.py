@@ -32,7 +32,7 @@ def methods_command() -> None:
 
     for name in available_methods():
         method = get_method(name)
-        click.echo(f"{name:16s} {method.summary}")
+        click.echo(f"{name:16s} {method.summary.replace('``', '')}")
         if method.source:
             click.echo(f"{'':16s}   source: {method.source}")
 
