@@ -46,7 +46,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from gradtrust.data.samples import Sample
+from gradtrust.data.samples import check_file, Sample
 from gradtrust.errors import DataError
 
 __all__ = [
@@ -154,14 +154,7 @@ def read_rgb_image(path: str | os.PathLike, alpha: str = "white") -> Image.Image
     The reasons are short and stable: ``empty file (0 bytes)``, ``not a recognised image format``,
     ``truncated or corrupt image: …``, ``cannot convert mode X to RGB: …``, ``file not found``, ….
     """
-    path = os.fspath(path)
-    try:
-        if os.path.getsize(path) == 0:
-            raise DataError("empty file (0 bytes)")
-    except FileNotFoundError:
-        raise DataError("file not found") from None
-    except OSError as exc:
-        raise DataError(f"cannot read file: {exc.strerror or exc}") from None
+    path = check_file(path)
     try:
         with Image.open(path) as image:
             image.load()  # decode now: truncation and corruption show up here

@@ -6,9 +6,12 @@ so that a long run records the failure and goes on (see ``docs/architecture.md``
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Sequence
 
 import torch
+
+from gradtrust.errors import DataError
 
 
 class Sample(NamedTuple):
@@ -49,3 +52,17 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
         paths=[s.path for s in good],
         failures=failures,
     )
+
+
+def check_file(path: str | os.PathLike) -> str:
+    """``path`` as a string if it names a non-empty readable file; else :class:`DataError` with a short,
+    stable reason (``file not found``, ``empty file (0 bytes)``, ``cannot read file: …``) to record."""
+    path = os.fspath(path)
+    try:
+        if os.path.getsize(path) == 0:
+            raise DataError("empty file (0 bytes)")
+    except FileNotFoundError:
+        raise DataError("file not found") from None
+    except OSError as exc:
+        raise DataError(f"cannot read file: {exc.strerror or exc}") from None
+    return path

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from gradtrust.data.images import ImageFileDataset, check_root, normalize_extensions, scan_class_folders
-from gradtrust.data.samples import Sample
+from gradtrust.data.samples import check_file, Sample
 from gradtrust.errors import DataError, UnknownNameError
 
 __all__ = [
@@ -224,14 +224,7 @@ def read_video_clip(
     reason when the file cannot be read (see the module docstring for the sampling)."""
     import av
 
-    path = os.fspath(path)
-    try:
-        if os.path.getsize(path) == 0:
-            raise DataError("empty file (0 bytes)")
-    except FileNotFoundError:
-        raise DataError("file not found") from None
-    except OSError as exc:
-        raise DataError(f"cannot read file: {exc.strerror or exc}") from None
+    path = check_file(path)
     try:
         with av.open(path, metadata_errors="ignore") as container:
             if not container.streams.video:

@@ -24,15 +24,14 @@ def _finish(passes: BatchPasses, values: torch.Tensor, undefined: dict[str, torc
     return MethodOutput(values, undefined or {})
 
 
-def _top2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _top2_gap(passes: BatchPasses, x: torch.Tensor) -> MethodOutput:
+    """``x_(1) − x_(2)`` per sample: largest minus second-largest entry (undefined with one class)."""
+    if passes.num_classes < 2:
+        batch = x.shape[0]
+        return _finish(passes, torch.full((batch,), float("nan"), dtype=torch.float64),
+                       {"a margin needs at least two classes": torch.ones(batch, dtype=torch.bool)})
     top = x.topk(2, dim=1).values
-    return top[:, 0], top[:, 1]
-
-
-def _needs_two_classes(passes: BatchPasses) -> dict[str, torch.Tensor]:
-    if passes.num_classes >= 2:
-        return {}
-    return {"a margin needs at least two classes": torch.ones(passes.logits.shape[0], dtype=torch.bool)}
+    return _finish(passes, top[:, 0] - top[:, 1])
 
 
 # ---------------------------------------------------------------------------------- one forward pass
@@ -59,10 +58,7 @@ def max_logit_score(passes: BatchPasses) -> MethodOutput:
 @register_method("margin", needs=FORWARD, source="Top-1 minus top-2 softmax probability; SPEC §1")
 def margin_score(passes: BatchPasses) -> MethodOutput:
     """Softmax margin ``p_(1) − p_(2)``."""
-    if passes.num_classes < 2:
-        return _finish(passes, torch.full_like(passes.logits[:, 0], float("nan")), _needs_two_classes(passes))
-    first, second = _top2(passes.probabilities)
-    return _finish(passes, first - second)
+    return _top2_gap(passes, passes.probabilities)
 
 
 @register_method("brier", needs=FORWARD, source="Brier (1950), against the predicted class; GradTrust release")
@@ -76,10 +72,7 @@ def brier_score(passes: BatchPasses) -> MethodOutput:
 @register_method("logit_margin", needs=FORWARD, source="Liang et al., TMLR 2024; Heng & Soh 2025 ('RLog')")
 def logit_margin_score(passes: BatchPasses) -> MethodOutput:
     """Logit margin ``z_(1) − z_(2)``."""
-    if passes.num_classes < 2:
-        return _finish(passes, torch.full_like(passes.logits[:, 0], float("nan")), _needs_two_classes(passes))
-    first, second = _top2(passes.logits)
-    return _finish(passes, first - second)
+    return _top2_gap(passes, passes.logits)
 
 
 @register_method("energy", needs=FORWARD, source="Liu et al., NeurIPS 2020")
