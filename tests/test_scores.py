@@ -366,3 +366,16 @@ def test_cuda_scores_match_cpu(dtype):
     for method in cpu:
         assert gpu[method].device.type == "cpu" and torch.isfinite(gpu[method]).all(), method
         torch.testing.assert_close(gpu[method], cpu[method], **tol)
+
+
+def test_graph_cut_without_odin_changes_no_number():
+    """Without ODIN the graph starts at the first layer's output (its backward-to-input is skipped);
+    Purview and the layer path must give what the full graph (with ODIN) gives."""
+    model = torchvision.models.resnet18(num_classes=10).eval()  # in-place ReLU right after the cut
+    x = torch.randn(2, 3, 32, 32)
+    full = gradtrust.score(model, x, ["purview_initial", "purview_final", "gradtrust", "odin"], layer="conv1")
+    cut = gradtrust.score(model, x, ["purview_initial", "purview_final", "gradtrust"], layer="conv1")
+    for method in ("purview_initial", "purview_final", "gradtrust"):
+        torch.testing.assert_close(cut[method], full[method], rtol=1e-5, atol=0)
+    torch.testing.assert_close(cut["gradtrust"], _reference(model, x, "gradtrust", layer_module=model.conv1),
+                               rtol=1e-3, atol=0)
