@@ -19,7 +19,7 @@ FORWARD = {"forward"}
 GRADIENTS = {"forward", "counterfactual_gradients"}
 
 
-def _finish(passes: BatchPasses, values: torch.Tensor, undefined: dict[str, torch.Tensor] | None = None) -> MethodOutput:
+def _finish(values: torch.Tensor, undefined: dict[str, torch.Tensor] | None = None) -> MethodOutput:
     """Package a method's values with the masks of the samples where it is undefined (see MethodOutput)."""
     return MethodOutput(values, undefined or {})
 
@@ -28,31 +28,31 @@ def _top2_gap(passes: BatchPasses, x: torch.Tensor) -> MethodOutput:
     """``x_(1) − x_(2)`` per sample: largest minus second-largest entry (undefined with one class)."""
     if passes.num_classes < 2:
         batch = x.shape[0]
-        return _finish(passes, torch.full((batch,), float("nan"), dtype=torch.float64),
+        return _finish(torch.full((batch,), float("nan"), dtype=torch.float64),
                        {"a margin needs at least two classes": torch.ones(batch, dtype=torch.bool)})
     top = x.topk(2, dim=1).values
-    return _finish(passes, top[:, 0] - top[:, 1])
+    return _finish(top[:, 0] - top[:, 1])
 
 
 # ---------------------------------------------------------------------------------- one forward pass
 @register_method("softmax", needs=FORWARD, source="Hendrycks & Gimpel, ICLR 2017 (maximum softmax probability)")
 def softmax_score(passes: BatchPasses) -> MethodOutput:
     """Maximum softmax probability ``p_ŷ``."""
-    return _finish(passes, passes.probabilities.max(dim=1).values)
+    return _finish(passes.probabilities.max(dim=1).values)
 
 
 @register_method("entropy", needs=FORWARD, source="Shannon entropy; SPEC §1")
 def entropy_score(passes: BatchPasses) -> MethodOutput:
     """Negative entropy ``Σ_c p_c log p_c``, from ``log_softmax`` so it stays finite (``0 log 0 = 0``)."""
     p, log_p = passes.probabilities, passes.log_probabilities
-    return _finish(passes, torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(dim=1))
+    return _finish(torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(dim=1))
 
 
 @register_method("max_logit", needs=FORWARD,
                  source="Hendrycks et al., ICML 2022; the paper's 'NLL' column (nll_loss on raw logits = z_ŷ)")
 def max_logit_score(passes: BatchPasses) -> MethodOutput:
     """Largest logit ``z_ŷ`` (the GradTrust paper's "NLL" column)."""
-    return _finish(passes, passes.logits.max(dim=1).values)
+    return _finish(passes.logits.max(dim=1).values)
 
 
 @register_method("margin", needs=FORWARD, source="Top-1 minus top-2 softmax probability; SPEC §1")
@@ -66,7 +66,7 @@ def brier_score(passes: BatchPasses) -> MethodOutput:
     """Negative Brier score against the prediction ``−Σ_c (p_c − 1[c = ŷ])²``."""
     p = passes.probabilities
     onehot = torch.zeros_like(p).scatter_(1, passes.prediction.unsqueeze(1), 1.0)
-    return _finish(passes, -(p - onehot).square().sum(dim=1))
+    return _finish(-(p - onehot).square().sum(dim=1))
 
 
 @register_method("logit_margin", needs=FORWARD, source="Liang et al., TMLR 2024; Heng & Soh 2025 ('RLog')")
@@ -78,13 +78,13 @@ def logit_margin_score(passes: BatchPasses) -> MethodOutput:
 @register_method("energy", needs=FORWARD, source="Liu et al., NeurIPS 2020")
 def energy_score(passes: BatchPasses) -> MethodOutput:
     """Negative free energy ``log Σ_c exp(z_c)``."""
-    return _finish(passes, torch.logsumexp(passes.logits, dim=1))
+    return _finish(torch.logsumexp(passes.logits, dim=1))
 
 
 @register_method("doctor", needs=FORWARD, source="Granese et al., NeurIPS 2021 (DOCTOR, black-box form)")
 def doctor_score(passes: BatchPasses) -> MethodOutput:
     """``Σ_c p_c²`` (DOCTOR's ``(1 − Σp²)/Σp²`` ranks samples in the reverse order)."""
-    return _finish(passes, passes.probabilities.square().sum(dim=1))
+    return _finish(passes.probabilities.square().sum(dim=1))
 
 
 @register_method("maxlogit_pnorm", needs=FORWARD, options=("pnorm_p",),
@@ -94,7 +94,7 @@ def maxlogit_pnorm_score(passes: BatchPasses) -> MethodOutput:
     centred = passes.logits - passes.logits.mean(dim=1, keepdim=True)
     norm = centred.abs().pow(passes.options.pnorm_p).sum(dim=1).pow(1.0 / passes.options.pnorm_p)
     values = centred.max(dim=1).values / norm
-    return _finish(passes, values, {"all logits are equal (‖z − z̄‖_p = 0)": norm == 0})
+    return _finish(values, {"all logits are equal (‖z − z̄‖_p = 0)": norm == 0})
 
 
 # ---------------------------------------------------------------------------------- counterfactual gradients
@@ -120,7 +120,7 @@ def gradtrust_score(passes: BatchPasses) -> MethodOutput:
     values = e.max(dim=1).values / mean
     undefined = _gradient_undefined(passes)
     undefined["every gradient row has zero variance"] = ~(mean > 0)
-    return _finish(passes, values, undefined)
+    return _finish(values, undefined)
 
 
 @register_method("gradtrust_topk", needs=GRADIENTS, options=("topk", "layer", "gradient_path"),
@@ -136,7 +136,7 @@ def gradtrust_topk_score(passes: BatchPasses) -> MethodOutput:
     if e.shape[1] != c or c < 2:
         reason = ("gradtrust_topk needs a layer with one gradient row per class" if c >= 2
                   else "gradtrust_topk needs at least two classes")
-        return _finish(passes, torch.full((batch,), float("nan"), dtype=torch.float64),
+        return _finish(torch.full((batch,), float("nan"), dtype=torch.float64),
                        {reason: torch.ones(batch, dtype=torch.bool)})
     k = min(passes.options.topk or 10, c - 1)
     prediction = passes.prediction
@@ -146,7 +146,7 @@ def gradtrust_topk_score(passes: BatchPasses) -> MethodOutput:
     denominator = e.gather(1, counterfactuals).mean(dim=1)
     undefined = _gradient_undefined(passes)
     undefined["the counterfactual rows have zero variance"] = ~(denominator > 0)
-    return _finish(passes, numerator / denominator, undefined)
+    return _finish(numerator / denominator, undefined)
 
 
 @register_method("gradnorm", needs=GRADIENTS, options=("layer", "gradient_path"),
@@ -158,7 +158,7 @@ def gradnorm_score(passes: BatchPasses) -> MethodOutput:
     KL-divergence variant instead: a documented deviation (SPEC §1). Defined for every finite sample,
     all-zero features included (the gradient is then zero, the least trustworthy value).
     """
-    return _finish(passes, passes.uniform_ce_grad_l1)
+    return _finish(passes.uniform_ce_grad_l1)
 
 
 # ---------------------------------------------------------------------------------- extra passes
@@ -168,7 +168,7 @@ def odin_score(passes: BatchPasses) -> MethodOutput:
     """ODIN ``max_c softmax(f(x̃)/T)_c`` with ``x̃ = x − ε·sign(∇_x[−log softmax(f(x)/T)_ŷ])``."""
     scaled = passes.odin_logits / passes.options.odin_temperature
     values = torch.softmax(scaled, dim=1).max(dim=1).values
-    return _finish(passes, values, {"non-finite logits on the ODIN-perturbed input": ~torch.isfinite(scaled).all(1)})
+    return _finish(values, {"non-finite logits on the ODIN-perturbed input": ~torch.isfinite(scaled).all(1)})
 
 
 @register_method("mc_dropout", needs={"forward", "mc_dropout"}, options=("mc_samples", "seed"),
@@ -181,7 +181,7 @@ def mc_dropout_score(passes: BatchPasses) -> MethodOutput:
     """
     p = passes.mc_mean_probabilities
     values = torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(dim=1)
-    return _finish(passes, values, {"non-finite logits in a dropout pass": ~torch.isfinite(p).all(1)})
+    return _finish(values, {"non-finite logits in a dropout pass": ~torch.isfinite(p).all(1)})
 
 
 def _purview(passes: BatchPasses, part: str) -> MethodOutput:
@@ -193,10 +193,10 @@ def _purview(passes: BatchPasses, part: str) -> MethodOutput:
     chosen = s[:, columns]
     batch = s.shape[0]
     if chosen.shape[1] == 0:
-        return _finish(passes, torch.full((batch,), float("nan"), dtype=torch.float64),
+        return _finish(torch.full((batch,), float("nan"), dtype=torch.float64),
                        {f"the model has too few parameter tensors ({j}) for an {part} Purview group":
                         torch.ones(batch, dtype=torch.bool)})
-    return _finish(passes, -chosen.mean(dim=1),
+    return _finish(-chosen.mean(dim=1),
                    {"non-finite parameter gradients": ~torch.isfinite(chosen).all(1)})
 
 

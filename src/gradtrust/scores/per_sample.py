@@ -81,10 +81,7 @@ def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strat
                            stride=module.stride)  # (B, K, T)
         return torch.bmm(g.float().flatten(2), patches.transpose(1, 2)).reshape(batch, *weight.shape)
     if strategy == "per_sample":
-        w = weight.detach().float()
-        grads = [torch.ops.aten.convolution_backward(g[i:i + 1], a[i:i + 1], w, None, *conv_args, module.groups,
-                                                     [False, True, False])[1] for i in range(batch)]
-        return torch.stack(grads)
+        return torch.stack([_one_sample_conv_weight_grad(module, a[i:i + 1], g[i:i + 1]) for i in range(batch)])
     a1 = a.reshape(1, batch * a.shape[1], *spatial)
     g1 = g.reshape(1, batch * g.shape[1], *g.shape[2:])
     # Only grad_weight is asked for, so the kernel reads this weight argument for its shape alone.
@@ -92,6 +89,13 @@ def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strat
     _, grad_weight, _ = torch.ops.aten.convolution_backward(g1, a1, stacked, None, *conv_args, module.groups * batch,
                                                             [False, True, False])
     return grad_weight.reshape(batch, *weight.shape)
+
+
+def _one_sample_conv_weight_grad(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The weight gradient of ``module`` for one sample (batch dimension 1), float32, shape of the weight."""
+    conv_args = (list(module.stride), list(module.padding), list(module.dilation), False, [0] * (a.dim() - 2))
+    return torch.ops.aten.convolution_backward(g.float(), a.float(), module.weight.detach().float(), None, *conv_args,
+                                               module.groups, [False, True, False])[1]
 
 
 def default_conv_strategy(module: nn.Module, device: torch.device) -> str:
@@ -128,15 +132,9 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
             norms.append((gram_u * gram_g).sum((1, 2)))
         return torch.cat(norms)
     if a.device.type == "cpu":  # per-sample native kernels, each reduced at once (no stacked gradients)
-        w = module.weight.detach().float()
-        conv_args = (list(module.stride), list(module.padding), list(module.dilation), False, [0] * (a.dim() - 2))
         af, gf = a.float(), g.float()
-        rows = []
-        for i in range(a.shape[0]):
-            grad = torch.ops.aten.convolution_backward(gf[i:i + 1], af[i:i + 1], w, None, *conv_args, module.groups,
-                                                       [False, True, False])[1].flatten()
-            rows.append(torch.dot(grad, grad))
-        return torch.stack(rows)
+        grads = (_one_sample_conv_weight_grad(module, af[i:i + 1], gf[i:i + 1]).flatten() for i in range(a.shape[0]))
+        return torch.stack([torch.dot(grad, grad) for grad in grads])
     per_sample_bytes = 4 * (module.weight.numel() + k * out_positions)  # gradient + unfolded patches
     step = max(1, chunk_bytes // per_sample_bytes)
     return torch.cat([conv_weight_grads(module, a[i:i + step], g[i:i + step]).flatten(1).square().sum(1)

@@ -9,7 +9,7 @@ needs (``"forward"``, ``"odin"``, ``"per_sample_gradients"``, ``"mc_dropout"``);
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
@@ -42,7 +42,6 @@ class Method:
     options: tuple[str, ...] = ()
     summary: str = ""
     source: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __call__(self, passes: "BatchPasses") -> MethodOutput:
         return self.fn(passes)
