@@ -134,14 +134,14 @@ def test_corruptions_deterministic_and_per_sample(corruption):
     # Read through a subset, in another order, after reading other samples, through a shuffled loader.
     shuffled = list(range(len(ds)))
     random.Random(1).shuffle(shuffled)
-    for s in (ds[j] for j in shuffled[:50]):
+    for _s in (ds[j] for j in shuffled[:50]):
         pass
     for j, i in enumerate(reversed(picks)):
         assert torch.equal(Subset(ds, list(reversed(picks)))[j].input, alone[i])
     loader = DataLoader(Subset(ds, shuffled[:200] + picks), batch_size=32, collate_fn=collate_samples)
     seen = {}
     for batch in loader:
-        for idx, x in zip(batch.indices.tolist(), batch.inputs):
+        for idx, x in zip(batch.indices.tolist(), batch.inputs, strict=False):
             seen[idx] = x
     for i in picks:
         assert torch.equal(seen[i], alone[i])

@@ -16,7 +16,7 @@ def _autograd_per_sample(module: nn.Module, x: torch.Tensor, weights: torch.Tens
         params = dict(module.named_parameters())
         loss = (module(x[i:i + 1]) * weights[i:i + 1]).sum()
         grads = torch.autograd.grad(loss, list(params.values()))
-        for name, grad in zip(params, grads):
+        for name, grad in zip(params, grads, strict=False):
             out.setdefault(name, []).append(grad)
     return {name: torch.stack(g) for name, g in out.items()}
 

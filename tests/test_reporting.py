@@ -102,8 +102,8 @@ def md_rows(text: str) -> list[list[str]]:
 def test_table_csv_matches_direct_evaluation(report, runs):
     table = pd.read_csv(report.files["table_csv"])
     assert len(table) == 3
-    by_source = {Path(s).name: row for s, (_, row) in zip(table["source"], table.iterrows())}
-    for key, path in runs.items():
+    by_source = {Path(s).name: row for s, (_, row) in zip(table["source"], table.iterrows(), strict=False)}
+    for _key, path in runs.items():
         df = frame_of(path)
         row = by_source[path.name]
         c = df["label"].to_numpy() == df["prediction"].to_numpy()
@@ -136,7 +136,7 @@ def test_bold_marks_top_two_of_each_row_per_metric(report):
     header = next(line for line in text.splitlines() if line.startswith("| run "))
     names = [c.strip() for c in header.strip().strip("|").split(" | ")]
     checked = 0
-    for (_, row), cells in zip(table.iterrows(), md_rows(text)):
+    for (_, row), cells in zip(table.iterrows(), md_rows(text), strict=False):
         for k, metric in enumerate(("auac", "aufc")):
             values = {m: row[f"{m}_{metric}"] for m in METHODS_NO_DROPOUT}
             expected = sorted(values, key=lambda m: -values[m])[:2]

@@ -63,7 +63,7 @@ def _reference(model, x, method, **kw):
     ids = kw.pop("sample_ids", range(x.shape[0]))
     return torch.tensor([reference_score(model, x[i:i + 1], method, layer=kw.get("layer_module", _final(model)),
                                          sample_id=sid, **{k: v for k, v in kw.items() if k != "layer_module"})
-                         for i, sid in zip(range(x.shape[0]), ids)], dtype=torch.float64)
+                         for i, sid in zip(range(x.shape[0]), ids, strict=False)], dtype=torch.float64)
 
 
 def test_available_methods_lists_every_spec_method():

@@ -5,10 +5,9 @@
 >>> result["gradtrust"], result.prediction
 """
 
+from gradtrust._version import __version__
 from gradtrust.errors import DataError, GradTrustError, InputError, ModelError, UnknownNameError
 from gradtrust.scores import ScoreOptions, ScoreResult, available_methods, score
-
-__version__ = "0.1.0"
 
 __all__ = ["DataError", "GradTrustError", "InputError", "ModelError", "ScoreOptions", "ScoreResult",
            "UnknownNameError", "available_methods", "score", "__version__"]

@@ -28,7 +28,7 @@ def main() -> None:
 @main.command("methods")
 def methods_command() -> None:
     """List the trust-score methods, with their formula and source."""
-    from gradtrust.scores import get_method, available_methods
+    from gradtrust.scores import available_methods, get_method
 
     for name in available_methods():
         method = get_method(name)
@@ -53,8 +53,8 @@ def _register_subcommands() -> None:
 
     main.add_command(score_command)
     try:
-        from gradtrust.reporting.command import report_command
         from gradtrust.reporting.benchmark import benchmark_command
+        from gradtrust.reporting.command import report_command
     except ImportError:  # reporting is optional until its dependencies (matplotlib) are importable
         return
     main.add_command(report_command)

@@ -4,14 +4,26 @@ Every dataset yields :class:`Sample` items and never raises for one unreadable f
 ``docs/architecture.md``); :func:`collate_samples` sets the failures aside.
 """
 
-from gradtrust.data.classes import (imagenet_wnid_to_index, is_wnid, load_imagenet_class_names,
-                                    load_imagenet_wnids, resolve_class_indices)
+from gradtrust.data.classes import (
+                                    imagenet_wnid_to_index,
+                                    is_wnid,
+                                    load_imagenet_class_names,
+                                    load_imagenet_wnids,
+                                    resolve_class_indices,
+)
 from gradtrust.data.digits import CORRUPTIONS, DIGITS_CLASSES, SEVERITIES, DigitsDataset, digits_image
 from gradtrust.data.imagenet import FlatImageDataset, read_devkit_meta
 from gradtrust.data.images import IMAGE_EXTENSIONS, ImageFolderDataset, default_image_transform, read_rgb_image, to_rgb
 from gradtrust.data.samples import Batch, Sample, collate_samples
-from gradtrust.data.video import (VIDEO_EXTENSIONS, VIDEO_MODELS, VideoClipSettings, VideoFolderDataset,
-                                  clip_frame_indices, read_video_clip, video_clip_settings)
+from gradtrust.data.video import (
+                                    VIDEO_EXTENSIONS,
+                                    VIDEO_MODELS,
+                                    VideoClipSettings,
+                                    VideoFolderDataset,
+                                    clip_frame_indices,
+                                    read_video_clip,
+                                    video_clip_settings,
+)
 
 __all__ = [
     "CORRUPTIONS", "DIGITS_CLASSES", "DigitsDataset", "SEVERITIES", "digits_image",
@@ -19,5 +31,5 @@ __all__ = [
     "VIDEO_MODELS", "VideoClipSettings", "VideoFolderDataset", "clip_frame_indices", "collate_samples",
     "default_image_transform", "imagenet_wnid_to_index", "is_wnid", "load_imagenet_class_names",
     "load_imagenet_wnids", "read_devkit_meta", "read_rgb_image", "resolve_class_indices", "to_rgb",
-    "video_clip_settings",
+    "read_video_clip", "video_clip_settings",
 ]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from importlib import resources
-from typing import Optional, Sequence
 
 from gradtrust.errors import DataError
 
@@ -107,7 +107,7 @@ def _match_by_name(dataset_classes: Sequence[str], model_names: Sequence[str]) -
 
 def resolve_class_indices(
     dataset_classes: Sequence[str],
-    model_class_names: Optional[Sequence[str]],
+    model_class_names: Sequence[str] | None,
     num_outputs: int,
 ) -> list[int]:
     """For each dataset class (in label order) the model output index it corresponds to.

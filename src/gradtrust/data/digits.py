@@ -157,7 +157,7 @@ def _gaussian_kernel_matrix(sigma: float, size: int = 8) -> np.ndarray:
     taps /= taps.sum()
     b = np.zeros((size, size), dtype=np.float64)
     for i in range(size):
-        for k, w in zip(range(-radius, radius + 1), taps):
+        for k, w in zip(range(-radius, radius + 1), taps, strict=False):
             j = i + k
             if 0 <= j < size:
                 b[i, j] = w

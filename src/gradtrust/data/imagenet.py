@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -119,9 +120,9 @@ class FlatImageDataset(ImageFileDataset):
         self,
         root: str | os.PathLike,
         labels_file: str | os.PathLike,
-        transform: Optional[Callable[[Image.Image], Any]] = None,
+        transform: Callable[[Image.Image], Any] | None = None,
         *,
-        classes: Optional[Sequence[str]] = None,
+        classes: Sequence[str] | None = None,
         label_offset: int = 0,
         devkit_meta: str | os.PathLike | None = None,
         allow_unused_labels: bool = False,
@@ -257,7 +258,7 @@ class FlatImageDataset(ImageFileDataset):
     # ------------------------------------------------------------------ one label per line
 
     def _labels_from_lines(
-        self, path: str, files: list[str], class_index: dict[str, int], devkit: Optional[dict[int, str]]
+        self, path: str, files: list[str], class_index: dict[str, int], devkit: dict[int, str] | None
     ) -> list[int]:
         is_devkit_file = _DEVKIT_GT_NAME.lower() in os.path.basename(path).lower()
         devkit_hint = (
@@ -285,8 +286,8 @@ class FlatImageDataset(ImageFileDataset):
         bad: list[str] = []
         n_bad = 0
         saw_top = False
-        for number, (text, name) in enumerate(zip(lines, files), start=1):
-            label: Optional[int] = None
+        for number, (text, name) in enumerate(zip(lines, files, strict=False), start=1):
+            label: int | None = None
             problem = ""
             if not text:
                 problem = "empty line"

@@ -39,14 +39,15 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from gradtrust.data.samples import check_file, Sample
+from gradtrust.data.samples import Sample, check_file
 from gradtrust.errors import DataError
 
 __all__ = [
@@ -310,7 +311,7 @@ class ImageFileDataset(Dataset):
         rel_paths: Sequence[str],
         labels: Sequence[int],
         classes: Sequence[str],
-        transform: Optional[Callable[[Image.Image], Any]] = None,
+        transform: Callable[[Image.Image], Any] | None = None,
         alpha: str = "white",
     ) -> None:
         if alpha not in ALPHA_MODES:
@@ -384,7 +385,7 @@ class ImageFolderDataset(ImageFileDataset):
     def __init__(
         self,
         root: str | os.PathLike,
-        transform: Optional[Callable[[Image.Image], Any]] = None,
+        transform: Callable[[Image.Image], Any] | None = None,
         extensions: Iterable[str] = IMAGE_EXTENSIONS,
         *,
         alpha: str = "white",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -45,7 +45,7 @@ _DIGITS_SPEC = re.compile(r"^digits(?::[^:]*){0,3}$")
 class OpenedDataset(Dataset):
     """A dataset opened by :func:`open_dataset`: delegates everything to ``dataset``, adds ``describe()``."""
 
-    def __init__(self, dataset: Any, spec: str, extra: Optional[dict] = None) -> None:
+    def __init__(self, dataset: Any, spec: str, extra: dict | None = None) -> None:
         self.dataset = dataset
         self.spec = spec
         self.extra = dict(extra or {})
@@ -94,7 +94,7 @@ def parse_digits_spec(data: str) -> dict[str, Any]:
     return {"split": split, "corruption": corruption, "severity": severity}
 
 
-def open_dataset(data: Any, model: Any, labels: Optional[str | os.PathLike] = None) -> OpenedDataset:
+def open_dataset(data: Any, model: Any, labels: str | os.PathLike | None = None) -> OpenedDataset:
     """Open ``data`` for ``model`` (a :class:`~gradtrust.models.LoadedModel`); see the module docstring.
 
     Raises :class:`DataError` for a missing or empty folder, a missing labels file, an unknown digits

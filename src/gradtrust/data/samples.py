@@ -7,7 +7,8 @@ so that a long run records the failure and goes on (see ``docs/architecture.md``
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 

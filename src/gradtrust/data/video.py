@@ -28,14 +28,15 @@ container states (the frame count, or else duration × frame rate) counts as tru
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from fractions import Fraction
-from typing import Any, Callable, Iterable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from gradtrust.data.images import ImageFileDataset, check_root, normalize_extensions, scan_class_folders
-from gradtrust.data.samples import check_file, Sample
+from gradtrust.data.samples import Sample, check_file
 from gradtrust.errors import DataError, UnknownNameError
 
 __all__ = [
@@ -144,7 +145,7 @@ def clip_frame_indices(num_frames: int, clip_len: int, step: float | Fraction = 
 # --------------------------------------------------------------------------- decoding
 
 
-def _video_step(stream: Any, frame_stride: int, frame_rate: Optional[float]) -> Fraction:
+def _video_step(stream: Any, frame_stride: int, frame_rate: float | None) -> Fraction:
     if frame_rate is None:
         return Fraction(frame_stride)
     fps = None
@@ -196,7 +197,7 @@ def _decode_frames(path: str, indices: list[int], threads: int) -> tuple[dict[in
     wanted = set(indices)
     last = max(indices)
     kept: dict[int, np.ndarray] = {}
-    size: Optional[tuple[int, int]] = None
+    size: tuple[int, int] | None = None
     decoded = 0
     with av.open(path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
@@ -217,7 +218,7 @@ def read_video_clip(
     path: str | os.PathLike,
     clip_len: int = 16,
     frame_stride: int = 2,
-    frame_rate: Optional[float] = None,
+    frame_rate: float | None = None,
     threads: int = 1,
 ) -> torch.Tensor:
     """Decode the centred clip of one video: uint8 ``(clip_len, 3, H, W)``; :class:`DataError` with the
@@ -292,11 +293,11 @@ class VideoFolderDataset(ImageFileDataset):
     def __init__(
         self,
         root: str | os.PathLike,
-        transform: Optional[Callable[[torch.Tensor], Any]] = None,
+        transform: Callable[[torch.Tensor], Any] | None = None,
         clip_len: int = 16,
         frame_stride: int = 2,
         *,
-        frame_rate: Optional[float] = None,
+        frame_rate: float | None = None,
         extensions: Iterable[str] = VIDEO_EXTENSIONS,
         decode_threads: int = 1,
     ) -> None:
@@ -321,9 +322,9 @@ class VideoFolderDataset(ImageFileDataset):
         cls,
         root: str | os.PathLike,
         model_name: str,
-        transform: Optional[Callable[[torch.Tensor], Any]] = None,
+        transform: Callable[[torch.Tensor], Any] | None = None,
         **kwargs: Any,
-    ) -> "VideoFolderDataset":
+    ) -> VideoFolderDataset:
         """A dataset sampling clips as the Kinetics-400 weights of ``model_name`` expect
         (:func:`video_clip_settings`: ``clip_len`` frames at ``frame_rate`` fps)."""
         settings = video_clip_settings(model_name)

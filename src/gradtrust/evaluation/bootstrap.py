@@ -24,7 +24,8 @@ out of the quantiles; if all are NaN the interval is (NaN, NaN).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

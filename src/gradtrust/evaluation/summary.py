@@ -3,7 +3,8 @@ batch by batch (:class:`TrustEvaluator`, torchmetrics style)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,14 +39,14 @@ class LoadedModel:
     """
 
     module: nn.Module
-    transform: Optional[Callable[[Any], torch.Tensor]]
+    transform: Callable[[Any], torch.Tensor] | None
     class_names: list[str]
-    num_classes: Optional[int]
+    num_classes: int | None
     spec: str
-    weights: Optional[str] = None
-    weights_sha256: Optional[str] = None
+    weights: str | None = None
+    weights_sha256: str | None = None
     input_kind: str = "image"
-    clip_len: Optional[int] = None
+    clip_len: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, Iterator
 
 import torch
 from torch import nn

@@ -43,9 +43,9 @@ import re
 import urllib.parse
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -97,7 +97,7 @@ def hub_checkpoint_path(weights_enum: Any) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def available_models(family: Optional[str] = None) -> list[str]:
+def available_models(family: str | None = None) -> list[str]:
     """Valid specs (``"torchvision:resnet18"``, …) of one family or of all installed ones.
 
     ``timm`` is listed only when asked for explicitly (over a thousand names) and installed.
@@ -168,10 +168,10 @@ def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 
 def load_model(
-    spec: Union[str, "os.PathLike[str]", nn.Module],
-    weights: Union[str, "os.PathLike[str]", Any, None] = None,
-    num_classes: Optional[int] = None,
-    device: Union[str, torch.device] = "cpu",
+    spec: str | os.PathLike[str] | nn.Module,
+    weights: str | os.PathLike[str] | Any | None = None,
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> LoadedModel:
     """Build a classifier from ``spec`` and ``weights`` (see the module docstring); never downloads.
 
@@ -235,7 +235,7 @@ def _torchvision_names() -> tuple[list[str], set[str]]:
     return sorted(set(images) | set(videos)), set(videos)
 
 
-def _load_torchvision(name: str, weights: Any, num_classes: Optional[int]) -> LoadedModel:
+def _load_torchvision(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
     import torchvision
     import torchvision.models as tvm
     from torchvision.models import WeightsEnum
@@ -259,8 +259,8 @@ def _load_torchvision(name: str, weights: Any, num_classes: Optional[int]) -> Lo
         "torchvision_version": torchvision.__version__,
     }
     sha = None
-    weights_str: Optional[str] = None
-    state: Optional[dict[str, torch.Tensor]] = None
+    weights_str: str | None = None
+    state: dict[str, torch.Tensor] | None = None
 
     if weights is None:
         enum = None
@@ -531,7 +531,7 @@ def _import_timm():
     return timm
 
 
-def _load_timm(name: str, weights: Any, num_classes: Optional[int]) -> LoadedModel:
+def _load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
     timm = _import_timm()
     if not timm.is_model(name):
         valid = timm.list_models()
@@ -541,7 +541,7 @@ def _load_timm(name: str, weights: Any, num_classes: Optional[int]) -> LoadedMod
         )
     meta: dict[str, Any] = {"family": "timm", "architecture": name, "timm_version": timm.__version__}
 
-    def build(c: Optional[int]) -> nn.Module:
+    def build(c: int | None) -> nn.Module:
         kwargs = {} if c is None else {"num_classes": c}
         return timm.create_model(name, pretrained=False, **kwargs)
 
@@ -596,7 +596,7 @@ def _load_timm(name: str, weights: Any, num_classes: Optional[int]) -> LoadedMod
     )
 
 
-def _timm_hub_id(timm: Any, name: str) -> Optional[str]:
+def _timm_hub_id(timm: Any, name: str) -> str | None:
     try:
         cfg = timm.models.get_pretrained_cfg(name)
         return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -630,7 +630,7 @@ def _import_digits():
     return digits
 
 
-def _load_digits(name: str, weights: Any, num_classes: Optional[int]) -> LoadedModel:
+def _load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
     digits = _import_digits()
     valid = list(digits.available_digits_models())
     if name not in valid:
@@ -697,7 +697,7 @@ def _is_torchscript_file(path: PathLike) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
-def _load_model_file(spec: str, weights: Any, num_classes: Optional[int]) -> LoadedModel:
+def _load_model_file(spec: str, weights: Any, num_classes: int | None) -> LoadedModel:
     path = Path(spec).resolve()
     meta: dict[str, Any] = {"model_file": str(path)}
     if _is_torchscript_file(path):
@@ -735,7 +735,7 @@ def _load_model_file(spec: str, weights: Any, num_classes: Optional[int]) -> Loa
     return loaded
 
 
-def _load_module_object(module: nn.Module, weights: Any, num_classes: Optional[int]) -> LoadedModel:
+def _load_module_object(module: nn.Module, weights: Any, num_classes: int | None) -> LoadedModel:
     meta = {"family": "module", "module_class": f"{type(module).__module__}.{type(module).__qualname__}"}
     loaded = _wrap_module(module, weights, num_classes, meta)
     loaded.spec = f"module:{type(module).__qualname__}"
@@ -744,7 +744,7 @@ def _load_module_object(module: nn.Module, weights: Any, num_classes: Optional[i
     return loaded
 
 
-def _wrap_module(module: nn.Module, weights: Any, num_classes: Optional[int], meta: dict[str, Any]) -> LoadedModel:
+def _wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: dict[str, Any]) -> LoadedModel:
     sha = None
     weights_str = None
     if weights is not None:
@@ -763,7 +763,7 @@ def _wrap_module(module: nn.Module, weights: Any, num_classes: Optional[int], me
         meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
     inferred = _last_linear_outputs(module)
     if num_classes is not None:
-        classes: Optional[int] = num_classes
+        classes: int | None = num_classes
         meta["num_classes_source"] = "argument"
         if inferred is not None and inferred != num_classes:
             meta["num_classes_inferred"] = inferred
@@ -785,7 +785,7 @@ def _wrap_module(module: nn.Module, weights: Any, num_classes: Optional[int], me
     )
 
 
-def _last_linear_outputs(module: nn.Module) -> Optional[int]:
+def _last_linear_outputs(module: nn.Module) -> int | None:
     """Outputs of the last 2-D ``*weight`` parameter (the final linear layer of most classifiers)."""
     found = None
     for key, param in module.named_parameters():
@@ -825,7 +825,7 @@ def _unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], d
     return tensors, info
 
 
-def _align_keys(state: dict[str, torch.Tensor], model_keys: Optional[set[str]]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _align_keys(state: dict[str, torch.Tensor], model_keys: set[str] | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Strip ``module.``/``_orig_mod.`` (always) and ``model.``/``net.`` (when the model lacks them)."""
     stripped: list[str] = []
     changed = True
@@ -862,7 +862,7 @@ def _shape_mismatches(own: Mapping[str, torch.Tensor], state: Mapping[str, torch
 def _fit_num_classes(
     build: Callable[[int], nn.Module],
     state: dict[str, torch.Tensor],
-    requested: Optional[int],
+    requested: int | None,
     default: int,
     what: str,
 ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
@@ -903,7 +903,7 @@ def _fit_num_classes(
     return classes, state, align
 
 
-def _head_classes(mismatches: list[tuple[str, tuple, tuple]], model_classes: int) -> Optional[int]:
+def _head_classes(mismatches: list[tuple[str, tuple, tuple]], model_classes: int) -> int | None:
     """The file's class count if every mismatch is a head tensor (first dim = classes, rest equal)."""
     found = set()
     for _, file_shape, model_shape in mismatches:
@@ -918,7 +918,7 @@ def _head_classes(mismatches: list[tuple[str, tuple, tuple]], model_classes: int
     return found.pop() if len(found) == 1 else None
 
 
-def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: Optional[str]) -> None:
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str | None) -> None:
     """``load_state_dict`` with errors that list the first offending keys."""
     own = module.state_dict()
     mismatches = _shape_mismatches(own, state)
@@ -950,7 +950,7 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, so
 # --------------------------------------------------------------------------------------------------
 
 
-def _finish(loaded: LoadedModel, device: Union[str, torch.device]) -> None:
+def _finish(loaded: LoadedModel, device: str | torch.device) -> None:
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
@@ -972,7 +972,7 @@ def _random_meta() -> dict[str, Any]:
     }
 
 
-def _check_num_classes(num_classes: Any) -> Optional[int]:
+def _check_num_classes(num_classes: Any) -> int | None:
     if num_classes is None:
         return None
     try:

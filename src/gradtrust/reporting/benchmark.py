@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -52,9 +52,9 @@ class BenchmarkJob:
     """One (model, data) pair to score into ``out_dir``."""
 
     model: str
-    weights: Optional[str]
+    weights: str | None
     data: str
-    labels: Optional[str]
+    labels: str | None
     out_dir: Path
     request: dict
 
@@ -86,21 +86,21 @@ def _data_slug(data: str) -> str:
     return f"{slugify(os.path.basename(path.rstrip(os.sep)) or 'data')}-{digest}"
 
 
-def _model_slug(spec: str, weights: Optional[str]) -> str:
+def _model_slug(spec: str, weights: str | None) -> str:
     slug = slugify(spec.replace(":", "-"))
     if weights not in (None, "DEFAULT", "default"):
         slug += "-" + slugify(Path(str(weights)).stem if os.path.exists(str(weights)) else str(weights))
     return slug
 
 
-def _weights_for(spec: str, weights: Optional[str]) -> Optional[str]:
+def _weights_for(spec: str, weights: str | None) -> str | None:
     if weights is not None and weights.strip().lower() in ("random", "none", "null"):
         return None
     return weights if weights is not None else "DEFAULT"
 
 
-def plan_jobs(models, data, out: Path, *, weights: Optional[str] = None, labels: Optional[str] = None,
-              methods: Optional[str] = None, batch_size: int = 64) -> list[BenchmarkJob]:
+def plan_jobs(models, data, out: Path, *, weights: str | None = None, labels: str | None = None,
+              methods: str | None = None, batch_size: int = 64) -> list[BenchmarkJob]:
     """Every (model, data) pair, in model order then data order, with its run folder and request."""
     models = _split(models) or default_models()
     data = _split(data) or list(DEFAULT_DATA)
@@ -142,10 +142,10 @@ class JobOutcome:
     status: str  # "scored", "skipped", "failed"
     message: str = ""
     seconds: float = 0.0
-    accuracy: Optional[float] = None
+    accuracy: float | None = None
 
 
-def run_jobs(jobs: list[BenchmarkJob], *, device: Optional[str] = None, workers: int = 0, force: bool = False,
+def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: int = 0, force: bool = False,
              echo=click.echo) -> list[JobOutcome]:
     """Score every job not already complete; a failing job is recorded, never fatal."""
     from gradtrust.errors import GradTrustError
@@ -194,9 +194,9 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: Optional[str] = None, workers:
     return outcomes
 
 
-def run_benchmark(models=None, data=None, out: str | Path = DEFAULT_OUT, *, weights: Optional[str] = None,
-                  labels: Optional[str] = None, methods: Optional[str] = None, batch_size: int = 64,
-                  device: Optional[str] = None, workers: int = 0, force: bool = False, resamples: int = 1000,
+def run_benchmark(models=None, data=None, out: str | Path = DEFAULT_OUT, *, weights: str | None = None,
+                  labels: str | None = None, methods: str | None = None, batch_size: int = 64,
+                  device: str | None = None, workers: int = 0, force: bool = False, resamples: int = 1000,
                   seed: int = 0, figures: bool = True, echo=click.echo):
     """Score, then report (``<out>/report``). Returns ``(outcomes, report)``; see the module docstring."""
     from gradtrust.reporting.report import build_report

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ def curves_figure(results: Sequence[RunResult], path: Path, kind: str = "accurac
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     q = np.arange(100)
     seen: dict[str, Any] = {}
-    for ax, r in zip(axes, results):
+    for ax, r in zip(axes, results, strict=False):
         curves = r.accuracy_curves if kind == "accuracy" else r.f1_curves
         for method in sorted(curves, key=lambda m: m == "gradtrust"):  # GradTrust drawn last
             (line,) = ax.plot(q, 100 * curves[method], label=display_name(method), **method_style(method))
@@ -282,7 +283,7 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
         "bottom": below / height, "hspace": (above + below) / cell_h, "wspace": 0.15})).ravel()
     frame = run.frame
     found = 0
-    for ax, i in zip(axes, rows):
+    for ax, i in zip(axes, rows, strict=False):
         img = load_sample_image(run, str(frame["path"].iat[i]), cache)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from gradtrust.reporting.tables import (
     PAPER_LEGEND,
@@ -72,7 +73,7 @@ def _img(path: Path | None, alt: str) -> str:
     return f'<p><img src="{data_uri(path)}" alt="{html.escape(alt)}"></p>'
 
 
-def render_html(report: "Report") -> str:
+def render_html(report: Report) -> str:
     """The whole page as a string."""
     e = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

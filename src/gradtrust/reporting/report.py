@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from gradtrust.reporting.runs import LoadProblem, load_runs, slugify
 from gradtrust.reporting.tables import (

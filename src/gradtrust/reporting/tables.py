@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import html as _html
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,8 +10,17 @@
 The command line is ``gradtrust score`` (:mod:`gradtrust.runner.command`).
 """
 
-from gradtrust.runner.run import (DEFAULT_CHUNK_SAMPLES, MANIFEST_FILE, RUN_FILE, SCORES_FILE, PeerError,
-                                  RunConflictError, RunSummary, default_chunk_size, score_dataset)
+from gradtrust.runner.run import (
+                                  DEFAULT_CHUNK_SAMPLES,
+                                  MANIFEST_FILE,
+                                  RUN_FILE,
+                                  SCORES_FILE,
+                                  PeerError,
+                                  RunConflictError,
+                                  RunSummary,
+                                  default_chunk_size,
+                                  score_dataset,
+)
 
 __all__ = ["DEFAULT_CHUNK_SAMPLES", "MANIFEST_FILE", "RUN_FILE", "SCORES_FILE", "PeerError", "RunConflictError",
            "RunSummary", "default_chunk_size", "score_dataset"]

@@ -6,7 +6,7 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -106,7 +106,7 @@ def _convert(key: str, value: str, hint: Any) -> Any:
     return value
 
 
-def _weights_arg(spec: str, weights: Optional[str]) -> Optional[str]:
+def _weights_arg(spec: str, weights: str | None) -> str | None:
     if weights is not None and weights.strip().lower() in ("random", "none", "null"):
         return None
     if weights is None and spec.startswith("digits:"):

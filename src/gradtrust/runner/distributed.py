@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ def env_world() -> tuple[int, int, int]:
     return read("WORLD_SIZE", 1), read("RANK", 0), read("LOCAL_RANK", 0)
 
 
-def resolve_device(device: Optional[str | torch.device], fallback: Optional[torch.device] = None) -> torch.device:
+def resolve_device(device: str | torch.device | None, fallback: torch.device | None = None) -> torch.device:
     """The device this process scores on.
 
     ``None``: under torchrun ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; in one process the
@@ -110,7 +111,7 @@ class DistContext:
 
 
 @contextlib.contextmanager
-def distributed_session(device: Optional[torch.device] = None) -> Iterator[DistContext]:
+def distributed_session(device: torch.device | None = None) -> Iterator[DistContext]:
     """Join (or create, under torchrun) the default process group for the duration of the block."""
     import torch.distributed as dist
 

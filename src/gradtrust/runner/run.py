@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,8 +46,15 @@ from gradtrust.data.samples import collate_samples
 from gradtrust.errors import DataError, GradTrustError, InputError, ModelError
 from gradtrust.runner import chunks as ch
 from gradtrust.runner.distributed import DistContext, distributed_session, resolve_device
-from gradtrust.runner.identity import (FORMAT_VERSION, dataset_identity, identity_differences, library_versions,
-                                       model_identity, options_identity, sha256_of)
+from gradtrust.runner.identity import (
+    FORMAT_VERSION,
+    dataset_identity,
+    identity_differences,
+    library_versions,
+    model_identity,
+    options_identity,
+    sha256_of,
+)
 from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
 from gradtrust.scores.passes import ScoreOptions
@@ -80,7 +87,7 @@ class RunSummary:
     num_samples: int
     num_scored: int
     num_failed: int
-    accuracy: Optional[float]
+    accuracy: float | None
     resumed_chunks: int
     elapsed_s: float
     methods: list[str]
@@ -107,7 +114,7 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def _score_options(options: Optional[dict]) -> tuple[dict, dict]:
+def _score_options(options: dict | None) -> tuple[dict, dict]:
     """Validate the scoring options: ``(as given, every ScoreOptions field with its value)``."""
     given = dict(options or {})
     try:
@@ -396,9 +403,9 @@ def _score_chunks(module, dataset, out: Path, layout: ch.ChunkLayout, pending: l
     bar = tqdm(total=total, desc=desc, unit="sample", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                mininterval=0.5, smoothing=0.1)
     failed = 0
-    buffer: Optional[_ChunkBuffer] = None
+    buffer: _ChunkBuffer | None = None
     try:
-        for (k, lo, hi, last), batch in zip(sampler.plan(), loader):
+        for (k, lo, hi, last), batch in zip(sampler.plan(), loader, strict=False):
             if buffer is None:
                 buffer = _ChunkBuffer(k, *layout.bounds(k))
             buffer.add_failures(batch.failures)

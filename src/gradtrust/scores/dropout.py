@@ -9,7 +9,7 @@ index)``: the same sample gets the same masks in any batch, on any device, in an
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

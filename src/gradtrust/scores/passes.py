@@ -6,10 +6,10 @@ the properties it needs; the first reader pays for the pass, every later reader 
 | property | pass | cost |
 | --- | --- | --- |
 | ``logits``, ``features`` | one forward pass, penultimate features from a hook on the final ``nn.Linear`` | 1 forward |
-| ``odin_logits`` | input gradient of ``−log softmax(z/T)_ŷ``, then a forward on the perturbed input | ~1 backward + 1 forward |
-| ``parameter_sq_norms`` | per-sample ``‖∂L/∂θ_j‖²`` of every parameter tensor under ``BCE(z, 1)`` | ~1 backward + per-sample weight grads |
+| ``odin_logits`` | input gradient of ``−log softmax(z/T)_ŷ``, then a forward on ``x̃`` | ~1 backward + 1 forward |
+| ``parameter_sq_norms`` | per-sample ``‖∂L/∂θ_j‖²`` of every parameter under ``BCE(z, 1)`` | ~1 backward + per-sample grads |
 | ``mc_probabilities`` | ``T`` forward passes with seeded per-sample dropout masks | T forwards |
-| ``row_energies``, ``uniform_ce_grad_l1`` | closed forms from the forward pass, or per-sample autograd on ``layer=`` | 0, or ~1 backward each |
+| ``row_energies``, ``uniform_ce_grad_l1`` | closed forms, or per-sample autograd on ``layer=`` | 0, or ~1 backward each |
 
 When any gradient is needed the single forward pass is run with autograd recording (input
 ``requires_grad``, parameters frozen) and every backward pass reuses its graph.
@@ -63,7 +63,7 @@ class ScoreOptions:
     chunk_bytes: int = per_sample.DEFAULT_CHUNK_BYTES
 
     @classmethod
-    def from_kwargs(cls, **kwargs) -> "ScoreOptions":
+    def from_kwargs(cls, **kwargs) -> ScoreOptions:
         """Build options from keyword arguments, rejecting unknown names and bad values clearly."""
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(kwargs) - set(valid))
@@ -92,7 +92,7 @@ class ScoreOptions:
 
 
 # The final layer found for a model, so later batches hook that one layer instead of every nn.Linear.
-_FINAL_LAYER_CACHE: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+_FINAL_LAYER_CACHE: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 @dataclass

@@ -20,7 +20,7 @@ Everything here is checked against a per-sample ``torch.autograd.grad`` loop in 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +250,7 @@ class LayerCapture:
         self.on_grad: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None] | None = None
         self._handles: list = []
 
-    def __enter__(self) -> "LayerCapture":
+    def __enter__(self) -> LayerCapture:
         for name, module in self.layers.items():
             self._handles.append(module.register_forward_hook(self._forward_hook(name)))
         return self

@@ -19,7 +19,7 @@ from gradtrust.scores.state import scoring_state
 
 def _grad_of(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=False)]
 
 
 def _weight_gradient(model: nn.Module, x: torch.Tensor, layer: nn.Module, loss_name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,9 @@ needs (``"forward"``, ``"odin"``, ``"per_sample_gradients"``, ``"mc_dropout"``);
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -37,13 +38,13 @@ class Method:
     """A registered trust score: its function, the passes it needs and the options it reads."""
 
     name: str
-    fn: Callable[["BatchPasses"], MethodOutput]
+    fn: Callable[[BatchPasses], MethodOutput]
     needs: frozenset[str]
     options: tuple[str, ...] = ()
     summary: str = ""
     source: str = ""
 
-    def __call__(self, passes: "BatchPasses") -> MethodOutput:
+    def __call__(self, passes: BatchPasses) -> MethodOutput:
         return self.fn(passes)
 
 
@@ -54,7 +55,7 @@ def register_method(name: str, *, needs: set[str] | frozenset[str], options: tup
                     source: str = ""):
     """Decorator registering ``fn(passes) -> (values, reasons)`` as the trust score ``name``."""
 
-    def decorate(fn: Callable[["BatchPasses"], MethodOutput]):
+    def decorate(fn: Callable[[BatchPasses], MethodOutput]):
         if name in _REGISTRY:
             raise ValueError(f"a trust-score method named {name!r} is already registered")
         _REGISTRY[name] = Method(name=name, fn=fn, needs=frozenset(needs), options=tuple(options),
