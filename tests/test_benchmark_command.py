@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from gradtrust.reporting.benchmark import DEFAULT_DATA, benchmark_command, is_complete, plan_jobs
+from gradtrust.benchmark import DEFAULT_DATA, benchmark_command, is_complete, plan_jobs
 
 MODELS = "digits:digits_tiny,digits:digits_linear"
 DATA = ["digits:test", "digits:test:gaussian_noise:1"]

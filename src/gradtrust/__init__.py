@@ -3,20 +3,62 @@
 >>> import gradtrust
 >>> result = gradtrust.score(model, images)          # every method that applies
 >>> result["gradtrust"], result.prediction
+
+The public names are imported on first use, so ``import gradtrust`` (and ``gradtrust --help``) stays light:
+torch is imported when a name that needs it is first read.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from gradtrust._version import __version__
 from gradtrust.errors import DataError, GradTrustError, InputError, ModelError, UnknownNameError
-from gradtrust.scores import ScoreOptions, ScoreResult, available_methods, score
 
-__all__ = ["DataError", "GradTrustError", "InputError", "ModelError", "ScoreOptions", "ScoreResult",
-           "UnknownNameError", "available_methods", "score", "__version__"]
+#: public name → the module that defines it (imported lazily by ``__getattr__``).
+_LAZY: dict[str, str] = {
+    "score": "gradtrust.scores",
+    "ScoreOptions": "gradtrust.scores",
+    "ScoreResult": "gradtrust.scores",
+    "available_methods": "gradtrust.scores",
+    "get_method": "gradtrust.scores",
+    "register_method": "gradtrust.scores",
+    "MethodSpec": "gradtrust.scores",
+    "Pass": "gradtrust.scores",
+    "functional": "gradtrust.functional",
+    "load_model": "gradtrust.models",
+    "LoadedModel": "gradtrust.models",
+}
+
+__all__ = ["DataError", "GradTrustError", "InputError", "LoadedModel", "MethodSpec", "ModelError", "Pass",
+           "ScoreOptions", "ScoreResult", "UnknownNameError", "__version__", "available_methods", "functional",
+           "get_method", "load_model", "register_method", "score"]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from gradtrust import functional
+    from gradtrust.models import LoadedModel, load_model
+    from gradtrust.scores import (
+        MethodSpec,
+        Pass,
+        ScoreOptions,
+        ScoreResult,
+        available_methods,
+        get_method,
+        register_method,
+        score,
+    )
 
 
-def __getattr__(name):
-    # load_model pulls in torchvision; import it on first use so `import gradtrust` stays light.
-    if name in ("load_model", "LoadedModel"):
-        from gradtrust import models
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradtrust' has no attribute {name!r}")
+    imported = importlib.import_module(module)
+    value = imported if module.endswith("." + name) else getattr(imported, name)
+    globals()[name] = value
+    return value
 
-        return getattr(models, name)
-    raise AttributeError(f"module 'gradtrust' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

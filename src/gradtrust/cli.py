@@ -1,21 +1,59 @@
-"""The ``gradtrust`` command. Each sub-command lives beside the code it drives:
+"""The ``gradtrust`` command. Each sub-command lives beside the code it drives and is imported only when it
+runs, so ``gradtrust --help`` answers without importing torch:
 
 * ``gradtrust score``     — :mod:`gradtrust.runner.command` (score a dataset → scores.parquet + manifest.json)
 * ``gradtrust report``    — :mod:`gradtrust.reporting.command` (tables, figures, HTML from score runs)
-* ``gradtrust benchmark`` — :mod:`gradtrust.reporting.benchmark` (score several models, then report)
+* ``gradtrust benchmark`` — :mod:`gradtrust.benchmark` (score several models, then report)
 * ``gradtrust methods`` / ``gradtrust models`` — what can be asked for.
+
+A new sub-command is one entry in :data:`COMMANDS`: its name, where it lives and its one-line help.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
-from gradtrust import __version__
+from gradtrust._version import __version__
+
+#: name → ("module:attribute" of the click command, the one-line help ``gradtrust --help`` shows).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("gradtrust.runner.command:score_command",
+              "Score every sample of a dataset with a model: scores.parquet + manifest.json."),
+    "report": ("gradtrust.reporting.command:report_command",
+               "Tables, figures and an HTML page from one or more score runs."),
+    "benchmark": ("gradtrust.benchmark:benchmark_command",
+                  "Score several models on one dataset, then report (default: the bundled digits benchmark)."),
+    "methods": ("gradtrust.cli:methods_command", "List the trust-score methods, with their formula and source."),
+    "models": ("gradtrust.cli:models_command", "List the model specs --model accepts."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use (the help text comes from COMMANDS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, attr = COMMANDS[cmd_name][0].split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx) if name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="gradtrust")
 def main() -> None:
     """GradTrust: how far to trust each prediction of a PyTorch classifier.
@@ -25,7 +63,7 @@ def main() -> None:
     """
 
 
-@main.command("methods")
+@click.command("methods")
 def methods_command() -> None:
     """List the trust-score methods, with their formula and source."""
     from gradtrust.scores import available_methods, get_method
@@ -37,7 +75,7 @@ def methods_command() -> None:
             click.echo(f"{'':16s}   source: {method.source}")
 
 
-@main.command("models")
+@click.command("models")
 @click.option("--family", type=click.Choice(["torchvision", "digits", "timm"]), default=None,
               help="Only this family of model specs.")
 def models_command(family: str | None) -> None:
@@ -47,21 +85,6 @@ def models_command(family: str | None) -> None:
     for spec in available_models(family):
         click.echo(spec)
 
-
-def _register_subcommands() -> None:
-    from gradtrust.runner.command import score_command
-
-    main.add_command(score_command)
-    try:
-        from gradtrust.reporting.benchmark import benchmark_command
-        from gradtrust.reporting.command import report_command
-    except ImportError:  # reporting is optional until its dependencies (matplotlib) are importable
-        return
-    main.add_command(report_command)
-    main.add_command(benchmark_command)
-
-
-_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
