@@ -338,7 +338,9 @@ def test_pickled_model_file_and_state_dict_given_as_model(tmp_path):
     source = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
     path = tmp_path / "whole_model.pt"
     torch.save(source, path)
-    loaded = load_model(str(path))
+    with pytest.raises(ModelError, match="--trust-model-file"):  # unpickling a module is opt-in (issue 12)
+        load_model(str(path))
+    loaded = load_model(str(path), trust_model_file=True)
     assert loaded.meta["family"] == "pickle" and loaded.num_classes == 3
     x = torch.rand(4, 3, 2, 2)
     assert torch.equal(outputs(loaded.module, x), outputs(source, x))

@@ -20,7 +20,7 @@ class Sample(NamedTuple):
 
     input: torch.Tensor | None
     label: int
-    index: int
+    index: int  # type: ignore[assignment]  # a field, shadowing tuple.index on purpose
     path: str
     error: str = ""
 
@@ -45,7 +45,17 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
     """
     good = [s for s in samples if s.input is not None and not s.error]
     failures = [(int(s.index), str(s.path), s.error or "unreadable") for s in samples if s.input is None or s.error]
-    inputs = torch.stack([s.input for s in good]) if good else None
+    tensors = [s.input for s in good if s.input is not None]
+    shapes = [tuple(x.shape) for x in tensors]
+    if len(set(shapes)) > 1:
+        j = next(j for j, shape in enumerate(shapes) if shape != shapes[0])
+        raise DataError(
+            f"samples of different sizes cannot be batched: {good[0].path} is {shapes[0]} but "
+            f"{good[j].path} is {shapes[j]}. The model's preprocessing does not bring every image to "
+            "one size: give one (gradtrust score --input-size S, or --resize R --crop C, or --preprocessing "
+            "torchvision:<name>; in Python load_model(..., preprocessing={'input_size': S}))"
+        )
+    inputs = torch.stack(tensors) if tensors else None
     return Batch(
         inputs=inputs,
         labels=torch.tensor([s.label for s in good], dtype=torch.int64),

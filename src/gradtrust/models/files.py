@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,20 @@ from gradtrust.models.state_dict import (
     read_state_dict,
 )
 
+TRUST_HINT = ("If you trust the file, opt in with --trust-model-file (load_model(..., trust_model_file=True)); "
+              "safer: save TorchScript (torch.jit.script/trace(model).save(path)) or the state dict "
+              "(torch.save(model.state_dict(), path)) and pass the architecture as the model "
+              "('torchvision:<name>', 'timm:<name>' or your own 'package.module:factory') with --weights path.")
 
-def _load_model_file(spec: str, weights: Any, num_classes: int | None) -> LoadedModel:
+
+def _load_model_file(spec: str, weights: Any, num_classes: int | None, trust_model_file: bool = False) -> LoadedModel:
+    """A TorchScript file, a state dict named as the model (refused, with a hint), or, only with
+    ``trust_model_file=True``, a whole pickled ``nn.Module``.
+
+    SECURITY: unpickling a whole module (``torch.load(weights_only=False)``) runs whatever code the file
+    names (a ``__reduce__`` can call ``os.system``), so it is never done by default: the file is first read
+    with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.
+    """
     path = Path(spec).resolve()
     meta: dict[str, Any] = {"model_file": str(path)}
     if _is_torchscript_file(path):
@@ -36,31 +51,84 @@ def _load_model_file(spec: str, weights: Any, num_classes: int | None) -> Loaded
         except Exception as exc:
             raise ModelError(f"cannot load the TorchScript file {path}: {_first_line(exc)}") from exc
         meta["family"] = "torchscript"
+        unscripted = unscript_sequential(module)
+        if unscripted is not None:
+            module = unscripted
+            meta["torchscript_sequential"] = ("the scripted nn.Sequential runs its scripted children from Python, "
+                                              "with its final Linear as a real nn.Linear (same parameters), so the "
+                                              "closed-form gradient scores apply")
     else:
-        # SECURITY: weights_only=False unpickles arbitrary objects, which can execute code. Only done for
-        # a file that the user named explicitly as the model (never for weights files).
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ModelError(
-                f"cannot load {path} as a TorchScript or pickled model file: {_first_line(exc)}"
-            ) from exc
+        obj = _read_model_object(path, trust_model_file)
         if isinstance(obj, Mapping):
             raise ModelError(
                 f"{path} holds a state dict, not a model: pass the architecture as the spec (e.g. "
-                f"'torchvision:resnet18', 'timm:<name>') and this file as the weights"
+                f"'torchvision:resnet18', 'timm:<name>' or your own 'package.module:factory') and this file as "
+                "the weights"
             )
         if not isinstance(obj, nn.Module):
             raise ModelError(f"{path} holds a {type(obj).__name__}, not an nn.Module")
         module = obj
         meta["family"] = "pickle"
-        meta["security_note"] = "loaded with torch.load(weights_only=False): trusted file named by the user"
+        meta["security_note"] = ("loaded with torch.load(weights_only=False) because trust_model_file=True "
+                                 "(--trust-model-file) was given")
     loaded = _wrap_module(module, weights, num_classes, meta)
     loaded.spec = spec
     if loaded.weights_sha256 is None:  # the weights live in the model file itself
         loaded.weights_sha256 = file_sha256(path)
         loaded.meta.update(weights_kind="model file", pretrained=True)
     return loaded
+
+
+def unscript_sequential(module: nn.Module) -> nn.Sequential | None:
+    """A scripted ``nn.Sequential`` as a Python ``nn.Sequential`` of its scripted children, or ``None``.
+
+    Why: the gradient scores read the penultimate features with a Python forward hook on the final
+    ``nn.Linear``. A TorchScript module's compiled ``forward`` calls its submodules inside the TorchScript
+    interpreter, which never runs Python hooks, and its submodules are ``RecursiveScriptModule`` objects,
+    not ``nn.Linear``. A scripted ``Sequential`` only chains its children, so running them from Python
+    gives the same outputs, and a child that is a scripted ``torch.nn.Linear`` (its code is one
+    ``linear`` call) is replaced by an ``nn.Linear`` sharing its parameters. Any other ScriptModule keeps
+    its compiled forward (the closed forms are then skipped, with that reason).
+    """
+    if not isinstance(module, torch.jit.RecursiveScriptModule) or module.original_name != "Sequential":
+        return None
+    children: list[tuple[str, nn.Module]] = []
+    for name, child in module.named_children():
+        weight = getattr(child, "weight", None)
+        code = getattr(child, "code", "")
+        if (getattr(child, "original_name", "") == "Linear" and isinstance(weight, torch.Tensor) and weight.dim() == 2
+                and "linear(" in code):
+            bias = getattr(child, "bias", None)
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+            linear.weight = nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
+            if bias is not None:
+                linear.bias = nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)
+            children.append((name, linear))
+        else:
+            children.append((name, child))
+    return nn.Sequential(OrderedDict(children))
+
+
+def _read_model_object(path: Path, trust_model_file: bool) -> Any:
+    """``torch.load(weights_only=True)``; a whole pickled module only with ``trust_model_file``."""
+    if not trust_model_file:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f" (it names the Python object {found.group(1)})" if found else ""
+            raise ModelError(
+                f"{path} is not a TorchScript file or a state dict: it looks like a whole pickled model{what}. "
+                "Unpickling it can run arbitrary code hidden in the file, so GradTrust does not do it by default. "
+                + TRUST_HINT
+            ) from exc
+        except Exception as exc:
+            raise ModelError(f"cannot load {path} as a TorchScript file or a state dict: {_first_line(exc)}. "
+                             + TRUST_HINT) from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load {path} as a TorchScript or pickled model file: {_first_line(exc)}") from exc
 
 
 def _load_module_object(module: nn.Module, weights: Any, num_classes: int | None) -> LoadedModel:

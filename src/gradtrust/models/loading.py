@@ -12,8 +12,11 @@ Specs
     ``timm:<name>``         ``timm.create_model(name, pretrained=False, num_classes=…)`` (optional
                             dependency: ``pip install 'gradtrust[timm]'``); weights from local files only.
     ``digits:<name>``       the bundled digits networks (:mod:`gradtrust.models.digits`).
-    ``<path>``              a TorchScript file (``torch.jit.load``) or a whole pickled model
-                            (``torch.save(model, path)``, read with ``torch.load(weights_only=False)``).
+    ``hf:<folder>``         a local Hugging Face ``transformers`` image-classification checkpoint
+                            (``save_pretrained`` folder), with its image processor and labels.
+    ``package.module:fn``   your own builder: ``fn()`` (or ``fn(num_classes=N)``) returns the nn.Module.
+    ``<path>``              a TorchScript file (``torch.jit.load``); a whole pickled model
+                            (``torch.save(model, path)``) only with ``trust_model_file=True``.
     an ``nn.Module``        used as is (Python API only).
 
 Weights
@@ -31,15 +34,17 @@ Weights
                             given.
 
 Security: a state dict is read with ``weights_only=True`` and a ``.safetensors`` file cannot run code, so
-weights files are safe to load. A *pickled model file* given as the spec is read with
-``torch.load(weights_only=False)``, which can execute arbitrary code hidden in the file: GradTrust does that
-only for a file the user explicitly names as the model; only pass files you trust (prefer TorchScript or a
-state dict plus an architecture spec).
+weights files are safe to load. A *pickled model file* (a whole ``nn.Module``) can only be read with
+``torch.load(weights_only=False)``, which can execute arbitrary code hidden in the file: GradTrust refuses
+it unless ``trust_model_file=True`` (``--trust-model-file``). Prefer TorchScript, or a state dict plus an
+architecture spec (``torchvision:``, ``timm:`` or ``package.module:factory``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,7 +53,10 @@ from torch import nn
 from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.digits_loader import _load_digits
+from gradtrust.models.factory import is_factory_spec, load_factory
 from gradtrust.models.files import _load_model_file, _load_module_object
+from gradtrust.models.outputs import SelectOutput
+from gradtrust.models.preprocessing import Preprocessing, borrow_preprocessing
 from gradtrust.models.specs import (
     MODEL_FILE_SUFFIXES,
     SPEC_FAMILIES,
@@ -78,6 +86,11 @@ def load_model(
     weights: str | os.PathLike[str] | Any | None = None,
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
+    *,
+    preprocessing: Preprocessing | str | Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | str | os.PathLike[str] | None = None,
+    trust_model_file: bool = False,
+    output_index: int | str | None = None,
 ) -> LoadedModel:
     """Build a classifier from ``spec`` and ``weights`` (see the module docstring); never downloads.
 
@@ -87,7 +100,19 @@ def load_model(
         weights: ``None`` (random initialisation), ``"DEFAULT"`` or a torchvision weights enum name
             (looked up in the torch hub cache only), or a local ``.pth``/``.pt``/``.safetensors`` file.
         num_classes: number of outputs of a fine-tuned head; inferred from a weights file when omitted.
-        device: where to put the module.
+        device: where to put the module (``cpu``, ``cuda``, ``cuda:1``…; not ``meta``).
+        preprocessing: how an image becomes the model's input, for a model that has none (a model file, a
+            factory, a module) or to replace its own: a :class:`~gradtrust.models.preprocessing.Preprocessing`,
+            a dict of its options (``input_size``, ``resize``, ``crop``, ``mean``, ``std``, ``interpolation``,
+            and ``borrow="torchvision:resnet18"`` to start from a known model's), or a spec string to borrow.
+        class_names: the model's class names in output order: a list, or a text file with one name per line.
+            Dataset class folders are then matched to the outputs by name.
+        trust_model_file: allow a whole pickled ``nn.Module`` file (``torch.save(model, path)``), which is
+            unpickled with ``weights_only=False`` and can run arbitrary code hidden in it. Off by default:
+            TorchScript files and state dicts are read without running code.
+        output_index: for a model whose forward returns several outputs, the one holding the logits
+            (``0`` for ``(logits, features)``, or a dict key); the module is wrapped in
+            :class:`~gradtrust.models.outputs.SelectOutput`.
 
     Returns:
         a `LoadedModel` with the module in eval mode on ``device``.
@@ -110,7 +135,11 @@ def load_model(
         spec = spec.strip()
         family, sep, name = spec.partition(":")
         if os.path.isfile(spec):
-            loaded = _load_model_file(spec, weights, num_classes)
+            loaded = _load_model_file(spec, weights, num_classes, trust_model_file=trust_model_file)
+        elif sep and family.lower() == "hf":
+            from gradtrust.models.huggingface import load_hf_folder
+
+            loaded = load_hf_folder(name.strip(), weights, num_classes)
         elif sep and family.lower() in SPEC_FAMILIES:
             name = name.strip()
             if not name:
@@ -120,11 +149,72 @@ def load_model(
             loaded.spec = spec
         elif _looks_like_path(spec, MODEL_FILE_SUFFIXES):
             raise ModelError(f"model file not found: {spec}")
+        elif is_factory_spec(spec):
+            loaded = load_factory(spec, weights, num_classes)
         else:
             raise UnknownNameError(_spec_message(spec))
 
+    if output_index is not None:
+        loaded.module = SelectOutput(loaded.module, output_index)
+        loaded.meta["output_index"] = output_index
+    if class_names is not None:
+        _set_class_names(loaded, class_names)
+    if preprocessing is not None:
+        _set_preprocessing(loaded, preprocessing)
     _finish(loaded, device)
     return loaded
+
+
+def _set_class_names(loaded: LoadedModel, class_names: Sequence[str] | str | os.PathLike[str]) -> None:
+    """Replace the class names (a list, or a file with one name per line, blank lines ignored)."""
+    if isinstance(class_names, (str, os.PathLike)):
+        path = Path(class_names)
+        if not path.is_file():
+            raise ModelError(f"class names file not found: {path}")
+        try:
+            names = [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelError(f"cannot read the class names file {path}: {_first_line(exc)}") from exc
+        source = f"file {path.resolve()}"
+    else:
+        names = [str(n) for n in class_names]
+        source = "argument"
+    if not names:
+        raise ModelError(f"the class names ({source}) are empty: give one name per line, in output order")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ModelError(f"the class names ({source}) repeat {', '.join(duplicates[:5])}: each output needs its own")
+    if loaded.num_classes is not None and len(names) != loaded.num_classes:
+        raise ModelError(f"{len(names)} class names ({source}) for a model with {loaded.num_classes} outputs: give "
+                         "one name per output, in output order (or --num-classes to say how many outputs)")
+    loaded.num_classes = len(names)
+    loaded.class_names = names
+    loaded.meta["class_names_source"] = source
+
+
+def _set_preprocessing(loaded: LoadedModel, preprocessing: Preprocessing | str | Mapping[str, Any]) -> None:
+    if isinstance(preprocessing, str):
+        pre = borrow_preprocessing(preprocessing)
+    elif isinstance(preprocessing, Mapping):
+        options = dict(preprocessing)
+        borrow = options.pop("borrow", None)
+        unknown = sorted(set(options) - {"input_size", "resize", "crop", "mean", "std", "interpolation"})
+        if unknown:
+            raise UnknownNameError(f"unknown preprocessing option(s) {', '.join(unknown)}; valid: input_size, "
+                                   "resize, crop, mean, std, interpolation, borrow")
+        base = borrow_preprocessing(borrow) if borrow else None
+        pre = Preprocessing.from_options(**options, base=base)
+    elif isinstance(preprocessing, Preprocessing):
+        pre = preprocessing
+    else:
+        raise ModelError(f"preprocessing must be a Preprocessing, a dict or a spec string, got {preprocessing!r}")
+    if loaded.input_kind == "video":
+        raise ModelError("preprocessing options apply to image models, not to video models")
+    loaded.transform = pre.transform()
+    loaded.input_kind = "image"
+    loaded.meta["preprocessing"] = pre.describe()
+    if pre.std is not None:
+        loaded.meta["normalization_std"] = list(pre.std)
 
 
 def _finish(loaded: LoadedModel, device: str | torch.device) -> None:
@@ -132,6 +222,9 @@ def _finish(loaded: LoadedModel, device: str | torch.device) -> None:
         target = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelError(f"invalid device {device!r}: {_first_line(exc)}") from exc
+    if target.type == "meta":
+        raise ModelError("the meta device holds no data (shapes only), so nothing can be scored on it; use cpu, "
+                         "cuda or cuda:N")
     try:
         loaded.module.to(target)
     except (RuntimeError, AssertionError, ValueError) as exc:

@@ -105,8 +105,8 @@ def _unknown_message(what: str, name: str, valid: list[str], prefix: str = "") -
 
 def _spec_message(spec: str) -> str:
     message = (
-        f"unknown model spec {spec!r}: use 'torchvision:<name>', 'timm:<name>', 'digits:<name>' or the path "
-        "of a TorchScript / pickled model file"
+        f"unknown model spec {spec!r}: use 'torchvision:<name>', 'timm:<name>', 'digits:<name>', 'hf:<folder>', "
+        "your own 'package.module:factory', or the path of a TorchScript model file"
     )
     family, sep, _ = spec.partition(":")
     if sep:

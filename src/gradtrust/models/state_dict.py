@@ -58,6 +58,7 @@ def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot read the safetensors file {path}: {exc}") from exc
     else:
+        _check_torch_file(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
@@ -78,8 +79,25 @@ def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
             hint = ""
             if _is_torchscript_file(path):
                 hint = " It is a TorchScript file: pass it as the model spec, not as weights."
-            raise ModelError(f"cannot read the weights file {path}: {_first_line(exc)}.{hint}") from exc
+            raise ModelError(f"cannot read the weights file {path}: not a PyTorch state dict or a corrupt file "
+                             f"({_first_line(exc)}).{hint}") from exc
     return _unwrap_state_dict(obj, path)
+
+
+def _check_torch_file(path: Path) -> None:
+    """A ``torch.save`` file is a zip archive (``PK``) or, in the legacy format, a pickle (protocol byte 0x80).
+    Anything else is not a weights file, whatever ``torch.load`` would make of it ("pop from empty list"…)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise ModelError(f"cannot read the weights file {path}: {exc.strerror or exc}") from exc
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise ModelError(
+            f"cannot read the weights file {path}: not a PyTorch weights file. torch.save writes a zip archive "
+            "(or, in the old format, a pickle), and this file is neither. Give a state dict saved with "
+            "torch.save(model.state_dict(), path) or a .safetensors file"
+        )
 
 
 def _is_torchscript_file(path: PathLike) -> bool:

@@ -135,6 +135,23 @@ def _echo_summary(summary, spec: str) -> None:
                    "initialisation (seed 0) otherwise.")
 @click.option("--num-classes", type=click.IntRange(min=1), metavar="N",
               help="Outputs of a fine-tuned head (inferred from a weights file when omitted).")
+@click.option("--preprocessing", "borrow", metavar="SPEC",
+              help="Borrow the preprocessing of a known model (torchvision:resnet18, timm:<name>) for a model "
+                   "file, factory or any model; the options below override its fields.")
+@click.option("--input-size", metavar="S|H,W", help="Final input size: alone, every image is resized to S×S; "
+                                                    "with --resize it is the centre-crop size.")
+@click.option("--resize", metavar="S|H,W", help="Resize the shorter side to S (aspect kept), or to H,W exactly.")
+@click.option("--crop", metavar="S|H,W", help="Centre crop after resizing.")
+@click.option("--mean", metavar="M,M,M", help="Per-channel mean of the normalisation (x - mean) / std, [0, 1] units.")
+@click.option("--std", metavar="S,S,S", help="Per-channel std of the normalisation.")
+@click.option("--interpolation", metavar="NAME", help="bilinear (default), bicubic, nearest or nearest-exact.")
+@click.option("--class-names", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The model's class names, one per line in output order; class folders are matched by name.")
+@click.option("--trust-model-file", is_flag=True,
+              help="Allow a whole pickled nn.Module file as --model. Unpickling runs any code hidden in the file: "
+                   "only for files you trust (TorchScript and state dicts need no such flag).")
+@click.option("--output-index", metavar="I",
+              help="For a model returning several outputs (a tuple or dict): which one holds the logits (0, …).")
 @click.option("--data", metavar="DIR|digits[:SPLIT[:CORRUPTION[:SEVERITY]]]",
               help="Class-folder images (DIR/<class>/<img>), a flat image folder with --labels, Kinetics-style "
                    "videos (DIR/<class>/<clip>.mp4) for a video model, or the built-in digits (default: digits).")
@@ -158,8 +175,9 @@ def _echo_summary(summary, spec: str) -> None:
 @click.option("--force", is_flag=True, help="Discard the results of a different run already in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
-def score_command(ctx: click.Context, model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size,
-                  workers, device, chunk_size, option_pairs, force, no_progress) -> None:
+def score_command(ctx: click.Context, model_spec, weights, num_classes, borrow, input_size, resize, crop, mean, std,
+                  interpolation, class_names, trust_model_file, output_index, data, labels, out_dir, methods,
+                  batch_size, workers, device, chunk_size, option_pairs, force, no_progress) -> None:
     """Score every sample of a dataset with trust scores -> scores.parquet + manifest.json.
 
     One row per sample: index, path, label (model class index, -1 if unknown), prediction, correct, one
@@ -168,14 +186,19 @@ def score_command(ctx: click.Context, model_spec, weights, num_classes, data, la
     processes and machines with torchrun.
     """
     rank = int(os.environ.get("RANK", "0") or 0)
+    model_options = {
+        "preprocessing": _preprocessing_arg(borrow, input_size, resize, crop, mean, std, interpolation),
+        "class_names": class_names, "trust_model_file": trust_model_file,
+        "output_index": _output_index_arg(output_index),
+    }
     try:
         _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device,
-             chunk_size, option_pairs, force, not no_progress, rank)
+             chunk_size, option_pairs, force, not no_progress, rank, model_options)
     except GradTrustError as exc:
         from gradtrust.runner.run import PeerError
 
         if not (isinstance(exc, PeerError) and rank != 0):  # the failing rank reports the cause
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {_worker_message(str(exc))}", err=True)
         ctx.exit(2)
     except OSError as exc:
         click.echo(f"Error: {exc}", err=True)
@@ -193,8 +216,68 @@ def score_command(ctx: click.Context, model_spec, weights, num_classes, data, la
         raise
 
 
+def _preprocessing_arg(borrow, input_size, resize, crop, mean, std, interpolation) -> dict | None:
+    given = {"input_size": input_size, "resize": resize, "crop": crop, "mean": mean, "std": std,
+             "interpolation": interpolation}
+    given = {k: v for k, v in given.items() if v is not None}
+    if borrow is not None:
+        given["borrow"] = borrow
+    return given or None
+
+
+def _output_index_arg(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    text = value.strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _worker_message(text: str) -> str:
+    """An error raised in a DataLoader worker arrives wrapped in the worker's traceback: keep the message."""
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
+MISSING_PREPROCESSING = ("pass the model's preprocessing: --input-size S (or --resize R --crop C), --mean and --std "
+                         "(and --interpolation), or borrow a known one with --preprocessing torchvision:<name>")
+
+
+def _warn_no_preprocessing(model, data: str) -> None:
+    if model.transform is None and model.input_kind == "tensor" and os.path.isdir(data):
+        click.echo(f"warning: {model.spec} has no preprocessing: images go in as [0, 1] RGB tensors at their own "
+                   f"size, without resize or normalisation. If the model expects otherwise, {MISSING_PREPROCESSING}.",
+                   err=True)
+
+
+def _echo_notes(manifest_path: Path) -> None:
+    """Say what the console would otherwise hide: skipped methods with their reasons, adjusted options."""
+    import json
+
+    try:
+        manifest = json.loads(Path(manifest_path).read_text("utf-8"))
+    except (OSError, ValueError):
+        return
+    for name, reason in (manifest.get("skipped") or {}).items():
+        click.echo(f"  skipped:  {name}: {reason}")
+    for note in manifest.get("notes") or []:
+        click.echo(f"  note:     {note}")
+
+
+def _odin_pixel_options(options: dict, model) -> dict:
+    """``odin_epsilon_space=pixel``: ε is in [0, 1] pixel units; fill in the normalisation std the model uses."""
+    if options.get("odin_epsilon_space", "input") != "pixel" or options.get("odin_input_std") is not None:
+        return options
+    std = model.meta.get("normalization_std")
+    if not std:
+        raise InputError(f"odin_epsilon_space=pixel needs the model's normalisation std, which is not known for "
+                         f"{model.spec}: give --std (with --mean), or --option odin_input_std=S,S,S.")
+    return {**options, "odin_input_std": ",".join(str(float(s)) for s in std)}
+
+
 def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device, chunk_size,
-         option_pairs, force, progress, rank) -> None:
+         option_pairs, force, progress, rank, model_options: dict | None = None) -> None:
     import torch
 
     from gradtrust.data.open import open_dataset
@@ -217,7 +300,10 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
                              "without --model, by every bundled digits network).")
         if weights is not None or num_classes is not None:
             raise InputError("--weights and --num-classes need --model.")
-        jobs = [(f"digits:{name}", "DEFAULT", Path(out_dir or DEFAULT_DIGITS_OUT) / name)
+        if any(v is not None and v is not False for v in (model_options or {}).values()):
+            raise InputError("--preprocessing, --input-size, --resize, --crop, --mean, --std, --interpolation, "
+                             "--class-names, --trust-model-file and --output-index need --model.")
+        jobs: list[tuple[str, str | None, Path]] = [(f"digits:{name}", "DEFAULT", Path(out_dir or DEFAULT_DIGITS_OUT) / name)
                 for name in available_digits_models()]
     else:
         if data is None:
@@ -234,17 +320,26 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
     with distributed_session(dev):
         for spec, spec_weights, out in jobs:
             torch.manual_seed(RANDOM_INIT_SEED)  # random weights: the same network on every run and rank
-            model = load_model(spec, spec_weights, num_classes, device=dev)
+            model = load_model(spec, spec_weights, num_classes, device=dev, **(model_options or {}))
             if rank == 0 and model.meta.get("weights_kind") == "random":
                 click.echo(f"note: {spec} has random weights (an untrained network); pass --weights DEFAULT or "
                            "a weights file for a trained one.", err=True)
+            if rank == 0:
+                _warn_no_preprocessing(model, data)
+            run_options = _odin_pixel_options(options, model)
             dataset = open_dataset(data, model, labels)
-            summary = score_dataset(model, dataset, out, methods=methods, options=options, batch_size=batch_size,
-                                    num_workers=workers, device=str(dev), force=force, progress=progress,
-                                    chunk_size=chunk_size)
+            try:
+                summary = score_dataset(model, dataset, out, methods=methods, options=run_options,
+                                        batch_size=batch_size, num_workers=workers, device=str(dev), force=force,
+                                        progress=progress, chunk_size=chunk_size)
+            except InputError as exc:
+                if model.transform is None and model.input_kind == "tensor" and os.path.isdir(data):
+                    raise InputError(f"{exc} {MISSING_PREPROCESSING[0].upper()}{MISSING_PREPROCESSING[1:]}.") from exc
+                raise
             summaries.append((spec, summary))
             if rank == 0:
                 _echo_summary(summary, spec)
+                _echo_notes(summary.manifest_path)
     if rank == 0 and len(summaries) > 1:
         click.echo("")
         click.echo(f"{'network':28s} {'scored':>7s} {'failed':>7s} {'accuracy':>9s}")

@@ -192,7 +192,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
         if model.device != dev:
             module.to(dev)
         description = describe_dataset(dataset)
-        identity = {
+        identity: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "model": model_identity(model, model.describe()),
             "dataset": dataset_identity(description),
@@ -327,7 +327,8 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
 def _chunk_done(out: Path, layout: ch.ChunkLayout, k: int, run_id: str) -> bool:
     meta = ch.read_chunk_meta(layout.path(out, k))
     start, stop = layout.bounds(k)
-    return bool(meta) and meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
+    return bool(meta) and meta is not None and meta.get("run") == run_id and meta.get("start") == start \
+        and meta.get("stop") == stop
 
 
 class _ChunkBuffer:
@@ -427,6 +428,18 @@ def _score_chunks(module, dataset, out: Path, layout: ch.ChunkLayout, pending: l
         bar.close()
 
 
+def adjusted_options(options: dict, parameters: dict[str, dict]) -> list[str]:
+    """Notes for options a method used with another value than given (``topk`` is at most ``C − 1``)."""
+    notes = []
+    for method, params in parameters.items():
+        for key, used in params.items():
+            given = options.get(key)
+            if given is not None and used is not None and key != "layer" and given != used:
+                why = " (at most C − 1 counterfactual classes)" if key == "topk" else ""
+                notes.append(f"{method}: {key}={given} was clamped to {used}{why}")
+    return notes
+
+
 def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sha256: str, description: dict,
             dataset_info, class_map: list[int], requested, options: dict, execution: dict, t0: float) -> RunSummary:
     """Merge the chunks into ``scores.parquet`` (streamed, chunk by chunk) and write ``manifest.json``."""
@@ -493,6 +506,7 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
         "methods_requested": requested,
         "methods": {name: first["parameters"].get(name, {}) for name in methods},
         "skipped": first["skipped"],
+        "notes": adjusted_options(options, {name: first["parameters"].get(name, {}) for name in methods}),
         "score_info": first["info"],
         "options": options,
         "columns": schema.names,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradtrust.errors import InputError, ModelError
+from gradtrust.errors import GradTrustError, InputError, ModelError
 from gradtrust.scores.passes import BatchPasses, ScoreOptions
 from gradtrust.scores.registry import Method, available_methods, get_method
 from gradtrust.scores.result import ScoreResult
@@ -52,7 +52,14 @@ def _prepare_inputs(module: nn.Module, inputs) -> torch.Tensor:
     if not inputs.is_floating_point():
         raise InputError(f"inputs must be a floating-point tensor already preprocessed for the model, got dtype "
                          f"{inputs.dtype}; convert images with the model's transform (LoadedModel.transform) first.")
-    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
+    first_conv = next((m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    if first_conv is not None and inputs.dim() == first_conv.weight.dim() - 1:
+        # Convolutions accept one sample without its batch dimension, so a (C, H, W) image would "run"
+        # and fail later with an unrelated message (or be scored as a batch of C samples).
+        raise InputError(f"inputs of shape {tuple(inputs.shape)} have no batch dimension (the model's first "
+                         f"layer is a {type(first_conv).__name__}, which takes {first_conv.weight.dim()}-D batches); "
+                         "for a single sample use inputs.unsqueeze(0).")
+    reference: torch.Tensor | None = next((p for p in module.parameters() if p.is_floating_point()), None)
     if reference is None:
         reference = next((b for b in module.buffers() if b.is_floating_point()), None)
     if reference is not None:
@@ -93,7 +100,9 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
         passes = BatchPasses(module, x, opts, ids, needs)
         try:
             logits = passes.logits
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:  # ValueError: e.g. BatchNorm's "expected 4D input"
+            if isinstance(exc, GradTrustError):
+                raise
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"the model could not run on inputs of shape {tuple(x.shape)} ({x.dtype}): {first_line}. "
                              "Check the input size and channels the model expects and apply its preprocessing "

@@ -236,6 +236,12 @@ class BatchPasses:
         return final[2].detach().reshape(final[2].shape[0], -1).double()
 
     def no_final_linear_message(self) -> str:
+        if isinstance(self.model, torch.jit.ScriptModule):
+            return ("this is a TorchScript model: its compiled forward runs its layers in the TorchScript interpreter, "
+                    "which never calls the Python forward hook that reads the penultimate features of the final "
+                    "nn.Linear (and layer=… needs hooks too), so gradtrust, gradtrust_topk and gradnorm cannot be "
+                    "computed. Score the Python model (its state dict + architecture, e.g. --model "
+                    "package.module:factory --weights file) to get them; a scripted nn.Sequential is handled.")
         return (f"no nn.Linear with {self.num_classes} outputs runs last in this model "
                 f"({type(self.model).__name__}), so the closed-form gradient scores do not apply. Pass "
                 "layer='<module name>' (any nn.Linear or nn.ConvNd, e.g. the classifier convolution) to compute "
@@ -246,6 +252,11 @@ class BatchPasses:
     def layer_module(self) -> nn.Module:
         """The module named by ``layer=`` (validated: an ``nn.Linear`` or ``nn.ConvNd``)."""
         name = self.options.layer
+        if isinstance(self.model, torch.jit.ScriptModule) or isinstance(
+                getattr(self.model, "_modules", {}).get(str(name).split(".")[0]), torch.jit.ScriptModule):
+            raise ModelError(f"layer={name!r}: the layer is inside a TorchScript module, whose compiled forward runs "
+                             "it in the TorchScript interpreter, which never calls the Python hooks that per-sample "
+                             "gradients need. Score the Python model (its state dict + architecture) instead.")
         try:
             module = self.model.get_submodule(name)
         except AttributeError:

@@ -370,13 +370,20 @@ def sq_norms_by_vmap(model: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[
 
 
 def _logits_of(output) -> torch.Tensor:
-    """The logits tensor of a model's output (a tensor, an object with ``.logits``, or a tuple)."""
+    """The logits tensor of a model's output (a tensor, an object with ``.logits``, or a 1-tuple).
+
+    Several outputs are ambiguous, so they raise: wrap the model with ``SelectOutput(model, index)``
+    (``load_model(..., output_index=…)``) to say which one holds the logits."""
     if isinstance(output, torch.Tensor):
         return output
     if hasattr(output, "logits"):
         return output.logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+    if isinstance(output, (tuple, list)) and len(output) == 1 and isinstance(output[0], torch.Tensor):
         return output[0]
+    if isinstance(output, (tuple, list, dict)):
+        raise TypeError(f"the model returned a {type(output).__name__} of {len(output)} outputs, not one logits "
+                        "tensor; say which output holds the logits: load_model(..., output_index=0) or gradtrust "
+                        "score --output-index 0 (gradtrust.models.SelectOutput(model, 0) for any nn.Module)")
     raise TypeError(f"the model returned {type(output).__name__}, not a logits tensor")
 
 
