@@ -243,6 +243,10 @@ def scan_class_folders(
     """Walk ``root/<class>/…`` (recursively inside each class folder, following links, skipping hidden
     entries) and return ``(classes, relative_paths, labels)``, classes and files sorted.
 
+    Symbolic links to files and folders are followed; a folder whose real path was already walked (a link
+    cycle) is not entered again, and a file whose real path was already listed is not listed twice (a
+    warning says how many of each).
+
     Raises :class:`DataError` saying what was found when there are no class folders or no matching files.
     """
     entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
@@ -262,10 +266,26 @@ def scan_class_folders(
     labels: list[int] = []
     empty_classes: list[str] = []
     other_files: list[str] = []
-    for label, cls in enumerate(classes):
+    per_class: list[list[str]] = []
+    real_root = os.path.realpath(root)
+    duplicates: list[str] = []
+    loops: list[str] = []
+    for cls in classes:
         found_here: list[str] = []
+        seen_dirs: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, cls), followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            # Symbolic links are followed, but a folder already visited (a link back to a parent: a cycle, or
+            # two links to one folder) is walked once, and the dataset root or its parents never (os.walk itself
+            # would loop until the path is too long).
+            seen_dirs.add(os.path.realpath(dirpath))
+            keep = []
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real in seen_dirs or real == real_root or real_root.startswith(real.rstrip(os.sep) + os.sep):
+                    loops.append(os.path.relpath(os.path.join(dirpath, d), root))
+                    continue
+                keep.append(d)
+            dirnames[:] = keep
             rel_dir = os.path.relpath(dirpath, root)
             for name in filenames:
                 if name.startswith("."):
@@ -275,11 +295,32 @@ def scan_class_folders(
                     found_here.append(rel)
                 elif len(other_files) < 50:
                     other_files.append(rel)
-        if not found_here:
+        per_class.append(sorted(found_here))
+    # One file reached through several paths is listed once: under its own (link-free) path when that is one
+    # of them (so a link from one class folder into another does not relabel the files), else its first path.
+    chosen: dict[str, tuple[int, str]] = {}
+    for label, rels in enumerate(per_class):
+        for rel in rels:
+            real = os.path.realpath(os.path.join(root, rel))
+            direct = os.path.join(real_root, rel) == real
+            if real not in chosen or (direct and os.path.join(real_root, chosen[real][1]) != real):
+                chosen[real] = (label, rel)
+    keep_paths = {rel for _, rel in chosen.values()}
+    for label, (cls, rels) in enumerate(zip(classes, per_class, strict=True)):
+        unique = [rel for rel in rels if rel in keep_paths and chosen[os.path.realpath(os.path.join(root, rel))][0]
+                  == label]
+        duplicates.extend(rel for rel in rels if rel not in unique)
+        if not unique:
             empty_classes.append(cls)
-        found_here.sort()
-        paths.extend(found_here)
-        labels.extend([label] * len(found_here))
+        paths.extend(unique)
+        labels.extend([label] * len(unique))
+    if loops or duplicates:
+        warnings.warn(
+            f"{root}: symbolic links reach {len(loops)} already-visited folder(s) ({_few(loops)}) and "
+            f"{len(duplicates)} already-listed file(s) ({_few(duplicates)}); each folder is walked and each file "
+            "is listed once (under its own path when one of them is, else its first path in sorted order).",
+            stacklevel=3,
+        )
 
     if not paths:
         others = f"; other files found: {_few(other_files)}" if other_files else "; the class folders are empty"

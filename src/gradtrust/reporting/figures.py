@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from gradtrust.reporting.layout import fit_canvas
 from gradtrust.reporting.runs import Run, dataset_description, dataset_fields
 from gradtrust.reporting.tables import METHOD_ORDER, RunResult, display_name
 
@@ -66,12 +67,20 @@ def method_style(method: str) -> dict[str, Any]:
 
 def curves_figure(results: Sequence[RunResult], path: Path, kind: str = "accuracy") -> Path:
     """Accuracy (``kind="accuracy"``) or macro-F1 (``kind="f1"``) vs. percentile: one panel per run."""
+    return _save(draw_curves(results, kind), path)
+
+
+def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
+    """The figure of :func:`curves_figure`, sized from its content (legend and title included)."""
     if kind not in ("accuracy", "f1"):
         raise ValueError(f"kind must be 'accuracy' or 'f1', got {kind!r}")
     n = len(results)
     ncols = min(4, max(1, n))
     nrows = math.ceil(n / ncols)
-    fig = _new_figure(3.6 * ncols, 2.9 * nrows + 0.9)
+    # At least 6.8 in wide: the legend (up to ~17 methods and references) and the title need it even for
+    # one run; fit_canvas then grows the canvas if anything still sticks out.
+    width = max(3.6 * ncols, 6.8)
+    fig = _new_figure(width, 2.9 * nrows + 0.9)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     q = np.arange(100)
     seen: dict[str, Any] = {}
@@ -101,10 +110,23 @@ def curves_figure(results: Sequence[RunResult], path: Path, kind: str = "accurac
     title = "Accuracy" if kind == "accuracy" else "Macro F1"
     fig.suptitle(f"{title} vs. percentile (area under the curve = {'AUAC' if kind == 'accuracy' else 'AUFC'})",
                  fontsize=11)
-    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(6, len(seen)),
-               fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(seen) / 6), 1, 0.97))
-    return _save(fig, path)
+    legend = fig.legend(list(seen.values()), list(seen.keys()), loc="lower center",
+                        ncol=max(1, min(6, len(seen), int(width // 1.7))), fontsize=7.5, frameon=False,
+                        bbox_to_anchor=(0.5, 0.0))
+
+    def relayout(f) -> None:
+        """Keep the measured height of the legend (bottom) free of axes."""
+        renderer = f.canvas.get_renderer()
+        height = f.get_size_inches()[1]
+        legend_h = legend.get_window_extent(renderer).height / f.dpi
+        f.tight_layout(rect=(0, min(0.5, (legend_h + 0.08) / height), 1, 1))  # it makes room for the suptitle
+
+    # Height from content: the panels keep their 2.9 in each, plus the legend's and the title's measured height.
+    renderer = fig.canvas.get_renderer()
+    extra = (legend.get_window_extent(renderer).height + fig._suptitle.get_window_extent(renderer).height) / fig.dpi
+    fig.set_size_inches(width, 2.9 * nrows + extra + 0.5, forward=False)
+    fit_canvas(fig, relayout)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ scatter

@@ -151,7 +151,7 @@ def _write_tables(report: Report) -> None:
         selective_markdown(groups, resamples=report.resamples, seed=report.seed, confidence=report.confidence,
                            warnings=warnings), encoding="utf-8")
     selective_frame(groups).to_csv(out / "selective.csv", index=False)
-    text = summary_markdown(report.summary, groups, warnings)
+    text = summary_markdown(report.summary if report.summary is not None else summarise(groups), groups, warnings)
     (out / "summary.md").write_text(text, encoding="utf-8")
     report.summary_lines = [line[2:] for line in text.splitlines() if line.startswith("- ")]
     report.files.update(table_md=out / "table.md", table_csv=out / "table.csv",
@@ -190,9 +190,14 @@ def _draw_figures(report: Report, max_images: int) -> None:
                 report.figures[f"qualitative/{r.name}"] = path
             elif "gradtrust" not in r.run.methods or "softmax" not in r.run.methods:
                 report.qualitative_notes[r.name] = "needs both gradtrust and softmax"
+            elif max_images < 1:
+                report.qualitative_notes[r.name] = f"max_images={max_images} (--max-images) asks for no image"
+            elif bool(r.run.correct.all()):
+                report.qualitative_notes[r.name] = "every prediction is right: there is no mistake to show"
             else:
                 report.qualitative_notes[r.name] = "no wrong prediction with a softmax in the top quartile"
         except Exception as exc:  # noqa: BLE001
+            report.qualitative_notes[r.name] = f"could not be drawn ({type(exc).__name__}: {exc})"
             report.problems.append(LoadProblem(f"figures/qualitative/{slug}.png", f"could not be drawn: {exc!r}"))
 
 
@@ -222,6 +227,7 @@ def _write_json(report: Report) -> None:
                   "notes": r.notes, "quadrants": report.quadrants.get(r.name)} for r in report.results],
         "summary": None if s is None else {
             "top2": s.top2, "top2_paper_methods": s.top2_paper, "rows": s.rows, "wins": s.wins,
+            "all_tie_rows": s.ties,
             "winners": [{"run": k[0], "metric": k[1], "methods": v} for k, v in s.winners.items()],
         },
         "files": {k: str(v) for k, v in report.files.items()},

@@ -284,9 +284,9 @@ def top_two(values: dict[str, float], higher: bool = True) -> tuple[set[str], bo
 def rank_of(method: str, values: dict[str, float], higher: bool = True) -> int | None:
     """1 + the number of methods strictly better (ties share a rank); None where undefined."""
     v = values.get(method)
-    if _isnan(v):
+    if v is None or _isnan(v):
         return None
-    return 1 + sum(1 for w in values.values() if not _isnan(w) and (w > v if higher else w < v))
+    return 1 + sum(1 for w in values.values() if not _isnan(w) and bool(w > v if higher else w < v))
 
 
 def row_values(result: RunResult, methods: Sequence[str], metric: str) -> dict[str, float]:
@@ -440,7 +440,7 @@ def _ci_cell(v: float, lo: float | None, hi: float | None) -> str:
     if _isnan(v):
         return "n/a"
     base = f"{100 * v:.2f}"
-    if lo is None or _isnan(lo) or _isnan(hi):
+    if lo is None or hi is None or _isnan(lo) or _isnan(hi):
         return base
     return f"{base} [{100 * lo:.2f}, {100 * hi:.2f}]"
 
@@ -540,7 +540,9 @@ class Summary:
     ``winners[(run, metric)]`` lists the best method(s) (ties all listed); ``ranks[(run, metric)]`` is
     GradTrust's rank there (1 = best, ties share), ``None`` where it was not scored; ``top2`` counts, per
     metric, the rows where GradTrust is top two among all methods of the run (``top2_paper``: among the
-    paper's methods only) and ``rows`` how many rows had it.
+    paper's methods only) and ``rows`` how many rows had it. A row where every method has the same value
+    (e.g. every prediction right, or every one wrong: no score can separate anything) counts for nobody:
+    it is left out of ``rows``, ``top2`` and ``wins`` and counted in ``ties``.
     """
 
     winners: dict[tuple[str, str], list[str]]
@@ -551,14 +553,18 @@ class Summary:
     wins: dict[str, int]
     run_order: list[str]
     method: str = "gradtrust"
+    ties: dict[str, int] = field(default_factory=dict)
 
     def claim_line(self, metrics: Sequence[str] = ("auac", "aufc")) -> str:
         total = sum(self.rows.get(m, 0) for m in metrics)
         hit = sum(self.top2.get(m, 0) for m in metrics)
         hit_p = sum(self.top2_paper.get(m, 0) for m in metrics)
         per = ", ".join(f"{METRIC_NAMES[m]} {self.top2.get(m, 0)}/{self.rows.get(m, 0)}" for m in metrics)
+        tied = sum(self.ties.get(m, 0) for m in metrics)
+        ties = (f" {tied} cells where every method ties (e.g. all predictions right or all wrong) count for "
+                "nobody." if tied else "")
         return (f"{display_name(self.method)} is top-2 in {hit} of {total} (run, metric) cells among all "
-                f"methods ({per}); among the paper's methods only: {hit_p} of {total}. "
+                f"methods ({per}); among the paper's methods only: {hit_p} of {total}.{ties} "
                 "(The paper claims top-2 in 37 of 38 cells on ImageNet/Kinetics.)")
 
 
@@ -568,6 +574,7 @@ def summarise(groups: Sequence[Group], method: str = "gradtrust") -> Summary:
     top2 = {m: 0 for m in SUMMARY_METRICS}
     top2_paper = {m: 0 for m in SUMMARY_METRICS}
     rows = {m: 0 for m in SUMMARY_METRICS}
+    ties = {m: 0 for m in SUMMARY_METRICS}
     wins: dict[str, int] = {}
     order = []
     for g in groups:
@@ -577,6 +584,11 @@ def summarise(groups: Sequence[Group], method: str = "gradtrust") -> Summary:
                 higher = HIGHER_IS_BETTER[metric]
                 vals = row_values(r, g.methods, metric)
                 finite = {m: v for m, v in vals.items() if not _isnan(v)}
+                if len(finite) > 1 and len(set(finite.values())) == 1:  # every method ties: nobody's cell
+                    winners[(r.name, metric)] = []
+                    ranks[(r.name, metric)] = None
+                    ties[metric] += 1
+                    continue
                 if finite:
                     target = max(finite.values()) if higher else min(finite.values())
                     best = [m for m, v in finite.items() if v == target]
@@ -588,12 +600,12 @@ def summarise(groups: Sequence[Group], method: str = "gradtrust") -> Summary:
                 ranks[(r.name, metric)] = rank_of(method, vals, higher) if method in vals else None
                 if method in finite:
                     rows[metric] += 1
-                    if rank_of(method, vals, higher) <= 2:
+                    if (rank_of(method, vals, higher) or 3) <= 2:
                         top2[metric] += 1
                     paper_vals = {m: v for m, v in vals.items() if m in PAPER_METHODS or m == method}
-                    if rank_of(method, paper_vals, higher) <= 2:
+                    if (rank_of(method, paper_vals, higher) or 3) <= 2:
                         top2_paper[metric] += 1
-    return Summary(winners, ranks, top2, top2_paper, rows, wins, order, method)
+    return Summary(winners, ranks, top2, top2_paper, rows, wins, order, method, ties)
 
 
 def _ordinal(k: int) -> str:

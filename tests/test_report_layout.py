@@ -1,0 +1,104 @@
+"""Report figures sized from their content (no artist off the canvas) and summaries where all-tie rows
+count for nobody (issue 12, items 3 and 4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradtrust
+from gradtrust.data.digits import DigitsDataset
+from gradtrust.models import load_model
+from gradtrust.reporting import build_report
+from gradtrust.reporting.figures import draw_curves, scatter_figure
+from gradtrust.reporting.layout import artists_outside
+from gradtrust.reporting.tables import summarise
+
+METHODS = ["softmax", "entropy", "max_logit", "margin", "odin", "gradnorm", "gradtrust", "gradtrust_topk",
+           "logit_margin", "energy", "doctor", "maxlogit_pnorm", "brier"]
+
+
+def make_run(out: Path, n: int = 120, perfect: bool = False) -> Path:
+    """A run folder as the runner writes it: the bundled digits_tiny network on the first n test digits."""
+    loaded = load_model("digits:digits_tiny", "DEFAULT")
+    ds = DigitsDataset("test")
+    x, y = ds.tensors()
+    x, y = x[:n], y[:n]
+    result = gradtrust.score(loaded, x, METHODS)
+    df = result.to_dataframe()
+    df.insert(0, "index", np.arange(n, dtype=np.int64))
+    df.insert(1, "path", [f"digits/test/clean/{i:04d}" for i in range(n)])
+    df.insert(2, "label", df["prediction"].to_numpy() if perfect else y.numpy().astype(np.int64))
+    df.insert(4, "correct", df["label"].to_numpy() == df["prediction"].to_numpy())
+    out.mkdir(parents=True)
+    df.to_parquet(out / "scores.parquet", index=False)
+    dataset = {"kind": "digits", "split": "test", "corruption": None, "spec": "digits:test:clean"}
+    (out / "manifest.json").write_text(json.dumps({
+        "model": loaded.describe(), "dataset": dataset, "methods": result.parameters, "skipped": result.skipped,
+        "counts": {"samples": n, "scored": n, "failed": 0}}), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("layout")
+    return make_run(root / "a_run_with_a_rather_long_name"), make_run(root / "perfect", perfect=True)
+
+
+def test_single_and_two_run_curves_fit_their_canvas(two_runs, tmp_path):
+    rep = build_report([two_runs[0]], tmp_path / "one", resamples=0, figures=False)
+    for kind, copies in (("accuracy", 1), ("f1", 1), ("accuracy", 3)):
+        fig = draw_curves(rep.results * copies, kind)
+        assert artists_outside(fig) == []
+        # the legend holds every method (and both references), the title is there
+        assert len(fig.legends[0].get_texts()) == len(METHODS) + (2 if kind == "accuracy" else 0)
+        assert fig.get_suptitle()
+        if copies == 1:
+            width, height = fig.get_size_inches() * fig.dpi
+            assert width > 396 and height > 418  # the clipped single-run size it had before
+
+
+def test_scatter_fits_its_canvas(two_runs, tmp_path):
+    rep = build_report([two_runs[0]], tmp_path / "one", resamples=0, figures=False)
+    captured = {}
+    import gradtrust.reporting.figures as F
+
+    original = F._save
+
+    def keep(fig, path):
+        captured["fig"] = fig
+        return original(fig, path)
+
+    F._save = keep
+    try:
+        scatter_figure(rep.results[0], tmp_path / "s.png")
+    finally:
+        F._save = original
+    assert artists_outside(captured["fig"]) == []
+
+
+def test_all_tie_rows_count_for_nobody(two_runs, tmp_path):
+    rep = build_report(list(two_runs), tmp_path / "two", resamples=0, figures=False)
+    summary = summarise(rep.groups)
+    # The perfect run: every method has AUAC = AUFC = 100 and AURC = 0 — a tie in each of these cells.
+    perfect = next(r.name for r in rep.results if r.accuracy == 1.0)
+    for metric in ("auac", "aufc", "aurc"):
+        assert summary.winners[(perfect, metric)] == [] and summary.ranks[(perfect, metric)] is None
+    assert summary.ties["auac"] == 1 and summary.ties["aufc"] == 1
+    # Only the other run counts: one row per metric, not two.
+    assert summary.rows["auac"] == 1 and summary.rows["aufc"] == 1
+    line = summary.claim_line()
+    assert "of 2 (run, metric) cells" in line and "2 cells where every method ties" in line
+    text = rep.files["summary_md"].read_text()
+    assert "every method ties" in text
+    assert json.loads(rep.files["json"].read_text())["summary"]["all_tie_rows"]["auac"] == 1
+
+
+def test_qualitative_grid_missing_says_why(two_runs, tmp_path):
+    rep = build_report([two_runs[1]], tmp_path / "p", resamples=0, max_images=4)
+    note = rep.qualitative_notes[rep.results[0].name]
+    assert "every prediction is right" in note
+    assert "every prediction is right" in rep.files["html"].read_text()
