@@ -269,3 +269,51 @@ def test_output_index_cli(tmp_path):
     assert os.path.exists(tmp_path)
     result = run_cli("--output-index", "0", "--out", str(tmp_path / "x"))
     assert "need --model" in error_line(result)
+
+
+def test_decompression_bomb_warning_is_recorded_not_printed(tmp_path, images, monkeypatch):
+    from gradtrust.data.images import ImageFolderDataset
+    from gradtrust.runner.run import score_dataset
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # PIL warns above 200 px (and refuses above 400)
+    loaded = load_model(tiny_cnn(), preprocessing={"input_size": 8})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = score_dataset(loaded, ImageFolderDataset(images, loaded.transform), tmp_path / "run",
+                                methods="softmax", progress=False)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    manifest = json.loads(summary.manifest_path.read_text())
+    noted = {os.path.basename(n["path"]) for n in manifest["sample_notes"]}
+    # 20×24 = 480 px and 32×16 = 512 px exceed 2 × 200: refused (failures); 18×18 = 324 px: a warning
+    assert noted == {"2.png"} and "DecompressionBombWarning" in manifest["sample_notes"][0]["note"]
+    assert len(manifest["failures"]) == 4
+
+
+def test_topk_clamping_is_stated(tmp_path, images, capsys):
+    from gradtrust.data.images import ImageFolderDataset
+    from gradtrust.runner.command import _echo_notes
+    from gradtrust.runner.run import score_dataset
+
+    loaded = load_model(tiny_cnn(), preprocessing={"input_size": 8})  # 2 classes: at most 1 counterfactual
+    summary = score_dataset(loaded, ImageFolderDataset(images, loaded.transform), tmp_path / "t",
+                            methods="gradtrust_topk", options={"topk": 5000}, progress=False)
+    manifest = json.loads(summary.manifest_path.read_text())
+    assert manifest["methods"]["gradtrust_topk"]["topk"] == 1 and manifest["options"]["topk"] == 5000
+    assert manifest["notes"] == ["gradtrust_topk: topk=5000 was clamped to 1 (at most C − 1 counterfactual classes)"]
+    _echo_notes(summary.manifest_path)  # what `gradtrust score` prints after the run
+    assert "note:     gradtrust_topk: topk=5000 was clamped to 1" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # `gradtrust models` imports timm to count its models
+def test_methods_descriptions_are_whole_sentences_and_models_mentions_timm():
+    from gradtrust.scores import available_methods, get_method
+
+    methods = CliRunner().invoke(main, ["methods"], catch_exceptions=False).output
+    for name in available_methods():
+        doc = " ".join(line.strip() for line in (get_method(name).fn.__doc__ or "").strip().split("\n\n")[0]
+                       .splitlines())
+        if doc:  # the whole first paragraph of the docstring, not its first line
+            assert doc.replace("``", "") in methods, name
+    assert "default k = min(10, C − 1)" in methods
+    models = CliRunner().invoke(main, ["models"], catch_exceptions=False)
+    assert "gradtrust models --family timm" in models.output and "hf:<folder>" in models.output

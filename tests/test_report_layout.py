@@ -48,6 +48,7 @@ def two_runs(tmp_path_factory):
     return make_run(root / "a_run_with_a_rather_long_name"), make_run(root / "perfect", perfect=True)
 
 
+@pytest.mark.slow  # draws three curve figures (~4 s on a shared machine)
 def test_single_and_two_run_curves_fit_their_canvas(two_runs, tmp_path):
     rep = build_report([two_runs[0]], tmp_path / "one", resamples=0, figures=False)
     for kind, copies in (("accuracy", 1), ("f1", 1), ("accuracy", 3)):
@@ -97,6 +98,7 @@ def test_all_tie_rows_count_for_nobody(two_runs, tmp_path):
     assert json.loads(rep.files["json"].read_text())["summary"]["all_tie_rows"]["auac"] == 1
 
 
+@pytest.mark.slow  # a whole report with figures
 def test_qualitative_grid_missing_says_why(two_runs, tmp_path):
     rep = build_report([two_runs[1]], tmp_path / "p", resamples=0, max_images=4)
     note = rep.qualitative_notes[rep.results[0].name]

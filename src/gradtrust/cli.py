@@ -84,6 +84,14 @@ def models_command(family: str | None) -> None:
 
     for spec in available_models(family):
         click.echo(spec)
+    if family is None:  # what the list leaves out, on stderr so that stdout stays one spec per line
+        try:
+            count = len(available_models("timm"))
+            timm = f"timm:<name>: {count} timm models, listed by `gradtrust models --family timm`"
+        except Exception:  # noqa: BLE001 - timm missing: say how to get it
+            timm = "timm:<name>: needs timm (pip install 'gradtrust[timm]'), then `gradtrust models --family timm`"
+        click.echo(f"also: {timm}; hf:<folder> (a transformers save_pretrained folder); package.module:factory "
+                   "(your own builder, with --weights); a TorchScript file", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -395,12 +395,21 @@ class ImageFileDataset(Dataset):
         i = self._position(index)
         path = os.path.join(self.root, self._files[i])
         label = int(self._labels[i])
-        try:
-            image = read_rgb_image(path, self.alpha)
-        except DataError as exc:
-            return Sample(input=None, label=label, index=i, path=path, error=str(exc))
+        # PIL warns (DecompressionBombWarning) for images over ~89 megapixels; the warning would leak to the
+        # console once per file, so it is caught here and recorded with the sample (manifest: sample_notes).
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            try:
+                image = read_rgb_image(path, self.alpha)
+            except DataError as exc:
+                return Sample(input=None, label=label, index=i, path=path, error=str(exc))
+        note = "; ".join(f"{w.category.__name__}: {w.message}" for w in caught
+                         if issubclass(w.category, Image.DecompressionBombWarning))
+        for w in caught:  # anything else is passed on as it was
+            if not issubclass(w.category, Image.DecompressionBombWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         transform = self.transform if self.transform is not None else default_image_transform
-        return Sample(input=transform(image), label=label, index=i, path=path, error="")
+        return Sample(input=transform(image), label=label, index=i, path=path, error="", note=note)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={self.root!r}, samples={len(self)}, classes={len(self.classes)}, "

@@ -23,6 +23,7 @@ class Sample(NamedTuple):
     index: int  # type: ignore[assignment]  # a field, shadowing tuple.index on purpose
     path: str
     error: str = ""
+    note: str = ""  # something worth recording about a readable sample (e.g. a very large image)
 
 
 class Batch(NamedTuple):
@@ -33,6 +34,7 @@ class Batch(NamedTuple):
     indices: torch.Tensor
     paths: list[str]
     failures: list[tuple[int, str, str]]
+    notes: list[tuple[int, str, str]] = []  # (index, path, note) of readable samples with a note
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -62,6 +64,7 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
         indices=torch.tensor([s.index for s in good], dtype=torch.int64),
         paths=[s.path for s in good],
         failures=failures,
+        notes=[(int(s.index), str(s.path), s.note) for s in good if s.note],
     )
 
 

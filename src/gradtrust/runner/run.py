@@ -343,6 +343,7 @@ class _ChunkBuffer:
         self.scores: dict[str, list[np.ndarray]] = {}
         self.reasons: dict[str, list[str]] = {}
         self.failures: list[list] = []
+        self.notes: list[list] = []
         self.parameters: dict = {}
         self.skipped: dict = {}
         self.info: dict = {}
@@ -381,7 +382,7 @@ class _ChunkBuffer:
         meta = {
             "format": FORMAT_VERSION, "run": run_id, "chunk": self.k, "start": self.start, "stop": self.stop,
             "rows": int(index.shape[0]), "labelled": int(labelled.sum()), "correct": int(columns["correct"].sum()),
-            "failures": sorted(self.failures), "methods": methods, "nan_reasons": nan_reasons,
+            "failures": sorted(self.failures), "notes": sorted(self.notes), "methods": methods, "nan_reasons": nan_reasons,
             "parameters": self.parameters, "skipped": self.skipped, "info": self.info,
             "written_by": {"rank": ctx.rank, "world_size": ctx.world_size},
         }
@@ -410,6 +411,7 @@ def _score_chunks(module, dataset, out: Path, layout: ch.ChunkLayout, pending: l
             if buffer is None:
                 buffer = _ChunkBuffer(k, *layout.bounds(k))
             buffer.add_failures(batch.failures)
+            buffer.notes.extend([int(i), str(p), str(n)] for i, p, n in batch.notes)
             failed += len(batch.failures)
             if batch.inputs is not None:
                 inputs = batch.inputs.to(dev, non_blocking=True)
@@ -483,6 +485,7 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
     labelled = sum(m["labelled"] for m in metas)
     correct = sum(m["correct"] for m in metas)
     failures = [{"index": i, "path": p, "reason": r} for m in metas for i, p, r in m["failures"]]
+    sample_notes = [{"index": i, "path": p, "note": n} for m in metas for i, p, n in m.get("notes", [])]
     first = next((m for m in metas if m["rows"]), metas[0])
     accuracy = correct / labelled if labelled else None
     dataset_section = dict(description)
@@ -514,6 +517,7 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
                    "labelled": labelled, "correct": correct},
         "accuracy": accuracy,
         "failures": failures,
+        "sample_notes": sample_notes,
         "layout": {"chunk_size": layout.chunk_size, "batch_size": layout.batch_size,
                    "num_chunks": layout.num_chunks},
         "versions": library_versions(),

@@ -59,10 +59,20 @@ def register_method(name: str, *, needs: set[str] | frozenset[str], options: tup
         if name in _REGISTRY:
             raise ValueError(f"a trust-score method named {name!r} is already registered")
         _REGISTRY[name] = Method(name=name, fn=fn, needs=frozenset(needs), options=tuple(options),
-                                 summary=summary or (fn.__doc__ or "").strip().splitlines()[0], source=source)
+                                 summary=summary or _first_paragraph(fn.__doc__), source=source)
         return fn
 
     return decorate
+
+
+def _first_paragraph(doc: str | None) -> str:
+    """The docstring's first paragraph on one line (its first line alone can stop mid-sentence)."""
+    lines = []
+    for line in (doc or "").strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
 
 
 def available_methods() -> list[str]:
