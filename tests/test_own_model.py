@@ -317,3 +317,33 @@ def test_methods_descriptions_are_whole_sentences_and_models_mentions_timm():
     assert "default k = min(10, C − 1)" in methods
     models = CliRunner().invoke(main, ["models"], catch_exceptions=False)
     assert "gradtrust models --family timm" in models.output and "hf:<folder>" in models.output
+
+
+def test_odin_epsilon_in_pixel_units_does_not_depend_on_where_the_normalisation_sits(tmp_path):
+    mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
+
+    class Normalize(nn.Module):
+        def forward(self, x):
+            return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+    net = tiny_cnn(3)
+    inside = nn.Sequential(Normalize(), net).eval()  # takes [0, 1] pixels
+    pixels = torch.rand(6, 3, 10, 10, generator=torch.Generator().manual_seed(4))
+    normalized = Normalize()(pixels)
+    eps = 0.01
+    reference = gradtrust.score(inside, pixels, "odin", odin_epsilon=eps)["odin"]  # ε on pixels
+    pixel = gradtrust.score(net, normalized, "odin", odin_epsilon=eps, odin_epsilon_space="pixel",
+                            odin_input_std="0.2,0.25,0.3")["odin"]
+    as_input = gradtrust.score(net, normalized, "odin", odin_epsilon=eps)["odin"]  # the default: input units
+    assert torch.allclose(pixel, reference, atol=1e-6)
+    assert not torch.allclose(as_input, reference, atol=1e-6)
+    with pytest.raises(ValueError, match="needs odin_input_std"):
+        gradtrust.score(net, normalized, "odin", odin_epsilon_space="pixel")
+    # gradtrust score fills the std from the model's preprocessing and records it with the default space
+    from gradtrust.runner.command import _odin_pixel_options
+
+    loaded = load_model(tiny_cnn(), preprocessing="torchvision:resnet18")
+    filled = _odin_pixel_options({"odin_epsilon_space": "pixel"}, loaded)
+    assert [float(s) for s in filled["odin_input_std"].split(",")] == pytest.approx([0.229, 0.224, 0.225])
+    with pytest.raises(InputError, match="--std"):
+        _odin_pixel_options({"odin_epsilon_space": "pixel"}, load_model(tiny_cnn()))

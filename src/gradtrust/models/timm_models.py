@@ -89,6 +89,8 @@ def _load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
     transform = timm.data.create_transform(**data_config)
     meta["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
     meta["preprocessing"] = "timm resolve_data_config(use_test_size=True) + create_transform"
+    if data_config.get("std") is not None:  # for ODIN's ε in pixel units
+        meta["normalization_std"] = [float(s) for s in data_config["std"]]
     class_names, source = _timm_class_names(timm, module, classes)
     meta["class_names_source"] = source
     return LoadedModel(

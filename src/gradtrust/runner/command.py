@@ -33,7 +33,8 @@ def _epilog() -> str:
         "",
         "\b",
         "Options (--option KEY=VALUE, repeatable):",
-        "  odin_temperature=100  odin_epsilon=0.0014  mc_samples=10  topk=10  layer=<module name>",
+        "  odin_temperature=100  odin_epsilon=0.0014  odin_epsilon_space=input|pixel  mc_samples=10  topk=10",
+        "  layer=<module name>  odin_input_std=S,S,S (pixel: filled from --std or the model's preprocessing)",
         "  seed=0  pnorm_p=2  gradient_path=auto|closed_form|autograd  purview_backend=auto|hooks|vmap|loop",
         "",
         "\b",
@@ -288,7 +289,8 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
 
     # Everything that can be checked cheaply is checked before a model is built.
     options = parse_option_pairs(option_pairs)
-    _score_options(options)
+    pending_std = options.get("odin_epsilon_space") == "pixel" and options.get("odin_input_std") is None
+    _score_options({**options, "odin_input_std": "1"} if pending_std else options)  # the std comes with the model
     resolve_methods(methods)
     if labels is not None and not os.path.isfile(labels):
         raise InputError(f"labels file {os.path.abspath(labels)} does not exist.")

@@ -162,7 +162,8 @@ def gradnorm_score(passes: BatchPasses) -> MethodOutput:
 
 
 # ---------------------------------------------------------------------------------- extra passes
-@register_method("odin", needs={"forward", "odin"}, options=("odin_temperature", "odin_epsilon"),
+@register_method("odin", needs={"forward", "odin"},
+                 options=("odin_temperature", "odin_epsilon", "odin_epsilon_space", "odin_input_std"),
                  source="Liang et al., ICLR 2018 (ODIN); T = 100, ε = 0.0014 as in the GradTrust release")
 def odin_score(passes: BatchPasses) -> MethodOutput:
     """ODIN ``max_c softmax(f(x̃)/T)_c`` with ``x̃ = x − ε·sign(∇_x[−log softmax(f(x)/T)_ŷ])``."""

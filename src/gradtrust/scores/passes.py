@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradtrust.errors import ModelError, UnknownNameError
+from gradtrust.errors import InputError, ModelError, UnknownNameError
 from gradtrust.scores import per_sample
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
 from gradtrust.scores.per_sample import LayerCapture, UnsupportedForHooks, model_logits
@@ -37,7 +37,14 @@ class ScoreOptions:
 
     Attributes:
         odin_temperature: ODIN's temperature ``T`` (default 100).
-        odin_epsilon: ODIN's perturbation size ``ε`` in the model's input space (default 0.0014).
+        odin_epsilon: ODIN's perturbation size ``ε`` (default 0.0014), in the units of ``odin_epsilon_space``.
+        odin_epsilon_space: ``"input"`` (default: ``ε`` is a step on the tensor the model receives, as the
+            GradTrust release does) or ``"pixel"`` (``ε`` in ``[0, 1]`` pixel units, as Liang et al.'s code and
+            OpenOOD: the step on channel ``c`` is ``ε / σ_c``, so the result does not depend on whether the
+            normalisation sits inside or outside the model). See docs/own_models.md.
+        odin_input_std: the normalisation std ``σ`` per channel (``"0.229,0.224,0.225"`` or a sequence),
+            needed by ``odin_epsilon_space="pixel"``; ``gradtrust score`` fills it from the model's known
+            preprocessing.
         mc_samples: number ``T`` of MC-dropout passes (default 10).
         topk: number of counterfactual classes for ``gradtrust_topk``; ``None`` = ``min(10, C − 1)``.
         layer: module name whose weight gradients the gradient scores use; ``None`` = the final
@@ -53,6 +60,8 @@ class ScoreOptions:
 
     odin_temperature: float = 100.0
     odin_epsilon: float = 0.0014
+    odin_epsilon_space: str = "input"
+    odin_input_std: str | None = None
     mc_samples: int = 10
     topk: int | None = None
     layer: str | None = None
@@ -77,6 +86,12 @@ class ScoreOptions:
         checks = [
             (self.odin_temperature > 0, "odin_temperature must be > 0"),
             (self.odin_epsilon >= 0, "odin_epsilon must be >= 0"),
+            (self.odin_epsilon_space in ("input", "pixel"), "odin_epsilon_space must be 'input' or 'pixel'"),
+            (self.odin_epsilon_space == "input" or self.odin_input_std is not None,
+             "odin_epsilon_space='pixel' needs odin_input_std (the normalisation std per channel, e.g. "
+             "'0.229,0.224,0.225'; gradtrust score fills it from --std or the model's own preprocessing)"),
+            (self.odin_input_std is None or _stds(self.odin_input_std) is not None,
+             "odin_input_std must be one or more positive numbers, one per input channel"),
             (isinstance(self.mc_samples, int) and self.mc_samples >= 1, "mc_samples must be an integer >= 1"),
             (self.topk is None or (isinstance(self.topk, int) and self.topk >= 1), "topk must be None or an integer >= 1"),
             (self.gradient_path in ("auto", "closed_form", "autograd"),
@@ -89,6 +104,18 @@ class ScoreOptions:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{message} (got {self!r})")
+
+
+def _stds(value) -> tuple[float, ...] | None:
+    """``"0.2,0.3"`` / ``(0.2, 0.3)`` → ``(0.2, 0.3)``; ``None`` when not positive numbers."""
+    if value is None:
+        return None
+    items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    try:
+        numbers = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        return None
+    return numbers if numbers and all(v > 0 for v in numbers) else None
 
 
 # The final layer found for a model, so later batches hook that one layer instead of every nn.Linear.
@@ -404,9 +431,24 @@ class BatchPasses:
         else:  # the logits do not depend differentiably on the input: ODIN does not move it
             grad = None
         grad = torch.zeros_like(forward["x"]) if grad is None else grad
-        perturbed = (forward["x"].detach() - self.options.odin_epsilon * grad.sign()).to(self.inputs.dtype)
+        perturbed = (forward["x"].detach() - self.odin_step(forward["x"]) * grad.sign()).to(self.inputs.dtype)
         with torch.no_grad():
             return model_logits(self.model, perturbed).double()
+
+    def odin_step(self, x: torch.Tensor) -> torch.Tensor | float:
+        """ODIN's step on the model's input: ``ε`` (``odin_epsilon_space="input"``), or ``ε / σ_c`` per channel
+        (``"pixel"``: ``ε`` in [0, 1] pixel units through the normalisation ``(x − μ) / σ``; Liang et al.,
+        ICLR 2018, code release; docs/own_models.md)."""
+        eps = self.options.odin_epsilon
+        if self.options.odin_epsilon_space == "input":
+            return eps
+        std = _stds(self.options.odin_input_std) or (1.0,)
+        channels = x.shape[1] if x.dim() >= 2 else 1
+        if len(std) not in (1, channels):
+            raise InputError(f"odin_input_std has {len(std)} values but the inputs have {channels} channels "
+                             f"(shape {tuple(x.shape)}).")
+        step = eps / torch.tensor(std, dtype=x.dtype, device=x.device)
+        return step.reshape(1, -1, *([1] * (x.dim() - 2))) if x.dim() >= 2 else step
 
     # ------------------------------------------------------------------ Purview
     @cached_property
