@@ -149,7 +149,7 @@ def _load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loade
     if ref is not None:
         meta["preprocessing"] = f"transforms of {_enum_full_name(ref)}"
         if getattr(transform, "std", None) is not None:  # for ODIN's ε in pixel units
-            meta["normalization_std"] = [float(s) for s in transform.std]
+            meta["normalization_std"] = [float(s) for s in getattr(transform, "std", ())]
 
     clip_len = _clip_len(ref) if is_video else None
     return LoadedModel(
