@@ -249,7 +249,7 @@ class BatchPasses:
             return self.no_final_linear_message()
         if needed is Pass.MC_DROPOUT and not self.dropout_layers:
             return ("the model has no dropout layer with p > 0 (nn.Dropout / Dropout1d/2d/3d), so MC dropout is "
-                    "undefined; leave methods that need Pass.MC_DROPOUT (mc_dropout) out of the methods.")
+                    "undefined; leave mc_dropout out of the methods.")
         return None
 
     # ------------------------------------------------------------------ gradient scores: closed forms
