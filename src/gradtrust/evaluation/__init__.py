@@ -1,4 +1,4 @@
-"""Evaluation of trust scores: plain functions on per-sample arrays (SPEC §2).
+"""Evaluation of trust scores: plain functions on per-sample arrays (docs/methods.md, "Evaluation protocol").
 
 Every metric takes per-sample arrays (NumPy, torch tensors or lists; converted at the boundary) and returns
 a float. Scores are oriented higher = more trustworthy; NaN scores rank as least trustworthy (below -inf)

@@ -43,7 +43,7 @@ def evaluate(
     confidence: float = 0.95,
     seed: int | None = 0,
 ) -> dict[str, float]:
-    """Every metric of SPEC §2 for one trust score.
+    """Every metric of docs/methods.md ("Evaluation protocol") for one trust score.
 
     Args:
         scores: (n,) trust scores, higher = more trustworthy; NaN = undefined (counted in ``n_nan`` and

@@ -262,7 +262,7 @@ class BatchPasses:
     def mse_gradient_rows(self) -> GradientRows:
         """Row energies ``e_r = Var_d(G_{r,d}²)`` of ``G = ∂L/∂W`` for ``L = (1/C) Σ_c (z_c − 1/C)²``.
 
-        Closed form (SPEC §1, "GradTrust's closed form"): ``G = a hᵀ`` with ``a_c = (2/C)(z_c − 1/C)``, so
+        Closed form (docs/methods.md, "GradTrust's closed form"): ``G = a hᵀ`` with ``a_c = (2/C)(z_c − 1/C)``, so
         ``e_c = a_c⁴ · Var_d(h_d²)``. Otherwise per-sample autograd on the chosen layer.
         """
         if not self.uses_autograd_path:
@@ -351,7 +351,7 @@ class BatchPasses:
         """Logits of ODIN's perturbed input ``x̃ = x − ε·sign(∇_x[−log softmax(f(x)/T)_ŷ])`` (B, C) float64.
 
         One backward pass to the input through the shared forward graph, one forward pass on ``x̃``.
-        Source: Liang et al., ICLR 2018; defaults of the GradTrust release (SPEC §1).
+        Source: Liang et al., ICLR 2018; defaults of the GradTrust release (docs/methods.md).
         """
         forward = self._graph_forward()
         z = forward.logits.float()
