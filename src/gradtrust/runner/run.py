@@ -198,7 +198,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
         if model.device != dev:
             module.to(dev)
         description = describe_dataset(dataset)
-        identity = {
+        identity: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "model": model_identity(model, model.describe()),
             "dataset": dataset_identity(description),
@@ -332,8 +332,10 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
 
 def _chunk_done(out: Path, layout: ch.ChunkLayout, k: int, run_id: str) -> bool:
     meta = ch.read_chunk_meta(layout.path(out, k))
+    if not meta:
+        return False
     start, stop = layout.bounds(k)
-    return bool(meta) and meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
+    return meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
 
 
 class _ChunkBuffer:
