@@ -359,6 +359,7 @@ def test_score_accepts_a_loaded_model_and_result_converts_to_a_dataframe():
     assert result.logits.dtype == torch.float32 and result.logits.shape == (8, 10)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_scores_match_cpu(dtype):
