@@ -65,7 +65,8 @@ def test_digits_default_every_network(tmp_path):
                                       "correct": int(frame["correct"].sum())}
         assert manifest["accuracy"] == pytest.approx(frame["correct"].mean())
         assert set(manifest["methods"]) == set(CHEAP.split(","))
-        assert manifest["methods"]["odin"] == {"odin_temperature": 100.0, "odin_epsilon": 0.0014}
+        assert manifest["methods"]["odin"] == {"odin_temperature": 100.0, "odin_epsilon": 0.0014,
+                                                 "odin_epsilon_space": "input", "odin_input_std": None}
         assert manifest["score_info"]["final_layer"]
         for key in ("torch", "torchvision", "numpy", "pandas", "gradtrust", "python"):
             assert manifest["versions"][key]
@@ -76,6 +77,7 @@ def test_digits_default_every_network(tmp_path):
     assert "accuracy" in result.output and "scores.parquet" in result.output
 
 
+@pytest.mark.slow
 def test_python_m_gradtrust_score_subprocess_all_methods(tmp_path):
     out = tmp_path / "cnn-noise"
     proc = subprocess.run(

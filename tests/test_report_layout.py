@@ -15,7 +15,7 @@ from gradtrust.models import load_model
 from gradtrust.reporting import build_report
 from gradtrust.reporting.figures import draw_curves, scatter_figure
 from gradtrust.reporting.layout import artists_outside
-from gradtrust.reporting.tables import summarise
+from gradtrust.reporting.results import summarise
 
 METHODS = ["softmax", "entropy", "max_logit", "margin", "odin", "gradnorm", "gradtrust", "gradtrust_topk",
            "logit_margin", "energy", "doctor", "maxlogit_pnorm", "brier"]

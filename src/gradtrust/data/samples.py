@@ -20,7 +20,7 @@ class Sample(NamedTuple):
 
     input: torch.Tensor | None
     label: int
-    index: int  # type: ignore[assignment]  # a field, shadowing tuple.index on purpose
+    index: int  # type: ignore[assignment]  # a field named like tuple.index, part of the public API
     path: str
     error: str = ""
     note: str = ""  # something worth recording about a readable sample (e.g. a very large image)
