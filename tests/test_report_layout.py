@@ -62,6 +62,7 @@ def test_single_and_two_run_curves_fit_their_canvas(two_runs, tmp_path):
             assert width > 396 and height > 418  # the clipped single-run size it had before
 
 
+@pytest.mark.slow  # one more report (the fixture runs are shared with the tie test)
 def test_scatter_fits_its_canvas(two_runs, tmp_path):
     rep = build_report([two_runs[0]], tmp_path / "one", resamples=0, figures=False)
     captured = {}
