@@ -76,8 +76,8 @@ def test_ece_adversarial_inputs():
     correct = np.array([1, 0, 1, 0, 1, 1, 0, 0, 1, 0], dtype=bool)
     assert expected_calibration_error(conf, correct) == pytest.approx(_brute_ece(conf, correct), abs=1e-12)
     diagram = reliability_diagram(conf, correct)
-    assert diagram.count[-1] == 4 and diagram.count.sum() == 10  # 14/15 and the three 1.0s share the last bin
-    assert np.isnan(diagram.accuracy[5]) and diagram.count[5] == 0  # an empty bin
+    assert diagram.counts[-1] == 4 and diagram.counts.sum() == 10  # 14/15 and the three 1.0s share the last bin
+    assert np.isnan(diagram.accuracy[5]) and diagram.counts[5] == 0  # an empty bin
     # perfectly calibrated and perfectly wrong extremes
     assert expected_calibration_error([1.0, 1.0], [True, True]) == 0.0
     assert expected_calibration_error([1.0, 1.0], [False, False]) == 1.0
@@ -100,7 +100,7 @@ def test_adaptive_ece_brute_force(seed):
     assert adaptive_calibration_error(conf, correct) == pytest.approx(_brute_adaptive(conf, correct), abs=1e-12)
     # equal mass: 300 untied samples in 15 bins of 20
     diagram = reliability_diagram(conf[:300], correct[:300], strategy="quantile")
-    assert diagram.count.tolist() == [20] * 15
+    assert diagram.counts.tolist() == [20] * 15
     assert diagram.ece == pytest.approx(adaptive_calibration_error(conf[:300], correct[:300]), abs=1e-15)
     # ties: many equal confidences share one bin, fewer samples than bins
     tied = np.array([0.9] * 10 + [0.3] * 3)

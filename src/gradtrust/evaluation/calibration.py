@@ -188,12 +188,12 @@ def _binned_error(confidences: np.ndarray, hits: np.ndarray, bins: np.ndarray, n
 
 
 class ReliabilityDiagram(NamedTuple):
-    """Per bin (arrays of length ``n_bins``): edges ``lower``/``upper``, ``count``, mean ``confidence`` and
+    """Per bin (arrays of length ``n_bins``): edges ``lower``/``upper``, ``counts``, mean ``confidence`` and
     ``accuracy`` (NaN in an empty bin), and the ``ece`` they add up to."""
 
     lower: np.ndarray
     upper: np.ndarray
-    count: np.ndarray
+    counts: np.ndarray
     confidence: np.ndarray
     accuracy: np.ndarray
     ece: float
@@ -205,7 +205,7 @@ def reliability_diagram(confidences: Any, correct: Any, n_bins: int = DEFAULT_BI
 
     ``strategy="uniform"``: equal-width bins ``[k/B, (k+1)/B)`` (1.0 in the last); ``"quantile"``: the
     equal-mass bins of :func:`adaptive_calibration_error` (edges at confidence quantiles, first lower edge
-    0, last upper edge 1). ``ece = Σ_b (count_b / N) |accuracy_b − confidence_b|``.
+    0, last upper edge 1). ``ece = Σ_b (counts_b / N) |accuracy_b − confidence_b|``.
     """
     conf, hit = _confidence_correct(confidences, correct)
     n_bins = _check_bins(n_bins)
