@@ -311,4 +311,8 @@ class IntrospectiveModel(nn.Module):
         a = torch.nan_to_num(f.a, nan=0.0).to(self.head.first.dtype)
         h = torch.nan_to_num(f.h, nan=0.0).to(self.head.first.dtype)
         logits = self.head(a, h)
-        return torch.where(f.valid[:, None], logits, torch.full_like(logits, math.nan))
+        if not bool(f.valid.all()):
+            # in place, so that the output stays the output of H's final nn.Linear (gradtrust.score then uses
+            # its closed forms on H)
+            logits.masked_fill_(~f.valid[:, None].to(logits.device), math.nan)
+        return logits
