@@ -228,6 +228,15 @@ class Introspective:
                              "Introspective.load(folder) first.")
         return self.head_
 
+    def _extractor_for(self, module: nn.Module) -> FeatureExtractor:
+        """One extractor per model, kept between calls: its layer discovery (one extra forward of one
+        sample) then happens once, not on every ``predict``."""
+        cached = getattr(self, "_extractor", None)
+        if cached is None or cached[0] is not module or cached[1] != self.layer:
+            cached = (module, self.layer, FeatureExtractor(module, self.layer))
+            self._extractor = cached
+        return cached[2]
+
     def module(self, model: Any) -> IntrospectiveModel:
         """``f`` and ``H`` as one ``nn.Module`` (input → ``H``'s logits), e.g. for :func:`gradtrust.score`."""
         return IntrospectiveModel(_module_of(model), self._head(), self.layer)
@@ -238,7 +247,7 @@ class Introspective:
         module = _module_of(model)
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[0] == 0:
             raise InputError("inputs must be a non-empty batch tensor (batch first), ready for the model.")
-        extractor = FeatureExtractor(module, self.layer)
+        extractor = self._extractor_for(module)
         device = _device_of(module)
         outs = []
         with torch.no_grad():
