@@ -5,6 +5,11 @@ on), then ``f`` and ``H`` predict the clean test split and its corrupted copies 
 condition) and for each of ``f`` and ``H``: accuracy, ECE (15 bins) and the AUROC of the maximum softmax
 probability for telling right from wrong predictions, each with a percentile bootstrap CI; and the paired
 accuracy difference ``H − f`` with its CI (both on the same resamples).
+
+A control separates introspection from capacity: an MLP of ``H``'s size (same hidden width, optimiser,
+epochs and seed) trained on ``f``'s own feed-forward quantities ``(z, h)`` — what ``H``'s features are made
+of — instead of the normalised gradient ``vec(â ĥᵀ)``. Where ``H`` beats ``f`` but the control does as
+well, the gain is a second classifier's, not introspection's.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gradtrust.evaluation import auroc, bootstrap_indices
 from gradtrust.evaluation import calibration as cal
@@ -58,6 +64,51 @@ def _metrics(logits: np.ndarray, prediction: np.ndarray, labels: np.ndarray, idx
     return out
 
 
+def _control(z: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hidden: int, epochs: int, seed: int):
+    """The control network: ``Linear(C + D, hidden) → ReLU → Linear(hidden, C)`` on standardised ``(z, h)``,
+    trained exactly as ``H`` is (Adam, lr 1e-3, weight decay 1e-4, batch 128, seeded order)."""
+    x = torch.cat([z, h], dim=1)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, z.shape[1]))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    xs = (x - mean) / std
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for lo in range(0, x.shape[0], 128):
+            idx = order[lo:lo + 128]
+            loss = torch.nn.functional.cross_entropy(net(xs[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+
+    def predict(z2: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return net((torch.cat([z2, h2], dim=1) - mean) / std)
+
+    return predict
+
+
+def _zh(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f``'s logits and penultimate features (the final layer's input)."""
+    from gradtrust.introspection.features import FeatureExtractor
+
+    ex = FeatureExtractor(model.module)
+    ex(x[:1])
+    captured: dict[str, torch.Tensor] = {}
+    layer = ex.layer_module
+    assert layer is not None
+    handle = layer.register_forward_hook(lambda m, a, o: captured.setdefault("h", a[0].detach()))
+    try:
+        with torch.no_grad():
+            z = model.module(x)
+    finally:
+        handle.remove()
+    return z.float(), captured["h"].float().reshape(x.shape[0], -1)
+
+
 def run_benchmark(names: list[str] | None, out_dir: Path, *, hidden: int = 64, epochs: int = 30, seed: int = 0,
                   resamples: int = 1000, progress: bool = False) -> BenchmarkResult:
     """Fit, evaluate, and write ``table.md`` / ``table.csv`` into ``out_dir`` (see the module docstring)."""
@@ -82,6 +133,7 @@ def run_benchmark(names: list[str] | None, out_dir: Path, *, hidden: int = 64, e
     for name in tqdm(names, desc="fitting H, evaluating", unit="network", disable=not progress):
         model = load_model(f"digits:{name}", "DEFAULT")
         intro = Introspective(hidden=hidden, epochs=epochs, seed=seed).fit(model, x_train, y_train)
+        control = _control(*_zh(model, x_train), y_train, hidden, epochs, seed)
         for corruption, severity in CONDITIONS:
             x, y = tests[corruption]
             labels = y.numpy()
@@ -89,11 +141,13 @@ def run_benchmark(names: list[str] | None, out_dir: Path, *, hidden: int = 64, e
             idx = bootstrap_indices(labels.shape[0], resamples, seed) if resamples else np.zeros((0, 0), np.int64)
             ff = _metrics(pred.feed_forward_logits.double().numpy(), pred.feed_forward_prediction.numpy(), labels, idx)
             it = _metrics(pred.logits.double().numpy(), pred.prediction.numpy(), labels, idx)
+            control_logits = control(*_zh(model, x)).double().numpy()
+            ct = _metrics(control_logits, control_logits.argmax(1), labels, idx)
             row: dict[str, Any] = {"network": f"digits:{name}",
                                    "condition": "clean" if corruption is None else f"{corruption}/{severity}",
                                    "n": int(labels.shape[0]), "H_train_accuracy": intro.info_["train_accuracy"]}
             for key in ("accuracy", "ece", "auroc"):
-                for tag, m in (("ff", ff), ("intro", it)):
+                for tag, m in (("ff", ff), ("intro", it), ("control", ct)):
                     row[f"{key}_{tag}"] = m[key]
                     row[f"{key}_{tag}_low"], row[f"{key}_{tag}_high"] = (
                         _interval(m["dist"][key]) if "dist" in m else (float("nan"), float("nan")))
@@ -123,17 +177,18 @@ def _cell(row, key: str, scale: float = 100.0, digits: int = 1) -> str:
 
 def benchmark_markdown(frame, *, hidden: int, epochs: int, seed: int, resamples: int) -> str:
     header = ["network", "condition", "accuracy f", "accuracy H", "Δ accuracy H − f", "ECE f", "ECE H",
-              "AUROC(MSP) f", "AUROC(MSP) H"]
+              "AUROC(MSP) f", "AUROC(MSP) H", "control: accuracy of MLP(z, h)"]
     lines = [
         "Feed-forward f vs introspective H (hidden "
         f"{hidden}, {epochs} epochs, seed {seed}) on the digits test split (n = 901), ×100. "
         f"[low, high]: 95% percentile bootstrap CI ({resamples} resamples; Δ is paired). "
         "ECE: 15 equal-width bins, lower is better; AUROC of the maximum softmax probability for telling right "
-        "from wrong predictions, higher is better.", "",
+        "from wrong predictions, higher is better. Control: an MLP of H's size trained the same way on f's "
+        "logits and penultimate features (z, h) instead of the gradient.", "",
         "| " + " | ".join(header) + " |", "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
     for _, r in frame.iterrows():
         lines.append("| " + " | ".join([
             r["network"], r["condition"], _cell(r, "accuracy_ff"), _cell(r, "accuracy_intro"),
             _cell(r, "delta_accuracy"), _cell(r, "ece_ff"), _cell(r, "ece_intro"), _cell(r, "auroc_ff"),
-            _cell(r, "auroc_intro")]) + " |")
+            _cell(r, "auroc_intro"), _cell(r, "accuracy_control")]) + " |")
     return "\n".join(lines) + "\n"
