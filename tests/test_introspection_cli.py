@@ -70,4 +70,4 @@ def test_benchmark_one_network(tmp_path):
     assert abs(clean["accuracy_ff"] - 0.911) < 1e-3  # the bundled network's clean accuracy (digits_accuracy.json)
     assert clean["accuracy_ff_low"] <= clean["accuracy_ff"] <= clean["accuracy_ff_high"]
     assert abs(clean["delta_accuracy"] - (clean["accuracy_intro"] - clean["accuracy_ff"])) < 1e-12
-    assert "| digits:digits_linear | clean |" in out.output
+    assert "| digits:digits_linear | clean |" in out.output and "accuracy_control" in frame.columns

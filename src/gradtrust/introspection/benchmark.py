@@ -6,10 +6,11 @@ condition) and for each of ``f`` and ``H``: accuracy, ECE (15 bins) and the AURO
 probability for telling right from wrong predictions, each with a percentile bootstrap CI; and the paired
 accuracy difference ``H − f`` with its CI (both on the same resamples).
 
-A control separates introspection from capacity: an MLP of ``H``'s size (same hidden width, optimiser,
-epochs and seed) trained on ``f``'s own feed-forward quantities ``(z, h)`` — what ``H``'s features are made
-of — instead of the normalised gradient ``vec(â ĥᵀ)``. Where ``H`` beats ``f`` but the control does as
-well, the gain is a second classifier's, not introspection's.
+A control separates introspection from a second classifier: an MLP of ``H``'s size (same hidden width,
+optimiser, epochs and seed) trained on the same two unit factors ``â`` (= the normalised ``z − 1``) and
+``ĥ`` concatenated, instead of their outer product — the normalised gradient ``vec(â ĥᵀ)``. Where ``H``
+beats ``f`` but the control does as well, the gain is a second classifier's on ``f``'s features, not the
+gradient form's.
 """
 
 from __future__ import annotations
@@ -64,19 +65,24 @@ def _metrics(logits: np.ndarray, prediction: np.ndarray, labels: np.ndarray, idx
     return out
 
 
-def _control(z: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hidden: int, epochs: int, seed: int):
-    """The control network: ``Linear(C + D, hidden) → ReLU → Linear(hidden, C)`` on standardised ``(z, h)``,
-    trained exactly as ``H`` is (Adam, lr 1e-3, weight decay 1e-4, batch 128, seeded order)."""
-    x = torch.cat([z, h], dim=1)
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+def _control(a: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hidden: int, epochs: int, seed: int):
+    """The control network: ``Linear(C + D, hidden) → ReLU → Linear(hidden, C)`` on the concatenation
+    ``[√C·â, √D·ĥ]`` — the same unit factors ``H`` sees, side by side instead of as the gradient ``vec(â ĥᵀ)``
+    (scaled so the entries have mean square 1, as ``H``'s are) — trained exactly as ``H`` is (Adam, lr 1e-3,
+    weight decay 1e-4, batch 128, the same epochs and seeded order)."""
+    c, d = a.shape[1], h.shape[1]
+
+    def inputs(a2: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a2 * c**0.5, h2 * d**0.5], dim=1)
+
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, z.shape[1]))
+    net = torch.nn.Sequential(torch.nn.Linear(c + d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, c))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    xs = (x - mean) / std
+    xs = inputs(a, h)
     for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=gen)
-        for lo in range(0, x.shape[0], 128):
+        order = torch.randperm(xs.shape[0], generator=gen)
+        for lo in range(0, xs.shape[0], 128):
             idx = order[lo:lo + 128]
             loss = torch.nn.functional.cross_entropy(net(xs[idx]), y[idx])
             opt.zero_grad()
@@ -84,29 +90,11 @@ def _control(z: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hidden: int, epo
             opt.step()
     net.eval()
 
-    def predict(z2: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+    def predict(a2: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return net((torch.cat([z2, h2], dim=1) - mean) / std)
+            return net(inputs(a2, h2))
 
     return predict
-
-
-def _zh(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``f``'s logits and penultimate features (the final layer's input)."""
-    from gradtrust.introspection.features import FeatureExtractor
-
-    ex = FeatureExtractor(model.module)
-    ex(x[:1])
-    captured: dict[str, torch.Tensor] = {}
-    layer = ex.layer_module
-    assert layer is not None
-    handle = layer.register_forward_hook(lambda m, a, o: captured.setdefault("h", a[0].detach()))
-    try:
-        with torch.no_grad():
-            z = model.module(x)
-    finally:
-        handle.remove()
-    return z.float(), captured["h"].float().reshape(x.shape[0], -1)
 
 
 def run_benchmark(names: list[str] | None, out_dir: Path, *, hidden: int = 64, epochs: int = 30, seed: int = 0,
@@ -133,7 +121,8 @@ def run_benchmark(names: list[str] | None, out_dir: Path, *, hidden: int = 64, e
     for name in tqdm(names, desc="fitting H, evaluating", unit="network", disable=not progress):
         model = load_model(f"digits:{name}", "DEFAULT")
         intro = Introspective(hidden=hidden, epochs=epochs, seed=seed).fit(model, x_train, y_train)
-        control = _control(*_zh(model, x_train), y_train, hidden, epochs, seed)
+        a_train, h_train, _, _ = intro.features(model, x_train, y_train)
+        control = _control(a_train, h_train, y_train, hidden, epochs, seed)
         for corruption, severity in CONDITIONS:
             x, y = tests[corruption]
             labels = y.numpy()
@@ -141,7 +130,8 @@ def run_benchmark(names: list[str] | None, out_dir: Path, *, hidden: int = 64, e
             idx = bootstrap_indices(labels.shape[0], resamples, seed) if resamples else np.zeros((0, 0), np.int64)
             ff = _metrics(pred.feed_forward_logits.double().numpy(), pred.feed_forward_prediction.numpy(), labels, idx)
             it = _metrics(pred.logits.double().numpy(), pred.prediction.numpy(), labels, idx)
-            control_logits = control(*_zh(model, x)).double().numpy()
+            factors = intro._extractor_for(model.module)(x)
+            control_logits = control(torch.nan_to_num(factors.a), torch.nan_to_num(factors.h)).double().numpy()
             ct = _metrics(control_logits, control_logits.argmax(1), labels, idx)
             row: dict[str, Any] = {"network": f"digits:{name}",
                                    "condition": "clean" if corruption is None else f"{corruption}/{severity}",
@@ -177,14 +167,15 @@ def _cell(row, key: str, scale: float = 100.0, digits: int = 1) -> str:
 
 def benchmark_markdown(frame, *, hidden: int, epochs: int, seed: int, resamples: int) -> str:
     header = ["network", "condition", "accuracy f", "accuracy H", "Δ accuracy H − f", "ECE f", "ECE H",
-              "AUROC(MSP) f", "AUROC(MSP) H", "control: accuracy of MLP(z, h)"]
+              "AUROC(MSP) f", "AUROC(MSP) H", "control: accuracy of MLP[â, ĥ]"]
     lines = [
         "Feed-forward f vs introspective H (hidden "
         f"{hidden}, {epochs} epochs, seed {seed}) on the digits test split (n = 901), ×100. "
         f"[low, high]: 95% percentile bootstrap CI ({resamples} resamples; Δ is paired). "
         "ECE: 15 equal-width bins, lower is better; AUROC of the maximum softmax probability for telling right "
-        "from wrong predictions, higher is better. Control: an MLP of H's size trained the same way on f's "
-        "logits and penultimate features (z, h) instead of the gradient.", "",
+        "from wrong predictions, higher is better. Control: an MLP of H's size trained the same way on the same "
+        "unit factors â = (z − 1)/‖z − 1‖ and ĥ = h/‖h‖ concatenated, instead of their outer product (the "
+        "gradient).", "",
         "| " + " | ".join(header) + " |", "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
     for _, r in frame.iterrows():
         lines.append("| " + " | ".join([
