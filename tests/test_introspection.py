@@ -106,6 +106,15 @@ def test_fit_predict_save_load(digits, tmp_path):
     # one module for gradtrust.score: its softmax score is H's maximum softmax probability
     result = gradtrust.score(intro.module(model), xte, ["softmax"])
     torch.testing.assert_close(result["softmax"], out.logits.double().softmax(1).max(1).values, rtol=1e-5, atol=1e-6)
+    # the functional layer on H's logits gives what the engine gives on the composed module
+    engine = gradtrust.score(intro.module(model), xte, ["softmax", "energy", "maxlogit_pnorm"])
+    mine = out.trust_scores(["softmax", "energy", "maxlogit_pnorm"])
+    for name in mine:
+        torch.testing.assert_close(mine[name], engine[name], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.trust_scores(["softmax"], feed_forward=True)["softmax"],
+                               ff.double().softmax(1).max(1).values, rtol=1e-6, atol=1e-6)
+    with pytest.raises(InputError, match="logits alone"):
+        out.trust_scores(["gradtrust"])
     # the same seed gives the same H; save/load gives the same logits
     again = Introspective(hidden=16, epochs=3, seed=0).fit(model, xtr, ytr)
     assert torch.equal(again.predict(model, xte).logits, out.logits)

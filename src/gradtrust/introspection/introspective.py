@@ -37,6 +37,9 @@ __all__ = ["Introspective", "IntrospectiveModel", "IntrospectivePrediction"]
 CONFIG_FILE = "introspective.json"
 WEIGHTS_FILE = "introspective.safetensors"
 FORMAT = "gradtrust.introspective/1"
+#: The trust scores that are functions of the logits alone (:mod:`gradtrust.functional`).
+LOGIT_SCORES = ("softmax", "entropy", "max_logit", "margin", "brier", "logit_margin", "energy", "doctor",
+                "maxlogit_pnorm")
 
 
 @dataclass
@@ -53,6 +56,23 @@ class IntrospectivePrediction:
     feed_forward_logits: torch.Tensor
     feed_forward_prediction: torch.Tensor
     valid: torch.Tensor
+
+    def trust_scores(self, methods=LOGIT_SCORES, *, feed_forward: bool = False) -> dict[str, torch.Tensor]:
+        """Trust scores of ``H``'s logits (or of ``f``'s, ``feed_forward=True``) through
+        :mod:`gradtrust.functional`: ``{name: (B,) float64}``, higher = more trustworthy, for the scores that
+        are functions of the logits alone (``softmax``, ``entropy``, ``max_logit``, ``margin``, ``brier``,
+        ``logit_margin``, ``energy``, ``doctor``, ``maxlogit_pnorm``). For the others (GradTrust on ``H``'s
+        layer, ODIN…) run :func:`gradtrust.score` on :meth:`Introspective.module`."""
+        from gradtrust import functional
+
+        logits = self.feed_forward_logits if feed_forward else self.logits
+        out = {}
+        for name in methods:
+            if name not in LOGIT_SCORES:
+                raise InputError(f"{name!r} is not a function of the logits alone; choose from "
+                                 f"{', '.join(LOGIT_SCORES)}, or use gradtrust.score(intro.module(model), inputs).")
+            out[name] = getattr(functional, name)(logits)
+        return out
 
 
 def _module_of(model: Any) -> nn.Module:
