@@ -73,3 +73,21 @@ def test_report_calibration_section_and_old_runs(scored, tmp_path):
     assert "classwise_ece" not in old_row.values and "no logits.parquet" in old_row.notes[0]
     assert "no logits.parquet" in (tmp_path / "old_report" / "calibration.md").read_text()
     assert new.ok and old_report.ok
+
+
+def test_logits_file_skipped_when_a_resumed_chunk_has_none(scored, tmp_path):
+    from gradtrust.runner import chunks as ch
+    from gradtrust.runner.run import _write_logits
+
+    _, _, out = scored
+    layout = ch.ChunkLayout(901, 512, 256)
+    metas = [ch.read_chunk_meta(layout.path(out, k)) for k in range(layout.num_chunks)]
+    assert all(m["logits"] == 10 for m in metas)
+    copy = tmp_path / "copy"
+    (copy / "chunks").mkdir(parents=True)
+    for k in range(layout.num_chunks):
+        layout.path(copy, k).write_bytes(layout.path(out, k).read_bytes())
+    assert _write_logits(copy, layout, metas) and (copy / LOGITS_FILE).is_file()
+    old = [dict(m) for m in metas]
+    del old[1]["logits"]  # a chunk written before logits were stored
+    assert not _write_logits(copy, layout, old) and not (copy / LOGITS_FILE).exists()
