@@ -71,3 +71,20 @@ def test_benchmark_one_network(tmp_path):
     assert clean["accuracy_ff_low"] <= clean["accuracy_ff"] <= clean["accuracy_ff_high"]
     assert abs(clean["delta_accuracy"] - (clean["accuracy_intro"] - clean["accuracy_ff"])) < 1e-12
     assert "| digits:digits_linear | clean |" in out.output and "accuracy_control" in frame.columns
+
+
+def test_fit_resumes_from_feature_chunks(tmp_path):
+    args = ["fit", "--model", "digits:digits_linear", "--train", "digits:train", "--out", str(tmp_path / "h"),
+            "--epochs", "2", "--hidden", "8", "--chunk-size", "300", "--no-progress"]
+    assert _invoke(*args).exit_code == 0
+    chunks = sorted((tmp_path / "h" / "features").glob("features-*.npz"))
+    assert [c.name for c in chunks] == ["features-000000000.npz", "features-000000300.npz", "features-000000600.npz"]
+    first = (tmp_path / "h" / "introspective.safetensors").read_bytes()
+    chunks[1].unlink()  # as if the fit had been killed while computing the second chunk
+    again = _invoke(*args)
+    assert again.exit_code == 0 and "resumed: 2 chunk(s)" in again.output
+    assert (tmp_path / "h" / "introspective.safetensors").read_bytes() == first
+    # another training setting of the cache (chunk size) starts the features afresh
+    other = _invoke(*args[:-3], "--chunk-size", "500", "--no-progress")
+    assert other.exit_code == 0 and "resumed" not in other.output
+    assert len(list((tmp_path / "h" / "features").glob("features-*.npz"))) == 2

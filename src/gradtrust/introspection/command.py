@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from gradtrust.errors import DataError, GradTrustError, InputError
+from gradtrust.errors import GradTrustError, InputError
 
 __all__ = ["introspect_command"]
 
@@ -53,29 +53,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def mapped_labels(dataset, model):
-    """A loader of ``(inputs, model class index)`` over a gradtrust dataset: its classes are mapped to the
-    model's outputs first (DataError when they do not match; before any work)."""
-    import torch
-
-    from gradtrust.data.classes import resolve_class_indices
-    from gradtrust.data.samples import collate_samples
-
-    class_map = torch.tensor(resolve_class_indices(dataset.classes, model.class_names, model.num_classes))
-
-    def batches(batch_size: int = 256):
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
-        for batch in loader:
-            if batch.inputs is None:
-                continue
-            if bool((batch.labels < 0).any()):
-                raise DataError("the training set has samples without a label; introspective learning needs "
-                                "labelled training data.")
-            yield batch.inputs, class_map[batch.labels]
-
-    return batches
-
-
 @introspect_command.command("fit")
 @click.option("--model", "model_spec", required=True, metavar="SPEC", help="The network f (as for gradtrust score).")
 @click.option("--weights", metavar="W", help="f's weights (default: bundled for digits:*, random otherwise).")
@@ -93,11 +70,19 @@ def mapped_labels(dataset, model):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of H's initialisation and sample order.")
 @click.option("--layer", metavar="NAME", help="The nn.Linear of f to take the gradient at (default: the final one).")
 @click.option("--device", metavar="D", help="cpu, cuda… (default: cuda when available).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes reading the training files.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Training samples per resumable feature chunk (DIR/features/).")
 @click.option("--no-progress", is_flag=True)
 @click.pass_context
 def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, hidden, epochs, lr, batch_size, seed,
-                layer, device, no_progress) -> None:
-    """Fit H on the introspective features of f on a training set."""
+                layer, device, workers, chunk_size, no_progress) -> None:
+    """Fit H on the introspective features of f on a training set.
+
+    The features are written to DIR/features/ in atomic chunks first: an interrupted fit run again with
+    the same command computes only the missing chunks.
+    """
     try:
         import torch
 
@@ -112,11 +97,24 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
         dataset = open_dataset(train, model, labels)
         if len(dataset) == 0:
             raise InputError("the training set is empty.")
-        batches = mapped_labels(dataset, model)
-        intro = Introspective(hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, layer=layer,
-                              progress=not no_progress)
-        intro.fit(model, batches())
+        from gradtrust.data.classes import resolve_class_indices
+        from gradtrust.introspection.cache import cached_features
+
+        if not model.num_classes:
+            raise InputError(f"the number of outputs of {model.spec} is unknown; pass --num-classes.")
+        class_map = resolve_class_indices(dataset.classes, model.class_names, model.num_classes)
         out = Path(out_dir)
+        identity = {"model": {"spec": model.spec, "weights_sha256": model.weights_sha256,
+                              "num_classes": model.num_classes},
+                    "dataset": describe_dataset(dataset)}
+        feats = cached_features(model.module, dataset, class_map, out / "features", identity=identity, layer=layer,
+                                chunk_size=chunk_size, num_workers=workers, progress=not no_progress)
+        if feats["resumed_chunks"]:
+            click.echo(f"resumed: {feats['resumed_chunks']} chunk(s) of features read from {out / 'features'}")
+        intro = Introspective(hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                              layer=feats["layer"], progress=not no_progress)
+        intro.info_["closed_form"] = feats["closed_form"]
+        intro.fit_features(feats["a"], feats["h"], feats["y"], feats["logits"], device=dev)
         extra = {"model": {"spec": model.spec, "weights": model.weights, "weights_sha256": model.weights_sha256,
                            "num_classes": model.num_classes, "class_names": list(model.class_names)},
                  "train": describe_dataset(dataset)}

@@ -122,6 +122,21 @@ def _batches(data: Any, labels: Any, batch_size: int) -> Iterator[tuple[torch.Te
             raise InputError(f"a training batch must be (inputs, labels); got a {type(item).__name__}.")
 
 
+def check_features(y: torch.Tensor, num_classes: int, valid: torch.Tensor) -> None:
+    """Clear errors for training features that cannot be fitted: labels outside the model's classes
+    (DataError), undefined (NaN) features (InputError)."""
+    bad = (y < 0) | (y >= num_classes)
+    if bool(bad.any()):
+        raise DataError(f"{int(bad.sum())} training label(s) are not classes of the model (it has {num_classes} "
+                        f"outputs; labels seen: {sorted(set(y[bad].tolist()))[:8]}): the training set's classes "
+                        "differ from the model's. Map the dataset's classes to the model's outputs first.")
+    if not bool(valid.all()):
+        n_bad = int((~valid).sum())
+        raise InputError(f"{n_bad} of {valid.numel()} training sample(s) have NaN introspective features (the "
+                         "gradient is zero or the logits are not finite, e.g. all-zero features before the final "
+                         "layer): remove them from the training set or check the model.")
+
+
 class Introspective:
     """Introspective learning: fit ``H`` on the introspective features of ``f`` (see the module docstring).
 
@@ -181,17 +196,7 @@ class Introspective:
         y = torch.cat(ys)
         self.layer = extractor.layer
         self.info_["closed_form"] = bool(extractor.closed_form)
-        num_classes = logits.shape[1]
-        bad = (y < 0) | (y >= num_classes)
-        if bool(bad.any()):
-            raise DataError(f"{int(bad.sum())} training label(s) are not classes of the model (it has {num_classes} "
-                            f"outputs; labels seen: {sorted(set(y[bad].tolist()))[:8]}): the training set's classes "
-                            "differ from the model's. Map the dataset's classes to the model's outputs first.")
-        if not bool(valid.all()):
-            n_bad = int((~valid).sum())
-            raise InputError(f"{n_bad} of {valid.numel()} training sample(s) have NaN introspective features (the "
-                             "gradient is zero or the logits are not finite, e.g. all-zero features before the final "
-                             "layer): remove them from the training set or check the model.")
+        check_features(y, logits.shape[1], valid)
         return a, h, y, logits
 
     def fit(self, model: Any, data: Any, labels: Any = None) -> Introspective:
@@ -202,11 +207,18 @@ class Introspective:
         """
         t0 = time.perf_counter()
         a, h, y, logits = self.features(model, data, labels)
+        return self.fit_features(a, h, y, logits, device=_device_of(_module_of(model)), t0=t0)
+
+    def fit_features(self, a: torch.Tensor, h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, *,
+                     device: torch.device | str = "cpu", t0: float | None = None) -> Introspective:
+        """Fit ``H`` on features already extracted (the factors of :meth:`features`, or
+        :func:`gradtrust.introspection.cache.cached_features`)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        device = torch.device(device)
         classes = torch.unique(y)
         if classes.numel() < 2:
             raise InputError(f"the training set holds one class only ({int(classes[0])}): H learns to tell "
                              "classes apart and needs at least two.")
-        device = _device_of(_module_of(model))
         generator = torch.Generator().manual_seed(self.seed)
         head = IntrospectiveHead(a.shape[1], h.shape[1], self.hidden, generator=generator).to(device)
         opt = torch.optim.Adam(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
