@@ -88,3 +88,15 @@ def test_fit_resumes_from_feature_chunks(tmp_path):
     other = _invoke(*args[:-3], "--chunk-size", "500", "--no-progress")
     assert other.exit_code == 0 and "resumed" not in other.output
     assert len(list((tmp_path / "h" / "features").glob("features-*.npz"))) == 2
+
+
+def test_fit_refuses_a_train_set_with_other_classes(tmp_path):
+    from PIL import Image
+
+    for name in ("cat", "dog", "eel"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / name / "0.png")
+    out = _invoke("fit", "--model", "torchvision:resnet18", "--weights", "random", "--num-classes", "5", "--train",
+                  str(tmp_path / "train"), "--out", str(tmp_path / "h"), "--no-progress")
+    assert out.exit_code == 2 and "classes do not match the model's outputs" in out.output
+    assert not (tmp_path / "h" / "introspective.safetensors").exists()
