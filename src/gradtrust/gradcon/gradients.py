@@ -87,14 +87,19 @@ def per_sample_terms_loop(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same ``(mse, cos)`` as :func:`per_sample_terms`, one image at a time with ``torch.autograd.grad``
     (the release's batch-size-1 scoring loop). Reference implementation; slow."""
-    params = dict(model.named_parameters())
-    wrt = [params[n] for n in weight_names]
+    from torch.func import functional_call
+
+    # Leaf copies of the weights, so that a frozen model (requires_grad False) can be differentiated too.
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    wrt = [params[n].clone().requires_grad_(True) for n in weight_names]
+    params.update(zip(weight_names, wrt, strict=True))
+    buffers = dict(model.named_buffers())
     mses: list[torch.Tensor] = []
     coss: list[torch.Tensor] = []
     for x in images:
         x1 = x.unsqueeze(0)
         with torch.enable_grad():
-            mse = (model(x1) - x1).pow(2).mean()
+            mse = (functional_call(model, (params, buffers), (x1,)) - x1).pow(2).mean()
             grads = torch.autograd.grad(mse, wrt)
         mses.append(mse.detach())
         coss.append(torch.stack([cosine(g.unsqueeze(0), ref)[0] for g, ref in zip(grads, reference, strict=True)]))
