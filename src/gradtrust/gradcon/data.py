@@ -26,11 +26,12 @@ class _FolderTransform:
         self.grayscale = grayscale
 
     def __call__(self, image: Any) -> torch.Tensor:
-        from torchvision.transforms.functional import pil_to_tensor
-
+        # NumPy rather than torchvision's pil_to_tensor: importing torchvision costs seconds.
         if self.grayscale:
             image = image.convert("L")
-        return pil_to_tensor(image).float().div_(255.0)
+        array = np.array(image, dtype=np.uint8)  # a writable copy
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
 
     def __repr__(self) -> str:
         return f"gradcon_transform(grayscale={self.grayscale})"
