@@ -136,11 +136,41 @@ def test_cli_errors_are_clear(scored, tmp_path):
 
 def test_benchmark_markdown_cells():
     ci = (0.9, 0.95)
-    row = {"class": "mean", "n_test_inliers": 5, "n_test": 10, "auroc_autoencoder": 0.925,
+    row = {"class": "mean", "n_test_inliers": None, "n_test": 10, "auroc_autoencoder": 0.925,
            "auroc_autoencoder_ci": ci, "auroc_gradcon": 0.5, "auroc_gradcon_ci": (float("nan"),) * 2,
            "delta": -0.425, "delta_ci": (-0.5, -0.4), "auroc_gradcon_gamma0": float("nan"),
            "auroc_gradcon_gamma0_ci": ci}
     text = _markdown([row], {"confidence": 0.95, "resamples": 10, "seed": 0, "epochs": 1, "beta": 0.03,
                              "gamma": 0.12})
-    assert "| **mean** | 5 / 10 | 92.50 [90.00, 95.00] | 50.00 | -42.50 [-50.00, -40.00] | n/a |" in text
+    assert "| **mean** | — | 92.50 [90.00, 95.00] | 50.00 | -42.50 [-50.00, -40.00] | n/a |" in text
     assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.slow
+def test_benchmark_command_end_to_end(tmp_path):
+    """`gradtrust gradcon benchmark` in a subprocess on two classes, 2 epochs: the table's cells are
+    sklearn's AUROC of the stored runs, and the report exists."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "gradtrust", "gradcon", "benchmark", "--out", str(out),
+                           "--classes", "0,7", "--epochs", "2", "--resamples", "50", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "table.csv")
+    assert list(table["class"].astype(str)) == ["0", "7", "mean"]
+    for c in (0, 7):
+        frames = {m: pd.read_parquet(out / "runs" / m / f"class_{c}" / "anomaly_scores.parquet")
+                  for m in ("autoencoder", "gradcon")}
+        row = table[table["class"].astype(str) == str(c)].iloc[0]
+        for m, f in frames.items():
+            assert row[f"auroc_{m}"] == pytest.approx(roc_auc_score(f["inlier"], f["score"]), abs=1e-12)
+        assert row["auroc_gradcon_gamma0"] == pytest.approx(roc_auc_score(frames["gradcon"]["inlier"],
+                                                                          -frames["gradcon"]["mse"]), abs=1e-12)
+        assert frames["gradcon"]["inlier"].sum() == (frames["gradcon"]["label"] == c).sum() > 0
+    mean = table[table["class"] == "mean"].iloc[0]
+    assert mean["auroc_gradcon"] == pytest.approx(table["auroc_gradcon"][:2].mean(), abs=1e-12)
+    assert mean["auroc_gradcon_ci_low"] <= mean["auroc_gradcon"] <= mean["auroc_gradcon_ci_high"]
+    assert "| **mean** |" in proc.stdout and (out / "report" / "index.html").is_file()
+    assert (out / "report" / "anomaly.md").read_text().count("inlier 7") == 2

@@ -151,8 +151,7 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
         row["delta_ci"] = _interval(diff, confidence)
         rows.append(row)
 
-    mean = {"class": "mean", "n_train": int(sum(r["n_train"] for r in rows)),
-            "n_test_inliers": int(sum(r["n_test_inliers"] for r in rows)), "n_test": n}
+    mean: dict[str, Any] = {"class": "mean", "n_train": None, "n_test_inliers": None, "n_test": n}
     for m in METHODS:
         mean[f"auroc_{m}"] = float(np.mean([r[f"auroc_{m}"] for r in rows]))
         mean[f"auroc_{m}_ci"] = _interval(np.mean(dists[m], axis=0), confidence)
@@ -200,8 +199,9 @@ def _markdown(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
     ]
     for r in rows:
         name = f"**{r['class']}**" if r["class"] == "mean" else r["class"]
+        count = "—" if r["n_test_inliers"] is None else f"{r['n_test_inliers']} / {r['n_test']}"
         lines.append(
-            f"| {name} | {r['n_test_inliers']} / {r['n_test']} | "
+            f"| {name} | {count} | "
             f"{_cell(r['auroc_autoencoder'], r['auroc_autoencoder_ci'])} | "
             f"{_cell(r['auroc_gradcon'], r['auroc_gradcon_ci'])} | {_delta_cell(r['delta'], r['delta_ci'])} | "
             f"{_cell(r['auroc_gradcon_gamma0'], r['auroc_gradcon_gamma0_ci'])} |")
