@@ -91,7 +91,7 @@ def test_report_shows_the_anomaly_section_and_keeps_misclassification_tables(sco
                   "correct": label == pred, "softmax": rng.random(40)}).to_parquet(cls / "scores.parquet")
     out = tmp_path / "report"
     res = CliRunner().invoke(main, ["report", str(scored["run"]), str(cls), "--out", str(out), "--resamples", "20",
-                                    "--print-table"])
+                                    "--print-table", "--no-figures"])
     assert res.exit_code == 0, res.output
     assert "1 GradCON anomaly run(s)" in res.output
     anomaly = (out / "anomaly.md").read_text()
@@ -102,11 +102,13 @@ def test_report_shows_the_anomaly_section_and_keeps_misclassification_tables(sco
     assert "cls_run" in table and "GradCON" not in table  # the anomaly run stays out of the paper's table
     page = (out / "index.html").read_text()
     assert 'id="anomaly"' in page and 'id="table"' in page
-    assert sorted(p.name.rsplit("_", 1)[1] for p in (out / "figures" / "anomaly").iterdir()) == ["hist.png",
-                                                                                                 "recon.png"]
-    only = CliRunner().invoke(main, ["report", str(scored["run"]), "--out", str(tmp_path / "r2")])
+    only = CliRunner().invoke(main, ["report", str(scored["run"]), "--out", str(tmp_path / "r2"), "--resamples", "20"])
     assert only.exit_code == 0, only.output
     assert not (tmp_path / "r2" / "table.md").exists() and (tmp_path / "r2" / "anomaly.md").exists()
+    figures = sorted((tmp_path / "r2" / "figures" / "anomaly").iterdir())
+    assert [p.name.rsplit("_", 1)[1] for p in figures] == ["hist.png", "recon.png"]
+    assert all(p.stat().st_size > 5000 for p in figures)
+    assert (tmp_path / "r2" / "index.html").read_text().count("data:image/png;base64,") == 2
 
 
 def test_cli_errors_are_clear(scored, tmp_path):

@@ -228,49 +228,55 @@ def _histogram_figure(run: Any, path: Path) -> Path:
     return path
 
 
-def _as_image(a: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """(C, H, W) in [0, 1] → an array imshow takes, and the colour map (grey for one channel)."""
-    if a.shape[0] == 1:
-        return a[0], "gray"
-    return np.clip(np.transpose(a[:3], (1, 2, 0)), 0, 1), None
+def _tile(a: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [0, 1] → (H, W, 3) RGB (grey repeated)."""
+    a = np.clip(a.astype(np.float64), 0, 1)
+    return np.repeat(a[:1], 3, axis=0).transpose(1, 2, 0) if a.shape[0] != 3 else a.transpose(1, 2, 0)
 
 
 def _reconstruction_figure(run: Any, path: Path) -> Path | None:
-    """Most anomalous (top) and most normal (bottom) inputs, each over its reconstruction."""
+    """Most anomalous (top) and most normal (bottom) inputs, each over its reconstruction: one mosaic image
+    (one ``imshow``, cheaper than an axes per tile)."""
     rec = run.reconstructions
     if rec is None or len(rec.get("score", [])) == 0:
         return None
     kinds = [str(k) for k in rec["kind"]]
-    groups = [("most anomalous", [i for i, k in enumerate(kinds) if k == "most anomalous"]),
-              ("most normal", [i for i, k in enumerate(kinds) if k == "most normal"])]
+    groups = [(t, [i for i, k in enumerate(kinds) if k == t]) for t in ("most anomalous", "most normal")]
     groups = [(t, idx) for t, idx in groups if idx]
     ncols = max(len(idx) for _, idx in groups)
-    fig = _new_figure(1.05 * ncols + 1.2, 2.3 * len(groups) + 0.5)
-    axes = fig.subplots(2 * len(groups), ncols, squeeze=False)
+    h, w = rec["input"].shape[-2:]
+    pad, gap = 2, 10  # pixels between tiles, and between the two groups (room for the labels)
+    rows = 2 * len(groups)
+    height = rows * (h + pad) + (len(groups) - 1) * gap
+    mosaic = np.ones((height, ncols * (w + pad), 3))
     names = run.class_names
-    for g, (title, idx) in enumerate(groups):
-        for col in range(ncols):
-            top, bottom = axes[2 * g, col], axes[2 * g + 1, col]
-            for ax in (top, bottom):
-                ax.set_xticks([])
-                ax.set_yticks([])
-            if col >= len(idx):
-                top.set_visible(False)
-                bottom.set_visible(False)
-                continue
-            i = idx[col]
-            img, cmap = _as_image(rec["input"][i])
-            top.imshow(img, cmap=cmap, vmin=0, vmax=1)
-            img, cmap = _as_image(rec["reconstruction"][i])
-            bottom.imshow(img, cmap=cmap, vmin=0, vmax=1)
+    labels: list[tuple[float, float, str, str]] = []
+    for g, (_, idx) in enumerate(groups):
+        top = g * (2 * (h + pad) + gap)
+        for col, i in enumerate(idx):
+            x0 = col * (w + pad)
+            mosaic[top:top + h, x0:x0 + w] = _tile(rec["input"][i])
+            mosaic[top + h + pad:top + 2 * h + pad, x0:x0 + w] = _tile(rec["reconstruction"][i])
             label = int(rec["label"][i])
             name = names[label] if 0 <= label < len(names) else str(label)
-            top.set_title(f"{name}\n{rec['score'][i]:.4f}", fontsize=7,
-                          color="darkgreen" if name == run.inlier_name else "firebrick")
-        axes[2 * g, 0].set_ylabel(f"{title}\ninput", fontsize=7)
-        axes[2 * g + 1, 0].set_ylabel("reconstruction", fontsize=7)
-    fig.suptitle(f"{run.name}\nclass and score above each input (green = inlier class)", fontsize=8.5)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+            colour = "darkgreen" if name == run.inlier_name else "firebrick"
+            labels.append((x0 + w / 2, top - 1, f"{name}\n{rec['score'][i]:.4f}", colour))
+    fig = _new_figure(0.95 * ncols + 1.6, 0.95 * rows + 0.3 * len(groups) + 0.6)
+    ax = fig.subplots()
+    ax.imshow(mosaic, interpolation="nearest")
+    for x, y, text, colour in labels:
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=6.5, color=colour)
+    ticks, tick_labels = [], []
+    for g, (title, _) in enumerate(groups):
+        top = g * (2 * (h + pad) + gap)
+        ticks += [top + h / 2, top + h + pad + h / 2]
+        tick_labels += [f"{title}: input", "reconstruction"]
+    ax.set_yticks(ticks, tick_labels, fontsize=7)
+    ax.set_xticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(f"{run.name}\nclass and score above each input (green = inlier class)", fontsize=8.5, pad=22)
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=110)
     return path
