@@ -58,7 +58,7 @@ def write_anomaly_run(out_dir: str | Path, *, frame: Any, manifest: dict[str, An
     atomic_write(out / ANOMALY_FILE, lambda handle: frame.to_parquet(handle, index=False))
     if reconstructions is not None:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **reconstructions)
+        np.savez_compressed(buffer, **reconstructions)  # type: ignore[arg-type]  # numpy stubs: **kwds typed as bool
         atomic_write(out / RECON_FILE, lambda handle: handle.write(buffer.getvalue()))
     atomic_write_json(out / MANIFEST_FILE, {"kind": KIND, **manifest})
     return out
