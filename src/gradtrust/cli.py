@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "Score several models on one dataset, then report (default: the bundled digits benchmark)."),
     "gradcon": ("gradtrust.gradcon.command:gradcon_command",
                 "GradCON anomaly detection: fit / score / benchmark (default: the bundled digits benchmark)."),
+    "introspect": ("gradtrust.introspection.command:introspect_command",
+                   "Introspective learning: fit H on f's gradient features, score with both, the digits comparison."),
     "methods": ("gradtrust.cli:methods_command", "List the trust-score methods, with their formula and source."),
     "models": ("gradtrust.cli:models_command", "List the model specs --model accepts."),
 }
@@ -67,14 +69,23 @@ def main() -> None:
 
 @click.command("methods")
 def methods_command() -> None:
-    """List the trust-score methods, with their formula and source."""
-    from gradtrust.scores import available_methods, get_method
+    """List the trust-score methods: formula, passes, options (with defaults) and source."""
+    import textwrap
 
-    for name in available_methods():
-        method = get_method(name)
-        click.echo(f"{name:16s} {method.summary.replace('``', '')}")
-        if method.source:
-            click.echo(f"{'':16s}   source: {method.source}")
+    from gradtrust.scores import Pass, method_specs
+    from gradtrust.scores.options import known_params
+
+    params = known_params()
+    for spec in method_specs():
+        click.echo(f"{spec.name}  ({spec.display_name})")
+        for line in textwrap.wrap(spec.summary.replace("``", ""), 100):
+            click.echo(f"    {line}")
+        passes = [p.name for p in Pass if p in spec.needs and p is not Pass.FORWARD]
+        click.echo(f"    passes: FORWARD{''.join(', ' + p for p in passes)}")
+        if spec.parameter_names:
+            click.echo(f"    options: {'  '.join(params[n].describe() for n in spec.parameter_names)}")
+        if spec.source:
+            click.echo(f"    source: {spec.source}")
 
 
 @click.command("models")

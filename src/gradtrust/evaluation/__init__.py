@@ -1,4 +1,4 @@
-"""Evaluation of trust scores: plain functions on per-sample arrays (SPEC §2).
+"""Evaluation of trust scores: plain functions on per-sample arrays (docs/methods.md, "Evaluation protocol").
 
 Every metric takes per-sample arrays (NumPy, torch tensors or lists; converted at the boundary) and returns
 a float. Scores are oriented higher = more trustworthy; NaN scores rank as least trustworthy (below -inf)
@@ -8,9 +8,12 @@ and tied scores are always accepted or rejected together.
   :func:`aufc` (in [0, 100]).
 - Selective classification (:mod:`.risk`): :func:`risk_coverage_curve`, :func:`aurc`, :func:`eaurc`,
   :func:`augrc`, :func:`auroc`, :func:`fpr_at_95tpr` (fractions).
-- :func:`bootstrap_ci` (:mod:`.bootstrap`), :func:`random_reference`, :func:`oracle_reference`
-  (:mod:`.references`), and :func:`evaluate`, :func:`evaluate_frame`, :class:`TrustEvaluator`
-  (:mod:`.summary`).
+- Calibration (:mod:`.calibration`): :func:`expected_calibration_error`, :func:`adaptive_calibration_error`,
+  :func:`classwise_calibration_error`, :func:`brier_score`, :func:`negative_log_likelihood`,
+  :func:`reliability_diagram`, :func:`fit_temperature`, :class:`TemperatureScaling`.
+- :func:`bootstrap_ci`, :func:`bootstrap_cis` (several metrics, one set of resamples) (:mod:`.bootstrap`),
+  :func:`random_reference`, :func:`oracle_reference` (:mod:`.references`), and :func:`evaluate`,
+  :func:`evaluate_frame`, :class:`TrustEvaluator` (:mod:`.summary`).
 
 Importing this package needs NumPy only (pandas is imported inside :func:`evaluate_frame`).
 """
@@ -18,8 +21,22 @@ Importing this package needs NumPy only (pandas is imported inside :func:`evalua
 from gradtrust.evaluation.bootstrap import (
     VECTORISED_METRICS,
     bootstrap_ci,
+    bootstrap_cis,
     bootstrap_distribution,
     bootstrap_indices,
+)
+from gradtrust.evaluation.calibration import (
+    ReliabilityDiagram,
+    TemperatureScaling,
+    adaptive_calibration_error,
+    brier_score,
+    classwise_calibration_error,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_diagram,
+    softmax,
+    top_label,
 )
 from gradtrust.evaluation.references import oracle_reference, random_reference
 from gradtrust.evaluation.risk import (
@@ -39,24 +56,36 @@ __all__ = [
     "METRICS",
     "PERCENTILES",
     "VECTORISED_METRICS",
+    "ReliabilityDiagram",
+    "TemperatureScaling",
     "TrustEvaluator",
     "accuracy_curve",
+    "adaptive_calibration_error",
     "auac",
     "aufc",
     "augrc",
     "aurc",
     "auroc",
     "bootstrap_ci",
+    "bootstrap_cis",
     "bootstrap_distribution",
     "bootstrap_indices",
+    "brier_score",
+    "classwise_calibration_error",
     "eaurc",
     "evaluate",
     "evaluate_frame",
+    "expected_calibration_error",
     "f1_curve",
+    "fit_temperature",
     "fpr_at_95tpr",
+    "negative_log_likelihood",
     "optimal_augrc",
     "optimal_aurc",
     "oracle_reference",
     "random_reference",
+    "reliability_diagram",
     "risk_coverage_curve",
+    "softmax",
+    "top_label",
 ]

@@ -82,7 +82,7 @@ def render_html(report: Report) -> str:
            f'<p class="legend">Generated {e(report.created)} by gradtrust {e(report.version)} from '
            f"{len(report.results)} run(s). Sections: <a href=\"#table\">quantitative results</a> · "
            '<a href="#summary">summary</a> · <a href="#selective">selective classification</a> · '
-           '<a href="#figures">figures</a> · <a href="#manifests">manifests</a>.</p>']
+           '<a href="#calibration">calibration</a> · <a href="#figures">figures</a> · <a href="#manifests">manifests</a>.</p>']
     for w in report.warnings:
         out.append(f'<div class="warning"><strong>Warning:</strong> {e(w)}</div>')
     if report.problems:
@@ -112,6 +112,8 @@ def render_html(report: Report) -> str:
     out.append('<h2 id="summary">Summary: which trust score wins</h2>')
     for line in report.summary_lines:
         out.append(f'<p class="claim">{e(line)}</p>')
+    if report.summary is None:  # write_report summarises whenever there are results
+        raise ValueError("the report has results but no summary; build it with write_report or summarise(groups)")
     header, rows = summary_cells(report.summary)
     out.append(_table([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 
@@ -128,6 +130,17 @@ def render_html(report: Report) -> str:
             out.append(_table(header, rows, "selective"))
             out.append(_notes(notes))
             out.append("</details>")
+
+    # Calibration.
+    if report.calibration:
+        from gradtrust.reporting.calibration import CALIBRATION_LEGEND, calibration_cells
+
+        out.append('<h2 id="calibration">Calibration</h2>')
+        out.append(f'<p class="legend">{e(CALIBRATION_LEGEND)}</p>')
+        header, rows, notes = calibration_cells(report.calibration)
+        out.append(_table([e(h) for h in header], [[e(c) for c in row] for row in rows], "calibration"))
+        out.append(_notes(notes))
+        out.append(_img(report.figures.get("reliability"), "reliability diagrams"))
 
     # Figures.
     out.append('<h2 id="figures">Figures</h2>')

@@ -66,6 +66,7 @@ class Report:
     quadrants: dict[str, dict] = field(default_factory=dict)
     qualitative_notes: dict[str, str] = field(default_factory=dict)
     table_markdown: str = ""
+    calibration: list = field(default_factory=list)
     resamples: int = 1000
     confidence: float = 0.95
     seed: int = 0
@@ -144,6 +145,7 @@ def build_report(
     report.figures.update({f"anomaly/{k}": v for k, v in anomaly.figures.items()})
     if ordered:
         _write_tables(report)
+        _write_calibration(report)
         if figures:
             _draw_figures(report, max_images)
     _write_html(report)
@@ -161,12 +163,28 @@ def _write_tables(report: Report) -> None:
         selective_markdown(groups, resamples=report.resamples, seed=report.seed, confidence=report.confidence,
                            warnings=warnings), encoding="utf-8")
     selective_frame(groups).to_csv(out / "selective.csv", index=False)
+    if report.summary is None:  # write_report summarises whenever there are results
+        raise ValueError("the report has results but no summary; build it with summarise(groups)")
     text = summary_markdown(report.summary, groups, warnings)
     (out / "summary.md").write_text(text, encoding="utf-8")
     report.summary_lines = [line[2:] for line in text.splitlines() if line.startswith("- ")]
     report.files.update(table_md=out / "table.md", table_csv=out / "table.csv",
                         selective_md=out / "selective.md", selective_csv=out / "selective.csv",
                         summary_md=out / "summary.md")
+
+
+def _write_calibration(report: Report) -> None:
+    """``calibration.md`` / ``calibration.csv`` (:mod:`gradtrust.reporting.calibration`)."""
+    from gradtrust.reporting import calibration as C
+
+    report.calibration = C.calibration_rows([r.run for r in report.results], resamples=report.resamples,
+                                            seed=report.seed, confidence=report.confidence)
+    out = report.out_dir
+    (out / "calibration.md").write_text(
+        C.calibration_markdown(report.calibration, resamples=report.resamples, confidence=report.confidence),
+        encoding="utf-8")
+    C.calibration_frame(report.calibration).to_csv(out / "calibration.csv", index=False)
+    report.files.update(calibration_md=out / "calibration.md", calibration_csv=out / "calibration.csv")
 
 
 def _draw_figures(report: Report, max_images: int) -> None:
@@ -178,6 +196,14 @@ def _draw_figures(report: Report, max_images: int) -> None:
             report.figures[name] = F.curves_figure(report.results, fig_dir / f"{name}.png", kind)
         except Exception as exc:  # noqa: BLE001 - one figure never stops the report
             report.problems.append(LoadProblem(f"figures/{name}.png", f"could not be drawn: {exc!r}"))
+    try:
+        from gradtrust.reporting.calibration import reliability_figure
+
+        reliability = reliability_figure(report.calibration, fig_dir / "reliability.png")
+        if reliability is not None:
+            report.figures["reliability"] = reliability
+    except Exception as exc:  # noqa: BLE001
+        report.problems.append(LoadProblem("figures/reliability.png", f"could not be drawn: {exc!r}"))
     cache = F._DigitsCache()
     used: set[str] = set()
     for r in report.results:

@@ -7,6 +7,8 @@ Output folder::
     <out>/chunks/chunk-000001024.parquet    atomically when the chunk is complete; its failures live in
     …                                       the file's Parquet metadata (:mod:`gradtrust.runner.chunks`)
     <out>/scores.parquet                    all chunks merged, sorted by ``index`` (written atomically)
+    <out>/logits.parquet                    ``index`` and the model's ``logits`` (float32 list per row), in
+                                            the same row order (calibration needs the probability vector)
     <out>/manifest.json                     identity, counts, failures, versions, timings (atomically)
 
 Resume: run the same command again. Complete chunks are kept, the others are scored again; batches are
@@ -40,6 +42,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
+from gradtrust import schema
 from gradtrust.data.classes import resolve_class_indices
 from gradtrust.data.open import describe_dataset
 from gradtrust.data.samples import collate_samples
@@ -57,15 +60,15 @@ from gradtrust.runner.identity import (
 )
 from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
-from gradtrust.scores.passes import ScoreOptions
+from gradtrust.scores.options import ScoreOptions, builtin_param_names
 
 __all__ = ["DEFAULT_CHUNK_SAMPLES", "PeerError", "RunConflictError", "RunSummary", "default_chunk_size",
            "score_dataset"]
 
 DEFAULT_CHUNK_SAMPLES = 1024
 RUN_FILE = "run.json"
-SCORES_FILE = "scores.parquet"
-MANIFEST_FILE = "manifest.json"
+SCORES_FILE, MANIFEST_FILE = schema.SCORES_FILE, schema.MANIFEST_FILE
+LOGITS_FILE = "logits.parquet"
 _PROBE_TRIES = 32
 
 
@@ -115,7 +118,12 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
 
 
 def _score_options(options: dict | None) -> tuple[dict, dict]:
-    """Validate the scoring options: ``(as given, every ScoreOptions field with its value)``."""
+    """Validate the scoring options: ``(as given, every option with its value)``.
+
+    "Every option" is every option this package declares plus those given: an installed plug-in's options
+    left at their defaults are not part of a run's identity, so installing a plug-in does not make
+    existing runs look changed.
+    """
     given = dict(options or {})
     try:
         full = ScoreOptions.from_kwargs(**given)
@@ -124,7 +132,8 @@ def _score_options(options: dict | None) -> tuple[dict, dict]:
     except (TypeError, ValueError) as exc:
         text = str(exc).split(" (got ")[0]
         raise InputError(f"bad scoring option: {text}") from None
-    return given, dataclasses.asdict(full)
+    own = builtin_param_names()
+    return given, {k: v for k, v in full.as_dict().items() if k in own or k in given}
 
 
 # --------------------------------------------------------------------------- the run
@@ -192,7 +201,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
         if model.device != dev:
             module.to(dev)
         description = describe_dataset(dataset)
-        identity = {
+        identity: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "model": model_identity(model, model.describe()),
             "dataset": dataset_identity(description),
@@ -297,7 +306,8 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
             old = json.loads(run_file.read_text("utf-8"))
         except (OSError, ValueError):
             old = {}
-    leftovers = [p for p in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE) if p.exists()]
+    leftovers = [p for p in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE, out / LOGITS_FILE)
+                 if p.exists()]
     if old is None and leftovers and not force:
         raise RunConflictError(
             f"the output folder {out} holds results ({', '.join(p.name for p in leftovers)}) but no {RUN_FILE}, "
@@ -311,7 +321,7 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
             "Use another --out to keep both, or --force to discard the old results."
         )
     if force:
-        for path in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE, run_file):
+        for path in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE, out / LOGITS_FILE, run_file):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -326,8 +336,10 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
 
 def _chunk_done(out: Path, layout: ch.ChunkLayout, k: int, run_id: str) -> bool:
     meta = ch.read_chunk_meta(layout.path(out, k))
+    if not meta:
+        return False
     start, stop = layout.bounds(k)
-    return bool(meta) and meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
+    return meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
 
 
 class _ChunkBuffer:
@@ -339,6 +351,7 @@ class _ChunkBuffer:
         self.paths: list[str] = []
         self.label: list[np.ndarray] = []
         self.prediction: list[np.ndarray] = []
+        self.logits: list[np.ndarray] = []
         self.scores: dict[str, list[np.ndarray]] = {}
         self.reasons: dict[str, list[str]] = {}
         self.failures: list[list] = []
@@ -354,6 +367,7 @@ class _ChunkBuffer:
         self.paths.extend(batch.paths)
         self.label.append(labels.numpy().astype(np.int64))
         self.prediction.append(result.prediction.numpy().astype(np.int64))
+        self.logits.append(result.logits.detach().cpu().numpy().astype(np.float32))
         if not self.scores:
             self.parameters, self.skipped, self.info = result.parameters, result.skipped, result.info
         for name, values in result.scores.items():
@@ -367,24 +381,29 @@ class _ChunkBuffer:
         index, label, prediction = cat(self.index, np.int64), cat(self.label, np.int64), cat(self.prediction, np.int64)
         columns: dict[str, Any] = {"index": index, "path": self.paths, "label": label, "prediction": prediction,
                                    "correct": (label >= 0) & (label == prediction)}
-        fields = [pa.field(name, ch.BASE_TYPES[name]) for name in ch.BASE_COLUMNS]
         methods = list(self.scores)
         for name in methods:
             columns[name] = cat(self.scores[name], np.float64)
-            fields.append(pa.field(name, pa.float64()))
         nan_reasons = [name for name in methods if any(self.reasons[name])]
         for name in nan_reasons:
-            columns[f"nan_reason_{name}"] = self.reasons[name]
-            fields.append(pa.field(f"nan_reason_{name}", pa.string()))
+            columns[schema.reason_column(name)] = self.reasons[name]
+        fields = schema.arrow_schema(methods, nan_reasons)
+        # The logits travel in the chunk (last column) and go to logits.parquet at the end; scores.parquet
+        # keeps its columns.
+        num_logits = int(self.logits[0].shape[1]) if self.logits else 0
+        if num_logits:
+            logits = np.concatenate(self.logits)
+            columns["logits"] = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), num_logits)
+            fields = fields.append(pa.field("logits", pa.list_(pa.float32(), num_logits)))
         labelled = label >= 0
         meta = {
             "format": FORMAT_VERSION, "run": run_id, "chunk": self.k, "start": self.start, "stop": self.stop,
             "rows": int(index.shape[0]), "labelled": int(labelled.sum()), "correct": int(columns["correct"].sum()),
             "failures": sorted(self.failures), "methods": methods, "nan_reasons": nan_reasons,
-            "parameters": self.parameters, "skipped": self.skipped, "info": self.info,
+            "parameters": self.parameters, "skipped": self.skipped, "info": self.info, "logits": num_logits,
             "written_by": {"rank": ctx.rank, "world_size": ctx.world_size},
         }
-        ch.write_chunk(path, columns, pa.schema(fields), meta)
+        ch.write_chunk(path, columns, fields, meta)
 
 
 def _score_chunks(module, dataset, out: Path, layout: ch.ChunkLayout, pending: list[int], run_id: str,
@@ -441,30 +460,28 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
     for meta in metas:
         methods += [m for m in meta["methods"] if m not in methods]
     nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
-    fields = [pa.field(name, ch.BASE_TYPES[name]) for name in ch.BASE_COLUMNS]
-    fields += [pa.field(name, pa.float64()) for name in methods]
-    fields += [pa.field(f"nan_reason_{name}", pa.string()) for name in nan_reasons]
-    schema = pa.schema(fields)
+    table_schema = schema.arrow_schema(methods, nan_reasons)
 
     def write(handle) -> None:
-        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+        with pq.ParquetWriter(handle, table_schema, compression="zstd") as writer:
             for k, meta in enumerate(metas):
                 if not meta["rows"]:
                     continue
                 table = ch.read_chunk_table(layout.path(out, k))
                 columns = []
-                for field in schema:
+                for field in table_schema:
                     if field.name in table.column_names:
                         columns.append(table[field.name])
-                    elif field.name.startswith("nan_reason_"):
+                    elif schema.is_reason_column(field.name):
                         columns.append(pa.array([""] * table.num_rows, pa.string()))
                     else:
                         raise GradTrustError(f"chunk {layout.path(out, k)} has no column {field.name!r}; "
                                              "rerun with --force.")
-                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                writer.write_table(pa.Table.from_arrays(columns, schema=table_schema))
 
     scores_path = out / SCORES_FILE
     ch.atomic_write(scores_path, write)
+    has_logits = _write_logits(out, layout, metas)
 
     scored = sum(m["rows"] for m in metas)
     labelled = sum(m["labelled"] for m in metas)
@@ -485,7 +502,8 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
     manifest = {
         "format": f"gradtrust.scores/{FORMAT_VERSION}",
         "run_id": run_id,
-        "files": {"scores": SCORES_FILE, "run": RUN_FILE, "chunks": f"{ch.CHUNK_DIR}/chunk-<first index>.parquet"},
+        "files": {"scores": SCORES_FILE, "run": RUN_FILE, "chunks": f"{ch.CHUNK_DIR}/chunk-<first index>.parquet",
+                  **({"logits": LOGITS_FILE} if has_logits else {})},
         "model": model_section,
         "weights_sha256": model.weights_sha256,
         "dataset": dataset_section,
@@ -495,7 +513,7 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
         "skipped": first["skipped"],
         "score_info": first["info"],
         "options": options,
-        "columns": schema.names,
+        "columns": table_schema.names,
         "counts": {"samples": layout.num_samples, "scored": scored, "failed": len(failures),
                    "labelled": labelled, "correct": correct},
         "accuracy": accuracy,
@@ -512,3 +530,26 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
                       num_samples=layout.num_samples, num_scored=scored, num_failed=len(failures),
                       accuracy=accuracy, resumed_chunks=int(execution["resumed_chunks"]), elapsed_s=elapsed,
                       methods=methods)
+
+
+def _write_logits(out: Path, layout: ch.ChunkLayout, metas: list[dict]) -> bool:
+    """``logits.parquet`` (``index``, ``logits``) from the chunks, streamed, rows in the order of
+    ``scores.parquet``. Skipped (and a stale file removed) when a chunk has no logits (written by an older
+    version and resumed): a run then simply has no logits, as before."""
+    path = out / LOGITS_FILE
+    rows = [(k, m) for k, m in enumerate(metas) if m["rows"]]
+    widths = {m.get("logits") for _, m in rows}
+    if not rows or None in widths or 0 in widths or len(widths) != 1:
+        path.unlink(missing_ok=True)
+        return False
+    width = int(rows[0][1]["logits"])
+    schema = pa.schema([pa.field("index", pa.int64()), pa.field("logits", pa.list_(pa.float32(), width))])
+
+    def write(handle) -> None:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            for k, _ in rows:
+                table = ch.read_chunk_table(layout.path(out, k))
+                writer.write_table(pa.Table.from_arrays([table["index"], table["logits"]], schema=schema))
+
+    ch.atomic_write(path, write)
+    return True
