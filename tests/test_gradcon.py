@@ -183,6 +183,18 @@ def test_score_accepts_loaders_lists_uint8_and_one_image(fitted):
     np.testing.assert_allclose(fitted.score(q), fitted.score(q.float() / 255), rtol=1e-6, atol=1e-9)
 
 
+def test_score_accepts_gradtrust_datasets_and_batches(fitted):
+    from gradtrust.data import DigitsDataset, collate_samples
+
+    ds = DigitsDataset("test")
+    subset = torch.utils.data.Subset(ds, range(5))
+    x = torch.stack([ds[i].input for i in range(5)])
+    expected = fitted.score(x)
+    np.testing.assert_allclose(fitted.score(subset), expected, rtol=1e-6, atol=1e-9)  # Sample items
+    loader = torch.utils.data.DataLoader(subset, batch_size=2, collate_fn=collate_samples)  # Batch items
+    np.testing.assert_allclose(fitted.score(loader), expected, rtol=1e-6, atol=1e-9)
+
+
 def test_save_load_round_trip(fitted, tmp_path):
     fitted.save(tmp_path / "m", metadata={"inlier": "3"})
     loaded = GradCON.load(tmp_path / "m")
