@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "Tables, figures and an HTML page from one or more score runs."),
     "benchmark": ("gradtrust.benchmark:benchmark_command",
                   "Score several models on one dataset, then report (default: the bundled digits benchmark)."),
+    "gradcon": ("gradtrust.gradcon.command:gradcon_command",
+                "GradCON anomaly detection: fit / score / benchmark (default: the bundled digits benchmark)."),
     "introspect": ("gradtrust.introspection.command:introspect_command",
                    "Introspective learning: fit H on f's gradient features, score with both, the digits comparison."),
     "methods": ("gradtrust.cli:methods_command", "List the trust-score methods, with their formula and source."),
