@@ -287,6 +287,10 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
 
         check_attackable(module, known.x[:1])
 
+    # OOD sets do not depend on the model: make them now, so a folder of the wrong size fails before any work.
+    ood_inputs = {ch.key: make_challenge(module, known, ch, settings, loaded)[0]
+                  for ch in settings.challenges if ch.kind == "ood"}
+
     sets: dict[str, dict[str, np.ndarray]] = {}
     total = known.x.shape[0] * (1 + len(settings.challenges))
     bar = tqdm(total=total, desc="detect", unit="img", disable=not show_progress, leave=False)
@@ -302,7 +306,8 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
         if ch is None:
             x, fit, labels = known.x, known_fit, known_labels
         else:
-            x, source = make_challenge(module, known, ch, settings, loaded)
+            x, source = (ood_inputs[key], None) if key in ood_inputs else make_challenge(module, known, ch, settings,
+                                                                                         loaded)
             if source is not None:
                 fit, labels = known_fit[source], known_labels[source]
             else:
