@@ -28,15 +28,18 @@ _LAZY: dict[str, str] = {
     "Pass": "gradtrust.scores",
     "functional": "gradtrust.functional",
     "load_model": "gradtrust.models",
+    "gradient_features": "gradtrust.detection",
+    "Detector": "gradtrust.detection",
     "LoadedModel": "gradtrust.models",
 }
 
-__all__ = ["DataError", "GradTrustError", "InputError", "LoadedModel", "MethodSpec", "ModelError", "Pass",
+__all__ = ["DataError", "Detector", "GradTrustError", "InputError", "LoadedModel", "MethodSpec", "ModelError", "Pass",
            "ScoreOptions", "ScoreResult", "UnknownNameError", "__version__", "available_methods", "functional",
-           "get_method", "load_model", "register_method", "score"]
+           "get_method", "gradient_features", "load_model", "register_method", "score"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradtrust import functional
+    from gradtrust.detection import Detector, gradient_features
     from gradtrust.models import LoadedModel, load_model
     from gradtrust.scores import (
         MethodSpec,

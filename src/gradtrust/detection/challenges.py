@@ -215,7 +215,7 @@ def attack(model: Any, images: torch.Tensor, labels: torch.Tensor, name: str, *,
         shape = (1, -1) + (1,) * (images.dim() - 2)
         mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).reshape(shape)
         std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).reshape(shape)
-    pixels = images if mean_t is None else images * std_t + mean_t
+    pixels = images if mean_t is None or std_t is None else images * std_t + mean_t
     low, high = float(pixels.min()), float(pixels.max())
     if low < -1e-4 or high > 1 + 1e-4:
         raise InputError(f"attacks work on images in [0, 1], but these span [{low:.3g}, {high:.3g}]; pass the "

@@ -102,6 +102,8 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
             layer_of_column = [tensor_layout.owners[t][0] or "<root>" for t in tensor_layout.tensors]
         else:
             layer_of_column = list(layer_layout.columns)
+        modules = dict(loaded.module.named_modules())
+        layer_of_column = [f"{n} ({type(modules[n]).__name__})" if n in modules else n for n in layer_of_column]
         figures.append(profile_figure(result.sets, layer_of_column, out_dir / f"profile_{name}.png",
                                       f"{spec}: gradient features per layer (evaluation samples)"))
         figures.append(roc_figure(result.curves, table, out_dir / f"roc_{name}.png", f"{spec}: ROC, known = positive"))

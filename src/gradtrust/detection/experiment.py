@@ -157,13 +157,13 @@ def _penultimate_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[np.ndar
         with torch.no_grad():
             logits = module(x)
     finally:
-        for h in handles:
-            h.remove()
+        for handle in handles:
+            handle.remove()
     if not seen:
         raise ModelError("the Mahalanobis baseline reads the input of the model's last nn.Linear, and this model "
                          "has none; leave mahalanobis out of the baselines.")
-    h = seen[-1].reshape(seen[-1].shape[0], -1)
-    return h.double().cpu().numpy(), logits.double().cpu().numpy()
+    penultimate = seen[-1].reshape(seen[-1].shape[0], -1)
+    return penultimate.double().cpu().numpy(), logits.double().cpu().numpy()
 
 
 def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings,
@@ -279,17 +279,17 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
     known_labels = known.y.cpu().numpy()
 
     # Fail early: every OOD folder exists and every challenge name is valid before any long work.
-    for ch in settings.challenges:
-        if ch.kind == "ood" and not os.path.isdir(ch.name) and ch.name not in ("mnist", "patches"):
-            raise InputError(f"ood={ch.name}: no such folder, and not a built-in OOD set (mnist, patches).")
-    if any(ch.kind == "attack" for ch in settings.challenges):
+    for item in settings.challenges:
+        if item.kind == "ood" and not os.path.isdir(item.name) and item.name not in ("mnist", "patches"):
+            raise InputError(f"ood={item.name}: no such folder, and not a built-in OOD set (mnist, patches).")
+    if any(item.kind == "attack" for item in settings.challenges):
         from gradtrust.detection.challenges import check_attackable
 
         check_attackable(module, known.x[:1])
 
     # OOD sets do not depend on the model: make them now, so a folder of the wrong size fails before any work.
-    ood_inputs = {ch.key: make_challenge(module, known, ch, settings, loaded)[0]
-                  for ch in settings.challenges if ch.kind == "ood"}
+    ood_inputs = {item.key: make_challenge(module, known, item, settings, loaded)[0]
+                  for item in settings.challenges if item.kind == "ood"}
 
     sets: dict[str, dict[str, np.ndarray]] = {}
     total = known.x.shape[0] * (1 + len(settings.challenges))
@@ -325,10 +325,10 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
     if "mahalanobis" in settings.baselines:
         maha = MahalanobisDetector().fit(known_set["pen"][known_set["fit"]], known_set["label"][known_set["fit"]])
     curves: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
-    for ch in settings.challenges:
-        ch_rows, scores, is_known = evaluate_challenge(known_set, sets[ch.key], ch, settings, maha)
+    for challenge in settings.challenges:
+        ch_rows, scores, is_known = evaluate_challenge(known_set, sets[challenge.key], challenge, settings, maha)
         rows += ch_rows
-        curves[ch.key] = (scores, is_known)
+        curves[challenge.key] = (scores, is_known)
     return DetectionResult(table=pd.DataFrame(rows), sets=sets, curves=curves, columns=columns)
 
 

@@ -17,7 +17,7 @@ per-sample loop — both from the same module, both exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -179,9 +179,18 @@ def _per_tensor_norms(module: nn.Module, x: torch.Tensor, y: torch.Tensor, layou
         except Exception as exc:  # noqa: BLE001 - any vmap limitation falls through to the exact loop
             if backend == "vmap":
                 raise ModelError(f"backend='vmap' failed on this model: {exc}") from exc
-    rows = torch.cat([per_sample.sq_norms_by_loop(module, x[i:i + 1], lambda z, i=i: confounding_loss(z, y[i:i + 1]))
+    rows = torch.cat([per_sample.sq_norms_by_loop(module, x[i:i + 1], _label_loss(y[i:i + 1]))
                       for i in range(x.shape[0])])
     return rows[:, columns]
+
+
+def _label_loss(target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``z ↦ J(z; target)``: the confounding loss with a fixed label row, for the per-sample paths."""
+
+    def loss(z: torch.Tensor) -> torch.Tensor:
+        return confounding_loss(z, target)
+
+    return loss
 
 
 def _vmap_with_labels(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -192,7 +201,7 @@ def _vmap_with_labels(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
     for k in range(unique.shape[0]):
         rows = (inverse == k).nonzero().flatten()
         target = unique[k:k + 1]
-        out[rows] = per_sample.sq_norms_by_vmap(module, x[rows], lambda z, t=target: confounding_loss(z, t), chunk)
+        out[rows] = per_sample.sq_norms_by_vmap(module, x[rows], _label_loss(target), chunk)
     return out
 
 
