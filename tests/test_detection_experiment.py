@@ -121,3 +121,18 @@ def test_split_positions_and_settings():
         experiment.DetectionSettings([Challenge("attack", "fgsm")], baselines=("nope",)).validate()
     with pytest.raises(InputError, match="no challenge"):
         experiment.DetectionSettings([]).validate()
+
+
+def test_purview_scalars_from_features_equal_gradtrust_score():
+    import gradtrust
+    from gradtrust.detection.challenges import Challenge
+    from gradtrust.models.digits import build_digits_model
+
+    model = build_digits_model("digits_cnn")
+    x = torch.rand(5, 1, 8, 8)
+    settings = experiment.DetectionSettings([Challenge("attack", "fgsm")],
+                                            baselines=("purview_initial", "purview_final"))
+    ours = experiment.compute_set(model, x, settings)
+    reference = gradtrust.score(model, x, ["purview_initial", "purview_final"])
+    for name in ("purview_initial", "purview_final"):
+        np.testing.assert_allclose(ours[f"score.{name}"], np.asarray(reference[name]), rtol=1e-5)

@@ -44,7 +44,7 @@ class Detector:
         seed: the random state of the classifier (weight initialisation, shuffling).
     """
 
-    def __init__(self, kind: str = "mlp", *, hidden: tuple[int, ...] = (64, 32), max_iter: int = 500,
+    def __init__(self, kind: str = "mlp", *, hidden: tuple[int, ...] = (64, 32), max_iter: int = 300,
                  C: float = 1.0, log_features: bool = True, seed: int = 0):
         if kind not in DETECTOR_KINDS:
             raise UnknownNameError(f"detector kind {kind!r} is unknown; use one of {', '.join(DETECTOR_KINDS)}.")

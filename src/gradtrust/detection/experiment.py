@@ -178,15 +178,38 @@ def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings,
         values = {"grad": gradient_features(module, xb, label=settings.label, grouping=settings.grouping).numpy()}
         h, z = _penultimate_and_logits(module, xb)
         values["pen"], values["logits"] = h, z
-        if scalar:
-            result = gradtrust.score(module, xb, scalar, seed=settings.seed)
-            for name in scalar:
+        reuse = _purview_from_features(values["grad"], scalar, settings)
+        values.update(reuse)
+        rest = [name for name in scalar if f"score.{name}" not in reuse]
+        if rest:
+            result = gradtrust.score(module, xb, rest, seed=settings.seed)
+            for name in rest:
                 values[f"score.{name}"] = np.asarray(result[name], dtype=np.float64)
         for key, value in values.items():
             parts.setdefault(key, []).append(value)
         if progress is not None:
             progress(xb.shape[0])
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _purview_from_features(grad: np.ndarray, scalar: list[str], settings: DetectionSettings) -> dict[str, np.ndarray]:
+    """The Purview scalars from the per-tensor features already computed (saves a second gradient pass).
+
+    ``purview_initial = −mean_{j < ⌊m/2⌋} d_j``, ``purview_final = −mean_{j ≥ ⌈m/2⌉} d_j`` with ``J`` tensors,
+    ``m = J − 1`` (Lee et al., IEEE Access 2023, as ``gradtrust.score`` computes them; the tests compare the
+    two). Only when the features are exactly those norms: every tensor, label all ones, no grouping.
+    """
+    if settings.grouping != "tensor" or settings.label != "ones":
+        return {}
+    j = grad.shape[1]
+    m = j - 1
+    parts = {"purview_initial": slice(0, m // 2), "purview_final": slice((m + 1) // 2, j)}
+    out = {}
+    for name, columns in parts.items():
+        chosen = grad[:, columns]
+        if name in scalar and chosen.shape[1] > 0 and np.isfinite(chosen).all():
+            out[f"score.{name}"] = -chosen.mean(axis=1)
+    return out
 
 
 def _frame(values: dict[str, np.ndarray], columns: list[str], fit: np.ndarray, labels: np.ndarray) -> Any:
