@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
+from gradtrust import schema
 from gradtrust.data.classes import resolve_class_indices
 from gradtrust.data.open import describe_dataset
 from gradtrust.data.samples import collate_samples
@@ -57,15 +58,14 @@ from gradtrust.runner.identity import (
 )
 from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
-from gradtrust.scores.passes import ScoreOptions
+from gradtrust.scores.options import ScoreOptions, builtin_param_names
 
 __all__ = ["DEFAULT_CHUNK_SAMPLES", "PeerError", "RunConflictError", "RunSummary", "default_chunk_size",
            "score_dataset"]
 
 DEFAULT_CHUNK_SAMPLES = 1024
 RUN_FILE = "run.json"
-SCORES_FILE = "scores.parquet"
-MANIFEST_FILE = "manifest.json"
+SCORES_FILE, MANIFEST_FILE = schema.SCORES_FILE, schema.MANIFEST_FILE
 _PROBE_TRIES = 32
 
 
@@ -115,7 +115,12 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
 
 
 def _score_options(options: dict | None) -> tuple[dict, dict]:
-    """Validate the scoring options: ``(as given, every ScoreOptions field with its value)``."""
+    """Validate the scoring options: ``(as given, every option with its value)``.
+
+    "Every option" is every option this package declares plus those given: an installed plug-in's options
+    left at their defaults are not part of a run's identity, so installing a plug-in does not make
+    existing runs look changed.
+    """
     given = dict(options or {})
     try:
         full = ScoreOptions.from_kwargs(**given)
@@ -124,7 +129,8 @@ def _score_options(options: dict | None) -> tuple[dict, dict]:
     except (TypeError, ValueError) as exc:
         text = str(exc).split(" (got ")[0]
         raise InputError(f"bad scoring option: {text}") from None
-    return given, dataclasses.asdict(full)
+    own = builtin_param_names()
+    return given, {k: v for k, v in full.as_dict().items() if k in own or k in given}
 
 
 # --------------------------------------------------------------------------- the run
@@ -192,7 +198,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
         if model.device != dev:
             module.to(dev)
         description = describe_dataset(dataset)
-        identity = {
+        identity: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "model": model_identity(model, model.describe()),
             "dataset": dataset_identity(description),
@@ -326,8 +332,10 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
 
 def _chunk_done(out: Path, layout: ch.ChunkLayout, k: int, run_id: str) -> bool:
     meta = ch.read_chunk_meta(layout.path(out, k))
+    if not meta:
+        return False
     start, stop = layout.bounds(k)
-    return bool(meta) and meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
+    return meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
 
 
 class _ChunkBuffer:
@@ -367,15 +375,13 @@ class _ChunkBuffer:
         index, label, prediction = cat(self.index, np.int64), cat(self.label, np.int64), cat(self.prediction, np.int64)
         columns: dict[str, Any] = {"index": index, "path": self.paths, "label": label, "prediction": prediction,
                                    "correct": (label >= 0) & (label == prediction)}
-        fields = [pa.field(name, ch.BASE_TYPES[name]) for name in ch.BASE_COLUMNS]
         methods = list(self.scores)
         for name in methods:
             columns[name] = cat(self.scores[name], np.float64)
-            fields.append(pa.field(name, pa.float64()))
         nan_reasons = [name for name in methods if any(self.reasons[name])]
         for name in nan_reasons:
-            columns[f"nan_reason_{name}"] = self.reasons[name]
-            fields.append(pa.field(f"nan_reason_{name}", pa.string()))
+            columns[schema.reason_column(name)] = self.reasons[name]
+        fields = schema.arrow_schema(methods, nan_reasons)
         labelled = label >= 0
         meta = {
             "format": FORMAT_VERSION, "run": run_id, "chunk": self.k, "start": self.start, "stop": self.stop,
@@ -384,7 +390,7 @@ class _ChunkBuffer:
             "parameters": self.parameters, "skipped": self.skipped, "info": self.info,
             "written_by": {"rank": ctx.rank, "world_size": ctx.world_size},
         }
-        ch.write_chunk(path, columns, pa.schema(fields), meta)
+        ch.write_chunk(path, columns, fields, meta)
 
 
 def _score_chunks(module, dataset, out: Path, layout: ch.ChunkLayout, pending: list[int], run_id: str,
@@ -441,27 +447,24 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
     for meta in metas:
         methods += [m for m in meta["methods"] if m not in methods]
     nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
-    fields = [pa.field(name, ch.BASE_TYPES[name]) for name in ch.BASE_COLUMNS]
-    fields += [pa.field(name, pa.float64()) for name in methods]
-    fields += [pa.field(f"nan_reason_{name}", pa.string()) for name in nan_reasons]
-    schema = pa.schema(fields)
+    table_schema = schema.arrow_schema(methods, nan_reasons)
 
     def write(handle) -> None:
-        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+        with pq.ParquetWriter(handle, table_schema, compression="zstd") as writer:
             for k, meta in enumerate(metas):
                 if not meta["rows"]:
                     continue
                 table = ch.read_chunk_table(layout.path(out, k))
                 columns = []
-                for field in schema:
+                for field in table_schema:
                     if field.name in table.column_names:
                         columns.append(table[field.name])
-                    elif field.name.startswith("nan_reason_"):
+                    elif schema.is_reason_column(field.name):
                         columns.append(pa.array([""] * table.num_rows, pa.string()))
                     else:
                         raise GradTrustError(f"chunk {layout.path(out, k)} has no column {field.name!r}; "
                                              "rerun with --force.")
-                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                writer.write_table(pa.Table.from_arrays(columns, schema=table_schema))
 
     scores_path = out / SCORES_FILE
     ch.atomic_write(scores_path, write)
@@ -495,7 +498,7 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
         "skipped": first["skipped"],
         "score_info": first["info"],
         "options": options,
-        "columns": schema.names,
+        "columns": table_schema.names,
         "counts": {"samples": layout.num_samples, "scored": scored, "failed": len(failures),
                    "labelled": labelled, "correct": correct},
         "accuracy": accuracy,
