@@ -136,3 +136,29 @@ def test_purview_scalars_from_features_equal_gradtrust_score():
     reference = gradtrust.score(model, x, ["purview_initial", "purview_final"])
     for name in ("purview_initial", "purview_final"):
         np.testing.assert_allclose(ours[f"score.{name}"], np.asarray(reference[name]), rtol=1e-5)
+
+
+def test_normalisation_found_on_transforms_and_composes():
+    from types import SimpleNamespace
+
+    from gradtrust.detection.command import _normalisation
+
+    normalise = SimpleNamespace(mean=(0.5,), std=(0.25,))
+    assert _normalisation(normalise) == ([0.5], [0.25])
+    assert _normalisation(SimpleNamespace(transforms=[SimpleNamespace(), normalise])) == ([0.5], [0.25])
+    assert _normalisation(None) == (None, None) and _normalisation(SimpleNamespace(transforms=[])) == (None, None)
+    known = experiment.KnownData(x=torch.rand(2, 1, 4, 4), y=torch.zeros(2), mean=[0.5], std=[0.25])
+    torch.testing.assert_close(known.to_pixels(known.from_pixels(known.x)), known.x)
+
+
+@pytest.mark.slow  # importing torchvision.transforms costs seconds
+def test_normalisation_found_on_torchvision_transforms():
+    from torchvision import transforms
+    from torchvision.models import ResNet18_Weights
+
+    from gradtrust.detection.command import _normalisation
+
+    mean, std = _normalisation(ResNet18_Weights.IMAGENET1K_V1.transforms())
+    assert mean == pytest.approx([0.485, 0.456, 0.406]) and std == pytest.approx([0.229, 0.224, 0.225])
+    compose = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.25])])
+    assert _normalisation(compose) == ([0.5], [0.25])
