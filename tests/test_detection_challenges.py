@@ -156,6 +156,11 @@ def test_imagecorruptions_for_natural_images():
     expected = np.clip(hwc / 255.0 + np.random.normal(size=hwc.shape, scale=0.08), 0, 1)
     np.random.set_state(state)
     np.testing.assert_allclose(np.moveaxis(a[1].double().numpy(), 0, -1), expected, atol=1.01 / 255)
+    from imagecorruptions import get_corruption_names
+
+    from gradtrust.detection.challenges import IMAGENET_C
+
+    assert tuple(get_corruption_names("all")) == IMAGENET_C
     grey = corrupt(x[:, :1], "snow", 2, seed=0)
     assert grey.shape == (2, 1, 32, 32)
 

@@ -82,15 +82,15 @@ class Challenge:
         return self.name if self.kind != "ood" else f"ood:{self.name}"
 
 
-def _corruption_names() -> list[str]:
-    names = list(SMALL_CORRUPTIONS)
-    try:
-        from imagecorruptions import get_corruption_names
+#: The 19 ImageNet-C functions of imagecorruptions (``get_corruption_names("all")``; checked by the tests),
+#: listed here so that parsing a challenge list does not import it (numba, OpenCV, scikit-image: seconds).
+IMAGENET_C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+              "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+              "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate")
 
-        names += [n for n in get_corruption_names("all") if n not in names]
-    except ImportError:
-        pass
-    return names
+
+def _corruption_names() -> list[str]:
+    return list(SMALL_CORRUPTIONS) + [n for n in IMAGENET_C if n not in SMALL_CORRUPTIONS]
 
 
 def parse_challenges(text: str | Sequence[str]) -> list[Challenge]:
@@ -117,7 +117,7 @@ def parse_challenges(text: str | Sequence[str]) -> list[Challenge]:
                 raise InputError(f"{item!r}: attacks take no level (set their strength with eps).")
             out.append(Challenge("attack", name))
             continue
-        known = list(SMALL_CORRUPTIONS) if name in SMALL_CORRUPTIONS else _corruption_names()
+        known = _corruption_names()
         if name not in known:
             raise UnknownNameError(f"unknown challenge {item!r}; attacks: {', '.join(ATTACKS)}; corruptions: "
                                    f"{', '.join(known)} (aliases {', '.join(ALIASES)}); OOD: ood=<folder> or "
