@@ -29,10 +29,11 @@ def auroc_table(table: Any) -> Any:
 
 def format_text_table(table: Any) -> str:
     """The printed table: AUROC (%) per method, then AUROC [95% CI], FPR@95%TPR and detection error (%) of
-    the gradient MLP detector and of the Mahalanobis baseline."""
+    the gradient-feature detector (the MLP if fitted, else logistic regression) and of Mahalanobis."""
     wide = auroc_table(table)
     lines = ["AUROC (%), known = positive; evaluated on held-out samples only", wide.round(1).to_string(), ""]
-    detail = table[table["method"].isin(["purview_mlp", "mahalanobis"])].copy()
+    detector = "purview_mlp" if (table["method"] == "purview_mlp").any() else "purview_logistic"
+    detail = table[table["method"].isin([detector, "mahalanobis"])].copy()
     if len(detail):
         def cell(row: Any, name: str) -> str:
             return f"{100 * row[name]:5.1f} [{100 * row[name + '_low']:5.1f}, {100 * row[name + '_high']:5.1f}]"
@@ -41,7 +42,7 @@ def format_text_table(table: Any) -> str:
         detail["FPR@95TPR"] = (100 * detail["fpr_at_95tpr"]).round(1)
         detail["det. error"] = (100 * detail["detection_error"]).round(1)
         keep = [c for c in ("model", "challenge", "method") if c in detail.columns]
-        lines += ["Purview MLP detector vs Mahalanobis (%, 95% bootstrap CI)",
+        lines += [f"Gradient-feature detector ({detector}) vs Mahalanobis (%, 95% bootstrap CI)",
                   detail[keep + ["AUROC [95% CI]", "FPR@95TPR", "det. error"]].to_string(index=False)]
     return "\n".join(lines)
 
