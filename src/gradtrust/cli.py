@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "Score several models on one dataset, then report (default: the bundled digits benchmark)."),
     "gradcon": ("gradtrust.gradcon.command:gradcon_command",
                 "GradCON anomaly detection: fit / score / benchmark (default: the bundled digits benchmark)."),
+    "detect": ("gradtrust.detection.command:detect_command",
+               "Detect adversarial, corrupted and OOD inputs from gradient features (default: bundled digits)."),
     "introspect": ("gradtrust.introspection.command:introspect_command",
                    "Introspective learning: fit H on f's gradient features, score with both, the digits comparison."),
     "methods": ("gradtrust.cli:methods_command", "List the trust-score methods, with their formula and source."),
