@@ -29,14 +29,20 @@ _LAZY: dict[str, str] = {
     "functional": "gradtrust.functional",
     "load_model": "gradtrust.models",
     "LoadedModel": "gradtrust.models",
+    "explain": "gradtrust.explanations",
+    "voice": "gradtrust.explanations",
+    "Explanation": "gradtrust.explanations",
+    "VoiceResult": "gradtrust.explanations",
 }
 
 __all__ = ["DataError", "GradTrustError", "InputError", "LoadedModel", "MethodSpec", "ModelError", "Pass",
            "ScoreOptions", "ScoreResult", "UnknownNameError", "__version__", "available_methods", "functional",
            "get_method", "load_model", "register_method", "score"]
+__all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.explanations
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradtrust import functional
+    from gradtrust.explanations import Explanation, VoiceResult, explain, voice
     from gradtrust.models import LoadedModel, load_model
     from gradtrust.scores import (
         MethodSpec,

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "Tables, figures and an HTML page from one or more score runs."),
     "benchmark": ("gradtrust.benchmark:benchmark_command",
                   "Score several models on one dataset, then report (default: the bundled digits benchmark)."),
+    "explain": ("gradtrust.explanations.command:explain_command",
+                "Grad-CAM, Counterfactual-CAM, Contrast-CAM and VOICE for every sample: explanations.parquet + PNGs."),
     "methods": ("gradtrust.cli:methods_command", "List the trust-score methods, with their formula and source."),
     "models": ("gradtrust.cli:models_command", "List the model specs --model accepts."),
 }

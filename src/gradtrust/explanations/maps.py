@@ -89,15 +89,20 @@ class Upsampler:
         """``R M Cᵀ`` for (..., h, w) maps (float64)."""
         return torch.einsum("ia,...ab,jb->...ij", self.rows, maps.double(), self.cols)
 
-    def squared(self, gram: torch.Tensor) -> torch.Tensor:
-        """``Σ_Q up(N_Q)²`` per pixel from the Gram ``G = Σ_Q vec(N_Q) vec(N_Q)ᵀ`` (h·w × h·w) of one sample.
+    def squared(self, gram: torch.Tensor, chunk_bytes: int = 64 * 1024 * 1024) -> torch.Tensor:
+        """``Σ_Q up(N_Q)²`` per pixel from the Grams ``G = Σ_Q vec(N_Q) vec(N_Q)ᵀ`` (B, h·w, h·w) → (B, H, W).
 
         ``up(N)(i,j) = Σ_{a,b} R_ia C_jb N_ab``, so ``Σ_Q up(N_Q)(i,j)² = Σ_{a,b,a',b'} R_ia R_ia' C_jb C_jb'
-        G[(a,b),(a',b')]``, contracted one axis at a time.
+        G[(a,b),(a',b')]``, contracted one axis at a time (in chunks of samples to bound memory).
         """
         h, w = self.rows.shape[1], self.cols.shape[1]
-        g = gram.reshape(h, w, h, w)
-        x = torch.einsum("ia,awcv->iwcv", self.rows, g)
-        y = torch.einsum("ic,iwcv->iwv", self.rows, x)
-        z = torch.einsum("jw,iwv->ijv", self.cols, y)
-        return torch.einsum("jv,ijv->ij", self.cols, z)
+        per_sample = 8 * self.rows.shape[0] * w * h * w
+        step = max(1, chunk_bytes // max(per_sample, 1))
+        out = []
+        for start in range(0, gram.shape[0], step):
+            g = gram[start:start + step].reshape(-1, h, w, h, w)
+            x = torch.einsum("ia,nawcv->niwcv", self.rows, g)
+            y = torch.einsum("ic,niwcv->niwv", self.rows, x)
+            z = torch.einsum("jw,niwv->nijv", self.cols, y)
+            out.append(torch.einsum("jv,nijv->nij", self.cols, z))
+        return torch.cat(out)

@@ -41,7 +41,7 @@ class LayerSpec:
     """Where an explanation reads the network: the module's name, its output layout and the head it feeds.
 
     ``head`` is the name of an ``nn.Linear`` that *may* map the globally average-pooled activations to the
-    logits (the closed form); it is only a candidate — :mod:`gradtrust.explain.weights` verifies it on every
+    logits (the closed form); it is only a candidate — :mod:`gradtrust.explanations.weights` verifies it on every
     batch before using it.
     """
 

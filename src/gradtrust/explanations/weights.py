@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradtrust.explain.forward import Captured
-from gradtrust.explain.layers import LayerSpec
+from gradtrust.explanations.forward import Captured
+from gradtrust.explanations.layers import LayerSpec
 
 #: bytes one chunk of batched cotangent gradients may take (general path)
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024

@@ -16,6 +16,7 @@ then bilinear upsampling to the input size and per-image min-max normalisation (
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -23,13 +24,15 @@ import torch
 from torch import nn
 
 from gradtrust.errors import InputError
-from gradtrust.explain.forward import Captured, capture
-from gradtrust.explain.layers import LayerSpec, resolve_layer
-from gradtrust.explain.maps import minmax, upsample, weighted_map
-from gradtrust.explain.weights import DEFAULT_CHUNK_BYTES, ChannelWeights, find_closed_form_head
+from gradtrust.explanations.forward import Captured, capture
+from gradtrust.explanations.layers import LayerSpec, model_signature, resolve_layer
+from gradtrust.explanations.maps import minmax, upsample, weighted_map
+from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES, ChannelWeights, find_closed_form_head
 from gradtrust.scores.state import scoring_state
 
 METHODS = ("gradcam", "counterfactual", "contrast")
+#: model → {(layer, input shape, dtype): whether the closed form held on the last batch checked}
+_CLOSED_FORM: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
 QUESTIONS = {"gradcam": "Why P?", "counterfactual": "What if not P?", "contrast": "Why P, rather than Q?"}
 
 
@@ -125,13 +128,19 @@ class Session:
         self.spec: LayerSpec = resolve_layer(module, x, layer)
         cap: Captured | None = None
         head = None
-        if gradient_path != "autograd":
+        known = _CLOSED_FORM.setdefault(module, {})
+        key = (self.spec.name, *model_signature(x))
+        # A layer whose last batch failed the closed-form check goes straight to the graph forward (the
+        # check is still made whenever the no-graph forward runs).
+        if gradient_path == "closed_form" or (gradient_path == "auto" and known.get(key, True)):
             cap = capture(module, x, self.spec, graph=False)
             head = find_closed_form_head(module, self.spec, cap)
             if head is None and gradient_path == "closed_form":
                 raise InputError(f"gradient_path='closed_form': layer {self.spec.name!r} does not feed global "
                                  "average pooling and a final linear layer (the pooled activations do not reproduce "
                                  "the logits); use gradient_path='auto'.")
+            if bool(torch.isfinite(cap.logits).all()):  # a NaN batch says nothing about the structure
+                known[key] = head is not None
         if head is None:
             cap = capture(module, x, self.spec, graph=True)
         assert cap is not None
@@ -172,53 +181,64 @@ def explain(model, images, methods: str | Iterable[str] = METHODS, layer: str | 
     Cost: one forward pass with the closed form; otherwise one forward pass with a graph from the layer on
     and one batched backward (over two cotangents, or over chunks of classes for ``contrast="all"``).
     """
-    wanted = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
-    wanted = list(dict.fromkeys(m for m in wanted if m))
-    unknown = [m for m in wanted if m not in METHODS]
-    if unknown or not wanted:
-        raise InputError(f"unknown explanation method(s) {unknown}; choose from {', '.join(METHODS)}.")
-    all_classes = isinstance(contrast, str)
-    if all_classes and contrast != "all":
+    wanted = parse_methods(methods)
+    if isinstance(contrast, str) and contrast != "all":
         raise InputError(f"contrast must be None, class ids or 'all', got {contrast!r}.")
     module = as_module(model)
     x = prepare_inputs(module, images)
     with scoring_state(module):
         s = Session(module, x, layer, gradient_path, chunk_bytes)
-        batch, device = x.shape[0], s.logits.device
-        p = s.logits.argmax(1) if target is None else class_ids(target, batch, s.num_classes, "target", device)
-        q = None
-        if "contrast" in wanted and not all_classes:
-            if contrast is None:
-                q = runner_up(s.logits, p)
-            else:
-                q = class_ids(contrast, batch, s.num_classes, "contrast", device)
-                same = q == p
-                if same.any():
-                    raise InputError(f"contrast equals target for sample {int(torch.nonzero(same)[0])} "
-                                     f"(class {int(q[same][0])}): 'Why P, rather than P?' has no answer; choose "
-                                     "another contrast class or leave contrast=None (the runner-up).")
-        acts = s.cap.activations
-        out: dict[str, torch.Tensor] = {}
-        need_p = bool({"gradcam", "counterfactual"} & set(wanted))
-        alpha_p = alpha_q = None
-        if need_p and q is not None:
-            alpha_p, alpha_q = s.weights.gradcam_and_contrast(p, q)
-        elif need_p:
-            alpha_p = s.weights.gradcam(p)
-        elif q is not None:
-            alpha_q = s.weights.contrast(q)
-        if alpha_p is not None:
-            raw = weighted_map(alpha_p, acts)
-            if "gradcam" in wanted:
-                out["gradcam"] = s.finish(raw)
-            if "counterfactual" in wanted:
-                out["counterfactual"] = s.finish(-raw)
-        if "contrast" in wanted:
-            if alpha_q is not None:
-                out["contrast"] = s.finish(weighted_map(alpha_q, acts))
-            else:
-                parts = [s.finish(weighted_map(a, acts)) for _, a in s.weights.contrast_all()]
-                out["contrast"] = torch.cat(parts, dim=1)
-        ordered = {m: out[m] for m in wanted}
-        return Explanation(layer_maps=ordered, layer=s.spec.name, target=p, contrast=q, logits=s.logits.float(),
-                           input_size=(x.shape[-2], x.shape[-1]), closed_form=s.weights.closed_form, valid=s.valid)
+        return explain_session(s, x, wanted, target, contrast)
+
+
+def parse_methods(methods: str | Iterable[str]) -> list[str]:
+    """``"gradcam,contrast"`` or a list → validated, de-duplicated method names."""
+    wanted = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    wanted = list(dict.fromkeys(m for m in wanted if m))
+    unknown = [m for m in wanted if m not in METHODS]
+    if unknown or not wanted:
+        raise InputError(f"unknown explanation method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    return wanted
+
+
+def explain_session(s: Session, x: torch.Tensor, wanted: list[str], target=None, contrast=None) -> Explanation:
+    """The maps of :func:`explain` from an existing :class:`Session` (its forward pass and weights)."""
+    all_classes = isinstance(contrast, str)
+    batch, device = x.shape[0], s.logits.device
+    p = s.logits.argmax(1) if target is None else class_ids(target, batch, s.num_classes, "target", device)
+    q = None
+    if "contrast" in wanted and not all_classes:
+        if contrast is None:
+            q = runner_up(s.logits, p)
+        else:
+            q = class_ids(contrast, batch, s.num_classes, "contrast", device)
+            same = q == p
+            if same.any():
+                raise InputError(f"contrast equals target for sample {int(torch.nonzero(same)[0])} "
+                                 f"(class {int(q[same][0])}): 'Why P, rather than P?' has no answer; choose "
+                                 "another contrast class or leave contrast=None (the runner-up).")
+    acts = s.cap.activations
+    out: dict[str, torch.Tensor] = {}
+    need_p = bool({"gradcam", "counterfactual"} & set(wanted))
+    alpha_p = alpha_q = None
+    if need_p and q is not None:
+        alpha_p, alpha_q = s.weights.gradcam_and_contrast(p, q)
+    elif need_p:
+        alpha_p = s.weights.gradcam(p)
+    elif q is not None:
+        alpha_q = s.weights.contrast(q)
+    if alpha_p is not None:
+        raw = weighted_map(alpha_p, acts)
+        if "gradcam" in wanted:
+            out["gradcam"] = s.finish(raw)
+        if "counterfactual" in wanted:
+            out["counterfactual"] = s.finish(-raw)
+    if "contrast" in wanted:
+        if alpha_q is not None:
+            out["contrast"] = s.finish(weighted_map(alpha_q, acts))
+        else:
+            parts = [s.finish(weighted_map(a, acts)) for _, a in s.weights.contrast_all()]
+            out["contrast"] = torch.cat(parts, dim=1)
+    ordered = {m: out[m] for m in wanted}
+    return Explanation(layer_maps=ordered, layer=s.spec.name, target=p, contrast=q, logits=s.logits.float(),
+                       input_size=(x.shape[-2], x.shape[-1]), closed_form=s.weights.closed_form, valid=s.valid)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradtrust.explain.layers import LayerSpec, _run
+from gradtrust.explanations.layers import LayerSpec, _run
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradtrust.explain.layers import LayerSpec
+from gradtrust.explanations.layers import LayerSpec
 from gradtrust.scores.per_sample import model_logits
 from gradtrust.scores.state import scoring_state
 
