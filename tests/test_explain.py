@@ -60,7 +60,7 @@ MODELS = {
     "resnet18": (lambda: _randomise_bn(torchvision.models.resnet18(num_classes=CLASSES)), (3, 64, 64)),
     "vgg11": (_vgg11, (3, 64, 64)),
     "vit": (_vit, (3, 32, 32)),
-    "video": (_video, (3, 4, 32, 32)),
+    "video": (_video, (3, 4, 24, 24)),
 }
 _BUILT: dict[str, nn.Module] = {}
 
@@ -168,7 +168,7 @@ def test_voice_matches_per_class_loop(name):
     v = voice(model, x, chunk_bytes=30_000)  # several chunks of classes
     spec = resolve_layer(model, x, None)
     assert v.closed_form == (name == "resnet18")
-    for i in range(2):
+    for i in range(2 if name == "vit" else 1):  # the loop costs C − 1 backward passes per image
         u, snr, iou = reference_voice(model, x[i], spec, int(v.target[i]))
         assert float((v.uncertainty[i].double() - u).abs().max()) < 1e-4
         assert abs(float(v.snr[i]) - snr) < 1e-4 * max(1.0, snr)
@@ -195,6 +195,7 @@ def test_exact_range_and_moments_of_upsampled_maps():
         assert torch.allclose(squared[1], 2 * direct.square().sum(0), atol=1e-10)
 
 
+@pytest.mark.slow  # importing pytorch-grad-cam (OpenCV, scikit-image…) alone takes seconds
 def test_matches_pytorch_grad_cam():
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

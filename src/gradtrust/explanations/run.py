@@ -36,7 +36,14 @@ from gradtrust.data.classes import resolve_class_indices
 from gradtrust.data.open import describe_dataset
 from gradtrust.data.samples import collate_samples
 from gradtrust.errors import DataError, GradTrustError, InputError, ModelError
-from gradtrust.explanations.explain import METHODS, Session, explain_session, parse_methods, prepare_inputs
+from gradtrust.explanations.explain import (
+    METHODS,
+    Session,
+    explain_session,
+    parse_methods,
+    prepare_inputs,
+    runner_up,
+)
 from gradtrust.explanations.maps import minmax, upsample
 from gradtrust.explanations.voice import voice_session
 from gradtrust.runner import chunks as ch
@@ -76,7 +83,8 @@ def explain_dataset(model, dataset, out_dir, *, methods=METHODS, layer: str | No
                     chunk_size: int | None = None) -> ExplainSummary:
     """Explain every sample of ``dataset`` with ``model`` (a :class:`gradtrust.LoadedModel`) into ``out_dir``.
 
-    ``contrast``: Q for every sample (a class index), or ``None`` for each sample's runner-up. A run stopped
+    ``contrast``: Q for every sample (a class index; a sample predicted as Q gets its runner-up, and the
+    ``contrast`` column says which Q was used), or ``None`` for each sample's runner-up. A run stopped
     at any point resumes from its complete chunks; another run's folder is refused unless ``force``.
     """
     t0 = time.perf_counter()
@@ -146,7 +154,11 @@ class _BatchExplainer:
         x = prepare_inputs(self.module, inputs)
         with scoring_state(self.module):
             s = Session(self.module, x, self.layer_arg)
-            ex = explain_session(s, x, self.methods, None, self.contrast)
+            q = None
+            if self.contrast is not None:  # a sample predicted as Q gets its runner-up instead (documented)
+                q = torch.full_like(s.logits[:, 0], self.contrast, dtype=torch.int64)
+                q = torch.where(q == s.logits.argmax(1), runner_up(s.logits, s.logits.argmax(1)), q)
+            ex = explain_session(s, x, self.methods, None, q)
             v = voice_session(s, x, None, self.threshold) if self.voice else None
         self.layer, self.closed_form = s.spec.name, s.weights.closed_form
         return ex, v
@@ -307,4 +319,4 @@ def load_maps(table, method: str) -> np.ndarray:
 
 def full_resolution(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Stored layer-resolution maps → the normalised input-resolution maps ``explain`` returns."""
-    return minmax(upsample(torch.from_numpy(maps), size)).numpy()
+    return minmax(upsample(torch.from_numpy(np.array(maps, dtype=np.float32)), size)).numpy()
