@@ -90,7 +90,7 @@ def main() -> None:
         n = min(args.loop_images, batch)
         targets = ex.target.item(), int(ex.contrast[0]) if ex.contrast is not None else 1
 
-        def loop_maps(model=model, x=x, spec=spec):
+        def loop_maps(model=model, x=x, spec=spec, n=n, targets=targets):
             for i in range(n):
                 for method in ("gradcam", "counterfactual", "contrast"):
                     reference_map(model, x[i], spec, method, targets[0], targets[1])
@@ -100,7 +100,7 @@ def main() -> None:
               f"[{t_loop * 1e3:.0f} ms vs {t_ex / batch * 1e3:.1f} ms per image]")
         classes = ex.logits.shape[1]
 
-        def loop_voice(model=model, x=x, spec=spec):
+        def loop_voice(model=model, x=x, spec=spec, n=n):
             for i in range(n):
                 for q in range(1, args.loop_classes + 1):
                     reference_map(model, x[i], spec, "contrast", 0, q)
