@@ -22,8 +22,9 @@ def _cli(*args: str):
     return CliRunner().invoke(main, ["explain", *args], catch_exceptions=False)
 
 
+@pytest.mark.slow  # explains all 901 digits twice (with VOICE) and writes PNGs: a few seconds
 def test_explain_digits_cnn_stores_what_the_api_computes(tmp_path):
-    out = tmp_path / "ex"
+    out = tmp_path / "run" / "explanations"  # inside a score run: the report's gallery finds it there
     args = ("--model", "digits:digits_cnn", "--out", str(out), "--voice", "--save-images", "2", "--batch-size", "512",
             "--no-progress")
     result = _cli(*args)
@@ -72,3 +73,25 @@ def test_errors_exit_2_before_writing(tmp_path, args, fragment):
     result = _cli(*args, "--out", str(out), "--no-progress")
     assert result.exit_code == 2 and fragment in result.output, result.output
     assert not (out / "explanations.parquet").exists()
+
+
+@pytest.mark.slow  # scores and explains all 901 digits
+def test_report_gallery_shows_most_and_least_trusted(tmp_path):
+    from gradtrust.explanations.run import explain_dataset
+    from gradtrust.reporting.explanations import gallery_figure
+    from gradtrust.reporting.runs import load_run
+    from gradtrust.runner import score_dataset
+
+    model = load_model("digits:digits_cnn", "DEFAULT")
+    data = open_dataset("digits:test:blur:2", model)
+    run_dir = tmp_path / "run"
+    score_dataset(model, data, run_dir, methods="softmax,gradtrust", batch_size=512, progress=False)
+    explain_dataset(model, data, run_dir / "explanations", voice=True, batch_size=512, progress=False)
+    run = load_run(run_dir)
+    drawn = gallery_figure(run, tmp_path / "gallery.png")
+    assert drawn is not None and (tmp_path / "gallery.png").stat().st_size > 10_000
+    trust, correct = run.scores("gradtrust"), run.correct
+    rows = drawn["rows"]
+    assert rows[0] == int(np.argmax(np.where(correct, trust, -np.inf)))  # most trusted right first
+    assert int(np.argmin(np.where(~correct, trust, np.inf))) in rows  # least trusted wrong included
+    assert len(rows) == 8 and drawn["trust"] == "gradtrust"

@@ -12,8 +12,9 @@ Output folder::
 Columns of ``explanations.parquet``: ``index``, ``path``, ``label`` (model class index, −1 if unknown),
 ``prediction``, ``correct``, ``target`` (P), ``contrast`` (Q, −1 without a contrast map), ``valid`` (finite
 logits), ``map_height``, ``map_width``, one ``map_<method>`` column per method (the layer-resolution ReLU'd map,
-row-major, ``list<float32>`` of ``map_height·map_width`` values: small) and, with VOICE, ``voice_snr`` and
-``voice_iou`` (float64). See ``docs/explanations.md``.
+row-major, ``list<float32>`` of ``map_height·map_width`` values: small) and, with VOICE, ``map_voice`` (the
+uncertainty map area-averaged to the layer's resolution, for galleries), ``voice_snr`` and ``voice_iou``
+(float64). See ``docs/explanations.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from gradtrust.data.classes import resolve_class_indices
@@ -240,6 +242,8 @@ def _rows(batch, labels: torch.Tensor, ex, v) -> list[dict[str, Any]]:
     q = ex.contrast.cpu() if ex.contrast is not None else torch.full_like(prediction, -1)
     maps = {m: ex.layer_maps[m].detach().float().cpu() for m in ex.layer_maps}
     h, w = next(iter(maps.values())).shape[-2:]
+    # VOICE's uncertainty lives at input resolution; the gallery gets its area average at the layer's size
+    voice_small = None if v is None else F.adaptive_avg_pool2d(v.uncertainty[:, None].float(), (h, w))[:, 0].cpu()
     out = []
     for j in range(prediction.shape[0]):
         row = {"index": int(batch.indices[j]), "path": batch.paths[j], "label": int(labels[j]),
@@ -249,6 +253,7 @@ def _rows(batch, labels: torch.Tensor, ex, v) -> list[dict[str, Any]]:
         for m, values in maps.items():
             row[f"map_{m}"] = values[j].flatten().numpy()
         if v is not None:
+            row["map_voice"] = voice_small[j].flatten().numpy()
             row["voice_snr"], row["voice_iou"] = float(v.snr[j]), float(v.iou[j])
         out.append(row)
     return out
