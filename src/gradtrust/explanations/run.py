@@ -252,7 +252,7 @@ def _rows(batch, labels: torch.Tensor, ex, v) -> list[dict[str, Any]]:
                "map_height": int(h), "map_width": int(w)}
         for m, values in maps.items():
             row[f"map_{m}"] = values[j].flatten().numpy()
-        if v is not None:
+        if v is not None and voice_small is not None:
             row["map_voice"] = voice_small[j].flatten().numpy()
             row["voice_snr"], row["voice_iou"] = float(v.snr[j]), float(v.iou[j])
         out.append(row)
