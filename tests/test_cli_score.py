@@ -76,6 +76,7 @@ def test_digits_default_every_network(tmp_path):
     assert "accuracy" in result.output and "scores.parquet" in result.output
 
 
+@pytest.mark.slow
 def test_python_m_gradtrust_score_subprocess_all_methods(tmp_path):
     out = tmp_path / "cnn-noise"
     proc = subprocess.run(

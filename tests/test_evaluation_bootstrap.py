@@ -143,3 +143,22 @@ def test_speed_50k_is_seconds():
     t0 = time.perf_counter()
     bootstrap_ci(aurc, s, c, n_resamples=100)
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_bootstrap_cis_equals_one_bootstrap_ci_per_metric():
+    from gradtrust.evaluation import bootstrap_cis
+
+    rng = np.random.default_rng(7)
+    s = np.round(rng.normal(size=200), 1)
+    y = rng.integers(0, 4, 200)
+    p = np.where(rng.random(200) < 0.7, y, rng.integers(0, 4, 200))
+    c = y == p
+    rank = bootstrap_cis(["auac", "aurc", "eaurc", "augrc", "auroc", "fpr_at_95tpr"], s, c, n_resamples=60, seed=2)
+    for name, interval in rank.items():
+        assert interval == pytest.approx(bootstrap_ci(name, s, c, n_resamples=60, seed=2, vectorised=False)), name
+    f1 = bootstrap_cis(["aufc"], s, labels=y, predictions=p, n_resamples=30, seed=2)
+    assert f1["aufc"] == pytest.approx(bootstrap_ci("aufc", s, y, p, n_resamples=30, seed=2, vectorised=False))
+    with pytest.raises(InputError, match="labels= and predictions="):
+        bootstrap_cis(["aufc"], s, labels=y, n_resamples=30)
+    with pytest.raises(KeyError, match="Unknown metric"):
+        bootstrap_cis(["nope"], s, c)

@@ -1,4 +1,4 @@
-"""gradtrust.evaluation metrics against brute-force implementations written from the definitions (SPEC §2)."""
+"""gradtrust.evaluation metrics against brute-force implementations written from the definitions (docs/methods.md)."""
 
 from __future__ import annotations
 

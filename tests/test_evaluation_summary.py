@@ -161,6 +161,7 @@ def test_trust_evaluator_torch_and_ci():
     )
 
 
+@pytest.mark.slow
 def test_evaluation_package_needs_numpy_only():
     """gradtrust.evaluation imports no torch, pandas, sklearn or scipy (the parent package may)."""
     src = Path(__file__).resolve().parents[1] / "src" / "gradtrust"

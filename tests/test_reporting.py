@@ -207,6 +207,9 @@ def test_selective_cis_equal_public_bootstrap_ci():
     got = selective_cis(s, c, SELECTIVE_METRICS, resamples=150, confidence=0.9, seed=5)
     for m in SELECTIVE_METRICS:
         assert got[m] == pytest.approx(bootstrap_ci(m, s, c, n_resamples=150, confidence=0.9, seed=5))
+        # the loop path shares no code with the vectorised one: the fast path cannot hide behind a fallback
+        assert got[m] == pytest.approx(bootstrap_ci(m, s, c, n_resamples=150, confidence=0.9, seed=5,
+                                                    vectorised=False))
 
 
 def test_summary_counts_gradtrust_top_two(report):

@@ -318,6 +318,7 @@ def _tiny_cnn_file(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_identical_scores(tmp_path):
     root = image_folder(tmp_path / "imgs", ["c0", "c1", "c2", "c3"], 80)
     (root / "c2" / "zero.jpg").write_bytes(b"")

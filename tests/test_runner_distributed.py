@@ -32,6 +32,7 @@ def env() -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.run([sys.executable, "-m", "gradtrust", "score", *ARGS, "--out", str(one)],

@@ -1,4 +1,4 @@
-"""Every trust score against an independent per-sample computation of its definition (SPEC §1)."""
+"""Every trust score against an independent per-sample computation of its definition (docs/methods.md)."""
 
 from __future__ import annotations
 

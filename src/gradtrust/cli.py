@@ -67,14 +67,23 @@ def main() -> None:
 
 @click.command("methods")
 def methods_command() -> None:
-    """List the trust-score methods, with their formula and source."""
-    from gradtrust.scores import available_methods, get_method
+    """List the trust-score methods: formula, passes, options (with defaults) and source."""
+    import textwrap
 
-    for name in available_methods():
-        method = get_method(name)
-        click.echo(f"{name:16s} {method.summary.replace('``', '')}")
-        if method.source:
-            click.echo(f"{'':16s}   source: {method.source}")
+    from gradtrust.scores import Pass, method_specs
+    from gradtrust.scores.options import known_params
+
+    params = known_params()
+    for spec in method_specs():
+        click.echo(f"{spec.name}  ({spec.display_name})")
+        for line in textwrap.wrap(spec.summary.replace("``", ""), 100):
+            click.echo(f"    {line}")
+        passes = [p.name for p in Pass if p in spec.needs and p is not Pass.FORWARD]
+        click.echo(f"    passes: FORWARD{''.join(', ' + p for p in passes)}")
+        if spec.parameter_names:
+            click.echo(f"    options: {'  '.join(params[n].describe() for n in spec.parameter_names)}")
+        if spec.source:
+            click.echo(f"    source: {spec.source}")
 
 
 @click.command("models")

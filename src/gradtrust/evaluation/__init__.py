@@ -1,4 +1,4 @@
-"""Evaluation of trust scores: plain functions on per-sample arrays (SPEC §2).
+"""Evaluation of trust scores: plain functions on per-sample arrays (docs/methods.md, "Evaluation protocol").
 
 Every metric takes per-sample arrays (NumPy, torch tensors or lists; converted at the boundary) and returns
 a float. Scores are oriented higher = more trustworthy; NaN scores rank as least trustworthy (below -inf)
@@ -8,9 +8,9 @@ and tied scores are always accepted or rejected together.
   :func:`aufc` (in [0, 100]).
 - Selective classification (:mod:`.risk`): :func:`risk_coverage_curve`, :func:`aurc`, :func:`eaurc`,
   :func:`augrc`, :func:`auroc`, :func:`fpr_at_95tpr` (fractions).
-- :func:`bootstrap_ci` (:mod:`.bootstrap`), :func:`random_reference`, :func:`oracle_reference`
-  (:mod:`.references`), and :func:`evaluate`, :func:`evaluate_frame`, :class:`TrustEvaluator`
-  (:mod:`.summary`).
+- :func:`bootstrap_ci`, :func:`bootstrap_cis` (several metrics, one set of resamples) (:mod:`.bootstrap`),
+  :func:`random_reference`, :func:`oracle_reference` (:mod:`.references`), and :func:`evaluate`,
+  :func:`evaluate_frame`, :class:`TrustEvaluator` (:mod:`.summary`).
 
 Importing this package needs NumPy only (pandas is imported inside :func:`evaluate_frame`).
 """
@@ -18,6 +18,7 @@ Importing this package needs NumPy only (pandas is imported inside :func:`evalua
 from gradtrust.evaluation.bootstrap import (
     VECTORISED_METRICS,
     bootstrap_ci,
+    bootstrap_cis,
     bootstrap_distribution,
     bootstrap_indices,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "aurc",
     "auroc",
     "bootstrap_ci",
+    "bootstrap_cis",
     "bootstrap_distribution",
     "bootstrap_indices",
     "eaurc",

@@ -1,4 +1,4 @@
-"""Reference values to print beside every table: a random score and a perfect (oracle) score (SPEC §2).
+"""Reference values to print beside every table: a random score and a perfect (oracle) score (docs/methods.md).
 
 Both depend only on which predictions are correct. Each returns a dict with the keys of
 :func:`gradtrust.evaluation.evaluate` that the reference defines: ``accuracy``, ``auac``, ``aurc``,
@@ -60,7 +60,7 @@ def _accuracy(correct: Any) -> tuple[np.ndarray, float, bool]:
 
 
 def random_reference(correct: Any) -> dict[str, float]:
-    """Expected metrics of a random score (independent of correctness): AUAC = 100·A, AURC = e, … (SPEC §2).
+    """Expected metrics of a random score (independent of correctness): AUAC = 100·A, AURC = e, … (docs/methods.md).
 
     Args:
         correct: (n,) bool or 0/1, ``1[y_i = ŷ_i]``.
@@ -83,9 +83,9 @@ def random_reference(correct: Any) -> dict[str, float]:
 
 
 def oracle_reference(correct: Any, *, exact: bool = False) -> dict[str, float]:
-    """Metrics of a perfect score (every correct prediction above every wrong one) (SPEC §2).
+    """Metrics of a perfect score (every correct prediction above every wrong one) (docs/methods.md, "Evaluation protocol").
 
-    By default the continuous-limit formulas of SPEC §2: AUAC = ``100·(A − A ln A)``, AURC =
+    By default the continuous-limit formulas of docs/methods.md: AUAC = ``100·(A − A ln A)``, AURC =
     ``e + (1 − e) ln(1 − e)``, AUGRC = ``e²/2``, E-AURC = 0, AUROC = 1, FPR@95%TPR = 0. With ``exact=True``,
     the values of an actual perfect score with distinct values on these n samples (AUAC, AURC, E-AURC,
     AUGRC then carry the discretisation of the 100 percentiles / n curve points).

@@ -1,4 +1,4 @@
-"""Selective-classification metrics: risk–coverage curve, AURC, E-AURC, AUGRC, AUROC, FPR@95%TPR (SPEC §2).
+"""Selective-classification metrics: risk–coverage curve, AURC, E-AURC, AUGRC, AUROC, FPR@95%TPR (docs/methods.md).
 
 All take ``(scores, correct)``: per sample a trust score (higher = more trustworthy) and ``c_i = 1[y_i = ŷ_i]``.
 All return fractions (a table may show them ×100 and says so).
@@ -95,7 +95,7 @@ def _groups(scores: Any, correct: Any) -> tuple[Groups, Any]:
 
 
 def optimal_aurc(error_rate: Any) -> Any:
-    """The oracle's AURC at error rate ``e``: ``e + (1 − e) ln(1 − e)`` (SPEC §2; Geifman et al., ICLR 2019).
+    """The oracle's AURC at error rate ``e``: ``e + (1 − e) ln(1 − e)`` (docs/methods.md; Geifman et al., ICLR 2019).
 
     The area under the selective-risk curve of a perfect score in the continuous limit (all correct
     predictions accepted before any wrong one): risk 0 up to coverage ``1 − e``, then ``1 − (1 − e)/c``.
@@ -134,7 +134,7 @@ def risk_coverage_curve(scores: Any, correct: Any) -> tuple[np.ndarray, np.ndarr
 
 
 def aurc(scores: Any, correct: Any) -> float:
-    """Area under the risk–coverage curve, a fraction in [0, 1] (Geifman et al., ICLR 2019; SPEC §2).
+    """Area under the risk–coverage curve, a fraction in [0, 1] (Geifman et al., ICLR 2019; docs/methods.md).
 
     The trapezoid rule over the points of :func:`risk_coverage_curve` (one per distinct score value,
     coverage from ``|top tie group| / n`` up to 1), extended to coverage 0 by the end point
@@ -148,9 +148,9 @@ def aurc(scores: Any, correct: Any) -> float:
 
 
 def eaurc(scores: Any, correct: Any) -> float:
-    """Excess AURC: ``AURC − (e + (1 − e) ln(1 − e))`` at error rate ``e`` (Geifman et al., ICLR 2019; SPEC §2).
+    """Excess AURC: ``AURC − (e + (1 − e) ln(1 − e))`` at error rate ``e`` (Geifman et al., ICLR 2019; docs/methods.md).
 
-    The oracle term is the continuous-limit formula of :func:`optimal_aurc` (as SPEC §2 and fd-shifts use
+    The oracle term is the continuous-limit formula of :func:`optimal_aurc` (as docs/methods.md and fd-shifts use
     for binary residuals), not the discrete optimum of this sample: with few samples or a tied score the
     trapezoid AURC can fall slightly below it, so E-AURC can be slightly negative.
     """
@@ -171,7 +171,7 @@ def augrc(scores: Any, correct: Any) -> float:
 
 
 def auroc(scores: Any, correct: Any) -> float:
-    """AUROC of the score for telling correct (positive) from wrong predictions (SPEC §2).
+    """AUROC of the score for telling correct (positive) from wrong predictions (docs/methods.md, "Evaluation protocol").
 
     ``P(s_correct > s_wrong) + ½ P(s_correct = s_wrong)`` over all (correct, wrong) pairs — the
     Mann–Whitney statistic, equal to ``sklearn.metrics.roc_auc_score(correct, scores)`` (ties count half;
@@ -187,7 +187,7 @@ def auroc(scores: Any, correct: Any) -> float:
 
 def fpr_at_95tpr(scores: Any, correct: Any) -> float:
     """FPR at 95% TPR: the share of wrong predictions accepted at the first threshold accepting ≥ 95% of the
-    correct ones (SPEC §2; the OOD/failure-detection convention of Liang et al., ICLR 2018).
+    correct ones (docs/methods.md; the OOD/failure-detection convention of Liang et al., ICLR 2018).
 
     Thresholds run over the distinct score values from the highest down (ties together); the first one
     with ``#correct accepted ≥ 0.95 · #correct`` (tested exactly in integers) is used, and the result is

@@ -1,6 +1,6 @@
 """The paper's percentile curves: selective accuracy and macro F1 above each score percentile, AUAC and AUFC.
 
-Source: GradTrust slides, "Evaluation: Methodology", as stated precisely in SPEC §2. For each percentile
+Source: GradTrust slides, "Evaluation: Methodology", as stated precisely in docs/methods.md. For each percentile
 ``q ∈ {0, 1, …, 99}`` let ``t_q`` be the q-th percentile of the scores and ``R_q = {i : s_i ≥ t_q}``;
 
 - ``acc(q)`` = mean of ``c_i = 1[y_i = ŷ_i]`` over ``R_q``, and **AUAC** = ``100 · mean_q acc(q)``;
@@ -159,7 +159,7 @@ def _f1_curves(
 
 
 def accuracy_curve(scores: Any, correct: Any) -> np.ndarray:
-    """Selective accuracy above each score percentile: ``acc(q)`` for q = 0, 1, …, 99 (SPEC §2).
+    """Selective accuracy above each score percentile: ``acc(q)`` for q = 0, 1, …, 99 (docs/methods.md, "Evaluation protocol").
 
     ``acc(q) = mean_{i ∈ R_q} c_i`` with ``R_q = {i : s_i ≥ t_q}`` and ``t_q`` NumPy's default ("linear")
     q-th percentile of the scores, evaluated as ``R_q = {i : s_i ≥ s_(⌈q(n−1)/100⌉)}`` on the ranks (see the
@@ -180,7 +180,7 @@ def accuracy_curve(scores: Any, correct: Any) -> np.ndarray:
 
 
 def auac(scores: Any, correct: Any) -> float:
-    """Area under the accuracy curve: ``AUAC = 100 · mean_{q=0..99} acc(q)`` (SPEC §2, GradTrust slides).
+    """Area under the accuracy curve: ``AUAC = 100 · mean_{q=0..99} acc(q)`` (docs/methods.md; GradTrust slides).
 
     See :func:`accuracy_curve` for ``acc(q)``. In [0, 100]. A random score gives ≈ ``100·A`` (A the
     accuracy), a perfect one ≈ ``100·(A − A ln A)``: see :mod:`gradtrust.evaluation.references`.
@@ -206,7 +206,7 @@ def _f1_curve(codes: np.ndarray, m: int, yi: np.ndarray, pi: np.ndarray, k: int)
 
 
 def f1_curve(scores: Any, labels: Any, predictions: Any) -> np.ndarray:
-    """Selective macro F1 above each score percentile: ``f1(q)`` for q = 0, 1, …, 99 (SPEC §2).
+    """Selective macro F1 above each score percentile: ``f1(q)`` for q = 0, 1, …, 99 (docs/methods.md, "Evaluation protocol").
 
     ``f1(q)`` is the macro-averaged F1 of ``(y_i, ŷ_i)`` over ``R_q`` (same ``R_q`` as
     :func:`accuracy_curve`): per class ``F1_c = 2·TP_c / (2·TP_c + FP_c + FN_c)``, averaged over the classes
@@ -227,7 +227,7 @@ def f1_curve(scores: Any, labels: Any, predictions: Any) -> np.ndarray:
 
 
 def aufc(scores: Any, labels: Any, predictions: Any) -> float:
-    """Area under the macro-F1 curve: ``AUFC = 100 · mean_{q=0..99} f1(q)`` (SPEC §2, GradTrust slides).
+    """Area under the macro-F1 curve: ``AUFC = 100 · mean_{q=0..99} f1(q)`` (docs/methods.md; GradTrust slides).
 
     See :func:`f1_curve` for ``f1(q)``. In [0, 100].
     """

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from gradtrust import schema
 from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.evaluation import risk as _risk
 from gradtrust.evaluation import selective as _sel
@@ -29,7 +30,7 @@ __all__ = ["METRICS", "evaluate", "evaluate_frame", "TrustEvaluator"]
 METRICS = ("auac", "aufc", "aurc", "eaurc", "augrc", "auroc", "fpr_at_95tpr")
 
 #: Columns of a results table that are never a method (see docs/architecture.md, ``scores.parquet``).
-RESERVED_COLUMNS = ("index", "path", "label", "prediction", "correct")
+RESERVED_COLUMNS = schema.BASE_COLUMNS
 
 
 def evaluate(
@@ -42,7 +43,7 @@ def evaluate(
     confidence: float = 0.95,
     seed: int | None = 0,
 ) -> dict[str, float]:
-    """Every metric of SPEC §2 for one trust score.
+    """Every metric of docs/methods.md ("Evaluation protocol") for one trust score.
 
     Args:
         scores: (n,) trust scores, higher = more trustworthy; NaN = undefined (counted in ``n_nan`` and
@@ -95,13 +96,7 @@ def evaluate(
 
 
 def _default_methods(df: Any) -> list[str]:
-    methods = [
-        col
-        for col in df.columns
-        if col not in RESERVED_COLUMNS
-        and not str(col).startswith("nan_reason_")
-        and np.issubdtype(df[col].dtype, np.floating)
-    ]
+    methods = schema.method_columns(df)
     if not methods:
         raise InputError(
             "The results table has no score column (a float column besides "

@@ -3,17 +3,15 @@ score runs (``scores.parquet`` + ``manifest.json``). Never re-runs a network.
 
 * :func:`build_report` (:mod:`.report`): everything at once; what ``gradtrust report`` calls.
 * :func:`load_runs` / :func:`load_run` (:mod:`.runs`): reading and validating runs.
-* :func:`evaluate_run`, :func:`group_runs` and the table builders (:mod:`.tables`).
+* :func:`evaluate_run`, :func:`group_runs`, :func:`summarise` (:mod:`.results`: the numbers) and the table
+  builders (:mod:`.tables`: their rendering).
 * The figures (:mod:`.figures`) and the page (:mod:`.html`).
 
 See ``docs/reporting.md`` for the output files and how to read them.
 """
 
 from gradtrust.reporting.report import Report, build_report
-from gradtrust.reporting.runs import LoadProblem, Run, load_run, load_runs
-from gradtrust.reporting.tables import (
-    METHOD_ORDER,
-    PAPER_METHODS,
+from gradtrust.reporting.results import (
     Group,
     RunResult,
     Summary,
@@ -21,10 +19,9 @@ from gradtrust.reporting.tables import (
     group_runs,
     summarise,
 )
+from gradtrust.reporting.runs import LoadProblem, Run, load_run, load_runs
 
 __all__ = [
-    "METHOD_ORDER",
-    "PAPER_METHODS",
     "Group",
     "LoadProblem",
     "Report",

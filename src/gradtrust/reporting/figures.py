@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from gradtrust.reporting.results import RunResult
 from gradtrust.reporting.runs import Run, dataset_description, dataset_fields
-from gradtrust.reporting.tables import METHOD_ORDER, RunResult, display_name
+from gradtrust.scores.registry import available_methods, display_name
 
 __all__ = ["Quadrants", "curves_figure", "load_sample_image", "qualitative_figure", "scatter_figure"]
 
@@ -48,7 +49,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def method_style(method: str) -> dict[str, Any]:
-    """A stable colour per method (tab20 by :data:`METHOD_ORDER`); GradTrust thick black."""
+    """A stable colour per method (tab20 by registry order); GradTrust thick black."""
     import matplotlib
 
     if method == "gradtrust":
@@ -56,7 +57,7 @@ def method_style(method: str) -> dict[str, Any]:
     if method == "gradtrust_topk":
         return {"color": "0.35", "linewidth": 1.8, "linestyle": "--", "zorder": 4}
     cmap = matplotlib.colormaps["tab20"]
-    others = [m for m in METHOD_ORDER if m not in ("gradtrust", "gradtrust_topk")]
+    others = [m for m in available_methods() if m not in ("gradtrust", "gradtrust_topk")]
     k = others.index(method) if method in others else len(others) + (hash(method) % 6)
     return {"color": cmap(k % 20), "linewidth": 1.2, "zorder": 3}
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from gradtrust import schema
+
 __all__ = [
     "CONDITION_KEYS",
     "LoadProblem",
@@ -32,10 +34,7 @@ __all__ = [
     "load_runs",
 ]
 
-SCORES_FILE = "scores.parquet"
-MANIFEST_FILE = "manifest.json"
-REQUIRED_COLUMNS = ("label", "prediction")
-RESERVED_COLUMNS = ("index", "path", "label", "prediction", "correct")
+SCORES_FILE, MANIFEST_FILE, REQUIRED_COLUMNS = schema.SCORES_FILE, schema.MANIFEST_FILE, schema.REQUIRED_COLUMNS
 
 #: Keys of a manifest's dataset description that name a *condition* of a dataset (a corrupted copy, its
 #: severity and seed) or a count, rather than which dataset it is. Runs whose dataset descriptions agree
@@ -131,7 +130,7 @@ class Run:
 
     def nan_reason(self, method: str) -> str:
         """The most frequent NaN reason of a method ('' when it has no NaN or no reason column)."""
-        col = f"nan_reason_{method}"
+        col = schema.reason_column(method)
         if col not in self.frame.columns:
             return ""
         values = self.frame[col].astype(str)
@@ -272,11 +271,7 @@ def load_run(path: str | Path) -> Run:
         raise ReportInputError(
             f"is not a GradTrust results table: it lacks the column(s) {', '.join(missing)} "
             f"(columns: {', '.join(map(str, frame.columns[:12]))}{'…' if len(frame.columns) > 12 else ''}).")
-    methods = [
-        str(c) for c in frame.columns
-        if c not in RESERVED_COLUMNS and not str(c).startswith("nan_reason_")
-        and (pd.api.types.is_float_dtype(frame[c]) )
-    ]
+    methods = schema.method_columns(frame)
     if not methods:
         raise ReportInputError(
             "has no score column (a float64 column besides index, path, label, prediction, correct): "

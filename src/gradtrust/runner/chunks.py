@@ -26,11 +26,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gradtrust import schema
+
 META_KEY = b"gradtrust"
 CHUNK_DIR = "chunks"
-BASE_COLUMNS = ("index", "path", "label", "prediction", "correct")
-BASE_TYPES = {"index": pa.int64(), "path": pa.string(), "label": pa.int64(), "prediction": pa.int64(),
-              "correct": pa.bool_()}
+BASE_COLUMNS = schema.BASE_COLUMNS
 _TMP_MARK = ".tmp-"
 
 

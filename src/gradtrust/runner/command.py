@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from gradtrust.errors import GradTrustError, InputError, UnknownNameError
-from gradtrust.scores import ScoreOptions, available_methods
+from gradtrust.scores import available_methods
 
 __all__ = ["parse_option_pairs", "score_command"]
 
@@ -20,8 +20,10 @@ RANDOM_INIT_SEED = 0  # random-weight models are initialised from torch.manual_s
 
 
 def _epilog() -> str:
+    from gradtrust.scores.options import known_params
+
     names = available_methods()
-    lines = ["\b", "Methods (--methods, default all that apply to the model):"]
+    lines = ["\b", "Methods (--methods, default all that apply to the model; `gradtrust methods` for formulas):"]
     line = " "
     for name in names:
         if len(line) + len(name) + 2 > 100:
@@ -29,12 +31,16 @@ def _epilog() -> str:
             line = " "
         line += f" {name},"
     lines.append(line.rstrip(","))
+    lines += ["", "\b", "Options (--option KEY=VALUE, repeatable; the defaults shown):"]
+    line = " "
+    for param in known_params().values():
+        text = param.describe()
+        if len(line) + len(text) + 2 > 100:
+            lines.append(line.rstrip())
+            line = " "
+        line += f" {text}"
+    lines.append(line.rstrip())
     lines += [
-        "",
-        "\b",
-        "Options (--option KEY=VALUE, repeatable):",
-        "  odin_temperature=100  odin_epsilon=0.0014  mc_samples=10  topk=10  layer=<module name>",
-        "  seed=0  pnorm_p=2  gradient_path=auto|closed_form|autograd  purview_backend=auto|hooks|vmap|loop",
         "",
         "\b",
         "Examples:",
@@ -54,56 +60,36 @@ def _epilog() -> str:
     return "\n".join(lines)
 
 
-def _option_types() -> dict[str, Any]:
-    return typing.get_type_hints(ScoreOptions)
-
-
 def parse_option_pairs(pairs: typing.Iterable[str]) -> dict[str, Any]:
     """``["odin_temperature=50", "topk=none"]`` → ``{"odin_temperature": 50.0, "topk": None}``.
 
-    Values are converted to the type of the :class:`~gradtrust.ScoreOptions` field (``none``/``null`` for
-    optional fields); unknown keys raise :class:`UnknownNameError` listing the valid ones.
+    Each value is parsed by the option's declaration (:class:`gradtrust.scores.Param`: its type, ``none``
+    for options whose default is none, its choices and checks); unknown keys raise
+    :class:`UnknownNameError` listing the valid ones.
     """
-    types = _option_types()
+    from gradtrust.scores.options import known_params
+
+    params = known_params()
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = str(pair).partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise InputError(f"--option takes KEY=VALUE (e.g. --option odin_temperature=50), got {pair!r}.")
-        if key not in types:
+        if key not in params:
             import difflib
 
-            close = difflib.get_close_matches(key, list(types), n=3)
+            close = difflib.get_close_matches(key, list(params), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise UnknownNameError(f"unknown scoring option {key!r}.{hint} Valid options: {', '.join(types)}.")
-        out[key] = _convert(key, value.strip(), types[key])
+            raise UnknownNameError(f"unknown scoring option {key!r}.{hint} Valid options: {', '.join(params)}.")
+        text = value.strip()
+        if text.lower() == "null":
+            text = "none"
+        try:
+            out[key] = params[key].parse(text)
+        except ValueError as exc:
+            raise InputError(f"--option {key}={text!r}: {str(exc).split(' (got ')[0]}.") from None
     return out
-
-
-def _convert(key: str, value: str, hint: Any) -> Any:
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    kinds = [a for a in args if a is not type(None)] if args else [hint]
-    if optional and value.lower() in ("none", "null", ""):
-        return None
-    kind = kinds[0] if kinds else str
-    try:
-        if kind is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if kind is int:
-            return int(value)
-        if kind is float:
-            return float(value)
-    except ValueError:
-        expected = {int: "an integer", float: "a number", bool: "true or false"}[kind]
-        raise InputError(f"--option {key}={value!r}: {key} must be {expected}"
-                         f"{' (or none)' if optional else ''}.") from None
-    return value
 
 
 def _weights_arg(spec: str, weights: str | None) -> str | None:

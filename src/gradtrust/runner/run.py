@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
+from gradtrust import schema
 from gradtrust.data.classes import resolve_class_indices
 from gradtrust.data.open import describe_dataset
 from gradtrust.data.samples import collate_samples
@@ -57,15 +58,14 @@ from gradtrust.runner.identity import (
 )
 from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
-from gradtrust.scores.passes import ScoreOptions
+from gradtrust.scores.options import ScoreOptions
 
 __all__ = ["DEFAULT_CHUNK_SAMPLES", "PeerError", "RunConflictError", "RunSummary", "default_chunk_size",
            "score_dataset"]
 
 DEFAULT_CHUNK_SAMPLES = 1024
 RUN_FILE = "run.json"
-SCORES_FILE = "scores.parquet"
-MANIFEST_FILE = "manifest.json"
+SCORES_FILE, MANIFEST_FILE = schema.SCORES_FILE, schema.MANIFEST_FILE
 _PROBE_TRIES = 32
 
 
@@ -124,7 +124,7 @@ def _score_options(options: dict | None) -> tuple[dict, dict]:
     except (TypeError, ValueError) as exc:
         text = str(exc).split(" (got ")[0]
         raise InputError(f"bad scoring option: {text}") from None
-    return given, dataclasses.asdict(full)
+    return given, full.as_dict()
 
 
 # --------------------------------------------------------------------------- the run
@@ -367,15 +367,13 @@ class _ChunkBuffer:
         index, label, prediction = cat(self.index, np.int64), cat(self.label, np.int64), cat(self.prediction, np.int64)
         columns: dict[str, Any] = {"index": index, "path": self.paths, "label": label, "prediction": prediction,
                                    "correct": (label >= 0) & (label == prediction)}
-        fields = [pa.field(name, ch.BASE_TYPES[name]) for name in ch.BASE_COLUMNS]
         methods = list(self.scores)
         for name in methods:
             columns[name] = cat(self.scores[name], np.float64)
-            fields.append(pa.field(name, pa.float64()))
         nan_reasons = [name for name in methods if any(self.reasons[name])]
         for name in nan_reasons:
-            columns[f"nan_reason_{name}"] = self.reasons[name]
-            fields.append(pa.field(f"nan_reason_{name}", pa.string()))
+            columns[schema.reason_column(name)] = self.reasons[name]
+        fields = schema.arrow_schema(methods, nan_reasons)
         labelled = label >= 0
         meta = {
             "format": FORMAT_VERSION, "run": run_id, "chunk": self.k, "start": self.start, "stop": self.stop,
@@ -384,7 +382,7 @@ class _ChunkBuffer:
             "parameters": self.parameters, "skipped": self.skipped, "info": self.info,
             "written_by": {"rank": ctx.rank, "world_size": ctx.world_size},
         }
-        ch.write_chunk(path, columns, pa.schema(fields), meta)
+        ch.write_chunk(path, columns, fields, meta)
 
 
 def _score_chunks(module, dataset, out: Path, layout: ch.ChunkLayout, pending: list[int], run_id: str,
@@ -441,27 +439,24 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
     for meta in metas:
         methods += [m for m in meta["methods"] if m not in methods]
     nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
-    fields = [pa.field(name, ch.BASE_TYPES[name]) for name in ch.BASE_COLUMNS]
-    fields += [pa.field(name, pa.float64()) for name in methods]
-    fields += [pa.field(f"nan_reason_{name}", pa.string()) for name in nan_reasons]
-    schema = pa.schema(fields)
+    table_schema = schema.arrow_schema(methods, nan_reasons)
 
     def write(handle) -> None:
-        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+        with pq.ParquetWriter(handle, table_schema, compression="zstd") as writer:
             for k, meta in enumerate(metas):
                 if not meta["rows"]:
                     continue
                 table = ch.read_chunk_table(layout.path(out, k))
                 columns = []
-                for field in schema:
+                for field in table_schema:
                     if field.name in table.column_names:
                         columns.append(table[field.name])
-                    elif field.name.startswith("nan_reason_"):
+                    elif schema.is_reason_column(field.name):
                         columns.append(pa.array([""] * table.num_rows, pa.string()))
                     else:
                         raise GradTrustError(f"chunk {layout.path(out, k)} has no column {field.name!r}; "
                                              "rerun with --force.")
-                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                writer.write_table(pa.Table.from_arrays(columns, schema=table_schema))
 
     scores_path = out / SCORES_FILE
     ch.atomic_write(scores_path, write)
@@ -495,7 +490,7 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
         "skipped": first["skipped"],
         "score_info": first["info"],
         "options": options,
-        "columns": schema.names,
+        "columns": table_schema.names,
         "counts": {"samples": layout.num_samples, "scored": scored, "failed": len(failures),
                    "labelled": labelled, "correct": correct},
         "accuracy": accuracy,

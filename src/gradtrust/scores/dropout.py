@@ -72,7 +72,7 @@ def seeded_dropout(layers: list[nn.Module], seed: int, sample_ids: torch.Tensor,
     """Within the block, ``layers`` apply the per-sample seeded masks of pass ``pass_index``.
 
     This is dropout "in train mode" (inverted dropout, scaled by ``1/(1−p)``) with the rest of the model in
-    eval mode, as MC dropout prescribes (Gal & Ghahramani, ICML 2016; SPEC §1).
+    eval mode, as MC dropout prescribes (Gal & Ghahramani, ICML 2016; docs/methods.md).
     """
     try:
         for index, module in enumerate(layers):

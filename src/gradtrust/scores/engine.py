@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from gradtrust.errors import InputError, ModelError
-from gradtrust.scores.passes import BatchPasses, ScoreOptions
-from gradtrust.scores.registry import Method, available_methods, get_method
+from gradtrust.scores.options import ScoreOptions
+from gradtrust.scores.passes import BatchPasses
+from gradtrust.scores.registry import available_methods, get_method
 from gradtrust.scores.result import ScoreResult
+from gradtrust.scores.spec import MethodOutput, MethodSpec, Pass
 from gradtrust.scores.state import scoring_state
+from gradtrust.scores.view import BatchView
 
-GRADIENT_METHODS = ("gradtrust", "gradtrust_topk", "gradnorm")
 
-
-def resolve_methods(methods: str | Iterable[str] | None) -> tuple[list[Method], bool]:
+def resolve_methods(methods: str | Iterable[str] | None) -> tuple[list[MethodSpec], bool]:
     """Turn ``None``/``"all"``/``"a,b"``/``["a", "b"]`` into registered methods; also say whether the list
     was explicit (explicit methods that cannot apply raise, default ones are skipped with a reason)."""
     if methods is None or methods == "all" or (not isinstance(methods, str) and list(methods) == ["all"]):
@@ -72,8 +74,9 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             ``result.skipped``). An explicitly requested method that cannot apply raises an error.
         sample_ids: stable ids of the samples (default ``0..B−1``); MC-dropout masks depend on them, so a
             sample scores the same in any batch.
-        **options: see :class:`gradtrust.scores.passes.ScoreOptions` (``odin_temperature``, ``odin_epsilon``,
-            ``mc_samples``, ``topk``, ``layer``, ``gradient_path``, ``purview_backend``, ``pnorm_p``, ``seed``…).
+        **options: the options the methods declare (``gradtrust methods`` lists them with their defaults):
+            ``odin_temperature``, ``odin_epsilon``, ``mc_samples``, ``topk``, ``layer``, ``gradient_path``,
+            ``purview_backend``, ``pnorm_p``, ``seed``… (:class:`gradtrust.scores.options.ScoreOptions`).
 
     Cost: the forward-pass scores (softmax, entropy, max_logit, margin, brier, logit_margin, energy, doctor,
     maxlogit_pnorm, gradtrust, gradtrust_topk, gradnorm) share one forward pass; ODIN adds an input-gradient
@@ -87,7 +90,7 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
     ids = torch.arange(batch) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.int64).flatten()
     if ids.shape[0] != batch:
         raise InputError(f"sample_ids has {ids.shape[0]} entries for a batch of {batch} samples.")
-    needs = frozenset().union(*(m.needs for m in chosen))
+    needs: frozenset[Pass] = frozenset({Pass.FORWARD}).union(*(m.needs for m in chosen))
 
     with scoring_state(module):
         passes = BatchPasses(module, x, opts, ids, needs)
@@ -98,19 +101,22 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             raise InputError(f"the model could not run on inputs of shape {tuple(x.shape)} ({x.dtype}): {first_line}. "
                              "Check the input size and channels the model expects and apply its preprocessing "
                              "(LoadedModel.transform).") from exc
-        outputs, skipped, parameters = {}, {}, {}
+        outputs: dict[str, MethodOutput] = {}
+        skipped: dict[str, str] = {}
+        parameters: dict[str, dict[str, Any]] = {}
         for method in chosen:
-            problem = _why_not_applicable(method, passes)
+            view = BatchView(passes, method.name, method.needs)
+            problem = _why_not_applicable(method, passes, view)
             if problem is not None:
                 if explicit:
                     raise ModelError(f"{method.name}: {problem}")
                 skipped[method.name] = problem
                 continue
-            outputs[method.name] = method(passes)
-            parameters[method.name] = _method_parameters(method, passes)
+            outputs[method.name] = method(view)
+            parameters[method.name] = _method_parameters(method, passes, view)
         scores, reasons = _to_cpu(outputs, ~passes.finite)
-        info = {"final_layer": passes.final_layer_name, "num_classes": passes.num_classes}
-        if any(name in scores for name in GRADIENT_METHODS):
+        info: dict[str, Any] = {"final_layer": passes.final_layer_name, "num_classes": passes.num_classes}
+        if any(Pass.COUNTERFACTUAL_GRADIENTS in get_method(name).needs for name in scores):
             info["gradient_path"] = "autograd" if passes.uses_autograd_path else "closed_form"
             info["gradient_layer"] = opts.layer or passes.final_layer_name
         if passes.purview_backend_used:
@@ -155,19 +161,21 @@ def _to_cpu(outputs: dict, not_finite: torch.Tensor) -> tuple[dict[str, torch.Te
     return scores, reasons
 
 
-def _why_not_applicable(method: Method, passes: BatchPasses) -> str | None:
-    if method.name in GRADIENT_METHODS:
-        return passes.gradient_layer_problem()
-    if method.name == "mc_dropout" and not passes.dropout_layers:
-        return ("the model has no dropout layer with p > 0 (nn.Dropout / Dropout1d/2d/3d), so MC dropout is "
-                "undefined; leave mc_dropout out of the methods.")
-    return None
+def _why_not_applicable(method: MethodSpec, passes: BatchPasses, view: BatchView) -> str | None:
+    """Why ``method`` cannot run on this model: a pass it needs cannot run, or its own ``applies`` says so."""
+    for needed in Pass:  # enum order, so the reason given is stable
+        if needed in method.needs:
+            problem = passes.unavailable(needed)
+            if problem is not None:
+                return problem
+    return method.applies(view) if method.applies is not None else None
 
 
-def _method_parameters(method: Method, passes: BatchPasses) -> dict:
-    params = {name: getattr(passes.options, name) for name in method.options}
-    if method.name == "gradtrust_topk":
-        params["topk"] = min(passes.options.topk or 10, max(passes.num_classes - 1, 1))
+def _method_parameters(method: MethodSpec, passes: BatchPasses, view: BatchView) -> dict[str, Any]:
+    """The value of every option ``method`` reads, as actually used (``resolve``; ``layer`` named)."""
+    params = {name: passes.options.get(name) for name in method.parameter_names}
+    if method.resolve is not None:
+        params = {name: method.resolve(view, name, value) for name, value in params.items()}
     if "layer" in params and params["layer"] is None:
         params["layer"] = passes.final_layer_name
     return params

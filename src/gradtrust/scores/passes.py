@@ -3,13 +3,16 @@
 :class:`BatchPasses` exposes every per-batch quantity as a lazily computed, cached property. A method reads
 the properties it needs; the first reader pays for the pass, every later reader gets it for free:
 
-| property | pass | cost |
+| property | :class:`~gradtrust.scores.spec.Pass` | cost |
 | --- | --- | --- |
-| ``logits``, ``features`` | one forward pass, penultimate features from a hook on the final ``nn.Linear`` | 1 forward |
-| ``odin_logits`` | input gradient of ``−log softmax(z/T)_ŷ``, then a forward on ``x̃`` | ~1 backward + 1 forward |
-| ``parameter_sq_norms`` | per-sample ``‖∂L/∂θ_j‖²`` of every parameter under ``BCE(z, 1)`` | ~1 backward + per-sample grads |
-| ``mc_probabilities`` | ``T`` forward passes with seeded per-sample dropout masks | T forwards |
-| ``row_energies``, ``uniform_ce_grad_l1`` | closed forms, or per-sample autograd on ``layer=`` | 0, or ~1 backward each |
+| ``logits``, ``features`` | ``FORWARD``: penultimate features from a hook on the final ``nn.Linear`` | 1 forward |
+| ``mse_gradient_rows``, ``uniform_ce_grad_l1`` | ``COUNTERFACTUAL_GRADIENTS``: closed forms, or autograd | 0, or ~1 backward |
+| ``odin_logits`` | ``ODIN``: input gradient of ``−log softmax(z/T)_ŷ``, then a forward on ``x̃`` | ~1 backward + 1 forward |
+| ``parameter_sq_norms`` | ``PARAMETER_GRADIENTS``: per-sample ``‖∂L/∂θ_j‖²`` under ``BCE(z, 1)`` | ~1 backward + grads |
+| ``mc_mean_probabilities`` | ``MC_DROPOUT``: ``T`` forwards with seeded per-sample dropout masks | T forwards |
+
+Methods do not read this class directly: they get a :class:`~gradtrust.scores.view.BatchView`, which lets a
+method read only the passes it declared.
 
 When any gradient is needed the single forward pass is run with autograd recording (input
 ``requires_grad``, parameters frozen) and every backward pass reuses its graph.
@@ -18,81 +21,46 @@ When any gradient is needed the single forward pass is run with autograd recordi
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradtrust import functional
 from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.scores import per_sample
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
+from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.per_sample import LayerCapture, UnsupportedForHooks, model_logits
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    """Every option a trust score reads, with the defaults of SPEC §1 (the GradTrust release).
-
-    Attributes:
-        odin_temperature: ODIN's temperature ``T`` (default 100).
-        odin_epsilon: ODIN's perturbation size ``ε`` in the model's input space (default 0.0014).
-        mc_samples: number ``T`` of MC-dropout passes (default 10).
-        topk: number of counterfactual classes for ``gradtrust_topk``; ``None`` = ``min(10, C − 1)``.
-        layer: module name whose weight gradients the gradient scores use; ``None`` = the final
-            ``nn.Linear``. A layer other than the final one goes through per-sample autograd.
-        gradient_path: ``"auto"`` (closed form on the final layer, autograd elsewhere), ``"closed_form"``
-            or ``"autograd"`` (per-sample autograd even on the final layer, to check the closed form).
-        purview_backend: ``"auto"`` (hooks, then ``torch.func.vmap``, then a loop), ``"hooks"``, ``"vmap"``
-            or ``"loop"``.
-        pnorm_p: the ``p`` of ``maxlogit_pnorm`` (default 2).
-        seed: seed of the MC-dropout masks; with ``sample_ids`` it fixes them per sample.
-        chunk_bytes: memory bound for one block of materialised per-sample gradients.
-    """
-
-    odin_temperature: float = 100.0
-    odin_epsilon: float = 0.0014
-    mc_samples: int = 10
-    topk: int | None = None
-    layer: str | None = None
-    gradient_path: str = "auto"
-    purview_backend: str = "auto"
-    pnorm_p: float = 2.0
-    seed: int = 0
-    chunk_bytes: int = per_sample.DEFAULT_CHUNK_BYTES
-
-    @classmethod
-    def from_kwargs(cls, **kwargs) -> ScoreOptions:
-        """Build options from keyword arguments, rejecting unknown names and bad values clearly."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(kwargs) - set(valid))
-        if unknown:
-            raise UnknownNameError(f"unknown scoring option(s) {', '.join(unknown)}. Valid options: {', '.join(valid)}.")
-        options = cls(**kwargs)
-        options.validate()
-        return options
-
-    def validate(self) -> None:
-        checks = [
-            (self.odin_temperature > 0, "odin_temperature must be > 0"),
-            (self.odin_epsilon >= 0, "odin_epsilon must be >= 0"),
-            (isinstance(self.mc_samples, int) and self.mc_samples >= 1, "mc_samples must be an integer >= 1"),
-            (self.topk is None or (isinstance(self.topk, int) and self.topk >= 1), "topk must be None or an integer >= 1"),
-            (self.gradient_path in ("auto", "closed_form", "autograd"),
-             "gradient_path must be 'auto', 'closed_form' or 'autograd'"),
-            (self.purview_backend in ("auto", "hooks", "vmap", "loop"),
-             "purview_backend must be 'auto', 'hooks', 'vmap' or 'loop'"),
-            (self.pnorm_p > 0, "pnorm_p must be > 0"),
-            (self.chunk_bytes > 0, "chunk_bytes must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{message} (got {self!r})")
-
+from gradtrust.scores.spec import Pass
 
 # The final layer found for a model, so later batches hook that one layer instead of every nn.Linear.
 _FINAL_LAYER_CACHE: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+class FinalLayerCall(NamedTuple):
+    """One call of the final ``nn.Linear`` seen by the forward hook."""
+
+    name: str
+    module: nn.Module
+    input: torch.Tensor  # the penultimate features h, as the layer received them
+    output: torch.Tensor
+    output_version: int  # ``output._version`` right after the call: a later in-place change shows
+
+
+@dataclass
+class ForwardRecord:
+    """What one forward pass of the model left behind for the later passes."""
+
+    x: torch.Tensor  # the input as the model received it (requires grad when ODIN needs ∂/∂x)
+    root: torch.Tensor | None  # where the recorded graph starts (x, or the first captured layer's output)
+    graph: bool  # whether autograd recorded the pass
+    logits: torch.Tensor  # the model's output, attached to the graph when one was recorded
+    final: FinalLayerCall | None  # the final nn.Linear's call, if one ran with C outputs
+    capture: LayerCapture  # per-layer hooks for per-sample gradients
 
 
 @dataclass
@@ -110,45 +78,47 @@ class BatchPasses:
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, options: ScoreOptions,
-                 sample_ids: torch.Tensor, needs: frozenset[str]):
+                 sample_ids: torch.Tensor, needs: frozenset[Pass]):
         self.model = model
         self.inputs = inputs
         self.options = options
         self.sample_ids = sample_ids
         self.needs = needs
-        self._record_graph = bool(needs & {"odin", "per_sample_gradients"}) or (
-            "counterfactual_gradients" in needs and (options.layer is not None or options.gradient_path == "autograd"))
+        self._record_graph = bool(needs & {Pass.ODIN, Pass.PARAMETER_GRADIENTS}) or (
+            Pass.COUNTERFACTUAL_GRADIENTS in needs
+            and (options.layer is not None or options.gradient_path == "autograd"))
+        self._purview_hooks_error: str | None = None
+        self._second_forward: ForwardRecord | None = None
         self.purview_backend_used: str | None = None
 
     # ------------------------------------------------------------------ the forward pass
     @cached_property
-    def _forward(self) -> dict:
+    def _forward(self) -> ForwardRecord:
         """The one forward pass (recording an autograd graph when any method needs a gradient)."""
         return self._run_forward(self._record_graph)
 
-    def _graph_forward(self) -> dict:
+    def _graph_forward(self) -> ForwardRecord:
         """A forward pass with a recorded graph: the shared one, or (rarely) a second forward when the
         shared one was run without a graph and the gradient scores turn out to need autograd."""
-        if self._forward["graph"]:
+        if self._forward.graph:
             return self._forward
-        if "_second_forward" not in self.__dict__:
-            self.__dict__["_second_forward"] = self._run_forward(True)
-        return self.__dict__["_second_forward"]
+        if self._second_forward is None:
+            self._second_forward = self._run_forward(True)
+        return self._second_forward
 
-    def _run_forward(self, record_graph: bool) -> dict:
+    def _run_forward(self, record_graph: bool) -> ForwardRecord:
         """Run the model once, capturing the final layer's input/output and, if needed, layer activations."""
         model, options = self.model, self.options
         cached_final = _FINAL_LAYER_CACHE.get(model)
         linears = ({cached_final: model.get_submodule(cached_final)} if cached_final is not None else
                    {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)})
-        seen: list[tuple] = []
+        seen: list[FinalLayerCall] = []
         handles = [m.register_forward_hook(
-            lambda mod, args, out, name=name: seen.append((name, mod, args[0], out, out._version)))
+            lambda mod, args, out, name=name: seen.append(FinalLayerCall(name, mod, args[0], out, out._version)))
             for name, m in linears.items()]
 
         capture_layers: dict[str, nn.Module] = {}
-        self._purview_hooks_error = getattr(self, "_purview_hooks_error", None)
-        if record_graph and "per_sample_gradients" in self.needs and options.purview_backend in ("auto", "hooks"):
+        if record_graph and Pass.PARAMETER_GRADIENTS in self.needs and options.purview_backend in ("auto", "hooks"):
             try:
                 capture_layers.update(per_sample.hook_layers_for_all_parameters(model))
             except UnsupportedForHooks as exc:
@@ -161,7 +131,7 @@ class BatchPasses:
         # which skips that layer's backward-to-input, e.g. resnet18's 7×7 convolution on the image
         # (0.19 forward passes at 224², batch 32, CPU). The layer's output is cloned so that an in-place
         # operation after it (ReLU(inplace=True)) acts on a graph tensor, not on the leaf (0.03 passes).
-        cut = record_graph and "odin" not in self.needs and bool(capture_layers)
+        cut = record_graph and Pass.ODIN not in self.needs and bool(capture_layers)
         x = self.inputs.detach().requires_grad_(record_graph and not cut)
         root: dict[str, torch.Tensor] = {} if cut else {"root": x}
 
@@ -186,17 +156,17 @@ class BatchPasses:
                              f"(batch={x.shape[0]}, classes). GradTrust scores classifiers whose output is one "
                              "logit per class.")
         num_classes = logits.shape[1]
-        final = [entry for entry in seen if entry[3].shape[-1] == num_classes]
+        final = [call for call in seen if call.output.shape[-1] == num_classes]
         final_info = final[-1] if final else None
         if final_info is not None and cached_final is None:
-            _FINAL_LAYER_CACHE[model] = final_info[0]
-        return {"x": x, "root": root.get("root"), "graph": record_graph, "logits_graph": logits,
-                "final": final_info, "capture": capture}
+            _FINAL_LAYER_CACHE[model] = final_info.name
+        return ForwardRecord(x=x, root=root.get("root"), graph=record_graph, logits=logits, final=final_info,
+                             capture=capture)
 
     @cached_property
     def logits(self) -> torch.Tensor:
         """The model's logits ``z`` (B, C) as float64, detached."""
-        return self._forward["logits_graph"].detach().double()
+        return self._forward.logits.detach().double()
 
     @cached_property
     def prediction(self) -> torch.Tensor:
@@ -215,25 +185,24 @@ class BatchPasses:
     @property
     def final_layer_name(self) -> str | None:
         """Name of the final ``nn.Linear`` (the last one to run with one output per class), or None."""
-        final = self._forward["final"]
-        return final[0] if final is not None else None
+        final = self._forward.final
+        return final.name if final is not None else None
 
     @cached_property
     def closed_form_applies(self) -> bool:
         """Whether the final layer's output *is* the logits, with one feature vector per sample."""
-        final = self._forward["final"]
+        final = self._forward.final
         if final is None:
             return False
-        _, _, a, out, _ = final
-        return out is self._forward["logits_graph"] and a.dim() == 2
+        return final.output is self._forward.logits and final.input.dim() == 2
 
     @cached_property
     def features(self) -> torch.Tensor:
         """Penultimate features ``h`` (B, D) float64: the input of the final ``nn.Linear``."""
-        final = self._forward["final"]
+        final = self._forward.final
         if final is None:
             raise ModelError(self.no_final_linear_message())
-        return final[2].detach().reshape(final[2].shape[0], -1).double()
+        return final.input.detach().reshape(final.input.shape[0], -1).double()
 
     def no_final_linear_message(self) -> str:
         return (f"no nn.Linear with {self.num_classes} outputs runs last in this model "
@@ -274,10 +243,13 @@ class BatchPasses:
             return False
         return not (on_final and self.closed_form_applies)
 
-    def gradient_layer_problem(self) -> str | None:
-        """Why the gradient scores cannot be computed for this model, or None when they can."""
-        if self.options.layer is None and self.final_layer_name is None:
+    def unavailable(self, needed: Pass) -> str | None:
+        """Why ``needed`` cannot run on this model (then no method needing it applies), or None."""
+        if needed is Pass.COUNTERFACTUAL_GRADIENTS and self.options.layer is None and self.final_layer_name is None:
             return self.no_final_linear_message()
+        if needed is Pass.MC_DROPOUT and not self.dropout_layers:
+            return ("the model has no dropout layer with p > 0 (nn.Dropout / Dropout1d/2d/3d), so MC dropout is "
+                    "undefined; leave mc_dropout out of the methods.")
         return None
 
     # ------------------------------------------------------------------ gradient scores: closed forms
@@ -290,13 +262,11 @@ class BatchPasses:
     def mse_gradient_rows(self) -> GradientRows:
         """Row energies ``e_r = Var_d(G_{r,d}²)`` of ``G = ∂L/∂W`` for ``L = (1/C) Σ_c (z_c − 1/C)²``.
 
-        Closed form (SPEC §1, "GradTrust's closed form"): ``G = a hᵀ`` with ``a_c = (2/C)(z_c − 1/C)``, so
+        Closed form (docs/methods.md, "GradTrust's closed form"): ``G = a hᵀ`` with ``a_c = (2/C)(z_c − 1/C)``, so
         ``e_c = a_c⁴ · Var_d(h_d²)``. Otherwise per-sample autograd on the chosen layer.
         """
         if not self.uses_autograd_path:
-            c = self.num_classes
-            a = (2.0 / c) * (self.logits - 1.0 / c)
-            return GradientRows(row_energy=a.pow(4) * self.feature_sq_variance.unsqueeze(1))
+            return GradientRows(row_energy=functional.mse_gradient_row_energy(self.logits, self.features))
         return self._autograd_rows(self._mse_uniform_loss, want_l1=False)
 
     @cached_property
@@ -306,8 +276,7 @@ class BatchPasses:
         Closed form: ``G = (p − u) hᵀ`` so ``‖G‖₁ = ‖p − u‖₁ · ‖h‖₁`` (Huang et al., NeurIPS 2021).
         """
         if not self.uses_autograd_path:
-            u = 1.0 / self.num_classes
-            return (self.probabilities - u).abs().sum(1) * self.features.abs().sum(1)
+            return functional.uniform_ce_gradient_l1(self.logits, self.features)
         return self._autograd_rows(self._uniform_ce_loss, want_l1=True).l1
 
     @staticmethod
@@ -328,12 +297,12 @@ class BatchPasses:
         shared graph; :func:`gradtrust.scores.per_sample.parameter_grads` forms each sample's ``∂L_i/∂W``.
         """
         forward = self._graph_forward()
-        loss = loss_fn(forward["logits_graph"]).sum()
+        loss = loss_fn(forward.logits).sum()
         batch = self.inputs.shape[0]
         if self.options.layer is None:  # the final nn.Linear, recorded by the forward hook
-            if forward["final"] is None:
+            if forward.final is None:
                 raise ModelError(self.no_final_linear_message())
-            _, module, a, out, version = forward["final"]
+            _, module, a, out, version = forward.final
             if out._version != version:
                 raise ModelError("the final layer's output is modified in place by the model; pass layer= "
                                  "explicitly to compute the gradient scores through layer hooks.")
@@ -344,7 +313,7 @@ class BatchPasses:
             energy, l1 = _rows_from_grads(module, a.detach(), g, self.options.chunk_bytes, want_l1)
             return GradientRows(row_energy=energy, l1=l1)
         name, module = self.options.layer, self.layer_module
-        capture: LayerCapture = forward["capture"]
+        capture = forward.capture
         if capture.calls.get(name) != 1:
             raise ModelError(f"layer={name!r} ran {capture.calls.get(name, 0)} times in one forward pass; "
                              "per-sample gradients need a layer that runs exactly once.")
@@ -382,18 +351,18 @@ class BatchPasses:
         """Logits of ODIN's perturbed input ``x̃ = x − ε·sign(∇_x[−log softmax(f(x)/T)_ŷ])`` (B, C) float64.
 
         One backward pass to the input through the shared forward graph, one forward pass on ``x̃``.
-        Source: Liang et al., ICLR 2018; defaults of the GradTrust release (SPEC §1).
+        Source: Liang et al., ICLR 2018; defaults of the GradTrust release (docs/methods.md).
         """
         forward = self._graph_forward()
-        z = forward["logits_graph"].float()
+        z = forward.logits.float()
         log_p = F.log_softmax(z / self.options.odin_temperature, dim=1)
         loss = -log_p.gather(1, self.prediction.to(z.device).unsqueeze(1)).sum()
         if loss.requires_grad:
-            (grad,) = torch.autograd.grad(loss, forward["x"], retain_graph=True, allow_unused=True)
+            (grad,) = torch.autograd.grad(loss, forward.x, retain_graph=True, allow_unused=True)
         else:  # the logits do not depend differentiably on the input: ODIN does not move it
             grad = None
-        grad = torch.zeros_like(forward["x"]) if grad is None else grad
-        perturbed = (forward["x"].detach() - self.options.odin_epsilon * grad.sign()).to(self.inputs.dtype)
+        grad = torch.zeros_like(forward.x) if grad is None else grad
+        perturbed = (forward.x.detach() - self.options.odin_epsilon * grad.sign()).to(self.inputs.dtype)
         with torch.no_grad():
             return model_logits(self.model, perturbed).double()
 
@@ -433,9 +402,9 @@ class BatchPasses:
         forward = self._graph_forward()
         if self._purview_hooks_error is not None:
             raise UnsupportedForHooks(self._purview_hooks_error)
-        if not forward["logits_graph"].requires_grad:
+        if not forward.logits.requires_grad:
             raise UnsupportedForHooks("the logits do not depend differentiably on the input")
-        capture: LayerCapture = forward["capture"]
+        capture = forward.capture
         names, owners = per_sample.parameter_owners(self.model)
         wanted = {module_name for module_name, _, _ in owners.values()}
         calls = {n: c for n, c in capture.calls.items() if n in wanted}
@@ -451,7 +420,7 @@ class BatchPasses:
 
         capture.on_grad, capture.active = on_grad, True
         try:
-            _backward_through(_purview_loss(forward["logits_graph"]).sum(), forward)
+            _backward_through(_purview_loss(forward.logits).sum(), forward)
         finally:
             capture.active, capture.on_grad = False, None
         batch = self.inputs.shape[0]
@@ -475,16 +444,16 @@ class BatchPasses:
         return total / self.options.mc_samples
 
 
-def _backward_through(loss: torch.Tensor, forward: dict) -> None:
+def _backward_through(loss: torch.Tensor, forward: ForwardRecord) -> None:
     """Run one backward pass of ``loss`` through the recorded graph, down to its root, keeping the graph.
 
     The layer hooks collect what they need on the way; the gradient at the root itself is discarded.
     """
-    if forward["root"] is None:
+    if forward.root is None:
         raise UnsupportedForHooks("no captured layer ran in the forward pass")
     if not loss.requires_grad:
         raise UnsupportedForHooks("the logits do not depend differentiably on the input")
-    torch.autograd.grad(loss, forward["root"], retain_graph=True, allow_unused=True)
+    torch.autograd.grad(loss, forward.root, retain_graph=True, allow_unused=True)
 
 
 def _purview_loss(z: torch.Tensor) -> torch.Tensor:

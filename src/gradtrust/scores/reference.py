@@ -1,6 +1,6 @@
 """The straightforward implementation: one sample at a time, one autograd pass per method.
 
-Each function computes one score for one sample directly from its definition (SPEC §1), with explicit
+Each function computes one score for one sample directly from its definition (docs/methods.md), with explicit
 ``torch.autograd.grad`` calls on the real parameters and no closed form, no hooks and no sharing between
 methods. It is slow on purpose: the tests use it as the independent reference for the batched engine, and
 ``benchmarks/bench_scores.py`` uses it as the baseline the engine's speed-up is measured against.

@@ -1,84 +1,115 @@
-"""The registry of trust-score methods (timm style): the CLI and the API list the same names.
+"""The registry of trust-score methods (timm style): the API, the CLI and the report list the same names.
 
-A method is a small pure function of per-batch quantities. It declares which *passes* of the network it
-needs (``"forward"``, ``"odin"``, ``"per_sample_gradients"``, ``"mc_dropout"``); the engine
-(:mod:`gradtrust.scores.engine`) computes each needed pass once per batch and hands every method the same
-:class:`~gradtrust.scores.passes.BatchPasses`. Adding a method means adding one function and one
-``@register_method`` line.
+A method is declared once, by :func:`register_method` (a decorator) with a :class:`~gradtrust.scores.spec.
+MethodSpec`'s fields: the passes it needs, its display name, formula, source and options. Registration
+order is the order of ``available_methods()``, of the CLI listing and of the report's columns.
+
+**Plug-ins.** Another installed package adds methods through the ``gradtrust.methods`` entry-point group::
+
+    # its pyproject.toml
+    [project.entry-points."gradtrust.methods"]
+    my_scores = "my_package.scores"        # a module whose import calls gradtrust.register_method
+
+The entry point may also name a :class:`MethodSpec` (registered as is) or a function of no arguments (called
+once). Plug-ins load the first time the registry is read; one that fails to load is reported with a
+warning naming it and never hides the built-in methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
-
-import torch
+import difflib
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from gradtrust.errors import UnknownNameError
+from gradtrust.scores.spec import MethodOutput, MethodSpec, Param, Pass
+from gradtrust.scores.view import BatchView
 
-if TYPE_CHECKING:
-    from gradtrust.scores.passes import BatchPasses
+ENTRY_POINT_GROUP = "gradtrust.methods"
 
-class MethodOutput(NamedTuple):
-    """What a method function returns, left on the model's device: the engine copies every method's
-    output to the CPU in one transfer and applies the NaN policy there.
+_REGISTRY: dict[str, MethodSpec] = {}
+_LOADED = {"builtins": False, "plugins": False}
 
-    ``values``: (B,) one value per sample; ``undefined``: ``{reason: (B,) bool mask}``, in priority order
-    (a sample's recorded reason is the first mask that holds). Samples with non-finite logits, and values
-    that come out NaN for any other reason, are handled by the engine for every method.
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a :class:`MethodSpec` to the registry (its name must be new)."""
+    if not isinstance(spec, MethodSpec):
+        raise TypeError(f"expected a MethodSpec, got {type(spec).__name__}")
+    if not spec.name or not spec.name.isidentifier():
+        raise ValueError(f"a method name must be a Python identifier (it becomes a results column), got {spec.name!r}")
+    if spec.name in _REGISTRY:
+        raise ValueError(f"a trust-score method named {spec.name!r} is already registered "
+                         f"(by {_REGISTRY[spec.name].module or 'gradtrust'})")
+    bad = [n for n in spec.needs if not isinstance(n, Pass)]
+    if bad:
+        raise TypeError(f"method {spec.name!r}: needs must hold gradtrust.scores.Pass members, got {bad!r} "
+                        f"(valid: {', '.join('Pass.' + p.name for p in Pass)})")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def register_method(name: str, *, needs: Iterable[Pass] = (Pass.FORWARD,), display_name: str | None = None,
+                    summary: str | None = None, source: str = "", params: Iterable[Param] = (),
+                    applies: Callable[[BatchView], str | None] | None = None,
+                    resolve: Callable[[BatchView, str, Any], Any] | None = None, in_paper: bool = False
+                    ) -> Callable[[Callable[[BatchView], MethodOutput]], Callable[[BatchView], MethodOutput]]:
+    """Decorator registering ``fn(batch: BatchView) -> MethodOutput`` as the trust score ``name``.
+
+    Args:
+        name: the registry name and results column (a Python identifier).
+        needs: the :class:`Pass` members the method reads (``Pass.FORWARD`` is implied). Reading anything
+            else raises :class:`~gradtrust.scores.view.UndeclaredPassError`.
+        display_name: the name in tables and figures (default ``name``).
+        summary: the formula in one sentence (default the first line of ``fn``'s docstring).
+        source: the paper the definition follows.
+        params: the method's own options (:class:`Param`), with default and validation.
+        applies: ``applies(batch) -> reason | None`` beyond the needed passes' own checks.
+        resolve: ``resolve(batch, name, value) -> value actually used`` for the manifest.
+        in_paper: the GradTrust paper's table compares the method.
+
+    Example::
+
+        @gradtrust.register_method("neg_second_logit", display_name="−z₍₂₎", source="example")
+        def neg_second_logit(batch):
+            \"\"\"Minus the second-largest logit.\"\"\"
+            return MethodOutput(-batch.logits.topk(2, dim=1).values[:, 1], {})
     """
 
-    values: torch.Tensor
-    undefined: dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Method:
-    """A registered trust score: its function, the passes it needs and the options it reads."""
-
-    name: str
-    fn: Callable[[BatchPasses], MethodOutput]
-    needs: frozenset[str]
-    options: tuple[str, ...] = ()
-    summary: str = ""
-    source: str = ""
-
-    def __call__(self, passes: BatchPasses) -> MethodOutput:
-        return self.fn(passes)
-
-
-_REGISTRY: dict[str, Method] = {}
-
-
-def register_method(name: str, *, needs: set[str] | frozenset[str], options: tuple[str, ...] = (), summary: str = "",
-                    source: str = ""):
-    """Decorator registering ``fn(passes) -> (values, reasons)`` as the trust score ``name``."""
-
-    def decorate(fn: Callable[[BatchPasses], MethodOutput]):
-        if name in _REGISTRY:
-            raise ValueError(f"a trust-score method named {name!r} is already registered")
-        _REGISTRY[name] = Method(name=name, fn=fn, needs=frozenset(needs), options=tuple(options),
-                                 summary=summary or (fn.__doc__ or "").strip().splitlines()[0], source=source)
+    def decorate(fn: Callable[[BatchView], MethodOutput]) -> Callable[[BatchView], MethodOutput]:
+        doc = (fn.__doc__ or "").strip()
+        first = " ".join(doc.split("\n\n")[0].split()) if doc else name
+        register(MethodSpec(name=name, fn=fn, needs=frozenset(needs) | {Pass.FORWARD},
+                            display_name=display_name or name, summary=summary or first, source=source,
+                            params=tuple(params), applies=applies, resolve=resolve, in_paper=in_paper,
+                            module=getattr(fn, "__module__", "")))
         return fn
 
     return decorate
 
 
-def available_methods() -> list[str]:
-    """Names of every registered trust score, in registration order (cheap forward-pass scores first)."""
+def unregister_method(name: str) -> None:
+    """Remove a method (tests and interactive sessions that redefine one)."""
+    _REGISTRY.pop(name, None)
+
+
+def method_specs() -> list[MethodSpec]:
+    """Every registered :class:`MethodSpec`, in registration order (built-ins, then plug-ins)."""
     _ensure_loaded()
-    return list(_REGISTRY)
+    return list(_REGISTRY.values())
 
 
-def get_method(name: str) -> Method:
-    """The :class:`Method` called ``name``; an unknown name raises an error listing the valid ones."""
+def available_methods() -> list[str]:
+    """Names of every registered trust score, in registration order (the report's column order)."""
+    return [spec.name for spec in method_specs()]
+
+
+def get_method(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` called ``name``; an unknown name raises an error listing the valid ones."""
     _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
-        import difflib
-
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownNameError(
@@ -86,7 +117,52 @@ def get_method(name: str) -> Method:
         ) from None
 
 
+def display_name(name: str) -> str:
+    """The display name of a registered method; an unregistered column keeps its own name."""
+    _ensure_loaded()
+    spec = _REGISTRY.get(name)
+    return spec.display_name if spec is not None else name
+
+
+def order_methods(names: Iterable[str]) -> list[str]:
+    """Registered methods in registry order, then the other names in the order given (no duplicates)."""
+    wanted = list(dict.fromkeys(names))
+    known = [n for n in available_methods() if n in wanted]
+    return known + [n for n in wanted if n not in known]
+
+
+def paper_methods() -> list[str]:
+    """The methods the GradTrust paper's table compares, in registry order."""
+    return [spec.name for spec in method_specs() if spec.in_paper]
+
+
+def load_plugins(force: bool = False) -> list[str]:
+    """Load the ``gradtrust.methods`` entry points (once); return the names of the methods they added."""
+    if _LOADED["plugins"] and not force:
+        return []
+    _LOADED["plugins"] = True
+    from importlib.metadata import entry_points
+
+    before = set(_REGISTRY)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = entry.load()
+            if isinstance(obj, MethodSpec):
+                if obj.name not in _REGISTRY:
+                    register(obj)
+            elif callable(obj):  # a module (the usual case) registered its methods on import already
+                obj()
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break the built-in methods
+            warnings.warn(f"gradtrust: the trust-score plug-in {entry.name!r} ({entry.value}) failed to load: "
+                          f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+    return [name for name in _REGISTRY if name not in before]
+
+
 def _ensure_loaded() -> None:
-    # The method modules register themselves on import; importing them here keeps registry.py free of
+    # The built-in methods register themselves on import; importing them here keeps this module free of
     # import cycles while guaranteeing the registry is complete whenever it is read.
-    from gradtrust.scores import methods  # noqa: F401
+    if not _LOADED["builtins"]:
+        _LOADED["builtins"] = True
+        from gradtrust.scores import methods  # noqa: F401
+    if not _LOADED["plugins"]:
+        load_plugins()

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradtrust.schema import reason_column
+
 
 @dataclass
 class ScoreResult(Mapping):
@@ -67,5 +69,5 @@ class ScoreResult(Mapping):
         if reasons:
             for name, why in self.reasons.items():
                 if any(why):
-                    frame[f"nan_reason_{name}"] = why
+                    frame[reason_column(name)] = why
         return frame

@@ -1,0 +1,85 @@
+"""``digits:<name>`` specs: the bundled digits networks (:mod:`gradtrust.models.digits`) with random,
+bundled or file weights."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from gradtrust.errors import ModelError, UnknownNameError
+from gradtrust.models.base import LoadedModel
+from gradtrust.models.specs import (
+    WEIGHTS_SUFFIXES,
+    _is_existing_file,
+    _looks_like_path,
+    _random_meta,
+    _unknown_message,
+)
+from gradtrust.models.state_dict import (
+    _align_keys,
+    _load_state,
+    file_sha256,
+    read_state_dict,
+)
+
+
+def _import_digits():
+    try:
+        from gradtrust.models import digits
+    except ImportError as exc:
+        raise ModelError(f"the bundled digits models are unavailable: {exc}") from exc
+    return digits
+
+
+def _load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
+    digits = _import_digits()
+    valid = list(digits.available_digits_models())
+    if name not in valid:
+        raise UnknownNameError(_unknown_message("digits model", name, valid, prefix="digits:"))
+    class_names = [str(c) for c in digits.DIGITS_CLASSES]
+    if num_classes is not None and num_classes != len(class_names):
+        raise ModelError(f"digits:{name} has {len(class_names)} classes, not num_classes={num_classes}")
+    meta: dict[str, Any] = {"family": "digits", "architecture": name, "class_names_source": "DIGITS_CLASSES"}
+    sha = None
+    weights_str = None
+    if weights is None:
+        module = digits.build_digits_model(name, pretrained=False)
+        meta.update(_random_meta())
+    elif isinstance(weights, str) and weights.strip().lower() in ("default", "bundled") and not _is_existing_file(weights):
+        module = digits.build_digits_model(name, pretrained=True)
+        weights_str = "bundled"
+        meta.update(weights_kind="bundled", pretrained=True)
+        ref = getattr(digits, "digits_weights_file", None)
+        if ref is not None:
+            ref = ref(name)
+            sha = hashlib.sha256(ref.read_bytes()).hexdigest()
+            meta["weights_file"] = str(ref)
+    elif _is_existing_file(weights):
+        path = Path(weights).resolve()
+        module = digits.build_digits_model(name, pretrained=False)
+        state, info = read_state_dict(path)
+        state, align = _align_keys(state, set(module.state_dict()))
+        meta.update(info, **align)
+        weights_str = str(path)
+        sha = file_sha256(path)
+        _load_state(module, state, f"digits:{name}", weights_str)
+        meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
+    else:
+        if isinstance(weights, str) and _looks_like_path(weights, WEIGHTS_SUFFIXES):
+            raise ModelError(f"weights file not found: {weights}")
+        raise UnknownNameError(
+            f"unknown weights {weights!r} for digits:{name}; valid: None (random), 'DEFAULT' or 'bundled' "
+            "(the shipped weights), or a local .pth/.safetensors file"
+        )
+    return LoadedModel(
+        module=module,
+        transform=None,
+        class_names=class_names,
+        num_classes=len(class_names),
+        spec=f"digits:{name}",
+        weights=weights_str,
+        weights_sha256=sha,
+        input_kind="tensor",
+        meta=meta,
+    )

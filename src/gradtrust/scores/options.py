@@ -1,0 +1,129 @@
+"""Scoring options: every option is a :class:`~gradtrust.scores.spec.Param`, declared once, by the pass that
+reads it (ODIN's temperature belongs to the ODIN pass), by a method (``topk``), or by the engine itself
+(``chunk_bytes``). :class:`ScoreOptions` holds one value for each; the CLI's ``--option`` help and parsing,
+``gradtrust methods`` and the manifest read the same declarations. Defaults follow the GradTrust release
+(``docs/methods.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from gradtrust.errors import UnknownNameError
+from gradtrust.scores import per_sample
+from gradtrust.scores.spec import Param, Pass
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _at_least_one(value: Any) -> str | None:
+    return None if value >= 1 else "must be an integer >= 1"
+
+
+#: The options each pass reads (a method needing the pass reports them as its parameters).
+PASS_PARAMS: dict[Pass, tuple[Param, ...]] = {
+    Pass.COUNTERFACTUAL_GRADIENTS: (
+        Param("layer", str, None, "module whose weight gradients the gradient scores use; default the final "
+              "nn.Linear (closed form); any other nn.Linear/nn.ConvNd goes through per-sample autograd"),
+        Param("gradient_path", str, "auto", "'auto' (closed form on the final layer, autograd elsewhere), "
+              "'closed_form', or 'autograd' (per-sample autograd even on the final layer)",
+              choices=("auto", "closed_form", "autograd")),
+    ),
+    Pass.ODIN: (
+        Param("odin_temperature", float, 100.0, "ODIN's temperature T", _positive),
+        Param("odin_epsilon", float, 0.0014, "ODIN's perturbation size ε, in the model's input space",
+              _non_negative),
+    ),
+    Pass.PARAMETER_GRADIENTS: (
+        Param("purview_backend", str, "auto", "per-sample gradient norms by 'hooks', 'vmap' or 'loop'; 'auto' "
+              "takes the first that applies", choices=("auto", "hooks", "vmap", "loop")),
+    ),
+    Pass.MC_DROPOUT: (
+        Param("mc_samples", int, 10, "number T of MC-dropout passes", _at_least_one),
+        Param("seed", int, 0, "seed of the MC-dropout masks (with sample ids it fixes them per sample)"),
+    ),
+}
+
+#: Options of the engine itself, read by no method.
+ENGINE_PARAMS: tuple[Param, ...] = (
+    Param("chunk_bytes", int, per_sample.DEFAULT_CHUNK_BYTES,
+          "memory bound for one block of materialised per-sample gradients", _positive),
+)
+
+
+def known_params() -> dict[str, Param]:
+    """Every option a score call accepts: engine, pass and registered-method options, by name.
+
+    A name declared twice must be declared identically (two methods may share a ``Param`` object).
+    """
+    from gradtrust.scores.registry import method_specs
+
+    params: dict[str, Param] = {}
+    groups: list[Iterable[Param]] = [ENGINE_PARAMS, *PASS_PARAMS.values()]
+    groups += [spec.params for spec in method_specs()]
+    for group in groups:
+        for param in group:
+            existing = params.setdefault(param.name, param)
+            if existing != param:
+                raise ValueError(f"the scoring option {param.name!r} is declared twice with different "
+                                 f"definitions: {existing} and {param}")
+    return params
+
+
+class ScoreOptions:
+    """The value of every scoring option (defaults where not given), validated once.
+
+    Read an option as an attribute (``options.odin_temperature``) or with :meth:`get`; :meth:`as_dict`
+    gives all of them. Build one with ``ScoreOptions.from_kwargs(**options)``: an unknown name or a bad
+    value raises an error that lists the valid options.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any] | None = None, **kwargs: Any):
+        params = known_params()
+        given = {**(values or {}), **kwargs}
+        unknown = sorted(set(given) - set(params))
+        if unknown:
+            raise UnknownNameError(f"unknown scoring option(s) {', '.join(unknown)}. Valid options: "
+                                   f"{', '.join(sorted(params))}.")
+        resolved = {name: (param.validate(given[name]) if name in given else param.default)
+                    for name, param in params.items()}
+        object.__setattr__(self, "_values", resolved)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> ScoreOptions:
+        """Build options from keyword arguments, rejecting unknown names and bad values clearly."""
+        return cls(kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no scoring option {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("ScoreOptions is immutable")
+
+    def get(self, name: str) -> Any:
+        return self._values[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ScoreOptions) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._values.items())))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        return f"ScoreOptions({inner})"
