@@ -280,3 +280,15 @@ def test_model_left_as_found_dtypes_and_no_nan():
     one = explain(model, x[:1])
     assert one["gradcam"].shape == (1, 64, 64)
     assert torch.isfinite(upsample(one.layer_maps["gradcam"], (64, 64))).all()
+
+
+def test_voice_trust_scores_in_the_registry():
+    model, x = _model("resnet18")
+    result = gradtrust.score(model, x, ["voice_snr", "voice_iou"], voice_threshold=0.2)
+    v = voice(model, x, threshold=0.2)
+    assert torch.allclose(result["voice_snr"], v.snr) and torch.allclose(result["voice_iou"], 1 - v.iou)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, CLASSES)).eval()  # no spatial layer: skipped with the reason
+    skipped = gradtrust.score(mlp, torch.randn(2, 3, 2, 2)).skipped
+    assert "spatial" in skipped["voice_snr"] and "spatial" in skipped["voice_iou"]
+    with pytest.raises(ModelError, match="voice_iou"):
+        gradtrust.score(mlp, torch.randn(2, 3, 2, 2), ["voice_iou"])

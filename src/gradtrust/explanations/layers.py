@@ -32,8 +32,8 @@ from gradtrust.errors import InputError, ModelError, UnknownNameError
 _POOLING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 
-#: model → {(layer argument, input shape without batch, dtype): LayerSpec}
-_SPEC_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, LayerSpec]] = weakref.WeakKeyDictionary()
+#: model → {(layer argument, input shape without batch, dtype): LayerSpec, or the error it raised}
+_SPEC_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, LayerSpec | Exception]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,14 @@ def resolve_layer(module: nn.Module, inputs: torch.Tensor, layer: str | None) ->
     key = (layer, *model_signature(inputs))
     cache = _SPEC_CACHE.setdefault(module, {})
     if key not in cache:
-        cache[key] = _probe(module, inputs[:1], layer)
-    return cache[key]
+        try:
+            cache[key] = _probe(module, inputs[:1], layer)
+        except (ModelError, UnknownNameError) as exc:  # the model's structure: the same for every batch
+            cache[key] = exc
+    found = cache[key]
+    if isinstance(found, Exception):
+        raise found
+    return found
 
 
 @dataclass
