@@ -280,3 +280,29 @@ def test_registry_state_is_clean_after_plugin_tests():
     leaked = [n for n in available_methods() if n.startswith("plugin_") or n.endswith("_test_method")]
     assert leaked == []
     assert registry_module.ENTRY_POINT_GROUP == "gradtrust.methods"
+
+
+def test_installing_a_plugin_does_not_change_an_existing_runs_identity(tmp_path, monkeypatch):
+    from gradtrust import load_model
+    from gradtrust.data.open import open_dataset
+    from gradtrust.runner import score_dataset
+
+    loaded = load_model("digits:digits_tiny", "DEFAULT")
+    data = open_dataset("digits:test", loaded)
+    first = score_dataset(loaded, data, tmp_path / "run", methods="softmax,gradtrust", batch_size=512,
+                          progress=False)
+    root = _write_plugin(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(root))
+    load_plugins(force=True)
+    try:
+        again = score_dataset(loaded, data, tmp_path / "run", methods="softmax,gradtrust", batch_size=512,
+                              progress=False)  # no --force needed: the plug-in's defaults are not identity
+        assert first.resumed_chunks == 0 and again.resumed_chunks > 0
+        with pytest.raises(Exception, match="plugin_scale"):  # a given plug-in option is part of it
+            score_dataset(loaded, data, tmp_path / "run", methods="softmax,gradtrust", batch_size=512,
+                          progress=False, options={"plugin_scale": 3.0})
+    finally:
+        for name in PLUGIN_METHODS:
+            unregister_method(name)
+        sys.modules.pop("gtplugin.scores", None)
+        sys.modules.pop("gtplugin", None)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -250,7 +250,8 @@ class DigitsDataset(Dataset):
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split at once: inputs (N, 1, 8, 8) float32 and labels (N,) int64."""
-        inputs = torch.stack([self[i].input for i in range(len(self))])
+        # Bundled digits are never unreadable: every Sample here carries a tensor.
+        inputs = torch.stack([cast(torch.Tensor, self[i].input) for i in range(len(self))])
         return inputs, torch.from_numpy(self._labels.astype(np.int64))
 
     def __repr__(self) -> str:

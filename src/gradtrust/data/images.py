@@ -311,7 +311,8 @@ class ImageFileDataset(Dataset):
         rel_paths: Sequence[str],
         labels: Sequence[int],
         classes: Sequence[str],
-        transform: Callable[[Image.Image], Any] | None = None,
+        # What the transform receives is the subclass's decoded item: a PIL image here, a clip tensor for video.
+        transform: Callable[[Any], Any] | None = None,
         alpha: str = "white",
     ) -> None:
         if alpha not in ALPHA_MODES:

@@ -151,12 +151,12 @@ def open_dataset(data: Any, model: Any, labels: str | os.PathLike | None = None)
     from gradtrust.data.images import ImageFolderDataset
 
     try:
-        dataset = ImageFolderDataset(root, transform)
+        folder = ImageFolderDataset(root, transform)
     except DataError as exc:
         if "FlatImageDataset" in str(exc):
             raise DataError(str(exc).replace("use FlatImageDataset", "pass the label file with --labels")) from None
         raise
-    return OpenedDataset(dataset, text)
+    return OpenedDataset(folder, text)
 
 
 # --------------------------------------------------------------------------- identity

@@ -20,7 +20,7 @@ class Sample(NamedTuple):
 
     input: torch.Tensor | None
     label: int
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index, part of the public API
     path: str
     error: str = ""
 
@@ -45,7 +45,7 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
     """
     good = [s for s in samples if s.input is not None and not s.error]
     failures = [(int(s.index), str(s.path), s.error or "unreadable") for s in samples if s.input is None or s.error]
-    inputs = torch.stack([s.input for s in good]) if good else None
+    inputs = torch.stack([s.input for s in good if s.input is not None]) if good else None
     return Batch(
         inputs=inputs,
         labels=torch.tensor([s.label for s in good], dtype=torch.int64),

@@ -25,7 +25,7 @@ out of the quantiles; if all are NaN the interval is (NaN, NaN).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -209,7 +209,8 @@ def bootstrap_distribution(
             raise InputError(f"`{name}` takes {want} arrays ({args}); got {len(arrays)}.")
         third = arrays[2] if want == 3 else None
         return _vectorised([name], arrays[0], arrays[1], third, n_resamples, seed)[name]
-    fn = _FUNCTIONS[name] if name is not None else metric
+    # _metric_name resolves every string (or raises), so an unnamed metric is the caller's callable.
+    fn = _FUNCTIONS[name] if name is not None else cast(Callable[..., float], metric)
     data = [_to_numpy(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
     n = check_lengths(**{f"arrays[{i}]": a for i, a in enumerate(data)})
     out = np.empty(n_resamples)

@@ -111,7 +111,7 @@ def _recipe(name: str) -> _Recipe:
 def digits_weights_file(name: str):
     """The packaged weights file of a bundled network (an ``importlib.resources`` Traversable)."""
     _recipe(name)
-    return resources.files("gradtrust").joinpath(_WEIGHTS_DIR, f"{name}.safetensors")
+    return resources.files("gradtrust").joinpath(_WEIGHTS_DIR).joinpath(f"{name}.safetensors")
 
 
 def build_digits_model(name: str, pretrained: bool = True) -> nn.Module:
@@ -142,7 +142,7 @@ def build_digits_model(name: str, pretrained: bool = True) -> nn.Module:
 
 def digits_accuracy_table() -> dict:
     """The accuracies recorded by ``scripts/train_digits.py`` (``{}`` when the file is absent)."""
-    ref = resources.files("gradtrust").joinpath(_WEIGHTS_DIR, ACCURACY_FILE)
+    ref = resources.files("gradtrust").joinpath(_WEIGHTS_DIR).joinpath(ACCURACY_FILE)
     try:
         return json.loads(ref.read_text(encoding="utf-8"))
     except (FileNotFoundError, OSError):

@@ -107,6 +107,8 @@ def render_html(report: Report) -> str:
     out.append('<h2 id="summary">Summary: which trust score wins</h2>')
     for line in report.summary_lines:
         out.append(f'<p class="claim">{e(line)}</p>')
+    if report.summary is None:  # write_report summarises whenever there are results
+        raise ValueError("the report has results but no summary; build it with write_report or summarise(groups)")
     header, rows = summary_cells(report.summary)
     out.append(_table([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 

@@ -151,6 +151,8 @@ def _write_tables(report: Report) -> None:
         selective_markdown(groups, resamples=report.resamples, seed=report.seed, confidence=report.confidence,
                            warnings=warnings), encoding="utf-8")
     selective_frame(groups).to_csv(out / "selective.csv", index=False)
+    if report.summary is None:  # write_report summarises whenever there are results
+        raise ValueError("the report has results but no summary; build it with summarise(groups)")
     text = summary_markdown(report.summary, groups, warnings)
     (out / "summary.md").write_text(text, encoding="utf-8")
     report.summary_lines = [line[2:] for line in text.splitlines() if line.startswith("- ")]

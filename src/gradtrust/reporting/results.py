@@ -208,7 +208,7 @@ def top_two(values: dict[str, float], higher: bool = True) -> tuple[set[str], bo
 def rank_of(method: str, values: dict[str, float], higher: bool = True) -> int | None:
     """1 + the number of methods strictly better (ties share a rank); None where undefined."""
     v = values.get(method)
-    if _isnan(v):
+    if v is None or _isnan(v):
         return None
     return 1 + sum(1 for w in values.values() if not _isnan(w) and (w > v if higher else w < v))
 
@@ -279,9 +279,11 @@ def summarise(groups: Sequence[Group], method: str = "gradtrust") -> Summary:
                 ranks[(r.name, metric)] = rank_of(method, vals, higher) if method in vals else None
                 if method in finite:
                     rows[metric] += 1
-                    if rank_of(method, vals, higher) <= 2:
+                    rank = rank_of(method, vals, higher)  # never None: the method's value is finite here
+                    if rank is not None and rank <= 2:
                         top2[metric] += 1
                     paper_vals = {m: v for m, v in vals.items() if m in in_paper or m == method}
-                    if rank_of(method, paper_vals, higher) <= 2:
+                    paper_rank = rank_of(method, paper_vals, higher)
+                    if paper_rank is not None and paper_rank <= 2:
                         top2_paper[metric] += 1
     return Summary(winners, ranks, top2, top2_paper, rows, wins, order, method)

@@ -207,7 +207,7 @@ def _ci_cell(v: float, lo: float | None, hi: float | None) -> str:
     if _isnan(v):
         return "n/a"
     base = f"{100 * v:.2f}"
-    if lo is None or _isnan(lo) or _isnan(hi):
+    if lo is None or hi is None or _isnan(lo) or _isnan(hi):
         return base
     return f"{base} [{100 * lo:.2f}, {100 * hi:.2f}]"
 

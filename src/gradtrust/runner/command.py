@@ -196,6 +196,7 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
     if labels is not None and not os.path.isfile(labels):
         raise InputError(f"labels file {os.path.abspath(labels)} does not exist.")
 
+    jobs: list[tuple[str, str | None, Path]]  # (model spec, weights argument, output folder)
     if model_spec is None:
         data = data or "digits"
         if not data.startswith("digits") or os.path.isdir(data):

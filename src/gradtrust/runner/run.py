@@ -58,7 +58,7 @@ from gradtrust.runner.identity import (
 )
 from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
-from gradtrust.scores.options import ScoreOptions
+from gradtrust.scores.options import ScoreOptions, builtin_param_names
 
 __all__ = ["DEFAULT_CHUNK_SAMPLES", "PeerError", "RunConflictError", "RunSummary", "default_chunk_size",
            "score_dataset"]
@@ -115,7 +115,12 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
 
 
 def _score_options(options: dict | None) -> tuple[dict, dict]:
-    """Validate the scoring options: ``(as given, every ScoreOptions field with its value)``."""
+    """Validate the scoring options: ``(as given, every option with its value)``.
+
+    "Every option" is every option this package declares plus those given: an installed plug-in's options
+    left at their defaults are not part of a run's identity, so installing a plug-in does not make
+    existing runs look changed.
+    """
     given = dict(options or {})
     try:
         full = ScoreOptions.from_kwargs(**given)
@@ -124,7 +129,8 @@ def _score_options(options: dict | None) -> tuple[dict, dict]:
     except (TypeError, ValueError) as exc:
         text = str(exc).split(" (got ")[0]
         raise InputError(f"bad scoring option: {text}") from None
-    return given, full.as_dict()
+    own = builtin_param_names()
+    return given, {k: v for k, v in full.as_dict().items() if k in own or k in given}
 
 
 # --------------------------------------------------------------------------- the run
@@ -192,7 +198,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
         if model.device != dev:
             module.to(dev)
         description = describe_dataset(dataset)
-        identity = {
+        identity: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "model": model_identity(model, model.describe()),
             "dataset": dataset_identity(description),
@@ -326,8 +332,10 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
 
 def _chunk_done(out: Path, layout: ch.ChunkLayout, k: int, run_id: str) -> bool:
     meta = ch.read_chunk_meta(layout.path(out, k))
+    if not meta:
+        return False
     start, stop = layout.bounds(k)
-    return bool(meta) and meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
+    return meta.get("run") == run_id and meta.get("start") == start and meta.get("stop") == stop
 
 
 class _ChunkBuffer:

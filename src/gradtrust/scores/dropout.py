@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
 
 _MASK32 = 0xFFFFFFFF
 
@@ -20,7 +21,7 @@ _MASK32 = 0xFFFFFFFF
 def dropout_modules(model: nn.Module) -> list[nn.Module]:
     """The dropout layers MC dropout switches on: ``nn.Dropout`` and ``nn.Dropout1d/2d/3d`` with ``p > 0``."""
     kinds = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-    return [m for m in model.modules() if type(m) in kinds and m.p > 0]
+    return [m for m in model.modules() if type(m) in kinds and isinstance(m, _DropoutNd) and m.p > 0]
 
 
 def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
@@ -54,6 +55,8 @@ def keep_mask(shape: tuple[int, ...], p: float, seed: int, sample_ids: torch.Ten
 
 
 def _masked_forward(module: nn.Module, layer_index: int, seed: int, sample_ids: torch.Tensor, pass_index: int):
+    if not isinstance(module, _DropoutNd):
+        raise TypeError(f"expected a dropout layer, got {type(module).__name__}")
     p = module.p
 
     def forward(x: torch.Tensor) -> torch.Tensor:

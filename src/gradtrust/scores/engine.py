@@ -54,7 +54,7 @@ def _prepare_inputs(module: nn.Module, inputs) -> torch.Tensor:
     if not inputs.is_floating_point():
         raise InputError(f"inputs must be a floating-point tensor already preprocessed for the model, got dtype "
                          f"{inputs.dtype}; convert images with the model's transform (LoadedModel.transform) first.")
-    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
+    reference: torch.Tensor | None = next((p for p in module.parameters() if p.is_floating_point()), None)
     if reference is None:
         reference = next((b for b in module.buffers() if b.is_floating_point()), None)
     if reference is not None:

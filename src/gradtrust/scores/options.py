@@ -77,6 +77,15 @@ def known_params() -> dict[str, Param]:
     return params
 
 
+def builtin_param_names() -> set[str]:
+    """The options this package declares (engine, passes, built-in methods), without plug-ins' options."""
+    from gradtrust.scores.registry import method_specs
+
+    names = {p.name for p in ENGINE_PARAMS} | {p.name for group in PASS_PARAMS.values() for p in group}
+    names |= {p.name for spec in method_specs() if spec.module.startswith("gradtrust.") for p in spec.params}
+    return names
+
+
 class ScoreOptions:
     """The value of every scoring option (defaults where not given), validated once.
 

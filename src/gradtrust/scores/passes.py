@@ -277,7 +277,9 @@ class BatchPasses:
         """
         if not self.uses_autograd_path:
             return functional.uniform_ce_gradient_l1(self.logits, self.features)
-        return self._autograd_rows(self._uniform_ce_loss, want_l1=True).l1
+        rows = self._autograd_rows(self._uniform_ce_loss, want_l1=True)
+        assert rows.l1 is not None  # want_l1=True fills it
+        return rows.l1
 
     @staticmethod
     def _mse_uniform_loss(z: torch.Tensor) -> torch.Tensor:
@@ -329,7 +331,8 @@ class BatchPasses:
         finally:
             capture.active, capture.on_grad = False, None
         if "rows" not in collected:  # the layer does not reach the logits: its gradient is zero
-            zeros = torch.zeros(batch, module.weight.shape[0], dtype=torch.float64, device=self.inputs.device)
+            zeros = torch.zeros(batch, per_sample.layer_weight(module).shape[0], dtype=torch.float64,
+                                device=self.inputs.device)
             return GradientRows(row_energy=zeros, l1=zeros[:, 0].clone())
         energy, l1 = collected["rows"]
         return GradientRows(row_energy=energy, l1=l1)
@@ -462,13 +465,13 @@ def _purview_loss(z: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(zf, torch.ones_like(zf), reduction="none").mean(1)
 
 
-def _rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor | None, chunk_bytes: int,
+def _rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                      want_l1: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row energies ``Var_d(G_{r,d}²)`` (B, R) and optionally ``‖G‖₁`` (B,) of per-sample weight gradients.
 
     Materialises the per-sample gradients in blocks of samples bounded by ``chunk_bytes``.
     """
-    per_sample_bytes = 4 * module.weight.numel()
+    per_sample_bytes = 4 * per_sample.layer_weight(module).numel()
     step = max(1, chunk_bytes // per_sample_bytes)
     energies, l1s = [], []
     for start in range(0, a.shape[0], step):

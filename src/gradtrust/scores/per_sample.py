@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -49,6 +52,28 @@ def supports_hooks(module: nn.Module) -> bool:
     return kind in (nn.LayerNorm, nn.GroupNorm)
 
 
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` typed as the tensor it is (``nn.Module`` attributes are untyped until narrowed)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight
+
+
+def _as_conv(module: nn.Module) -> _ConvNd:
+    """``module`` as the convolution it must be (``nn.Module`` attributes are untyped until narrowed)."""
+    if not isinstance(module, _ConvNd):
+        raise TypeError(f"expected a convolution layer, got {type(module).__name__}")
+    return module
+
+
+def _conv_padding(conv: _ConvNd) -> tuple[int, ...]:
+    """The explicit padding of ``conv``; string padding ("same"/"valid") is not hook-supported."""
+    if isinstance(conv.padding, str):
+        raise UnsupportedForHooks(f"convolution padding {conv.padding!r} is not supported; use explicit padding")
+    return conv.padding
+
+
 def _as_tokens(t: torch.Tensor) -> torch.Tensor:
     """(B, ..., F) → (B, T, F) in float32, T the product of the middle dimensions."""
     return t.reshape(t.shape[0], -1, t.shape[-1]).float()
@@ -70,15 +95,17 @@ def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strat
     batched matrix product of the output gradient with the unfolded input patches, ``g_i U_iᵀ``, the
     kind of work GPUs do best. ``strategy`` ("grouped", "per_sample" or "unfold") overrides the choice.
     """
+    conv = _as_conv(module)
     batch = a.shape[0]
-    weight = module.weight
+    weight = conv.weight
     spatial = a.shape[2:]
     a, g = a.float(), g.float()
-    conv_args = (list(module.stride), list(module.padding), list(module.dilation), False, [0] * len(spatial))
+    padding = _conv_padding(conv)
+    conv_args = (list(conv.stride), list(padding), list(conv.dilation), False, [0] * len(spatial))
     strategy = strategy or default_conv_strategy(module, a.device)
     if strategy == "unfold":
-        patches = F.unfold(a.float(), module.kernel_size, dilation=module.dilation, padding=module.padding,
-                           stride=module.stride)  # (B, K, T)
+        patches = F.unfold(a.float(), conv.kernel_size, dilation=conv.dilation, padding=padding,
+                           stride=conv.stride)  # (B, K, T)
         return torch.bmm(g.float().flatten(2), patches.transpose(1, 2)).reshape(batch, *weight.shape)
     if strategy == "per_sample":
         return torch.stack([_one_sample_conv_weight_grad(module, a[i:i + 1], g[i:i + 1]) for i in range(batch)])
@@ -86,16 +113,17 @@ def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strat
     g1 = g.reshape(1, batch * g.shape[1], *g.shape[2:])
     # Only grad_weight is asked for, so the kernel reads this weight argument for its shape alone.
     stacked = torch.zeros((batch * weight.shape[0], *weight.shape[1:]), device=a.device, dtype=torch.float32)
-    _, grad_weight, _ = torch.ops.aten.convolution_backward(g1, a1, stacked, None, *conv_args, module.groups * batch,
+    _, grad_weight, _ = torch.ops.aten.convolution_backward(g1, a1, stacked, None, *conv_args, conv.groups * batch,
                                                             [False, True, False])
     return grad_weight.reshape(batch, *weight.shape)
 
 
 def _one_sample_conv_weight_grad(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """The weight gradient of ``module`` for one sample (batch dimension 1), float32, shape of the weight."""
-    conv_args = (list(module.stride), list(module.padding), list(module.dilation), False, [0] * (a.dim() - 2))
-    return torch.ops.aten.convolution_backward(g.float(), a.float(), module.weight.detach().float(), None, *conv_args,
-                                               module.groups, [False, True, False])[1]
+    conv = _as_conv(module)
+    conv_args = (list(conv.stride), list(_conv_padding(conv)), list(conv.dilation), False, [0] * (a.dim() - 2))
+    return torch.ops.aten.convolution_backward(g.float(), a.float(), conv.weight.detach().float(), None, *conv_args,
+                                               conv.groups, [False, True, False])[1]
 
 
 def default_conv_strategy(module: nn.Module, device: torch.device) -> str:
@@ -113,19 +141,20 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
     Goodfellow 2015; Bu et al. 2022). The Gram form costs ``T²(K + O)``, the gradient itself ``T·K·O``;
     late layers of a CNN have few positions and many channels, where the Gram form is ~10× cheaper.
     """
+    conv = _as_conv(module)
     out_positions = g[0, 0].numel()
-    k = module.weight[0].numel()
-    o = module.weight.shape[0]
+    k = conv.weight[0].numel()
+    o = conv.weight.shape[0]
     ghost_cost = out_positions * out_positions * (k + o)
     # The unfolded patches cost memory traffic the FLOP count ignores: take the Gram form only when it is
     # at most half the work (resnet18: layer4 and its downsample, not layer3).
-    if type(module) is nn.Conv2d and module.groups == 1 and 2 * ghost_cost <= out_positions * k * o:
+    if type(conv) is nn.Conv2d and conv.groups == 1 and 2 * ghost_cost <= out_positions * k * o:
         norms = []
         per_sample_bytes = 4 * (out_positions * (k + out_positions) + a[0].numel())
         step = max(1, chunk_bytes // per_sample_bytes)
         for start in range(0, a.shape[0], step):
-            patches = F.unfold(a[start:start + step].float(), module.kernel_size, dilation=module.dilation,
-                               padding=module.padding, stride=module.stride)  # (b, K, T)
+            patches = F.unfold(a[start:start + step].float(), conv.kernel_size, dilation=conv.dilation,
+                               padding=_conv_padding(conv), stride=conv.stride)  # (b, K, T)
             grads = g[start:start + step].float().flatten(2)  # (b, O, T)
             gram_u = torch.bmm(patches.transpose(1, 2), patches)
             gram_g = torch.bmm(grads.transpose(1, 2), grads)
@@ -133,9 +162,9 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
         return torch.cat(norms)
     if a.device.type == "cpu":  # per-sample native kernels, each reduced at once (no stacked gradients)
         af, gf = a.float(), g.float()
-        grads = (_one_sample_conv_weight_grad(module, af[i:i + 1], gf[i:i + 1]).flatten() for i in range(a.shape[0]))
-        return torch.stack([torch.dot(grad, grad) for grad in grads])
-    per_sample_bytes = 4 * (module.weight.numel() + k * out_positions)  # gradient + unfolded patches
+        flat = (_one_sample_conv_weight_grad(module, af[i:i + 1], gf[i:i + 1]).flatten() for i in range(a.shape[0]))
+        return torch.stack([torch.dot(grad, grad) for grad in flat])
+    per_sample_bytes = 4 * (conv.weight.numel() + k * out_positions)  # gradient + unfolded patches
     step = max(1, chunk_bytes // per_sample_bytes)
     return torch.cat([conv_weight_grads(module, a[i:i + step], g[i:i + step]).flatten(1).square().sum(1)
                       for i in range(0, a.shape[0], step)])
@@ -146,6 +175,8 @@ def _normalised_input(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
     a = a.float()
     if type(module) is nn.LayerNorm:
         return F.layer_norm(a, module.normalized_shape, eps=module.eps)
+    if not isinstance(module, nn.GroupNorm):
+        raise TypeError(f"expected a LayerNorm or GroupNorm, got {type(module).__name__}")
     return F.group_norm(a, module.num_groups, eps=module.eps)
 
 
@@ -167,12 +198,15 @@ def parameter_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict
     elif kind in _BATCH_NORM:
         # Eval-mode BatchNorm normalises with fixed statistics, so Σ_s g·(a − μ)/σ = (Σ_s g·a − μ Σ_s g)/σ:
         # one fused reduction over the activations instead of rebuilding x̂ (measured: ~8% of Purview).
+        norm = cast(_BatchNorm, module)  # kind is one of _BATCH_NORM
         g3 = g.float().reshape(g.shape[0], g.shape[1], -1)
         grad_beta = g3.sum(2)
         if module.weight is not None:
+            if norm.running_mean is None or norm.running_var is None:
+                raise UnsupportedForHooks(f"{kind.__name__} without running statistics normalises by batch statistics")
             grad_ga = torch.einsum("bcs,bcs->bc", g3, a.float().reshape(a.shape[0], a.shape[1], -1))
-            sigma = torch.sqrt(module.running_var.float() + module.eps)
-            out["weight"] = (grad_ga - module.running_mean.float() * grad_beta) / sigma
+            sigma = torch.sqrt(norm.running_var.float() + norm.eps)
+            out["weight"] = (grad_ga - norm.running_mean.float() * grad_beta) / sigma
         if module.bias is not None:
             out["bias"] = grad_beta
     elif kind in (nn.LayerNorm, nn.GroupNorm):

@@ -8,23 +8,26 @@ methods. It is slow on purpose: the tests use it as the independent reference fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
-from gradtrust.scores.per_sample import model_logits
+from gradtrust.scores.per_sample import layer_weight, model_logits
 from gradtrust.scores.state import scoring_state
 
 
-def _grad_of(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+def _grad_of(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=False)]
 
 
 def _weight_gradient(model: nn.Module, x: torch.Tensor, layer: nn.Module, loss_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``G = ∂L/∂W`` of ``layer.weight`` for one sample (rows flattened) and that sample's logits."""
-    layer.weight.requires_grad_(True)
+    weight = layer_weight(layer)
+    weight.requires_grad_(True)
     try:
         with torch.enable_grad():
             z = model_logits(model, x).float()
@@ -33,9 +36,9 @@ def _weight_gradient(model: nn.Module, x: torch.Tensor, layer: nn.Module, loss_n
                 loss = ((z - 1.0 / c) ** 2).mean()
             else:  # cross-entropy against the uniform label
                 loss = -(F.log_softmax(z, dim=1) / c).sum()
-            (g,) = _grad_of(loss, [layer.weight])
+            (g,) = _grad_of(loss, [weight])
     finally:
-        layer.weight.requires_grad_(False)
+        weight.requires_grad_(False)
     return g.reshape(g.shape[0], -1).double(), z.detach().double()[0]
 
 
@@ -73,24 +76,24 @@ def reference_score(model: nn.Module, x: torch.Tensor, method: str, layer: nn.Mo
                 z2 = model_logits(model, x - odin_epsilon * gx.sign()).double()
             return float(F.softmax(z2 / odin_temperature, dim=1).max())
         if method in ("purview_initial", "purview_final"):
-            params = [p for _, p in model.named_parameters()]
-            for p in params:
-                p.requires_grad_(True)
+            params = [param for _, param in model.named_parameters()]
+            for param in params:
+                param.requires_grad_(True)
             try:
                 with torch.enable_grad():
                     z = model_logits(model, x).float()
                     loss = F.binary_cross_entropy_with_logits(z, torch.ones_like(z))  # mean over the C classes
                     grads = _grad_of(loss, params)
             finally:
-                for p in params:
-                    p.requires_grad_(False)
+                for param in params:
+                    param.requires_grad_(False)
             s = [float(g.double().pow(2).sum()) for g in grads]
             m = len(s) - 1
             part = s[: m // 2] if method == "purview_initial" else s[(m + 1) // 2:]
             return -sum(part) / len(part) if part else float("nan")
         if method == "mc_dropout":
             layers = dropout_modules(model)
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64, device=x.device)  # broadcasts like the scalar 0.0
             for t in range(mc_samples):
                 with seeded_dropout(layers, seed, torch.tensor([sample_id]), t), torch.no_grad():
                     total = total + F.softmax(model_logits(model, x).double(), dim=1)[0]
