@@ -7,9 +7,9 @@ Q?") and VOICE (how uncertain an explanation is) — batched, every class at onc
 >>> v.uncertainty, v.snr, v.iou
 """
 
-from gradtrust.explanations.explain import METHODS, QUESTIONS, Explanation, explain
+from gradtrust.explanations.cams import METHODS, QUESTIONS, Explanation, explain
 from gradtrust.explanations.layers import LayerSpec, resolve_layer
-from gradtrust.explanations.voice import VoiceResult, snr_and_iou, voice
+from gradtrust.explanations.uncertainty import VoiceResult, snr_and_iou, voice
 
 __all__ = ["METHODS", "QUESTIONS", "Explanation", "LayerSpec", "VoiceResult", "explain", "resolve_layer",
            "snr_and_iou", "voice"]

@@ -66,7 +66,7 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer
     import torch
 
     from gradtrust.data.open import open_dataset
-    from gradtrust.explanations.explain import parse_methods
+    from gradtrust.explanations.cams import parse_methods
     from gradtrust.explanations.run import explain_dataset
     from gradtrust.models import load_model
     from gradtrust.runner.command import RANDOM_INIT_SEED, _weights_arg

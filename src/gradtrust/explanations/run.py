@@ -38,7 +38,7 @@ from gradtrust.data.classes import resolve_class_indices
 from gradtrust.data.open import describe_dataset
 from gradtrust.data.samples import collate_samples
 from gradtrust.errors import DataError, GradTrustError, InputError, ModelError
-from gradtrust.explanations.explain import (
+from gradtrust.explanations.cams import (
     METHODS,
     Session,
     explain_session,
@@ -47,7 +47,7 @@ from gradtrust.explanations.explain import (
     runner_up,
 )
 from gradtrust.explanations.maps import minmax, upsample
-from gradtrust.explanations.voice import voice_session
+from gradtrust.explanations.uncertainty import voice_session
 from gradtrust.runner import chunks as ch
 from gradtrust.runner.distributed import distributed_session, resolve_device
 from gradtrust.runner.identity import (

@@ -42,8 +42,8 @@ def _voice(batch: BatchView):
     ref = _LAST.get("inputs")
     if ref is not None and ref() is batch.inputs and _LAST.get("key") == (layer, threshold):  # type: ignore[operator]
         return _LAST["result"]
-    from gradtrust.explanations.explain import Session
-    from gradtrust.explanations.voice import voice_session
+    from gradtrust.explanations.cams import Session
+    from gradtrust.explanations.uncertainty import voice_session
 
     s = Session(batch.model, batch.inputs, layer)  # the model is already in its scoring state
     result = voice_session(s, batch.inputs, None, threshold)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from gradtrust.errors import InputError
-from gradtrust.explanations.explain import Session, as_module, class_ids, prepare_inputs
+from gradtrust.explanations.cams import Session, as_module, class_ids, prepare_inputs
 from gradtrust.explanations.maps import Upsampler, minmax, upsample, weighted_map
 from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES
 from gradtrust.scores.state import scoring_state
