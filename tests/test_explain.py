@@ -292,3 +292,11 @@ def test_voice_trust_scores_in_the_registry():
     assert "spatial" in skipped["voice_snr"] and "spatial" in skipped["voice_iou"]
     with pytest.raises(ModelError, match="voice_iou"):
         gradtrust.score(mlp, torch.randn(2, 3, 2, 2), ["voice_iou"])
+
+
+def test_voice_trust_scores_bounded_on_non_gap_heads():
+    vgg, x = _model("vgg11")  # no closed form, 10 classes
+    capped = gradtrust.score(vgg, x, ["voice_snr"], voice_max_backward_classes=5)
+    assert torch.isnan(capped["voice_snr"]).all() and "backward passes" in capped.reasons["voice_snr"][0]
+    full = gradtrust.score(vgg, x, ["voice_snr"])
+    assert torch.allclose(full["voice_snr"], voice(vgg, x).snr)
