@@ -85,7 +85,7 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
         _panel(row_axes[0], picture, None, f"{head}\ntrue {_short(run.class_name(int(sample['label'])))}")
         h, w = int(info["map_height"]), int(info["map_width"])
         for ax, (method, title) in zip(row_axes[1:], methods, strict=True):
-            layer_map = torch.as_tensor(np.asarray(info[f"map_{method}"], dtype=np.float32)).reshape(1, 1, h, w)
+            layer_map = torch.tensor(np.array(info[f"map_{method}"], dtype=np.float32)).reshape(1, 1, h, w)
             up = F.interpolate(layer_map, size=size, mode="bilinear", align_corners=False)[0, 0]
             lo, hi = float(up.min()), float(up.max())
             heat = ((up - lo) / (hi - lo)).numpy() if hi > lo else np.zeros(size, np.float32)
