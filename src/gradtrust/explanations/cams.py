@@ -42,7 +42,9 @@ class Explanation:
 
     ``layer_maps[m]``: (B, h, w) float32 ReLU'd maps at the layer's resolution, before upsampling and
     normalisation (``contrast`` is (B, C, h, w) with ``contrast="all"``). ``ex[m]``: the same upsampled to the
-    input size and min-max normalised per image into [0, 1], computed on first access. ``target`` (P) and
+    input size and min-max normalised per image into [0, 1], computed on first access (with
+    ``contrast="all"`` that is B·C·H·W floats: 6.4 GB for 32 ImageNet images at 224², so upsample the classes
+    you need from ``layer_maps`` with :func:`gradtrust.explanations.maps.upsample` and ``minmax`` instead). ``target`` (P) and
     ``contrast`` (Q) are the classes actually used, (B,) int64 (``contrast`` is ``None`` without a contrast
     map or with ``contrast="all"``). ``valid`` is False for samples whose logits are not finite: their maps
     are zeros. ``closed_form`` says whether the weights came from the GAP + linear closed form.
