@@ -47,7 +47,8 @@ def test_digits_default_every_network(tmp_path):
     recorded = digits_accuracy_table()["models"]
     for name in available_digits_models():
         folder = out / name
-        assert {p.name for p in folder.iterdir()} == {"chunks", "run.json", "scores.parquet", "manifest.json"}
+        assert {p.name for p in folder.iterdir()} == {"chunks", "run.json", "scores.parquet", "logits.parquet",
+                                                          "manifest.json"}
         frame = pd.read_parquet(folder / "scores.parquet")
         assert len(frame) == 901
         assert list(frame.columns[:5]) == ["index", "path", "label", "prediction", "correct"]

@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     "MethodSpec": "gradtrust.scores",
     "Pass": "gradtrust.scores",
     "functional": "gradtrust.functional",
+    "Introspective": "gradtrust.introspection",
     "load_model": "gradtrust.models",
     "LoadedModel": "gradtrust.models",
     "explain": "gradtrust.explanations",
@@ -35,7 +36,7 @@ _LAZY: dict[str, str] = {
     "VoiceResult": "gradtrust.explanations",
 }
 
-__all__ = ["DataError", "GradTrustError", "InputError", "LoadedModel", "MethodSpec", "ModelError", "Pass",
+__all__ = ["DataError", "GradTrustError", "InputError", "Introspective", "LoadedModel", "MethodSpec", "ModelError", "Pass",
            "ScoreOptions", "ScoreResult", "UnknownNameError", "__version__", "available_methods", "functional",
            "get_method", "load_model", "register_method", "score"]
 __all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.explanations
@@ -43,6 +44,7 @@ __all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.expla
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradtrust import functional
     from gradtrust.explanations import Explanation, VoiceResult, explain, voice
+    from gradtrust.introspection import Introspective
     from gradtrust.models import LoadedModel, load_model
     from gradtrust.scores import (
         MethodSpec,

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "Score several models on one dataset, then report (default: the bundled digits benchmark)."),
     "explain": ("gradtrust.explanations.command:explain_command",
                 "Grad-CAM, Counterfactual-CAM, Contrast-CAM and VOICE for every sample: explanations.parquet + PNGs."),
+    "introspect": ("gradtrust.introspection.command:introspect_command",
+                   "Introspective learning: fit H on f's gradient features, score with both, the digits comparison."),
     "methods": ("gradtrust.cli:methods_command", "List the trust-score methods, with their formula and source."),
     "models": ("gradtrust.cli:models_command", "List the model specs --model accepts."),
 }

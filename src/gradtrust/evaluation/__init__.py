@@ -8,6 +8,9 @@ and tied scores are always accepted or rejected together.
   :func:`aufc` (in [0, 100]).
 - Selective classification (:mod:`.risk`): :func:`risk_coverage_curve`, :func:`aurc`, :func:`eaurc`,
   :func:`augrc`, :func:`auroc`, :func:`fpr_at_95tpr` (fractions).
+- Calibration (:mod:`.calibration`): :func:`expected_calibration_error`, :func:`adaptive_calibration_error`,
+  :func:`classwise_calibration_error`, :func:`brier_score`, :func:`negative_log_likelihood`,
+  :func:`reliability_diagram`, :func:`fit_temperature`, :class:`TemperatureScaling`.
 - :func:`bootstrap_ci`, :func:`bootstrap_cis` (several metrics, one set of resamples) (:mod:`.bootstrap`),
   :func:`random_reference`, :func:`oracle_reference` (:mod:`.references`), and :func:`evaluate`,
   :func:`evaluate_frame`, :class:`TrustEvaluator` (:mod:`.summary`).
@@ -21,6 +24,19 @@ from gradtrust.evaluation.bootstrap import (
     bootstrap_cis,
     bootstrap_distribution,
     bootstrap_indices,
+)
+from gradtrust.evaluation.calibration import (
+    ReliabilityDiagram,
+    TemperatureScaling,
+    adaptive_calibration_error,
+    brier_score,
+    classwise_calibration_error,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_diagram,
+    softmax,
+    top_label,
 )
 from gradtrust.evaluation.references import oracle_reference, random_reference
 from gradtrust.evaluation.risk import (
@@ -40,8 +56,11 @@ __all__ = [
     "METRICS",
     "PERCENTILES",
     "VECTORISED_METRICS",
+    "ReliabilityDiagram",
+    "TemperatureScaling",
     "TrustEvaluator",
     "accuracy_curve",
+    "adaptive_calibration_error",
     "auac",
     "aufc",
     "augrc",
@@ -51,14 +70,22 @@ __all__ = [
     "bootstrap_cis",
     "bootstrap_distribution",
     "bootstrap_indices",
+    "brier_score",
+    "classwise_calibration_error",
     "eaurc",
     "evaluate",
     "evaluate_frame",
+    "expected_calibration_error",
     "f1_curve",
+    "fit_temperature",
     "fpr_at_95tpr",
+    "negative_log_likelihood",
     "optimal_augrc",
     "optimal_aurc",
     "oracle_reference",
     "random_reference",
+    "reliability_diagram",
     "risk_coverage_curve",
+    "softmax",
+    "top_label",
 ]

@@ -82,7 +82,7 @@ def render_html(report: Report) -> str:
            f'<p class="legend">Generated {e(report.created)} by gradtrust {e(report.version)} from '
            f"{len(report.results)} run(s). Sections: <a href=\"#table\">quantitative results</a> · "
            '<a href="#summary">summary</a> · <a href="#selective">selective classification</a> · '
-           '<a href="#figures">figures</a> · <a href="#manifests">manifests</a>.</p>']
+           '<a href="#calibration">calibration</a> · <a href="#figures">figures</a> · <a href="#manifests">manifests</a>.</p>']
     for w in report.warnings:
         out.append(f'<div class="warning"><strong>Warning:</strong> {e(w)}</div>')
     if report.problems:
@@ -125,6 +125,17 @@ def render_html(report: Report) -> str:
             out.append(_table(header, rows, "selective"))
             out.append(_notes(notes))
             out.append("</details>")
+
+    # Calibration.
+    if report.calibration:
+        from gradtrust.reporting.calibration import CALIBRATION_LEGEND, calibration_cells
+
+        out.append('<h2 id="calibration">Calibration</h2>')
+        out.append(f'<p class="legend">{e(CALIBRATION_LEGEND)}</p>')
+        header, rows, notes = calibration_cells(report.calibration)
+        out.append(_table([e(h) for h in header], [[e(c) for c in row] for row in rows], "calibration"))
+        out.append(_notes(notes))
+        out.append(_img(report.figures.get("reliability"), "reliability diagrams"))
 
     # Figures.
     out.append('<h2 id="figures">Figures</h2>')

@@ -66,6 +66,7 @@ class Report:
     quadrants: dict[str, dict] = field(default_factory=dict)
     qualitative_notes: dict[str, str] = field(default_factory=dict)
     table_markdown: str = ""
+    calibration: list = field(default_factory=list)
     resamples: int = 1000
     confidence: float = 0.95
     seed: int = 0
@@ -134,6 +135,7 @@ def build_report(
                     created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), version=_version())
     if ordered:
         _write_tables(report)
+        _write_calibration(report)
         if figures:
             _draw_figures(report, max_images)
     _write_html(report)
@@ -161,6 +163,20 @@ def _write_tables(report: Report) -> None:
                         summary_md=out / "summary.md")
 
 
+def _write_calibration(report: Report) -> None:
+    """``calibration.md`` / ``calibration.csv`` (:mod:`gradtrust.reporting.calibration`)."""
+    from gradtrust.reporting import calibration as C
+
+    report.calibration = C.calibration_rows([r.run for r in report.results], resamples=report.resamples,
+                                            seed=report.seed, confidence=report.confidence)
+    out = report.out_dir
+    (out / "calibration.md").write_text(
+        C.calibration_markdown(report.calibration, resamples=report.resamples, confidence=report.confidence),
+        encoding="utf-8")
+    C.calibration_frame(report.calibration).to_csv(out / "calibration.csv", index=False)
+    report.files.update(calibration_md=out / "calibration.md", calibration_csv=out / "calibration.csv")
+
+
 def _draw_figures(report: Report, max_images: int) -> None:
     from gradtrust.reporting import figures as F
 
@@ -170,6 +186,14 @@ def _draw_figures(report: Report, max_images: int) -> None:
             report.figures[name] = F.curves_figure(report.results, fig_dir / f"{name}.png", kind)
         except Exception as exc:  # noqa: BLE001 - one figure never stops the report
             report.problems.append(LoadProblem(f"figures/{name}.png", f"could not be drawn: {exc!r}"))
+    try:
+        from gradtrust.reporting.calibration import reliability_figure
+
+        reliability = reliability_figure(report.calibration, fig_dir / "reliability.png")
+        if reliability is not None:
+            report.figures["reliability"] = reliability
+    except Exception as exc:  # noqa: BLE001
+        report.problems.append(LoadProblem("figures/reliability.png", f"could not be drawn: {exc!r}"))
     cache = F._DigitsCache()
     used: set[str] = set()
     for r in report.results:

@@ -12,6 +12,7 @@ The command line is ``gradtrust score`` (:mod:`gradtrust.runner.command`).
 
 from gradtrust.runner.run import (
                                   DEFAULT_CHUNK_SAMPLES,
+                                  LOGITS_FILE,
                                   MANIFEST_FILE,
                                   RUN_FILE,
                                   SCORES_FILE,
@@ -22,5 +23,5 @@ from gradtrust.runner.run import (
                                   score_dataset,
 )
 
-__all__ = ["DEFAULT_CHUNK_SAMPLES", "MANIFEST_FILE", "RUN_FILE", "SCORES_FILE", "PeerError", "RunConflictError",
+__all__ = ["DEFAULT_CHUNK_SAMPLES", "LOGITS_FILE", "MANIFEST_FILE", "RUN_FILE", "SCORES_FILE", "PeerError", "RunConflictError",
            "RunSummary", "default_chunk_size", "score_dataset"]

@@ -7,6 +7,8 @@ Output folder::
     <out>/chunks/chunk-000001024.parquet    atomically when the chunk is complete; its failures live in
     …                                       the file's Parquet metadata (:mod:`gradtrust.runner.chunks`)
     <out>/scores.parquet                    all chunks merged, sorted by ``index`` (written atomically)
+    <out>/logits.parquet                    ``index`` and the model's ``logits`` (float32 list per row), in
+                                            the same row order (calibration needs the probability vector)
     <out>/manifest.json                     identity, counts, failures, versions, timings (atomically)
 
 Resume: run the same command again. Complete chunks are kept, the others are scored again; batches are
@@ -66,6 +68,7 @@ __all__ = ["DEFAULT_CHUNK_SAMPLES", "PeerError", "RunConflictError", "RunSummary
 DEFAULT_CHUNK_SAMPLES = 1024
 RUN_FILE = "run.json"
 SCORES_FILE, MANIFEST_FILE = schema.SCORES_FILE, schema.MANIFEST_FILE
+LOGITS_FILE = "logits.parquet"
 _PROBE_TRIES = 32
 
 
@@ -303,7 +306,8 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
             old = json.loads(run_file.read_text("utf-8"))
         except (OSError, ValueError):
             old = {}
-    leftovers = [p for p in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE) if p.exists()]
+    leftovers = [p for p in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE, out / LOGITS_FILE)
+                 if p.exists()]
     if old is None and leftovers and not force:
         raise RunConflictError(
             f"the output folder {out} holds results ({', '.join(p.name for p in leftovers)}) but no {RUN_FILE}, "
@@ -317,7 +321,7 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
             "Use another --out to keep both, or --force to discard the old results."
         )
     if force:
-        for path in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE, run_file):
+        for path in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE, out / LOGITS_FILE, run_file):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -347,6 +351,7 @@ class _ChunkBuffer:
         self.paths: list[str] = []
         self.label: list[np.ndarray] = []
         self.prediction: list[np.ndarray] = []
+        self.logits: list[np.ndarray] = []
         self.scores: dict[str, list[np.ndarray]] = {}
         self.reasons: dict[str, list[str]] = {}
         self.failures: list[list] = []
@@ -362,6 +367,7 @@ class _ChunkBuffer:
         self.paths.extend(batch.paths)
         self.label.append(labels.numpy().astype(np.int64))
         self.prediction.append(result.prediction.numpy().astype(np.int64))
+        self.logits.append(result.logits.detach().cpu().numpy().astype(np.float32))
         if not self.scores:
             self.parameters, self.skipped, self.info = result.parameters, result.skipped, result.info
         for name, values in result.scores.items():
@@ -382,12 +388,19 @@ class _ChunkBuffer:
         for name in nan_reasons:
             columns[schema.reason_column(name)] = self.reasons[name]
         fields = schema.arrow_schema(methods, nan_reasons)
+        # The logits travel in the chunk (last column) and go to logits.parquet at the end; scores.parquet
+        # keeps its columns.
+        num_logits = int(self.logits[0].shape[1]) if self.logits else 0
+        if num_logits:
+            logits = np.concatenate(self.logits)
+            columns["logits"] = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), num_logits)
+            fields = fields.append(pa.field("logits", pa.list_(pa.float32(), num_logits)))
         labelled = label >= 0
         meta = {
             "format": FORMAT_VERSION, "run": run_id, "chunk": self.k, "start": self.start, "stop": self.stop,
             "rows": int(index.shape[0]), "labelled": int(labelled.sum()), "correct": int(columns["correct"].sum()),
             "failures": sorted(self.failures), "methods": methods, "nan_reasons": nan_reasons,
-            "parameters": self.parameters, "skipped": self.skipped, "info": self.info,
+            "parameters": self.parameters, "skipped": self.skipped, "info": self.info, "logits": num_logits,
             "written_by": {"rank": ctx.rank, "world_size": ctx.world_size},
         }
         ch.write_chunk(path, columns, fields, meta)
@@ -468,6 +481,7 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
 
     scores_path = out / SCORES_FILE
     ch.atomic_write(scores_path, write)
+    has_logits = _write_logits(out, layout, metas)
 
     scored = sum(m["rows"] for m in metas)
     labelled = sum(m["labelled"] for m in metas)
@@ -488,7 +502,8 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
     manifest = {
         "format": f"gradtrust.scores/{FORMAT_VERSION}",
         "run_id": run_id,
-        "files": {"scores": SCORES_FILE, "run": RUN_FILE, "chunks": f"{ch.CHUNK_DIR}/chunk-<first index>.parquet"},
+        "files": {"scores": SCORES_FILE, "run": RUN_FILE, "chunks": f"{ch.CHUNK_DIR}/chunk-<first index>.parquet",
+                  **({"logits": LOGITS_FILE} if has_logits else {})},
         "model": model_section,
         "weights_sha256": model.weights_sha256,
         "dataset": dataset_section,
@@ -515,3 +530,26 @@ def _finish(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sh
                       num_samples=layout.num_samples, num_scored=scored, num_failed=len(failures),
                       accuracy=accuracy, resumed_chunks=int(execution["resumed_chunks"]), elapsed_s=elapsed,
                       methods=methods)
+
+
+def _write_logits(out: Path, layout: ch.ChunkLayout, metas: list[dict]) -> bool:
+    """``logits.parquet`` (``index``, ``logits``) from the chunks, streamed, rows in the order of
+    ``scores.parquet``. Skipped (and a stale file removed) when a chunk has no logits (written by an older
+    version and resumed): a run then simply has no logits, as before."""
+    path = out / LOGITS_FILE
+    rows = [(k, m) for k, m in enumerate(metas) if m["rows"]]
+    widths = {m.get("logits") for _, m in rows}
+    if not rows or None in widths or 0 in widths or len(widths) != 1:
+        path.unlink(missing_ok=True)
+        return False
+    width = int(rows[0][1]["logits"])
+    schema = pa.schema([pa.field("index", pa.int64()), pa.field("logits", pa.list_(pa.float32(), width))])
+
+    def write(handle) -> None:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            for k, _ in rows:
+                table = ch.read_chunk_table(layout.path(out, k))
+                writer.write_table(pa.Table.from_arrays([table["index"], table["logits"]], schema=schema))
+
+    ch.atomic_write(path, write)
+    return True
