@@ -384,3 +384,24 @@ def test_graph_cut_without_odin_changes_no_number():
         torch.testing.assert_close(cut[method], full[method], rtol=1e-5, atol=0)
     torch.testing.assert_close(cut["gradtrust"], _reference(model, x, "gradtrust", layer_module=model.conv1),
                                rtol=1e-3, atol=0)
+
+
+class _TwoBranches(nn.Module):
+    """Two convolutions fed by the input alone: the graph must start at both, not only at the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.cat([self.a(x).mean((2, 3)), self.b(x).mean((2, 3))], 1))
+
+
+def test_purview_hooks_cover_parallel_branches_fed_by_the_input():
+    torch.manual_seed(0)
+    model, x = _TwoBranches().eval(), torch.randn(3, 1, 6, 6)
+    hooks = gradtrust.score(model, x, ["purview_initial", "purview_final"], purview_backend="hooks")
+    loop = gradtrust.score(model, x, ["purview_initial", "purview_final"], purview_backend="loop")
+    for name in ("purview_initial", "purview_final"):
+        torch.testing.assert_close(hooks[name], loop[name], rtol=1e-5, atol=1e-10)

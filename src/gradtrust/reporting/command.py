@@ -18,6 +18,14 @@ def echo_report(report, *, print_table: bool = False) -> None:
         click.echo(f"WARNING: {w}", err=True)
     if not report.ok:
         return
+    anomaly = report.anomaly
+    if anomaly is not None and anomaly.n_runs:
+        if print_table:
+            click.echo(anomaly.markdown)
+        click.echo(f"{anomaly.n_runs} GradCON anomaly run(s): anomaly.md, anomaly.csv, figures/anomaly/")
+    if not report.results:
+        click.echo(f"HTML page: {report.files['html'].resolve()}")
+        return
     if print_table:
         click.echo(report.table_markdown)
     for line in report.summary_lines[:2]:

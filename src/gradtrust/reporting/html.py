@@ -89,8 +89,13 @@ def render_html(report: Report) -> str:
         items = "".join(f"<li><code>{e(p.source)}</code>: {e(p.message)}</li>" for p in report.problems)
         out.append(f'<div class="problem"><strong>{len(report.problems)} input(s) could not be used '
                    f"(the rest of the report is complete):</strong><ul>{items}</ul></div>")
+    from gradtrust.reporting.anomaly import anomaly_html
+
+    out.append(anomaly_html(report.anomaly, report.resamples, report.confidence, report.seed, data_uri))
     if not report.results:
-        out.append("<p>No run could be read: nothing to report.</p></body></html>")
+        if not report.ok:
+            out.append("<p>No run could be read: nothing to report.</p>")
+        out.append("</body></html>")
         return "\n".join(out)
 
     # The paper's table.

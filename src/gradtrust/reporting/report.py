@@ -73,11 +73,12 @@ class Report:
     created: str = ""
     version: str = ""
     elapsed_s: float = 0.0
+    anomaly: Any = None  # gradtrust.reporting.anomaly.AnomalySection: the GradCON runs among the inputs
 
     @property
     def ok(self) -> bool:
-        """True when at least one run was read."""
-        return bool(self.results)
+        """True when at least one run (score run or anomaly run) was read."""
+        return bool(self.results) or bool(self.anomaly is not None and self.anomaly.n_runs)
 
 
 def _version() -> str:
@@ -124,7 +125,13 @@ def build_report(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    results = list(results)
     runs, problems = load_runs(results)
+    from gradtrust.reporting.anomaly import build_anomaly_section
+
+    anomaly = build_anomaly_section(results, out, resamples=resamples, confidence=confidence, seed=seed,
+                                    figures=figures)
+    problems = anomaly.drop_covered(problems) + anomaly.problems
     evaluated = [evaluate_run(r, resamples=resamples, confidence=confidence, seed=seed) for r in runs]
     groups = group_runs(evaluated)
     ordered = [r for g in groups for r in g.results]
@@ -132,7 +139,10 @@ def build_report(
     report = Report(out_dir=out, title=title, results=ordered, groups=groups, problems=problems,
                     warnings=warnings, summary=summarise(groups) if ordered else None,
                     resamples=resamples, confidence=confidence, seed=seed,
-                    created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), version=_version())
+                    created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), version=_version(),
+                    anomaly=anomaly)
+    report.files.update(anomaly.files)
+    report.figures.update({f"anomaly/{k}": v for k, v in anomaly.figures.items()})
     if ordered:
         _write_tables(report)
         _write_calibration(report)
@@ -258,6 +268,7 @@ def _write_json(report: Report) -> None:
             "top2": s.top2, "top2_paper_methods": s.top2_paper, "rows": s.rows, "wins": s.wins,
             "winners": [{"run": k[0], "metric": k[1], "methods": v} for k, v in s.winners.items()],
         },
+        "anomaly_runs": report.anomaly.rows if report.anomaly is not None else [],
         "files": {k: str(v) for k, v in report.files.items()},
         "figures": {k: str(v) for k, v in report.figures.items()},
     }

@@ -56,7 +56,8 @@ class ForwardRecord:
     """What one forward pass of the model left behind for the later passes."""
 
     x: torch.Tensor  # the input as the model received it (requires grad when ODIN needs ∂/∂x)
-    root: torch.Tensor | None  # where the recorded graph starts (x, or the first captured layer's output)
+    roots: list[torch.Tensor]  # where the recorded graph starts: x, or the outputs of the captured layers
+    #                            whose inputs are not in the graph (the first layer, branches fed by x alone)
     graph: bool  # whether autograd recorded the pass
     logits: torch.Tensor  # the model's output, attached to the graph when one was recorded
     final: FinalLayerCall | None  # the final nn.Linear's call, if one ran with C outputs
@@ -126,19 +127,23 @@ class BatchPasses:
         if record_graph and options.layer is not None:
             capture_layers[options.layer] = self.layer_module
         capture = LayerCapture(capture_layers)
-        # Without ODIN nothing needs ∂/∂x: the graph can start at the output of the first captured layer
-        # to run (no parameter is used before it, since every parameter is owned by a captured layer),
-        # which skips that layer's backward-to-input, e.g. resnet18's 7×7 convolution on the image
-        # (0.19 forward passes at 224², batch 32, CPU). The layer's output is cloned so that an in-place
-        # operation after it (ReLU(inplace=True)) acts on a graph tensor, not on the leaf (0.03 passes).
+        # Without ODIN nothing needs ∂/∂x: the graph can start at the outputs of the captured layers whose
+        # inputs are not in it (no parameter is used before them, since every parameter is owned by a
+        # captured layer). That skips their backward-to-input, e.g. resnet18's 7×7 convolution on the image
+        # (0.19 forward passes at 224², batch 32, CPU). Every such layer starts the graph — the first one,
+        # and any parallel branch fed by the input alone, whose gradients would otherwise be silently zero.
+        # The layer's output is cloned so that an in-place operation after it (ReLU(inplace=True)) acts on
+        # a graph tensor, not on the leaf (0.03 passes).
         cut = record_graph and Pass.ODIN not in self.needs and bool(capture_layers)
         x = self.inputs.detach().requires_grad_(record_graph and not cut)
-        root: dict[str, torch.Tensor] = {} if cut else {"root": x}
+        roots: list[torch.Tensor] = [] if cut else [x]
 
         def start_graph(module, args, output):
-            if "root" not in root and isinstance(output, torch.Tensor):
-                root["root"] = output.detach().requires_grad_(True)
-                return root["root"].clone()
+            in_graph = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+            if not in_graph and isinstance(output, torch.Tensor) and output.is_floating_point():
+                leaf = output.detach().requires_grad_(True)
+                roots.append(leaf)
+                return leaf.clone()
             return None
 
         if cut:  # prepended, so that LayerCapture's own hook sees (and hooks) the new leaf
@@ -160,7 +165,7 @@ class BatchPasses:
         final_info = final[-1] if final else None
         if final_info is not None and cached_final is None:
             _FINAL_LAYER_CACHE[model] = final_info.name
-        return ForwardRecord(x=x, root=root.get("root"), graph=record_graph, logits=logits, final=final_info,
+        return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits, final=final_info,
                              capture=capture)
 
     @cached_property
@@ -448,15 +453,15 @@ class BatchPasses:
 
 
 def _backward_through(loss: torch.Tensor, forward: ForwardRecord) -> None:
-    """Run one backward pass of ``loss`` through the recorded graph, down to its root, keeping the graph.
+    """Run one backward pass of ``loss`` through the recorded graph, down to its roots, keeping the graph.
 
-    The layer hooks collect what they need on the way; the gradient at the root itself is discarded.
+    The layer hooks collect what they need on the way; the gradients at the roots themselves are discarded.
     """
-    if forward.root is None:
+    if not forward.roots:
         raise UnsupportedForHooks("no captured layer ran in the forward pass")
     if not loss.requires_grad:
         raise UnsupportedForHooks("the logits do not depend differentiably on the input")
-    torch.autograd.grad(loss, forward.root, retain_graph=True, allow_unused=True)
+    torch.autograd.grad(loss, forward.roots, retain_graph=True, allow_unused=True)
 
 
 def _purview_loss(z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,349 @@
+"""``GradCON``: a one-class anomaly detector from gradient constraints (Kwon, Prabhushankar, Temel &
+AlRegib, "Backpropagated Gradient Representations for Anomaly Detection", ECCV 2020; see ``docs/gradcon.md``).
+
+Training (one model per inlier class), on batches ``x`` of inlier images with reconstruction ``x̂``:
+
+    L = MSE(x̂, x) + β · mean_i ( −cos(∂MSE/∂W_i, ḡ_i) )              β = 0.03
+
+over the four transposed convolutions ``W_i`` of the decoder, where ``ḡ_i`` is the running mean of the
+gradients of ``W_i`` over all past training steps (``ḡ_i = (1/k) Σ_{t≤k} ∇_{W_i} L_t``, the gradient of the
+whole loss after ``backward()``, as the release's ``AverageMeter`` keeps it). The first step has no history
+and trains on the MSE alone.
+
+Scoring one image ``x`` (higher = more normal):
+
+    score(x) = −MSE(x) + γ · mean_i cos(∂MSE(x)/∂W_i, ḡ_i)             γ = 0.12
+
+(the release weights the two terms differently in training and scoring). With ``β = γ = 0`` this is the
+plain reconstruction-error autoencoder, GradCON's baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gradtrust.errors import InputError, ModelError
+from gradtrust.gradcon.gradients import cosine, per_sample_terms
+from gradtrust.gradcon.inputs import collect_images
+from gradtrust.gradcon.model import WORKING_SIZE, GradConAE, to_working_size
+
+__all__ = ["GradCON", "GradConScores"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class GradConScores:
+    """Per-image terms of the GradCON score (NumPy float64).
+
+    Attributes:
+        score: ``−mse + γ · cos.mean(axis=1)`` (higher = more normal).
+        mse: reconstruction error, mean over the pixels of the 28x28 working-size image.
+        cos: ``(N, 4)`` cosine between the image's decoder-weight gradient and the training mean ``ḡ_i``.
+        gamma: the γ the score used.
+    """
+
+    score: np.ndarray
+    mse: np.ndarray
+    cos: np.ndarray
+    gamma: float
+
+    @property
+    def gradient_term(self) -> np.ndarray:
+        """``mean_i cos_i`` per image."""
+        return self.cos.mean(axis=1)
+
+
+def _check_weight(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class GradCON:
+    """One-class anomaly detector: a convolutional autoencoder trained with a gradient constraint.
+
+    Args:
+        beta: weight of the gradient-alignment loss in training (0.03 in the release; 0 = plain autoencoder).
+        gamma: weight of the gradient cosine in the score (0.12 in the release; 0 = reconstruction error).
+        epochs: passes over the training images.
+        batch_size: training batch size (64 in the release).
+        lr: Adam learning rate (1e-3 in the release).
+        seed: seeds the weight initialisation and the shuffling (the global RNG is left as it was).
+        device: where to train and score (``"cpu"``, ``"cuda"``, a ``torch.device``).
+        chunk_size: images per batched per-sample-gradient call when scoring (memory: ~0.5 MB per image).
+        progress: show tqdm progress bars.
+
+    >>> det = GradCON(epochs=20).fit(inlier_images)          # (N, C, H, W) in [0, 1], or a DataLoader
+    >>> det.score(test_images)                               # (M,) float64, higher = more normal
+    >>> det.save("model/"); GradCON.load("model/")
+
+    Fitted attributes: ``model_`` (:class:`GradConAE`), ``reference_`` (the ``ḡ_i``), ``steps_`` (training
+    steps the running mean covers), ``in_channels_``, ``input_size_`` (the training images' ``(H, W)``),
+    ``n_train_``, ``history_`` (mean loss, MSE and gradient loss per epoch).
+    """
+
+    def __init__(self, beta: float = 0.03, gamma: float = 0.12, *, epochs: int = 20, batch_size: int = 64,
+                 lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu", chunk_size: int = 128,
+                 progress: bool = False) -> None:
+        self.beta = _check_weight("beta", beta)
+        self.gamma = _check_weight("gamma", gamma)
+        self.epochs = _check_positive_int("epochs", epochs)
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+            raise InputError(f"lr must be a positive number, got {lr!r}")
+        self.lr = float(lr)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise InputError(f"unknown device {device!r}: {exc}") from None
+        self.chunk_size = _check_positive_int("chunk_size", chunk_size)
+        self.progress = bool(progress)
+        self.model_: GradConAE | None = None
+        self.reference_: list[torch.Tensor] = []
+        self.steps_ = 0
+        self.in_channels_ = 0
+        self.input_size_: tuple[int, int] = (0, 0)
+        self.n_train_ = 0
+        self.history_: list[dict[str, float]] = []
+        self.metadata_: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------- config
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (device as a string)."""
+        return {"beta": self.beta, "gamma": self.gamma, "epochs": self.epochs, "batch_size": self.batch_size,
+                "lr": self.lr, "seed": self.seed, "device": str(self.device), "chunk_size": self.chunk_size,
+                "progress": self.progress}
+
+    def __repr__(self) -> str:
+        fitted = f", fitted on {self.n_train_} images" if self.model_ is not None else ""
+        return f"GradCON(beta={self.beta}, gamma={self.gamma}, epochs={self.epochs}, seed={self.seed}{fitted})"
+
+    def _check_device(self) -> None:
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("device='cuda' was asked for but CUDA is not available here; use device='cpu'")
+
+    def _fitted(self) -> GradConAE:
+        if self.model_ is None:
+            raise ModelError("this GradCON is not fitted yet: call fit(inlier_images) or GradCON.load(folder) first")
+        return self.model_
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def fit(self, data: Any) -> GradCON:
+        """Train on inlier images only (a tensor ``(N, C, H, W)`` in ``[0, 1]``, a list of images or a
+        ``DataLoader``; all are collected, resized to 28x28 and kept in memory). Returns ``self``.
+
+        Raises:
+            InputError: fewer than 2 images, mixed sizes, values outside ``[0, 1]``… (before training starts).
+        """
+        images = collect_images(data, "training images")
+        if images.shape[0] < 2:
+            raise InputError(f"GradCON needs at least 2 inlier images to fit, got {images.shape[0]}: one image "
+                             "gives no notion of normal variation (and no running mean of gradients to speak of)")
+        self._check_device()
+        self.in_channels_ = int(images.shape[1])
+        self.input_size_ = (int(images.shape[2]), int(images.shape[3]))
+        self.n_train_ = int(images.shape[0])
+        x_all = to_working_size(images.to(self.device, torch.float32))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = GradConAE(self.in_channels_).to(self.device)
+        generator = torch.Generator().manual_seed(self.seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+        layers = model.decoder_layers
+        sums = [torch.zeros_like(m.weight, dtype=torch.float64) for m in layers]
+        reference = [torch.zeros_like(m.weight) for m in layers]
+        steps = 0
+        self.history_ = []
+        model.train()
+        bar = _progress(self.epochs, self.progress, "GradCON fit")
+        for _ in range(self.epochs):
+            order = torch.randperm(x_all.shape[0], generator=generator).to(self.device)
+            totals = np.zeros(3)
+            for start in range(0, x_all.shape[0], self.batch_size):
+                x = x_all[order[start:start + self.batch_size]]
+                mse = F.mse_loss(model(x), x)
+                grad_loss = torch.zeros((), device=self.device)
+                if self.beta > 0 and steps > 0:
+                    grads = torch.autograd.grad(mse, [m.weight for m in layers], create_graph=True)
+                    grad_loss = -torch.stack([cosine(g.unsqueeze(0), r)[0] for g, r in zip(grads, reference,
+                                                                                           strict=True)]).mean()
+                loss = mse + self.beta * grad_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                steps += 1
+                for s, r, m in zip(sums, reference, layers, strict=True):
+                    g = m.weight.grad
+                    assert g is not None
+                    s += g.detach().double()
+                    r.copy_(s / steps)
+                optimizer.step()
+                n = x.shape[0]
+                totals += n * np.array([loss.item(), mse.item(), grad_loss.item()])
+            totals /= x_all.shape[0]
+            self.history_.append({"loss": float(totals[0]), "mse": float(totals[1]), "grad_loss": float(totals[2])})
+            bar.update(1)
+            bar.set_postfix(mse=f"{totals[1]:.4g}")
+        bar.close()
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model_ = model
+        self.reference_ = [r.detach() for r in reference]
+        self.steps_ = steps
+        return self
+
+    # ------------------------------------------------------------------------------------------- scoring
+
+    def _prepare(self, data: Any) -> torch.Tensor:
+        model = self._fitted()
+        images = collect_images(data)
+        if images.shape[1] != model.in_channels:
+            raise InputError(f"the model was fitted on {model.in_channels}-channel images, these have "
+                             f"{images.shape[1]} channels: convert them (grey ↔ RGB) first")
+        self._check_device()
+        return to_working_size(images.to(self.device, torch.float32))
+
+    def score_terms(self, data: Any, gamma: float | None = None) -> GradConScores:
+        """The score and its two terms per image (see :class:`GradConScores`); ``gamma`` overrides
+        ``self.gamma`` for this call. Batched per-sample decoder gradients (no loop over images)."""
+        g = self.gamma if gamma is None else _check_weight("gamma", gamma)
+        model = self._fitted()
+        x = self._prepare(data)
+        names = model.decoder_weight_names
+        mses, coss = [], []
+        # Chunk here too, so that the progress bar moves; per_sample_terms chunks within.
+        bar = _progress(x.shape[0], self.progress, "GradCON score")
+        step = self.chunk_size * 8
+        for start in range(0, x.shape[0], step):
+            mse, cos = per_sample_terms(model, x[start:start + step], self.reference_, names,
+                                        chunk_size=self.chunk_size)
+            mses.append(mse.double().cpu())
+            coss.append(cos.double().cpu())
+            bar.update(min(step, x.shape[0] - start))
+        bar.close()
+        mse_np = torch.cat(mses).numpy()
+        cos_np = torch.cat(coss).numpy()
+        return GradConScores(score=-mse_np + g * cos_np.mean(axis=1), mse=mse_np, cos=cos_np, gamma=g)
+
+    def score(self, data: Any) -> np.ndarray:
+        """``−MSE(x) + γ · mean_i cos(∂MSE(x)/∂W_i, ḡ_i)`` per image, float64 ``(N,)``; higher = more normal."""
+        return self.score_terms(data).score
+
+    def reconstruct(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, reconstructions)``, both at the 28x28 working size, on the CPU."""
+        model = self._fitted()
+        x = self._prepare(data)
+        with torch.no_grad():
+            recon = torch.cat([model(x[s:s + self.chunk_size]) for s in range(0, x.shape[0], self.chunk_size)])
+        return x.cpu(), recon.cpu()
+
+    # ------------------------------------------------------------------------------------------- storage
+
+    def save(self, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` (parameters, training facts, ``metadata``) and ``model.safetensors``
+        (autoencoder weights + ``reference.<i>``) into ``folder`` (created). Returns the folder."""
+        from safetensors.torch import save_file
+
+        model = self._fitted()
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tensors.update({f"reference.{i}": r.detach().cpu().contiguous() for i, r in enumerate(self.reference_)})
+        params = self.get_params()
+        params.pop("progress")
+        config = {
+            "format": "gradtrust.gradcon", "format_version": FORMAT_VERSION, "params": params,
+            "in_channels": self.in_channels_, "input_size": list(self.input_size_), "working_size": WORKING_SIZE,
+            "n_train": self.n_train_, "steps": self.steps_, "history": self.history_,
+            "metadata": self.metadata_ if metadata is None else metadata,
+        }
+        tmp = out / (WEIGHTS_FILE + ".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(out / WEIGHTS_FILE)
+        tmp_cfg = out / (CONFIG_FILE + ".tmp")
+        tmp_cfg.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        tmp_cfg.replace(out / CONFIG_FILE)
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path, *, device: str | torch.device | None = None,
+             gamma: float | None = None) -> GradCON:
+        """A fitted detector from :meth:`save`'s folder; ``device``/``gamma`` override the saved ones."""
+        from safetensors.torch import load_file
+
+        path = Path(folder)
+        cfg_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not cfg_path.is_file() or not weights_path.is_file():
+            raise ModelError(f"{path} is not a saved GradCON model: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
+                             "in it (written by GradCON.save or `gradtrust gradcon fit --out`)")
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if config.get("format") != "gradtrust.gradcon":
+            raise ModelError(f"{cfg_path} is not a GradCON config (format {config.get('format')!r})")
+        params = dict(config["params"])
+        if device is not None:
+            params["device"] = device
+        if gamma is not None:
+            params["gamma"] = gamma
+        det = cls(**params)
+        det._check_device()
+        tensors = load_file(str(weights_path))
+        model = GradConAE(int(config["in_channels"]))
+        state = {k: v for k, v in tensors.items() if not k.startswith("reference.")}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelError(f"{weights_path} does not match the GradCON autoencoder: {exc}") from None
+        model.to(det.device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        det.model_ = model
+        det.reference_ = [tensors[f"reference.{i}"].to(det.device) for i in range(len(model.decoder_layers))]
+        det.in_channels_ = int(config["in_channels"])
+        det.input_size_ = (int(config["input_size"][0]), int(config["input_size"][1]))
+        det.n_train_ = int(config["n_train"])
+        det.steps_ = int(config["steps"])
+        det.history_ = list(config.get("history", []))
+        det.metadata_ = dict(config.get("metadata", {}))
+        return det
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+

@@ -1,0 +1,309 @@
+"""The report's anomaly-detection section: GradCON runs (``anomaly_scores.parquet``, see
+:mod:`gradtrust.gradcon.runs`) found among the report's inputs.
+
+An anomaly run asks another question than a classifier's run: does the score rank the inlier class
+(positive) above everything else? So it gets its own table (AUROC with inliers positive, FPR@95%TPR =
+share of anomalies kept when 95% of the inliers are, bootstrap CIs; plus the AUROC of each of the score's
+two terms alone) and its own figures (score histogram per class; the most and least anomalous inputs with
+their reconstructions). It never enters the misclassification tables. See ``docs/gradcon.md``.
+
+Files: ``anomaly.md``, ``anomaly.csv``, ``figures/anomaly/<run>_hist.png``, ``figures/anomaly/<run>_recon.png``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradtrust.reporting.runs import LoadProblem, slugify
+
+__all__ = ["AnomalySection", "build_anomaly_section", "anomaly_html"]
+
+_SEARCH_DEPTH = 5
+
+
+@dataclass
+class AnomalySection:
+    """What :func:`build_anomaly_section` found and wrote."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    problems: list[LoadProblem] = field(default_factory=list)
+    folders: set[Path] = field(default_factory=set)  # inputs that hold anomaly runs
+    markdown: str = ""
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.rows)
+
+    def drop_covered(self, problems: list[LoadProblem]) -> list[LoadProblem]:
+        """The misclassification loader's problems minus "no scores.parquet" for inputs that hold anomaly runs."""
+        covered = {str(p) for p in self.folders}
+        return [p for p in problems if p.source not in covered]
+
+
+def _discover(paths: list[Path]) -> tuple[list[Path], set[Path]]:
+    from gradtrust.gradcon.runs import ANOMALY_FILE
+
+    found: list[Path] = []
+    holders: set[Path] = set()
+
+    def search(folder: Path, depth: int) -> list[Path]:
+        if (folder / ANOMALY_FILE).is_file():
+            return [folder]
+        if depth <= 0:
+            return []
+        try:
+            entries = sorted(e for e in folder.iterdir() if e.is_dir())
+        except OSError:
+            return []
+        return [hit for e in entries for hit in search(e, depth - 1)]
+
+    for p in paths:
+        if p.is_file() and p.name == ANOMALY_FILE:
+            hits = [p.parent]
+        elif p.is_dir():
+            hits = search(p, _SEARCH_DEPTH)
+        else:
+            hits = []
+        if hits:
+            holders.add(p)
+        for h in hits:
+            if h.resolve() not in {f.resolve() for f in found}:
+                found.append(h)
+    return found, holders
+
+
+def _fmt(v: float, ci: Any = None) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    text = f"{100 * v:.2f}"
+    if ci is not None and len(ci) == 2 and np.all(np.isfinite(ci)):
+        text += f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+    return text
+
+
+def build_anomaly_section(inputs: list[str | Path], out_dir: Path, *, resamples: int = 1000,
+                          confidence: float = 0.95, seed: int = 0, figures: bool = True) -> AnomalySection:
+    """Find the GradCON runs among ``inputs``, evaluate them and write the section's files (none when there
+    is no anomaly run). Never raises for a bad run: it becomes a problem."""
+    from gradtrust.errors import GradTrustError
+    from gradtrust.gradcon.runs import load_anomaly_run, summarise_scores
+
+    section = AnomalySection()
+    folders, section.folders = _discover([Path(p) for p in inputs])
+    if not folders:
+        return section
+    runs = []
+    for f in folders:
+        try:
+            runs.append(load_anomaly_run(f))
+        except GradTrustError as exc:
+            section.problems.append(LoadProblem(str(f), str(exc)))
+    names: dict[str, int] = {}
+    for run in runs:
+        k = names.get(run.name, 0)
+        names[run.name] = k + 1
+        if k:
+            run.name = f"{run.name} #{k + 1}"
+    rs = resamples if resamples > 0 else 0
+    for run in runs:
+        frame = run.frame
+        inlier = frame["inlier"].to_numpy(dtype=bool)
+        score = frame["score"].to_numpy(dtype=np.float64)
+        s = summarise_scores(score, inlier, resamples=rs, confidence=confidence, seed=seed)
+        row: dict[str, Any] = {"run": run.name, "source": str(run.source), "inlier": run.inlier_name,
+                               "n_inlier": s["n_inlier"], "n": s["n"], "auroc": s["auroc"],
+                               "auroc_ci": s.get("auroc_ci"), "fpr_at_95tpr": s["fpr_at_95tpr"],
+                               "fpr_at_95tpr_ci": s.get("fpr_at_95tpr_ci")}
+        from gradtrust.evaluation import auroc
+
+        if "mse" in frame.columns:
+            row["auroc_mse_only"] = auroc(-frame["mse"].to_numpy(dtype=np.float64), inlier)
+        if "gradient_term" in frame.columns:
+            row["auroc_gradient_only"] = auroc(frame["gradient_term"].to_numpy(dtype=np.float64), inlier)
+        section.rows.append(row)
+        if figures:
+            slug = slugify(run.name)
+            fig_dir = out_dir / "figures" / "anomaly"
+            for kind, draw in (("hist", _histogram_figure), ("recon", _reconstruction_figure)):
+                try:
+                    path = draw(run, fig_dir / f"{slug}_{kind}.png")
+                    if path is not None:
+                        section.figures[f"{kind}/{run.name}"] = path
+                except Exception as exc:  # noqa: BLE001 - one figure never stops the report
+                    section.problems.append(LoadProblem(f"figures/anomaly/{slug}_{kind}.png",
+                                                        f"could not be drawn: {exc!r}"))
+    if section.rows:
+        _write_files(section, out_dir, rs, confidence, seed)
+    return section
+
+
+def _legend(resamples: int, confidence: float, seed: int) -> str:
+    ci = (f" [{int(round(100 * confidence))}% percentile bootstrap CI, {resamples} resamples, seed {seed}]"
+          if resamples else "")
+    return ("GradCON / autoencoder anomaly runs. AUROC: inliers (the normal class) positive, score higher = more "
+            f"normal; FPR@95: share of anomalies accepted at the first threshold that accepts ≥ 95% of the inliers. "
+            f"All ×100{ci}. The last two columns rank by one term of the score alone: −MSE, and the mean gradient "
+            "cosine.")
+
+
+def _write_files(section: AnomalySection, out_dir: Path, resamples: int, confidence: float, seed: int) -> None:
+    import pandas as pd
+
+    lines = [_legend(resamples, confidence, seed), "",
+             "| run | inlier | inliers / n | AUROC | FPR@95 | AUROC −MSE only | AUROC gradient only |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in section.rows:
+        lines.append(f"| {r['run']} | {r['inlier']} | {r['n_inlier']} / {r['n']} | {_fmt(r['auroc'], r['auroc_ci'])} "
+                     f"| {_fmt(r['fpr_at_95tpr'], r['fpr_at_95tpr_ci'])} | {_fmt(r.get('auroc_mse_only', np.nan))} "
+                     f"| {_fmt(r.get('auroc_gradient_only', np.nan))} |")
+    section.markdown = "\n".join(lines) + "\n"
+    (out_dir / "anomaly.md").write_text(section.markdown, encoding="utf-8")
+    flat = []
+    for r in section.rows:
+        d = {k: v for k, v in r.items() if not k.endswith("_ci")}
+        for k in ("auroc_ci", "fpr_at_95tpr_ci"):
+            ci = r.get(k) or [math.nan, math.nan]
+            d[f"{k}_low"], d[f"{k}_high"] = ci
+        flat.append(d)
+    pd.DataFrame(flat).to_csv(out_dir / "anomaly.csv", index=False)
+    section.files.update(anomaly_md=out_dir / "anomaly.md", anomaly_csv=out_dir / "anomaly.csv")
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _histogram_figure(run: Any, path: Path) -> Path:
+    """The score's histogram per class (shared bins; the inlier class filled), one panel."""
+    import matplotlib
+
+    frame = run.frame
+    score = frame["score"].to_numpy(dtype=np.float64)
+    labels = frame["label"].to_numpy()
+    inlier = frame["inlier"].to_numpy(dtype=bool)
+    finite = score[np.isfinite(score)]
+    bins = np.histogram_bin_edges(finite, bins=40) if finite.size else np.linspace(0, 1, 41)
+    fig = _new_figure(7.5, 3.6)
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10"]
+    palette = [cmap(i) for i in range(10) if i != 2]  # green is the inlier's
+    names = run.class_names
+    k = 0
+    for c in np.unique(labels):
+        s = score[(labels == c) & np.isfinite(score)]
+        name = names[int(c)] if 0 <= int(c) < len(names) else str(c)
+        if inlier[labels == c].all():
+            ax.hist(s, bins=bins, density=True, color="tab:green", alpha=0.35, label=f"{name} (inlier)",
+                    zorder=1)
+            ax.hist(s, bins=bins, density=True, histtype="step", color="darkgreen", linewidth=2.0, zorder=4)
+        else:
+            ax.hist(s, bins=bins, density=True, histtype="step", color=palette[k % len(palette)], linewidth=1.1,
+                    label=name, zorder=3)
+            k += 1
+    ax.set_xlabel("score (higher = more normal)", fontsize=8)
+    ax.set_ylabel("density", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, frameon=False, loc="upper left")
+    ax.set_title(f"{run.name}\nscore per class (n = {len(score)})", fontsize=8.5)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+def _tile(a: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [0, 1] → (H, W, 3) RGB (grey repeated)."""
+    a = np.clip(a.astype(np.float64), 0, 1)
+    return np.repeat(a[:1], 3, axis=0).transpose(1, 2, 0) if a.shape[0] != 3 else a.transpose(1, 2, 0)
+
+
+def _reconstruction_figure(run: Any, path: Path) -> Path | None:
+    """Most anomalous (top) and most normal (bottom) inputs, each over its reconstruction: one mosaic image
+    (one ``imshow``, cheaper than an axes per tile)."""
+    rec = run.reconstructions
+    if rec is None or len(rec.get("score", [])) == 0:
+        return None
+    kinds = [str(k) for k in rec["kind"]]
+    groups = [(t, [i for i, k in enumerate(kinds) if k == t]) for t in ("most anomalous", "most normal")]
+    groups = [(t, idx) for t, idx in groups if idx]
+    ncols = max(len(idx) for _, idx in groups)
+    h, w = rec["input"].shape[-2:]
+    pad, gap = 2, 10  # pixels between tiles, and between the two groups (room for the labels)
+    rows = 2 * len(groups)
+    height = rows * (h + pad) + (len(groups) - 1) * gap
+    mosaic = np.ones((height, ncols * (w + pad), 3))
+    names = run.class_names
+    labels: list[tuple[float, float, str, str]] = []
+    for g, (_, idx) in enumerate(groups):
+        top = g * (2 * (h + pad) + gap)
+        for col, i in enumerate(idx):
+            x0 = col * (w + pad)
+            mosaic[top:top + h, x0:x0 + w] = _tile(rec["input"][i])
+            mosaic[top + h + pad:top + 2 * h + pad, x0:x0 + w] = _tile(rec["reconstruction"][i])
+            label = int(rec["label"][i])
+            name = names[label] if 0 <= label < len(names) else str(label)
+            colour = "darkgreen" if name == run.inlier_name else "firebrick"
+            labels.append((x0 + w / 2, top - 1, f"{name}\n{rec['score'][i]:.4f}", colour))
+    fig = _new_figure(0.95 * ncols + 1.6, 0.95 * rows + 0.3 * len(groups) + 0.6)
+    ax = fig.subplots()
+    ax.imshow(mosaic, interpolation="nearest")
+    for x, y, text, colour in labels:
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=6.5, color=colour)
+    ticks, tick_labels = [], []
+    for g, (title, _) in enumerate(groups):
+        top = g * (2 * (h + pad) + gap)
+        ticks += [top + h / 2, top + h + pad + h / 2]
+        tick_labels += [f"{title}: input", "reconstruction"]
+    ax.set_yticks(ticks, tick_labels, fontsize=7)
+    ax.set_xticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(f"{run.name}\nclass and score above each input (green = inlier class)", fontsize=8.5, pad=22)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ html
+
+
+def anomaly_html(section: AnomalySection | None, resamples: int, confidence: float, seed: int,
+                 data_uri: Any) -> str:
+    """The section as an HTML fragment ('' when there is no anomaly run)."""
+    if section is None or not section.rows:
+        return ""
+    e = html.escape
+    out = ['<h2 id="anomaly">Anomaly detection (GradCON)</h2>',
+           f'<p class="legend">{e(_legend(resamples, confidence, seed))}</p>']
+    head = "".join(f"<th>{h}</th>" for h in ("run", "inlier", "inliers / n", "AUROC", "FPR@95",
+                                             "AUROC −MSE only", "AUROC gradient only"))
+    body = "".join(
+        f"<tr><td>{e(r['run'])}</td><td>{e(r['inlier'])}</td><td>{r['n_inlier']} / {r['n']}</td>"
+        f"<td>{_fmt(r['auroc'], r['auroc_ci'])}</td><td>{_fmt(r['fpr_at_95tpr'], r['fpr_at_95tpr_ci'])}</td>"
+        f"<td>{_fmt(r.get('auroc_mse_only', np.nan))}</td><td>{_fmt(r.get('auroc_gradient_only', np.nan))}</td></tr>"
+        for r in section.rows)
+    out.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
+    for i, r in enumerate(section.rows):
+        imgs = "".join(f'<p><img src="{data_uri(p)}" alt="{e(kind + " " + r["run"])}"></p>'
+                       for kind in ("hist", "recon") if (p := section.figures.get(f"{kind}/{r['run']}")))
+        if imgs:
+            out.append(f"<details{' open' if i == 0 else ''}><summary>{e(r['run'])}</summary>{imgs}</details>")
+    return "\n".join(out)
