@@ -33,16 +33,22 @@ _LAZY: dict[str, str] = {
     "Detector": "gradtrust.detection",
     "LoadedModel": "gradtrust.models",
     "GradCON": "gradtrust.gradcon",
+    "explain": "gradtrust.explanations",
+    "voice": "gradtrust.explanations",
+    "Explanation": "gradtrust.explanations",
+    "VoiceResult": "gradtrust.explanations",
 }
 
 __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "Introspective", "LoadedModel",
            "MethodSpec", "ModelError", "Pass", "ScoreOptions", "ScoreResult", "UnknownNameError", "__version__",
            "available_methods", "functional", "get_method", "gradient_features", "load_model", "register_method",
            "score"]
+__all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.explanations
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradtrust import functional
     from gradtrust.detection import Detector, gradient_features
+    from gradtrust.explanations import Explanation, VoiceResult, explain, voice
     from gradtrust.gradcon import GradCON
     from gradtrust.introspection import Introspective
     from gradtrust.models import LoadedModel, load_model

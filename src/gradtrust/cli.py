@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "Tables, figures and an HTML page from one or more score runs."),
     "benchmark": ("gradtrust.benchmark:benchmark_command",
                   "Score several models on one dataset, then report (default: the bundled digits benchmark)."),
+    "explain": ("gradtrust.explanations.command:explain_command",
+                "Grad-CAM, Counterfactual-CAM, Contrast-CAM and VOICE for every sample: explanations.parquet + PNGs."),
     "gradcon": ("gradtrust.gradcon.command:gradcon_command",
                 "GradCON anomaly detection: fit / score / benchmark (default: the bundled digits benchmark)."),
     "detect": ("gradtrust.detection.command:detect_command",

@@ -171,6 +171,12 @@ def render_html(report: Report) -> str:
                 out.append(f"<details open><summary>{e(r.name)}</summary>"
                            f"{_img(path, 'qualitative ' + r.name)}</details>")
 
+    galleries = [(r, figs[f"explanations/{r.name}"]) for r in report.results if f"explanations/{r.name}" in figs]
+    if galleries:  # written by gradtrust.reporting.explanations (docs/explanations.md)
+        out.append("<h3>Explanations: Why P? What if not P? Why P, rather than Q? VOICE uncertainty</h3>")
+        for r, path in galleries:
+            out.append(f"<details open><summary>{e(r.name)}</summary>{_img(path, 'explanations ' + r.name)}</details>")
+
     # Manifests.
     out.append('<h2 id="manifests">Runs and their manifests</h2>')
     for r in report.results:

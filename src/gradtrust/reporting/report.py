@@ -235,6 +235,14 @@ def _draw_figures(report: Report, max_images: int) -> None:
         except Exception as exc:  # noqa: BLE001
             report.qualitative_notes[r.name] = f"could not be drawn ({type(exc).__name__}: {exc})"
             report.problems.append(LoadProblem(f"figures/qualitative/{slug}.png", f"could not be drawn: {exc!r}"))
+        try:  # the explanation gallery, when `gradtrust explain` wrote into the run's explanations/ folder
+            from gradtrust.reporting.explanations import gallery_figure
+
+            path = fig_dir / "explanations" / f"{slug}.png"
+            if gallery_figure(r.run, path, cache=cache) is not None:
+                report.figures[f"explanations/{r.name}"] = path
+        except Exception as exc:  # noqa: BLE001
+            report.problems.append(LoadProblem(f"figures/explanations/{slug}.png", f"could not be drawn: {exc!r}"))
 
 
 def _write_html(report: Report) -> None:

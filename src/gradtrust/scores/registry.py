@@ -18,6 +18,7 @@ warning naming it and never hides the built-in methods.
 from __future__ import annotations
 
 import difflib
+import importlib
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -164,5 +165,8 @@ def _ensure_loaded() -> None:
     if not _LOADED["builtins"]:
         _LOADED["builtins"] = True
         from gradtrust.scores import methods  # noqa: F401
+
+        # after the built-ins, so that they keep their order: VOICE SNR and IoU (docs/explanations.md)
+        importlib.import_module("gradtrust.explanations.trust")
     if not _LOADED["plugins"]:
         load_plugins()

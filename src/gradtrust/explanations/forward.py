@@ -1,0 +1,65 @@
+"""One forward pass that captures the explained layer's output (and, when gradients are needed, starts the
+autograd graph there, so the backward never goes further back than that layer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gradtrust.explanations.layers import LayerSpec, _run
+
+
+@dataclass
+class Captured:
+    """The logits and the layer's activations of one batch.
+
+    ``leaf`` is the raw layer output as an autograd leaf (``None`` without a graph); ``activations`` is its
+    canonical ``(B, K, *spatial)`` view (:meth:`LayerSpec.canonical`); ``logits`` keep their graph to
+    ``leaf`` when one was recorded.
+    """
+
+    logits: torch.Tensor
+    activations: torch.Tensor
+    leaf: torch.Tensor | None
+    #: name → (input, output) of the last call of every ``nn.Linear`` (closed-form candidates)
+    linears: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def capture(module: nn.Module, inputs: torch.Tensor, spec: LayerSpec, graph: bool) -> Captured:
+    """Run ``module`` on ``inputs`` once, capturing layer ``spec.name`` (its last call when it runs twice).
+
+    With ``graph=True`` the layer's output is replaced by a fresh leaf that requires grad (and a clone of it
+    goes on through the network, so that an in-place operation after the layer — ``ReLU(inplace=True)`` —
+    neither fails on the leaf nor changes the captured values). Parameters are frozen by the caller, so the
+    graph holds only the part of the network after the layer.
+    """
+    layer = module.get_submodule(spec.name)
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(mod, args, output):
+        if not isinstance(output, torch.Tensor):
+            return None
+        if graph:
+            leaf = output.detach().requires_grad_(True)
+            seen["out"] = leaf
+            return leaf.clone()
+        # A copy: an in-place operation downstream (ReLU(inplace=True)) must not change what was captured.
+        seen["out"] = output.clone()
+        return None
+
+    linears: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = [layer.register_forward_hook(hook)]
+    handles += [m.register_forward_hook(lambda mod, args, out, name=name: linears.__setitem__(name, (args[0], out)))
+                for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.set_grad_enabled(graph):
+            logits = _run(module, inputs.detach())
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = seen["out"]
+    return Captured(logits=logits, activations=spec.canonical(out.detach() if graph else out),
+                    leaf=out if graph else None, linears=linears)
+

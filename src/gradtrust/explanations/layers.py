@@ -1,0 +1,238 @@
+"""Which layer an explanation reads, and how its output becomes a ``(B, K, *spatial)`` activation map.
+
+A layer's output can come in four layouts (see ``docs/explanations.md``):
+
+* ``nchw``   — a convolutional feature map ``(B, K, h, w)`` (torchvision/timm CNNs, ConvNeXt, MaxViT);
+* ``nhwc``   — a channels-last map ``(B, h, w, K)`` (Swin stages and norms), permuted to ``(B, K, h, w)``;
+* ``ncthw``  — a video feature map ``(B, K, t, h, w)`` (r3d_18, mc3_18, r2plus1d_18, s3d);
+* ``tokens`` — transformer tokens ``(B, N, K)``: the prefix tokens (class/distillation/register) are dropped
+  and the patch tokens reshaped to their ``(h, w)`` grid.
+
+The default layer is found by one probe forward pass of a single sample (cached per model and input shape):
+the last module to finish whose output is a spatial map (``h·w > 1``), adaptive pooling layers excluded —
+for a CNN the last block before global pooling. Vision transformers with a class token are the exception:
+the class token is the only token that reaches the head after the last block, so the patch tokens of the last
+block's *output* have zero gradient and every map would be empty. Their default is the last block's first
+LayerNorm (``encoder.layers.<last>.ln_1`` in torchvision, ``blocks.<last>.norm1`` in timm), as
+pytorch-grad-cam recommends for ViTs.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradtrust.errors import InputError, ModelError, UnknownNameError
+
+_POOLING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+            nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+
+#: model → {(layer argument, input shape without batch, dtype): LayerSpec, or the error it raised}
+_SPEC_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, LayerSpec | Exception]] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Where an explanation reads the network: the module's name, its output layout and the head it feeds.
+
+    ``head`` is the name of an ``nn.Linear`` that *may* map the globally average-pooled activations to the
+    logits (the closed form); it is only a candidate — :mod:`gradtrust.explanations.weights` verifies it on every
+    batch before using it.
+    """
+
+    name: str
+    layout: str  # "nchw" | "nhwc" | "ncthw" | "tokens"
+    num_prefix: int = 0  # tokens only: leading tokens dropped (class, distillation, registers)
+    grid: tuple[int, int] | None = None  # tokens only: the patch grid (h, w)
+    head: str | None = None
+
+    def canonical(self, output: torch.Tensor) -> torch.Tensor:
+        """The layer output as ``(B, K, h, w)`` (or ``(B, K, t, h, w)`` for video), same dtype, differentiable."""
+        if self.layout == "nhwc":
+            return output.permute(0, 3, 1, 2)
+        if self.layout == "tokens":
+            assert self.grid is not None
+            patches = output[:, self.num_prefix:, :]
+            return patches.transpose(1, 2).reshape(output.shape[0], output.shape[2], *self.grid)
+        return output
+
+
+def model_signature(inputs: torch.Tensor) -> tuple:
+    return tuple(inputs.shape[1:]), inputs.dtype
+
+
+def resolve_layer(module: nn.Module, inputs: torch.Tensor, layer: str | None) -> LayerSpec:
+    """The :class:`LayerSpec` for ``layer`` (a module name, or ``None`` for the default), cached per model."""
+    key = (layer, *model_signature(inputs))
+    cache = _SPEC_CACHE.setdefault(module, {})
+    if key not in cache:
+        try:
+            cache[key] = _probe(module, inputs[:1], layer)
+        except (ModelError, UnknownNameError) as exc:  # the model's structure: the same for every batch
+            cache[key] = exc
+    found = cache[key]
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+@dataclass
+class _Record:
+    name: str
+    module: nn.Module
+    output: torch.Tensor
+
+
+def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerSpec:
+    """Run one sample with a hook on every module; choose and describe the layer."""
+    if layer is not None:
+        try:
+            module.get_submodule(layer)
+        except AttributeError:
+            raise UnknownNameError(f"layer={layer!r} is not a module of this model. "
+                                   f"{_candidates_text(module, sample)}") from None
+    records: list[_Record] = []
+    handles = []
+    for name, sub in module.named_modules():
+        if sub is module:
+            continue
+        handles.append(sub.register_forward_hook(
+            lambda mod, args, out, name=name: records.append(_Record(name, mod, out))
+            if isinstance(out, torch.Tensor) else None))
+    try:
+        with torch.no_grad():
+            logits = _run(module, sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    num_classes = logits.shape[-1]
+    head, head_in = _final_linear(records, num_classes)
+    prefix, grid_hint = _token_info(module)
+
+    if layer is None:
+        layer = _transformer_default(module)
+    if layer is None:
+        spatial = [r for r in records if _spatial_layout(r, head_in, module) is not None]
+        if not spatial:
+            raise ModelError(f"no layer of {type(module).__name__} outputs a spatial feature map (h·w > 1) for inputs "
+                             f"of shape {tuple(sample.shape[1:])}; explanations need one. Pass layer='<module name>' "
+                             "(a convolutional block, or transformer tokens) or use larger inputs.")
+        chosen = spatial[-1]
+        layout = _spatial_layout(chosen, head_in, module)
+        assert layout is not None
+        return LayerSpec(chosen.name, layout, head=head)
+
+    ran = [r for r in records if r.name == layer]
+    if not ran:
+        raise ModelError(f"layer={layer!r} did not run in the forward pass (or returned no tensor). "
+                         f"{_candidates_from(records, head_in, module)}")
+    last = ran[-1]
+    layout = _spatial_layout(last, head_in, module, allow_pooling=True)
+    if layout is not None:
+        return LayerSpec(layer, layout, head=head)
+    out = last.output
+    if out.dim() == 3:  # transformer tokens (B, N, K)
+        n = out.shape[1]
+        if grid_hint is not None and grid_hint[0] * grid_hint[1] + prefix == n:
+            return LayerSpec(layer, "tokens", prefix, grid_hint, head=head)
+        side = math.isqrt(n - prefix) if n > prefix else 0
+        if side > 1 and side * side == n - prefix:
+            return LayerSpec(layer, "tokens", prefix, (side, side), head=head)
+    raise ModelError(f"layer={layer!r} outputs shape {tuple(out.shape)}, which is not a spatial feature map "
+                     f"(B, K, h, w), (B, h, w, K), (B, K, t, h, w) or patch tokens (B, N, K) with h·w > 1. "
+                     f"{_candidates_from(records, head_in, module)}")
+
+
+def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from gradtrust.scores.per_sample import model_logits
+
+    try:
+        logits = model_logits(module, x)
+    except TypeError as exc:
+        raise ModelError(str(exc)) from exc
+    except (RuntimeError, AssertionError) as exc:  # torchvision's ViT asserts the image size
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"the model could not run on inputs of shape {tuple(x.shape)} ({x.dtype}): {first}. "
+                         "Check the input size and channels the model expects and apply its preprocessing "
+                         "(LoadedModel.transform).") from exc
+    if logits.dim() != 2:
+        raise ModelError(f"the model returned logits of shape {tuple(logits.shape)}; expected (batch, classes).")
+    return logits
+
+
+def _final_linear(records: list[_Record], num_classes: int) -> tuple[str | None, int | None]:
+    """The last ``nn.Linear`` to run with one output per class: its name and its input width."""
+    for r in reversed(records):
+        if isinstance(r.module, nn.Linear) and r.module.out_features == num_classes:
+            return r.name, r.module.in_features
+    return None, None
+
+
+def _token_info(module: nn.Module) -> tuple[int, tuple[int, int] | None]:
+    """Prefix tokens and patch grid of a torchvision or timm vision transformer (0, None otherwise)."""
+    attrs: Any = module  # torchvision / timm attributes are not typed on nn.Module
+    if hasattr(attrs, "class_token") and hasattr(attrs, "encoder"):  # torchvision VisionTransformer
+        side = int(attrs.image_size) // int(attrs.patch_size)
+        return 1, (side, side)
+    prefix = int(getattr(attrs, "num_prefix_tokens", 0) or 0)
+    grid = getattr(getattr(attrs, "patch_embed", None), "grid_size", None)
+    return prefix, ((int(grid[0]), int(grid[1])) if grid is not None and len(grid) == 2 else None)
+
+
+def _transformer_default(module: nn.Module) -> str | None:
+    attrs: Any = module
+    if hasattr(attrs, "class_token") and hasattr(attrs, "encoder"):  # torchvision ViT
+        last_name = list(attrs.encoder.layers.named_children())[-1][0]
+        return f"encoder.layers.{last_name}.ln_1"
+    blocks = getattr(attrs, "blocks", None)
+    if isinstance(blocks, nn.Sequential | nn.ModuleList) and hasattr(attrs, "num_prefix_tokens") and len(blocks):
+        pooled_by_token = getattr(attrs, "global_pool", "token") in ("token", "map") and attrs.num_prefix_tokens
+        if pooled_by_token and hasattr(blocks[-1], "norm1"):
+            return f"blocks.{len(blocks) - 1}.norm1"
+        return f"blocks.{len(blocks) - 1}"
+    return None
+
+
+def _spatial_layout(record: _Record, head_in: int | None, model: nn.Module,
+                    allow_pooling: bool = False) -> str | None:
+    out = record.output
+    if not out.is_floating_point() or (isinstance(record.module, _POOLING) and not allow_pooling):
+        return None
+    if out.dim() == 5 and out.shape[2:].numel() > 1 and out.shape[-2:].numel() > 1:
+        return "ncthw"
+    if out.dim() != 4:
+        return None
+    channels_last = (head_in is not None and out.shape[-1] == head_in and out.shape[1] != head_in) or (
+        head_in is None and "swin" in type(model).__name__.lower())
+    if channels_last:
+        return "nhwc" if out.shape[1:3].numel() > 1 else None
+    return "nchw" if out.shape[-2:].numel() > 1 else None
+
+
+def _candidates_from(records: list[_Record], head_in: int | None, model: nn.Module) -> str:
+    names = list(dict.fromkeys(r.name for r in records if _spatial_layout(r, head_in, model) is not None))
+    if not names:
+        return "No module of this model outputs a spatial feature map for these inputs."
+    shown = names[-10:]
+    return (f"Layers with a spatial output (the last {len(shown)} of {len(names)}): {', '.join(shown)}."
+            if len(names) > len(shown) else f"Layers with a spatial output: {', '.join(shown)}.")
+
+
+def _candidates_text(module: nn.Module, sample: torch.Tensor) -> str:
+    records: list[_Record] = []
+    handles = [sub.register_forward_hook(lambda mod, args, out, name=name: records.append(_Record(name, mod, out))
+                                         if isinstance(out, torch.Tensor) else None)
+               for name, sub in module.named_modules() if sub is not module]
+    try:
+        with torch.no_grad():
+            logits = _run(module, sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    _, head_in = _final_linear(records, logits.shape[-1])
+    return _candidates_from(records, head_in, module)

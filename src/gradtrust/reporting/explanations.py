@@ -1,0 +1,119 @@
+"""The explanation gallery of a score run: when ``gradtrust explain`` wrote ``explanations.parquet`` into the run's
+``explanations/`` sub-folder, one row per chosen sample — image | Why P? | What if not P? | Why P, not Q? |
+VOICE uncertainty — for the most and least trusted right and wrong predictions (``docs/explanations.md``).
+
+The maps are read at the layer's resolution and upsampled over the picture as stored; for inputs the model saw
+centre-cropped, the overlay covers the whole picture, so it is aligned only approximately. Nothing is re-run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradtrust.reporting.runs import Run
+
+EXPLANATIONS_FILE = "explanations.parquet"
+COLUMNS = (("gradcam", "Why {p}?"), ("counterfactual", "What if not {p}?"), ("contrast", "Why {p}, not {q}?"),
+           ("voice", "VOICE uncertainty"))
+
+
+def find_explanations(run: Run) -> Path | None:
+    """``<run>/explanations/explanations.parquet`` or ``<run>/explanations.parquet`` when present."""
+    for candidate in (run.source / "explanations" / EXPLANATIONS_FILE, run.source / EXPLANATIONS_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def select_gallery(run: Run, available: np.ndarray, per_group: int = 2) -> tuple[list[tuple[int, str]], str]:
+    """Rows of ``run.frame`` to show: the ``per_group`` most and least trusted right and wrong predictions among
+    the samples that have explanations; returns ``[(row, group label)]`` and the trust score used."""
+    trust = "gradtrust" if "gradtrust" in run.methods else ("softmax" if "softmax" in run.methods else
+                                                            (run.methods[0] if run.methods else ""))
+    frame = run.frame
+    has = np.isin(frame["index"].to_numpy(), available)
+    scores = run.scores(trust) if trust else np.zeros(len(frame))
+    chosen: list[tuple[int, str]] = []
+    for correct, word in ((True, "right"), (False, "wrong")):
+        rows = np.flatnonzero(has & (run.correct == correct) & np.isfinite(scores))
+        if rows.size == 0:
+            continue
+        order = rows[np.argsort(-scores[rows], kind="stable")]
+        top = list(order[:per_group])
+        low = [r for r in order[::-1][:per_group] if r not in top]
+        chosen += [(int(r), f"most trusted {word}") for r in top]
+        chosen += [(int(r), f"least trusted {word}") for r in low]
+    return chosen, trust
+
+
+def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = None) -> dict[str, Any] | None:
+    """Draw the gallery of ``run`` into ``path``; None when the run has no explanations."""
+    import pyarrow.parquet as pq
+    import torch
+    from torch.nn import functional as F
+
+    from gradtrust.reporting.figures import _DigitsCache, _new_figure, _save, load_sample_image
+
+    source = find_explanations(run)
+    if source is None:
+        return None
+    table = pq.read_table(source)
+    if table.num_rows == 0:
+        return None
+    ex = table.to_pandas().set_index("index")
+    chosen, trust = select_gallery(run, ex.index.to_numpy(), per_group)
+    if not chosen:
+        return None
+    methods = [(m, title) for m, title in COLUMNS if f"map_{m}" in ex.columns]
+    cache = cache or _DigitsCache()
+    ncols = 1 + len(methods)
+    cell = 1.6
+    fig = _new_figure(cell * ncols, (cell + 0.55) * len(chosen) + 0.5)
+    axes = fig.subplots(len(chosen), ncols, squeeze=False)
+    for row_axes, (row, group) in zip(axes, chosen, strict=True):
+        sample = run.frame.iloc[row]
+        info = ex.loc[int(sample["index"])]
+        p, q = int(info["target"]), int(info["contrast"])
+        p_name, q_name = _short(run.class_name(p)), _short(run.class_name(q)) if q >= 0 else "?"
+        img = load_sample_image(run, str(sample["path"]), cache)
+        picture = None if img is None else (img.astype(np.float32) / 255.0)
+        size = (64, 64) if picture is None else picture.shape[:2]
+        head = f"{group}\n{trust} {run.scores(trust)[row]:.3g}" if trust else group
+        _panel(row_axes[0], picture, None, f"{head}\ntrue {_short(run.class_name(int(sample['label'])))}")
+        h, w = int(info["map_height"]), int(info["map_width"])
+        for ax, (method, title) in zip(row_axes[1:], methods, strict=True):
+            layer_map = torch.tensor(np.array(info[f"map_{method}"], dtype=np.float32)).reshape(1, 1, h, w)
+            up = F.interpolate(layer_map, size=size, mode="bilinear", align_corners=False)[0, 0]
+            lo, hi = float(up.min()), float(up.max())
+            heat = ((up - lo) / (hi - lo)).numpy() if hi > lo else np.zeros(size, np.float32)
+            label = title.format(p=p_name, q=q_name)
+            if method == "voice" and "voice_snr" in ex.columns:
+                label += f"\nSNR {float(info['voice_snr']):.2f} · IoU {float(info['voice_iou']):.2f}"
+            elif hi <= lo:
+                label += "\n(empty map)"
+            _panel(ax, picture, heat, label)
+    fig.suptitle(f"{run.name}: explanations ({source.parent.name}/{source.name})", fontsize=8.5)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    _save(fig, path)
+    return {"rows": [r for r, _ in chosen], "trust": trust, "source": str(source)}
+
+
+def _panel(ax, picture: np.ndarray | None, heat: np.ndarray | None, title: str) -> None:
+    if picture is not None:
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    elif heat is None:
+        ax.set_facecolor("0.9")
+    if heat is not None:
+        ax.imshow(heat, cmap="inferno", vmin=0, vmax=1, alpha=0.55 if picture is not None else 1.0,
+                  interpolation="bilinear")
+    ax.set_title(title, fontsize=6.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _short(name: str, limit: int = 16) -> str:
+    name = name.split(",")[0].strip()
+    return name if len(name) <= limit else name[: limit - 1] + "…"
