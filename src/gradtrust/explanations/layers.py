@@ -90,6 +90,9 @@ class _Record:
 
 def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerSpec:
     """Run one sample with a hook on every module; choose and describe the layer."""
+    if isinstance(module, torch.jit.ScriptModule):  # register_forward_hook raises on ScriptModules
+        raise ModelError("this is a TorchScript model: its compiled forward runs its layers in the TorchScript "
+                         "interpreter, which never calls the Python forward hooks that read a layer's activations")
     if layer is not None:
         try:
             module.get_submodule(layer)
@@ -99,7 +102,7 @@ def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerS
     records: list[_Record] = []
     handles = []
     for name, sub in module.named_modules():
-        if sub is module:
+        if sub is module or isinstance(sub, torch.jit.ScriptModule):  # scripted parts cannot be hooked
             continue
         handles.append(sub.register_forward_hook(
             lambda mod, args, out, name=name: records.append(_Record(name, mod, out))
