@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from gradtrust.evaluation import VECTORISED_METRICS, bootstrap_distribution, bootstrap_ci, evaluate
+from gradtrust.evaluation import VECTORISED_METRICS, bootstrap_ci, bootstrap_distribution, evaluate
 
 
 def main() -> None:
