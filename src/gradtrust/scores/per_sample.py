@@ -40,16 +40,31 @@ class UnsupportedForHooks(RuntimeError):
     """The hook path cannot compute this model's per-sample gradients exactly; use another path."""
 
 
+def is_plain_conv(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``ConvNd`` or a subclass that keeps its forward (torchvision's
+    ``Conv3DSimple``, ``Conv3DNoTemporal``…), so that its output is the convolution of its input."""
+    return any(isinstance(module, base) and type(module).forward is base.forward for base in _CONV)
+
+
+def is_layer_norm_2d(module: nn.Module) -> bool:
+    """Whether ``module`` is torchvision's ``LayerNorm2d`` (ConvNeXt): a LayerNorm over the channels of a
+    (B, C, H, W) tensor, applied channels-last (``x.permute(0, 2, 3, 1)``). Matched by name so that the core
+    does not import torchvision."""
+    kind = type(module)
+    return (kind.__name__ == "LayerNorm2d" and kind.__module__ == "torchvision.models.convnext"
+            and isinstance(module, nn.LayerNorm))
+
+
 def supports_hooks(module: nn.Module) -> bool:
     """Whether the per-sample gradient of ``module``'s own parameters can be formed from (input, grad)."""
     kind = type(module)
     if kind is nn.Linear or kind is nn.modules.linear.NonDynamicallyQuantizableLinear:
         return True
-    if kind in _CONV:
+    if is_plain_conv(module):
         return isinstance(module.padding, tuple) and module.padding_mode == "zeros"
     if kind in _BATCH_NORM:
         return module.running_mean is not None and not module.training
-    return kind in (nn.LayerNorm, nn.GroupNorm)
+    return kind in (nn.LayerNorm, nn.GroupNorm) or is_layer_norm_2d(module)
 
 
 def layer_weight(module: nn.Module) -> torch.Tensor:
@@ -173,7 +188,7 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
 def _normalised_input(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
     """``x̂``: the input of a LayerNorm or GroupNorm before its affine transform (float32)."""
     a = a.float()
-    if type(module) is nn.LayerNorm:
+    if type(module) is nn.LayerNorm or is_layer_norm_2d(module):
         return F.layer_norm(a, module.normalized_shape, eps=module.eps)
     if not isinstance(module, nn.GroupNorm):
         raise TypeError(f"expected a LayerNorm or GroupNorm, got {type(module).__name__}")
@@ -182,7 +197,7 @@ def _normalised_input(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
 
 def _affine_reduce_dims(module: nn.Module, a: torch.Tensor) -> tuple[int, ...]:
     """The dimensions summed over to get a per-sample γ/β gradient of LayerNorm or GroupNorm."""
-    if type(module) is nn.LayerNorm:  # (B, *, *normalized_shape): sum over the middle dimensions
+    if type(module) is nn.LayerNorm or is_layer_norm_2d(module):  # (B, *, *shape): sum over the middle dims
         return tuple(range(1, a.dim() - len(module.normalized_shape)))
     return tuple(range(2, a.dim()))  # GroupNorm (B, C, *spatial): sum over space
 
@@ -191,7 +206,9 @@ def parameter_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict
     """Per-sample gradients of ``module``'s own parameters, each of shape (B, *param.shape), float32."""
     kind = type(module)
     out: dict[str, torch.Tensor] = {}
-    if kind in _CONV:
+    if is_layer_norm_2d(module):  # normalises channels-last: the LayerNorm sums with the channels moved last
+        a, g = a.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)
+    if is_plain_conv(module):
         out["weight"] = conv_weight_grads(module, a, g)
         if module.bias is not None:
             out["bias"] = g.float().flatten(2).sum(-1)
@@ -209,7 +226,7 @@ def parameter_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict
             out["weight"] = (grad_ga - norm.running_mean.float() * grad_beta) / sigma
         if module.bias is not None:
             out["bias"] = grad_beta
-    elif kind in (nn.LayerNorm, nn.GroupNorm):
+    elif kind in (nn.LayerNorm, nn.GroupNorm) or is_layer_norm_2d(module):
         dims = _affine_reduce_dims(module, a)
         gf = g.float()
         if module.weight is not None:
@@ -251,7 +268,7 @@ def parameter_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor,
         if module.bias is not None:
             out["bias"] = _as_tokens(g).sum(1).square().sum(1)
         return out
-    if kind in _CONV:
+    if is_plain_conv(module):
         out = {"weight": conv_weight_sq_norms(module, a, g, chunk_bytes)}
         if module.bias is not None:
             out["bias"] = g.float().flatten(2).sum(-1).square().sum(1)
