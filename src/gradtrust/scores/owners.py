@@ -113,7 +113,85 @@ class LayerScale(Rule):
         return [module.get_submodule("block").register_forward_hook(block_hook), module.register_forward_hook(hook)]
 
 
+class SelfAttention(Rule):
+    """``nn.MultiheadAttention`` used as self-attention (``query is key is value``, no masks, eval mode).
+
+    During the capture its forward runs decomposed, with the same arithmetic: ``u = x W_inᵀ + b_in`` split
+    into q, k, v per head, ``o = softmax(q kᵀ/√d) v`` (``F.scaled_dot_product_attention``),
+    ``y = o W_outᵀ + b_out``. Both projections are linear maps applied token-wise, so their per-sample
+    gradients are those of ``nn.Linear`` on tokens, ``∂L_i/∂W_in = Σ_t g^u_{i,t} x_{i,t}ᵀ``, with norms by the
+    Gram ("ghost") form where cheaper (Vaswani et al., NeurIPS 2017; Li et al., ICLR 2022;
+    docs/per_sample.md). Any other use of the module makes the hook path step aside for this model.
+    """
+
+    def __init__(self, module: nn.Module):
+        names = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+        self.covers = tuple(n for n in names if _get(module, n) is not None)
+
+    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail) -> list[Any]:
+        mha = module
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"expected nn.MultiheadAttention, got {type(mha).__name__}")
+        original = mha.forward
+
+        def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                    average_attn_weights=True, is_causal=False):
+            simple = (query is key and key is value and key_padding_mask is None and attn_mask is None
+                      and not need_weights and not is_causal and not mha.training and mha._qkv_same_embed_dim
+                      and mha.bias_k is None and mha.add_zero_attn is False and query.dim() == 3)
+            if not simple:
+                fail(f"{name!r}: nn.MultiheadAttention used other than as plain self-attention")
+                return original(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+            x = query if mha.batch_first else query.transpose(0, 1)  # (B, S, E)
+            batch, tokens, embed = x.shape
+            heads = mha.num_heads
+            u = nn.functional.linear(x, mha.in_proj_weight, mha.in_proj_bias)
+            q, k, v = (t.reshape(batch, tokens, heads, embed // heads).transpose(1, 2) for t in u.chunk(3, dim=-1))
+            o = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, embed)
+            y = nn.functional.linear(o, mha.out_proj.weight, mha.out_proj.bias)
+            if u.requires_grad:
+                xd, od = x.detach(), o.detach()
+
+                def on_u(g):
+                    sink(name, "in_proj_weight", per_sample.linear_weight_sq_norms(xd, g))
+                    sink(name, "in_proj_bias", per_sample._as_tokens(g).sum(1).square().sum(1))
+
+                def on_y(g):
+                    sink(f"{name}.out_proj", "weight", per_sample.linear_weight_sq_norms(od, g))
+                    sink(f"{name}.out_proj", "bias", per_sample._as_tokens(g).sum(1).square().sum(1))
+
+                u.register_hook(on_u)
+                y.register_hook(on_y)
+            else:
+                fail(f"{name!r}: the attention input is not in the recorded graph")
+            return (y if mha.batch_first else y.transpose(0, 1)), None
+
+        return [_ForwardOverride(mha, forward)]
+
+
+class _ForwardOverride:
+    """Replaces ``module.forward`` until :meth:`remove` (a handle like a hook's)."""
+
+    def __init__(self, module: nn.Module, forward: Callable[..., Any]):
+        self.module = module
+        module.forward = forward  # an instance attribute shadows the method until remove()
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
+
+
+def _get(module: nn.Module, dotted: str) -> Any:
+    for part in dotted.split("."):
+        module = getattr(module, part, None)  # type: ignore[assignment]
+        if module is None:
+            return None
+    return module
+
+
 def _rule_for(module: nn.Module) -> Rule | None:
+    if type(module) is nn.MultiheadAttention:
+        return SelfAttention(module)
     if _is_torchvision(module, "torchvision.models.vision_transformer", "VisionTransformer"):
         encoder = getattr(module, "encoder", None)
         if encoder is not None and _is_torchvision(encoder, "torchvision.models.vision_transformer", "Encoder"):
@@ -221,7 +299,7 @@ def unit_sq_norms(unit: nn.Module, call: UnitCall, g: torch.Tensor, chunk_bytes:
         return _first_tensor(functional_call(unit, theta, tuple(args), dict(call.kwargs)))
 
     def one(xs, gi):
-        _, pullback = vjp(lambda theta: run(theta, [x.unsqueeze(0) for x in xs]), params)
+        pullback = vjp(lambda theta: run(theta, [x.unsqueeze(0) for x in xs]), params)[1]
         (grads,) = pullback(gi.unsqueeze(0).to(run_dtype))
         return {n: gr.float().square().sum() for n, gr in grads.items()}
 

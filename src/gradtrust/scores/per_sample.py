@@ -188,7 +188,7 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
 def _normalised_input(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
     """``x̂``: the input of a LayerNorm or GroupNorm before its affine transform (float32)."""
     a = a.float()
-    if type(module) is nn.LayerNorm or is_layer_norm_2d(module):
+    if isinstance(module, nn.LayerNorm):  # nn.LayerNorm, or LayerNorm2d given channels-last (supports_hooks)
         return F.layer_norm(a, module.normalized_shape, eps=module.eps)
     if not isinstance(module, nn.GroupNorm):
         raise TypeError(f"expected a LayerNorm or GroupNorm, got {type(module).__name__}")
@@ -197,7 +197,7 @@ def _normalised_input(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
 
 def _affine_reduce_dims(module: nn.Module, a: torch.Tensor) -> tuple[int, ...]:
     """The dimensions summed over to get a per-sample γ/β gradient of LayerNorm or GroupNorm."""
-    if type(module) is nn.LayerNorm or is_layer_norm_2d(module):  # (B, *, *shape): sum over the middle dims
+    if isinstance(module, nn.LayerNorm):  # (B, *, *normalized_shape): sum over the middle dimensions
         return tuple(range(1, a.dim() - len(module.normalized_shape)))
     return tuple(range(2, a.dim()))  # GroupNorm (B, C, *spatial): sum over space
 
