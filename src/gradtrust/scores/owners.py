@@ -46,6 +46,10 @@ class Rule:
     #: attributes (relative to the module, dotted) of the parameters this rule covers
     covers: tuple[str, ...] = ()
 
+    def entry(self, module: nn.Module) -> nn.Module:
+        """The submodule at whose input the rule first needs gradients (the recorded graph may start there)."""
+        return module
+
     def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail) -> list[Any]:
         """Install the hooks; they call ``sink`` with each covered parameter's norms. Returns the handles."""
         raise NotImplementedError
@@ -60,6 +64,9 @@ class VitEmbeddings(Rule):
     """
 
     covers = ("class_token", "encoder.pos_embedding")
+
+    def entry(self, module: nn.Module) -> nn.Module:
+        return module.get_submodule("encoder")
 
     def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail) -> list[Any]:
         prefix = f"{name}." if name else ""

@@ -137,12 +137,14 @@ class BatchPasses:
         capture = LayerCapture(capture_layers)
         # Units start the graph as layers do: their norms too come from their input and output gradient.
         graph_starts = [*capture_layers.values(), *(owners.plan.units.values() if owners is not None else ())]
+        # Rules read gradients at some submodule's input: there the graph may start too, before its first use.
+        rule_entries = [rule.entry(module) for module, rule in owners.plan.rules.values()] if owners else []
         # Without ODIN nothing needs ∂/∂x: the graph can start at the output of the first captured layer
         # to run (no parameter is used before it, since every parameter is owned by a captured layer),
         # which skips that layer's backward-to-input, e.g. resnet18's 7×7 convolution on the image
         # (0.19 forward passes at 224², batch 32, CPU). The layer's output is cloned so that an in-place
         # operation after it (ReLU(inplace=True)) acts on a graph tensor, not on the leaf (0.03 passes).
-        cut = record_graph and Pass.ODIN not in self.needs and bool(graph_starts)
+        cut = record_graph and Pass.ODIN not in self.needs and bool(graph_starts or rule_entries)
         x = self.inputs.detach().requires_grad_(record_graph and not cut)
         root: dict[str, torch.Tensor] = {} if cut else {"root": x}
 
@@ -152,8 +154,16 @@ class BatchPasses:
                 return root["root"].clone()
             return None
 
+        def start_graph_at_input(module, args):
+            if "root" not in root and args and isinstance(args[0], torch.Tensor):
+                root["root"] = args[0].detach().requires_grad_(True)
+                start = root["root"].clone()
+                return tuple(start if a is args[0] else a for a in args)  # keeps ``query is key is value``
+            return None
+
         if cut:  # prepended, so that LayerCapture's own hook sees (and hooks) the new leaf
             handles += [m.register_forward_hook(start_graph, prepend=True) for m in graph_starts]
+            handles += [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in rule_entries]
         try:
             with capture, owners or contextlib.nullcontext(), torch.set_grad_enabled(record_graph):
                 logits = model_logits(model, x)
