@@ -117,3 +117,27 @@ def test_a_parameter_of_the_model_itself_leaves_the_hook_path():
 
     with pytest.raises(gradtrust.errors.ModelError, match="shift"):
         gradtrust.score(Bias(), torch.randn(2, 4), ["purview_final"], purview_backend="hooks")
+
+
+class _MaskedAttention(nn.Module):
+    """Self-attention with a mask: not the closed-form case, so the attention alone becomes a unit."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.proj(x)
+        mask = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool), diagonal=1)
+        y, _ = self.attn(h, h, h, attn_mask=mask, need_weights=False)
+        return self.head(y.mean(1))
+
+
+def test_attention_outside_the_closed_form_becomes_a_unit():
+    model = _randomise(_MaskedAttention())
+    x = torch.randn(3, 4, 6)
+    norms, passes = _hook_norms(model, x)
+    assert set(passes.purview_fallback) == {"attn"}
+    torch.testing.assert_close(norms, _loop_norms(model, x), rtol=1e-4, atol=1e-9)

@@ -32,6 +32,8 @@ from gradtrust.scores.per_sample import UnsupportedForHooks
 Sink = Callable[[str, str, torch.Tensor], None]
 #: fail(why): the hook path cannot cover this model (said in the forward pass, raised when the norms are read)
 Fail = Callable[[str], None]
+#: as_unit(name, module, args, kwargs, output): treat this call of the module as a per-sample-autograd unit
+AsUnit = Callable[[str, nn.Module, tuple, dict, Any], None]
 
 
 def _is_torchvision(module: nn.Module, module_path: str, class_name: str) -> bool:
@@ -50,7 +52,7 @@ class Rule:
         """The submodule at whose input the rule first needs gradients (the recorded graph may start there)."""
         return module
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail) -> list[Any]:
+    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
         """Install the hooks; they call ``sink`` with each covered parameter's norms. Returns the handles."""
         raise NotImplementedError
 
@@ -68,7 +70,7 @@ class VitEmbeddings(Rule):
     def entry(self, module: nn.Module) -> nn.Module:
         return module.get_submodule("encoder")
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail) -> list[Any]:
+    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
         prefix = f"{name}." if name else ""
 
         def pre_hook(encoder, args):
@@ -96,7 +98,7 @@ class LayerScale(Rule):
 
     covers = ("layer_scale",)
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail) -> list[Any]:
+    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
         seen: dict[str, tuple[torch.Tensor, int]] = {}
 
         def block_hook(block, args, output):
@@ -128,14 +130,14 @@ class SelfAttention(Rule):
     ``y = o W_outᵀ + b_out``. Both projections are linear maps applied token-wise, so their per-sample
     gradients are those of ``nn.Linear`` on tokens, ``∂L_i/∂W_in = Σ_t g^u_{i,t} x_{i,t}ᵀ``, with norms by the
     Gram ("ghost") form where cheaper (Vaswani et al., NeurIPS 2017; Li et al., ICLR 2022;
-    docs/per_sample.md). Any other use of the module makes the hook path step aside for this model.
+    docs/per_sample.md). Any other use (masks, cross-attention…) makes the module a per-sample-autograd unit.
     """
 
     def __init__(self, module: nn.Module):
         names = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
         self.covers = tuple(n for n in names if _get(module, n) is not None)
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail) -> list[Any]:
+    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
         mha = module
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"expected nn.MultiheadAttention, got {type(mha).__name__}")
@@ -147,9 +149,11 @@ class SelfAttention(Rule):
                       and not need_weights and not is_causal and not mha.training and mha._qkv_same_embed_dim
                       and mha.bias_k is None and mha.add_zero_attn is False and query.dim() == 3)
             if not simple:
-                fail(f"{name!r}: nn.MultiheadAttention used other than as plain self-attention")
-                return original(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
-                                attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+                kwargs = dict(key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+                              average_attn_weights=average_attn_weights, is_causal=is_causal)
+                output = original(query, key, value, **kwargs)
+                as_unit(name, mha, (query, key, value), kwargs, output)
+                return output
             x = query if mha.batch_first else query.transpose(0, 1)  # (B, S, E)
             batch, tokens, embed = x.shape
             heads = mha.num_heads
@@ -254,11 +258,9 @@ def plan_parameters(model: nn.Module) -> PurviewPlan:
             continue
         module_name, module, attr = owners[name]
         unit = next((u for u in outer if name.startswith(f"{u}.")), None)
-        if unit is not None:
-            plan.columns[name] = (unit, name[len(unit) + 1:])
-        else:
+        if unit is None:
             plan.layers[module_name] = module
-            plan.columns[name] = (module_name, attr)
+        plan.columns[name] = (module_name, attr)
     return plan
 
 
@@ -351,7 +353,7 @@ class OwnerCapture:
 
     def __enter__(self) -> OwnerCapture:
         for name, (module, rule) in self.plan.rules.items():
-            self._handles += rule.attach(name, module, self._sink, self._fail)
+            self._handles += rule.attach(name, module, self._sink, self._fail, self._as_unit)
         for name, unit in self.plan.units.items():
             self._handles.append(unit.register_forward_hook(self._unit_hook(name), with_kwargs=True))
         return self
@@ -371,27 +373,32 @@ class OwnerCapture:
     def _unit_hook(self, name: str):
         def hook(module, args, kwargs, output):
             self.calls[name] += 1
-            detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-            call = UnitCall(detached, dict(kwargs), tuple(a._version for a in detached if isinstance(a, torch.Tensor)))
-            try:
-                out = _first_tensor(output)
-            except UnsupportedForHooks as exc:
-                self._fail(str(exc))
-                return
-            if not out.requires_grad:
-                self._fail(f"the output of {name!r} is not in the recorded graph")
-                return
-
-            def on_grad(g):
-                if not self.active:
-                    return
-                if tuple(a._version for a in call.args if isinstance(a, torch.Tensor)) != call.versions:
-                    raise UnsupportedForHooks(f"the input of {name!r} was modified in place after use")
-                norms, how = unit_sq_norms(module, call, g.detach(), self.chunk_bytes)
-                for key, value in norms.items():
-                    self.norms[(name, key)] = value
-                self.fallback[name] = how
-
-            out.register_hook(on_grad)
+            self._as_unit(name, module, args, kwargs, output)
 
         return hook
+
+    def _as_unit(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        """On the backward pass, per-sample autograd of this call of ``module`` gives its parameters' norms."""
+        detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        call = UnitCall(detached, dict(kwargs), tuple(a._version for a in detached if isinstance(a, torch.Tensor)))
+        try:
+            out = _first_tensor(output)
+        except UnsupportedForHooks as exc:
+            self._fail(str(exc))
+            return
+        if not out.requires_grad:
+            self._fail(f"the output of {name!r} is not in the recorded graph")
+            return
+
+        def on_grad(g):
+            if not self.active:
+                return
+            if tuple(a._version for a in call.args if isinstance(a, torch.Tensor)) != call.versions:
+                raise UnsupportedForHooks(f"the input of {name!r} was modified in place after use")
+            norms, how = unit_sq_norms(module, call, g.detach(), self.chunk_bytes)
+            for key, value in norms.items():  # "out_proj.weight" → ("<name>.out_proj", "weight")
+                owner, _, attr = f"{name}.{key}".rpartition(".")
+                self.norms[(owner, attr)] = value
+            self.fallback[name] = how
+
+        out.register_hook(on_grad)
