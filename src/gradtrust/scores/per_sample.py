@@ -128,7 +128,7 @@ def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strat
     a1 = a.reshape(1, batch * a.shape[1], *spatial)
     g1 = g.reshape(1, batch * g.shape[1], *g.shape[2:])
     # Only grad_weight is asked for, so the kernel reads this weight argument for its shape alone.
-    stacked = torch.zeros((batch * weight.shape[0], *weight.shape[1:]), device=a.device, dtype=torch.float32)
+    stacked = torch.empty((batch * weight.shape[0], *weight.shape[1:]), device=a.device, dtype=torch.float32)
     _, grad_weight, _ = torch.ops.aten.convolution_backward(g1, a1, stacked, None, *conv_args, conv.groups * batch,
                                                             [False, True, False])
     return grad_weight.reshape(batch, *weight.shape)
