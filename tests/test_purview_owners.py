@@ -141,3 +141,22 @@ def test_attention_outside_the_closed_form_becomes_a_unit():
     norms, passes = _hook_norms(model, x)
     assert set(passes.purview_fallback) == {"attn"}
     torch.testing.assert_close(norms, _loop_norms(model, x), rtol=1e-4, atol=1e-9)
+
+
+def test_attention_called_twice_leaves_the_hook_path_exactly():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):
+            y, _ = self.attn(x, x, x, need_weights=False)
+            z, _ = self.attn(y, y, y, need_weights=False)
+            return self.head(z.mean(1))
+
+    model, x = _randomise(Twice()), torch.randn(2, 4, 6)
+    result = gradtrust.score(model, x, ["purview_final"])
+    assert result.info["purview_backend"] != "hooks"
+    expected = gradtrust.score(model, x, ["purview_final"], purview_backend="loop")
+    torch.testing.assert_close(result["purview_final"], expected["purview_final"], rtol=1e-4, atol=1e-9)

@@ -345,7 +345,8 @@ class OwnerCapture:
         self.plan = plan
         self.chunk_bytes = chunk_bytes
         self.active = False
-        self.calls: dict[str, int] = {name: 0 for name in plan.units}
+        # units and rule modules must run exactly once per forward pass (a second call would overwrite the first)
+        self.calls: dict[str, int] = {name: 0 for name in [*plan.units, *plan.rules]}
         self.norms: dict[tuple[str, str], torch.Tensor] = {}
         self.fallback: dict[str, str] = {}
         self.error: str | None = None
@@ -354,6 +355,7 @@ class OwnerCapture:
     def __enter__(self) -> OwnerCapture:
         for name, (module, rule) in self.plan.rules.items():
             self._handles += rule.attach(name, module, self._sink, self._fail, self._as_unit)
+            self._handles.append(module.register_forward_hook(self._count(name)))
         for name, unit in self.plan.units.items():
             self._handles.append(unit.register_forward_hook(self._unit_hook(name), with_kwargs=True))
         return self
@@ -362,6 +364,12 @@ class OwnerCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def _count(self, name: str):
+        def hook(module, args, output):
+            self.calls[name] += 1
+
+        return hook
 
     def _fail(self, why: str) -> None:
         self.error = self.error or why
