@@ -158,12 +158,11 @@ def test_purview_backends_agree_with_the_loop():
         torch.testing.assert_close(results["vmap"][method], results["loop"][method], rtol=1e-4, atol=1e-10)
 
 
-def test_purview_on_a_vision_transformer_falls_back_and_is_exact():
+def test_purview_on_a_vision_transformer_uses_the_hooks_and_is_exact():
     model, x = vit_tiny(), torch.randn(3, 3, 32, 32)
     auto = gradtrust.score(model, x, ["purview_initial", "purview_final"])
-    assert auto.info["purview_backend"] == "vmap"  # class token, attention projections: not hook-supported
-    with pytest.raises(ModelError, match="class_token"):
-        gradtrust.score(model, x, ["purview_final"], purview_backend="hooks")
+    # class token, position embedding and attention projections have closed forms (docs/per_sample.md)
+    assert auto.info["purview_backend"] == "hooks" and "purview_fallback" not in auto.info
     for method in ("purview_initial", "purview_final"):
         torch.testing.assert_close(auto[method], _reference(model, x, method), rtol=1e-4, atol=1e-10)
 

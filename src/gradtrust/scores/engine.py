@@ -130,6 +130,8 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             info["gradient_layer"] = opts.layer or passes.final_layer_name
         if passes.purview_backend_used:
             info["purview_backend"] = passes.purview_backend_used
+            if passes.purview_fallback:  # submodules whose norms came from per-sample autograd
+                info["purview_fallback"] = dict(passes.purview_fallback)
         return ScoreResult(scores=scores, prediction=passes.prediction.cpu(), logits=logits.float().cpu(),
                            reasons=reasons, skipped=skipped, parameters=parameters, info=info)
 

@@ -20,6 +20,7 @@ When any gradient is needed the single forward pass is run with autograd recordi
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,6 +35,7 @@ from gradtrust.errors import InputError, ModelError, UnknownNameError
 from gradtrust.scores import per_sample
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
 from gradtrust.scores.options import ScoreOptions, parse_stds
+from gradtrust.scores.owners import OwnerCapture, PurviewPlan, plan_parameters
 from gradtrust.scores.per_sample import LayerCapture, UnsupportedForHooks, model_logits
 from gradtrust.scores.spec import Pass
 
@@ -62,6 +64,7 @@ class ForwardRecord:
     logits: torch.Tensor  # the model's output, attached to the graph when one was recorded
     final: FinalLayerCall | None  # the final nn.Linear's call, if one ran with C outputs
     capture: LayerCapture  # per-layer hooks for per-sample gradients
+    owners: OwnerCapture | None = None  # Purview's rules and per-sample-autograd units
 
 
 @dataclass
@@ -91,6 +94,9 @@ class BatchPasses:
         self._purview_hooks_error: str | None = None
         self._second_forward: ForwardRecord | None = None
         self.purview_backend_used: str | None = None
+        self._purview_plan: PurviewPlan | None = None
+        #: units of the model whose per-sample norms came from per-sample autograd: {name: "vmap" | "loop"}
+        self.purview_fallback: dict[str, str] = {}
 
     # ------------------------------------------------------------------ the forward pass
     @cached_property
@@ -119,22 +125,29 @@ class BatchPasses:
             for name, m in linears.items()]
 
         capture_layers: dict[str, nn.Module] = {}
+        owners: OwnerCapture | None = None
         if record_graph and Pass.PARAMETER_GRADIENTS in self.needs and options.purview_backend in ("auto", "hooks"):
             try:
-                capture_layers.update(per_sample.hook_layers_for_all_parameters(model))
+                self._purview_plan = plan_parameters(model)
+                capture_layers.update(self._purview_plan.layers)
+                owners = OwnerCapture(self._purview_plan, options.chunk_bytes)
             except UnsupportedForHooks as exc:
                 self._purview_hooks_error = str(exc)
         if record_graph and options.layer is not None:
             capture_layers[options.layer] = self.layer_module
         capture = LayerCapture(capture_layers)
-        # Without ODIN nothing needs ∂/∂x: the graph can start at the outputs of the captured layers whose
-        # inputs are not in it (no parameter is used before them, since every parameter is owned by a
-        # captured layer). That skips their backward-to-input, e.g. resnet18's 7×7 convolution on the image
-        # (0.19 forward passes at 224², batch 32, CPU). Every such layer starts the graph — the first one,
-        # and any parallel branch fed by the input alone, whose gradients would otherwise be silently zero.
-        # The layer's output is cloned so that an in-place operation after it (ReLU(inplace=True)) acts on
-        # a graph tensor, not on the leaf (0.03 passes).
-        cut = record_graph and Pass.ODIN not in self.needs and bool(capture_layers)
+        # Units start the graph as layers do: their norms too come from their input and output gradient.
+        graph_starts = [*capture_layers.values(), *(owners.plan.units.values() if owners is not None else ())]
+        # Rules read gradients at some submodule's input: there the graph may start too, before its first use.
+        rule_entries = [rule.entry(module) for module, rule in owners.plan.rules.values()] if owners else []
+        # Without ODIN nothing needs ∂/∂x: the graph can start at the outputs of the captured layers (and
+        # units) whose inputs are not in it, and at rule entries whose input is not in it (no parameter is
+        # used before them, since every parameter has an owner). That skips their backward-to-input, e.g.
+        # resnet18's 7×7 convolution on the image (0.19 forward passes at 224², batch 32, CPU). Every such
+        # place starts the graph — the first one, and any parallel branch fed by the input alone, whose
+        # gradients would otherwise be silently zero. The start is cloned so that an in-place operation after
+        # it (ReLU(inplace=True)) acts on a graph tensor, not on the leaf (0.03 passes).
+        cut = record_graph and Pass.ODIN not in self.needs and bool(graph_starts or rule_entries)
         x = self.inputs.detach().requires_grad_(record_graph and not cut)
         roots: list[torch.Tensor] = [] if cut else [x]
 
@@ -146,10 +159,20 @@ class BatchPasses:
                 return leaf.clone()
             return None
 
+        def start_graph_at_input(module, args):
+            first = args[0] if args else None
+            if isinstance(first, torch.Tensor) and not first.requires_grad and first.is_floating_point():
+                leaf = first.detach().requires_grad_(True)
+                roots.append(leaf)
+                start = leaf.clone()
+                return tuple(start if a is first else a for a in args)  # keeps ``query is key is value``
+            return None
+
         if cut:  # prepended, so that LayerCapture's own hook sees (and hooks) the new leaf
-            handles += [m.register_forward_hook(start_graph, prepend=True) for m in capture_layers.values()]
+            handles += [m.register_forward_hook(start_graph, prepend=True) for m in graph_starts]
+            handles += [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in rule_entries]
         try:
-            with capture, torch.set_grad_enabled(record_graph):
+            with capture, owners or contextlib.nullcontext(), torch.set_grad_enabled(record_graph):
                 logits = model_logits(model, x)
         except TypeError as exc:
             raise ModelError(str(exc)) from exc
@@ -166,7 +189,7 @@ class BatchPasses:
         if final_info is not None and cached_final is None:
             _FINAL_LAYER_CACHE[model] = final_info.name
         return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits, final=final_info,
-                             capture=capture)
+                             capture=capture, owners=owners)
 
     @cached_property
     def logits(self) -> torch.Tensor:
@@ -442,28 +465,36 @@ class BatchPasses:
             raise UnsupportedForHooks(self._purview_hooks_error)
         if not forward.logits.requires_grad:
             raise UnsupportedForHooks("the logits do not depend differentiably on the input")
-        capture = forward.capture
-        names, owners = per_sample.parameter_owners(self.model)
-        wanted = {module_name for module_name, _, _ in owners.values()}
-        calls = {n: c for n, c in capture.calls.items() if n in wanted}
+        capture, owners, plan = forward.capture, forward.owners, self._purview_plan
+        if owners is None or plan is None:
+            raise UnsupportedForHooks("the forward pass ran without Purview's hooks")
+        wanted = set(plan.layers)
+        calls = {n: c for n, c in capture.calls.items() if n in wanted} | owners.calls
         bad = {n: c for n, c in calls.items() if c != 1}
         if bad:
             raise UnsupportedForHooks(f"layers not run exactly once per forward pass: {bad}")
+        if owners.error is not None:
+            raise UnsupportedForHooks(owners.error)
+        batch = self.inputs.shape[0]
         norms: dict[tuple[str, str], torch.Tensor] = {}
 
         def on_grad(layer_name, module, a, g):
             if layer_name in wanted:
+                if a.shape[0] != batch or g.shape[0] != batch:
+                    raise UnsupportedForHooks(f"layer {layer_name!r} does not see one row per sample")
                 for attr, value in per_sample.parameter_sq_norms(module, a, g, self.options.chunk_bytes).items():
                     norms[(layer_name, attr)] = value
 
-        capture.on_grad, capture.active = on_grad, True
+        capture.on_grad, capture.active, owners.active = on_grad, True, True
+        owners.norms.clear()
         try:
             _backward_through(_purview_loss(forward.logits).sum(), forward)
         finally:
-            capture.active, capture.on_grad = False, None
-        batch = self.inputs.shape[0]
+            capture.active, capture.on_grad, owners.active = False, None, False
+        norms.update(owners.norms)
+        self.purview_fallback = dict(owners.fallback)
         zeros = torch.zeros(batch, device=self.inputs.device)
-        columns = [norms.get((owners[n][0], owners[n][2]), zeros) for n in names]
+        columns = [norms.get(plan.columns[name], zeros) for name, _ in self.model.named_parameters()]
         return torch.stack(columns, dim=1).double()
 
     # ------------------------------------------------------------------ MC dropout
