@@ -226,8 +226,12 @@ class PurviewPlan:
 def plan_parameters(model: nn.Module) -> PurviewPlan:
     """Assign every parameter of ``model`` to a layer, a rule or a unit (see the module docstring).
 
-    Raises :class:`UnsupportedForHooks` when some parameter could only be covered by the whole model.
+    Raises :class:`UnsupportedForHooks` when some parameter could only be covered by the whole model, and
+    for TorchScript modules (their compiled forward never calls the Python hooks the plan relies on).
     """
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        raise UnsupportedForHooks("a TorchScript module runs in the TorchScript interpreter, which never calls "
+                                  "the Python hooks per-sample gradient norms need")
     names, owners = per_sample.parameter_owners(model)
     plan = PurviewPlan()
     covered: set[str] = set()
