@@ -308,3 +308,19 @@ def test_installing_a_plugin_does_not_change_an_existing_runs_identity(tmp_path,
             unregister_method(name)
         sys.modules.pop("gtplugin.scores", None)
         sys.modules.pop("gtplugin", None)
+
+
+def test_results_reader_checks_the_schema(tmp_path):
+    from gradtrust import schema
+    from gradtrust.errors import DataError
+
+    frame = pd.DataFrame({"index": [0, 1], "path": ["a", "b"], "label": [1, 0], "prediction": [1.0, 1.0],
+                          "correct": [True, False], "softmax": [0.9, 0.6], "nan_reason_softmax": ["", ""]})
+    frame.to_parquet(tmp_path / "scores.parquet")
+    read = schema.read_results(tmp_path)
+    assert schema.method_columns(read) == ["softmax"] and read["prediction"].dtype == "int64"
+    frame.drop(columns=["softmax"]).to_parquet(tmp_path / "scores.parquet")
+    with pytest.raises(DataError, match="has no score column"):
+        schema.read_results(tmp_path)
+    with pytest.raises(DataError, match="no scores.parquet here"):
+        schema.read_results(tmp_path / "missing")

@@ -92,29 +92,33 @@ def read_results(path: str | Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several unrelated types for a non-parquet file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{scores_path}: cannot be read as a parquet file ({type(exc).__name__}: {reason}).") from None
-    check_frame(frame, str(scores_path))
+    try:
+        check_frame(frame)
+    except DataError as exc:
+        raise DataError(f"{scores_path} {exc}") from None
     return frame
 
 
-def check_frame(frame: Any, where: str = "the results table") -> list[str]:
+def check_frame(frame: Any) -> list[str]:
     """Check a results DataFrame against the schema (in place: integer-like required columns become int64)
-    and return its score columns."""
+    and return its score columns. A :class:`~gradtrust.errors.DataError` says what is wrong, as a phrase
+    that follows the table's name ("is not a GradTrust results table: …")."""
     import pandas as pd
 
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         shown = ", ".join(map(str, frame.columns[:12])) + ("…" if len(frame.columns) > 12 else "")
-        raise DataError(f"{where} is not a GradTrust results table: it lacks the column(s) {', '.join(missing)} "
+        raise DataError(f"is not a GradTrust results table: it lacks the column(s) {', '.join(missing)} "
                         f"(columns: {shown}).")
     methods = method_columns(frame)
     if not methods:
-        raise DataError(f"{where} has no score column (a float64 column besides "
-                        f"{', '.join(BASE_COLUMNS)}): not a GradTrust results table.")
+        raise DataError(f"has no score column (a float64 column besides {', '.join(BASE_COLUMNS)}): "
+                        "not a GradTrust results table.")
     for col in REQUIRED_COLUMNS:
         if not pd.api.types.is_integer_dtype(frame[col]):
             try:
                 frame[col] = frame[col].astype("int64")
             except (TypeError, ValueError):
-                raise DataError(f"{where}: its column {col!r} does not hold integer class indices "
+                raise DataError(f"its column {col!r} does not hold integer class indices "
                                 f"(dtype {frame[col].dtype}).") from None
     return methods

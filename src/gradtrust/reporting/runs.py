@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from gradtrust import schema
+from gradtrust.errors import DataError
 
 __all__ = [
     "CONDITION_KEYS",
@@ -266,23 +267,10 @@ def load_run(path: str | Path) -> Run:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReportInputError(f"cannot be read as a parquet file ({type(exc).__name__}: {reason}).") from None
 
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ReportInputError(
-            f"is not a GradTrust results table: it lacks the column(s) {', '.join(missing)} "
-            f"(columns: {', '.join(map(str, frame.columns[:12]))}{'…' if len(frame.columns) > 12 else ''}).")
-    methods = schema.method_columns(frame)
-    if not methods:
-        raise ReportInputError(
-            "has no score column (a float64 column besides index, path, label, prediction, correct): "
-            "not a GradTrust results table.")
-    for col in REQUIRED_COLUMNS:
-        if not pd.api.types.is_integer_dtype(frame[col]):
-            try:
-                frame[col] = frame[col].astype("int64")
-            except (TypeError, ValueError):
-                raise ReportInputError(f"its column {col!r} does not hold integer class indices "
-                                       f"(dtype {frame[col].dtype}).") from None
+    try:
+        methods = schema.check_frame(frame)
+    except DataError as exc:
+        raise ReportInputError(str(exc)) from None
 
     notes: list[str] = []
     manifest, manifest_note = _read_manifest(scores_path)
