@@ -20,7 +20,6 @@ uncertainty map area-averaged to the layer's resolution, for galleries), ``voice
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -186,11 +185,7 @@ def _prepare(out: Path, identity: dict, run_id: str, force: bool) -> None:
         raise GradTrustError(f"the output folder {out} holds explanations with other settings "
                              f"({'; '.join(diffs[:5])}). Use another --out, or --force to discard them.")
     if force or (old is not None and old.get("identity_sha256") != run_id):
-        for path in (out / ch.CHUNK_DIR, out / IMAGES_DIR, out / EXPLANATIONS_FILE, out / MANIFEST_FILE, run_file):
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        ch.remove_outputs(out / ch.CHUNK_DIR, out / IMAGES_DIR, out / EXPLANATIONS_FILE, out / MANIFEST_FILE, run_file)
         old = None
     (out / ch.CHUNK_DIR).mkdir(parents=True, exist_ok=True)
     ch.remove_temporary_files(out / ch.CHUNK_DIR)

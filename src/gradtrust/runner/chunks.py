@@ -74,6 +74,17 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
+def remove_outputs(*paths: Path) -> None:
+    """Delete a run's outputs (``--force``): each path a folder (removed with its contents) or a file."""
+    import shutil
+
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def remove_temporary_files(folder: Path) -> int:
     """Delete temporary files left by a killed writer (``.<name>.tmp-<pid>-<id>``); returns how many."""
     removed = 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -321,11 +320,7 @@ def _prepare_out_dir(out: Path, identity: dict, run_id: str, force: bool, starte
             "Use another --out to keep both, or --force to discard the old results."
         )
     if force:
-        for path in (out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE, out / LOGITS_FILE, run_file):
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        ch.remove_outputs(out / ch.CHUNK_DIR, out / SCORES_FILE, out / MANIFEST_FILE, out / LOGITS_FILE, run_file)
         old = None
     (out / ch.CHUNK_DIR).mkdir(parents=True, exist_ok=True)
     ch.remove_temporary_files(out)
