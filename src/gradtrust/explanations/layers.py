@@ -99,20 +99,7 @@ def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerS
         except AttributeError:
             raise UnknownNameError(f"layer={layer!r} is not a module of this model. "
                                    f"{_candidates_text(module, sample)}") from None
-    records: list[_Record] = []
-    handles = []
-    for name, sub in module.named_modules():
-        if sub is module or isinstance(sub, torch.jit.ScriptModule):  # scripted parts cannot be hooked
-            continue
-        handles.append(sub.register_forward_hook(
-            lambda mod, args, out, name=name: records.append(_Record(name, mod, out))
-            if isinstance(out, torch.Tensor) else None))
-    try:
-        with torch.no_grad():
-            logits = _run(module, sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+    records, logits = _record_outputs(module, sample)
     num_classes = logits.shape[-1]
     head, head_in = _final_linear(records, num_classes)
     prefix, grid_hint = _token_info(module)
@@ -226,16 +213,26 @@ def _candidates_from(records: list[_Record], head_in: int | None, model: nn.Modu
             if len(names) > len(shown) else f"Layers with a spatial output: {', '.join(shown)}.")
 
 
-def _candidates_text(module: nn.Module, sample: torch.Tensor) -> str:
+def _record_outputs(module: nn.Module, sample: torch.Tensor) -> tuple[list[_Record], torch.Tensor]:
+    """Run ``module`` once on ``sample`` (no grad), recording every submodule's tensor output in call order."""
     records: list[_Record] = []
-    handles = [sub.register_forward_hook(lambda mod, args, out, name=name: records.append(_Record(name, mod, out))
-                                         if isinstance(out, torch.Tensor) else None)
-               for name, sub in module.named_modules() if sub is not module]
+    handles = []
+    for name, sub in module.named_modules():
+        if sub is module or isinstance(sub, torch.jit.ScriptModule):  # scripted parts cannot be hooked
+            continue
+        handles.append(sub.register_forward_hook(
+            lambda mod, args, out, name=name: records.append(_Record(name, mod, out))
+            if isinstance(out, torch.Tensor) else None))
     try:
         with torch.no_grad():
             logits = _run(module, sample)
     finally:
         for handle in handles:
             handle.remove()
+    return records, logits
+
+
+def _candidates_text(module: nn.Module, sample: torch.Tensor) -> str:
+    records, logits = _record_outputs(module, sample)
     _, head_in = _final_linear(records, logits.shape[-1])
     return _candidates_from(records, head_in, module)
