@@ -3,6 +3,7 @@
     python benchmarks/bench_networks.py                          # all 21 networks, CPU
     python benchmarks/bench_networks.py --only resnet20 vit_b_16 --repeats 3
     python benchmarks/bench_networks.py --out bench_networks.json  # resumable: finished networks are kept
+    python benchmarks/bench_networks.py --device cuda --only resnet50 vit_b_16 --batch-size 32 128
 
 The 14 ImageNet networks of the paper (224², ``--batch-size``), 5 video networks (torchvision video models,
 clips of ``--frames`` × ``--video-size``²; s3d needs 16 × 224²) and two CIFAR-style ResNets with option-A
@@ -17,6 +18,10 @@ forward (``torch.no_grad``) timed in the same process, interleaved, minimum over
 It ends with an estimate of the paper's whole ImageNet table on this machine: 50,000 images × 14 networks ×
 every method, i.e. Σ_networks 50,000 × (all-but-MC time per image + MC dropout, estimated as ``mc_samples``
 plain forwards per image where the network has dropout).
+
+On a GPU (``--device cuda``) every timing waits for the device, and the table adds the peak GPU memory of
+Purview above the model and its input, against that of the plain forward. ``--profile`` prints where the time
+of the forward group and of Purview goes (torch.profiler, first network only).
 """
 
 from __future__ import annotations
@@ -92,22 +97,63 @@ def build(name: str, args) -> tuple[nn.Module, Callable[[int], torch.Tensor], li
         frames, size = (16, 224) if name == "s3d" else (args.frames, args.video_size)
         model = getattr(torchvision.models.video, name)(weights=None)
         return model, lambda b: torch.randn(b, 3, frames, size, size), [args.video_batch_size]
-    return getattr(torchvision.models, name)(weights=None), lambda b: torch.randn(b, 3, 224, 224), [args.batch_size]
+    return getattr(torchvision.models, name)(weights=None), lambda b: torch.randn(b, 3, 224, 224), args.batch_size
 
 
-def _timed(fn) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
     start = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - start
+
+
+def _peak_bytes(fn, device: torch.device) -> int | None:
+    """Peak GPU memory ``fn`` allocates above what is allocated before it (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def gradient_layer(model: nn.Module) -> str | None:
+    """``layer=`` for the gradient scores: None (the final nn.Linear), or without one (s3d ends in a Conv3d)
+    the last convolution."""
+    if any(isinstance(m, nn.Linear) for m in model.modules()):
+        return None
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))][-1]
+
+
+def profile(model: nn.Module, x: torch.Tensor, layer: str | None) -> None:
+    """Print the operators that take the time of the forward group and of Purview (after a warm-up)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if x.device.type == "cuda" else "self_cpu_time_total"
+    for label, methods in (("forward group", FORWARD_GROUP), ("purview", ["purview_initial", "purview_final"])):
+        gradtrust.score(model, x, methods, layer=layer)
+        with torch_profile(activities=activities) as prof:
+            gradtrust.score(model, x, methods, layer=layer)
+            _sync(x.device)
+        print(f"--- profile: {label}")
+        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
 
 
 def measure(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
     """Interleaved minimum times of a plain forward and of the three workloads, in seconds."""
     all_but_mc = [m for m in gradtrust.available_methods() if m != "mc_dropout"]
-    # Without a final nn.Linear (s3d ends in a Conv3d) the gradient scores use the last layer with weights.
-    layer = None
-    if not any(isinstance(m, nn.Linear) for m in model.modules()):
-        layer = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))][-1]
+    layer = gradient_layer(model)
 
     def forward():
         with torch.no_grad():
@@ -125,9 +171,10 @@ def measure(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
     times: dict[str, list[float]] = {k: [] for k in work}
     for _ in range(repeats):
         for k, fn in work.items():
-            times[k].append(_timed(fn))
+            times[k].append(_timed(fn, x.device))
     best = {k: min(v) for k, v in times.items()}
-    return {"forward_s": best["forward"], "group_ratio": best["forward"] / best["group"],
+    memory = {"forward_peak_bytes": _peak_bytes(forward, x.device), "purview_peak_bytes": _peak_bytes(purview, x.device)}
+    return {**memory, "device": str(x.device), "forward_s": best["forward"], "group_ratio": best["forward"] / best["group"],
             "all_but_mc_fwd": best["all_but_mc"] / best["forward"], "purview_fwd": best["purview"] / best["forward"],
             "all_but_mc_s": best["all_but_mc"],
             "purview_backend": info.get("purview_backend"), "purview_fallback": info.get("purview_fallback", {}),
@@ -147,18 +194,23 @@ def _write(path: Path, results: dict) -> None:
 
 
 def table(results: dict, mc_samples: int) -> str:
+    gpu = any(r.get("purview_peak_bytes") is not None for r in results.values())
     lines = ["| network | input | batch | forward (s) | forward-group ratio | all but MC dropout (fwd) | "
-             "Purview (fwd) | per-sample autograd |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "Purview (fwd) | per-sample autograd |" + (" Purview peak memory (plain forward) |" if gpu else ""),
+             "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if gpu else "")]
     for r in results.values():
         units = r["purview_fallback"]
         if units:
             fallback = f"{len(units)} submodules ({', '.join(sorted(set(units.values())))})"
         else:
             fallback = "none" if r["purview_backend"] == "hooks" else f"whole model ({r['purview_backend']})"
-        lines.append(f"| {r['name']} | {r['input']} | {r['batch']} | {r['forward_s']:.3f} | {r['group_ratio']:.2f} | "
+        memory = ""
+        if gpu:
+            mib = 2**20
+            memory = f" {r['purview_peak_bytes'] / mib:,.0f} MiB ({r['forward_peak_bytes'] / mib:,.0f} MiB) |"
+        lines.append(f"| {r['name']} | {r['input']} | {r['batch']} | {r['forward_s']:.4f} | {r['group_ratio']:.2f} | "
                      f"{r['all_but_mc_fwd']:.2f} | {r['purview_fwd']:.2f} | "
-                     f"{fallback} |")
+                     f"{fallback} |{memory}")
     seconds = 0.0
     counted = [r for r in results.values() if r["name"] in IMAGENET]
     for r in counted:
@@ -174,7 +226,9 @@ def table(results: dict, mc_samples: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="network names (default: all 21)")
-    parser.add_argument("--batch-size", type=int, default=4, help="ImageNet networks, 224²")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[4], help="ImageNet networks, 224² (one or more)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler breakdown (first network)")
     parser.add_argument("--video-batch-size", type=int, default=1)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--video-size", type=int, default=112)
@@ -187,16 +241,22 @@ def main() -> None:
     args = parser.parse_args()
     names = args.only or IMAGENET + VIDEO + CIFAR
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    print(f"threads={torch.get_num_threads()} torch={torch.__version__} (random weights, CPU)", flush=True)
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"threads={torch.get_num_threads()} torch={torch.__version__} (random weights, {where})", flush=True)
+    profiled = not args.profile
     for name in [] if args.table_only else names:
         torch.manual_seed(0)
         model, make_input, batches = build(name, args)
-        model.eval()
+        model.eval().to(device)
         for batch in batches:
-            key = f"{name}@{batch}"
+            key = f"{name}@{batch}" + ("" if device.type == "cpu" else f"@{device.type}")
             if key in results and not args.again:
                 continue
-            x = make_input(batch)
+            x = make_input(batch).to(device)
+            if not profiled:
+                profile(model, x, gradient_layer(model))
+                profiled = True
             r = measure(model, x, args.repeats)
             r.update(name=name, batch=batch, input="×".join(map(str, x.shape[1:])))
             results[key] = _best(results[key], r) if key in results else r
