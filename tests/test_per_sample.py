@@ -79,6 +79,16 @@ def test_both_convolution_strategies_agree(strategy):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("conv", [dict(kernel_size=3, padding=1), dict(kernel_size=(3, 5), padding=(1, 2), stride=2),
+                                  dict(kernel_size=3, dilation=2, padding=2, stride=(2, 1)), dict(kernel_size=1)])
+def test_unfolded_patches_are_those_of_torch_unfold(conv):
+    module = nn.Conv2d(4, 5, **conv)
+    a = torch.randn(3, 4, 13, 11)
+    expected = torch.nn.functional.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                                          stride=module.stride)
+    assert torch.equal(per_sample.unfold_patches(module, a), expected)
+
+
 @pytest.mark.parametrize("tokens, features", [(1, 8), (3, 64), (40, 4)])
 def test_linear_norm_shortcuts_match_materialised_gradients(tokens, features):
     """‖g‖²‖a‖² for one token, the ghost norm when T² < out·in, materialised otherwise: all equal."""

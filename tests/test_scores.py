@@ -373,6 +373,31 @@ def test_cuda_scores_match_cpu(dtype):
         torch.testing.assert_close(gpu[method], cpu[method], **tol)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+def test_cuda_graph_replay_gives_the_op_by_op_numbers():
+    """The forward-pass scores replayed from a captured CUDA graph equal those run op by op, bit for bit, on
+    new data (the static inputs are refreshed), on a second batch shape and with a NaN logit."""
+    from gradtrust.scores.graphs import captured_graphs
+
+    torch.manual_seed(0)
+    model = small_net().cuda()
+    methods = ["softmax", "entropy", "max_logit", "margin", "brier", "logit_margin", "energy", "doctor",
+               "maxlogit_pnorm", "gradtrust", "gradtrust_topk", "gradnorm", "odin"]  # odin is never captured
+    for batch in (6, 6, 5, 6):
+        x = torch.randn(batch, 3, 12, 12, device="cuda")
+        if batch == 5:
+            x[2] = float("nan")
+        graphed = gradtrust.score(model, x, methods)
+        eager = gradtrust.score(model, x, methods, cuda_graphs=False)
+        assert list(graphed) == methods
+        for method in methods:
+            torch.testing.assert_close(graphed[method], eager[method], rtol=0, atol=0, equal_nan=True)
+            assert graphed.reasons[method] == eager.reasons[method]
+        assert torch.equal(graphed.prediction, eager.prediction) and torch.equal(graphed.logits, eager.logits)
+    assert captured_graphs(model) == 2  # batch shapes 6 and 5
+
+
 def test_graph_cut_without_odin_changes_no_number():
     """Without ODIN the graph starts at the first layer's output (its backward-to-input is skipped);
     Purview and the layer path must give what the full graph (with ODIN) gives."""

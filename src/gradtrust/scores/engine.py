@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from gradtrust.errors import GradTrustError, InputError, ModelError
+from gradtrust.scores.graphs import capturable, run_captured, use_graphs
 from gradtrust.scores.options import ScoreOptions
+from gradtrust.scores.packing import Layout, pack, to_host, unpack
 from gradtrust.scores.passes import BatchPasses
 from gradtrust.scores.registry import available_methods, get_method
 from gradtrust.scores.result import ScoreResult
-from gradtrust.scores.spec import MethodOutput, MethodSpec, Pass
+from gradtrust.scores.spec import MethodSpec, Pass
 from gradtrust.scores.state import scoring_state
 from gradtrust.scores.view import BatchView
 
@@ -110,7 +112,7 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             raise InputError(f"the model could not run on inputs of shape {tuple(x.shape)} ({x.dtype}): {first_line}. "
                              "Check the input size and channels the model expects and apply its preprocessing "
                              "(LoadedModel.transform).") from exc
-        outputs: dict[str, MethodOutput] = {}
+        runnable: list[MethodSpec] = []
         skipped: dict[str, str] = {}
         parameters: dict[str, dict[str, Any]] = {}
         for method in chosen:
@@ -121,9 +123,18 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
                     raise ModelError(f"{method.name}: {problem}")
                 skipped[method.name] = problem
                 continue
-            outputs[method.name] = method(view)
+            runnable.append(method)
             parameters[method.name] = _method_parameters(method, passes, view)
-        scores, reasons = _to_cpu(outputs, ~passes.finite)
+        groups = _compute(passes, runnable)
+        host = to_host([packed for packed, _ in groups] + [passes.prediction, logits])
+        scores, reasons = {}, {}
+        for (_, layout), packed_host in zip(groups, host[:len(groups)], strict=True):
+            group_scores, group_reasons = unpack(packed_host, layout)
+            scores.update(group_scores)
+            reasons.update(group_reasons)
+        order = [m.name for m in runnable]  # the order the methods were asked for
+        scores = {name: scores[name] for name in order}
+        reasons = {name: reasons[name] for name in order}
         info: dict[str, Any] = {"final_layer": passes.final_layer_name, "num_classes": passes.num_classes}
         if any(Pass.COUNTERFACTUAL_GRADIENTS in get_method(name).needs for name in scores):
             info["gradient_path"] = "autograd" if passes.uses_autograd_path else "closed_form"
@@ -132,44 +143,26 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             info["purview_backend"] = passes.purview_backend_used
             if passes.purview_fallback:  # submodules whose norms came from per-sample autograd
                 info["purview_fallback"] = dict(passes.purview_fallback)
-        return ScoreResult(scores=scores, prediction=passes.prediction.cpu(), logits=logits.float().cpu(),
+        prediction = torch.from_numpy(host[-2].astype(np.int64))
+        return ScoreResult(scores=scores, prediction=prediction, logits=torch.from_numpy(host[-1]).float(),
                            reasons=reasons, skipped=skipped, parameters=parameters, info=info)
 
 
-NONFINITE = "non-finite logits"
-OVERFLOW = "the score is not a number for this sample (numerical overflow)"
-
-
-def _to_cpu(outputs: dict, not_finite: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """Copy every method's values and masks to the CPU in one transfer, then apply the NaN policy.
-
-    A value is NaN, with the first reason that holds, where the logits are not finite, where one of the
-    method's ``undefined`` masks holds, or where it came out NaN anyway (overflow). One transfer means one
-    GPU synchronisation per batch, whatever the number of methods.
-    """
-    if not outputs:
-        return {}, {}
-    device = not_finite.device
-    values = torch.stack([o.values.detach().to(device=device, dtype=torch.float64) for o in outputs.values()])
-    masks = [not_finite] + [m.to(device) for o in outputs.values() for m in o.undefined.values()]
-    packed = torch.cat([values, torch.stack(masks).to(torch.float64)]).cpu().numpy()
-    n = len(outputs)
-    all_values, all_masks = packed[:n], packed[n:].astype(bool)
-    scores, reasons = {}, {}
-    row = 1  # all_masks[0] is the non-finite-logits mask shared by every method
-    for k, (name, output) in enumerate(outputs.items()):
-        texts = [NONFINITE, *output.undefined]
-        own = [all_masks[0], *all_masks[row:row + len(output.undefined)]]
-        row += len(output.undefined)
-        vals = all_values[k].copy()
-        codes = np.zeros(vals.shape[0], dtype=np.int64)
-        for code in range(len(own), 0, -1):  # the first reason that holds wins
-            codes[own[code - 1]] = code
-        codes[(codes == 0) & np.isnan(vals)] = len(texts) + 1
-        vals[codes > 0] = np.nan
-        scores[name] = torch.from_numpy(vals)
-        reasons[name] = np.array(["", *texts, OVERFLOW], dtype=object)[codes].tolist()
-    return scores, reasons
+def _compute(passes: BatchPasses, methods: list[MethodSpec]) -> list[tuple[torch.Tensor, Layout]]:
+    """Every method's output, packed on the model's device: the forward-pass scores by CUDA-graph replay
+    where that applies (:mod:`gradtrust.scores.graphs`), the others op by op."""
+    groups = []
+    eager = methods
+    if methods and use_graphs(passes):
+        captured = [m for m in methods if capturable(m, passes)]
+        replayed = run_captured(passes, captured) if captured else None
+        if replayed is not None:
+            groups.append(replayed)
+            eager = [m for m in methods if m not in captured]
+    if eager or not groups:
+        outputs = {m.name: m(BatchView(passes, m.name, m.needs)) for m in eager}
+        groups.append(pack(outputs, ~passes.finite))
+    return groups
 
 
 def _why_not_applicable(method: MethodSpec, passes: BatchPasses, view: BatchView) -> str | None:

@@ -76,6 +76,8 @@ PASS_PARAMS: dict[Pass, tuple[Param, ...]] = {
 ENGINE_PARAMS: tuple[Param, ...] = (
     Param("chunk_bytes", int, per_sample.DEFAULT_CHUNK_BYTES,
           "memory bound for one block of materialised per-sample gradients", _positive),
+    Param("cuda_graphs", bool, True, "on a GPU, replay the forward-pass scores as one captured CUDA graph per "
+          "batch shape (the same numbers, one launch instead of ~150); false runs them op by op"),
 )
 
 

@@ -191,6 +191,30 @@ class BatchPasses:
         return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits, final=final_info,
                              capture=capture, owners=owners)
 
+    @property
+    def forward_logits(self) -> torch.Tensor:
+        """The model's output as it returned it (its dtype), detached."""
+        return self._forward.logits.detach()
+
+    @property
+    def final_layer_input(self) -> torch.Tensor | None:
+        """The final ``nn.Linear``'s input as it received it, detached; None without a final layer."""
+        final = self._forward.final
+        return None if final is None else final.input.detach()
+
+    def over_outputs(self, logits: torch.Tensor, features: torch.Tensor | None) -> BatchPasses:
+        """The passes of this batch as if its forward pass had returned ``logits`` and fed ``features`` to the
+        final layer: the forward-pass quantities are computed from those two tensors alone (no pass runs).
+        :mod:`gradtrust.scores.graphs` captures the forward-pass scores on such static tensors."""
+        shadow = BatchPasses(self.model, self.inputs, self.options, self.sample_ids,
+                             frozenset({Pass.FORWARD, Pass.COUNTERFACTUAL_GRADIENTS}))
+        final = self._forward.final
+        call = None if final is None or features is None else FinalLayerCall(final.name, final.module, features,
+                                                                              logits, logits._version)
+        shadow.__dict__["_forward"] = ForwardRecord(x=self.inputs, roots=[], graph=False, logits=logits, final=call,
+                                                    capture=LayerCapture({}))
+        return shadow
+
     @cached_property
     def logits(self) -> torch.Tensor:
         """The model's logits ``z`` (B, C) as float64, detached."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -145,9 +146,10 @@ class MethodSpec:
     def __call__(self, batch: BatchView) -> MethodOutput:
         return self.fn(batch)
 
-    @property
+    @cached_property
     def parameter_names(self) -> tuple[str, ...]:
-        """The options this method reads: its own, then those of the passes it needs."""
+        """The options this method reads: its own, then those of the passes it needs (computed once: the
+        engine asks for every method of every batch)."""
         from gradtrust.scores.options import PASS_PARAMS
 
         names = [p.name for p in self.params]
