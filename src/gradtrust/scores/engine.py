@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -101,8 +100,9 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
         raise InputError(f"sample_ids has {ids.shape[0]} entries for a batch of {batch} samples.")
     needs: frozenset[Pass] = frozenset({Pass.FORWARD}).union(*(m.needs for m in chosen))
 
-    with scoring_state(module):
-        passes = BatchPasses(module, x, opts, ids, needs)
+    state = scoring_state(module, freeze=False)  # BatchPasses freezes the parameters before any graph
+    with state:
+        passes = BatchPasses(module, x, opts, ids, needs, freeze=state.freeze)
         try:
             logits = passes.logits
         except (RuntimeError, ValueError) as exc:  # ValueError: e.g. BatchNorm's "expected 4D input"
@@ -126,7 +126,7 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             runnable.append(method)
             parameters[method.name] = _method_parameters(method, passes, view)
         groups = _compute(passes, runnable)
-        host = to_host([packed for packed, _ in groups] + [passes.prediction, logits])
+        host = to_host([packed for packed, _ in groups] + [passes.prediction, logits.float()])
         scores, reasons = {}, {}
         for (_, layout), packed_host in zip(groups, host[:len(groups)], strict=True):
             group_scores, group_reasons = unpack(packed_host, layout)
@@ -143,8 +143,7 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             info["purview_backend"] = passes.purview_backend_used
             if passes.purview_fallback:  # submodules whose norms came from per-sample autograd
                 info["purview_fallback"] = dict(passes.purview_fallback)
-        prediction = torch.from_numpy(host[-2].astype(np.int64))
-        return ScoreResult(scores=scores, prediction=prediction, logits=torch.from_numpy(host[-1]).float(),
+        return ScoreResult(scores=scores, prediction=torch.from_numpy(host[-2]), logits=torch.from_numpy(host[-1]),
                            reasons=reasons, skipped=skipped, parameters=parameters, info=info)
 
 

@@ -40,12 +40,17 @@ def pack(outputs: dict[str, MethodOutput], not_finite: torch.Tensor) -> tuple[to
 
 
 def to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """Copy ``tensors`` (one device) to the CPU as float64 arrays of the same shapes, in one transfer."""
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()
+    """Copy ``tensors`` (one device, dtypes numpy has) to the CPU as arrays of the same shapes and dtypes, in one
+    transfer: their bytes are concatenated on the device and split again on the host."""
+    if not tensors:
+        return []
+    raw = torch.cat([t.detach().contiguous().reshape(-1).view(torch.uint8) for t in tensors]).cpu().numpy()
     out, start = [], 0
     for t in tensors:
-        out.append(flat[start:start + t.numel()].reshape(tuple(t.shape)))
-        start += t.numel()
+        size = t.numel() * t.element_size()
+        dtype = torch.empty((), dtype=t.dtype).numpy().dtype
+        out.append(raw[start:start + size].view(dtype).reshape(tuple(t.shape)))
+        start += size
     return out
 
 
@@ -58,7 +63,8 @@ def unpack(packed: np.ndarray, layout: Layout) -> tuple[dict[str, torch.Tensor],
     n = len(layout.methods)
     all_values, all_masks = packed[:n], packed[n:].astype(bool)
     batch = packed.shape[1]
-    any_mask, any_nan = all_masks.any(axis=1), np.isnan(all_values).any(axis=1)
+    any_mask = np.asarray(all_masks.any(axis=1))
+    any_nan = np.asarray(np.isnan(all_values).any(axis=1))
     scores, reasons = {}, {}
     row = 1  # all_masks[0] is the non-finite-logits mask shared by every method
     for k, (name, texts_own) in enumerate(zip(layout.methods, layout.reasons, strict=True)):

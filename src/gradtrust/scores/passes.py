@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -82,8 +83,10 @@ class BatchPasses:
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, options: ScoreOptions,
-                 sample_ids: torch.Tensor, needs: frozenset[Pass]):
+                 sample_ids: torch.Tensor, needs: frozenset[Pass], freeze: Callable[[], None] | None = None):
         self.model = model
+        # Called before any pass that records an autograd graph (ScoringState.freeze); None: already frozen.
+        self._freeze = freeze or (lambda: None)
         self.inputs = inputs
         self.options = options
         self.sample_ids = sample_ids
@@ -116,6 +119,8 @@ class BatchPasses:
     def _run_forward(self, record_graph: bool) -> ForwardRecord:
         """Run the model once, capturing the final layer's input/output and, if needed, layer activations."""
         model, options = self.model, self.options
+        if record_graph:
+            self._freeze()
         cached_final = _FINAL_LAYER_CACHE.get(model)
         linears = ({cached_final: model.get_submodule(cached_final)} if cached_final is not None else
                    {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)})
@@ -461,6 +466,7 @@ class BatchPasses:
         (chunked), a per-sample loop; ``auto`` takes the first that applies to the model.
         """
         backend = self.options.purview_backend
+        self._freeze()  # the vmap and loop backends too: the loop toggles requires_grad itself
         if backend in ("auto", "hooks"):
             try:
                 result = self._sq_norms_by_hooks()

@@ -2,37 +2,59 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from torch import nn
 
 
-@contextlib.contextmanager
-def scoring_state(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode with every parameter frozen; restore both afterwards, even on error.
+class ScoringState:
+    """Context manager: ``model`` in eval mode (and, once :meth:`freeze` is called, every parameter frozen);
+    both restored afterwards, even on error.
 
     Why frozen: every gradient GradTrust needs is taken with ``torch.autograd.grad`` with respect to the
     input or computed per sample from hooks, so no parameter needs ``requires_grad``. Freezing them stops
     autograd from computing (and wasting time on) batch-summed parameter gradients and guarantees that no
-    ``.grad`` is ever written.
+    ``.grad`` is ever written. A pass run without autograd (the forward-pass scores) needs no freezing, so
+    the engine freezes only before it records a graph.
 
-    Only what differs is touched: a model already in eval mode with frozen parameters costs a walk over its
-    modules and nothing else (on a GPU this context is entered once per batch, and setting ``training`` on
-    every one of resnet50's 151 modules twice cost about as much as the forward-pass scores themselves).
+    Only what differs is touched: a model already in eval mode costs one walk over its modules (on a GPU
+    this runs once per batch; setting ``training`` and ``requires_grad`` on each of resnet50's 151 modules
+    and 161 parameters, twice, cost a third of the forward-pass scores' time at batch 32).
     """
-    training = [module for module in model.modules() if module.training]
-    unfrozen = [p for p in model.parameters() if p.requires_grad]
-    grads_before = [p.grad for p in unfrozen]
-    try:
-        if training:
-            model.eval()
-        for p in unfrozen:
+
+    def __init__(self, model: nn.Module, freeze: bool = True):
+        self.model = model
+        self._freeze_on_enter = freeze
+        self._training: list[nn.Module] = []
+        self._unfrozen: list[nn.Parameter] = []
+        self._grads: list = []
+        self._frozen = False
+
+    def __enter__(self) -> nn.Module:
+        self._training = [module for module in self.model.modules() if module.training]
+        if self._training:
+            self.model.eval()
+        if self._freeze_on_enter:
+            self.freeze()
+        return self.model
+
+    def freeze(self) -> None:
+        """Set ``requires_grad=False`` on every parameter (once; restored on exit)."""
+        if self._frozen:
+            return
+        self._frozen = True
+        self._unfrozen = [p for p in self.model.parameters() if p.requires_grad]
+        self._grads = [p.grad for p in self._unfrozen]
+        for p in self._unfrozen:
             p.requires_grad_(False)
-        yield model
-    finally:
-        for module in training:
+
+    def __exit__(self, *exc) -> None:
+        for module in self._training:
             module.training = True
-        for p, grad in zip(unfrozen, grads_before, strict=True):
+        for p, grad in zip(self._unfrozen, self._grads, strict=True):
             p.requires_grad_(True)
             p.grad = grad
+
+
+def scoring_state(model: nn.Module, freeze: bool = True) -> ScoringState:
+    """``with scoring_state(model):`` — ``model`` in eval mode with every parameter frozen (see
+    :class:`ScoringState`); ``freeze=False`` leaves the parameters until ``state.freeze()`` is called."""
+    return ScoringState(model, freeze)
