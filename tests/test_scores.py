@@ -175,7 +175,11 @@ def test_purview_memory_chunking_gives_the_same_numbers():
         torch.testing.assert_close(whole[method], chunked[method], rtol=1e-6, atol=0)
 
 
-def test_scoring_leaves_the_model_as_it_found_it():
+@pytest.mark.parametrize("methods, options", [(None, {}), ("softmax,gradtrust,gradnorm", {}),
+                                              ("purview_final", {"purview_backend": "loop"}),
+                                              ("gradtrust", {"layer": "features.0"})])
+def test_scoring_leaves_the_model_as_it_found_it(methods, options):
+    """Whatever passes run (parameters are frozen only before a graph is recorded), flags and .grad come back."""
     model, x = small_net(), torch.randn(3, 3, 12, 12)
     model.train()
     model.features[1].eval()
@@ -185,7 +189,7 @@ def test_scoring_leaves_the_model_as_it_found_it():
     before_flags = {n: m.training for n, m in model.named_modules()}
     before_req = {n: p.requires_grad for n, p in model.named_parameters()}
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
-    gradtrust.score(model, x)
+    gradtrust.score(model, x, methods, **options)
     assert {n: m.training for n, m in model.named_modules()} == before_flags
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before_req
     assert model.head[4].weight.grad is existing
@@ -193,6 +197,21 @@ def test_scoring_leaves_the_model_as_it_found_it():
     for key, value in model.state_dict().items():  # BatchNorm running stats untouched (eval mode)
         assert torch.equal(value, before_state[key]), key
     assert not any("forward" in m.__dict__ for m in model.modules())  # dropout patches removed
+
+
+def test_micro_batches_give_the_whole_batch_numbers():
+    """micro_batch scores a large batch in slices: the same scores, reasons, predictions and logits."""
+    model, x = small_net(), torch.randn(7, 3, 12, 12)
+    x[4] = float("nan")
+    whole = gradtrust.score(model, x, sample_ids=torch.arange(10, 17))
+    sliced = gradtrust.score(model, x, sample_ids=torch.arange(10, 17), micro_batch=3)
+    assert list(sliced) == list(whole) and sliced.skipped == whole.skipped
+    for method in whole:
+        torch.testing.assert_close(sliced[method], whole[method], rtol=1e-5, atol=1e-9, equal_nan=True)  # float32 rounding
+        assert sliced.reasons[method] == whole.reasons[method]
+    assert torch.equal(sliced.prediction, whole.prediction)
+    torch.testing.assert_close(sliced.logits, whole.logits, equal_nan=True)
+    assert sliced.parameters == whole.parameters
 
 
 def test_scoring_restores_the_model_after_an_error():

@@ -84,7 +84,9 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             sample scores the same in any batch.
         **options: the options the methods declare (``gradtrust methods`` lists them with their defaults):
             ``odin_temperature``, ``odin_epsilon``, ``mc_samples``, ``topk``, ``layer``, ``gradient_path``,
-            ``purview_backend``, ``pnorm_p``, ``seed``… (:class:`gradtrust.scores.options.ScoreOptions`).
+            ``purview_backend``, ``pnorm_p``, ``seed``… (:class:`gradtrust.scores.options.ScoreOptions`), and the
+            engine's ``micro_batch`` (score a large batch in slices of this many samples: bounds the
+            gradient passes' memory), ``chunk_bytes`` and ``cuda_graphs``.
 
     Cost: the forward-pass scores (softmax, entropy, max_logit, margin, brier, logit_margin, energy, doctor,
     maxlogit_pnorm, gradtrust, gradtrust_topk, gradnorm) share one forward pass; ODIN adds an input-gradient
@@ -99,6 +101,11 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
     if ids.shape[0] != batch:
         raise InputError(f"sample_ids has {ids.shape[0]} entries for a batch of {batch} samples.")
     needs: frozenset[Pass] = frozenset({Pass.FORWARD}).union(*(m.needs for m in chosen))
+    if opts.micro_batch is not None and batch > opts.micro_batch:
+        step = opts.micro_batch
+        return ScoreResult.concatenate([score(module, x[s:s + step], [m.name for m in chosen] if explicit else None,
+                                              sample_ids=ids[s:s + step], **options)
+                                        for s in range(0, batch, step)])
 
     state = scoring_state(module, freeze=False)  # BatchPasses freezes the parameters before any graph
     with state:

@@ -76,6 +76,9 @@ PASS_PARAMS: dict[Pass, tuple[Param, ...]] = {
 ENGINE_PARAMS: tuple[Param, ...] = (
     Param("chunk_bytes", int, per_sample.DEFAULT_CHUNK_BYTES,
           "memory bound for one block of materialised per-sample gradients", _positive),
+    Param("micro_batch", int, None, "score at most this many samples per pass: a larger batch is scored in "
+          "slices (the same numbers; samples are independent in eval mode). Bounds the peak memory of the "
+          "gradient passes, which grows with the batch like a training step's", _at_least_one),
     Param("cuda_graphs", bool, True, "on a GPU, replay the forward-pass scores as one captured CUDA graph per "
           "batch shape (the same numbers, one launch instead of ~150); false runs them op by op"),
 )

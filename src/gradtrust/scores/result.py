@@ -45,6 +45,20 @@ class ScoreResult(Mapping):
     def __len__(self) -> int:
         return len(self.scores)
 
+    @classmethod
+    def concatenate(cls, parts: list[ScoreResult]) -> ScoreResult:
+        """The result of consecutive slices of one batch, as one result (``skipped`` and ``parameters`` from
+        the first slice; ``info`` merged, a later slice's Purview fallbacks added)."""
+        first = parts[0]
+        info = dict(first.info)
+        fallback = {k: v for part in parts for k, v in part.info.get("purview_fallback", {}).items()}
+        if fallback:
+            info["purview_fallback"] = fallback
+        return cls(scores={name: torch.cat([p.scores[name] for p in parts]) for name in first.scores},
+                   prediction=torch.cat([p.prediction for p in parts]), logits=torch.cat([p.logits for p in parts]),
+                   reasons={name: [r for p in parts for r in p.reasons[name]] for name in first.reasons},
+                   skipped=dict(first.skipped), parameters=dict(first.parameters), info=info)
+
     @property
     def methods(self) -> list[str]:
         return list(self.scores)
