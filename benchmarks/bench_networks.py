@@ -20,8 +20,10 @@ every method, i.e. Σ_networks 50,000 × (all-but-MC time per image + MC dropout
 plain forwards per image where the network has dropout).
 
 On a GPU (``--device cuda``) every timing waits for the device, and the table adds the peak GPU memory of
-Purview above the model and its input, against that of the plain forward. ``--profile`` prints where the time
-of the forward group and of Purview goes (torch.profiler, first network only).
+Purview above the model and its input, against those of a training step (forward + backward) and of the
+plain forward, and with ``--micro-batch N`` Purview's peak and cost when the batch is scored in slices of N.
+``--profile`` prints where the time of the forward group and of Purview goes (torch.profiler, first network
+only).
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def profile(model: nn.Module, x: torch.Tensor, layer: str | None) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
 
 
-def measure(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
+def measure(model: nn.Module, x: torch.Tensor, repeats: int, micro_batch: int | None = None) -> dict:
     """Interleaved minimum times of a plain forward and of the three workloads, in seconds."""
     all_but_mc = [m for m in gradtrust.available_methods() if m != "mc_dropout"]
     layer = gradient_layer(model)
@@ -174,7 +176,18 @@ def measure(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
         for k, fn in work.items():
             times[k].append(_timed(fn, x.device))
     best = {k: min(v) for k, v in times.items()}
-    memory = {"forward_peak_bytes": _peak_bytes(forward, x.device), "purview_peak_bytes": _peak_bytes(purview, x.device)}
+    def training_step():  # the reference for the gradient passes' memory: forward + backward of the batch
+        with torch.enable_grad():
+            model(x).logsumexp(1).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    memory = {"forward_peak_bytes": _peak_bytes(forward, x.device), "purview_peak_bytes": _peak_bytes(purview, x.device),
+              "training_step_peak_bytes": _peak_bytes(training_step, x.device)}
+    if micro_batch:
+        sliced = lambda: gradtrust.score(model, x, ["purview_initial", "purview_final"], micro_batch=micro_batch)  # noqa: E731
+        sliced()
+        memory["purview_micro_peak_bytes"] = _peak_bytes(sliced, x.device)
+        memory["purview_micro_fwd"] = min(_timed(sliced, x.device) for _ in range(repeats)) / best["forward"]
     return {**memory, "device": str(x.device), "group_first_call_s": first["group"],
             "forward_s": best["forward"], "group_ratio": best["forward"] / best["group"],
             "all_but_mc_fwd": best["all_but_mc"] / best["forward"], "purview_fwd": best["purview"] / best["forward"],
@@ -198,8 +211,9 @@ def _write(path: Path, results: dict) -> None:
 def table(results: dict, mc_samples: int) -> str:
     gpu = any(r.get("purview_peak_bytes") is not None for r in results.values())
     lines = ["| network | input | batch | forward (s) | forward-group ratio | all but MC dropout (fwd) | "
-             "Purview (fwd) | per-sample autograd |" + (" Purview peak memory (plain forward) |" if gpu else ""),
-             "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if gpu else "")]
+             "Purview (fwd) | per-sample autograd |" + (" Purview peak memory | training step's | plain forward's | "
+                                                        "Purview with micro_batch |" if gpu else ""),
+             "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- | --- | --- |" if gpu else "")]
     for r in results.values():
         units = r["purview_fallback"]
         if units:
@@ -209,7 +223,12 @@ def table(results: dict, mc_samples: int) -> str:
         memory = ""
         if gpu:
             mib = 2**20
-            memory = f" {r['purview_peak_bytes'] / mib:,.0f} MiB ({r['forward_peak_bytes'] / mib:,.0f} MiB) |"
+            memory = (f" {r['purview_peak_bytes'] / mib:,.0f} MiB | {r['training_step_peak_bytes'] / mib:,.0f} MiB | "
+                      f"{r['forward_peak_bytes'] / mib:,.0f} MiB |")
+            if "purview_micro_peak_bytes" in r:
+                memory += f" {r['purview_micro_peak_bytes'] / mib:,.0f} MiB, {r['purview_micro_fwd']:.2f} fwd |"
+            else:
+                memory += " |"
         lines.append(f"| {r['name']} | {r['input']} | {r['batch']} | {r['forward_s']:.4f} | {r['group_ratio']:.2f} | "
                      f"{r['all_but_mc_fwd']:.2f} | {r['purview_fwd']:.2f} | "
                      f"{fallback} |{memory}")
@@ -230,6 +249,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="network names (default: all 21)")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[4], help="ImageNet networks, 224² (one or more)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="also measure Purview with micro_batch=N (peak memory and cost; GPU table)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler breakdown (first network)")
     parser.add_argument("--video-batch-size", type=int, default=1)
     parser.add_argument("--frames", type=int, default=8)
@@ -259,7 +280,7 @@ def main() -> None:
             if not profiled:
                 profile(model, x, gradient_layer(model))
                 profiled = True
-            r = measure(model, x, args.repeats)
+            r = measure(model, x, args.repeats, args.micro_batch)
             r.update(name=name, batch=batch, input="×".join(map(str, x.shape[1:])))
             results[key] = _best(results[key], r) if key in results else r
             _write(args.out, results)
