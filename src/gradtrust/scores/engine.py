@@ -143,7 +143,7 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
         scores = {name: scores[name] for name in order}
         reasons = {name: reasons[name] for name in order}
         info: dict[str, Any] = {"final_layer": passes.final_layer_name, "num_classes": passes.num_classes}
-        if any(Pass.COUNTERFACTUAL_GRADIENTS in get_method(name).needs for name in scores):
+        if any(Pass.COUNTERFACTUAL_GRADIENTS in method.needs for method in runnable):
             info["gradient_path"] = "autograd" if passes.uses_autograd_path else "closed_form"
             info["gradient_layer"] = opts.layer or passes.final_layer_name
         if passes.purview_backend_used:

@@ -120,7 +120,7 @@ class ScoreOptions:
     value raises an error that lists the valid options.
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("_hash", "_values")
 
     def __init__(self, values: dict[str, Any] | None = None, **kwargs: Any):
         params = known_params()
@@ -132,6 +132,7 @@ class ScoreOptions:
         resolved = {name: (param.validate(given[name]) if name in given else param.default)
                     for name, param in params.items()}
         object.__setattr__(self, "_values", resolved)
+        object.__setattr__(self, "_hash", None)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ScoreOptions:
@@ -156,8 +157,10 @@ class ScoreOptions:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ScoreOptions) and self._values == other._values
 
-    def __hash__(self) -> int:
-        return hash(tuple(sorted((k, repr(v)) for k, v in self._values.items())))
+    def __hash__(self) -> int:  # computed once: options key the per-model caches of every batch
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(tuple(sorted((k, repr(v)) for k, v in self._values.items()))))
+        return self._hash
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
