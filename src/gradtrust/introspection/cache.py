@@ -78,7 +78,9 @@ def cached_features(module: torch.nn.Module, dataset: Any, class_map: list[int],
         bar = tqdm(total=total, desc="introspective features", unit="sample", disable=not progress)
         parts: list[tuple] = []
         with torch.no_grad():
-            for (k, lo, hi, last), batch in zip(sampler.plan(), loader, strict=False):
+            # The loader first: its iterator must see StopIteration, or its pin-memory thread waits out a
+            # 5 s timeout when it is shut down (5 of 7 s of a 6,000-image GPU run).
+            for batch, (k, lo, hi, last) in zip(loader, sampler.plan(), strict=True):
                 failed += len(batch.failures)
                 if batch.inputs is not None:
                     if bool((batch.labels < 0).any()):
