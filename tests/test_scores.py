@@ -418,6 +418,29 @@ def test_cuda_graph_replay_gives_the_op_by_op_numbers():
     assert captured_graphs(model) == 2  # batch shapes 6 and 5
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+def test_a_method_cuda_cannot_capture_runs_op_by_op(monkeypatch):
+    """A capture that fails (here: a host synchronisation inside a method) leaves the right numbers."""
+    import gradtrust.scores.methods as methods_module
+    from gradtrust.scores.graphs import captured_graphs
+
+    original = methods_module.F.energy
+
+    def synchronising_energy(logits):
+        float(logits.sum().item())  # not allowed while CUDA records a graph
+        return original(logits)
+
+    monkeypatch.setattr(methods_module.F, "energy", synchronising_energy)
+    model, x = small_net().cuda(), torch.randn(4, 3, 12, 12, device="cuda")
+    for _ in range(2):
+        graphed = gradtrust.score(model, x, ["softmax", "energy"])
+        eager = gradtrust.score(model, x, ["softmax", "energy"], cuda_graphs=False)
+        for method in ("softmax", "energy"):
+            torch.testing.assert_close(graphed[method], eager[method], rtol=0, atol=0)
+    assert captured_graphs(model) == 0
+
+
 def test_graph_cut_without_odin_changes_no_number():
     """Without ODIN the graph starts at the first layer's output (its backward-to-input is skipped);
     Purview and the layer path must give what the full graph (with ODIN) gives."""
