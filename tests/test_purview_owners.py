@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torchvision.models import convnext, swin_transformer, vision_transformer
+from torchvision.models import convnext, vision_transformer
 from torchvision.models.video.resnet import Conv3DSimple
 
 import gradtrust
@@ -91,18 +91,29 @@ def test_rules_give_exact_norms_without_fallback(name, factory, shape):
     torch.testing.assert_close(norms, _loop_norms(model, x), rtol=1e-4, atol=1e-9)
 
 
+class _Gated(nn.Module):
+    """A parameter used outside any known layer (``linear(x) ⊙ σ(gate)``): no layer or rule covers ``gate``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(6, 6)
+        self.gate = nn.Parameter(torch.randn(6))
+
+    def forward(self, x):
+        return self.inner(x) * torch.sigmoid(self.gate)
+
+
 def test_uncovered_submodule_alone_goes_through_autograd_and_is_reported():
-    """Swin's attention (relative-position bias table, functional projections) is a per-sample-autograd unit;
-    the rest of the model stays on the hooks, and the result names the units."""
-    model = _randomise(swin_transformer.SwinTransformer(patch_size=[4, 4], embed_dim=4, depths=[1, 1], num_heads=[1, 1],
-                                                        window_size=[2, 2], num_classes=3))
-    x = torch.randn(2, 3, 8, 8)
+    """A submodule with a parameter nothing covers is a per-sample-autograd unit (the whole submodule, its
+    nn.Linear included); the rest of the model stays on the hooks, and the result names the units."""
+    model = _randomise(nn.Sequential(nn.Linear(4, 6), _Gated(), nn.ReLU(), _Gated(), nn.Linear(6, 3)))
+    x = torch.randn(3, 4)
     norms, passes = _hook_norms(model, x)
-    assert set(passes.purview_fallback) == {"features.1.0.attn", "features.3.0.attn"}
+    assert set(passes.purview_fallback) == {"1", "3"}
     torch.testing.assert_close(norms, _loop_norms(model, x), rtol=1e-4, atol=1e-9)
     result = gradtrust.score(model, x, ["purview_final"])
     assert result.info["purview_backend"] == "hooks"
-    assert set(result.info["purview_fallback"]) == {"features.1.0.attn", "features.3.0.attn"}
+    assert set(result.info["purview_fallback"]) == {"1", "3"}
 
 
 def test_a_parameter_of_the_model_itself_leaves_the_hook_path():

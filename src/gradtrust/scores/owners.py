@@ -209,7 +209,9 @@ def _rule_for(module: nn.Module) -> Rule | None:
             return VitEmbeddings()
     if _is_torchvision(module, "torchvision.models.convnext", "CNBlock"):
         return LayerScale()
-    return None
+    from gradtrust.scores.window_attention import window_attention_rule  # imports this module
+
+    return window_attention_rule(module)
 
 
 @dataclass
