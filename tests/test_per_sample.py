@@ -127,3 +127,104 @@ def test_a_layer_used_twice_falls_back_to_an_exact_path():
     assert auto.info["purview_backend"] != "hooks"
     for method in auto:
         torch.testing.assert_close(auto[method], loop[method], rtol=1e-4, atol=1e-10)
+
+
+CONVOLUTIONS = [  # (name, factory, input shape): stride/padding/dilation/groups combinations, with and without bias
+    ("depthwise_stride2_pad", lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), (3, 4, 9, 8)),
+    ("depthwise_7x7", lambda: nn.Conv2d(3, 3, 7, padding=3, groups=3, bias=False), (2, 3, 8, 8)),
+    ("depthwise_multiplier_dilation", lambda: nn.Conv2d(3, 6, 3, padding=2, dilation=2, groups=3), (2, 3, 7, 7)),
+    ("depthwise_stride3_dilation2", lambda: nn.Conv2d(2, 2, (3, 2), stride=(3, 2), padding=(2, 1), dilation=2,
+                                                      groups=2), (2, 2, 11, 9)),
+    ("grouped_stride2", lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (3, 4, 8, 8)),
+    ("pointwise_stride2", lambda: nn.Conv2d(4, 5, 1, stride=2, bias=False), (3, 4, 7, 7)),
+    ("conv1d_depthwise_strided", lambda: nn.Conv1d(3, 3, 5, stride=2, padding=2, dilation=2, groups=3), (2, 3, 13)),
+    ("conv3d_depthwise_strided", lambda: nn.Conv3d(2, 2, 3, stride=(1, 2, 2), padding=1, groups=2), (2, 2, 3, 6, 6)),
+    ("conv2d_dense", lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=2), (2, 3, 9, 9)),
+]
+
+
+def _conv_case(factory, shape):
+    torch.manual_seed(0)
+    module = _make(factory)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        g = torch.randn_like(module(x))
+    return module, x, g, _autograd_per_sample(module, x, g)
+
+
+@pytest.mark.parametrize("name, factory, shape", CONVOLUTIONS, ids=[c[0] for c in CONVOLUTIONS])
+def test_correlation_kernel_matches_autograd(name, factory, shape):
+    """The depthwise-correlation form (polyphase for strides) gives the per-sample weight gradients."""
+    from gradtrust.scores.conv_correlate import correlate_weight_grads
+
+    module, x, g, expected = _conv_case(factory, shape)
+    torch.testing.assert_close(correlate_weight_grads(module, x, g), expected["weight"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, factory, shape", CONVOLUTIONS, ids=[c[0] for c in CONVOLUTIONS])
+def test_every_convolution_strategy_gives_the_autograd_norms(name, factory, shape):
+    """Each strategy that applies (including the Gram form and tiny memory blocks) and the measured choice."""
+    from gradtrust.scores import conv_strategy
+
+    module, x, g, expected = _conv_case(factory, shape)
+    want = expected["weight"].flatten(1).square().sum(1)
+    tried = []
+    for chunk_bytes in (64, per_sample.DEFAULT_CHUNK_BYTES):
+        for strategy in conv_strategy.STRATEGIES:
+            if conv_strategy.applies(strategy, module, x, g, chunk_bytes):
+                tried.append(strategy)
+                got = conv_strategy.sq_norms(strategy, module, x, g, chunk_bytes)
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, s=strategy: f"{s}: {m}")
+    assert {"grouped", "per_sample"} <= set(tried)
+    norms = per_sample.parameter_sq_norms(module, x, g)  # CPU: measured once, then the choice is reused
+    torch.testing.assert_close(norms["weight"], want, rtol=1e-4, atol=1e-5)
+    key = conv_strategy._key(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    assert conv_strategy.chosen_strategies()[key] in conv_strategy.candidates(module, x, g,
+                                                                               per_sample.DEFAULT_CHUNK_BYTES)
+    torch.testing.assert_close(per_sample.parameter_sq_norms(module, x, g)["weight"], want, rtol=1e-4, atol=1e-5)
+    if module.bias is not None:
+        torch.testing.assert_close(norms["bias"], expected["bias"].flatten(1).square().sum(1), rtol=1e-4, atol=1e-5)
+
+
+def test_strategy_choice_is_measured_once_and_can_be_forced(monkeypatch):
+    from gradtrust.errors import InputError, UnknownNameError
+    from gradtrust.scores import conv_strategy
+
+    module, x, g, expected = _conv_case(lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (2, 4, 6, 6))
+    want = expected["weight"].flatten(1).square().sum(1)
+    conv_strategy.clear_choices()
+    calls: list[str] = []
+    real = conv_strategy.sq_norms
+    monkeypatch.setattr(conv_strategy, "sq_norms", lambda s, *args: calls.append(s) or real(s, *args))
+    first = per_sample.conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    measured = len(calls)
+    assert set(calls) == set(conv_strategy.candidates(module, x, g, per_sample.DEFAULT_CHUNK_BYTES))
+    again = per_sample.conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    assert len(calls) == measured + 1 and calls[-1] == next(iter(conv_strategy.chosen_strategies().values()))
+    assert torch.equal(first, again)  # the measuring call returned the chosen way's result
+    got = per_sample.conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, strategy="correlate")
+    assert calls[-1] == "correlate"
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # a forced strategy that does not apply (unfold needs one group) leaves that layer to the measured choice
+    per_sample.conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, strategy="unfold")
+    assert calls[-1] != "unfold"
+    with pytest.raises(InputError, match="does not apply"):
+        conv_strategy.sq_norms("unfold", module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    with pytest.raises(UnknownNameError, match="known"):
+        conv_strategy.applies("fft", module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+
+
+def test_conv_strategy_option_reaches_purview():
+    import gradtrust
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                          nn.ReLU(), nn.Conv2d(4, 3, 1), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).eval()
+    x = torch.randn(3, 2, 8, 8)
+    loop = gradtrust.score(model, x, ["purview_final"], purview_backend="loop")["purview_final"]
+    for strategy in ("auto", "correlate", "per_sample"):
+        got = gradtrust.score(model, x, ["purview_final"], conv_strategy=strategy)
+        assert got.info["purview_backend"] == "hooks"
+        torch.testing.assert_close(got["purview_final"], loop, rtol=1e-4, atol=1e-10)
+    with pytest.raises(ValueError, match="conv_strategy must be one of"):
+        gradtrust.score(model, x, ["purview_final"], conv_strategy="fft")

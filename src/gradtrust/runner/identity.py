@@ -24,8 +24,9 @@ _MODEL_KEYS = ("spec", "weights", "weights_sha256", "num_classes", "class_names"
                "transform", "module_class", "num_parameters")
 # describe_dataset() keys that only label the dataset (the command-line spelling of --data).
 _DATASET_VOLATILE = ("spec",)
-# ScoreOptions fields that do not change any number (memory bounds, how kernels are launched).
-_OPTIONS_VOLATILE = ("chunk_bytes", "micro_batch", "cuda_graphs")
+# ScoreOptions fields that do not change any number beyond float rounding (memory bounds, exact kernels, how
+# kernels are launched).
+_OPTIONS_VOLATILE = ("chunk_bytes", "micro_batch", "cuda_graphs", "conv_strategy")
 
 
 def canonical_json(value: Any) -> str:

@@ -1,6 +1,6 @@
 """Scoring options: every option is a :class:`~gradtrust.scores.spec.Param`, declared once, by the pass that
 reads it (ODIN's temperature belongs to the ODIN pass), by a method (``topk``), or by the engine itself
-(``chunk_bytes``). :class:`ScoreOptions` holds one value for each; the CLI's ``--option`` help and parsing,
+(``chunk_bytes``, ``conv_strategy``). :class:`ScoreOptions` holds one value for each; the CLI's ``--option`` help and parsing,
 ``gradtrust methods`` and the manifest read the same declarations. Defaults follow the GradTrust release
 (``docs/methods.md``).
 """
@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gradtrust.errors import UnknownNameError
-from gradtrust.scores import per_sample
+from gradtrust.scores import conv_strategy, per_sample
 from gradtrust.scores.spec import Param, Pass
 
 
@@ -81,6 +81,9 @@ ENGINE_PARAMS: tuple[Param, ...] = (
           "gradient passes, which grows with the batch like a training step's", _at_least_one),
     Param("cuda_graphs", bool, True, "on a GPU, replay the forward-pass scores as one captured CUDA graph per "
           "batch shape (the same numbers, one launch instead of ~150); false runs them op by op"),
+    Param("conv_strategy", str, "auto", "how per-sample convolution weight norms are computed (all exact): 'auto' "
+          "(on a CPU the fastest, measured once per layer and shape), or one strategy wherever it applies",
+          choices=("auto", *conv_strategy.STRATEGIES)),
 )
 
 

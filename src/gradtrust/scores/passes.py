@@ -512,7 +512,9 @@ class BatchPasses:
             if layer_name in wanted:
                 if a.shape[0] != batch or g.shape[0] != batch:
                     raise UnsupportedForHooks(f"layer {layer_name!r} does not see one row per sample")
-                for attr, value in per_sample.parameter_sq_norms(module, a, g, self.options.chunk_bytes).items():
+                layer_norms = per_sample.parameter_sq_norms(module, a, g, self.options.chunk_bytes,
+                                                            self.options.conv_strategy)
+                for attr, value in layer_norms.items():
                     norms[(layer_name, attr)] = value
 
         capture.on_grad, capture.active, owners.active = on_grad, True, True

@@ -185,15 +185,26 @@ def default_conv_strategy(module: nn.Module, device: torch.device) -> str:
     return "unfold" if type(module) is nn.Conv2d and module.groups == 1 else "grouped"
 
 
-def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
-    """``‖∂L_i/∂W‖²_F`` per sample for a ``ConvNd``, (B,) float32, choosing the cheaper of two exact ways.
+def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+                         strategy: str | None = None) -> torch.Tensor:
+    """``‖∂L_i/∂W‖²_F`` per sample for a ``ConvNd``, (B,) float32, choosing the cheapest of several exact ways.
 
     With ``U_i`` (K × T) the unfolded input patches and ``g_i`` (O × T) the output gradient at the ``T``
     output positions, ``∂L_i/∂W = g_i U_iᵀ`` and ``‖g_i U_iᵀ‖² = ⟨g_iᵀ g_i, U_iᵀ U_i⟩`` (the "ghost norm",
     Goodfellow 2015; Bu et al. 2022). The Gram form costs ``T²(K + O)``, the gradient itself ``T·K·O``;
     late layers of a CNN have few positions and many channels, where the Gram form is ~10× cheaper.
+
+    On a CPU the way is chosen per layer and shape by measuring the exact strategies once
+    (:func:`gradtrust.scores.conv_strategy.auto_sq_norms`). ``strategy`` (one of
+    ``conv_strategy.STRATEGIES``) forces one wherever it applies, on any device; "auto" or None chooses.
     """
+    from gradtrust.scores import conv_strategy
+
     conv = _as_conv(module)
+    if strategy not in (None, "auto") and conv_strategy.applies(strategy, conv, a, g, chunk_bytes):
+        return conv_strategy.sq_norms(strategy, conv, a, g, chunk_bytes)
+    if a.device.type == "cpu":
+        return conv_strategy.auto_sq_norms(conv, a, g, chunk_bytes)
     out_positions = g[0, 0].numel()
     k = conv.weight[0].numel()
     o = conv.weight.shape[0]
@@ -212,10 +223,6 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
                 gram_g = torch.bmm(grads.transpose(1, 2), grads)
             norms.append((gram_u * gram_g).sum((1, 2)))
         return torch.cat(norms)
-    if default_conv_strategy(module, a.device) == "per_sample":  # native kernels, each reduced at once
-        af, gf = a.float(), g.float()
-        flat = (_one_sample_conv_weight_grad(module, af[i:i + 1], gf[i:i + 1]).flatten() for i in range(a.shape[0]))
-        return torch.stack([torch.dot(grad, grad) for grad in flat])
     per_sample_bytes = 4 * (conv.weight.numel() + k * out_positions)  # gradient + unfolded patches
     step = max(1, chunk_bytes // per_sample_bytes)
     return torch.cat([conv_weight_grads(module, a[i:i + step], g[i:i + step]).flatten(1).square().sum(1)
@@ -292,12 +299,13 @@ def linear_weight_sq_norms(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return linear_weight_grads(a, g).square().sum((1, 2))
 
 
-def parameter_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor,
-                       chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, torch.Tensor]:
+def parameter_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                       conv_strategy: str | None = None) -> dict[str, torch.Tensor]:
     """``‖∂L_i/∂θ‖²₂`` per sample for each of ``module``'s own parameters: {name: (B,) float32}.
 
     Per-sample weight gradients are materialised in blocks of samples of at most ``chunk_bytes`` so that
-    memory stays bounded for wide layers and large batches.
+    memory stays bounded for wide layers and large batches. ``conv_strategy`` forces how convolution weight
+    norms are computed (:func:`conv_weight_sq_norms`).
     """
     kind = type(module)
     if kind is nn.Linear or kind is nn.modules.linear.NonDynamicallyQuantizableLinear:
@@ -306,7 +314,7 @@ def parameter_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor,
             out["bias"] = _as_tokens(g).sum(1).square().sum(1)
         return out
     if is_plain_conv(module):
-        out = {"weight": conv_weight_sq_norms(module, a, g, chunk_bytes)}
+        out = {"weight": conv_weight_sq_norms(module, a, g, chunk_bytes, conv_strategy)}
         if module.bias is not None:
             out["bias"] = g.float().flatten(2).sum(-1).square().sum(1)
         return out

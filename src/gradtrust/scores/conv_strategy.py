@@ -1,0 +1,210 @@
+"""Per-layer choice of how per-sample convolution weight norms ``‖∂L_i/∂W‖²_F`` are computed on a CPU.
+
+Every strategy is exact; they differ only in speed, and which is fastest depends on the layer and the
+machine far more than a FLOP count tells (oneDNN's kernels, cache sizes, the batch):
+
+* ``grouped``: one grouped ``convolution_backward`` with the batch folded into the channel groups;
+* ``per_sample``: the native weight-gradient kernel once per sample, each reduced at once;
+* ``unfold``: unfolded patches ``U_i`` and one batched product ``g_i U_iᵀ`` (``Conv2d``, one group);
+* ``matmul``: a pointwise (1×1, unpadded) convolution is a token-wise linear map, ``g_i a_iᵀ`` with no
+  unfolding (one group);
+* ``gram``: ``⟨g_iᵀ g_i, U_iᵀ U_i⟩`` without forming the gradient (the "ghost norm", Goodfellow 2015;
+  Bu et al. 2022), cheap where a layer has few output positions (``Conv2d``, one group);
+* ``correlate``: one depthwise convolution of the input planes with the output gradients as kernels
+  (:mod:`gradtrust.scores.conv_correlate`), for depthwise and narrow grouped convolutions.
+
+:func:`auto_sq_norms` times the strategies that apply on the layer's actual input the first time it sees
+a (layer configuration, input shape, output shape, dtype, device), keeps the fastest in a module-level dict
+and uses it from then on: the way ``torch.backends.cudnn.benchmark`` picks convolution algorithms. The
+first call returns the chosen strategy's result from the measuring run, so the measurement costs only the
+repeats, and all calls in a process agree to the last bit (strategies differ in float rounding). Timings
+are the minimum of interleaved repeats, so a burst of load on a shared machine slows every candidate of a
+round alike and the least disturbed repeat decides; a wrong choice would only cost speed.
+docs/per_sample.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from gradtrust.errors import InputError, UnknownNameError
+from gradtrust.scores.conv_correlate import correlate_weight_sq_norms
+
+#: Every strategy :func:`sq_norms` knows, in the order ties are broken.
+STRATEGIES = ("gram", "grouped", "correlate", "matmul", "per_sample", "unfold")
+
+#: Repeats of the timing of each candidate (after the first, which also gives the first call's result).
+REPEATS = 3
+
+#: Candidates slower than this many times the fastest in the first round are not timed again.
+PRUNE_FACTOR = 3.0
+
+# (layer configuration, input shape, output-gradient shape, dtype, device) → chosen strategy.
+_CHOSEN: dict[tuple, str] = {}
+
+
+def _positions(g: torch.Tensor) -> int:
+    """T, the number of output positions of one sample."""
+    return math.prod(g.shape[2:])
+
+
+def _explicit_padding(conv: _ConvNd) -> tuple[int, ...]:
+    if isinstance(conv.padding, str):  # the hook path never gets here ("same"/"valid" are not hook-supported)
+        raise InputError(f"convolution padding {conv.padding!r} is not supported; use explicit padding")
+    return conv.padding
+
+
+def _is_pointwise(conv: _ConvNd) -> bool:
+    return all(k == 1 for k in conv.kernel_size) and not any(_explicit_padding(conv)) and all(d == 1 for d in conv.dilation)
+
+
+def applies(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> bool:
+    """Whether ``strategy`` can compute (exactly, and in bounded memory) this layer's norms."""
+    if strategy not in STRATEGIES:
+        raise UnknownNameError(f"unknown convolution strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if strategy in ("grouped", "per_sample"):
+        return True
+    if strategy == "correlate":  # the output gradient of a sample is repeated C_in/groups times
+        return 4 * (conv.in_channels // conv.groups) * g[0].numel() <= chunk_bytes
+    if conv.groups != 1:
+        return False
+    if strategy == "matmul":
+        return _is_pointwise(conv)
+    if type(conv) is not nn.Conv2d:
+        return False
+    if strategy == "unfold":
+        return True
+    # gram: at most twice the work of the gradient itself, two T×T Gram matrices per sample within the bound
+    t, k, o = _positions(g), conv.weight[0].numel(), conv.out_channels
+    return t * t * (k + o) <= 2 * t * k * o and 4 * (2 * t * t + k * t) <= chunk_bytes
+
+
+def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> list[str]:
+    """The strategies worth timing on this layer, the one doing the fewest multiply-adds first.
+
+    ``correlate`` only for depthwise layers: with 4 or more channels per group (ResNeXt) the grouped kernel
+    was 1.5–10× faster in every layer measured (docs/per_sample.md).
+    """
+    found = [s for s in STRATEGIES if applies(s, conv, a, g, chunk_bytes)
+             and (s != "correlate" or conv.in_channels == conv.groups)]
+    t, k, o = _positions(g), conv.weight[0].numel(), conv.out_channels
+    gram_first = "gram" in found and t * t * (k + o) * 2 <= t * k * o
+    return found if gram_first or "gram" not in found else [s for s in found if s != "gram"] + ["gram"]
+
+
+def _blocks(batch: int, per_sample_bytes: int, chunk_bytes: int) -> range:
+    return range(0, batch, max(1, chunk_bytes // max(per_sample_bytes, 1)))
+
+
+def _gram_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    """``‖g_i U_iᵀ‖² = ⟨g_iᵀ g_i, U_iᵀ U_i⟩`` (Goodfellow 2015; Bu et al. 2022), in blocks of samples."""
+    t, k = _positions(g), conv.weight[0].numel()
+    step = max(1, chunk_bytes // (4 * (t * (k + t) + a[0].numel())))
+    norms = []
+    for start in range(0, a.shape[0], step):
+        patches = F.unfold(a[start:start + step], conv.kernel_size, dilation=conv.dilation,
+                           padding=_explicit_padding(conv), stride=conv.stride)  # (b, K, T)
+        grads = g[start:start + step].flatten(2)  # (b, O, T)
+        norms.append((torch.bmm(patches.transpose(1, 2), patches) * torch.bmm(grads.transpose(1, 2), grads)).sum((1, 2)))
+    return torch.cat(norms)
+
+
+def _matmul_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    """A pointwise convolution's ``‖g_i a_iᵀ‖²`` with ``a_i`` (C × T) the input at the output positions."""
+    index = (slice(None), slice(None), *(slice(None, None, s) for s in conv.stride))
+    tokens = a[index].flatten(2)  # (B, C, T)
+    grads = g.flatten(2)  # (B, O, T)
+    step = _blocks(a.shape[0], 4 * conv.weight.numel(), chunk_bytes).step
+    return torch.cat([torch.bmm(grads[i:i + step], tokens[i:i + step].transpose(1, 2)).flatten(1).square().sum(1)
+                      for i in range(0, a.shape[0], step)])
+
+
+def _materialised_sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor,
+                           chunk_bytes: int) -> torch.Tensor:
+    """Norms of the per-sample gradients of :func:`per_sample.conv_weight_grads` (``grouped``/``unfold``)."""
+    from gradtrust.scores.per_sample import conv_weight_grads
+
+    per_sample_bytes = 4 * (conv.weight.numel() + conv.weight[0].numel() * _positions(g))  # gradient + patches
+    step = _blocks(a.shape[0], per_sample_bytes, chunk_bytes).step
+    return torch.cat([conv_weight_grads(conv, a[i:i + step], g[i:i + step], strategy=strategy).flatten(1).square().sum(1)
+                      for i in range(0, a.shape[0], step)])
+
+
+def _per_sample_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    from gradtrust.scores.per_sample import _one_sample_conv_weight_grad
+
+    flat = (_one_sample_conv_weight_grad(conv, a[i:i + 1], g[i:i + 1]).flatten() for i in range(a.shape[0]))
+    return torch.stack([torch.dot(grad, grad) for grad in flat])
+
+
+_KERNELS: dict[str, Callable[[_ConvNd, torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "gram": _gram_sq_norms,
+    "grouped": lambda conv, a, g, chunk_bytes: _materialised_sq_norms("grouped", conv, a, g, chunk_bytes),
+    "unfold": lambda conv, a, g, chunk_bytes: _materialised_sq_norms("unfold", conv, a, g, chunk_bytes),
+    "correlate": correlate_weight_sq_norms,
+    "matmul": _matmul_sq_norms,
+    "per_sample": _per_sample_sq_norms,
+}
+
+
+def sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    """``‖∂L_i/∂W‖²_F`` per sample (B,) float32 by ``strategy`` (one of :data:`STRATEGIES`, which must apply)."""
+    if not applies(strategy, conv, a, g, chunk_bytes):
+        raise InputError(f"convolution strategy {strategy!r} does not apply to {conv} (input {tuple(a.shape)}, "
+                         f"chunk_bytes={chunk_bytes}); choose one for which conv_strategy.applies() is true")
+    return _KERNELS[strategy](conv, a.float(), g.float(), chunk_bytes)
+
+
+def _key(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> tuple:
+    return (type(conv).__name__, conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
+            tuple(conv.padding), tuple(conv.dilation), conv.groups, tuple(a.shape), tuple(g.shape), a.dtype, g.dtype,
+            str(a.device), chunk_bytes)
+
+
+def _timed(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = sq_norms(strategy, conv, a, g, chunk_bytes)
+    return time.perf_counter() - start, out
+
+
+def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    """``‖∂L_i/∂W‖²_F`` per sample by the fastest strategy for this layer and shape, measured once.
+
+    The first call for a key runs every candidate strategy, times the ones not :data:`PRUNE_FACTOR` times
+    slower than the fastest again, :data:`REPEATS` rounds interleaved, remembers the one with the smallest
+    minimum time and returns its result, so that every call in the process rounds the same way (see the
+    module docstring).
+    """
+    key = _key(conv, a, g, chunk_bytes)
+    chosen = _CHOSEN.get(key)
+    if chosen is not None:
+        return sq_norms(chosen, conv, a, g, chunk_bytes)
+    times: dict[str, list[float]] = {}
+    results: dict[str, torch.Tensor] = {}
+    for strategy in candidates(conv, a, g, chunk_bytes):
+        seconds, results[strategy] = _timed(strategy, conv, a, g, chunk_bytes)
+        times[strategy] = [seconds]
+    fastest = min(t[0] for t in times.values())
+    contenders = [s for s in times if times[s][0] <= PRUNE_FACTOR * fastest]
+    for _ in range(REPEATS if len(contenders) > 1 else 0):
+        for strategy in contenders:
+            times[strategy].append(_timed(strategy, conv, a, g, chunk_bytes)[0])
+    chosen = _CHOSEN[key] = min(contenders, key=lambda s: min(times[s]))
+    return results[chosen]  # the chosen way's result from the start: later calls round the same way
+
+
+def chosen_strategies() -> dict[tuple, str]:
+    """A copy of the choices made so far: {(layer configuration and shapes…): strategy}."""
+    return dict(_CHOSEN)
+
+
+def clear_choices() -> None:
+    """Forget every choice (the next call of each layer measures again)."""
+    _CHOSEN.clear()
