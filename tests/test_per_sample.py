@@ -228,3 +228,37 @@ def test_conv_strategy_option_reaches_purview():
         torch.testing.assert_close(got["purview_final"], loop, rtol=1e-4, atol=1e-10)
     with pytest.raises(ValueError, match="conv_strategy must be one of"):
         gradtrust.score(model, x, ["purview_final"], conv_strategy="fft")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name, factory, shape", LAYERS + CONVOLUTIONS, ids=[c[0] for c in LAYERS + CONVOLUTIONS])
+def test_kernels_on_cuda_match_autograd(name, factory, shape, dtype):
+    """Every layer kernel, and every convolution strategy that applies, on a GPU with the layer in float32,
+    float16 and bfloat16, against per-sample autograd in float64 on the same (rounded) inputs."""
+    from gradtrust.scores import conv_strategy
+
+    torch.manual_seed(0)
+    module = _make(factory).cuda().to(dtype)
+    x = torch.randn(*shape, device="cuda").to(dtype)
+    with torch.no_grad():
+        g = torch.randn_like(module(x))
+    reference = _autograd_per_sample(_make_like(module), x.cpu().double(), g.cpu().double())
+    want = {k: v.flatten(1).square().sum(1).float().cuda() for k, v in reference.items()}
+    tol = dict(rtol=5e-3, atol=1e-5)  # TF32 products where cuDNN uses TF32 (docs/performance.md)
+    norms = per_sample.parameter_sq_norms(module, x, g)
+    for key in want:
+        torch.testing.assert_close(norms[key], want[key], **tol, msg=lambda m, k=key: f"{k}: {m}")
+    if isinstance(module, torch.nn.modules.conv._ConvNd):
+        for strategy in conv_strategy.STRATEGIES:
+            if conv_strategy.applies(strategy, module, x, g, per_sample.DEFAULT_CHUNK_BYTES):
+                got = conv_strategy.sq_norms(strategy, module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+                torch.testing.assert_close(got, want["weight"], **tol, msg=lambda m, s=strategy: f"{s}: {m}")
+
+
+def _make_like(module: nn.Module) -> nn.Module:
+    """A float64 CPU copy of ``module`` (same parameters and buffers)."""
+    import copy
+
+    return copy.deepcopy(module).cpu().double()

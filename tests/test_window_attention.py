@@ -85,3 +85,23 @@ def test_window_attention_in_training_mode_becomes_a_unit():
         expected = per_sample.sq_norms_by_loop(model, x, _purview_loss).double()
     assert set(passes.purview_fallback) == {"features.1.1.attn"}
     torch.testing.assert_close(norms, expected, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name, factory, shape", MODELS, ids=[m[0] for m in MODELS])
+def test_window_attention_rule_on_cuda(name, factory, shape, dtype):
+    """On a GPU, in float32 and half precision: the rule's norms against the per-sample loop on the same
+    device and dtype (the loop differentiates the module's own forward)."""
+    model = (_randomise(factory()) if name != "swin_v2" else factory()).cuda().to(dtype)
+    torch.manual_seed(2)
+    x = torch.randn(*shape, device="cuda", dtype=dtype)
+    with scoring_state(model):
+        passes = BatchPasses(model, x, ScoreOptions(purview_backend="hooks"), torch.arange(x.shape[0]),
+                             frozenset({Pass.FORWARD, Pass.PARAMETER_GRADIENTS}))
+        norms = passes.parameter_sq_norms
+        expected = per_sample.sq_norms_by_loop(model, x, _purview_loss).double()
+    assert passes.purview_backend_used == "hooks" and passes.purview_fallback == {}
+    tol = dict(rtol=2e-3, atol=1e-7) if dtype == torch.float32 else dict(rtol=0.1, atol=1e-4)
+    torch.testing.assert_close(norms, expected, **tol)
