@@ -234,7 +234,8 @@ def test_conv_strategy_option_reaches_purview():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name, factory, shape", LAYERS + CONVOLUTIONS, ids=[c[0] for c in LAYERS + CONVOLUTIONS])
-def test_kernels_on_cuda_match_autograd(name, factory, shape, dtype):
+@pytest.mark.parametrize("tf32", [False, True])
+def test_kernels_on_cuda_match_autograd(name, factory, shape, dtype, tf32, monkeypatch):
     """Every layer kernel, and every convolution strategy that applies, on a GPU with the layer in float32,
     float16 and bfloat16, against per-sample autograd in float64 on the same (rounded) inputs."""
     from gradtrust.scores import conv_strategy
@@ -246,7 +247,9 @@ def test_kernels_on_cuda_match_autograd(name, factory, shape, dtype):
         g = torch.randn_like(module(x))
     reference = _autograd_per_sample(_make_like(module), x.cpu().double(), g.cpu().double())
     want = {k: v.flatten(1).square().sum(1).float().cuda() for k, v in reference.items()}
-    tol = dict(rtol=5e-3, atol=1e-5)  # TF32 products where cuDNN uses TF32 (docs/performance.md)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    # TF32 products where cuDNN uses TF32 (docs/performance.md); float32 otherwise
+    tol = dict(rtol=5e-3, atol=1e-5) if tf32 else dict(rtol=1e-4, atol=1e-6)
     norms = per_sample.parameter_sq_norms(module, x, g)
     for key in want:
         torch.testing.assert_close(norms[key], want[key], **tol, msg=lambda m, k=key: f"{k}: {m}")

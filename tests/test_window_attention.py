@@ -87,13 +87,21 @@ def test_window_attention_in_training_mode_becomes_a_unit():
     torch.testing.assert_close(norms, expected, rtol=1e-4, atol=1e-9)
 
 
+# Not swin_v2 in float16: the tiny V2 model's own backward overflows there (the per-sample loop gives inf on
+# most parameters: its cosine attention is scaled by up to 100 and float16 ends at 65,504); bfloat16 covers it.
+CUDA_CASES = [(*model, dtype) for model in MODELS for dtype in (torch.float32, torch.float16, torch.bfloat16)
+              if not (model[0] == "swin_v2" and dtype == torch.float16)]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name, factory, shape", MODELS, ids=[m[0] for m in MODELS])
-def test_window_attention_rule_on_cuda(name, factory, shape, dtype):
+@pytest.mark.parametrize("name, factory, shape, dtype", CUDA_CASES,
+                         ids=[f"{c[0]}-{str(c[3])[6:]}" for c in CUDA_CASES])
+def test_window_attention_rule_on_cuda(name, factory, shape, dtype, monkeypatch):
     """On a GPU, in float32 and half precision: the rule's norms against the per-sample loop on the same
-    device and dtype (the loop differentiates the module's own forward)."""
+    device and dtype (the loop differentiates the module's own forward). TF32 is off, so that float32 is
+    compared with float32 (cuDNN's TF32 algorithms differ from run to run)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     model = (_randomise(factory()) if name != "swin_v2" else factory()).cuda().to(dtype)
     torch.manual_seed(2)
     x = torch.randn(*shape, device="cuda", dtype=dtype)
@@ -103,5 +111,8 @@ def test_window_attention_rule_on_cuda(name, factory, shape, dtype):
         norms = passes.parameter_sq_norms
         expected = per_sample.sq_norms_by_loop(model, x, _purview_loss).double()
     assert passes.purview_backend_used == "hooks" and passes.purview_fallback == {}
-    tol = dict(rtol=2e-3, atol=1e-7) if dtype == torch.float32 else dict(rtol=0.1, atol=1e-4)
-    torch.testing.assert_close(norms, expected, **tol)
+    finite = torch.isfinite(expected)  # float16 may overflow in the model itself: compare where it does not
+    assert finite.float().mean() > 0.5, f"the {dtype} model overflows on most parameters"
+    assert torch.isfinite(norms[finite]).all(), "the rule overflows where the model's own backward does not"
+    tol = dict(rtol=1e-4, atol=1e-9) if dtype == torch.float32 else dict(rtol=0.1, atol=1e-4)
+    torch.testing.assert_close(norms[finite], expected[finite], **tol)
