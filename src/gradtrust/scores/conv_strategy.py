@@ -11,15 +11,16 @@ machine far more than a FLOP count tells (oneDNN's kernels, cache sizes, the bat
 * ``gram``: ``⟨g_iᵀ g_i, U_iᵀ U_i⟩`` without forming the gradient (the "ghost norm", Goodfellow 2015;
   Bu et al. 2022), cheap where a layer has few output positions (``Conv2d``, one group);
 * ``correlate``: one depthwise convolution of the input planes with the output gradients as kernels
-  (:mod:`gradtrust.scores.conv_correlate`), for depthwise and narrow grouped convolutions.
+  (:mod:`gradtrust.scores.conv_correlate`), for depthwise convolutions.
 
 :func:`auto_sq_norms` times the strategies that apply on the layer's actual input the first time it sees
 a (layer configuration, input shape, output shape, dtype, device), keeps the fastest in a module-level dict
 and uses it from then on: the way ``torch.backends.cudnn.benchmark`` picks convolution algorithms. The
-first call returns the chosen strategy's result from the measuring run, so the measurement costs only the
-repeats, and all calls in a process agree to the last bit (strategies differ in float rounding). Timings
-are the minimum of interleaved repeats, so a burst of load on a shared machine slows every candidate of a
-round alike and the least disturbed repeat decides; a wrong choice would only cost speed.
+first call returns the chosen strategy's result from the measuring run, so all calls in a process agree to
+the last bit (strategies differ in float rounding). Timings are the minimum of interleaved repeats after an
+untimed first run of each candidate (cold kernels and allocations would bias the choice), so a burst of load
+on a shared machine slows every candidate of a round alike and the least disturbed repeat decides; a wrong
+choice would only cost speed.
 docs/per_sample.md.
 """
 
@@ -40,7 +41,7 @@ from gradtrust.scores.conv_correlate import correlate_weight_sq_norms
 #: Every strategy :func:`sq_norms` knows, in the order ties are broken.
 STRATEGIES = ("gram", "grouped", "correlate", "matmul", "per_sample", "unfold")
 
-#: Repeats of the timing of each candidate (after the first, which also gives the first call's result).
+#: Timed repeats of each candidate (after a first, untimed run that gives the first call's result).
 REPEATS = 3
 
 #: Candidates slower than this many times the fastest in the first round are not timed again.
@@ -168,35 +169,36 @@ def _key(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> t
             str(a.device), chunk_bytes)
 
 
-def _timed(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> tuple[float, torch.Tensor]:
+def _timed(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> float:
     start = time.perf_counter()
-    out = sq_norms(strategy, conv, a, g, chunk_bytes)
-    return time.perf_counter() - start, out
+    sq_norms(strategy, conv, a, g, chunk_bytes)
+    return time.perf_counter() - start
 
 
 def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
     """``‖∂L_i/∂W‖²_F`` per sample by the fastest strategy for this layer and shape, measured once.
 
-    The first call for a key runs every candidate strategy, times the ones not :data:`PRUNE_FACTOR` times
-    slower than the fastest again, :data:`REPEATS` rounds interleaved, remembers the one with the smallest
-    minimum time and returns its result, so that every call in the process rounds the same way (see the
-    module docstring).
+    The first call for a key runs every candidate strategy once (untimed: cold), then times them in
+    :data:`REPEATS` interleaved rounds, dropping after the first round those :data:`PRUNE_FACTOR` times
+    slower than the fastest; it remembers the one with the smallest minimum time and returns that one's
+    result, so that every call in the process rounds the same way (see the module docstring).
     """
     key = _key(conv, a, g, chunk_bytes)
     chosen = _CHOSEN.get(key)
     if chosen is not None:
         return sq_norms(chosen, conv, a, g, chunk_bytes)
-    times: dict[str, list[float]] = {}
-    results: dict[str, torch.Tensor] = {}
-    for strategy in candidates(conv, a, g, chunk_bytes):
-        seconds, results[strategy] = _timed(strategy, conv, a, g, chunk_bytes)
-        times[strategy] = [seconds]
-    fastest = min(t[0] for t in times.values())
-    contenders = [s for s in times if times[s][0] <= PRUNE_FACTOR * fastest]
-    for _ in range(REPEATS if len(contenders) > 1 else 0):
+    # the first run of each gives its result; its time is not used (first calls pay for allocations and for
+    # oneDNN/BLAS setting up kernels of new shapes, which would bias the choice)
+    results = {strategy: sq_norms(strategy, conv, a, g, chunk_bytes) for strategy in candidates(conv, a, g, chunk_bytes)}
+    times: dict[str, list[float]] = {strategy: [] for strategy in results}
+    contenders = list(results) if len(results) > 1 else []
+    for repeat in range(REPEATS):
         for strategy in contenders:
-            times[strategy].append(_timed(strategy, conv, a, g, chunk_bytes)[0])
-    chosen = _CHOSEN[key] = min(contenders, key=lambda s: min(times[s]))
+            times[strategy].append(_timed(strategy, conv, a, g, chunk_bytes))
+        if repeat == 0 and contenders:
+            fastest = min(times[s][0] for s in contenders)
+            contenders = [s for s in contenders if times[s][0] <= PRUNE_FACTOR * fastest]
+    chosen = _CHOSEN[key] = min(contenders, key=lambda s: min(times[s])) if contenders else next(iter(results))
     return results[chosen]  # the chosen way's result from the start: later calls round the same way
 
 

@@ -7,7 +7,8 @@ input ``a_i`` and of ``g_i`` alone:
 * ``nn.Linear``:  ``∂L_i/∂W = Σ_t g_{i,t} a_{i,t}ᵀ``, ``∂L_i/∂b = Σ_t g_{i,t}`` (``t`` runs over any extra
   dimensions, e.g. tokens);
 * ``nn.ConvNd``: the weight gradient of a convolution of sample ``i`` alone, computed for all samples at
-  once as one grouped convolution backward (the batch folded into the channel groups);
+  once as one grouped convolution backward (the batch folded into the channel groups); its norm by the
+  fastest of several exact strategies per layer (:mod:`gradtrust.scores.conv_strategy`);
 * ``nn.BatchNorm`` (eval), ``nn.LayerNorm``, ``nn.GroupNorm``: ``∂L_i/∂γ = Σ g_i ⊙ x̂_i``,
   ``∂L_i/∂β = Σ g_i`` with ``x̂`` the normalised input.
 
