@@ -140,6 +140,8 @@ CONVOLUTIONS = [  # (name, factory, input shape): stride/padding/dilation/groups
     ("conv1d_depthwise_strided", lambda: nn.Conv1d(3, 3, 5, stride=2, padding=2, dilation=2, groups=3), (2, 3, 13)),
     ("conv3d_depthwise_strided", lambda: nn.Conv3d(2, 2, 3, stride=(1, 2, 2), padding=1, groups=2), (2, 2, 3, 6, 6)),
     ("conv2d_dense", lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=2), (2, 3, 9, 9)),
+    ("conv3d_dense_strided", lambda: nn.Conv3d(2, 3, (2, 3, 3), stride=(1, 2, 3), padding=(1, 0, 2), dilation=(2, 1, 1)),
+     (2, 2, 4, 7, 8)),
 ]
 
 
@@ -153,12 +155,15 @@ def _conv_case(factory, shape):
 
 
 @pytest.mark.parametrize("name, factory, shape", CONVOLUTIONS, ids=[c[0] for c in CONVOLUTIONS])
-def test_correlation_kernel_matches_autograd(name, factory, shape):
-    """The depthwise-correlation form (polyphase for strides) gives the per-sample weight gradients."""
+def test_correlation_and_shift_kernels_match_autograd(name, factory, shape):
+    """The depthwise-correlation and the per-offset product forms (polyphase for strides) give the per-sample
+    weight gradients."""
     from gradtrust.scores.conv_correlate import correlate_weight_grads
+    from gradtrust.scores.conv_shift import shift_weight_grads
 
     module, x, g, expected = _conv_case(factory, shape)
     torch.testing.assert_close(correlate_weight_grads(module, x, g), expected["weight"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(shift_weight_grads(module, x, g), expected["weight"], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, factory, shape", CONVOLUTIONS, ids=[c[0] for c in CONVOLUTIONS])

@@ -11,7 +11,9 @@ machine far more than a FLOP count tells (oneDNN's kernels, cache sizes, the bat
 * ``gram``: ``⟨g_iᵀ g_i, U_iᵀ U_i⟩`` without forming the gradient (the "ghost norm", Goodfellow 2015;
   Bu et al. 2022), cheap where a layer has few output positions (``Conv2d``, one group);
 * ``correlate``: one depthwise convolution of the input planes with the output gradients as kernels
-  (:mod:`gradtrust.scores.conv_correlate`), for depthwise convolutions.
+  (:mod:`gradtrust.scores.conv_correlate`), for depthwise convolutions;
+* ``shift``: one batched product ``g_i A_{i,k}ᵀ`` per kernel offset ``k``, ``A_{i,k}`` a window of the
+  flattened input read in place (:mod:`gradtrust.scores.conv_shift`).
 
 :func:`auto_sq_norms` times the strategies that apply on the layer's actual input the first time it sees
 a (layer configuration, input shape, output shape, dtype, device), keeps the fastest in a module-level dict
@@ -37,15 +39,23 @@ from torch.nn.modules.conv import _ConvNd
 
 from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.scores.conv_correlate import correlate_weight_sq_norms
+from gradtrust.scores.conv_shift import shift_weight_sq_norms
 
 #: Every strategy :func:`sq_norms` knows, in the order ties are broken.
-STRATEGIES = ("gram", "grouped", "correlate", "matmul", "per_sample", "unfold")
+STRATEGIES = ("gram", "grouped", "correlate", "shift", "matmul", "per_sample", "unfold")
 
 #: Timed repeats of each candidate (after a first, untimed run that gives the first call's result).
 REPEATS = 3
 
 #: Candidates slower than this many times the fastest in the first round are not timed again.
 PRUNE_FACTOR = 3.0
+
+#: Samples are processed in blocks whose working set stays under this many bytes (or ``chunk_bytes`` if
+#: smaller): large blocks leave the caches, and blocks over glibc's mmap threshold (32 MiB) are mapped and
+#: page-faulted afresh on every call. Against one 256 MiB block, 4 MiB blocks made the grouped kernel 2.3×
+#: faster on resnet56's 64-channel 3×3 layers at batch 256, ``correlate`` 2.4× on ConvNeXt's depthwise 7×7
+#: at batch 8, ``shift`` 3× on ResNeXt's grouped 3×3 (8 MiB and 16 MiB were within noise of 4 MiB).
+BLOCK_BYTES = 4 * 2**20
 
 # (layer configuration, input shape, output-gradient shape, dtype, device) → chosen strategy.
 _CHOSEN: dict[tuple, str] = {}
@@ -70,7 +80,7 @@ def applies(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chun
     """Whether ``strategy`` can compute (exactly, and in bounded memory) this layer's norms."""
     if strategy not in STRATEGIES:
         raise UnknownNameError(f"unknown convolution strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-    if strategy in ("grouped", "per_sample"):
+    if strategy in ("grouped", "per_sample", "shift"):
         return True
     if strategy == "correlate":  # the output gradient of a sample is repeated C_in/groups times
         return 4 * (conv.in_channels // conv.groups) * g[0].numel() <= chunk_bytes
@@ -88,16 +98,16 @@ def applies(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chun
 
 
 def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> list[str]:
-    """The strategies worth timing on this layer, the one doing the fewest multiply-adds first.
+    """The strategies worth timing on this layer, in :data:`STRATEGIES` order (which breaks ties).
 
     ``correlate`` only for depthwise layers: with 4 or more channels per group (ResNeXt) the grouped kernel
-    was 1.5–10× faster in every layer measured (docs/per_sample.md).
+    was 1.5–10× faster in every layer measured (docs/per_sample.md); ``shift`` only where neither that
+    (its products would be 1×1) nor ``matmul`` (the same product without the padding) applies.
     """
+    depthwise = conv.in_channels == conv.groups
     found = [s for s in STRATEGIES if applies(s, conv, a, g, chunk_bytes)
-             and (s != "correlate" or conv.in_channels == conv.groups)]
-    t, k, o = _positions(g), conv.weight[0].numel(), conv.out_channels
-    gram_first = "gram" in found and t * t * (k + o) * 2 <= t * k * o
-    return found if gram_first or "gram" not in found else [s for s in found if s != "gram"] + ["gram"]
+             and (s != "correlate" or depthwise) and (s != "shift" or not depthwise)]
+    return [s for s in found if s != "shift" or "matmul" not in found]
 
 
 def _blocks(batch: int, per_sample_bytes: int, chunk_bytes: int) -> range:
@@ -107,7 +117,7 @@ def _blocks(batch: int, per_sample_bytes: int, chunk_bytes: int) -> range:
 def _gram_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
     """``‖g_i U_iᵀ‖² = ⟨g_iᵀ g_i, U_iᵀ U_i⟩`` (Goodfellow 2015; Bu et al. 2022), in blocks of samples."""
     t, k = _positions(g), conv.weight[0].numel()
-    step = max(1, chunk_bytes // (4 * (t * (k + t) + a[0].numel())))
+    step = max(1, chunk_bytes // (4 * (t * (k + 2 * t) + a[0].numel())))
     norms = []
     for start in range(0, a.shape[0], step):
         patches = F.unfold(a[start:start + step], conv.kernel_size, dilation=conv.dilation,
@@ -122,7 +132,7 @@ def _matmul_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_byte
     index = (slice(None), slice(None), *(slice(None, None, s) for s in conv.stride))
     tokens = a[index].flatten(2)  # (B, C, T)
     grads = g.flatten(2)  # (B, O, T)
-    step = _blocks(a.shape[0], 4 * conv.weight.numel(), chunk_bytes).step
+    step = _blocks(a.shape[0], 4 * (conv.weight.numel() + a[0].numel() + g[0].numel()), chunk_bytes).step
     return torch.cat([torch.bmm(grads[i:i + step], tokens[i:i + step].transpose(1, 2)).flatten(1).square().sum(1)
                       for i in range(0, a.shape[0], step)])
 
@@ -132,7 +142,9 @@ def _materialised_sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: tor
     """Norms of the per-sample gradients of :func:`per_sample.conv_weight_grads` (``grouped``/``unfold``)."""
     from gradtrust.scores.per_sample import conv_weight_grads
 
-    per_sample_bytes = 4 * (conv.weight.numel() + conv.weight[0].numel() * _positions(g))  # gradient + patches
+    # gradient and what it is formed from: the input and output gradient, or the unfolded patches
+    inputs = conv.weight[0].numel() * _positions(g) if strategy == "unfold" else a[0].numel()
+    per_sample_bytes = 4 * (conv.weight.numel() + inputs + g[0].numel())
     step = _blocks(a.shape[0], per_sample_bytes, chunk_bytes).step
     return torch.cat([conv_weight_grads(conv, a[i:i + step], g[i:i + step], strategy=strategy).flatten(1).square().sum(1)
                       for i in range(0, a.shape[0], step)])
@@ -150,17 +162,19 @@ _KERNELS: dict[str, Callable[[_ConvNd, torch.Tensor, torch.Tensor, int], torch.T
     "grouped": lambda conv, a, g, chunk_bytes: _materialised_sq_norms("grouped", conv, a, g, chunk_bytes),
     "unfold": lambda conv, a, g, chunk_bytes: _materialised_sq_norms("unfold", conv, a, g, chunk_bytes),
     "correlate": correlate_weight_sq_norms,
+    "shift": shift_weight_sq_norms,
     "matmul": _matmul_sq_norms,
     "per_sample": _per_sample_sq_norms,
 }
 
 
 def sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
-    """``‖∂L_i/∂W‖²_F`` per sample (B,) float32 by ``strategy`` (one of :data:`STRATEGIES`, which must apply)."""
+    """``‖∂L_i/∂W‖²_F`` per sample (B,) float32 by ``strategy`` (one of :data:`STRATEGIES`, which must apply),
+    in blocks of samples of at most :data:`BLOCK_BYTES` (or ``chunk_bytes``) of working set."""
     if not applies(strategy, conv, a, g, chunk_bytes):
         raise InputError(f"convolution strategy {strategy!r} does not apply to {conv} (input {tuple(a.shape)}, "
                          f"chunk_bytes={chunk_bytes}); choose one for which conv_strategy.applies() is true")
-    return _KERNELS[strategy](conv, a.float(), g.float(), chunk_bytes)
+    return _KERNELS[strategy](conv, a.float(), g.float(), min(chunk_bytes, BLOCK_BYTES))
 
 
 def _key(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> tuple:
