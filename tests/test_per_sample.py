@@ -270,3 +270,20 @@ def _make_like(module: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(module).cpu().double()
+
+
+@pytest.mark.parametrize("speedup, expected", [(1.1, "prior"), (2.0, "per_sample")])
+def test_a_measured_strategy_must_beat_the_prior_by_the_margin(monkeypatch, speedup, expected):
+    """Timings (faked here) move a layer off its prior strategy only when clearly faster."""
+    from gradtrust.scores import conv_strategy
+
+    module, x, g, expected_grads = _conv_case(lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 6, 6))
+    found = conv_strategy.candidates(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    prior = conv_strategy.prior(module, x, g, found)
+    assert prior == "grouped" and "per_sample" in found
+    fake = {s: 1.0 for s in found} | {"per_sample": 1.0 / speedup}
+    monkeypatch.setattr(conv_strategy, "_timed", lambda s, *args: fake[s])
+    conv_strategy.clear_choices()
+    norms = conv_strategy.auto_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    assert next(iter(conv_strategy.chosen_strategies().values())) == (prior if expected == "prior" else expected)
+    torch.testing.assert_close(norms, expected_grads["weight"].flatten(1).square().sum(1), rtol=1e-4, atol=1e-5)

@@ -21,8 +21,9 @@ and uses it from then on: the way ``torch.backends.cudnn.benchmark`` picks convo
 first call returns the chosen strategy's result from the measuring run, so all calls in a process agree to
 the last bit (strategies differ in float rounding). Timings are the minimum of interleaved repeats after an
 untimed first run of each candidate (cold kernels and allocations would bias the choice), so a burst of load
-on a shared machine slows every candidate of a round alike and the least disturbed repeat decides; a wrong
-choice would only cost speed.
+on a shared machine slows every candidate of a round alike and the least disturbed repeat decides. A
+measured choice must also beat a fixed prior (:func:`prior`: FLOP count and layer kind) by 15%, so that
+noise alone rarely moves a layer off a sound default; a wrong choice would only cost speed.
 docs/per_sample.md.
 """
 
@@ -49,6 +50,10 @@ REPEATS = 3
 
 #: Candidates slower than this many times the fastest in the first round are not timed again.
 PRUNE_FACTOR = 3.0
+
+#: A measured strategy replaces the :func:`prior` one only if its minimum time is below this fraction of
+#: the prior's: under heavy load the timings of one round scatter by more than 10%, never the prior's way.
+MARGIN = 0.85
 
 #: Samples are processed in blocks whose working set stays under this many bytes (or ``chunk_bytes`` if
 #: smaller): large blocks leave the caches, and blocks over glibc's mmap threshold (32 MiB) are mapped and
@@ -108,6 +113,18 @@ def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int
     found = [s for s in STRATEGIES if applies(s, conv, a, g, chunk_bytes)
              and (s != "correlate" or depthwise) and (s != "shift" or not depthwise)]
     return [s for s in found if s != "shift" or "matmul" not in found]
+
+
+def prior(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, found: list[str]) -> str:
+    """The strategy a layer keeps unless another measures clearly faster (one of ``found``): the Gram form
+    where it is at most half the work of the gradient, ``correlate`` for a depthwise layer of stride 1,
+    ``matmul`` for a pointwise one, else the grouped kernel (which always applies)."""
+    t, k, o = _positions(g), conv.weight[0].numel(), conv.out_channels
+    if "gram" in found and 2 * t * t * (k + o) <= t * k * o:
+        return "gram"
+    if "correlate" in found and all(s == 1 for s in conv.stride):
+        return "correlate"
+    return "matmul" if "matmul" in found else "grouped"
 
 
 def _blocks(batch: int, per_sample_bytes: int, chunk_bytes: int) -> range:
@@ -170,11 +187,12 @@ _KERNELS: dict[str, Callable[[_ConvNd, torch.Tensor, torch.Tensor, int], torch.T
 
 def sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
     """``‖∂L_i/∂W‖²_F`` per sample (B,) float32 by ``strategy`` (one of :data:`STRATEGIES`, which must apply),
-    in blocks of samples of at most :data:`BLOCK_BYTES` (or ``chunk_bytes``) of working set."""
+    in blocks of samples of at most ``chunk_bytes`` (on a CPU :data:`BLOCK_BYTES`, if smaller) of working set."""
     if not applies(strategy, conv, a, g, chunk_bytes):
         raise InputError(f"convolution strategy {strategy!r} does not apply to {conv} (input {tuple(a.shape)}, "
                          f"chunk_bytes={chunk_bytes}); choose one for which conv_strategy.applies() is true")
-    return _KERNELS[strategy](conv, a.float(), g.float(), min(chunk_bytes, BLOCK_BYTES))
+    block = min(chunk_bytes, BLOCK_BYTES) if a.device.type == "cpu" else chunk_bytes  # caches: a CPU's concern
+    return _KERNELS[strategy](conv, a.float(), g.float(), block)
 
 
 def _key(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> tuple:
@@ -194,8 +212,9 @@ def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: 
 
     The first call for a key runs every candidate strategy once (untimed: cold), then times them in
     :data:`REPEATS` interleaved rounds, dropping after the first round those :data:`PRUNE_FACTOR` times
-    slower than the fastest; it remembers the one with the smallest minimum time and returns that one's
-    result, so that every call in the process rounds the same way (see the module docstring).
+    slower than the fastest. The one with the smallest minimum time replaces the :func:`prior` choice if it
+    beats it by the factor :data:`MARGIN`; the choice is remembered and its result returned, so that every
+    call in the process rounds the same way (see the module docstring).
     """
     key = _key(conv, a, g, chunk_bytes)
     chosen = _CHOSEN.get(key)
@@ -203,16 +222,22 @@ def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: 
         return sq_norms(chosen, conv, a, g, chunk_bytes)
     # the first run of each gives its result; its time is not used (first calls pay for allocations and for
     # oneDNN/BLAS setting up kernels of new shapes, which would bias the choice)
-    results = {strategy: sq_norms(strategy, conv, a, g, chunk_bytes) for strategy in candidates(conv, a, g, chunk_bytes)}
+    found = candidates(conv, a, g, chunk_bytes)
+    results = {strategy: sq_norms(strategy, conv, a, g, chunk_bytes) for strategy in found}
+    default = prior(conv, a, g, found)
     times: dict[str, list[float]] = {strategy: [] for strategy in results}
-    contenders = list(results) if len(results) > 1 else []
+    contenders = found if len(found) > 1 else []
     for repeat in range(REPEATS):
         for strategy in contenders:
             times[strategy].append(_timed(strategy, conv, a, g, chunk_bytes))
         if repeat == 0 and contenders:
             fastest = min(times[s][0] for s in contenders)
-            contenders = [s for s in contenders if times[s][0] <= PRUNE_FACTOR * fastest]
-    chosen = _CHOSEN[key] = min(contenders, key=lambda s: min(times[s])) if contenders else next(iter(results))
+            contenders = [s for s in contenders if s == default or times[s][0] <= PRUNE_FACTOR * fastest]
+    chosen = default
+    if contenders:
+        best = min(contenders, key=lambda s: min(times[s]))
+        chosen = best if min(times[best]) < MARGIN * min(times[default]) else default
+    _CHOSEN[key] = chosen
     return results[chosen]  # the chosen way's result from the start: later calls round the same way
 
 
