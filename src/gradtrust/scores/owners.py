@@ -209,9 +209,10 @@ def _rule_for(module: nn.Module) -> Rule | None:
             return VitEmbeddings()
     if _is_torchvision(module, "torchvision.models.convnext", "CNBlock"):
         return LayerScale()
+    from gradtrust.scores.maxvit_attention import maxvit_attention_rule  # imports this module
     from gradtrust.scores.window_attention import window_attention_rule  # imports this module
 
-    return window_attention_rule(module)
+    return window_attention_rule(module) or maxvit_attention_rule(module)
 
 
 @dataclass

@@ -1,0 +1,99 @@
+"""Purview's rule for torchvision MaxViT's ``RelativePositionalMultiHeadAttention``.
+
+The module attends within the ``G`` partitions (windows or grid cells) of ``P`` tokens each, input and output
+``[B, G, P, D]``. Its two projections ``to_qkv`` and ``merge`` are ordinary ``nn.Linear`` modules called on
+the tokens, so the layer hooks own them (``∂L_i/∂W = Σ_{g,p} g_{i,g,p} x_{i,g,p}ᵀ``, norm in Gram form where
+cheaper). The only parameter the hooks cannot see is the relative-position bias table ``T`` (E, heads): the
+bias ``Bias[h,n,m] = T[idx(n,m), h]`` is added to the logits ``A = q (k·D^{-1/2})ᵀ`` of every partition
+``g``. During Purview's capture this rule runs the module's forward with the same operations in the same
+order (``to_qkv``, chunk, reshape, ``k · scale``, einsum, ``+ Bias``, softmax, einsum, ``merge``), so the
+output is the module's own, and hooks the logits ``A + Bias``: with
+``G_i = Σ_g ∂L_i/∂(A + Bias)_{i,g}`` (heads, P, P),
+
+    ∂L_i/∂T[e,h] = Σ_{idx(n,m)=e} G_i[h,n,m]
+
+(a scatter-add over the flattened index; Tu et al., "MaxViT: Multi-Axis Vision Transformer", ECCV 2022;
+docs/per_sample.md). Any other use (training mode, an input of another rank or length) leaves the module to
+per-sample autograd as a unit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradtrust.scores import per_sample
+from gradtrust.scores.owners import AsUnit, Fail, Rule, Sink, _ForwardOverride, _is_torchvision
+
+_PATH, _NAME = "torchvision.models.maxvit", "RelativePositionalMultiHeadAttention"
+_KNOWN = {"to_qkv.weight", "to_qkv.bias", "merge.weight", "merge.bias", "relative_position_bias_table"}
+
+
+def maxvit_attention_rule(module: nn.Module) -> MaxVitAttention | None:
+    """The rule for ``module`` when it is torchvision's MaxViT attention of the known form, else None (then
+    the module is left to per-sample autograd as a unit)."""
+    if not _is_torchvision(module, _PATH, _NAME):  # exact class: the forward is torchvision's
+        return None
+    if not set(n for n, _ in module.named_parameters()) <= _KNOWN:
+        return None
+    projections = (getattr(module, "to_qkv", None), getattr(module, "merge", None))
+    if not all(isinstance(p, nn.Module) and per_sample.supports_hooks(p) for p in projections):
+        return None
+    return MaxVitAttention()
+
+
+class MaxVitAttention(Rule):
+    """``relative_position_bias_table`` of a MaxViT attention, in closed form (see the module docstring)."""
+
+    covers = ("relative_position_bias_table",)
+
+    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
+        original = type(module).forward.__get__(module)
+
+        def forward(x):
+            if (module.training or not isinstance(x, torch.Tensor) or x.dim() != 4
+                    or x.shape[2] != module.max_seq_len):
+                output = original(x)
+                as_unit(name, module, (x,), {}, output)
+                return output
+            if not x.requires_grad:
+                fail(f"{name!r}: the attention input is not in the recorded graph")
+                return original(x)
+            return _forward(module, x, lambda value: sink(name, "relative_position_bias_table", value))
+
+        return [_ForwardOverride(module, forward)]
+
+
+def _forward(module: Any, x: torch.Tensor, put) -> torch.Tensor:
+    """torchvision's forward, operation for operation, with a hook on the biased logits."""
+    batch, groups, tokens, channels = x.shape
+    heads, head_dim = module.n_heads, module.head_dim
+
+    qkv = module.to_qkv(x)  # the nn.Linear modules themselves: their layer hooks own them
+    q, k, v = torch.chunk(qkv, 3, dim=-1)
+    q = q.reshape(batch, groups, tokens, heads, head_dim).permute(0, 1, 3, 2, 4)
+    k = k.reshape(batch, groups, tokens, heads, head_dim).permute(0, 1, 3, 2, 4)
+    v = v.reshape(batch, groups, tokens, heads, head_dim).permute(0, 1, 3, 2, 4)
+    k = k * module.scale_factor
+    dot_prod = torch.einsum("B G H I D, B G H J D -> B G H I J", q, k)
+    pos_bias = module.get_relative_positional_bias()
+    logits = dot_prod + pos_bias
+    attn = F.softmax(logits, dim=-1)
+    out = torch.einsum("B G H I J, B G H J D -> B G H I D", attn, v)
+    out = out.permute(0, 1, 3, 2, 4).reshape(batch, groups, tokens, channels)
+    out = module.merge(out)
+
+    index = module.relative_position_index.reshape(-1)
+    rows = module.relative_position_bias_table.shape[0]
+
+    def on_logits(g):
+        bias_grad = g.float().sum(1)  # G_i (B, heads, P, P): the bias is added to every partition of sample i
+        grads = torch.zeros(batch, heads, rows, dtype=torch.float32, device=g.device)
+        grads.index_add_(2, index, bias_grad.reshape(batch, heads, -1))
+        put(grads.square().sum((1, 2)))
+
+    logits.register_hook(on_logits)
+    return out
