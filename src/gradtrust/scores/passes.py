@@ -35,6 +35,7 @@ from gradtrust import functional
 from gradtrust.errors import InputError, ModelError, UnknownNameError
 from gradtrust.scores import per_sample
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
+from gradtrust.scores.eval_backward import cheap_batch_norm
 from gradtrust.scores.options import ScoreOptions, parse_stds
 from gradtrust.scores.owners import OwnerCapture, PurviewPlan, plan_parameters
 from gradtrust.scores.per_sample import LayerCapture, UnsupportedForHooks, model_logits
@@ -177,7 +178,10 @@ class BatchPasses:
             handles += [m.register_forward_hook(start_graph, prepend=True) for m in graph_starts]
             handles += [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in rule_entries]
         try:
-            with capture, owners or contextlib.nullcontext(), torch.set_grad_enabled(record_graph):
+            # While the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (its CPU kernel is
+            # slow; same forward bits): every parameter is frozen, so only activation gradients are taken.
+            with (capture, owners or contextlib.nullcontext(), torch.set_grad_enabled(record_graph),
+                  cheap_batch_norm(model) if record_graph and x.device.type == "cpu" else contextlib.nullcontext()):
                 logits = model_logits(model, x)
         except TypeError as exc:
             raise ModelError(str(exc)) from exc
