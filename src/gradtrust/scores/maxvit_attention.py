@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradtrust.scores import per_sample
-from gradtrust.scores.owners import AsUnit, Fail, Rule, Sink, _ForwardOverride, _is_torchvision
+from gradtrust.scores.owners import AsUnit, Fail, Rule, Sink, _is_torchvision, override_single_input
 
 _PATH, _NAME = "torchvision.models.maxvit", "RelativePositionalMultiHeadAttention"
 _KNOWN = {"to_qkv.weight", "to_qkv.bias", "merge.weight", "merge.bias", "relative_position_bias_table"}
@@ -51,20 +51,10 @@ class MaxVitAttention(Rule):
     covers = ("relative_position_bias_table",)
 
     def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
-        original = type(module).forward.__get__(module)
-
-        def forward(x):
-            if (module.training or not isinstance(x, torch.Tensor) or x.dim() != 4
-                    or x.shape[2] != module.max_seq_len):
-                output = original(x)
-                as_unit(name, module, (x,), {}, output)
-                return output
-            if not x.requires_grad:
-                fail(f"{name!r}: the attention input is not in the recorded graph")
-                return original(x)
-            return _forward(module, x, lambda value: sink(name, "relative_position_bias_table", value))
-
-        return [_ForwardOverride(module, forward)]
+        return override_single_input(
+            name, module, lambda x: x.dim() == 4 and x.shape[2] == module.max_seq_len,
+            lambda x: _forward(module, x, lambda value: sink(name, "relative_position_bias_table", value)),
+            fail, as_unit)
 
 
 def _forward(module: Any, x: torch.Tensor, put) -> torch.Tensor:

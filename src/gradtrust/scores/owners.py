@@ -28,6 +28,7 @@ from torch import nn
 
 from gradtrust.scores import per_sample
 from gradtrust.scores.per_sample import UnsupportedForHooks
+from gradtrust.scores.state import _submodules
 
 #: sink(module name, parameter attribute, (B,) squared norms)
 Sink = Callable[[str, str, torch.Tensor], None]
@@ -193,6 +194,29 @@ class _ForwardOverride:
         self.module.__dict__.pop("forward", None)
 
 
+def override_single_input(name: str, module: nn.Module, fits: Callable[[torch.Tensor], bool],
+                          closed_form: Callable[[torch.Tensor], torch.Tensor], fail: Fail,
+                          as_unit: AsUnit) -> list[Any]:
+    """Handles that make ``module(x)`` run ``closed_form(x)`` (a rule's decomposed forward, which reports its
+    norms) while Purview's forward is recorded. A call outside the rule's form (training mode, or ``fits(x)``
+    false) runs the module's own forward and makes that call a per-sample-autograd unit; an input outside
+    the recorded graph runs it too, and ``fail`` takes the hook path off this batch (the norms would be
+    missing)."""
+    original = type(module).forward.__get__(module)
+
+    def forward(x):
+        if module.training or not isinstance(x, torch.Tensor) or not fits(x):
+            output = original(x)
+            as_unit(name, module, (x,), {}, output)
+            return output
+        if not x.requires_grad:
+            fail(f"{name!r}: the attention input is not in the recorded graph")
+            return original(x)
+        return closed_form(x)
+
+    return [_ForwardOverride(module, forward)]
+
+
 def _get(module: nn.Module, dotted: str) -> Any:
     for part in dotted.split("."):
         module = getattr(module, part, None)  # type: ignore[assignment]
@@ -235,12 +259,9 @@ _PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], PurviewPlan]
 def _structure(model: nn.Module) -> tuple[int, ...]:
     """The identity of every submodule and parameter of ``model``: a replaced one changes it."""
     ids: list[int] = []
-    stack = [model]
-    while stack:
-        module = stack.pop()
+    for module in _submodules(model):
         ids.append(id(module))
         ids += [id(p) for p in module._parameters.values()]
-        stack.extend(child for child in module._modules.values() if child is not None)
     return tuple(ids)
 
 

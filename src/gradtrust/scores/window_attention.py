@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradtrust.scores import per_sample
-from gradtrust.scores.owners import AsUnit, Fail, Rule, Sink, _ForwardOverride, _is_torchvision
+from gradtrust.scores.owners import AsUnit, Fail, Rule, Sink, _is_torchvision, override_single_input
 from gradtrust.scores.per_sample import UnsupportedForHooks
 
 _IMAGE = "torchvision.models.swin_transformer"
@@ -80,24 +80,14 @@ class WindowAttention(Rule):
         self.covers = tuple(name for name, _ in module.named_parameters())
 
     def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
-        original = type(module).forward.__get__(module)
         prefix = f"{name}." if name else ""
 
         def put(dotted: str, value: torch.Tensor) -> None:
             owner, _, leaf = f"{prefix}{dotted}".rpartition(".")
             sink(owner, leaf, value)
 
-        def forward(x):
-            if module.training or not isinstance(x, torch.Tensor) or x.dim() != self.dims + 2:
-                output = original(x)
-                as_unit(name, module, (x,), {}, output)
-                return output
-            if not x.requires_grad:
-                fail(f"{name!r}: the attention input is not in the recorded graph")
-                return original(x)
-            return self._forward(module, x, put)
-
-        return [_ForwardOverride(module, forward)]
+        return override_single_input(name, module, lambda x: x.dim() == self.dims + 2,
+                                     lambda x: self._forward(module, x, put), fail, as_unit)
 
     # ------------------------------------------------------------------ the decomposed forward
     def _geometry(self, module: Any, x: torch.Tensor) -> tuple[list[int], list[int], list[int], torch.Tensor]:
