@@ -183,7 +183,7 @@ def test_every_convolution_strategy_gives_the_autograd_norms(name, factory, shap
     assert {"grouped", "per_sample"} <= set(tried)
     norms = per_sample.parameter_sq_norms(module, x, g)  # CPU: measured once, then the choice is reused
     torch.testing.assert_close(norms["weight"], want, rtol=1e-4, atol=1e-5)
-    key = conv_strategy._key(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    key = conv_strategy._key(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, False)
     assert conv_strategy.chosen_strategies()[key] in conv_strategy.candidates(module, x, g,
                                                                                per_sample.DEFAULT_CHUNK_BYTES)
     torch.testing.assert_close(per_sample.parameter_sq_norms(module, x, g)["weight"], want, rtol=1e-4, atol=1e-5)

@@ -26,6 +26,7 @@ Checked against one ``torch.autograd.grad`` per sample in ``tests/test_per_sampl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import product
 
 import torch
@@ -94,11 +95,13 @@ def correlate_weight_grads(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor) -> t
     return grads.reshape(batch, out_channels, per_group_in, *kernel)
 
 
-def correlate_weight_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+def correlate_weight_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+                              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """``‖∂L_i/∂W‖²_F`` per sample (B,) float32 by :func:`correlate_weight_grads`, in blocks of samples whose
     repeated output gradients stay under ``chunk_bytes``."""
     per_group_in = a.shape[1] // conv.groups
     per_sample_bytes = 4 * (per_group_in * g[0].numel() + a[0].numel())
     step = max(1, chunk_bytes // per_sample_bytes)
-    return torch.cat([correlate_weight_grads(conv, a[i:i + step], g[i:i + step]).flatten(1).square().sum(1)
+    reduce = reduce or (lambda grads: grads.flatten(1).square().sum(1))
+    return torch.cat([reduce(correlate_weight_grads(conv, a[i:i + step], g[i:i + step]))
                       for i in range(0, a.shape[0], step)])

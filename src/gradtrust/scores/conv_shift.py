@@ -19,6 +19,7 @@ dimension (polyphase decomposition): offsets ``k`` with ``k·d ≡ r (mod s)`` r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import product
 
 import torch
@@ -75,10 +76,12 @@ def shift_weight_grads(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor) -> torch
     return grads
 
 
-def shift_weight_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+def shift_weight_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+                          reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """``‖∂L_i/∂W‖²_F`` per sample (B,) float32 by :func:`shift_weight_grads`, in blocks of samples whose padded
     input, padded output gradient and gradients stay under ``chunk_bytes``."""
     per_sample_bytes = 4 * (2 * a[0].numel() + 2 * g[0].numel() + conv.weight.numel())
     step = max(1, chunk_bytes // per_sample_bytes)
-    return torch.cat([shift_weight_grads(conv, a[i:i + step], g[i:i + step]).flatten(1).square().sum(1)
+    reduce = reduce or (lambda grads: grads.flatten(1).square().sum(1))
+    return torch.cat([reduce(shift_weight_grads(conv, a[i:i + step], g[i:i + step]))
                       for i in range(0, a.shape[0], step)])

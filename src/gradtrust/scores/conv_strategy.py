@@ -42,6 +42,16 @@ from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.scores.conv_correlate import correlate_weight_sq_norms
 from gradtrust.scores.conv_shift import shift_weight_sq_norms
 
+#: What a strategy returns of each block of per-sample weight gradients (b, O, C_g, *kernel): a tensor whose
+#: first dimension is the block's samples. None: the squared norm ``‖∂L_i/∂W‖²_F`` (b,), which the Gram form
+#: gives without forming the gradients; any other reduction needs them formed (every strategy but ``gram``).
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def squared_norm(grads: torch.Tensor) -> torch.Tensor:
+    """``‖∂L_i/∂W‖²_F`` of each sample's gradient in a block (b, …) → (b,)."""
+    return grads.flatten(1).square().sum(1)
+
 #: Every strategy :func:`sq_norms` knows, in the order ties are broken.
 STRATEGIES = ("gram", "grouped", "correlate", "shift", "matmul", "per_sample", "unfold")
 
@@ -81,10 +91,14 @@ def _is_pointwise(conv: _ConvNd) -> bool:
     return all(k == 1 for k in conv.kernel_size) and not any(_explicit_padding(conv)) and all(d == 1 for d in conv.dilation)
 
 
-def applies(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> bool:
-    """Whether ``strategy`` can compute (exactly, and in bounded memory) this layer's norms."""
+def applies(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+            reduce: Reduce | None = None) -> bool:
+    """Whether ``strategy`` can compute (exactly, and in bounded memory) this layer's norms, or with ``reduce``
+    that reduction of its per-sample gradients (which the Gram form never forms)."""
     if strategy not in STRATEGIES:
         raise UnknownNameError(f"unknown convolution strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if reduce is not None and strategy == "gram":
+        return False
     if strategy in ("grouped", "per_sample", "shift"):
         return True
     if strategy == "correlate":  # the output gradient of a sample is repeated C_in/groups times
@@ -102,7 +116,8 @@ def applies(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chun
     return t * t * (k + o) <= 2 * t * k * o and 4 * (2 * t * t + k * t) <= chunk_bytes
 
 
-def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> list[str]:
+def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+               reduce: Reduce | None = None) -> list[str]:
     """The strategies worth timing on this layer, in :data:`STRATEGIES` order (which breaks ties).
 
     ``correlate`` only for depthwise layers: with 4 or more channels per group (ResNeXt) the grouped kernel
@@ -110,7 +125,7 @@ def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int
     (its products would be 1×1) nor ``matmul`` (the same product without the padding) applies.
     """
     depthwise = conv.in_channels == conv.groups
-    found = [s for s in STRATEGIES if applies(s, conv, a, g, chunk_bytes)
+    found = [s for s in STRATEGIES if applies(s, conv, a, g, chunk_bytes, reduce)
              and (s != "correlate" or depthwise) and (s != "shift" or not depthwise)]
     return [s for s in found if s != "shift" or "matmul" not in found]
 
@@ -131,8 +146,11 @@ def _blocks(batch: int, per_sample_bytes: int, chunk_bytes: int) -> range:
     return range(0, batch, max(1, chunk_bytes // max(per_sample_bytes, 1)))
 
 
-def _gram_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+def _gram_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+                   reduce: Reduce = squared_norm) -> torch.Tensor:
     """``‖g_i U_iᵀ‖² = ⟨g_iᵀ g_i, U_iᵀ U_i⟩`` (Goodfellow 2015; Bu et al. 2022), in blocks of samples."""
+    if reduce is not squared_norm:
+        raise InputError("the Gram form gives squared norms only; use a strategy that forms the gradients")
     t, k = _positions(g), conv.weight[0].numel()
     step = max(1, chunk_bytes // (4 * (t * (k + 2 * t) + a[0].numel())))
     norms = []
@@ -144,18 +162,19 @@ def _gram_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes:
     return torch.cat(norms)
 
 
-def _matmul_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+def _matmul_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+                     reduce: Reduce = squared_norm) -> torch.Tensor:
     """A pointwise convolution's ``‖g_i a_iᵀ‖²`` with ``a_i`` (C × T) the input at the output positions."""
     index = (slice(None), slice(None), *(slice(None, None, s) for s in conv.stride))
     tokens = a[index].flatten(2)  # (B, C, T)
     grads = g.flatten(2)  # (B, O, T)
     step = _blocks(a.shape[0], 4 * (conv.weight.numel() + a[0].numel() + g[0].numel()), chunk_bytes).step
-    return torch.cat([torch.bmm(grads[i:i + step], tokens[i:i + step].transpose(1, 2)).flatten(1).square().sum(1)
+    return torch.cat([reduce(torch.bmm(grads[i:i + step], tokens[i:i + step].transpose(1, 2)))
                       for i in range(0, a.shape[0], step)])
 
 
 def _materialised_sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor,
-                           chunk_bytes: int) -> torch.Tensor:
+                           chunk_bytes: int, reduce: Reduce = squared_norm) -> torch.Tensor:
     """Norms of the per-sample gradients of :func:`per_sample.conv_weight_grads` (``grouped``/``unfold``)."""
     from gradtrust.scores.per_sample import conv_weight_grads
 
@@ -163,21 +182,24 @@ def _materialised_sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: tor
     inputs = conv.weight[0].numel() * _positions(g) if strategy == "unfold" else a[0].numel()
     per_sample_bytes = 4 * (conv.weight.numel() + inputs + g[0].numel())
     step = _blocks(a.shape[0], per_sample_bytes, chunk_bytes).step
-    return torch.cat([conv_weight_grads(conv, a[i:i + step], g[i:i + step], strategy=strategy).flatten(1).square().sum(1)
+    return torch.cat([reduce(conv_weight_grads(conv, a[i:i + step], g[i:i + step], strategy=strategy))
                       for i in range(0, a.shape[0], step)])
 
 
-def _per_sample_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+def _per_sample_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+                         reduce: Reduce = squared_norm) -> torch.Tensor:
     from gradtrust.scores.per_sample import _one_sample_conv_weight_grad
 
-    flat = (_one_sample_conv_weight_grad(conv, a[i:i + 1], g[i:i + 1]).flatten() for i in range(a.shape[0]))
-    return torch.stack([torch.dot(grad, grad) for grad in flat])
+    grads = (_one_sample_conv_weight_grad(conv, a[i:i + 1], g[i:i + 1]) for i in range(a.shape[0]))
+    if reduce is squared_norm:
+        return torch.stack([torch.dot(grad.flatten(), grad.flatten()) for grad in grads])
+    return torch.cat([reduce(grad.unsqueeze(0)) for grad in grads])
 
 
-_KERNELS: dict[str, Callable[[_ConvNd, torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+_KERNELS: dict[str, Callable[[_ConvNd, torch.Tensor, torch.Tensor, int, Reduce], torch.Tensor]] = {
     "gram": _gram_sq_norms,
-    "grouped": lambda conv, a, g, chunk_bytes: _materialised_sq_norms("grouped", conv, a, g, chunk_bytes),
-    "unfold": lambda conv, a, g, chunk_bytes: _materialised_sq_norms("unfold", conv, a, g, chunk_bytes),
+    "grouped": lambda conv, a, g, chunk_bytes, reduce: _materialised_sq_norms("grouped", conv, a, g, chunk_bytes, reduce),
+    "unfold": lambda conv, a, g, chunk_bytes, reduce: _materialised_sq_norms("unfold", conv, a, g, chunk_bytes, reduce),
     "correlate": correlate_weight_sq_norms,
     "shift": shift_weight_sq_norms,
     "matmul": _matmul_sq_norms,
@@ -185,30 +207,36 @@ _KERNELS: dict[str, Callable[[_ConvNd, torch.Tensor, torch.Tensor, int], torch.T
 }
 
 
-def sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+def sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+             reduce: Reduce | None = None) -> torch.Tensor:
     """``‖∂L_i/∂W‖²_F`` per sample (B,) float32 by ``strategy`` (one of :data:`STRATEGIES`, which must apply),
-    in blocks of samples of at most ``chunk_bytes`` (on a CPU :data:`BLOCK_BYTES`, if smaller) of working set."""
-    if not applies(strategy, conv, a, g, chunk_bytes):
+    in blocks of samples of at most ``chunk_bytes`` (on a CPU :data:`BLOCK_BYTES`, if smaller) of working set;
+    with ``reduce``, that reduction of each block of per-sample gradients instead (concatenated over blocks)."""
+    if not applies(strategy, conv, a, g, chunk_bytes, reduce):
         raise InputError(f"convolution strategy {strategy!r} does not apply to {conv} (input {tuple(a.shape)}, "
-                         f"chunk_bytes={chunk_bytes}); choose one for which conv_strategy.applies() is true")
+                         f"chunk_bytes={chunk_bytes}{', forming the gradients' if reduce else ''}); choose one "
+                         "for which conv_strategy.applies() is true")
     block = min(chunk_bytes, BLOCK_BYTES) if a.device.type == "cpu" else chunk_bytes  # caches: a CPU's concern
-    return _KERNELS[strategy](conv, a.float(), g.float(), block)
+    return _KERNELS[strategy](conv, a.float(), g.float(), block, reduce or squared_norm)
 
 
-def _key(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> tuple:
-    return (type(conv).__name__, conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
+def _key(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int, formed: bool) -> tuple:
+    return (formed, type(conv).__name__, conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
             tuple(conv.padding), tuple(conv.dilation), conv.groups, tuple(a.shape), tuple(g.shape), a.dtype, g.dtype,
             str(a.device), chunk_bytes)
 
 
-def _timed(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> float:
+def _timed(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+           reduce: Reduce | None) -> float:
     start = time.perf_counter()
-    sq_norms(strategy, conv, a, g, chunk_bytes)
+    sq_norms(strategy, conv, a, g, chunk_bytes, reduce)
     return time.perf_counter() - start
 
 
-def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
-    """``‖∂L_i/∂W‖²_F`` per sample by the fastest strategy for this layer and shape, measured once.
+def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+                  reduce: Reduce | None = None) -> torch.Tensor:
+    """``‖∂L_i/∂W‖²_F`` per sample by the fastest strategy for this layer and shape, measured once (with
+    ``reduce``: that reduction of the per-sample gradients, by the fastest strategy that forms them).
 
     The first call for a key runs every candidate strategy once (untimed: cold), then times them in
     :data:`REPEATS` interleaved rounds, dropping after the first round those :data:`PRUNE_FACTOR` times
@@ -216,20 +244,20 @@ def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: 
     beats it by the factor :data:`MARGIN`; the choice is remembered and its result returned, so that every
     call in the process rounds the same way (see the module docstring).
     """
-    key = _key(conv, a, g, chunk_bytes)
+    key = _key(conv, a, g, chunk_bytes, reduce is not None)
     chosen = _CHOSEN.get(key)
     if chosen is not None:
-        return sq_norms(chosen, conv, a, g, chunk_bytes)
+        return sq_norms(chosen, conv, a, g, chunk_bytes, reduce)
     # the first run of each gives its result; its time is not used (first calls pay for allocations and for
     # oneDNN/BLAS setting up kernels of new shapes, which would bias the choice)
-    found = candidates(conv, a, g, chunk_bytes)
-    results = {strategy: sq_norms(strategy, conv, a, g, chunk_bytes) for strategy in found}
+    found = candidates(conv, a, g, chunk_bytes, reduce)
+    results = {strategy: sq_norms(strategy, conv, a, g, chunk_bytes, reduce) for strategy in found}
     default = prior(conv, a, g, found)
     times: dict[str, list[float]] = {strategy: [] for strategy in results}
     contenders = found if len(found) > 1 else []
     for repeat in range(REPEATS):
         for strategy in contenders:
-            times[strategy].append(_timed(strategy, conv, a, g, chunk_bytes))
+            times[strategy].append(_timed(strategy, conv, a, g, chunk_bytes, reduce))
         if repeat == 0 and contenders:
             fastest = min(times[s][0] for s in contenders)
             contenders = [s for s in contenders if s == default or times[s][0] <= PRUNE_FACTOR * fastest]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradtrust.scores import per_sample
-from gradtrust.scores.owners import AsUnit, Fail, Rule, Sink, _is_torchvision, override_single_input
+from gradtrust.scores.owners import Rule, RuleContext, _is_torchvision, override_single_input
 
 _PATH, _NAME = "torchvision.models.maxvit", "RelativePositionalMultiHeadAttention"
 _KNOWN = {"to_qkv.weight", "to_qkv.bias", "merge.weight", "merge.bias", "relative_position_bias_table"}
@@ -50,11 +50,11 @@ class MaxVitAttention(Rule):
 
     covers = ("relative_position_bias_table",)
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
+    def attach(self, name: str, module: nn.Module, ctx: RuleContext) -> list[Any]:
         return override_single_input(
             name, module, lambda x: x.dim() == 4 and x.shape[2] == module.max_seq_len,
-            lambda x: _forward(module, x, lambda value: sink(name, "relative_position_bias_table", value)),
-            fail, as_unit)
+            lambda x: _forward(module, x, lambda value: ctx.sink(name, "relative_position_bias_table", value)),
+            ctx)
 
 
 def _forward(module: Any, x: torch.Tensor, put) -> torch.Tensor:

@@ -38,6 +38,17 @@ Fail = Callable[[str], None]
 AsUnit = Callable[[str, nn.Module, tuple, dict, Any], None]
 
 
+@dataclass(frozen=True)
+class RuleContext:
+    """What a rule's hooks report to, and the settings of this forward pass's norms."""
+
+    sink: Sink
+    fail: Fail
+    as_unit: AsUnit
+    chunk_bytes: int = per_sample.DEFAULT_CHUNK_BYTES
+    conv_strategy: str | None = None  # forces how convolution norms are computed (ScoreOptions.conv_strategy)
+
+
 def _is_torchvision(module: nn.Module, module_path: str, class_name: str) -> bool:
     """``module`` is torchvision's ``class_name`` from ``module_path`` (by name: the core does not import it)."""
     kind = type(module)
@@ -54,8 +65,8 @@ class Rule:
         """The submodule at whose input the rule first needs gradients (the recorded graph may start there)."""
         return module
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
-        """Install the hooks; they call ``sink`` with each covered parameter's norms. Returns the handles."""
+    def attach(self, name: str, module: nn.Module, ctx: RuleContext) -> list[Any]:
+        """Install the hooks; they call ``ctx.sink`` with each covered parameter's norms. Returns the handles."""
         raise NotImplementedError
 
 
@@ -72,19 +83,19 @@ class VitEmbeddings(Rule):
     def entry(self, module: nn.Module) -> nn.Module:
         return module.get_submodule("encoder")
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
+    def attach(self, name: str, module: nn.Module, ctx: RuleContext) -> list[Any]:
         prefix = f"{name}." if name else ""
 
         def pre_hook(encoder, args):
             u = args[0]
             if not (isinstance(u, torch.Tensor) and u.requires_grad):
-                fail("the ViT encoder input does not depend on a captured layer")
+                ctx.fail("the ViT encoder input does not depend on a captured layer")
                 return
 
             def on_grad(g):
                 gf = g.detach().float()
-                sink(name, "class_token", gf[:, 0].square().sum(1))
-                sink(f"{prefix}encoder", "pos_embedding", gf.flatten(1).square().sum(1))
+                ctx.sink(name, "class_token", gf[:, 0].square().sum(1))
+                ctx.sink(f"{prefix}encoder", "pos_embedding", gf.flatten(1).square().sum(1))
 
             u.register_hook(on_grad)
 
@@ -100,7 +111,7 @@ class LayerScale(Rule):
 
     covers = ("layer_scale",)
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
+    def attach(self, name: str, module: nn.Module, ctx: RuleContext) -> list[Any]:
         seen: dict[str, tuple[torch.Tensor, int]] = {}
 
         def block_hook(block, args, output):
@@ -109,7 +120,7 @@ class LayerScale(Rule):
 
         def hook(mod, args, output):
             if mod.training or not output.requires_grad:
-                fail(f"{name!r}: CNBlock in training mode or before the recorded graph")
+                ctx.fail(f"{name!r}: CNBlock in training mode or before the recorded graph")
                 return
             y, version = seen["y"]
 
@@ -117,7 +128,7 @@ class LayerScale(Rule):
                 if y._version != version:
                     raise UnsupportedForHooks(f"the block output of {name!r} was modified in place")
                 grad = (g.detach().float() * y.float()).flatten(2).sum(2)
-                sink(name, "layer_scale", grad.square().sum(1))
+                ctx.sink(name, "layer_scale", grad.square().sum(1))
 
             output.register_hook(on_grad)
 
@@ -139,7 +150,7 @@ class SelfAttention(Rule):
         names = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
         self.covers = tuple(n for n in names if _get(module, n) is not None)
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
+    def attach(self, name: str, module: nn.Module, ctx: RuleContext) -> list[Any]:
         mha = module
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"expected nn.MultiheadAttention, got {type(mha).__name__}")
@@ -154,7 +165,7 @@ class SelfAttention(Rule):
                 kwargs = dict(key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
                               average_attn_weights=average_attn_weights, is_causal=is_causal)
                 output = original(query, key, value, **kwargs)
-                as_unit(name, mha, (query, key, value), kwargs, output)
+                ctx.as_unit(name, mha, (query, key, value), kwargs, output)
                 return output
             x = query if mha.batch_first else query.transpose(0, 1)  # (B, S, E)
             batch, tokens, embed = x.shape
@@ -167,17 +178,17 @@ class SelfAttention(Rule):
                 xd, od = x.detach(), o.detach()
 
                 def on_u(g):
-                    sink(name, "in_proj_weight", per_sample.linear_weight_sq_norms(xd, g))
-                    sink(name, "in_proj_bias", per_sample._as_tokens(g).sum(1).square().sum(1))
+                    ctx.sink(name, "in_proj_weight", per_sample.linear_weight_sq_norms(xd, g))
+                    ctx.sink(name, "in_proj_bias", per_sample._as_tokens(g).sum(1).square().sum(1))
 
                 def on_y(g):
-                    sink(f"{name}.out_proj", "weight", per_sample.linear_weight_sq_norms(od, g))
-                    sink(f"{name}.out_proj", "bias", per_sample._as_tokens(g).sum(1).square().sum(1))
+                    ctx.sink(f"{name}.out_proj", "weight", per_sample.linear_weight_sq_norms(od, g))
+                    ctx.sink(f"{name}.out_proj", "bias", per_sample._as_tokens(g).sum(1).square().sum(1))
 
                 u.register_hook(on_u)
                 y.register_hook(on_y)
             else:
-                fail(f"{name!r}: the attention input is not in the recorded graph")
+                ctx.fail(f"{name!r}: the attention input is not in the recorded graph")
             return (y if mha.batch_first else y.transpose(0, 1)), None
 
         return [_ForwardOverride(mha, forward)]
@@ -195,8 +206,7 @@ class _ForwardOverride:
 
 
 def override_single_input(name: str, module: nn.Module, fits: Callable[[torch.Tensor], bool],
-                          closed_form: Callable[[torch.Tensor], torch.Tensor], fail: Fail,
-                          as_unit: AsUnit) -> list[Any]:
+                          closed_form: Callable[[torch.Tensor], torch.Tensor], ctx: RuleContext) -> list[Any]:
     """Handles that make ``module(x)`` run ``closed_form(x)`` (a rule's decomposed forward, which reports its
     norms) while Purview's forward is recorded. A call outside the rule's form (training mode, or ``fits(x)``
     false) runs the module's own forward and makes that call a per-sample-autograd unit; an input outside
@@ -207,10 +217,10 @@ def override_single_input(name: str, module: nn.Module, fits: Callable[[torch.Te
     def forward(x):
         if module.training or not isinstance(x, torch.Tensor) or not fits(x):
             output = original(x)
-            as_unit(name, module, (x,), {}, output)
+            ctx.as_unit(name, module, (x,), {}, output)
             return output
         if not x.requires_grad:
-            fail(f"{name!r}: the attention input is not in the recorded graph")
+            ctx.fail(f"{name!r}: the attention input is not in the recorded graph")
             return original(x)
         return closed_form(x)
 
@@ -234,10 +244,11 @@ def _rule_for(module: nn.Module) -> Rule | None:
             return VitEmbeddings()
     if _is_torchvision(module, "torchvision.models.convnext", "CNBlock"):
         return LayerScale()
+    from gradtrust.scores.conv_batch_norm import conv_batch_norm_rule  # imports this module
     from gradtrust.scores.maxvit_attention import maxvit_attention_rule  # imports this module
     from gradtrust.scores.window_attention import window_attention_rule  # imports this module
 
-    return window_attention_rule(module) or maxvit_attention_rule(module)
+    return conv_batch_norm_rule(module) or window_attention_rule(module) or maxvit_attention_rule(module)
 
 
 @dataclass
@@ -257,10 +268,12 @@ _PLANS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], PurviewPlan]
 
 
 def _structure(model: nn.Module) -> tuple[int, ...]:
-    """The identity of every submodule and parameter of ``model``: a replaced one changes it."""
+    """The identity and mode of every submodule and the identity of every parameter of ``model``: a replaced
+    one, or a module switched between training and eval mode (a BatchNorm in training mode normalises by
+    batch statistics, which the plan's layers and rules do not cover), changes it."""
     ids: list[int] = []
     for module in _submodules(model):
-        ids.append(id(module))
+        ids += (id(module), module.training)
         ids += [id(p) for p in module._parameters.values()]
     return tuple(ids)
 
@@ -398,9 +411,10 @@ class OwnerCapture:
     :attr:`fallback` with {unit name: "vmap" | "loop"}.
     """
 
-    def __init__(self, plan: PurviewPlan, chunk_bytes: int):
+    def __init__(self, plan: PurviewPlan, chunk_bytes: int, conv_strategy: str | None = None):
         self.plan = plan
         self.chunk_bytes = chunk_bytes
+        self.conv_strategy = conv_strategy
         self.active = False
         # units and rule modules must run exactly once per forward pass (a second call would overwrite the first)
         self.calls: dict[str, int] = {name: 0 for name in [*plan.units, *plan.rules]}
@@ -410,8 +424,9 @@ class OwnerCapture:
         self._handles: list[Any] = []
 
     def __enter__(self) -> OwnerCapture:
+        ctx = RuleContext(self._sink, self._fail, self._as_unit, self.chunk_bytes, self.conv_strategy)
         for name, (module, rule) in self.plan.rules.items():
-            self._handles += rule.attach(name, module, self._sink, self._fail, self._as_unit)
+            self._handles += rule.attach(name, module, ctx)
             self._handles.append(module.register_forward_hook(self._count(name)))
         for name, unit in self.plan.units.items():
             self._handles.append(unit.register_forward_hook(self._unit_hook(name), with_kwargs=True))

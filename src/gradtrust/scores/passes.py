@@ -136,7 +136,7 @@ class BatchPasses:
             try:
                 self._purview_plan = plan_parameters(model)
                 capture_layers.update(self._purview_plan.layers)
-                owners = OwnerCapture(self._purview_plan, options.chunk_bytes)
+                owners = OwnerCapture(self._purview_plan, options.chunk_bytes, options.conv_strategy)
             except UnsupportedForHooks as exc:
                 self._purview_hooks_error = str(exc)
         if record_graph and options.layer is not None:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradtrust.scores import per_sample
-from gradtrust.scores.owners import AsUnit, Fail, Rule, Sink, _is_torchvision, override_single_input
+from gradtrust.scores.owners import Rule, RuleContext, _is_torchvision, override_single_input
 from gradtrust.scores.per_sample import UnsupportedForHooks
 
 _IMAGE = "torchvision.models.swin_transformer"
@@ -79,15 +79,15 @@ class WindowAttention(Rule):
         self.dims, self.cosine = kind
         self.covers = tuple(name for name, _ in module.named_parameters())
 
-    def attach(self, name: str, module: nn.Module, sink: Sink, fail: Fail, as_unit: AsUnit) -> list[Any]:
+    def attach(self, name: str, module: nn.Module, ctx: RuleContext) -> list[Any]:
         prefix = f"{name}." if name else ""
 
         def put(dotted: str, value: torch.Tensor) -> None:
             owner, _, leaf = f"{prefix}{dotted}".rpartition(".")
-            sink(owner, leaf, value)
+            ctx.sink(owner, leaf, value)
 
         return override_single_input(name, module, lambda x: x.dim() == self.dims + 2,
-                                     lambda x: self._forward(module, x, put), fail, as_unit)
+                                     lambda x: self._forward(module, x, put), ctx)
 
     # ------------------------------------------------------------------ the decomposed forward
     def _geometry(self, module: Any, x: torch.Tensor) -> tuple[list[int], list[int], list[int], torch.Tensor]:
