@@ -23,7 +23,9 @@ On a GPU (``--device cuda``) every timing waits for the device, and the table ad
 Purview above the model and its input, against those of a training step (forward + backward) and of the
 plain forward, and with ``--micro-batch N`` Purview's peak and cost when the batch is scored in slices of N.
 ``--profile`` prints where the time of the forward group and of Purview goes (torch.profiler, first network
-only).
+only). ``--keep-freed-memory`` first calls ``gradtrust.keep_freed_memory()`` (glibc keeps freed memory for
+reuse, as the ``gradtrust`` command does on a CPU); without it the library's default allocator behaviour is
+measured. Its runs are stored under their own keys (``…@kept``) and marked in the table.
 """
 
 from __future__ import annotations
@@ -229,7 +231,8 @@ def table(results: dict, mc_samples: int) -> str:
                 memory += f" {r['purview_micro_peak_bytes'] / mib:,.0f} MiB, {r['purview_micro_fwd']:.2f} fwd |"
             else:
                 memory += " |"
-        lines.append(f"| {r['name']} | {r['input']} | {r['batch']} | {r['forward_s']:.4f} | {r['group_ratio']:.2f} | "
+        kept = " (kept)" if r.get("keep_freed_memory") else ""
+        lines.append(f"| {r['name']}{kept} | {r['input']} | {r['batch']} | {r['forward_s']:.4f} | {r['group_ratio']:.2f} | "
                      f"{r['all_but_mc_fwd']:.2f} | {r['purview_fwd']:.2f} | "
                      f"{fallback} |{memory}")
     seconds = 0.0
@@ -238,6 +241,8 @@ def table(results: dict, mc_samples: int) -> str:
         per_image = (r["all_but_mc_s"] + (mc_samples * r["forward_s"] if r["has_dropout"] else 0.0)) / r["batch"]
         seconds += IMAGES * per_image
     lines.append("")
+    if any(r.get("keep_freed_memory") for r in results.values()):
+        lines.append("(kept): measured with gradtrust.keep_freed_memory() (--keep-freed-memory).")
     lines.append(f"Estimated paper ImageNet table on this machine ({len(counted)} of {len(IMAGENET)} networks "
                  f"measured, {IMAGES:,} images each, every method, MC dropout as {mc_samples} forwards): "
                  f"{seconds / 3600:.1f} hours.")
@@ -259,6 +264,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench_networks.json"))
     parser.add_argument("--table-only", action="store_true", help="print the table of the networks in --out")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="call gradtrust.keep_freed_memory() first (glibc: no mmap, no heap trimming)")
     parser.add_argument("--again", action="store_true",
                         help="measure networks already in --out once more; keep the run with the faster forward")
     args = parser.parse_args()
@@ -266,14 +273,17 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"threads={torch.get_num_threads()} torch={torch.__version__} (random weights, {where})", flush=True)
+    kept = gradtrust.keep_freed_memory() if args.keep_freed_memory else False
+    print(f"threads={torch.get_num_threads()} torch={torch.__version__} (random weights, {where}) "
+          f"keep_freed_memory={'on' if kept else 'off'}"
+          + (" (requested, but not applicable here)" if args.keep_freed_memory and not kept else ""), flush=True)
     profiled = not args.profile
     for name in [] if args.table_only else names:
         torch.manual_seed(0)
         model, make_input, batches = build(name, args)
         model.eval().to(device)
         for batch in batches:
-            key = f"{name}@{batch}" + ("" if device.type == "cpu" else f"@{device.type}")
+            key = f"{name}@{batch}" + ("" if device.type == "cpu" else f"@{device.type}") + ("@kept" if kept else "")
             if key in results and not args.again:
                 continue
             x = make_input(batch).to(device)
@@ -281,7 +291,7 @@ def main() -> None:
                 profile(model, x, gradient_layer(model))
                 profiled = True
             r = measure(model, x, args.repeats, args.micro_batch)
-            r.update(name=name, batch=batch, input="×".join(map(str, x.shape[1:])))
+            r.update(name=name, batch=batch, input="×".join(map(str, x.shape[1:])), keep_freed_memory=kept)
             results[key] = _best(results[key], r) if key in results else r
             _write(args.out, results)
             print(f"{key}: group {r['group_ratio']:.2f}, all but MC {r['all_but_mc_fwd']:.2f}, "

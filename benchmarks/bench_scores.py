@@ -11,7 +11,9 @@ Prints, each figure against a plain batched forward pass (``torch.no_grad``) tim
    ``gradtrust.scores.reference``) ÷ ``gradtrust.score`` on the same images;
 5. the two VOICE explanation-uncertainty scores, in plain forward passes.
 Timings are minima over repeats (the least-disturbed run), interleaved with the plain forward so drifts in
-machine load hit both alike.
+machine load hit both alike. ``--keep-freed-memory`` first calls ``gradtrust.keep_freed_memory()`` (glibc
+keeps freed memory for reuse, as the ``gradtrust`` command does on a CPU); without it the library's default
+allocator behaviour is measured. The header line says which.
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def main() -> None:
                         help="images scored the straightforward way (it is slow; the ratio is per image)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--half", action="store_true", help="also report the ratios with the model in float16/bfloat16")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="call gradtrust.keep_freed_memory() first (glibc: no mmap, no heap trimming)")
     args = parser.parse_args()
+    kept = gradtrust.keep_freed_memory() if args.keep_freed_memory else False
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -80,7 +85,8 @@ def main() -> None:
     all_but_mc = [m for m in builtin if m != "mc_dropout"]
     voice = [s.name for s in gradtrust.scores.method_specs() if s.name.startswith("voice_")]
     print(f"model={args.model} batch={args.batch_size} image={args.image_size} device={device} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+          f"threads={torch.get_num_threads()} torch={torch.__version__} keep_freed_memory={'on' if kept else 'off'}"
+          + (" (requested, but not applicable here)" if args.keep_freed_memory and not kept else ""))
 
     t_group, t_fwd = ratio_to_forward(model, x, lambda: gradtrust.score(model, x, FORWARD_GROUP), args.repeats, device)
     print(f"1. forward-pass group ({len(FORWARD_GROUP)} scores): throughput ratio {t_fwd / t_group:.3f} "

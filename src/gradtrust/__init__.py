@@ -37,6 +37,7 @@ _LAZY: dict[str, str] = {
     "voice": "gradtrust.explanations",
     "Explanation": "gradtrust.explanations",
     "VoiceResult": "gradtrust.explanations",
+    "keep_freed_memory": "gradtrust.cpu_memory",
 }
 
 __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "Introspective", "LoadedModel",
@@ -44,9 +45,11 @@ __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "
            "available_methods", "functional", "get_method", "gradient_features", "load_model", "register_method",
            "score"]
 __all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.explanations
+__all__ += ["keep_freed_memory"]  # gradtrust.cpu_memory
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradtrust import functional
+    from gradtrust.cpu_memory import keep_freed_memory
     from gradtrust.detection import Detector, gradient_features
     from gradtrust.explanations import Explanation, VoiceResult, explain, voice
     from gradtrust.gradcon import GradCON

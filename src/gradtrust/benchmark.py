@@ -29,6 +29,7 @@ from typing import Any
 
 import click
 
+from gradtrust.cli_memory import keep_freed_memory_option
 from gradtrust.reporting.runs import slugify
 
 __all__ = ["BenchmarkJob", "DEFAULT_DATA", "benchmark_command", "default_models", "plan_jobs", "run_benchmark"]
@@ -211,6 +212,7 @@ def run_benchmark(models=None, data=None, out: str | Path = DEFAULT_OUT, *, weig
 
 
 @click.command("benchmark")
+@keep_freed_memory_option
 @click.option("--models", "models", multiple=True, metavar="SPEC[,SPEC…]",
               help="Model specs (repeatable or comma-separated): torchvision:<name>, timm:<name>, digits:<name>, "
                    "a model file. Default: every bundled digits network.")

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from gradtrust.cli_memory import keep_freed_memory_option
+
 __all__ = ["detect_command", "run_detect"]
 
 BUILTIN_MODELS = ("digits:digits_mlp", "digits:digits_cnn")
@@ -128,6 +130,7 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
 
 
 @click.command("detect", context_settings={"max_content_width": 110})
+@keep_freed_memory_option
 @click.option("--model", "models", multiple=True,
               help="Model spec (repeatable): digits:<name>, torchvision:<name>, timm:<name> or a file. "
                    f"Default: {', '.join(BUILTIN_MODELS)} with their bundled weights.")

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from gradtrust.cli_memory import keep_freed_memory_option
 from gradtrust.errors import GradTrustError, InputError
 
 EPILOG = """\b
@@ -22,6 +23,7 @@ Output: <out>/explanations.parquet (per sample: P, Q, the layer-resolution maps,
 
 @click.command("explain", epilog=EPILOG,
                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@keep_freed_memory_option
 @click.option("--model", "model_spec", required=True, metavar="SPEC",
               help="torchvision:<name>, timm:<name>, digits:<name>, or a model file (`gradtrust models`).")
 @click.option("--weights", metavar="W", help="DEFAULT, an enum name, a weights file, or 'random' (as `gradtrust score`).")

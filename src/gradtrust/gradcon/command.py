@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from gradtrust.cli_memory import keep_freed_memory_option
+
 __all__ = ["gradcon_command"]
 
 
@@ -47,6 +49,7 @@ _DATA_HELP = ("A class-folder dataset DIR/<class>/<image>, or the built-in digit
 
 
 @gradcon_command.command("fit")
+@keep_freed_memory_option
 @click.option("--data", required=True, help=_DATA_HELP)
 @click.option("--inlier", required=True, help="The normal class (its folder name, or its index); the model "
               "trains on its images only.")
@@ -90,6 +93,7 @@ def fit_command(ctx, data, inlier, out_dir, beta, gamma, epochs, batch_size, lr,
 
 
 @gradcon_command.command("score")
+@keep_freed_memory_option
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="A folder written by `gradtrust gradcon fit`.")
 @click.option("--data", required=True, help=_DATA_HELP)
@@ -137,6 +141,7 @@ def score_command(ctx, model_dir, data, out_dir, inlier, gamma, device, grayscal
 
 
 @gradcon_command.command("benchmark")
+@keep_freed_memory_option
 @click.option("--out", "out_dir", default="gradcon-benchmark", show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
 @click.option("--epochs", type=click.IntRange(min=1), default=None,

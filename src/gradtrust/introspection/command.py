@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from gradtrust.cli_memory import keep_freed_memory_option
 from gradtrust.errors import GradTrustError, InputError
 
 __all__ = ["introspect_command"]
@@ -54,6 +55,7 @@ def _sha256(path: Path) -> str:
 
 
 @introspect_command.command("fit")
+@keep_freed_memory_option
 @click.option("--model", "model_spec", required=True, metavar="SPEC", help="The network f (as for gradtrust score).")
 @click.option("--weights", metavar="W", help="f's weights (default: bundled for digits:*, random otherwise).")
 @click.option("--num-classes", type=click.IntRange(min=1), metavar="N", help="Outputs of a fine-tuned head.")
@@ -171,6 +173,7 @@ def write_introspection_table(out: Path) -> Path:
 
 
 @introspect_command.command("score")
+@keep_freed_memory_option
 @click.option("--introspective", "folder", required=True, type=click.Path(file_okay=False, exists=True),
               metavar="DIR", help="A folder written by `gradtrust introspect fit`.")
 @click.option("--data", required=True, metavar="DIR|digits:test[:CORRUPTION[:SEVERITY]]", help="Data to score.")
@@ -227,6 +230,7 @@ def score_command(ctx, folder, data, labels, out_dir, methods, batch_size, worke
 
 
 @introspect_command.command("benchmark")
+@keep_freed_memory_option
 @click.option("--models", default=None, metavar="a,b", help="digits networks (default: all bundled ones).")
 @click.option("--out", "out_dir", default="gradtrust-introspection", show_default=True,
               type=click.Path(file_okay=False), help="Folder for table.md and table.csv.")

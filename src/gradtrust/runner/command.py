@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from gradtrust.cli_memory import keep_freed_memory_option
 from gradtrust.errors import GradTrustError, InputError, UnknownNameError
 from gradtrust.scores import available_methods
 
@@ -112,6 +113,7 @@ def _echo_summary(summary, spec: str) -> None:
 
 @click.command("score", epilog=_epilog(),
                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@keep_freed_memory_option
 @click.option("--model", "model_spec", metavar="SPEC",
               help="torchvision:<name>, timm:<name>, digits:<name>, or a TorchScript/pickled model file "
                    "(`gradtrust models` lists them). Without --model: every bundled digits network.")

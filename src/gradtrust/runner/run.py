@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gradtrust import schema
+from gradtrust.cpu_memory import freed_memory_kept
 from gradtrust.data.classes import resolve_class_indices
 from gradtrust.data.open import describe_dataset
 from gradtrust.data.samples import collate_samples
@@ -261,6 +262,8 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
                 execution = {
                     "device": str(dev), "world_size": ctx.world_size, "num_workers": num_workers,
                     "resumed_chunks": resumed_total, "started_at": started_at,
+                    # rank 0's allocator setting (gradtrust.keep_freed_memory; the CLI's default on a CPU)
+                    "keep_freed_memory": freed_memory_kept(),
                 }
                 summary = _finish(out, layout, run_id, model, identity["model"]["parameters_sha256"], description,
                                   dataset_info, class_map, method_names if explicit else "all", full_options,

@@ -1,0 +1,57 @@
+"""``--keep-freed-memory/--no-keep-freed-memory``: the command line's CPU memory policy, one decorator for every
+command that runs a model.
+
+A library call must not change the process's allocator behind its caller's back; an application may. The
+``gradtrust`` commands are that application: when a command runs on the CPU it calls
+:func:`gradtrust.cpu_memory.keep_freed_memory` first (on by default), and ``--no-keep-freed-memory`` leaves
+glibc's defaults. Why and at what price: :mod:`gradtrust.cpu_memory` and ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+__all__ = ["OPTION_NAME", "keep_freed_memory_option", "runs_on_cpu"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+OPTION_NAME = "keep_freed_memory"
+HELP = "On a CPU, keep freed memory for reuse (glibc mallopt): fewer page faults; the process keeps its peak memory."
+
+
+def runs_on_cpu(device: Any) -> bool:
+    """Whether a command given ``--device device`` runs on the CPU: ``None`` (the commands' default) means CUDA
+    when it is available; a device the command will reject counts as not CPU (nothing is changed)."""
+    import torch
+
+    if device is None:
+        return not torch.cuda.is_available()
+    try:
+        return torch.device(str(device)).type == "cpu"
+    except (RuntimeError, ValueError):
+        return False
+
+
+def keep_freed_memory_option(command: F) -> F:
+    """Add ``--keep-freed-memory/--no-keep-freed-memory`` (default on) to a click command callback and apply it
+    before the command runs, when the command's ``device`` is the CPU (no ``device`` parameter: the CPU).
+    Place it right under ``@...command(...)``."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # A command without --device (introspect benchmark) runs on the CPU.
+        if kwargs.pop(OPTION_NAME) and runs_on_cpu(kwargs.get("device", "cpu")):
+            from gradtrust.cpu_memory import keep_freed_memory
+
+            keep_freed_memory()
+        return command(*args, **kwargs)
+
+    option = click.Option(["--keep-freed-memory/--no-keep-freed-memory", OPTION_NAME], default=True,
+                          show_default=True, help=HELP)
+    # click lists options in reverse order of __click_params__: at the front, this one is shown last.
+    wrapper.__dict__["__click_params__"] = [option, *getattr(command, "__click_params__", [])]
+    return wrapper  # type: ignore[return-value]
