@@ -31,6 +31,8 @@ LAYERS = [
     ("conv2d_materialised", lambda: nn.Conv2d(2, 3, 3), (3, 2, 12, 12)),
     ("conv2d_depthwise", lambda: nn.Conv2d(4, 4, 3, groups=4, bias=False), (3, 4, 7, 7)),
     ("conv3d", lambda: nn.Conv3d(2, 3, (2, 3, 3), stride=(1, 2, 2)), (2, 2, 4, 7, 7)),
+    ("conv2d_pointwise_one_position", lambda: nn.Conv2d(6, 4, 1), (3, 6, 1, 1)),  # squeeze-excitation: ‖g‖²‖a‖²
+    ("conv2d_pointwise_strided_to_one", lambda: nn.Conv2d(6, 4, 1, stride=3, bias=False), (3, 6, 3, 3)),
     ("batchnorm1d_2d_input", lambda: nn.BatchNorm1d(5), (4, 5)),
     ("batchnorm1d_3d_input", lambda: nn.BatchNorm1d(5), (4, 5, 6)),
     ("batchnorm2d", lambda: nn.BatchNorm2d(3), (4, 3, 5, 5)),

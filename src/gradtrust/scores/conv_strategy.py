@@ -87,7 +87,8 @@ def _explicit_padding(conv: _ConvNd) -> tuple[int, ...]:
     return conv.padding
 
 
-def _is_pointwise(conv: _ConvNd) -> bool:
+def is_pointwise(conv: _ConvNd) -> bool:
+    """A 1×1 (×1) convolution without padding or dilation: a token-wise linear map (any stride)."""
     return all(k == 1 for k in conv.kernel_size) and not any(_explicit_padding(conv)) and all(d == 1 for d in conv.dilation)
 
 
@@ -106,7 +107,7 @@ def applies(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chun
     if conv.groups != 1:
         return False
     if strategy == "matmul":
-        return _is_pointwise(conv)
+        return is_pointwise(conv)
     if type(conv) is not nn.Conv2d:
         return False
     if strategy == "unfold":

@@ -193,7 +193,8 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
     With ``U_i`` (K × T) the unfolded input patches and ``g_i`` (O × T) the output gradient at the ``T``
     output positions, ``∂L_i/∂W = g_i U_iᵀ`` and ``‖g_i U_iᵀ‖² = ⟨g_iᵀ g_i, U_iᵀ U_i⟩`` (the "ghost norm",
     Goodfellow 2015; Bu et al. 2022). The Gram form costs ``T²(K + O)``, the gradient itself ``T·K·O``;
-    late layers of a CNN have few positions and many channels, where the Gram form is ~10× cheaper.
+    late layers of a CNN have few positions and many channels, where the Gram form is ~10× cheaper. With one
+    output position and one group (squeeze-excitation) the gradient is an outer product: ``‖g_i‖²‖a_i‖²``.
 
     On a CPU the way is chosen per layer and shape by measuring the exact strategies once
     (:func:`gradtrust.scores.conv_strategy.auto_sq_norms`). ``strategy`` (one of
@@ -204,6 +205,11 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
     conv = _as_conv(module)
     if strategy not in (None, "auto") and conv_strategy.applies(strategy, conv, a, g, chunk_bytes):
         return conv_strategy.sq_norms(strategy, conv, a, g, chunk_bytes)
+    if g[0, 0].numel() == 1 and conv.groups == 1 and conv_strategy.is_pointwise(conv):
+        # one output position (a squeeze-excitation's 1×1 convolutions on pooled features): ∂L_i/∂W = g_i a_iᵀ,
+        # an outer product, so ‖∂L_i/∂W‖² = ‖g_i‖²·‖a_i‖² with a_i the input at that position
+        first = a.float()[(slice(None), slice(None), *(0 for _ in conv.kernel_size))]
+        return g.float().flatten(1).square().sum(1) * first.square().sum(1)
     if a.device.type == "cpu":
         return conv_strategy.auto_sq_norms(conv, a, g, chunk_bytes)
     out_positions = g[0, 0].numel()
