@@ -208,7 +208,7 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
     if g[0, 0].numel() == 1 and conv.groups == 1 and conv_strategy.is_pointwise(conv):
         # one output position (a squeeze-excitation's 1×1 convolutions on pooled features): ∂L_i/∂W = g_i a_iᵀ,
         # an outer product, so ‖∂L_i/∂W‖² = ‖g_i‖²·‖a_i‖² with a_i the input at that position
-        first = a.float()[(slice(None), slice(None), *(0 for _ in conv.kernel_size))]
+        first = a.float().flatten(2)[:, :, 0]  # the position it reads: the first of every spatial dimension
         return g.float().flatten(1).square().sum(1) * first.square().sum(1)
     if a.device.type == "cpu":
         return conv_strategy.auto_sq_norms(conv, a, g, chunk_bytes)
