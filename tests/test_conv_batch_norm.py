@@ -195,3 +195,20 @@ def test_the_plan_follows_a_change_of_mode():
     assert second is not first and _pairs_planned(model) == 3  # the training-mode BatchNorm pairs no more
     model.eval()
     assert _pairs_planned(model) == 4
+
+
+def test_odins_backward_through_the_same_graph_computes_no_norms(monkeypatch):
+    """ODIN's input gradient runs a backward through Purview's recorded graph: the rules' hooks fire there too,
+    and must leave the norms to Purview's own backward (once per pair, not twice)."""
+    model = _net2d()
+    x = torch.randn(2, 3, 12, 12)
+    calls: list[int] = []
+    original = conv_batch_norm.fused_sq_norms
+    monkeypatch.setattr(conv_batch_norm, "fused_sq_norms", lambda *a, **k: calls.append(1) or original(*a, **k))
+    both = gradtrust.score(model, x, ["odin", "purview_initial", "purview_final"])
+    assert len(calls) == 4
+    alone = gradtrust.score(model, x, ["odin"])
+    loop = gradtrust.score(model, x, ["purview_initial", "purview_final"], purview_backend="loop")
+    torch.testing.assert_close(both["odin"], alone["odin"], rtol=0, atol=0)
+    for name in ("purview_initial", "purview_final"):
+        torch.testing.assert_close(both[name], loop[name], rtol=1e-4, atol=0)

@@ -179,7 +179,7 @@ def _attach_pair(conv_name: str, conv: _ConvNd, bn_name: str, bn: _BatchNorm, ct
                     for attr, value in norms[part].items():
                         ctx.sink(owner, attr, value)
 
-            output.register_hook(on_grad)
+            output.register_hook(ctx.when_active(on_grad))
             return
         x = args[0]  # the BatchNorm's input, in the graph: its gradient is the convolution's output gradient
         xd, x_version = x.detach(), x._version
@@ -199,8 +199,8 @@ def _attach_pair(conv_name: str, conv: _ConvNd, bn_name: str, bn: _BatchNorm, ct
         if not x.requires_grad:
             ctx.fail(f"the input of {bn_name!r} is not in the recorded graph")
             return
-        x.register_hook(on_conv_grad)
-        output.register_hook(on_bn_grad)
+        x.register_hook(ctx.when_active(on_conv_grad))
+        output.register_hook(ctx.when_active(on_bn_grad))
 
     # both prepended: the convolution's hook sees its own output, the BatchNorm's what it receives, before
     # any other hook (another party's, or the one that may start the recorded graph) replaces either

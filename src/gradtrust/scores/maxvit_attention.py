@@ -53,11 +53,12 @@ class MaxVitAttention(Rule):
     def attach(self, name: str, module: nn.Module, ctx: RuleContext) -> list[Any]:
         return override_single_input(
             name, module, lambda x: x.dim() == 4 and x.shape[2] == module.max_seq_len,
-            lambda x: _forward(module, x, lambda value: ctx.sink(name, "relative_position_bias_table", value)),
+            lambda x: _forward(module, x, lambda value: ctx.sink(name, "relative_position_bias_table", value),
+                               ctx.when_active),
             ctx)
 
 
-def _forward(module: Any, x: torch.Tensor, put) -> torch.Tensor:
+def _forward(module: Any, x: torch.Tensor, put, gate) -> torch.Tensor:
     """torchvision's forward, operation for operation, with a hook on the biased logits."""
     batch, groups, tokens, channels = x.shape
     heads, head_dim = module.n_heads, module.head_dim
@@ -85,5 +86,5 @@ def _forward(module: Any, x: torch.Tensor, put) -> torch.Tensor:
         grads.index_add_(2, index, bias_grad.reshape(batch, heads, -1))
         put(grads.square().sum((1, 2)))
 
-    logits.register_hook(on_logits)
+    logits.register_hook(gate(on_logits))  # gate: nothing outside Purview's backward pass
     return out

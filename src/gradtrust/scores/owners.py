@@ -45,8 +45,20 @@ class RuleContext:
     sink: Sink
     fail: Fail
     as_unit: AsUnit
+    #: whether the backward pass now running is Purview's: another one through the same graph (ODIN's input
+    #: gradient) fires the same tensor hooks, and a rule with costly norms skips them then
+    active: Callable[[], bool] = lambda: True
     chunk_bytes: int = per_sample.DEFAULT_CHUNK_BYTES
     conv_strategy: str | None = None  # forces how convolution norms are computed (ScoreOptions.conv_strategy)
+
+    def when_active(self, hook: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+        """``hook`` as a tensor hook that does nothing outside Purview's backward pass."""
+
+        def gated(g: torch.Tensor) -> None:
+            if self.active():
+                hook(g)
+
+        return gated
 
 
 def _is_torchvision(module: nn.Module, module_path: str, class_name: str) -> bool:
@@ -97,7 +109,7 @@ class VitEmbeddings(Rule):
                 ctx.sink(name, "class_token", gf[:, 0].square().sum(1))
                 ctx.sink(f"{prefix}encoder", "pos_embedding", gf.flatten(1).square().sum(1))
 
-            u.register_hook(on_grad)
+            u.register_hook(ctx.when_active(on_grad))
 
         return [module.get_submodule("encoder").register_forward_pre_hook(pre_hook)]
 
@@ -130,7 +142,7 @@ class LayerScale(Rule):
                 grad = (g.detach().float() * y.float()).flatten(2).sum(2)
                 ctx.sink(name, "layer_scale", grad.square().sum(1))
 
-            output.register_hook(on_grad)
+            output.register_hook(ctx.when_active(on_grad))
 
         return [module.get_submodule("block").register_forward_hook(block_hook), module.register_forward_hook(hook)]
 
@@ -185,8 +197,8 @@ class SelfAttention(Rule):
                     ctx.sink(f"{name}.out_proj", "weight", per_sample.linear_weight_sq_norms(od, g))
                     ctx.sink(f"{name}.out_proj", "bias", per_sample._as_tokens(g).sum(1).square().sum(1))
 
-                u.register_hook(on_u)
-                y.register_hook(on_y)
+                u.register_hook(ctx.when_active(on_u))
+                y.register_hook(ctx.when_active(on_y))
             else:
                 ctx.fail(f"{name!r}: the attention input is not in the recorded graph")
             return (y if mha.batch_first else y.transpose(0, 1)), None
@@ -424,7 +436,8 @@ class OwnerCapture:
         self._handles: list[Any] = []
 
     def __enter__(self) -> OwnerCapture:
-        ctx = RuleContext(self._sink, self._fail, self._as_unit, self.chunk_bytes, self.conv_strategy)
+        ctx = RuleContext(self._sink, self._fail, self._as_unit, lambda: self.active, self.chunk_bytes,
+                          self.conv_strategy)
         for name, (module, rule) in self.plan.rules.items():
             self._handles += rule.attach(name, module, ctx)
             self._handles.append(module.register_forward_hook(self._count(name)))

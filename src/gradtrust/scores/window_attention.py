@@ -87,7 +87,7 @@ class WindowAttention(Rule):
             ctx.sink(owner, leaf, value)
 
         return override_single_input(name, module, lambda x: x.dim() == self.dims + 2,
-                                     lambda x: self._forward(module, x, put), ctx)
+                                     lambda x: self._forward(module, x, put, ctx.when_active), ctx)
 
     # ------------------------------------------------------------------ the decomposed forward
     def _geometry(self, module: Any, x: torch.Tensor) -> tuple[list[int], list[int], list[int], torch.Tensor]:
@@ -108,7 +108,7 @@ class WindowAttention(Rule):
                     shift[i] = 0
         return window, shift, pad, bias
 
-    def _forward(self, module: Any, x: torch.Tensor, put) -> torch.Tensor:
+    def _forward(self, module: Any, x: torch.Tensor, put, gate) -> torch.Tensor:
         d = self.dims
         batch, channels = x.shape[0], x.shape[-1]
         size = list(x.shape[1:-1])
@@ -170,11 +170,11 @@ class WindowAttention(Rule):
         crop = (slice(None),) + tuple(slice(0, s) for s in size)
         out = out[crop].contiguous()
 
-        self._hook(module, put, batch, xw, u, o, y, logits, cos, scale)
+        self._hook(module, put, gate, batch, xw, u, o, y, logits, cos, scale)
         return out
 
     # ------------------------------------------------------------------ per-sample norms from the hooks
-    def _hook(self, module: Any, put, batch: int, xw: torch.Tensor, u: torch.Tensor, o: torch.Tensor,
+    def _hook(self, module: Any, put, gate, batch: int, xw: torch.Tensor, u: torch.Tensor, o: torch.Tensor,
               y: torch.Tensor, logits: torch.Tensor, cos: torch.Tensor | None, scale: torch.Tensor | None) -> None:
         xd, od = xw.detach(), o.detach()
         saved = [(t, t._version) for t in (xd, od)]
@@ -223,9 +223,9 @@ class WindowAttention(Rule):
                 grads.index_add_(2, index, bias_grad.reshape(batch, heads, -1).float())
                 put("relative_position_bias_table", grads.square().sum((1, 2)))
 
-        u.register_hook(on_u)
-        y.register_hook(on_y)
-        logits.register_hook(on_logits)
+        u.register_hook(gate(on_u))  # gate: nothing outside Purview's backward (RuleContext.when_active)
+        y.register_hook(gate(on_y))
+        logits.register_hook(gate(on_logits))
 
 
 def _bias_index(module: Any, tokens: int) -> torch.Tensor:
