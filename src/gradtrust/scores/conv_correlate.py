@@ -96,12 +96,12 @@ def correlate_weight_grads(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor) -> t
 
 
 def correlate_weight_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
-                              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """``‖∂L_i/∂W‖²_F`` per sample (B,) float32 by :func:`correlate_weight_grads`, in blocks of samples whose
+                              reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``reduce`` of each block of per-sample gradients by :func:`correlate_weight_grads` (with
+    ``conv_strategy.squared_norm``: ``‖∂L_i/∂W‖²_F`` per sample, (B,) float32), in blocks of samples whose
     repeated output gradients stay under ``chunk_bytes``."""
     per_group_in = a.shape[1] // conv.groups
     per_sample_bytes = 4 * (per_group_in * g[0].numel() + a[0].numel())
     step = max(1, chunk_bytes // per_sample_bytes)
-    reduce = reduce or (lambda grads: grads.flatten(1).square().sum(1))
     return torch.cat([reduce(correlate_weight_grads(conv, a[i:i + step], g[i:i + step]))
                       for i in range(0, a.shape[0], step)])

@@ -77,11 +77,11 @@ def shift_weight_grads(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor) -> torch
 
 
 def shift_weight_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
-                          reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """``‖∂L_i/∂W‖²_F`` per sample (B,) float32 by :func:`shift_weight_grads`, in blocks of samples whose padded
-    input, padded output gradient and gradients stay under ``chunk_bytes``."""
+                          reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``reduce`` of each block of per-sample gradients by :func:`shift_weight_grads` (with
+    ``conv_strategy.squared_norm``: ``‖∂L_i/∂W‖²_F`` per sample, (B,) float32), in blocks of samples whose
+    padded input, padded output gradient and gradients stay under ``chunk_bytes``."""
     per_sample_bytes = 4 * (2 * a[0].numel() + 2 * g[0].numel() + conv.weight.numel())
     step = max(1, chunk_bytes // per_sample_bytes)
-    reduce = reduce or (lambda grads: grads.flatten(1).square().sum(1))
     return torch.cat([reduce(shift_weight_grads(conv, a[i:i + step], g[i:i + step]))
                       for i in range(0, a.shape[0], step)])

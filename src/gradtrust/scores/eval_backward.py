@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from gradtrust.scores.per_sample import _BATCH_NORM
 from gradtrust.scores.state import _submodules
-
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class EvalBatchNorm(torch.autograd.Function):
@@ -54,7 +53,7 @@ class EvalBatchNorm(torch.autograd.Function):
 
 
 def _applies(module: nn.Module) -> bool:
-    return (type(module) in _BATCH_NORMS and not module.training and module.running_mean is not None
+    return (type(module) in _BATCH_NORM and not module.training and module.running_mean is not None
             and module.running_var is not None)
 
 

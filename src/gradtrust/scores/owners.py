@@ -222,7 +222,7 @@ def override_single_input(name: str, module: nn.Module, fits: Callable[[torch.Te
     """Handles that make ``module(x)`` run ``closed_form(x)`` (a rule's decomposed forward, which reports its
     norms) while Purview's forward is recorded. A call outside the rule's form (training mode, or ``fits(x)``
     false) runs the module's own forward and makes that call a per-sample-autograd unit; an input outside
-    the recorded graph runs it too, and ``fail`` takes the hook path off this batch (the norms would be
+    the recorded graph runs it too, and ``ctx.fail`` takes the hook path off this batch (the norms would be
     missing)."""
     original = type(module).forward.__get__(module)
 
@@ -292,7 +292,7 @@ def _structure(model: nn.Module) -> tuple[int, ...]:
 
 def plan_parameters(model: nn.Module) -> PurviewPlan:
     """Assign every parameter of ``model`` to a layer, a rule or a unit (see the module docstring); the plan
-    is kept for the model until a submodule or parameter is replaced.
+    is kept for the model until a submodule or parameter is replaced or a module changes mode (``_structure``).
 
     Raises :class:`UnsupportedForHooks` when some parameter could only be covered by the whole model, and
     for TorchScript modules (their compiled forward never calls the Python hooks the plan relies on).
