@@ -2,7 +2,7 @@
 
     python benchmarks/bench_conv_strategies.py --device cuda
 
-``gradtrust.scores.per_sample.conv_weight_grads`` picks the per-sample loop on CPUs and unfold+bmm (one
+``gradtrust.per_sample.layers.conv_weight_grads`` picks the per-sample loop on CPUs and unfold+bmm (one
 group) or the grouped kernel elsewhere; this prints Purview's cost in plain forward passes with each
 strategy forced (unfold applies to one-group Conv2d only; other layers keep the default), to check that choice.
 """
@@ -16,7 +16,7 @@ import torch
 import torchvision
 
 import gradtrust
-from gradtrust.scores import per_sample
+from gradtrust.per_sample import layers as per_sample
 
 
 def main() -> None:

@@ -8,11 +8,13 @@ import torch
 from torch import nn
 
 import gradtrust
-from gradtrust.scores import conv_batch_norm, conv_strategy, owners, per_sample
+from gradtrust.nn.state import scoring_state
+from gradtrust.per_sample import conv_batch_norm, conv_strategy
+from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample import planner as owners
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.passes import BatchPasses, _purview_loss
 from gradtrust.scores.spec import Pass
-from gradtrust.scores.state import scoring_state
 
 
 def _randomise_batch_norms(model: nn.Module) -> nn.Module:

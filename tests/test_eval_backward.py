@@ -11,8 +11,8 @@ from torch import nn
 
 import gradtrust
 import gradtrust.scores.passes as passes_module
-from gradtrust.scores.eval_backward import EvalBatchNorm, cheap_batch_norm
-from gradtrust.scores.owners import plan_parameters
+from gradtrust.per_sample.eval_backward import EvalBatchNorm, cheap_batch_norm
+from gradtrust.per_sample.planner import plan_parameters
 
 
 def _bn(kind: type[nn.Module], channels: int = 5, dtype=torch.float32) -> nn.Module:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradtrust.scores import per_sample
+from gradtrust.per_sample import layers as per_sample
 
 
 def _autograd_per_sample(module: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -160,8 +160,8 @@ def _conv_case(factory, shape):
 def test_correlation_and_shift_kernels_match_autograd(name, factory, shape):
     """The depthwise-correlation and the per-offset product forms (polyphase for strides) give the per-sample
     weight gradients."""
-    from gradtrust.scores.conv_correlate import correlate_weight_grads
-    from gradtrust.scores.conv_shift import shift_weight_grads
+    from gradtrust.per_sample.conv_correlate import correlate_weight_grads
+    from gradtrust.per_sample.conv_shift import shift_weight_grads
 
     module, x, g, expected = _conv_case(factory, shape)
     torch.testing.assert_close(correlate_weight_grads(module, x, g), expected["weight"], rtol=1e-4, atol=1e-5)
@@ -171,7 +171,7 @@ def test_correlation_and_shift_kernels_match_autograd(name, factory, shape):
 @pytest.mark.parametrize("name, factory, shape", CONVOLUTIONS, ids=[c[0] for c in CONVOLUTIONS])
 def test_every_convolution_strategy_gives_the_autograd_norms(name, factory, shape):
     """Each strategy that applies (including the Gram form and tiny memory blocks) and the measured choice."""
-    from gradtrust.scores import conv_strategy
+    from gradtrust.per_sample import conv_strategy
 
     module, x, g, expected = _conv_case(factory, shape)
     want = expected["weight"].flatten(1).square().sum(1)
@@ -195,7 +195,7 @@ def test_every_convolution_strategy_gives_the_autograd_norms(name, factory, shap
 
 def test_strategy_choice_is_measured_once_and_can_be_forced(monkeypatch):
     from gradtrust.errors import InputError, UnknownNameError
-    from gradtrust.scores import conv_strategy
+    from gradtrust.per_sample import conv_strategy
 
     module, x, g, expected = _conv_case(lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (2, 4, 6, 6))
     want = expected["weight"].flatten(1).square().sum(1)
@@ -245,7 +245,7 @@ def test_conv_strategy_option_reaches_purview():
 def test_kernels_on_cuda_match_autograd(name, factory, shape, dtype, tf32, monkeypatch):
     """Every layer kernel, and every convolution strategy that applies, on a GPU with the layer in float32,
     float16 and bfloat16, against per-sample autograd in float64 on the same (rounded) inputs."""
-    from gradtrust.scores import conv_strategy
+    from gradtrust.per_sample import conv_strategy
 
     torch.manual_seed(0)
     module = _make(factory).cuda().to(dtype)
@@ -277,7 +277,7 @@ def _make_like(module: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("speedup, expected", [(1.1, "prior"), (2.0, "per_sample")])
 def test_a_measured_strategy_must_beat_the_prior_by_the_margin(monkeypatch, speedup, expected):
     """Timings (faked here) move a layer off its prior strategy only when clearly faster."""
-    from gradtrust.scores import conv_strategy
+    from gradtrust.per_sample import conv_strategy
 
     module, x, g, expected_grads = _conv_case(lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 6, 6))
     found = conv_strategy.candidates(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)

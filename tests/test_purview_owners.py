@@ -9,11 +9,11 @@ from torchvision.models import convnext, vision_transformer
 from torchvision.models.video.resnet import Conv3DSimple
 
 import gradtrust
-from gradtrust.scores import per_sample
+from gradtrust.nn.state import scoring_state
+from gradtrust.per_sample import layers as per_sample
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.passes import BatchPasses, _purview_loss
 from gradtrust.scores.spec import Pass
-from gradtrust.scores.state import scoring_state
 
 
 def _hook_norms(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, BatchPasses]:

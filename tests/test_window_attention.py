@@ -12,11 +12,11 @@ from torch import nn
 from torchvision.models import swin_transformer
 from torchvision.models.video import swin_transformer as video_swin
 
-from gradtrust.scores import per_sample
+from gradtrust.nn.state import scoring_state
+from gradtrust.per_sample import layers as per_sample
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.passes import BatchPasses, _purview_loss
 from gradtrust.scores.spec import Pass
-from gradtrust.scores.state import scoring_state
 
 
 def _randomise(model: nn.Module) -> nn.Module:

@@ -223,7 +223,7 @@ def attack(model: Any, images: torch.Tensor, labels: torch.Tensor, name: str, *,
     # torchattacks with set_normalization_used takes normalised inputs, attacks in [0, 1] pixel space and
     # returns normalised adversarial inputs.
     inputs = pixels.clamp(0, 1) if mean_t is None else images
-    from gradtrust.scores.state import scoring_state
+    from gradtrust.nn.state import scoring_state
 
     with scoring_state(module), torch.random.fork_rng(devices=[]):
         with contextlib.redirect_stdout(io.StringIO()):  # torchattacks prints when its mode changes

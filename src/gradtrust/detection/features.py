@@ -8,8 +8,8 @@ for each parameter tensor ``θ_j`` (``grouping="tensor"``), or summed over the t
 (``grouping="layer"``: ``d_l = Σ_{j ∈ l} d_j``). Source: Lee, Prabhushankar & AlRegib, "Probing the Purview
 of Neural Networks via Gradient Analysis", IEEE Access 2023; see ``docs/detection.md``.
 
-All samples come from ONE batched backward pass: :class:`gradtrust.scores.per_sample.LayerCapture` records
-each layer's input and output gradient, and :func:`gradtrust.scores.per_sample.parameter_sq_norms` turns
+All samples come from ONE batched backward pass: :class:`gradtrust.per_sample.layers.LayerCapture` records
+each layer's input and output gradient, and :func:`gradtrust.per_sample.layers.parameter_sq_norms` turns
 them into per-sample norms (ghost norms where cheaper). Models the hooks cannot cover exactly (class tokens,
 attention in-projections, layers run twice) fall back to ``torch.func.vmap`` and, failing that, to a
 per-sample loop — both from the same module, both exact.
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradtrust.errors import InputError, ModelError, UnknownNameError
-from gradtrust.scores import per_sample
-from gradtrust.scores.per_sample import LayerCapture, UnsupportedForHooks
-from gradtrust.scores.state import scoring_state
+from gradtrust.nn.state import scoring_state
+from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample.layers import LayerCapture, UnsupportedForHooks
 
 __all__ = ["GROUPINGS", "FeatureLayout", "feature_layout", "gradient_features"]
 

@@ -28,7 +28,7 @@ from gradtrust.explanations.forward import Captured, capture
 from gradtrust.explanations.layers import LayerSpec, model_signature, resolve_layer
 from gradtrust.explanations.maps import minmax, upsample, weighted_map
 from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES, ChannelWeights, find_closed_form_head
-from gradtrust.scores.state import scoring_state
+from gradtrust.nn.state import scoring_state
 
 METHODS = ("gradcam", "counterfactual", "contrast")
 #: model → {(layer, input shape, dtype): whether the closed form held on the last batch checked}

@@ -139,7 +139,7 @@ def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerS
 
 
 def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from gradtrust.scores.per_sample import model_logits
+    from gradtrust.per_sample.layers import model_logits
 
     try:
         logits = model_logits(module, x)

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradtrust.explanations.layers import LayerSpec
-from gradtrust.scores.per_sample import model_logits
-from gradtrust.scores.state import scoring_state
+from gradtrust.nn.state import scoring_state
+from gradtrust.per_sample.layers import model_logits
 
 
 def _normalise(m: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ from gradtrust.explanations.cams import (
 )
 from gradtrust.explanations.maps import minmax, upsample
 from gradtrust.explanations.uncertainty import voice_session
+from gradtrust.nn.state import scoring_state
 from gradtrust.runner import chunks as ch
 from gradtrust.runner.distributed import distributed_session, resolve_device
 from gradtrust.runner.identity import (
@@ -56,7 +57,6 @@ from gradtrust.runner.identity import (
     model_identity,
     sha256_of,
 )
-from gradtrust.scores.state import scoring_state
 
 EXPLANATIONS_FILE = "explanations.parquet"
 MANIFEST_FILE = "manifest.json"

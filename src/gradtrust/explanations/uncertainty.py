@@ -28,7 +28,7 @@ from gradtrust.errors import InputError
 from gradtrust.explanations.cams import Session, as_module, class_ids, prepare_inputs
 from gradtrust.explanations.maps import Upsampler, minmax, upsample, weighted_map
 from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES
-from gradtrust.scores.state import scoring_state
+from gradtrust.nn.state import scoring_state
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gradtrust.errors import GradTrustError, InputError, ModelError
+from gradtrust.nn.state import scoring_state
 from gradtrust.scores.graphs import capturable, run_captured, use_graphs
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.packing import Layout, pack, to_host, unpack
@@ -16,7 +17,6 @@ from gradtrust.scores.passes import BatchPasses
 from gradtrust.scores.registry import available_methods, get_method
 from gradtrust.scores.result import ScoreResult
 from gradtrust.scores.spec import MethodSpec, Pass
-from gradtrust.scores.state import scoring_state
 from gradtrust.scores.view import BatchView
 
 

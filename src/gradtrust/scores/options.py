@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from gradtrust.errors import UnknownNameError
-from gradtrust.scores import conv_strategy, per_sample
+from gradtrust.per_sample import conv_strategy
+from gradtrust.per_sample import layers as per_sample
 from gradtrust.scores.spec import Param, Pass
 
 

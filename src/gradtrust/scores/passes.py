@@ -33,12 +33,12 @@ from torch import nn
 
 from gradtrust import functional
 from gradtrust.errors import InputError, ModelError, UnknownNameError
-from gradtrust.scores import per_sample
+from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample.eval_backward import cheap_batch_norm
+from gradtrust.per_sample.layers import LayerCapture, UnsupportedForHooks, model_logits
+from gradtrust.per_sample.planner import OwnerCapture, PurviewPlan, plan_parameters
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
-from gradtrust.scores.eval_backward import cheap_batch_norm
 from gradtrust.scores.options import ScoreOptions, parse_stds
-from gradtrust.scores.owners import OwnerCapture, PurviewPlan, plan_parameters
-from gradtrust.scores.per_sample import LayerCapture, UnsupportedForHooks, model_logits
 from gradtrust.scores.spec import Pass
 
 # The final layer found for a model, so later batches hook that one layer instead of every nn.Linear.
@@ -80,7 +80,7 @@ class GradientRows:
 class BatchPasses:
     """Lazily computed per-batch quantities of ``model`` on ``inputs`` (see the module docstring).
 
-    ``model`` must already be in the scoring state (:func:`gradtrust.scores.state.scoring_state`).
+    ``model`` must already be in the scoring state (:func:`gradtrust.nn.state.scoring_state`).
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, options: ScoreOptions,
@@ -368,7 +368,7 @@ class BatchPasses:
         """Per-sample weight gradient of the gradient layer under ``loss_fn``, reduced to row statistics.
 
         The layer's input ``a`` and output gradient ``g`` come from one batched backward pass through the
-        shared graph; :func:`gradtrust.scores.per_sample.parameter_grads` forms each sample's ``∂L_i/∂W``.
+        shared graph; :func:`gradtrust.per_sample.layers.parameter_grads` forms each sample's ``∂L_i/∂W``.
         """
         forward = self._graph_forward()
         loss = loss_fn(forward.logits).sum()

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradtrust.nn.state import scoring_state
+from gradtrust.per_sample.layers import layer_weight, model_logits
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
-from gradtrust.scores.per_sample import layer_weight, model_logits
-from gradtrust.scores.state import scoring_state
 
 
 def _grad_of(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

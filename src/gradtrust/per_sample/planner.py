@@ -3,7 +3,7 @@
 Every parameter tensor of the model gets exactly one *owner* (docs/per_sample.md):
 
 * a **layer** (``nn.Linear``, ``ConvNd``, a norm layer): closed or Gram forms from the layer's input and
-  output gradient (:mod:`gradtrust.scores.per_sample`);
+  output gradient (:mod:`gradtrust.per_sample.layers`);
 * a **rule**: a known use of a parameter outside such a layer, read from hooks on the activations it
   touches (:class:`VitEmbeddings`: class token and position embedding of torchvision's ViT;
   :class:`LayerScale`: ConvNeXt's ``γ ⊙ block(x)``);
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradtrust.scores import per_sample
-from gradtrust.scores.per_sample import UnsupportedForHooks
-from gradtrust.scores.state import _submodules
+from gradtrust.nn.cache import submodules
+from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample.layers import UnsupportedForHooks
 
 #: sink(module name, parameter attribute, (B,) squared norms)
 Sink = Callable[[str, str, torch.Tensor], None]
@@ -256,9 +256,9 @@ def _rule_for(module: nn.Module) -> Rule | None:
             return VitEmbeddings()
     if _is_torchvision(module, "torchvision.models.convnext", "CNBlock"):
         return LayerScale()
-    from gradtrust.scores.conv_batch_norm import conv_batch_norm_rule  # imports this module
-    from gradtrust.scores.maxvit_attention import maxvit_attention_rule  # imports this module
-    from gradtrust.scores.window_attention import window_attention_rule  # imports this module
+    from gradtrust.per_sample.conv_batch_norm import conv_batch_norm_rule  # imports this module
+    from gradtrust.per_sample.maxvit_attention import maxvit_attention_rule  # imports this module
+    from gradtrust.per_sample.window_attention import window_attention_rule  # imports this module
 
     return conv_batch_norm_rule(module) or window_attention_rule(module) or maxvit_attention_rule(module)
 
@@ -284,7 +284,7 @@ def _structure(model: nn.Module) -> tuple[int, ...]:
     one, or a module switched between training and eval mode (a BatchNorm in training mode normalises by
     batch statistics, which the plan's layers and rules do not cover), changes it."""
     ids: list[int] = []
-    for module in _submodules(model):
+    for module in submodules(model):
         ids += (id(module), module.training)
         ids += [id(p) for p in module._parameters.values()]
     return tuple(ids)

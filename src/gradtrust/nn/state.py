@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from gradtrust.nn.cache import submodules
+
 
 class ScoringState:
     """Context manager: ``model`` in eval mode (and, once :meth:`freeze` is called, every parameter frozen);
@@ -29,7 +31,7 @@ class ScoringState:
         self._frozen = False
 
     def __enter__(self) -> nn.Module:
-        self._training = [module for module in _submodules(self.model) if module.training]
+        self._training = [module for module in submodules(self.model) if module.training]
         if self._training:
             self.model.eval()
         if self._freeze_on_enter:
@@ -52,17 +54,6 @@ class ScoringState:
         for p, grad in zip(self._unfrozen, self._grads, strict=True):
             p.requires_grad_(True)
             p.grad = grad
-
-
-def _submodules(model: nn.Module) -> list[nn.Module]:
-    """``model`` and every module inside it, like ``model.modules()`` but without building their names
-    (a third of the time on resnet50; shared submodules may appear twice, which is harmless here)."""
-    found, stack = [], [model]
-    while stack:
-        module = stack.pop()
-        found.append(module)
-        stack.extend(child for child in module._modules.values() if child is not None)
-    return found
 
 
 def scoring_state(model: nn.Module, freeze: bool = True) -> ScoringState:

@@ -8,7 +8,7 @@ input ``a_i`` and of ``g_i`` alone:
   dimensions, e.g. tokens);
 * ``nn.ConvNd``: the weight gradient of a convolution of sample ``i`` alone, computed for all samples at
   once as one grouped convolution backward (the batch folded into the channel groups); its norm by the
-  fastest of several exact strategies per layer (:mod:`gradtrust.scores.conv_strategy`);
+  fastest of several exact strategies per layer (:mod:`gradtrust.per_sample.conv_strategy`);
 * ``nn.BatchNorm`` (eval), ``nn.LayerNorm``, ``nn.GroupNorm``: ``∂L_i/∂γ = Σ g_i ⊙ x̂_i``,
   ``∂L_i/∂β = Σ g_i`` with ``x̂`` the normalised input.
 
@@ -197,10 +197,10 @@ def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, ch
     output position and one group (squeeze-excitation) the gradient is an outer product: ``‖g_i‖²‖a_i‖²``.
 
     On a CPU the way is chosen per layer and shape by measuring the exact strategies once
-    (:func:`gradtrust.scores.conv_strategy.auto_sq_norms`). ``strategy`` (one of
+    (:func:`gradtrust.per_sample.conv_strategy.auto_sq_norms`). ``strategy`` (one of
     ``conv_strategy.STRATEGIES``) forces one wherever it applies, on any device; "auto" or None chooses.
     """
-    from gradtrust.scores import conv_strategy
+    from gradtrust.per_sample import conv_strategy
 
     conv = _as_conv(module)
     if strategy not in (None, "auto") and conv_strategy.applies(strategy, conv, a, g, chunk_bytes):

@@ -34,8 +34,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from gradtrust.scores import conv_strategy, per_sample
-from gradtrust.scores.owners import Rule, RuleContext
+from gradtrust.per_sample import conv_strategy
+from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample.planner import Rule, RuleContext
 
 
 def _pairs(sequential: nn.Sequential) -> list[tuple[str, str]]:

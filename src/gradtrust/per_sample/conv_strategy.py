@@ -11,9 +11,9 @@ machine far more than a FLOP count tells (oneDNN's kernels, cache sizes, the bat
 * ``gram``: ``⟨g_iᵀ g_i, U_iᵀ U_i⟩`` without forming the gradient (the "ghost norm", Goodfellow 2015;
   Bu et al. 2022), cheap where a layer has few output positions (``Conv2d``, one group);
 * ``correlate``: one depthwise convolution of the input planes with the output gradients as kernels
-  (:mod:`gradtrust.scores.conv_correlate`), for depthwise convolutions;
+  (:mod:`gradtrust.per_sample.conv_correlate`), for depthwise convolutions;
 * ``shift``: one batched product ``g_i A_{i,k}ᵀ`` per kernel offset ``k``, ``A_{i,k}`` a window of the
-  flattened input read in place (:mod:`gradtrust.scores.conv_shift`).
+  flattened input read in place (:mod:`gradtrust.per_sample.conv_shift`).
 
 :func:`auto_sq_norms` times the strategies that apply on the layer's actual input the first time it sees
 a (layer configuration, input shape, output shape, dtype, device), keeps the fastest in a module-level dict
@@ -39,8 +39,8 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from gradtrust.errors import InputError, UnknownNameError
-from gradtrust.scores.conv_correlate import correlate_weight_sq_norms
-from gradtrust.scores.conv_shift import shift_weight_sq_norms
+from gradtrust.per_sample.conv_correlate import correlate_weight_sq_norms
+from gradtrust.per_sample.conv_shift import shift_weight_sq_norms
 
 #: What a strategy returns of each block of per-sample weight gradients (b, O, C_g, *kernel): a tensor whose
 #: first dimension is the block's samples. None: the squared norm ``‖∂L_i/∂W‖²_F`` (b,), which the Gram form
@@ -177,7 +177,7 @@ def _matmul_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_byte
 def _materialised_sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor,
                            chunk_bytes: int, reduce: Reduce = squared_norm) -> torch.Tensor:
     """Norms of the per-sample gradients of :func:`per_sample.conv_weight_grads` (``grouped``/``unfold``)."""
-    from gradtrust.scores.per_sample import conv_weight_grads
+    from gradtrust.per_sample.layers import conv_weight_grads
 
     # gradient and what it is formed from: the input and output gradient, or the unfolded patches
     inputs = conv.weight[0].numel() * _positions(g) if strategy == "unfold" else a[0].numel()
@@ -189,7 +189,7 @@ def _materialised_sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: tor
 
 def _per_sample_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                          reduce: Reduce = squared_norm) -> torch.Tensor:
-    from gradtrust.scores.per_sample import _one_sample_conv_weight_grad
+    from gradtrust.per_sample.layers import _one_sample_conv_weight_grad
 
     grads = (_one_sample_conv_weight_grad(conv, a[i:i + 1], g[i:i + 1]) for i in range(a.shape[0]))
     if reduce is squared_norm:

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradtrust.scores import per_sample
-from gradtrust.scores.owners import Rule, RuleContext, _is_torchvision, override_single_input
-from gradtrust.scores.per_sample import UnsupportedForHooks
+from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample.layers import UnsupportedForHooks
+from gradtrust.per_sample.planner import Rule, RuleContext, _is_torchvision, override_single_input
 
 _IMAGE = "torchvision.models.swin_transformer"
 _VIDEO = "torchvision.models.video.swin_transformer"

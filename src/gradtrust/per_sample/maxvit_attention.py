@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradtrust.scores import per_sample
-from gradtrust.scores.owners import Rule, RuleContext, _is_torchvision, override_single_input
+from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample.planner import Rule, RuleContext, _is_torchvision, override_single_input
 
 _PATH, _NAME = "torchvision.models.maxvit", "RelativePositionalMultiHeadAttention"
 _KNOWN = {"to_qkv.weight", "to_qkv.bias", "merge.weight", "merge.bias", "relative_position_bias_table"}

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from gradtrust.scores.per_sample import _BATCH_NORM
-from gradtrust.scores.state import _submodules
+from gradtrust.nn.cache import submodules
+from gradtrust.per_sample.layers import _BATCH_NORM
 
 
 class EvalBatchNorm(torch.autograd.Function):
@@ -75,7 +75,7 @@ def _forward(module: nn.Module):
 def cheap_batch_norm(model: nn.Module) -> Iterator[None]:
     """Within this context every eval-mode BatchNorm of ``model`` runs :class:`EvalBatchNorm` (see the module
     docstring); each module's own ``forward`` is back afterwards, even on error."""
-    patched = [m for m in _submodules(model) if _applies(m) and "forward" not in m.__dict__]
+    patched = [m for m in submodules(model) if _applies(m) and "forward" not in m.__dict__]
     for module in patched:
         module.forward = _forward(module)  # an instance attribute shadows the method until removed
     try:

@@ -1,0 +1,1 @@
+"""The model adapter: how every capability sees a classifier (module, inputs, outputs, state)."""

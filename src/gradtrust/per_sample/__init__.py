@@ -1,0 +1,1 @@
+"""Per-sample gradient norms: per-layer kernels, rules for module patterns, one planner."""
