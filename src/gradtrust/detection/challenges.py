@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from gradtrust.errors import DataError, InputError, ModelError, UnknownNameError
+from gradtrust.nn.model import as_module
+from gradtrust.nn.outputs import logits_of
 
 __all__ = [
     "ATTACKS",
@@ -139,16 +141,9 @@ def parse_challenges(text: str | Sequence[str]) -> list[Challenge]:
 # --------------------------------------------------------------------------- adversarial
 
 
-def _module(model: Any) -> nn.Module:
-    module = getattr(model, "module", model)
-    if not isinstance(module, nn.Module):
-        raise ModelError(f"expected a torch.nn.Module (or a gradtrust LoadedModel), got {type(model).__name__}.")
-    return module
-
-
 def check_attackable(model: Any, images: torch.Tensor) -> None:
     """Raise before any attack runs if the model's logits cannot be differentiated w.r.t. its input."""
-    module = _module(model)
+    module = as_module(model)
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
         raise InputError("attacks need floating-point image tensors (preprocessed, batch first); got "
                          f"{getattr(images, 'dtype', type(images).__name__)}.")
@@ -157,10 +152,9 @@ def check_attackable(model: Any, images: torch.Tensor) -> None:
     x = images[:1].detach().clone().requires_grad_(True)
     try:
         with torch.enable_grad():
-            out = module(x)
-            logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+            logits = logits_of(module(x))
             grad = None
-            if isinstance(logits, torch.Tensor) and logits.requires_grad:
+            if logits.requires_grad:
                 (grad,) = torch.autograd.grad(logits.float().sum(), x, allow_unused=True)
     except RuntimeError as exc:
         raise ModelError(f"the model cannot be differentiated w.r.t. its input, so it cannot be attacked: "
@@ -203,7 +197,7 @@ def attack(model: Any, images: torch.Tensor, labels: torch.Tensor, name: str, *,
         raise UnknownNameError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}.")
     if not (isinstance(eps, (int, float)) and 0 < eps <= 1):
         raise InputError(f"eps must be in (0, 1] (an L∞ budget in [0, 1] pixel units), got {eps!r}.")
-    module = _module(model)
+    module = as_module(model)
     check_attackable(module, images)
     labels = torch.as_tensor(labels).long()
     if labels.shape != (images.shape[0],):

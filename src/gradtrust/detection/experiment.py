@@ -35,6 +35,8 @@ from gradtrust.detection.features import feature_layout, gradient_features
 from gradtrust.detection.mahalanobis import MahalanobisDetector
 from gradtrust.detection.metrics import evaluate_detection
 from gradtrust.errors import InputError, ModelError
+from gradtrust.nn.hooks import final_layer_candidates, final_linear, recording
+from gradtrust.nn.outputs import model_logits
 
 __all__ = ["DEFAULT_BASELINES", "DetectionResult", "DetectionSettings", "KnownData", "SplitError", "run_detection",
            "split_positions"]
@@ -149,20 +151,15 @@ def _read_if_current(path: Path, identity: str) -> Any:
 
 
 def _penultimate_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs of the last ``nn.Linear`` to run (flattened) and the logits, as float64 arrays."""
-    seen: list[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach()))
-               for m in module.modules() if isinstance(m, nn.Linear)]
-    try:
-        with torch.no_grad():
-            logits = module(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not seen:
-        raise ModelError("the Mahalanobis baseline reads the input of the model's last nn.Linear, and this model "
+    """The input of the final ``nn.Linear`` (:mod:`gradtrust.nn.hooks`; flattened) and the logits, as float64
+    arrays."""
+    with recording(final_layer_candidates(module)) as calls, torch.no_grad():
+        logits = model_logits(module, x)
+    final = final_linear(module, calls, logits.shape[-1])
+    if final is None:
+        raise ModelError("the Mahalanobis baseline reads the input of the model's final nn.Linear, and this model "
                          "has none; leave mahalanobis out of the baselines.")
-    penultimate = seen[-1].reshape(seen[-1].shape[0], -1)
+    penultimate = final.input.detach().reshape(final.input.shape[0], -1)
     return penultimate.double().cpu().numpy(), logits.double().cpu().numpy()
 
 

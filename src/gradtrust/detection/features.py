@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradtrust.errors import InputError, ModelError, UnknownNameError
+from gradtrust.nn.model import as_module, prepare_inputs
+from gradtrust.nn.outputs import model_logits, selecting_output
 from gradtrust.nn.state import scoring_state
 from gradtrust.per_sample import layers as per_sample
 from gradtrust.per_sample.layers import LayerCapture, UnsupportedForHooks
@@ -86,7 +88,7 @@ class FeatureLayout:
 
 def feature_layout(model: Any, layers: Sequence[str] | None = None, grouping: str = "tensor") -> FeatureLayout:
     """The column names (and grouping) :func:`gradient_features` uses for ``model``."""
-    return FeatureLayout(_as_module(model), layers, grouping)
+    return FeatureLayout(as_module(model), layers, grouping)
 
 
 def confounding_label(label: Any, num_classes: int, batch: int, device: torch.device) -> torch.Tensor:
@@ -113,26 +115,10 @@ def confounding_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(zf, y.to(zf.device), reduction="none").mean(1)
 
 
-def _as_module(model: Any) -> nn.Module:
-    module = getattr(model, "module", model)
-    if not isinstance(module, nn.Module):
-        raise ModelError(f"expected a torch.nn.Module (or a gradtrust LoadedModel), got {type(model).__name__}.")
-    return module
-
-
-def _prepare(module: nn.Module, images: Any) -> torch.Tensor:
-    x = torch.as_tensor(images)
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise InputError(f"images must be a non-empty batch (B, ...), got shape {tuple(x.shape)}.")
-    if not x.is_floating_point():
-        raise InputError(f"images must be a preprocessed floating-point tensor, got dtype {x.dtype}.")
-    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
-    return x.to(device=reference.device, dtype=reference.dtype) if reference is not None else x
-
-
 def gradient_features(model: Any, images: Any, label: Any = "ones", layers: Sequence[str] | None = None,
                       grouping: str = "tensor", backend: str = "auto",
-                      chunk_bytes: int = per_sample.DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+                      chunk_bytes: int = per_sample.DEFAULT_CHUNK_BYTES,
+                      output_index: int | str | None = None) -> torch.Tensor:
     """Purview gradient features ``d_j = ‖∂J/∂θ_j‖²₂`` per sample, (B, J) float64 on the CPU.
 
     ``J = (1/C) Σ_c BCEWithLogits(z_c, y_c)`` with ``y`` the confounding label (``"ones"`` or any n-hot
@@ -140,17 +126,18 @@ def gradient_features(model: Any, images: Any, label: Any = "ones", layers: Sequ
     (default: all); ``grouping="layer"`` sums the tensors each module owns. Column names:
     :func:`feature_layout`. ``backend``: ``"auto"`` (hooks, else vmap, else loop) or one of them.
     Source: Lee et al., IEEE Access 2023 (Purview); ``docs/detection.md``. The model is used in eval
-    mode and left as it was found.
+    mode and left as it was found. ``output_index``: for a model returning several outputs, the one holding
+    the logits (:func:`gradtrust.nn.outputs.logits_of`).
     """
-    module = _as_module(model)
+    module = as_module(model)
     if backend not in BACKENDS:
         raise UnknownNameError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}.")
     layout = FeatureLayout(module, layers, grouping)
-    x = _prepare(module, images)
-    with scoring_state(module):
+    x = prepare_inputs(module, images)
+    with scoring_state(module), selecting_output(module, output_index):
         with torch.no_grad():
             try:
-                num_classes = per_sample.model_logits(module, x[:1]).shape[-1]
+                num_classes = model_logits(module, x[:1]).shape[-1]
             except RuntimeError as exc:
                 raise InputError(f"the model could not run on images of shape {tuple(x.shape)}: "
                                  f"{str(exc).strip().splitlines()[0]}") from exc

@@ -16,7 +16,6 @@ then bilinear upsampling to the input size and per-image min-max normalisation (
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -28,11 +27,12 @@ from gradtrust.explanations.forward import Captured, capture
 from gradtrust.explanations.layers import LayerSpec, model_signature, resolve_layer
 from gradtrust.explanations.maps import minmax, upsample, weighted_map
 from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES, ChannelWeights, find_closed_form_head
+from gradtrust.nn.cache import cached
+from gradtrust.nn.model import as_module, prepare_inputs
+from gradtrust.nn.outputs import selecting_output
 from gradtrust.nn.state import scoring_state
 
 METHODS = ("gradcam", "counterfactual", "contrast")
-#: model → {(layer, input shape, dtype): whether the closed form held on the last batch checked}
-_CLOSED_FORM: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
 QUESTIONS = {"gradcam": "Why P?", "counterfactual": "What if not P?", "contrast": "Why P, rather than Q?"}
 
 
@@ -79,16 +79,9 @@ class Explanation:
         return self.logits.argmax(1)
 
 
-def as_module(model) -> nn.Module:
-    from gradtrust.scores.engine import _as_module
-
-    return _as_module(model)
-
-
-def prepare_inputs(module: nn.Module, images) -> torch.Tensor:
-    from gradtrust.scores.engine import _prepare_inputs
-
-    x = _prepare_inputs(module, images)
+def prepare_images(module: nn.Module, images) -> torch.Tensor:
+    """:func:`gradtrust.nn.model.prepare_inputs`, and a refusal of anything but image or video batches."""
+    x = prepare_inputs(module, images)
     if x.dim() < 4:
         raise InputError(f"explanations need image (B, C, H, W) or video (B, C, T, H, W) inputs, got shape "
                          f"{tuple(x.shape)}.")
@@ -130,7 +123,8 @@ class Session:
         self.spec: LayerSpec = resolve_layer(module, x, layer)
         cap: Captured | None = None
         head = None
-        known = _CLOSED_FORM.setdefault(module, {})
+        # {(layer, input shape, dtype): whether the closed form held on the last batch checked}
+        known: dict[tuple, bool] = cached(module, "explanation_closed_form", None, dict)
         key = (self.spec.name, *model_signature(x))
         # A layer whose last batch failed the closed-form check goes straight to the graph forward (the
         # check is still made whenever the no-graph forward runs).
@@ -161,7 +155,8 @@ class Session:
 
 
 def explain(model, images, methods: str | Iterable[str] = METHODS, layer: str | None = None, target=None,
-            contrast=None, *, gradient_path: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Explanation:
+            contrast=None, *, gradient_path: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+            output_index: int | str | None = None) -> Explanation:
     """Grad-CAM ("Why P?"), Counterfactual-CAM ("What if not P?") and Contrast-CAM ("Why P, rather than Q?").
 
     Args:
@@ -179,6 +174,8 @@ def explain(model, images, methods: str | Iterable[str] = METHODS, layer: str | 
             on the batch; batched autograd otherwise), ``"closed_form"`` (error when it does not apply) or
             ``"autograd"``.
         chunk_bytes: memory bound of one chunk of classes (``contrast="all"`` on the general path).
+        output_index: for a model returning several outputs, the one holding the logits
+            (:func:`gradtrust.nn.outputs.logits_of`).
 
     Cost: one forward pass with the closed form; otherwise one forward pass with a graph from the layer on
     and one batched backward (over two cotangents, or over chunks of classes for ``contrast="all"``).
@@ -187,8 +184,8 @@ def explain(model, images, methods: str | Iterable[str] = METHODS, layer: str | 
     if isinstance(contrast, str) and contrast != "all":
         raise InputError(f"contrast must be None, class ids or 'all', got {contrast!r}.")
     module = as_module(model)
-    x = prepare_inputs(module, images)
-    with scoring_state(module):
+    x = prepare_images(module, images)
+    with scoring_state(module), selecting_output(module, output_index):
         s = Session(module, x, layer, gradient_path, chunk_bytes)
         return explain_session(s, x, wanted, target, contrast)
 

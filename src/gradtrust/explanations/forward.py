@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradtrust.explanations.layers import LayerSpec, _run
+from gradtrust.explanations.layers import LayerSpec, run_model
+from gradtrust.nn.hooks import graph_root, recording
 
 
 @dataclass
@@ -35,31 +36,26 @@ def capture(module: nn.Module, inputs: torch.Tensor, spec: LayerSpec, graph: boo
     neither fails on the leaf nor changes the captured values). Parameters are frozen by the caller, so the
     graph holds only the part of the network after the layer.
     """
-    layer = module.get_submodule(spec.name)
-    seen: dict[str, torch.Tensor] = {}
+    seen: list[torch.Tensor] = []
 
     def hook(mod, args, output):
         if not isinstance(output, torch.Tensor):
             return None
         if graph:
-            leaf = output.detach().requires_grad_(True)
-            seen["out"] = leaf
-            return leaf.clone()
+            seen.clear()  # the last call's leaf
+            return graph_root(output, seen)
         # A copy: an in-place operation downstream (ReLU(inplace=True)) must not change what was captured.
-        seen["out"] = output.clone()
+        seen[:] = [output.clone()]
         return None
 
-    linears: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = [layer.register_forward_hook(hook)]
-    handles += [m.register_forward_hook(lambda mod, args, out, name=name: linears.__setitem__(name, (args[0], out)))
-                for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    handle = module.get_submodule(spec.name).register_forward_hook(hook)
     try:
-        with torch.set_grad_enabled(graph):
-            logits = _run(module, inputs.detach())
+        with recording({n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}) as calls, \
+                torch.set_grad_enabled(graph):
+            logits = run_model(module, inputs.detach())
     finally:
-        for handle in handles:
-            handle.remove()
-    out = seen["out"]
+        handle.remove()
+    out = seen[-1]
     return Captured(logits=logits, activations=spec.canonical(out.detach() if graph else out),
-                    leaf=out if graph else None, linears=linears)
+                    leaf=out if graph else None, linears={c.name: (c.input, c.output) for c in calls})
 

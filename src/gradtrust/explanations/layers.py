@@ -20,7 +20,6 @@ pytorch-grad-cam recommends for ViTs.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +27,12 @@ import torch
 from torch import nn
 
 from gradtrust.errors import InputError, ModelError, UnknownNameError
+from gradtrust.nn.cache import cached
+from gradtrust.nn.hooks import LayerCall, final_linear, recording
+from gradtrust.nn.outputs import model_logits
 
 _POOLING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-
-#: model → {(layer argument, input shape without batch, dtype): LayerSpec, or the error it raised}
-_SPEC_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, LayerSpec | Exception]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -67,25 +66,11 @@ def model_signature(inputs: torch.Tensor) -> tuple:
 
 
 def resolve_layer(module: nn.Module, inputs: torch.Tensor, layer: str | None) -> LayerSpec:
-    """The :class:`LayerSpec` for ``layer`` (a module name, or ``None`` for the default), cached per model."""
-    key = (layer, *model_signature(inputs))
-    cache = _SPEC_CACHE.setdefault(module, {})
-    if key not in cache:
-        try:
-            cache[key] = _probe(module, inputs[:1], layer)
-        except (ModelError, UnknownNameError) as exc:  # the model's structure: the same for every batch
-            cache[key] = exc
-    found = cache[key]
-    if isinstance(found, Exception):
-        raise found
-    return found
-
-
-@dataclass
-class _Record:
-    name: str
-    module: nn.Module
-    output: torch.Tensor
+    """The :class:`LayerSpec` for ``layer`` (a module name, or ``None`` for the default), kept in the per-model
+    cache (:mod:`gradtrust.nn.cache`) per input shape and dtype; a layer that cannot be explained raises, every
+    time."""
+    return cached(module, "explanation_layer", (layer, *model_signature(inputs)),
+                  lambda: _probe(module, inputs[:1], layer))
 
 
 def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerSpec:
@@ -100,8 +85,7 @@ def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerS
             raise UnknownNameError(f"layer={layer!r} is not a module of this model. "
                                    f"{_candidates_text(module, sample)}") from None
     records, logits = _record_outputs(module, sample)
-    num_classes = logits.shape[-1]
-    head, head_in = _final_linear(records, num_classes)
+    head, head_in = _final_linear(module, records, logits.shape[-1])
     prefix, grid_hint = _token_info(module)
 
     if layer is None:
@@ -138,13 +122,10 @@ def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerS
                      f"{_candidates_from(records, head_in, module)}")
 
 
-def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from gradtrust.per_sample.layers import model_logits
-
+def run_model(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module``'s logits on ``x`` (B, C); a model that cannot run on ``x`` raises :class:`InputError`."""
     try:
         logits = model_logits(module, x)
-    except TypeError as exc:
-        raise ModelError(str(exc)) from exc
     except (RuntimeError, AssertionError) as exc:  # torchvision's ViT asserts the image size
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"the model could not run on inputs of shape {tuple(x.shape)} ({x.dtype}): {first}. "
@@ -155,12 +136,10 @@ def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _final_linear(records: list[_Record], num_classes: int) -> tuple[str | None, int | None]:
-    """The last ``nn.Linear`` to run with one output per class: its name and its input width."""
-    for r in reversed(records):
-        if isinstance(r.module, nn.Linear) and r.module.out_features == num_classes:
-            return r.name, r.module.in_features
-    return None, None
+def _final_linear(module: nn.Module, records: list[LayerCall], num_classes: int) -> tuple[str | None, int | None]:
+    """The final ``nn.Linear`` (:func:`gradtrust.nn.hooks.final_linear`): its name and its input width."""
+    call = final_linear(module, [r for r in records if isinstance(r.module, nn.Linear)], num_classes)
+    return (call.name, int(call.input.shape[-1])) if call is not None else (None, None)
 
 
 def _token_info(module: nn.Module) -> tuple[int, tuple[int, int] | None]:
@@ -188,7 +167,7 @@ def _transformer_default(module: nn.Module) -> str | None:
     return None
 
 
-def _spatial_layout(record: _Record, head_in: int | None, model: nn.Module,
+def _spatial_layout(record: LayerCall, head_in: int | None, model: nn.Module,
                     allow_pooling: bool = False) -> str | None:
     out = record.output
     if not out.is_floating_point() or (isinstance(record.module, _POOLING) and not allow_pooling):
@@ -204,7 +183,7 @@ def _spatial_layout(record: _Record, head_in: int | None, model: nn.Module,
     return "nchw" if out.shape[-2:].numel() > 1 else None
 
 
-def _candidates_from(records: list[_Record], head_in: int | None, model: nn.Module) -> str:
+def _candidates_from(records: list[LayerCall], head_in: int | None, model: nn.Module) -> str:
     names = list(dict.fromkeys(r.name for r in records if _spatial_layout(r, head_in, model) is not None))
     if not names:
         return "No module of this model outputs a spatial feature map for these inputs."
@@ -213,26 +192,16 @@ def _candidates_from(records: list[_Record], head_in: int | None, model: nn.Modu
             if len(names) > len(shown) else f"Layers with a spatial output: {', '.join(shown)}.")
 
 
-def _record_outputs(module: nn.Module, sample: torch.Tensor) -> tuple[list[_Record], torch.Tensor]:
+def _record_outputs(module: nn.Module, sample: torch.Tensor) -> tuple[list[LayerCall], torch.Tensor]:
     """Run ``module`` once on ``sample`` (no grad), recording every submodule's tensor output in call order."""
-    records: list[_Record] = []
-    handles = []
-    for name, sub in module.named_modules():
-        if sub is module or isinstance(sub, torch.jit.ScriptModule):  # scripted parts cannot be hooked
-            continue
-        handles.append(sub.register_forward_hook(
-            lambda mod, args, out, name=name: records.append(_Record(name, mod, out))
-            if isinstance(out, torch.Tensor) else None))
-    try:
-        with torch.no_grad():
-            logits = _run(module, sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooked = {name: sub for name, sub in module.named_modules()
+              if sub is not module and not isinstance(sub, torch.jit.ScriptModule)}  # scripted parts cannot be hooked
+    with recording(hooked) as records, torch.no_grad():
+        logits = run_model(module, sample)
     return records, logits
 
 
 def _candidates_text(module: nn.Module, sample: torch.Tensor) -> str:
     records, logits = _record_outputs(module, sample)
-    _, head_in = _final_linear(records, logits.shape[-1])
+    _, head_in = _final_linear(module, records, logits.shape[-1])
     return _candidates_from(records, head_in, module)

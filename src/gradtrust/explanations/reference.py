@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradtrust.explanations.layers import LayerSpec
+from gradtrust.nn.outputs import model_logits
 from gradtrust.nn.state import scoring_state
-from gradtrust.per_sample.layers import model_logits
 
 
 def _normalise(m: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from gradtrust.explanations.cams import (
     Session,
     explain_session,
     parse_methods,
-    prepare_inputs,
+    prepare_images,
     runner_up,
 )
 from gradtrust.explanations.maps import minmax, upsample
@@ -152,7 +152,7 @@ class _BatchExplainer:
         self.closed_form: bool | None = None
 
     def __call__(self, inputs: torch.Tensor) -> tuple[Any, Any]:
-        x = prepare_inputs(self.module, inputs)
+        x = prepare_images(self.module, inputs)
         with scoring_state(self.module):
             s = Session(self.module, x, self.layer_arg)
             q = None

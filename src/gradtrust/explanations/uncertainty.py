@@ -25,9 +25,11 @@ from dataclasses import dataclass
 import torch
 
 from gradtrust.errors import InputError
-from gradtrust.explanations.cams import Session, as_module, class_ids, prepare_inputs
+from gradtrust.explanations.cams import Session, class_ids, prepare_images
 from gradtrust.explanations.maps import Upsampler, minmax, upsample, weighted_map
 from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES
+from gradtrust.nn.model import as_module
+from gradtrust.nn.outputs import selecting_output
 from gradtrust.nn.state import scoring_state
 
 
@@ -62,11 +64,12 @@ def snr_and_iou(uncertainty: torch.Tensor, explanation: torch.Tensor,
 
 
 def voice(model, images, layer: str | None = None, threshold: float = 0.1, *, target=None,
-          gradient_path: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> VoiceResult:
+          gradient_path: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+          output_index: int | str | None = None) -> VoiceResult:
     """VOICE uncertainty maps and their SNR and IoU for a batch (see the module docstring for the formulas).
 
     Args:
-        model, images, layer, gradient_path, chunk_bytes: as :func:`gradtrust.explain`.
+        model, images, layer, gradient_path, chunk_bytes, output_index: as :func:`gradtrust.explain`.
         threshold: ``τ`` of the IoU, in [0, 1].
         target: the explained class P (default: the prediction).
 
@@ -76,8 +79,8 @@ def voice(model, images, layer: str | None = None, threshold: float = 0.1, *, ta
     if not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"threshold must be in [0, 1] (maps are min-max normalised), got {threshold}.")
     module = as_module(model)
-    x = prepare_inputs(module, images)
-    with scoring_state(module):
+    x = prepare_images(module, images)
+    with scoring_state(module), selecting_output(module, output_index):
         s = Session(module, x, layer, gradient_path, chunk_bytes)
         return voice_session(s, x, target, threshold)
 

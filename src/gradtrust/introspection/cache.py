@@ -25,6 +25,7 @@ import torch
 from gradtrust.errors import DataError
 from gradtrust.introspection.features import FeatureExtractor
 from gradtrust.introspection.introspective import check_features
+from gradtrust.nn.model import device_of
 from gradtrust.runner import chunks as ch
 
 __all__ = ["cached_features"]
@@ -66,7 +67,7 @@ def cached_features(module: torch.nn.Module, dataset: Any, class_map: list[int],
             stale.unlink()
         ch.atomic_write_json(folder / IDENTITY_FILE, ident)
     pending = [k for k in range(layout.num_chunks) if not _chunk_path(folder, layout, k).is_file()]
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    device = device_of(module)
     extractor = FeatureExtractor(module, layer)
     to_model = torch.tensor(class_map, dtype=torch.int64)
     failed = 0

@@ -24,7 +24,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from gradtrust.errors import ModelError, UnknownNameError
+from gradtrust.errors import InputError, ModelError, UnknownNameError
+from gradtrust.nn.hooks import final_layer_candidates, final_linear, recording
+from gradtrust.nn.outputs import model_logits, selecting_output
 
 __all__ = ["FeatureExtractor", "IntrospectiveFeatures"]
 
@@ -39,20 +41,6 @@ class IntrospectiveFeatures(NamedTuple):
     valid: torch.Tensor
 
 
-def _logits_of(output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    for key in ("logits", "out"):
-        value = getattr(output, key, None)
-        if value is None and isinstance(output, dict):
-            value = output.get(key)
-        if isinstance(value, torch.Tensor):
-            return value
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise ModelError(f"the model returned a {type(output).__name__}; introspection needs a (batch, classes) tensor.")
-
-
 class FeatureExtractor:
     """Runs the network ``f`` once per batch and returns :class:`IntrospectiveFeatures`.
 
@@ -62,14 +50,18 @@ class FeatureExtractor:
             ``None`` = the final ``nn.Linear`` (the last one to run with one output per class).
         path: ``"auto"`` (closed form where the layer's output is the logits, autograd otherwise),
             ``"closed_form"`` or ``"autograd"`` (forced; for checking one against the other).
+        output_index: for a model returning several outputs, the one holding the logits
+            (:func:`gradtrust.nn.outputs.logits_of`).
     """
 
-    def __init__(self, model: nn.Module, layer: str | None = None, path: str = "auto") -> None:
+    def __init__(self, model: nn.Module, layer: str | None = None, path: str = "auto",
+                 output_index: int | str | None = None) -> None:
         if path not in ("auto", "closed_form", "autograd"):
-            raise ValueError(f"path must be 'auto', 'closed_form' or 'autograd', got {path!r}")
+            raise InputError(f"path must be 'auto', 'closed_form' or 'autograd', got {path!r}")
         self.model = model
         self.layer = layer
         self.path = path
+        self.output_index = output_index
         self._module: nn.Module | None = None
         self._closed: bool | None = None
         if layer is not None:
@@ -87,32 +79,28 @@ class FeatureExtractor:
     def _discover(self, x: torch.Tensor) -> None:
         """One forward of one sample: which layer (the final nn.Linear unless given) and whether its output
         is the logits themselves (then the closed form applies)."""
-        seen: list[tuple[str, nn.Module, torch.Tensor]] = []
-        modules = ([(self.layer, self._module)] if self._module is not None else
-                   [(n, m) for n, m in self.model.named_modules() if isinstance(m, nn.Linear)])
-        handles = [m.register_forward_hook(lambda mod, args, out, name=name: seen.append((name, mod, out)))
-                   for name, m in modules]
-        try:
-            with torch.no_grad():
-                logits = _logits_of(self.model(x[:1]))
-        finally:
-            for handle in handles:
-                handle.remove()
+        modules = {str(self.layer): self._module} if self._module is not None else final_layer_candidates(self.model)
+        with recording(modules) as seen, torch.no_grad():
+            logits = self._logits(x[:1])
         if self._module is None:
-            final = [(n, m, out) for n, m, out in seen if out.shape[-1] == logits.shape[-1]]
-            if not final:
+            final = final_linear(self.model, seen, logits.shape[-1])
+            if final is None:
                 raise ModelError(f"no nn.Linear with {logits.shape[-1]} outputs runs in "
                                  f"{type(self.model).__name__}; pass layer='<name of an nn.Linear>' to take the "
                                  "introspective features there.")
-            self.layer, self._module, out = final[-1]
+            self.layer, self._module, out = final.name, final.module, final.output
         elif not seen:
             raise ModelError(f"layer {self.layer!r} does not run when the model runs.")
         else:
-            out = seen[-1][2]
+            out = seen[-1].output
         self._closed = out is logits
         if self.path == "closed_form" and not self._closed:
             raise ModelError(f"the output of layer {self.layer!r} is not the logits: the closed form (2/C)(z - 1) "
                              "does not apply; use path='autograd' (or 'auto').")
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        with selecting_output(self.model, self.output_index):
+            return model_logits(self.model, x)
 
     @property
     def closed_form(self) -> bool | None:
@@ -144,7 +132,7 @@ class FeatureExtractor:
         try:
             # the closed form needs no graph: record one only for the autograd path (or when the caller does)
             with torch.set_grad_enabled(torch.is_grad_enabled() or autograd):
-                logits = _logits_of(self.model(x))
+                logits = self._logits(x)
                 inputs, out = captured["x"], captured["out"]
                 if inputs.dim() != 2:
                     raise ModelError(f"layer {self.layer!r} sees inputs of shape {tuple(inputs.shape)}; the rank-one "

@@ -31,6 +31,7 @@ from torch import nn
 from gradtrust.errors import DataError, InputError, ModelError
 from gradtrust.introspection.features import FeatureExtractor, IntrospectiveFeatures
 from gradtrust.introspection.head import IntrospectiveHead
+from gradtrust.nn.model import as_module, device_of, prepare_inputs
 
 __all__ = ["Introspective", "IntrospectiveModel", "IntrospectivePrediction"]
 
@@ -73,19 +74,6 @@ class IntrospectivePrediction:
                                  f"{', '.join(LOGIT_SCORES)}, or use gradtrust.score(intro.module(model), inputs).")
             out[name] = getattr(functional, name)(logits)
         return out
-
-
-def _module_of(model: Any) -> nn.Module:
-    module = getattr(model, "module", model)
-    if not isinstance(module, nn.Module):
-        raise ModelError(f"expected a torch.nn.Module or a gradtrust LoadedModel, got {type(model).__name__}.")
-    return module
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def _batches(data: Any, labels: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -148,10 +136,13 @@ class Introspective:
         layer: the ``nn.Linear`` of ``f`` the features come from (default: the final one; any other goes
             through autograd).
         progress: show a progress bar while extracting features and training.
+        output_index: for an ``f`` returning several outputs, the one holding the logits
+            (:func:`gradtrust.nn.outputs.logits_of`); saved with ``H``.
     """
 
     def __init__(self, hidden: int = 64, epochs: int = 30, *, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 batch_size: int = 128, seed: int = 0, layer: str | None = None, progress: bool = False) -> None:
+                 batch_size: int = 128, seed: int = 0, layer: str | None = None, progress: bool = False,
+                 output_index: int | str | None = None) -> None:
         for name, value in (("hidden", hidden), ("epochs", epochs), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {value!r}.")
@@ -159,6 +150,7 @@ class Introspective:
             raise InputError(f"lr must be > 0 and weight_decay >= 0, got lr={lr!r}, weight_decay={weight_decay!r}.")
         self.hidden, self.epochs, self.lr, self.weight_decay = hidden, epochs, float(lr), float(weight_decay)
         self.batch_size, self.seed, self.layer, self.progress = batch_size, int(seed), layer, progress
+        self.output_index = output_index
         self.head_: IntrospectiveHead | None = None
         self.info_: dict[str, Any] = {}
         self.config_: dict[str, Any] = {}
@@ -171,9 +163,8 @@ class Introspective:
         Raises InputError for an empty set or undefined (NaN) features, DataError for labels outside the
         model's classes.
         """
-        module = _module_of(model)
-        extractor = FeatureExtractor(module, self.layer)
-        device = _device_of(module)
+        module = as_module(model)
+        extractor = FeatureExtractor(module, self.layer, output_index=self.output_index)
         parts: list[IntrospectiveFeatures] = []
         ys: list[torch.Tensor] = []
         from tqdm import tqdm
@@ -183,9 +174,7 @@ class Introspective:
                              disable=not self.progress):
                 if x.shape[0] == 0:
                     continue
-                if not x.is_floating_point():
-                    raise InputError(f"training inputs must be float tensors ready for the model, got {x.dtype}.")
-                parts.append(extractor(x.to(device)))
+                parts.append(extractor(prepare_inputs(module, x)))
                 ys.append(y.cpu())
         if not parts:
             raise InputError("the training set is empty: introspective learning needs labelled training samples.")
@@ -207,7 +196,7 @@ class Introspective:
         """
         t0 = time.perf_counter()
         a, h, y, logits = self.features(model, data, labels)
-        return self.fit_features(a, h, y, logits, device=_device_of(_module_of(model)), t0=t0)
+        return self.fit_features(a, h, y, logits, device=device_of(as_module(model)), t0=t0)
 
     def fit_features(self, a: torch.Tensor, h: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, *,
                      device: torch.device | str = "cpu", t0: float | None = None) -> Introspective:
@@ -265,26 +254,25 @@ class Introspective:
         sample) then happens once, not on every ``predict``."""
         cached = getattr(self, "_extractor", None)
         if cached is None or cached[0] is not module or cached[1] != self.layer:
-            cached = (module, self.layer, FeatureExtractor(module, self.layer))
+            cached = (module, self.layer, FeatureExtractor(module, self.layer, output_index=self.output_index))
             self._extractor = cached
         return cached[2]
 
     def module(self, model: Any) -> IntrospectiveModel:
         """``f`` and ``H`` as one ``nn.Module`` (input → ``H``'s logits), e.g. for :func:`gradtrust.score`."""
-        return IntrospectiveModel(_module_of(model), self._head(), self.layer)
+        return IntrospectiveModel(as_module(model), self._head(), self.layer, self.output_index)
 
     def predict(self, model: Any, inputs: torch.Tensor, *, batch_size: int = 256) -> IntrospectivePrediction:
         """``H``'s and ``f``'s logits and predictions for a batch of model-ready inputs (one forward of ``f``)."""
         head = self._head()
-        module = _module_of(model)
+        module = as_module(model)
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[0] == 0:
             raise InputError("inputs must be a non-empty batch tensor (batch first), ready for the model.")
         extractor = self._extractor_for(module)
-        device = _device_of(module)
         outs = []
         with torch.no_grad():
             for lo in range(0, inputs.shape[0], batch_size):
-                f = extractor(inputs[lo:lo + batch_size].to(device))
+                f = extractor(prepare_inputs(module, inputs[lo:lo + batch_size]))
                 if f.a.shape[1] != head.num_classes or f.h.shape[1] != head.num_features:
                     raise ModelError(f"H was fitted on features of shape ({head.num_classes}, {head.num_features}); "
                                      f"this model gives ({f.a.shape[1]}, {f.h.shape[1]}): not the model H was "
@@ -309,8 +297,8 @@ class Introspective:
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(out / WEIGHTS_FILE))
         config = {"format": FORMAT, "hidden": self.hidden, "epochs": self.epochs, "lr": self.lr,
                   "weight_decay": self.weight_decay, "batch_size": self.batch_size, "seed": self.seed,
-                  "layer": self.layer, "num_classes": head.num_classes, "num_features": head.num_features,
-                  "info": self.info_, **(extra or {})}
+                  "layer": self.layer, "output_index": self.output_index, "num_classes": head.num_classes,
+                  "num_features": head.num_features, "info": self.info_, **(extra or {})}
         (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return out
 
@@ -326,7 +314,7 @@ class Introspective:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         intro = cls(hidden=config["hidden"], epochs=config["epochs"], lr=config["lr"],
                     weight_decay=config["weight_decay"], batch_size=config["batch_size"], seed=config["seed"],
-                    layer=config["layer"])
+                    layer=config["layer"], output_index=config.get("output_index"))
         head = IntrospectiveHead(config["num_classes"], config["num_features"], config["hidden"])
         head.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         head.eval()
@@ -341,11 +329,12 @@ class IntrospectiveModel(nn.Module):
     ``nn.Linear`` is ``H``'s output layer, so every trust score of :func:`gradtrust.score` applies to it).
     Samples whose feature is undefined get NaN logits."""
 
-    def __init__(self, model: nn.Module, head: IntrospectiveHead, layer: str | None = None) -> None:
+    def __init__(self, model: nn.Module, head: IntrospectiveHead, layer: str | None = None,
+                 output_index: int | str | None = None) -> None:
         super().__init__()
         self.model = model
         self.head = head
-        self._extractor = FeatureExtractor(model, layer)
+        self._extractor = FeatureExtractor(model, layer, output_index=output_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self._extractor(x)

@@ -55,7 +55,6 @@ from gradtrust.models.base import LoadedModel
 from gradtrust.models.digits_loader import _load_digits
 from gradtrust.models.factory import is_factory_spec, load_factory
 from gradtrust.models.files import _load_model_file, _load_module_object
-from gradtrust.models.outputs import SelectOutput
 from gradtrust.models.preprocessing import Preprocessing, borrow_preprocessing
 from gradtrust.models.specs import (
     MODEL_FILE_SUFFIXES,
@@ -71,6 +70,7 @@ from gradtrust.models.state_dict import file_sha256, read_state_dict
 from gradtrust.models.timm_models import _load_timm
 from gradtrust.models.torchvision_models import _load_torchvision, hub_checkpoint_path
 from gradtrust.models.torchvision_models import _reference_enum as _reference_enum  # re-exported (tests)
+from gradtrust.nn.outputs import SelectOutput
 
 __all__ = [
     "SPEC_FAMILIES",
@@ -112,7 +112,7 @@ def load_model(
             TorchScript files and state dicts are read without running code.
         output_index: for a model whose forward returns several outputs, the one holding the logits
             (``0`` for ``(logits, features)``, or a dict key); the module is wrapped in
-            :class:`~gradtrust.models.outputs.SelectOutput`.
+            :class:`~gradtrust.nn.outputs.SelectOutput`.
 
     Returns:
         a `LoadedModel` with the module in eval mode on ``device``.

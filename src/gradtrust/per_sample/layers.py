@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from gradtrust.nn.outputs import logits_of, model_logits
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -462,7 +464,7 @@ def sq_norms_by_vmap(model: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[
     buffers = {name: b for name, b in model.named_buffers()}
 
     def sample_loss(theta, x):
-        logits = _logits_of(functional_call(model, (theta, buffers), (x.unsqueeze(0),)))
+        logits = logits_of(functional_call(model, (theta, buffers), (x.unsqueeze(0),)))
         return loss_fn(logits).sum()
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0))
@@ -471,29 +473,6 @@ def sq_norms_by_vmap(model: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[
         grads = per_sample(params, inputs[start:start + chunk_size])
         rows.append(torch.stack([grads[n].float().flatten(1).square().sum(1) for n in params], dim=1))
     return torch.cat(rows)
-
-
-def _logits_of(output) -> torch.Tensor:
-    """The logits tensor of a model's output (a tensor, an object with ``.logits``, or a 1-tuple).
-
-    Several outputs are ambiguous, so they raise: wrap the model with ``SelectOutput(model, index)``
-    (``load_model(..., output_index=…)``) to say which one holds the logits."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)) and len(output) == 1 and isinstance(output[0], torch.Tensor):
-        return output[0]
-    if isinstance(output, (tuple, list, dict)):
-        raise TypeError(f"the model returned a {type(output).__name__} of {len(output)} outputs, not one logits "
-                        "tensor; say which output holds the logits: load_model(..., output_index=0) or gradtrust "
-                        "score --output-index 0 (gradtrust.models.SelectOutput(model, 0) for any nn.Module)")
-    raise TypeError(f"the model returned {type(output).__name__}, not a logits tensor")
-
-
-def model_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` and return its logits tensor (see :func:`_logits_of`)."""
-    return _logits_of(model(inputs))
 
 
 def vmap_chunk_size(model: nn.Module, chunk_bytes: int = 4 * DEFAULT_CHUNK_BYTES) -> int:

@@ -6,9 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
 
 from gradtrust.errors import GradTrustError, InputError, ModelError
+from gradtrust.nn.model import as_module, prepare_inputs
+from gradtrust.nn.outputs import selecting_output
 from gradtrust.nn.state import scoring_state
 from gradtrust.scores.graphs import capturable, run_captured, use_graphs
 from gradtrust.scores.options import ScoreOptions
@@ -33,44 +34,8 @@ def resolve_methods(methods: str | Iterable[str] | None) -> tuple[list[MethodSpe
     return [get_method(name) for name in unique], True
 
 
-def _as_module(model) -> nn.Module:
-    module = getattr(model, "module", model)  # a LoadedModel carries the nn.Module as .module
-    if not isinstance(module, nn.Module):
-        raise ModelError(f"expected a torch.nn.Module (or a gradtrust LoadedModel), got {type(model).__name__}.")
-    return module
-
-
-def _prepare_inputs(module: nn.Module, inputs) -> torch.Tensor:
-    """Validate the batch and move it to the model's device and floating dtype."""
-    if not isinstance(inputs, torch.Tensor):
-        try:
-            inputs = torch.as_tensor(inputs)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"inputs must be a tensor (batch first), got {type(inputs).__name__}.") from exc
-    if inputs.dim() < 2:
-        raise InputError(f"inputs must be a batch with the batch dimension first, got shape {tuple(inputs.shape)}; "
-                         "for a single sample use inputs.unsqueeze(0).")
-    if inputs.shape[0] == 0:
-        raise InputError("inputs hold an empty batch (batch dimension 0).")
-    if not inputs.is_floating_point():
-        raise InputError(f"inputs must be a floating-point tensor already preprocessed for the model, got dtype "
-                         f"{inputs.dtype}; convert images with the model's transform (LoadedModel.transform) first.")
-    first_conv = next((m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
-    if first_conv is not None and inputs.dim() == first_conv.weight.dim() - 1:
-        # Convolutions accept one sample without its batch dimension, so a (C, H, W) image would "run"
-        # and fail later with an unrelated message (or be scored as a batch of C samples).
-        raise InputError(f"inputs of shape {tuple(inputs.shape)} have no batch dimension (the model's first "
-                         f"layer is a {type(first_conv).__name__}, which takes {first_conv.weight.dim()}-D batches); "
-                         "for a single sample use inputs.unsqueeze(0).")
-    reference: torch.Tensor | None = next((p for p in module.parameters() if p.is_floating_point()), None)
-    if reference is None:
-        reference = next((b for b in module.buffers() if b.is_floating_point()), None)
-    if reference is not None:
-        inputs = inputs.to(device=reference.device, dtype=reference.dtype)
-    return inputs
-
-
-def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_ids=None, **options) -> ScoreResult:
+def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_ids=None,
+          output_index: int | str | None = None, **options) -> ScoreResult:
     """Trust scores of a batch: ``result[name]`` has one float64 value per sample, higher = more trustworthy.
 
     Args:
@@ -82,6 +47,9 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             ``result.skipped``). An explicitly requested method that cannot apply raises an error.
         sample_ids: stable ids of the samples (default ``0..B−1``); MC-dropout masks depend on them, so a
             sample scores the same in any batch.
+        output_index: for a model whose forward returns several outputs (a tuple, list or dict), the one that
+            holds the logits (:func:`gradtrust.nn.outputs.logits_of`); without it such a model raises
+            :class:`ModelError`.
         **options: the options the methods declare (``gradtrust methods`` lists them with their defaults):
             ``odin_temperature``, ``odin_epsilon``, ``mc_samples``, ``topk``, ``layer``, ``gradient_path``,
             ``purview_backend``, ``pnorm_p``, ``seed``… (:class:`gradtrust.scores.options.ScoreOptions`), and the
@@ -92,10 +60,10 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
     maxlogit_pnorm, gradtrust, gradtrust_topk, gradnorm) share one forward pass; ODIN adds an input-gradient
     pass and a forward; Purview a backward with per-sample parameter gradients; MC dropout ``T`` forwards.
     """
-    module = _as_module(model)
+    module = as_module(model)
     chosen, explicit = resolve_methods(methods)
     opts = ScoreOptions.from_kwargs(**options)
-    x = _prepare_inputs(module, inputs)
+    x = prepare_inputs(module, inputs)
     batch = x.shape[0]
     ids = torch.arange(batch) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.int64).flatten()
     if ids.shape[0] != batch:
@@ -104,11 +72,11 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
     if opts.micro_batch is not None and batch > opts.micro_batch:
         step = opts.micro_batch
         return ScoreResult.concatenate([score(module, x[s:s + step], [m.name for m in chosen] if explicit else None,
-                                              sample_ids=ids[s:s + step], **options)
+                                              sample_ids=ids[s:s + step], output_index=output_index, **options)
                                         for s in range(0, batch, step)])
 
     state = scoring_state(module, freeze=False)  # BatchPasses freezes the parameters before any graph
-    with state:
+    with state, selecting_output(module, output_index):
         passes = BatchPasses(module, x, opts, ids, needs, freeze=state.freeze)
         try:
             logits = passes.logits

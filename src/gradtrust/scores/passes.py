@@ -21,11 +21,9 @@ When any gradient is needed the single forward pass is run with autograd recordi
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,26 +31,15 @@ from torch import nn
 
 from gradtrust import functional
 from gradtrust.errors import InputError, ModelError, UnknownNameError
+from gradtrust.nn.hooks import LayerCall, final_layer_candidates, final_linear, graph_root, recording
+from gradtrust.nn.outputs import model_logits
 from gradtrust.per_sample import layers as per_sample
 from gradtrust.per_sample.eval_backward import cheap_batch_norm
-from gradtrust.per_sample.layers import LayerCapture, UnsupportedForHooks, model_logits
+from gradtrust.per_sample.layers import LayerCapture, UnsupportedForHooks
 from gradtrust.per_sample.planner import OwnerCapture, PurviewPlan, plan_parameters
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
 from gradtrust.scores.options import ScoreOptions, parse_stds
 from gradtrust.scores.spec import Pass
-
-# The final layer found for a model, so later batches hook that one layer instead of every nn.Linear.
-_FINAL_LAYER_CACHE: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
-
-
-class FinalLayerCall(NamedTuple):
-    """One call of the final ``nn.Linear`` seen by the forward hook."""
-
-    name: str
-    module: nn.Module
-    input: torch.Tensor  # the penultimate features h, as the layer received them
-    output: torch.Tensor
-    output_version: int  # ``output._version`` right after the call: a later in-place change shows
 
 
 @dataclass
@@ -64,7 +51,7 @@ class ForwardRecord:
     #                            whose inputs are not in the graph (the first layer, branches fed by x alone)
     graph: bool  # whether autograd recorded the pass
     logits: torch.Tensor  # the model's output, attached to the graph when one was recorded
-    final: FinalLayerCall | None  # the final nn.Linear's call, if one ran with C outputs
+    final: LayerCall | None  # the final nn.Linear's call (its input: the penultimate features), if one ran
     capture: LayerCapture  # per-layer hooks for per-sample gradients
     owners: OwnerCapture | None = None  # Purview's rules and per-sample-autograd units
 
@@ -122,14 +109,6 @@ class BatchPasses:
         model, options = self.model, self.options
         if record_graph:
             self._freeze()
-        cached_final = _FINAL_LAYER_CACHE.get(model)
-        linears = ({cached_final: model.get_submodule(cached_final)} if cached_final is not None else
-                   {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)})
-        seen: list[FinalLayerCall] = []
-        handles = [m.register_forward_hook(
-            lambda mod, args, out, name=name: seen.append(FinalLayerCall(name, mod, args[0], out, out._version)))
-            for name, m in linears.items()]
-
         capture_layers: dict[str, nn.Module] = {}
         owners: OwnerCapture | None = None
         if record_graph and Pass.PARAMETER_GRADIENTS in self.needs and options.purview_backend in ("auto", "hooks"):
@@ -160,31 +139,27 @@ class BatchPasses:
         def start_graph(module, args, output):
             in_graph = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
             if not in_graph and isinstance(output, torch.Tensor) and output.is_floating_point():
-                leaf = output.detach().requires_grad_(True)
-                roots.append(leaf)
-                return leaf.clone()
+                return graph_root(output, roots)
             return None
 
         def start_graph_at_input(module, args):
             first = args[0] if args else None
             if isinstance(first, torch.Tensor) and not first.requires_grad and first.is_floating_point():
-                leaf = first.detach().requires_grad_(True)
-                roots.append(leaf)
-                start = leaf.clone()
+                start = graph_root(first, roots)
                 return tuple(start if a is first else a for a in args)  # keeps ``query is key is value``
             return None
 
+        handles = []
         if cut:  # prepended, so that LayerCapture's own hook sees (and hooks) the new leaf
             handles += [m.register_forward_hook(start_graph, prepend=True) for m in graph_starts]
             handles += [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in rule_entries]
         try:
             # While the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (its CPU kernel is
             # slow; same forward bits): every parameter is frozen, so only activation gradients are taken.
-            with (capture, owners or contextlib.nullcontext(), torch.set_grad_enabled(record_graph),
+            with (recording(final_layer_candidates(model)) as seen, capture, owners or contextlib.nullcontext(),
+                  torch.set_grad_enabled(record_graph),
                   cheap_batch_norm(model) if record_graph and x.device.type == "cpu" else contextlib.nullcontext()):
                 logits = model_logits(model, x)
-        except TypeError as exc:
-            raise ModelError(str(exc)) from exc
         finally:
             for handle in handles:
                 handle.remove()
@@ -192,12 +167,8 @@ class BatchPasses:
             raise ModelError(f"the model returned logits of shape {tuple(logits.shape)}; expected "
                              f"(batch={x.shape[0]}, classes). GradTrust scores classifiers whose output is one "
                              "logit per class.")
-        num_classes = logits.shape[1]
-        final = [call for call in seen if call.output.shape[-1] == num_classes]
-        final_info = final[-1] if final else None
-        if final_info is not None and cached_final is None:
-            _FINAL_LAYER_CACHE[model] = final_info.name
-        return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits, final=final_info,
+        return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits,
+                             final=final_linear(model, seen, logits.shape[1]),
                              capture=capture, owners=owners)
 
     @property
@@ -218,8 +189,8 @@ class BatchPasses:
         shadow = BatchPasses(self.model, self.inputs, self.options, self.sample_ids,
                              frozenset({Pass.FORWARD, Pass.COUNTERFACTUAL_GRADIENTS}))
         final = self._forward.final
-        call = None if final is None or features is None else FinalLayerCall(final.name, final.module, features,
-                                                                              logits, logits._version)
+        call = None if final is None or features is None else LayerCall(final.name, final.module, features,
+                                                                         logits, logits._version)
         shadow.__dict__["_forward"] = ForwardRecord(x=self.inputs, roots=[], graph=False, logits=logits, final=call,
                                                     capture=LayerCapture({}))
         return shadow

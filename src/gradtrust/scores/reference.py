@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradtrust.nn.outputs import model_logits
 from gradtrust.nn.state import scoring_state
-from gradtrust.per_sample.layers import layer_weight, model_logits
+from gradtrust.per_sample.layers import layer_weight
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
 
 

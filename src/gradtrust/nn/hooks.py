@@ -1,0 +1,89 @@
+"""Forward hooks shared by the capabilities: recording layer calls, finding the final ``nn.Linear``, starting
+the autograd graph at a layer.
+
+The **final layer** of a classifier is the last ``nn.Linear`` to run whose output has one feature per class
+(``C`` = the logits' last dimension); its input is the penultimate features ``h``. Scores (closed-form gradient
+scores), explanations (the closed-form head), introspection (its default layer) and detection (Mahalanobis on
+``h``) all find it the same way: :func:`recording` the calls of :func:`final_layer_candidates`, then
+:func:`final_linear`. Once found, its name is kept in the per-model cache (:mod:`gradtrust.nn.cache`, namespace
+``"final_layer"``), so later batches hook that one layer instead of every ``nn.Linear`` — until the model's
+structure changes (a replaced head is found anew).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from gradtrust.nn.cache import cached
+
+__all__ = ["LayerCall", "final_layer_candidates", "final_linear", "graph_root", "recording"]
+
+
+class LayerCall(NamedTuple):
+    """One call of a hooked module: its name, the module, its first positional input (None without one), its
+    tensor output and ``output._version`` right after the call (a later in-place change of the output shows)."""
+
+    name: str
+    module: nn.Module
+    input: Any
+    output: torch.Tensor
+    output_version: int
+
+
+@contextlib.contextmanager
+def recording(modules: Mapping[str, nn.Module]) -> Iterator[list[LayerCall]]:
+    """While inside, every call of ``modules`` (name → module) that returns a tensor is appended to the yielded
+    list, in the order the calls finish (a module run twice appears twice). The hooks go on exit."""
+    calls: list[LayerCall] = []
+
+    def hook(name: str):
+        def record(module, args, output):
+            if isinstance(output, torch.Tensor):
+                calls.append(LayerCall(name, module, args[0] if args else None, output, output._version))
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def final_layer_candidates(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules to hook to find ``model``'s final layer: the one found on an earlier batch (cached), else
+    every ``nn.Linear``."""
+    name = _found(model).get("name")
+    if name is not None:
+        return {name: model.get_submodule(name)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def final_linear(model: nn.Module, calls: list[LayerCall], num_classes: int) -> LayerCall | None:
+    """Of the recorded ``calls`` (of :func:`final_layer_candidates`), the final layer's: the last one with
+    ``num_classes`` output features, or None. Its name is cached for ``model``."""
+    matches = [call for call in calls if call.output.shape[-1] == num_classes]
+    if not matches:
+        return None
+    _found(model).setdefault("name", matches[-1].name)
+    return matches[-1]
+
+
+def _found(model: nn.Module) -> dict[str, str]:
+    """What is known of ``model``'s final layer (``{"name": …}`` once found), in the per-model cache."""
+    record: dict[str, str] = cached(model, "final_layer", None, dict)
+    return record
+
+
+def graph_root(tensor: torch.Tensor, roots: list[torch.Tensor]) -> torch.Tensor:
+    """Start the autograd graph at ``tensor``: a fresh leaf with its values (requiring grad) is appended to
+    ``roots``, and a clone of it is returned to go on through the network — so that an in-place operation
+    downstream (``ReLU(inplace=True)``) acts on a graph tensor, never on the leaf."""
+    leaf = tensor.detach().requires_grad_(True)
+    roots.append(leaf)
+    return leaf.clone()
