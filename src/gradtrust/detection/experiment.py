@@ -17,6 +17,7 @@ an interrupted run resumes where it stopped).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from gradtrust.detection.mahalanobis import MahalanobisDetector
 from gradtrust.detection.metrics import evaluate_detection
 from gradtrust.errors import InputError, ModelError
 from gradtrust.nn.hooks import final_layer_candidates, final_linear, recording
+from gradtrust.nn.model import as_module
 from gradtrust.nn.outputs import model_logits
 
 __all__ = ["DEFAULT_BASELINES", "DetectionResult", "DetectionSettings", "KnownData", "SplitError", "run_detection",
@@ -118,36 +120,6 @@ def split_positions(n: int, fit_fraction: float, seed: int, stream: int = 0) -> 
     mask = np.zeros(n, dtype=bool)
     mask[rng.permutation(n)[: int(round(n * fit_fraction))]] = True
     return mask
-
-
-def _stable_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _atomic_write_parquet(frame: Any, path: Path, metadata: dict[str, str]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode()
-                                                                               for k, v in metadata.items()}})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _read_if_current(path: Path, identity: str) -> Any:
-    if not path.exists():
-        return None
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(path).metadata or {}
-        if meta.get(b"gradtrust.identity", b"").decode() != identity:
-            return None
-        return pq.read_table(path).to_pandas()
-    except Exception:  # noqa: BLE001 - an unreadable cache file is simply recomputed
-        return None
 
 
 def _penultimate_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -281,12 +253,15 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
     ``detection_error`` (each with ``_low``/``_high`` 95% bootstrap bounds), ``n_known``, ``n_challenge``.
     """
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
+    from gradtrust.runner.chunks import META_KEY, atomic_write, read_chunk_meta
+    from gradtrust.runner.identity import sha256_of
+
     settings.validate()
-    module = getattr(loaded, "module", loaded)
-    if not isinstance(module, nn.Module):
-        raise ModelError(f"expected an nn.Module or a LoadedModel, got {type(loaded).__name__}.")
+    module = as_module(loaded)
     if known.x.shape[0] < 4:
         raise InputError(f"the known data holds {known.x.shape[0]} samples; a detection experiment needs at least 4.")
     out_dir = Path(out)
@@ -316,12 +291,11 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
     bar = tqdm(total=total, desc="detect", unit="img", disable=not show_progress, leave=False)
     for stream, ch in enumerate([None, *settings.challenges]):
         key = "known" if ch is None else ch.key
-        ident = _stable_hash({**base_identity, "set": key})
+        meta = {"identity": sha256_of({**base_identity, "set": key}), "set": key}
         path = out_dir / "sets" / f"{_file_name(key)}.parquet"
-        cached = _read_if_current(path, ident)
-        if cached is not None:
-            sets[key] = _unframe(cached)
-            bar.update(len(cached))
+        if read_chunk_meta(path) == meta:  # computed by an earlier run with the same identity
+            sets[key] = _unframe(pq.read_table(path).to_pandas())
+            bar.update(len(sets[key]["fit"]))
             continue
         if ch is None:
             x, fit, labels = known.x, known_fit, known_labels
@@ -335,7 +309,9 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
                 labels = np.full(x.shape[0], -1, dtype=np.int64)
         values = compute_set(module, x, settings, progress=bar.update)
         frame = _frame(values, columns, fit, labels)
-        _atomic_write_parquet(frame, path, {"gradtrust.identity": ident, "gradtrust.set": key})
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
+        atomic_write(path, functools.partial(pq.write_table, table))
         sets[key] = _unframe(frame)
     bar.close()
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradtrust.errors import InputError, ModelError, UnknownNameError
-from gradtrust.nn.model import as_module, prepare_inputs
-from gradtrust.nn.outputs import model_logits, selecting_output
+from gradtrust.nn.model import as_module, input_mismatch, prepare_inputs
+from gradtrust.nn.outputs import model_logits
 from gradtrust.nn.state import scoring_state
 from gradtrust.per_sample import layers as per_sample
 from gradtrust.per_sample.layers import LayerCapture, UnsupportedForHooks
@@ -134,13 +134,9 @@ def gradient_features(model: Any, images: Any, label: Any = "ones", layers: Sequ
         raise UnknownNameError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}.")
     layout = FeatureLayout(module, layers, grouping)
     x = prepare_inputs(module, images)
-    with scoring_state(module), selecting_output(module, output_index):
-        with torch.no_grad():
-            try:
-                num_classes = model_logits(module, x[:1]).shape[-1]
-            except RuntimeError as exc:
-                raise InputError(f"the model could not run on images of shape {tuple(x.shape)}: "
-                                 f"{str(exc).strip().splitlines()[0]}") from exc
+    with scoring_state(module, output_index=output_index):
+        with torch.no_grad(), input_mismatch(x):
+            num_classes = model_logits(module, x[:1]).shape[-1]
         y = confounding_label(label, num_classes, x.shape[0], x.device)
         per_tensor = _per_tensor_norms(module, x, y, layout, backend, chunk_bytes)
     return layout.group(per_tensor.double()).cpu()

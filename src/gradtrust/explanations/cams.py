@@ -29,7 +29,6 @@ from gradtrust.explanations.maps import minmax, upsample, weighted_map
 from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES, ChannelWeights, find_closed_form_head
 from gradtrust.nn.cache import cached
 from gradtrust.nn.model import as_module, prepare_inputs
-from gradtrust.nn.outputs import selecting_output
 from gradtrust.nn.state import scoring_state
 
 METHODS = ("gradcam", "counterfactual", "contrast")
@@ -124,7 +123,7 @@ class Session:
         cap: Captured | None = None
         head = None
         # {(layer, input shape, dtype): whether the closed form held on the last batch checked}
-        known: dict[tuple, bool] = cached(module, "explanation_closed_form", None, dict)
+        known = cached(module, "explanation_closed_form", None, dict[tuple, bool])
         key = (self.spec.name, *model_signature(x))
         # A layer whose last batch failed the closed-form check goes straight to the graph forward (the
         # check is still made whenever the no-graph forward runs).
@@ -185,7 +184,7 @@ def explain(model, images, methods: str | Iterable[str] = METHODS, layer: str | 
         raise InputError(f"contrast must be None, class ids or 'all', got {contrast!r}.")
     module = as_module(model)
     x = prepare_images(module, images)
-    with scoring_state(module), selecting_output(module, output_index):
+    with scoring_state(module, output_index=output_index):
         s = Session(module, x, layer, gradient_path, chunk_bytes)
         return explain_session(s, x, wanted, target, contrast)
 

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradtrust.errors import InputError, ModelError, UnknownNameError
+from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.nn.cache import cached
 from gradtrust.nn.hooks import LayerCall, final_linear, recording
+from gradtrust.nn.model import input_mismatch
 from gradtrust.nn.outputs import model_logits
 
 _POOLING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
@@ -124,16 +125,8 @@ def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerS
 
 def run_model(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module``'s logits on ``x`` (B, C); a model that cannot run on ``x`` raises :class:`InputError`."""
-    try:
-        logits = model_logits(module, x)
-    except (RuntimeError, AssertionError) as exc:  # torchvision's ViT asserts the image size
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"the model could not run on inputs of shape {tuple(x.shape)} ({x.dtype}): {first}. "
-                         "Check the input size and channels the model expects and apply its preprocessing "
-                         "(LoadedModel.transform).") from exc
-    if logits.dim() != 2:
-        raise ModelError(f"the model returned logits of shape {tuple(logits.shape)}; expected (batch, classes).")
-    return logits
+    with input_mismatch(x):
+        return model_logits(module, x)
 
 
 def _final_linear(module: nn.Module, records: list[LayerCall], num_classes: int) -> tuple[str | None, int | None]:

@@ -29,7 +29,6 @@ from gradtrust.explanations.cams import Session, class_ids, prepare_images
 from gradtrust.explanations.maps import Upsampler, minmax, upsample, weighted_map
 from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES
 from gradtrust.nn.model import as_module
-from gradtrust.nn.outputs import selecting_output
 from gradtrust.nn.state import scoring_state
 
 
@@ -80,7 +79,7 @@ def voice(model, images, layer: str | None = None, threshold: float = 0.1, *, ta
         raise InputError(f"threshold must be in [0, 1] (maps are min-max normalised), got {threshold}.")
     module = as_module(model)
     x = prepare_images(module, images)
-    with scoring_state(module), selecting_output(module, output_index):
+    with scoring_state(module, output_index=output_index):
         s = Session(module, x, layer, gradient_path, chunk_bytes)
         return voice_session(s, x, target, threshold)
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from gradtrust.errors import InputError, ModelError, UnknownNameError
 from gradtrust.nn.hooks import final_layer_candidates, final_linear, recording
-from gradtrust.nn.outputs import model_logits, selecting_output
+from gradtrust.nn.outputs import model_logits
 
 __all__ = ["FeatureExtractor", "IntrospectiveFeatures"]
 
@@ -81,7 +81,7 @@ class FeatureExtractor:
         is the logits themselves (then the closed form applies)."""
         modules = {str(self.layer): self._module} if self._module is not None else final_layer_candidates(self.model)
         with recording(modules) as seen, torch.no_grad():
-            logits = self._logits(x[:1])
+            logits = model_logits(self.model, x[:1], self.output_index)
         if self._module is None:
             final = final_linear(self.model, seen, logits.shape[-1])
             if final is None:
@@ -97,10 +97,6 @@ class FeatureExtractor:
         if self.path == "closed_form" and not self._closed:
             raise ModelError(f"the output of layer {self.layer!r} is not the logits: the closed form (2/C)(z - 1) "
                              "does not apply; use path='autograd' (or 'auto').")
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        with selecting_output(self.model, self.output_index):
-            return model_logits(self.model, x)
 
     @property
     def closed_form(self) -> bool | None:
@@ -132,7 +128,7 @@ class FeatureExtractor:
         try:
             # the closed form needs no graph: record one only for the autograd path (or when the caller does)
             with torch.set_grad_enabled(torch.is_grad_enabled() or autograd):
-                logits = self._logits(x)
+                logits = model_logits(self.model, x, self.output_index)
                 inputs, out = captured["x"], captured["out"]
                 if inputs.dim() != 2:
                     raise ModelError(f"layer {self.layer!r} sees inputs of shape {tuple(inputs.shape)}; the rank-one "

@@ -1,13 +1,9 @@
-"""Forward hooks shared by the capabilities: recording layer calls, finding the final ``nn.Linear``, starting
-the autograd graph at a layer.
+"""Forward hooks shared by the capabilities: recording layer calls, finding the final layer, starting the graph.
 
-The **final layer** of a classifier is the last ``nn.Linear`` to run whose output has one feature per class
-(``C`` = the logits' last dimension); its input is the penultimate features ``h``. Scores (closed-form gradient
-scores), explanations (the closed-form head), introspection (its default layer) and detection (Mahalanobis on
-``h``) all find it the same way: :func:`recording` the calls of :func:`final_layer_candidates`, then
-:func:`final_linear`. Once found, its name is kept in the per-model cache (:mod:`gradtrust.nn.cache`, namespace
-``"final_layer"``), so later batches hook that one layer instead of every ``nn.Linear`` — until the model's
-structure changes (a replaced head is found anew).
+The **final layer** is the last ``nn.Linear`` to run with one output per class; its input is the penultimate
+features ``h``. Scores, explanations, introspection and detection find it the same way (:func:`recording` the
+calls of :func:`final_layer_candidates`, then :func:`final_linear`); its name is kept in the per-model cache
+(namespace ``"final_layer"``), so later batches hook that one layer — until the model's structure changes.
 """
 
 from __future__ import annotations
@@ -40,14 +36,10 @@ def recording(modules: Mapping[str, nn.Module]) -> Iterator[list[LayerCall]]:
     """While inside, every call of ``modules`` (name → module) that returns a tensor is appended to the yielded
     list, in the order the calls finish (a module run twice appears twice). The hooks go on exit."""
     calls: list[LayerCall] = []
-
-    def hook(name: str):
-        def record(module, args, output):
-            if isinstance(output, torch.Tensor):
-                calls.append(LayerCall(name, module, args[0] if args else None, output, output._version))
-        return record
-
-    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
+    handles = [module.register_forward_hook(
+        lambda mod, args, out, name=name: calls.append(LayerCall(name, mod, args[0] if args else None, out,
+                                                                 out._version)) if isinstance(out, torch.Tensor) else None)
+        for name, module in modules.items()]
     try:
         yield calls
     finally:
@@ -58,7 +50,7 @@ def recording(modules: Mapping[str, nn.Module]) -> Iterator[list[LayerCall]]:
 def final_layer_candidates(model: nn.Module) -> dict[str, nn.Module]:
     """The modules to hook to find ``model``'s final layer: the one found on an earlier batch (cached), else
     every ``nn.Linear``."""
-    name = _found(model).get("name")
+    name = cached(model, "final_layer", None, dict[str, str]).get("name")
     if name is not None:
         return {name: model.get_submodule(name)}
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -70,14 +62,8 @@ def final_linear(model: nn.Module, calls: list[LayerCall], num_classes: int) -> 
     matches = [call for call in calls if call.output.shape[-1] == num_classes]
     if not matches:
         return None
-    _found(model).setdefault("name", matches[-1].name)
+    cached(model, "final_layer", None, dict[str, str]).setdefault("name", matches[-1].name)
     return matches[-1]
-
-
-def _found(model: nn.Module) -> dict[str, str]:
-    """What is known of ``model``'s final layer (``{"name": …}`` once found), in the per-model cache."""
-    record: dict[str, str] = cached(model, "final_layer", None, dict)
-    return record
 
 
 def graph_root(tensor: torch.Tensor, roots: list[torch.Tensor]) -> torch.Tensor:

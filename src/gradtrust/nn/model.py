@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradtrust.errors import InputError, ModelError
+from gradtrust.errors import GradTrustError, InputError, ModelError
 
-__all__ = ["as_module", "device_of", "prepare_inputs"]
+__all__ = ["as_module", "device_of", "input_mismatch", "prepare_inputs"]
 
 
 def as_module(model: Any) -> nn.Module:
@@ -61,3 +63,19 @@ def prepare_inputs(module: nn.Module, inputs: Any) -> torch.Tensor:
     if reference is not None:
         inputs = inputs.to(device=reference.device, dtype=reference.dtype)
     return inputs
+
+
+@contextlib.contextmanager
+def input_mismatch(inputs: torch.Tensor) -> Iterator[None]:
+    """Inside, an error the model raises on ``inputs`` — a ``RuntimeError`` (wrong size or channels), a
+    ``ValueError`` (BatchNorm's "expected 4D input") or an ``AssertionError`` (torchvision's ViT checks the
+    image size) — becomes an :class:`InputError` naming the inputs' shape; GradTrust's own errors pass."""
+    try:
+        yield
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        if isinstance(exc, GradTrustError):
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"the model could not run on inputs of shape {tuple(inputs.shape)} ({inputs.dtype}): "
+                         f"{first_line}. Check the input size and channels the model expects and apply its "
+                         "preprocessing (LoadedModel.transform).") from exc

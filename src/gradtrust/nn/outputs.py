@@ -1,24 +1,19 @@
 """The output contract: which part of a model's output is its logits — one rule for every capability.
 
-:func:`logits_of` reads a model's output as its logits ``(B, C)``:
+:func:`logits_of` reads a model's output as its logits: with ``output_index`` given, ``output[output_index]``
+(a position in a tuple or list, a key of a dict; refused for a single tensor, where it would pick samples), then:
+a tensor is itself; an object with a ``.logits`` tensor (Hugging Face ``ModelOutput``, torchvision's
+``GoogLeNetOutputs``) gives that; a one-element tuple or list its tensor; anything else — several outputs in
+particular — raises :class:`ModelError` saying to pass ``output_index``.
 
-* with ``output_index`` given: ``output[output_index]`` (a position in a tuple or list, a key of a dict), read
-  by the rules below; a single tensor output with an ``output_index`` is refused (indexing it would pick samples);
-* a tensor: itself;
-* an object with a ``.logits`` tensor (a Hugging Face ``ModelOutput``, torchvision's ``GoogLeNetOutputs``): that;
-* a one-element tuple or list holding a tensor: that tensor;
-* anything else — several outputs in particular — raises :class:`ModelError` saying to pass ``output_index``.
-
-``gradtrust.score``, ``gradtrust.explain``, ``gradtrust.gradient_features`` and ``Introspective`` take
-``output_index`` and run the model under :func:`selecting_output`, so every pass inside them (hooks, vmap,
-per-sample loops) sees the logits tensor; :class:`SelectOutput` makes the choice part of the model instead
-(``load_model(..., output_index=…)``, ``gradtrust score --output-index``).
+``gradtrust.score``, ``explain``, ``gradient_features`` and ``Introspective`` take ``output_index`` (the first
+three run the model in :func:`gradtrust.nn.state.scoring_state` with it); :class:`SelectOutput` makes the choice
+part of the model (``load_model(..., output_index=…)``).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -26,7 +21,7 @@ from torch import nn
 
 from gradtrust.errors import ModelError
 
-__all__ = ["SelectOutput", "logits_of", "model_logits", "selecting_output"]
+__all__ = ["SelectOutput", "logits_of", "model_logits"]
 
 
 def logits_of(output: Any, output_index: int | str | None = None) -> torch.Tensor:
@@ -54,34 +49,17 @@ def logits_of(output: Any, output_index: int | str | None = None) -> torch.Tenso
                          f"tensor; say which output holds the logits: output_index={key!r} (gradtrust.score, "
                          "explain, gradient_features and Introspective take it; or load_model(..., "
                          f"output_index={key!r}), gradtrust score --output-index {key}).")
-    raise ModelError(f"the model returned {type(output).__name__}, not a logits tensor"
-                     + (f" at output_index={output_index!r}." if output_index is not None else "."))
+    where = "" if output_index is None else f" at output_index={output_index!r}"
+    raise ModelError(f"the model returned {type(output).__name__}{where}, not a logits tensor.")
 
 
-def model_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` on ``inputs`` and return its logits (:func:`logits_of` without ``output_index``: inside
-    :func:`selecting_output` the model already returns the selected tensor)."""
-    return logits_of(model(inputs))
-
-
-@contextlib.contextmanager
-def selecting_output(module: nn.Module, output_index: int | str | None) -> Iterator[nn.Module]:
-    """While inside, ``module(x)`` returns ``logits_of(its output, output_index)``: a forward hook on the root
-    module, removed on exit (also on error). ``output_index=None`` changes nothing.
-
-    A hook rather than a wrapper module, so that parameter and layer names, hooks on submodules and the
-    per-model cache all see the user's model as it is."""
-    if output_index is None:
-        yield module
-        return
-    if isinstance(module, torch.jit.ScriptModule):
-        raise ModelError("output_index cannot be applied to a TorchScript module by a hook; wrap it instead: "
-                         f"gradtrust.models.SelectOutput(model, {output_index!r}) or load_model(..., output_index=…).")
-    handle = module.register_forward_hook(lambda mod, args, out: logits_of(out, output_index))
-    try:
-        yield module
-    finally:
-        handle.remove()
+def model_logits(model: nn.Module, inputs: torch.Tensor, output_index: int | str | None = None) -> torch.Tensor:
+    """Run ``model`` on ``inputs`` and return its logits (:func:`logits_of`), checked to be ``(B, C)``."""
+    logits = logits_of(model(inputs), output_index)
+    if logits.dim() != 2 or logits.shape[0] != inputs.shape[0]:
+        raise ModelError(f"the model returned logits of shape {tuple(logits.shape)}; expected (batch={inputs.shape[0]}, "
+                         "classes). GradTrust reads classifiers whose output is one logit per class.")
+    return logits
 
 
 class SelectOutput(nn.Module):

@@ -1,10 +1,13 @@
-"""Scoring leaves the model exactly as it found it: training flags, ``requires_grad`` and ``.grad``."""
+"""Scoring leaves the model exactly as it found it: training flags, ``requires_grad``, ``.grad`` and hooks."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from gradtrust.errors import ModelError
 from gradtrust.nn.cache import submodules
+from gradtrust.nn.outputs import logits_of
 
 
 class ScoringState:
@@ -20,10 +23,19 @@ class ScoringState:
     Only what differs is touched: a model already in eval mode costs one walk over its modules (on a GPU
     this runs once per batch; setting ``training`` and ``requires_grad`` on each of resnet50's 151 modules
     and 161 parameters, twice, cost a third of the forward-pass scores' time at batch 32).
+
+    With ``output_index``, ``model(x)`` returns ``logits_of(its output, output_index)`` inside (a forward hook on
+    the model, removed on exit; :mod:`gradtrust.nn.outputs`), so every pass run inside — hooks, vmap, per-sample
+    loops — sees the logits; a hook rather than a wrapper module keeps the model's names and cache entries.
     """
 
-    def __init__(self, model: nn.Module, freeze: bool = True):
+    def __init__(self, model: nn.Module, freeze: bool = True, output_index: int | str | None = None):
+        if output_index is not None and isinstance(model, torch.jit.ScriptModule):  # hooks raise on these
+            raise ModelError("output_index cannot be applied to a TorchScript module; wrap it instead: "
+                             f"gradtrust.models.SelectOutput(model, {output_index!r}) or load_model(..., output_index=…).")
         self.model = model
+        self._output_index = output_index
+        self._select: torch.utils.hooks.RemovableHandle | None = None
         self._freeze_on_enter = freeze
         self._training: list[nn.Module] = []
         self._unfrozen: list[nn.Parameter] = []
@@ -36,6 +48,9 @@ class ScoringState:
             self.model.eval()
         if self._freeze_on_enter:
             self.freeze()
+        if self._output_index is not None:
+            index = self._output_index
+            self._select = self.model.register_forward_hook(lambda module, args, out: logits_of(out, index))
         return self.model
 
     def freeze(self) -> None:
@@ -49,6 +64,8 @@ class ScoringState:
             p.requires_grad_(False)
 
     def __exit__(self, *exc) -> None:
+        if self._select is not None:
+            self._select.remove()
         for module in self._training:
             module.training = True
         for p, grad in zip(self._unfrozen, self._grads, strict=True):
@@ -56,7 +73,8 @@ class ScoringState:
             p.grad = grad
 
 
-def scoring_state(model: nn.Module, freeze: bool = True) -> ScoringState:
+def scoring_state(model: nn.Module, freeze: bool = True, output_index: int | str | None = None) -> ScoringState:
     """``with scoring_state(model):`` — ``model`` in eval mode with every parameter frozen (see
-    :class:`ScoringState`); ``freeze=False`` leaves the parameters until ``state.freeze()`` is called."""
-    return ScoringState(model, freeze)
+    :class:`ScoringState`); ``freeze=False`` leaves the parameters until ``state.freeze()`` is called;
+    ``output_index`` selects the logits among several outputs."""
+    return ScoringState(model, freeze, output_index)

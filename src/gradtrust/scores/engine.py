@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from gradtrust.errors import GradTrustError, InputError, ModelError
-from gradtrust.nn.model import as_module, prepare_inputs
-from gradtrust.nn.outputs import selecting_output
+from gradtrust.errors import InputError, ModelError
+from gradtrust.nn.model import as_module, input_mismatch, prepare_inputs
 from gradtrust.nn.state import scoring_state
 from gradtrust.scores.graphs import capturable, run_captured, use_graphs
 from gradtrust.scores.options import ScoreOptions
@@ -75,18 +74,11 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
                                               sample_ids=ids[s:s + step], output_index=output_index, **options)
                                         for s in range(0, batch, step)])
 
-    state = scoring_state(module, freeze=False)  # BatchPasses freezes the parameters before any graph
-    with state, selecting_output(module, output_index):
+    state = scoring_state(module, freeze=False, output_index=output_index)  # BatchPasses freezes before any graph
+    with state:
         passes = BatchPasses(module, x, opts, ids, needs, freeze=state.freeze)
-        try:
+        with input_mismatch(x):
             logits = passes.logits
-        except (RuntimeError, ValueError) as exc:  # ValueError: e.g. BatchNorm's "expected 4D input"
-            if isinstance(exc, GradTrustError):
-                raise
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"the model could not run on inputs of shape {tuple(x.shape)} ({x.dtype}): {first_line}. "
-                             "Check the input size and channels the model expects and apply its preprocessing "
-                             "(LoadedModel.transform).") from exc
         runnable: list[MethodSpec] = []
         skipped: dict[str, str] = {}
         parameters: dict[str, dict[str, Any]] = {}

@@ -163,10 +163,6 @@ class BatchPasses:
         finally:
             for handle in handles:
                 handle.remove()
-        if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-            raise ModelError(f"the model returned logits of shape {tuple(logits.shape)}; expected "
-                             f"(batch={x.shape[0]}, classes). GradTrust scores classifiers whose output is one "
-                             "logit per class.")
         return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits,
                              final=final_linear(model, seen, logits.shape[1]),
                              capture=capture, owners=owners)
