@@ -47,22 +47,23 @@ def recording(modules: Mapping[str, nn.Module]) -> Iterator[list[LayerCall]]:
             handle.remove()
 
 
-def final_layer_candidates(model: nn.Module) -> dict[str, nn.Module]:
+def final_layer_candidates(model: nn.Module, structure: tuple[int, ...] | None = None) -> dict[str, nn.Module]:
     """The modules to hook to find ``model``'s final layer: the one found on an earlier batch (cached), else
-    every ``nn.Linear``."""
-    name = cached(model, "final_layer", None, dict[str, str]).get("name")
+    every ``nn.Linear``. ``structure``: the model's :func:`~gradtrust.nn.cache.structure_key`, if known."""
+    name = cached(model, "final_layer", None, dict[str, str], structure).get("name")
     if name is not None:
         return {name: model.get_submodule(name)}
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def final_linear(model: nn.Module, calls: list[LayerCall], num_classes: int) -> LayerCall | None:
+def final_linear(model: nn.Module, calls: list[LayerCall], num_classes: int,
+                 structure: tuple[int, ...] | None = None) -> LayerCall | None:
     """Of the recorded ``calls`` (of :func:`final_layer_candidates`), the final layer's: the last one with
     ``num_classes`` output features, or None. Its name is cached for ``model``."""
     matches = [call for call in calls if call.output.shape[-1] == num_classes]
     if not matches:
         return None
-    cached(model, "final_layer", None, dict[str, str]).setdefault("name", matches[-1].name)
+    cached(model, "final_layer", None, dict[str, str], structure).setdefault("name", matches[-1].name)
     return matches[-1]
 
 

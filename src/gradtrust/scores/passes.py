@@ -31,6 +31,7 @@ from torch import nn
 
 from gradtrust import functional
 from gradtrust.errors import InputError, ModelError, UnknownNameError
+from gradtrust.nn.cache import structure_key
 from gradtrust.nn.hooks import LayerCall, final_layer_candidates, final_linear, graph_root, recording
 from gradtrust.nn.outputs import model_logits
 from gradtrust.per_sample import layers as per_sample
@@ -153,10 +154,11 @@ class BatchPasses:
         if cut:  # prepended, so that LayerCapture's own hook sees (and hooks) the new leaf
             handles += [m.register_forward_hook(start_graph, prepend=True) for m in graph_starts]
             handles += [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in rule_entries]
+        structure = structure_key(model)  # one walk over the model for both look-ups of its final layer
         try:
             # While the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (its CPU kernel is
             # slow; same forward bits): every parameter is frozen, so only activation gradients are taken.
-            with (recording(final_layer_candidates(model)) as seen, capture, owners or contextlib.nullcontext(),
+            with (recording(final_layer_candidates(model, structure)) as seen, capture, owners or contextlib.nullcontext(),
                   torch.set_grad_enabled(record_graph),
                   cheap_batch_norm(model) if record_graph and x.device.type == "cpu" else contextlib.nullcontext()):
                 logits = model_logits(model, x)
@@ -164,7 +166,7 @@ class BatchPasses:
             for handle in handles:
                 handle.remove()
         return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits,
-                             final=final_linear(model, seen, logits.shape[1]),
+                             final=final_linear(model, seen, logits.shape[1], structure),
                              capture=capture, owners=owners)
 
     @property
