@@ -141,6 +141,12 @@ def parse_challenges(text: str | Sequence[str]) -> list[Challenge]:
 # --------------------------------------------------------------------------- adversarial
 
 
+def per_channel(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per channel) shaped ``(1, C, 1, …)`` to broadcast over ``like`` (N, C, …), in its dtype and
+    on its device."""
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape((1, -1) + (1,) * (like.dim() - 2))
+
+
 def check_attackable(model: Any, images: torch.Tensor) -> None:
     """Raise before any attack runs if the model's logits cannot be differentiated w.r.t. its input."""
     module = as_module(model)
@@ -202,21 +208,16 @@ def attack(model: Any, images: torch.Tensor, labels: torch.Tensor, name: str, *,
     labels = torch.as_tensor(labels).long()
     if labels.shape != (images.shape[0],):
         raise InputError(f"labels of shape {tuple(labels.shape)} for {images.shape[0]} images.")
-    mean_t = std_t = None
     if (mean is None) != (std is None):
         raise InputError("give both mean and std (the model's input normalisation), or neither.")
-    if mean is not None and std is not None:
-        shape = (1, -1) + (1,) * (images.dim() - 2)
-        mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).reshape(shape)
-        std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).reshape(shape)
-    pixels = images if mean_t is None or std_t is None else images * std_t + mean_t
+    pixels = images if mean is None or std is None else images * per_channel(std, images) + per_channel(mean, images)
     low, high = float(pixels.min()), float(pixels.max())
     if low < -1e-4 or high > 1 + 1e-4:
         raise InputError(f"attacks work on images in [0, 1], but these span [{low:.3g}, {high:.3g}]; pass the "
                          "model's normalisation as mean=/std= (torchattacks then normalises inside the model).")
     # torchattacks with set_normalization_used takes normalised inputs, attacks in [0, 1] pixel space and
     # returns normalised adversarial inputs.
-    inputs = pixels.clamp(0, 1) if mean_t is None else images
+    inputs = pixels.clamp(0, 1) if mean is None else images
     from gradtrust.nn.state import scoring_state
 
     with scoring_state(module), torch.random.fork_rng(devices=[]):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradtrust.detection.challenges import Challenge, attack, builtin_ood, check_same_geometry, corrupt
+from gradtrust.detection.challenges import Challenge, attack, builtin_ood, check_same_geometry, corrupt, per_channel
 from gradtrust.detection.detector import DETECTOR_KINDS, Detector
 from gradtrust.detection.features import feature_layout, gradient_features
 from gradtrust.detection.mahalanobis import MahalanobisDetector
@@ -66,19 +66,12 @@ class KnownData:
     def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is None or self.std is None:
             return x
-        m, s = self._stats(x)
-        return x * s + m
+        return x * per_channel(self.std, x) + per_channel(self.mean, x)
 
     def from_pixels(self, p: torch.Tensor) -> torch.Tensor:
         if self.mean is None or self.std is None:
             return p
-        m, s = self._stats(p)
-        return (p - m) / s
-
-    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (torch.as_tensor(self.mean, dtype=x.dtype).reshape(shape),
-                torch.as_tensor(self.std, dtype=x.dtype).reshape(shape))
+        return (p - per_channel(self.mean, p)) / per_channel(self.std, p)
 
 
 @dataclass
