@@ -154,6 +154,22 @@ def test_prepare_inputs_checks_the_batch_dimension_everywhere(models):
     assert prepare_inputs(plain.double(), x).dtype == torch.float64
 
 
+class SizeChecking(Plain):
+    """Asserts its input size, as torchvision's ViT does."""
+
+    def forward(self, x):
+        assert x.shape[-1] == 8, f"Wrong image width {x.shape[-1]}"
+        return super().forward(x)
+
+
+def test_a_model_that_cannot_run_on_the_inputs_is_an_input_error_everywhere():
+    model, x = SizeChecking().eval(), torch.randn(2, 3, 8, 6)
+    for call in (lambda: gradtrust.score(model, x, "softmax"), lambda: gradtrust.gradient_features(model, x),
+                 lambda: explain(model, x)):
+        with pytest.raises(InputError, match=r"could not run on inputs of shape \([12], 3, 8, 6\).*Wrong image width 6"):
+            call()
+
+
 # ------------------------------------------------------------------ the per-model cache
 def test_final_layer_is_cached_until_the_model_changes(models):
     plain, _, x = models
