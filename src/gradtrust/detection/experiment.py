@@ -35,12 +35,14 @@ from gradtrust.detection.features import feature_layout, gradient_features
 from gradtrust.detection.mahalanobis import MahalanobisDetector
 from gradtrust.detection.metrics import evaluate_detection
 from gradtrust.errors import InputError, ModelError
+from gradtrust.scores import method_specs
 
 __all__ = ["DEFAULT_BASELINES", "DetectionResult", "DetectionSettings", "KnownData", "SplitError", "run_detection",
            "split_positions"]
 
-#: Scalar trust scores evaluated beside the detectors (names of ``gradtrust.score``), plus Mahalanobis.
-DEFAULT_BASELINES = ("softmax", "odin", "energy", "gradnorm", "purview_initial", "purview_final", "mahalanobis")
+#: Scalar trust scores evaluated beside the detectors: the methods tagged ``"detection_baseline"`` in the registry
+#: (registry order), plus Mahalanobis.
+DEFAULT_BASELINES = (*(spec.name for spec in method_specs() if "detection_baseline" in spec.tags), "mahalanobis")
 FORMAT_VERSION = 1
 
 

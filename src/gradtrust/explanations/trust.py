@@ -67,8 +67,6 @@ def _no_spatial_layer(ctx: BatchPasses) -> str | None:
 
 VOICE = register_pass(PassSpec(
     "VOICE", provides={"voice": voice_of_batch},
-    summary="VOICE's uncertainty map of the prediction's Grad-CAM: 1 forward on GAP heads, else a forward with a "
-            "graph from the layer on and batched backward passes over every class",
     params=(VOICE_LAYER, VOICE_THRESHOLD, VOICE_MAX_BACKWARD), unavailable=_no_spatial_layer, module=__name__))
 
 

@@ -27,10 +27,10 @@ from gradtrust.scores.registry import (
     unregister_method,
 )
 from gradtrust.scores.result import ScoreResult
-from gradtrust.scores.spec import MethodOutput, Param, Pass, PassSpec, register_pass
+from gradtrust.scores.spec import MethodOutput, Param, Pass, PassSpec, register_pass, unregister_pass
 from gradtrust.scores.view import BatchView, UndeclaredPassError
 
 __all__ = ["BatchView", "MethodOutput", "MethodSpec", "Param", "Pass", "PassSpec", "ScoreOptions", "ScoreResult",
            "UndeclaredPassError", "available_methods", "display_name", "get_method", "load_plugins",
            "method_specs", "order_methods", "paper_methods", "register", "register_method", "register_pass", "score",
-           "unregister_method"]
+           "unregister_method", "unregister_pass"]

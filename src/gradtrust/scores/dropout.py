@@ -113,7 +113,6 @@ def _no_dropout(ctx: BatchPasses) -> str | None:
 MC_DROPOUT = PassSpec(
     "MC_DROPOUT",
     provides={"mc_mean_probabilities": mc_mean_probabilities, "dropout_layers": lambda ctx: dropout_modules(ctx.model)},
-    summary="T forward passes with seeded per-sample dropout masks: T forwards",
     params=(Param("mc_samples", int, 10, "number T of MC-dropout passes", at_least_one),
             Param("seed", int, 0, "seed of the MC-dropout masks (with sample ids it fixes them per sample)")),
     unavailable=_no_dropout, module=__name__)

@@ -5,13 +5,6 @@ On the final ``nn.Linear`` (whose output is the logits) they are closed forms of
 penultimate features: no pass beyond the forward (docs/methods.md, "GradTrust's closed form"). On any other
 layer (``layer=``), or with ``gradient_path="autograd"``, one batched backward pass through the shared graph
 gives each sample's weight gradient (:func:`gradtrust.per_sample.layers.parameter_grads`).
-
-| quantity | what |
-| --- | --- |
-| ``mse_gradient_rows`` | row energies ``e_r = Var_d(G_{r,d}²)`` for GradTrust's MSE against the uniform label |
-| ``uniform_ce_grad_l1`` | ``‖∂L/∂W‖₁`` for GradNorm's cross-entropy against the uniform label |
-| ``feature_sq_variance`` | ``Var_d(h_d²)``: where 0, the closed-form rows carry no variance |
-| ``uses_autograd_path``, ``layer_module`` | where the gradients come from |
 """
 
 from __future__ import annotations
@@ -40,7 +33,6 @@ class GradientRows:
     l1: torch.Tensor | None = None  # (B,): ‖G‖₁
 
 
-# ------------------------------------------------------------------ where the gradients come from
 def layer_module(ctx: BatchPasses) -> nn.Module:
     """The module named by ``layer=`` (validated: an ``nn.Linear`` or ``nn.ConvNd``)."""
     name = ctx.options.layer
@@ -78,7 +70,6 @@ def uses_autograd_path(ctx: BatchPasses) -> bool:
     return not (on_final and ctx.closed_form_applies)
 
 
-# ------------------------------------------------------------------ closed forms, or autograd
 def feature_sq_variance(ctx: BatchPasses) -> torch.Tensor:
     """``Var_d(h_d²)`` (unbiased) per sample: zero means the gradient rows carry no variance."""
     return ctx.features.square().var(dim=1, unbiased=True)
@@ -195,8 +186,6 @@ COUNTERFACTUAL_GRADIENTS = PassSpec(
     provides={"mse_gradient_rows": mse_gradient_rows, "uniform_ce_grad_l1": uniform_ce_grad_l1,
               "feature_sq_variance": feature_sq_variance, "uses_autograd_path": uses_autograd_path,
               "layer_module": layer_module},
-    summary="per-sample gradient statistics of the final (or layer=) weights under the confounding-label losses: "
-            "closed forms from the forward pass (no cost), or ~1 backward by per-sample autograd on another layer",
     params=(
         Param("layer", str, None, "module whose weight gradients the gradient scores use; default the final "
               "nn.Linear (closed form); any other nn.Linear/nn.ConvNd goes through per-sample autograd"),

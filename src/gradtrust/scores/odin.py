@@ -1,8 +1,4 @@
-"""``Pass.ODIN``: the logits of ODIN's perturbed input (``odin_logits``): one backward pass to the input
-through the shared forward graph, one forward pass on the perturbed input.
-
-Source: Liang et al., ICLR 2018; the defaults of the GradTrust release (docs/methods.md).
-"""
+"""``Pass.ODIN``: the logits of ODIN's perturbed input, ``odin_logits`` (Liang et al., ICLR 2018)."""
 
 from __future__ import annotations
 
@@ -68,7 +64,6 @@ def _stds_check(value: Any) -> str | None:
 
 ODIN = PassSpec(
     "ODIN", provides={"odin_logits": odin_logits},
-    summary="the input gradient of ODIN's loss and a forward on the perturbed input: ~1 backward + 1 forward",
     params=(
         Param("odin_temperature", float, 100.0, "ODIN's temperature T", positive),
         Param("odin_epsilon", float, 0.0014, "ODIN's perturbation size ε, in the units of odin_epsilon_space",

@@ -84,6 +84,7 @@ class BatchPasses:
         self.inputs = inputs
         self.options = options
         self.sample_ids = sample_ids
+        self.batch_size = int(inputs.shape[0])
         self.needs = needs
         self._record_graph = any(needed.records_graph(options) for needed in needs)
         self._purview_hooks_error: str | None = None
@@ -338,33 +339,10 @@ def _purview_loss(z: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ Pass.FORWARD
-def logits(ctx: BatchPasses) -> torch.Tensor:
-    """The model's logits ``z`` (B, C) as float64, detached."""
-    return ctx._forward.logits.detach().double()
-
-
-def prediction(ctx: BatchPasses) -> torch.Tensor:
-    """``ŷ = argmax_c z_c`` (B,) int64."""
-    return ctx.logits.argmax(dim=1)
-
-
-def finite(ctx: BatchPasses) -> torch.Tensor:
-    """Samples whose logits are all finite; the others get NaN for every score."""
-    return torch.isfinite(ctx.logits).all(dim=1)
-
-
-def final_layer_name(ctx: BatchPasses) -> str | None:
-    """Name of the final ``nn.Linear`` (the last one to run with one output per class), or None."""
-    final = ctx._forward.final
-    return final.name if final is not None else None
-
-
 def closed_form_applies(ctx: BatchPasses) -> bool:
     """Whether the final layer's output *is* the logits, with one feature vector per sample."""
     final = ctx._forward.final
-    if final is None:
-        return False
-    return final.output is ctx._forward.logits and final.input.dim() == 2
+    return final is not None and final.output is ctx._forward.logits and final.input.dim() == 2
 
 
 def features(ctx: BatchPasses) -> torch.Tensor:
@@ -375,23 +353,21 @@ def features(ctx: BatchPasses) -> torch.Tensor:
     return final.input.detach().reshape(final.input.shape[0], -1).double()
 
 
-def log_probabilities(ctx: BatchPasses) -> torch.Tensor:
-    """``log softmax(z)`` (B, C) float64."""
-    return F.log_softmax(ctx.logits, dim=1)
-
-
 FORWARD = PassSpec(
     "FORWARD", provides={
-        "logits": logits, "prediction": prediction, "num_classes": lambda ctx: ctx.logits.shape[1],
-        "finite": finite, "final_layer_name": final_layer_name, "closed_form_applies": closed_form_applies,
-        "features": features, "log_probabilities": log_probabilities,
+        "logits": lambda ctx: ctx._forward.logits.detach().double(),  # ``z`` (B, C) float64, detached
+        "prediction": lambda ctx: ctx.logits.argmax(dim=1),  # ``ŷ = argmax_c z_c`` (B,) int64
+        "num_classes": lambda ctx: ctx.logits.shape[1],
+        "finite": lambda ctx: torch.isfinite(ctx.logits).all(dim=1),  # all logits finite; else NaN for every score
+        # the name of the final nn.Linear (the last one to run with one output per class), or None
+        "final_layer_name": lambda ctx: None if ctx._forward.final is None else ctx._forward.final.name,
+        "closed_form_applies": closed_form_applies, "features": features,
+        "log_probabilities": lambda ctx: F.log_softmax(ctx.logits, dim=1),  # ``log softmax(z)`` (B, C) float64
         "probabilities": lambda ctx: ctx.log_probabilities.exp()},  # ``p = softmax(z)`` (B, C) float64
-    summary="logits, probabilities, prediction, penultimate features: 1 forward (every method gets it)",
     module=__name__)
 
 PARAMETER_GRADIENTS = PassSpec(
     "PARAMETER_GRADIENTS", provides={"parameter_sq_norms": BatchPasses.purview_sq_norms},
-    summary="per-sample squared gradient norm of every parameter tensor under Purview's loss: ~1 backward + grads",
     params=(Param("purview_backend", str, "auto", "per-sample gradient norms by 'hooks', 'vmap' or 'loop'; 'auto' "
                   "takes the first that applies", choices=("auto", "hooks", "vmap", "loop")),),
     needs_graph=True, module=__name__)

@@ -39,7 +39,8 @@ class MethodSpec:
     Attributes:
         name: the registry name (``result[name]``, the results column, ``--methods``).
         fn: ``fn(batch: BatchView) -> MethodOutput``; reads only the passes in ``needs``.
-        needs: the passes the method reads (``Pass`` members); ``Pass.FORWARD`` is always included.
+        needs: the passes the method reads (``Pass`` members); ``Pass.FORWARD`` is always included. Reading
+            any other raises :class:`~gradtrust.scores.view.UndeclaredPassError`.
         display_name: the name tables and figures show.
         summary: the formula, one sentence (``gradtrust methods`` prints it).
         source: the paper (and the release) the definition follows.
@@ -119,18 +120,8 @@ def register_method(name: str, *, needs: Iterable[PassSpec] = (), display_name: 
                     ) -> Callable[[Callable[[BatchView], MethodOutput]], Callable[[BatchView], MethodOutput]]:
     """Decorator registering ``fn(batch: BatchView) -> MethodOutput`` as the trust score ``name``.
 
-    Args:
-        name: the registry name and results column (a Python identifier).
-        needs: the passes (``Pass`` members) the method reads (``Pass.FORWARD`` is implied). Reading anything
-            else raises :class:`~gradtrust.scores.view.UndeclaredPassError`.
-        display_name: the name in tables and figures (default ``name``).
-        summary: the formula in one sentence (default the first line of ``fn``'s docstring).
-        source: the paper the definition follows.
-        params: the method's own options (:class:`Param`), with default and validation.
-        applies: ``applies(batch) -> reason | None`` beyond the needed passes' own checks.
-        resolve: ``resolve(batch, name, value) -> value actually used`` for the manifest.
-        in_paper: the GradTrust paper's table compares the method.
-        cuda_graph_safe, tags: see :class:`MethodSpec`.
+    The arguments are :class:`MethodSpec`'s fields; ``display_name`` defaults to ``name``, ``summary`` to the
+    first paragraph of ``fn``'s docstring, and ``Pass.FORWARD`` is always among the ``needs``.
 
     Example::
 

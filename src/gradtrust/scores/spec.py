@@ -99,7 +99,6 @@ class PassSpec:
             the batch's :class:`~gradtrust.scores.passes.BatchPasses` (``model``, ``inputs``, ``options``,
             ``sample_ids``, and every registered quantity as an attribute, so a pass reads other passes) and
             runs at most once per batch: the first read stores the value for the rest of the batch.
-        summary: what the pass computes and what it costs.
         params: the options the pass reads (a method needing the pass reports them as its parameters).
         needs_graph: whether the shared forward pass must record an autograd graph for this pass: a bool, or
             ``needs_graph(options) -> bool``.
@@ -110,7 +109,6 @@ class PassSpec:
 
     name: str
     provides: Mapping[str, Callable[[Any], Any]]
-    summary: str
     params: tuple[Param, ...] = ()
     needs_graph: bool | Callable[[Any], bool] = False
     unavailable: Callable[[Any], str | None] | None = None
@@ -152,6 +150,13 @@ def register_pass(spec: PassSpec) -> PassSpec:
     return spec
 
 
+def unregister_pass(name: str) -> None:
+    """Remove the pass ``Pass.<name>`` and its quantities (tests and interactive sessions that redefine one)."""
+    spec = _PASSES.pop(name, None)
+    for quantity in spec.provides if spec is not None else ():
+        _PROVIDERS.pop(quantity, None)
+
+
 def pass_providing(quantity: str) -> PassSpec | None:
     """The registered pass that provides ``quantity``, or None."""
     return _PROVIDERS.get(quantity)
@@ -172,17 +177,7 @@ class _PassNamespace(type):
 
 
 class Pass(metaclass=_PassNamespace):
-    """The registered passes, by name: ``Pass.FORWARD``, ``Pass.ODIN``… (an open set: see :func:`register_pass`).
-
-    =============================  ===================================================================
-    ``FORWARD``                    logits, probabilities, prediction, penultimate features (1 forward;
-                                   every method gets it, declared or not)
-    ``COUNTERFACTUAL_GRADIENTS``   per-sample gradient statistics of the final (or ``layer=``) weights
-                                   under the confounding-label losses: closed forms from the forward
-                                   pass, or per-sample autograd on another layer
-    ``ODIN``                       the input gradient of ODIN's loss and a forward on the perturbed input
-    ``PARAMETER_GRADIENTS``        per-sample squared gradient norm of every parameter tensor (Purview)
-    ``MC_DROPOUT``                 ``T`` forward passes with seeded dropout masks
-    ``VOICE``                      VOICE's uncertainty statistics (registered by :mod:`gradtrust.explanations`)
-    =============================  ===================================================================
-    """
+    """The registered passes, by name: ``Pass.FORWARD``, ``Pass.ODIN``… (an open set: :func:`register_pass`).
+    The built-in ones, in order: ``FORWARD``, ``COUNTERFACTUAL_GRADIENTS``, ``ODIN``, ``PARAMETER_GRADIENTS``,
+    ``MC_DROPOUT`` (:mod:`gradtrust.scores.passes` tabulates what each provides and costs); then ``VOICE``
+    (:mod:`gradtrust.explanations.trust`) and the plug-ins'."""

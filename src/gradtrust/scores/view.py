@@ -9,14 +9,10 @@ forward pass got ``-0.0``, or a different value when another method in the same 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gradtrust.errors import GradTrustError
-from gradtrust.scores.spec import Pass, PassSpec, pass_providing
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
+from gradtrust.scores.spec import BATCH_ATTRIBUTES, Pass, PassSpec, pass_providing
 
 
 class UndeclaredPassError(GradTrustError):
@@ -39,27 +35,9 @@ class BatchView:
         self._method = method
         self._needs = needs | {Pass.FORWARD}
 
-    @property
-    def options(self) -> Any:
-        return self._passes.options
-
-    @property
-    def model(self) -> nn.Module:
-        return self._passes.model
-
-    @property
-    def inputs(self) -> torch.Tensor:
-        return self._passes.inputs
-
-    @property
-    def sample_ids(self) -> torch.Tensor:
-        return self._passes.sample_ids
-
-    @property
-    def batch_size(self) -> int:
-        return int(self._passes.inputs.shape[0])
-
     def __getattr__(self, quantity: str) -> Any:
+        if quantity in BATCH_ATTRIBUTES:
+            return getattr(self._passes, quantity)
         needed = pass_providing(quantity)
         if needed is None:
             raise AttributeError(f"a batch has no quantity {quantity!r}: no registered pass provides it")
