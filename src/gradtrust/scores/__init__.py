@@ -6,8 +6,8 @@
   :func:`available_methods`, :func:`get_method` read them back.
 * :class:`ScoreOptions` (:mod:`.options`), :class:`ScoreResult` (:mod:`.result`).
 
-Importing this package registers the built-in passes and methods (:mod:`.methods` imports the passes' modules);
-the capabilities' methods and plug-ins load through entry points the first time the registry is read.
+Importing this package registers the built-in passes and methods (:mod:`.methods`); capabilities and plug-ins
+load through entry points the first time the registry is read.
 """
 
 from gradtrust.scores import methods  # noqa: F401 - registers the built-in passes and methods, in order

@@ -30,8 +30,7 @@ for builtin in (FORWARD, COUNTERFACTUAL_GRADIENTS, ODIN, PARAMETER_GRADIENTS, MC
     register_pass(builtin)
 
 GRADIENTS = (COUNTERFACTUAL_GRADIENTS,)
-#: ``gradtrust detect`` compares these scalar scores by default (MethodSpec.tags)
-DETECTION_BASELINE = ("detection_baseline",)
+DETECTION_BASELINE = ("detection_baseline",)  # gradtrust detect's default baselines (MethodSpec.tags)
 
 
 def _undefined_for_all(batch: BatchView, reason: str) -> MethodOutput:
@@ -104,8 +103,7 @@ def _gradient_undefined(batch: BatchView) -> dict[str, torch.Tensor]:
 
 
 @register_method("gradnorm", in_paper=True, needs=GRADIENTS, display_name="GradNorm", cuda_graph_safe=True,
-                 tags=DETECTION_BASELINE,
-                 source="Huang et al., NeurIPS 2021 (GradNorm)")
+                 tags=DETECTION_BASELINE, source="Huang et al., NeurIPS 2021 (GradNorm)")
 def gradnorm_score(batch: BatchView) -> MethodOutput:
     """GradNorm ``‖∂L/∂W‖₁`` for ``L = −Σ_c u_c log p_c``; on the final layer ``‖p − u‖₁ · ‖h‖₁``.
 
@@ -142,8 +140,7 @@ def purview_initial_score(batch: BatchView) -> MethodOutput:
 
 
 @register_method("purview_final", in_paper=True, needs=(PARAMETER_GRADIENTS,), display_name="Purview (final)",
-                 tags=DETECTION_BASELINE,
-                 source="Lee et al., IEEE Access 2023, as in the GradTrust release")
+                 tags=DETECTION_BASELINE, source="Lee et al., IEEE Access 2023, as in the GradTrust release")
 def purview_final_score(batch: BatchView) -> MethodOutput:
     """``−mean_{j ≥ ⌈m/2⌉} ‖∂L/∂θ_j‖²₂`` over the last half of the parameter tensors (see purview_initial)."""
     return _purview(batch, "final")
