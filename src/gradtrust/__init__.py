@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from gradtrust._version import __version__
-from gradtrust.errors import DataError, GradTrustError, InputError, ModelError, UnknownNameError
+from gradtrust.errors import DataError, GradTrustError, InputError, ModelError, OptionError, UnknownNameError
 
 #: public name → the module that defines it (imported lazily by ``__getattr__``).
 _LAZY: dict[str, str] = {
@@ -24,8 +24,10 @@ _LAZY: dict[str, str] = {
     "available_methods": "gradtrust.scores",
     "get_method": "gradtrust.scores",
     "register_method": "gradtrust.scores",
+    "register_pass": "gradtrust.scores",
     "MethodSpec": "gradtrust.scores",
     "Pass": "gradtrust.scores",
+    "PassSpec": "gradtrust.scores",
     "functional": "gradtrust.functional",
     "Introspective": "gradtrust.introspection",
     "load_model": "gradtrust.models",
@@ -41,9 +43,9 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "Introspective", "LoadedModel",
-           "MethodSpec", "ModelError", "Pass", "ScoreOptions", "ScoreResult", "UnknownNameError", "__version__",
-           "available_methods", "functional", "get_method", "gradient_features", "load_model", "register_method",
-           "score"]
+           "MethodSpec", "ModelError", "OptionError", "Pass", "PassSpec", "ScoreOptions", "ScoreResult",
+           "UnknownNameError", "__version__", "available_methods", "functional", "get_method", "gradient_features",
+           "load_model", "register_method", "register_pass", "score"]
 __all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.explanations
 __all__ += ["keep_freed_memory"]  # gradtrust.cpu_memory
 
@@ -58,11 +60,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradtrust.scores import (
         MethodSpec,
         Pass,
+        PassSpec,
         ScoreOptions,
         ScoreResult,
         available_methods,
         get_method,
         register_method,
+        register_pass,
         score,
     )
 

@@ -22,3 +22,11 @@ class InputError(GradTrustError):
 
 class DataError(GradTrustError):
     """A dataset cannot be read (empty folder, class mismatch, unreadable label file…)."""
+
+
+class OptionError(GradTrustError):
+    """A scoring option has a bad value, or two declarations of one option disagree."""
+
+
+class RegistrationError(GradTrustError, TypeError):
+    """A trust-score method or pass cannot be registered as declared (a plug-in author's mistake)."""

@@ -39,12 +39,14 @@ from gradtrust.errors import InputError, ModelError
 from gradtrust.nn.hooks import final_layer_candidates, final_linear, recording
 from gradtrust.nn.model import as_module
 from gradtrust.nn.outputs import model_logits
+from gradtrust.scores import method_specs
 
 __all__ = ["DEFAULT_BASELINES", "DetectionResult", "DetectionSettings", "KnownData", "SplitError", "run_detection",
            "split_positions"]
 
-#: Scalar trust scores evaluated beside the detectors (names of ``gradtrust.score``), plus Mahalanobis.
-DEFAULT_BASELINES = ("softmax", "odin", "energy", "gradnorm", "purview_initial", "purview_final", "mahalanobis")
+#: Scalar trust scores evaluated beside the detectors: the methods tagged ``"detection_baseline"`` in the registry
+#: (registry order), plus Mahalanobis.
+DEFAULT_BASELINES = (*(spec.name for spec in method_specs() if "detection_baseline" in spec.tags), "mahalanobis")
 FORMAT_VERSION = 1
 
 

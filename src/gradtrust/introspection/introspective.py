@@ -32,15 +32,16 @@ from gradtrust.errors import DataError, InputError, ModelError
 from gradtrust.introspection.features import FeatureExtractor, IntrospectiveFeatures
 from gradtrust.introspection.head import IntrospectiveHead
 from gradtrust.nn.model import as_module, device_of, prepare_inputs
+from gradtrust.scores import Pass, method_specs
 
 __all__ = ["Introspective", "IntrospectiveModel", "IntrospectivePrediction"]
 
 CONFIG_FILE = "introspective.json"
 WEIGHTS_FILE = "introspective.safetensors"
 FORMAT = "gradtrust.introspective/1"
-#: The trust scores that are functions of the logits alone (:mod:`gradtrust.functional`).
-LOGIT_SCORES = ("softmax", "entropy", "max_logit", "margin", "brier", "logit_margin", "energy", "doctor",
-                "maxlogit_pnorm")
+#: The trust scores that are functions of the logits alone (:mod:`gradtrust.functional`): the registered methods
+#: that read only the forward pass and are pure functions of its tensors (``cuda_graph_safe``), in registry order.
+LOGIT_SCORES = tuple(spec.name for spec in method_specs() if spec.needs == {Pass.FORWARD} and spec.cuda_graph_safe)
 
 
 @dataclass

@@ -1,14 +1,20 @@
-"""Trust scores: the method registry, the per-batch passes and ``score``.
+"""Trust scores: the method and pass registries, the per-batch passes and ``score``.
 
 * :func:`score` (:mod:`.engine`): every requested score of one batch, each pass run once.
-* :func:`register_method`, :class:`MethodSpec`, :class:`Pass`, :class:`Param` (:mod:`.registry`,
-  :mod:`.spec`): how a method is declared; :func:`available_methods`, :func:`get_method` read it back.
+* :func:`register_method`, :class:`MethodSpec` (:mod:`.registry`), :class:`Param`, :class:`Pass`,
+  :func:`register_pass`, :class:`PassSpec` (:mod:`.spec`): how a method and a pass are declared;
+  :func:`available_methods`, :func:`get_method` read them back.
 * :class:`ScoreOptions` (:mod:`.options`), :class:`ScoreResult` (:mod:`.result`).
+
+Importing this package registers the built-in passes and methods (:mod:`.methods`); capabilities and plug-ins
+load through entry points the first time the registry is read.
 """
 
+from gradtrust.scores import methods  # noqa: F401 - registers the built-in passes and methods, in order
 from gradtrust.scores.engine import score
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.registry import (
+    MethodSpec,
     available_methods,
     display_name,
     get_method,
@@ -21,9 +27,10 @@ from gradtrust.scores.registry import (
     unregister_method,
 )
 from gradtrust.scores.result import ScoreResult
-from gradtrust.scores.spec import MethodOutput, MethodSpec, Param, Pass
+from gradtrust.scores.spec import MethodOutput, Param, Pass, PassSpec, register_pass, unregister_pass
 from gradtrust.scores.view import BatchView, UndeclaredPassError
 
-__all__ = ["BatchView", "MethodOutput", "MethodSpec", "Param", "Pass", "ScoreOptions", "ScoreResult",
+__all__ = ["BatchView", "MethodOutput", "MethodSpec", "Param", "Pass", "PassSpec", "ScoreOptions", "ScoreResult",
            "UndeclaredPassError", "available_methods", "display_name", "get_method", "load_plugins",
-           "method_specs", "order_methods", "paper_methods", "register", "register_method", "score", "unregister_method"]
+           "method_specs", "order_methods", "paper_methods", "register", "register_method", "register_pass", "score",
+           "unregister_method", "unregister_pass"]

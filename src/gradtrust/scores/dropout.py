@@ -1,4 +1,5 @@
-"""MC dropout with masks that depend on (seed, sample id, pass, layer) only, never on the batch.
+"""``Pass.MC_DROPOUT``: ``T`` forward passes with dropout on, with masks that depend on (seed, sample id, pass,
+layer) only, never on the batch.
 
 torch's own dropout draws one mask for the whole batch from the global RNG, so a sample's score would
 change with its batch-mates, the batch size or the number of GPUs. Here each mask element is a
@@ -12,8 +13,14 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
+
+from gradtrust.nn.outputs import model_logits
+from gradtrust.scores.options import at_least_one
+from gradtrust.scores.passes import BatchPasses
+from gradtrust.scores.spec import Param, PassSpec
 
 _MASK32 = 0xFFFFFFFF
 
@@ -84,3 +91,28 @@ def seeded_dropout(layers: list[nn.Module], seed: int, sample_ids: torch.Tensor,
     finally:
         for module in layers:
             module.__dict__.pop("forward", None)
+
+
+def mc_mean_probabilities(ctx: BatchPasses) -> torch.Tensor:
+    """``p̄ = mean_t softmax(f_t(x))`` over ``T`` passes with seeded per-sample dropout masks (B, C) float64."""
+    total = None
+    for t in range(ctx.options.mc_samples):
+        with seeded_dropout(ctx.dropout_layers, ctx.options.seed, ctx.sample_ids, t), torch.no_grad():
+            p = F.softmax(model_logits(ctx.model, ctx.inputs).double(), dim=1)
+        total = p if total is None else total + p
+    return total / ctx.options.mc_samples
+
+
+def _no_dropout(ctx: BatchPasses) -> str | None:
+    if ctx.dropout_layers:
+        return None
+    return ("the model has no dropout layer with p > 0 (nn.Dropout / Dropout1d/2d/3d), so MC dropout is "
+            "undefined; leave mc_dropout out of the methods.")
+
+
+MC_DROPOUT = PassSpec(
+    "MC_DROPOUT",
+    provides={"mc_mean_probabilities": mc_mean_probabilities, "dropout_layers": lambda ctx: dropout_modules(ctx.model)},
+    params=(Param("mc_samples", int, 10, "number T of MC-dropout passes", at_least_one),
+            Param("seed", int, 0, "seed of the MC-dropout masks (with sample ids it fixes them per sample)")),
+    unavailable=_no_dropout, module=__name__)

@@ -14,9 +14,9 @@ from gradtrust.scores.graphs import capturable, run_captured, use_graphs
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.packing import Layout, pack, to_host, unpack
 from gradtrust.scores.passes import BatchPasses
-from gradtrust.scores.registry import available_methods, get_method
+from gradtrust.scores.registry import MethodSpec, available_methods, get_method
 from gradtrust.scores.result import ScoreResult
-from gradtrust.scores.spec import MethodSpec, Pass
+from gradtrust.scores.spec import Pass, PassSpec
 from gradtrust.scores.view import BatchView
 
 
@@ -67,7 +67,7 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
     ids = torch.arange(batch) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.int64).flatten()
     if ids.shape[0] != batch:
         raise InputError(f"sample_ids has {ids.shape[0]} entries for a batch of {batch} samples.")
-    needs: frozenset[Pass] = frozenset({Pass.FORWARD}).union(*(m.needs for m in chosen))
+    needs: frozenset[PassSpec] = frozenset({Pass.FORWARD}).union(*(m.needs for m in chosen))
     if opts.micro_batch is not None and batch > opts.micro_batch:
         step = opts.micro_batch
         return ScoreResult.concatenate([score(module, x[s:s + step], [m.name for m in chosen] if explicit else None,
@@ -133,9 +133,9 @@ def _compute(passes: BatchPasses, methods: list[MethodSpec]) -> list[tuple[torch
 
 def _why_not_applicable(method: MethodSpec, passes: BatchPasses, view: BatchView) -> str | None:
     """Why ``method`` cannot run on this model: a pass it needs cannot run, or its own ``applies`` says so."""
-    for needed in Pass:  # enum order, so the reason given is stable
-        if needed in method.needs:
-            problem = passes.unavailable(needed)
+    for needed in Pass:  # registration order, so the reason given is stable
+        if needed in method.needs and needed.unavailable is not None:
+            problem = needed.unavailable(passes)
             if problem is not None:
                 return problem
     return method.applies(view) if method.applies is not None else None

@@ -8,36 +8,33 @@ H100 that cost ~3 ms per batch, half of resnet50's forward at batch 32 (forward-
 records their kernels. Every later batch of that shape copies its logits and features into the static
 tensors and *replays* the record — one launch, the same kernels, the same numbers bit for bit.
 
-Only built-in methods whose inputs are exactly the logits and the final layer's input are captured (those
-of ``gradtrust.scores.methods`` needing the forward pass and, in closed form, the counterfactual
-gradients): a plug-in could read something else (the input batch, the model) that a replay would not
-update. A capture that fails (an operation CUDA cannot record) is remembered and those methods run op by
-op. Each captured method set keeps a small private memory pool (tens of (B, C) float64 tensors) for as long
-as the model lives; at most :data:`MAX_GRAPHS_PER_MODEL` per model. ``cuda_graphs=False`` turns this off.
+Only methods declared ``cuda_graph_safe`` (:class:`~gradtrust.scores.registry.MethodSpec`: their inputs are
+exactly the logits and the final layer's input) are captured, and those reading the counterfactual gradients
+only where these come in closed form: another method could read something else (the input batch, the model)
+that a replay would not update. A capture that fails (an operation CUDA cannot record) is remembered and
+those methods run op by op. Each captured method set keeps a small private memory pool (tens of (B, C) float64
+tensors) for as long as the model lives and keeps its structure (:mod:`gradtrust.nn.cache`, namespace
+``"cuda_graphs"``); at most :data:`MAX_GRAPHS_PER_MODEL` per model. ``cuda_graphs=False`` turns this off.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from gradtrust.nn import cache
 from gradtrust.scores.packing import Layout, pack
-from gradtrust.scores.spec import MethodSpec, Pass
+from gradtrust.scores.passes import BatchPasses
+from gradtrust.scores.registry import MethodSpec
+from gradtrust.scores.spec import Pass
 from gradtrust.scores.view import BatchView
-
-if TYPE_CHECKING:
-    from gradtrust.scores.passes import BatchPasses
 
 #: Captured method stages kept per model (batch shapes × method sets × options), oldest dropped first.
 MAX_GRAPHS_PER_MODEL = 8
-_BUILTIN_MODULE = "gradtrust.scores.methods"
-_CAPTURABLE_PASSES = frozenset({Pass.FORWARD, Pass.COUNTERFACTUAL_GRADIENTS})
 
 
 @dataclass
@@ -50,12 +47,16 @@ class _Captured:
 
 
 _FAILED = object()  # a key whose capture failed: run its methods op by op
-_GRAPHS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[Hashable, object]] = weakref.WeakKeyDictionary()
+
+
+def _graphs_of(model: nn.Module) -> OrderedDict[Hashable, object]:
+    """The captured stages of ``model``, oldest first, kept in the per-model cache."""
+    return cache.cached(model, "cuda_graphs", None, OrderedDict)
 
 
 def capturable(method: MethodSpec, passes: BatchPasses) -> bool:
     """Whether ``method`` may run inside a captured graph on this batch (see the module docstring)."""
-    if method.module != _BUILTIN_MODULE or not method.needs <= _CAPTURABLE_PASSES:
+    if not method.cuda_graph_safe:
         return False
     return Pass.COUNTERFACTUAL_GRADIENTS not in method.needs or not passes.uses_autograd_path
 
@@ -77,7 +78,7 @@ def run_captured(passes: BatchPasses, methods: list[MethodSpec]) -> tuple[torch.
     key = (tuple(m.name for m in methods), passes.options, passes.final_layer_name, logits.device,
            logits.shape, logits.dtype, logits.stride(),
            None if features is None else (features.shape, features.dtype, features.stride()))
-    per_model = _GRAPHS.setdefault(passes.model, OrderedDict())
+    per_model = _graphs_of(passes.model)
     captured = per_model.get(key)
     if captured is None:
         captured = _capture(passes, methods, logits, features)
@@ -130,4 +131,4 @@ def _capture(passes: BatchPasses, methods: list[MethodSpec], logits: torch.Tenso
 
 def captured_graphs(model: nn.Module) -> int:
     """How many method stages are captured for ``model`` (failed captures not counted)."""
-    return sum(isinstance(c, _Captured) for c in _GRAPHS.get(model, {}).values())
+    return sum(isinstance(c, _Captured) for c in _graphs_of(model).values())

@@ -1,7 +1,8 @@
 """Scoring options: every option is a :class:`~gradtrust.scores.spec.Param`, declared once, by the pass that
-reads it (ODIN's temperature belongs to the ODIN pass), by a method (``topk``), or by the engine itself
-(``chunk_bytes``, ``conv_strategy``). :class:`ScoreOptions` holds one value for each; the CLI's ``--option`` help and parsing,
-``gradtrust methods`` and the manifest read the same declarations. Defaults follow the GradTrust release
+reads it (ODIN's temperature belongs to the ODIN pass: :attr:`PassSpec.params`), by a method (``topk``), or by
+the engine itself (``chunk_bytes``, ``conv_strategy``: :data:`ENGINE_PARAMS`). :class:`ScoreOptions` holds one
+value for each; the CLI's ``--option`` help and parsing, ``gradtrust methods`` and the manifest read the same
+declarations. Defaults follow the GradTrust release
 (``docs/methods.md``).
 """
 
@@ -10,21 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gradtrust.errors import UnknownNameError
+from gradtrust.errors import OptionError, UnknownNameError
 from gradtrust.per_sample import conv_strategy
 from gradtrust.per_sample import layers as per_sample
+from gradtrust.scores.registry import method_specs
 from gradtrust.scores.spec import Param, Pass
 
 
-def _positive(value: Any) -> str | None:
+def positive(value: Any) -> str | None:
+    """A :attr:`Param.check`: the value must be > 0."""
     return None if value > 0 else "must be > 0"
 
 
-def _non_negative(value: Any) -> str | None:
-    return None if value >= 0 else "must be >= 0"
-
-
-def _at_least_one(value: Any) -> str | None:
+def at_least_one(value: Any) -> str | None:
+    """A :attr:`Param.check`: the value must be >= 1."""
     return None if value >= 1 else "must be an integer >= 1"
 
 
@@ -40,46 +40,13 @@ def parse_stds(value: Any) -> tuple[float, ...] | None:
     return numbers if numbers and all(v > 0 for v in numbers) else None
 
 
-def _stds_check(value: Any) -> str | None:
-    return None if parse_stds(value) is not None else "must be positive numbers, one per input channel"
-
-
-#: The options each pass reads (a method needing the pass reports them as its parameters).
-PASS_PARAMS: dict[Pass, tuple[Param, ...]] = {
-    Pass.COUNTERFACTUAL_GRADIENTS: (
-        Param("layer", str, None, "module whose weight gradients the gradient scores use; default the final "
-              "nn.Linear (closed form); any other nn.Linear/nn.ConvNd goes through per-sample autograd"),
-        Param("gradient_path", str, "auto", "'auto' (closed form on the final layer, autograd elsewhere), "
-              "'closed_form', or 'autograd' (per-sample autograd even on the final layer)",
-              choices=("auto", "closed_form", "autograd")),
-    ),
-    Pass.ODIN: (
-        Param("odin_temperature", float, 100.0, "ODIN's temperature T", _positive),
-        Param("odin_epsilon", float, 0.0014, "ODIN's perturbation size ε, in the units of odin_epsilon_space",
-              _non_negative),
-        Param("odin_epsilon_space", str, "input", "'input': ε is a step on the tensor the model receives (the "
-              "GradTrust release); 'pixel': ε in [0, 1] pixel units, the step on channel c is ε / σ_c "
-              "(Liang et al.'s code, OpenOOD; needs odin_input_std)", choices=("input", "pixel")),
-        Param("odin_input_std", str, None, "the normalisation std σ per channel ('0.229,0.224,0.225') for "
-              "odin_epsilon_space='pixel'; gradtrust score fills it from the model's preprocessing", _stds_check),
-    ),
-    Pass.PARAMETER_GRADIENTS: (
-        Param("purview_backend", str, "auto", "per-sample gradient norms by 'hooks', 'vmap' or 'loop'; 'auto' "
-              "takes the first that applies", choices=("auto", "hooks", "vmap", "loop")),
-    ),
-    Pass.MC_DROPOUT: (
-        Param("mc_samples", int, 10, "number T of MC-dropout passes", _at_least_one),
-        Param("seed", int, 0, "seed of the MC-dropout masks (with sample ids it fixes them per sample)"),
-    ),
-}
-
 #: Options of the engine itself, read by no method.
 ENGINE_PARAMS: tuple[Param, ...] = (
     Param("chunk_bytes", int, per_sample.DEFAULT_CHUNK_BYTES,
-          "memory bound for one block of materialised per-sample gradients", _positive),
+          "memory bound for one block of materialised per-sample gradients", positive),
     Param("micro_batch", int, None, "score at most this many samples per pass: a larger batch is scored in "
           "slices (the same numbers; samples are independent in eval mode). Bounds the peak memory of the "
-          "gradient passes, which grows with the batch like a training step's", _at_least_one),
+          "gradient passes, which grows with the batch like a training step's", at_least_one),
     Param("cuda_graphs", bool, True, "on a GPU, replay the forward-pass scores as one captured CUDA graph per "
           "batch shape (the same numbers, one launch instead of ~150); false runs them op by op"),
     Param("conv_strategy", str, "auto", "how per-sample convolution weight norms are computed (all exact): 'auto' "
@@ -93,26 +60,24 @@ def known_params() -> dict[str, Param]:
 
     A name declared twice must be declared identically (two methods may share a ``Param`` object).
     """
-    from gradtrust.scores.registry import method_specs
-
+    methods = method_specs()  # first: loading the plug-ins may register passes
     params: dict[str, Param] = {}
-    groups: list[Iterable[Param]] = [ENGINE_PARAMS, *PASS_PARAMS.values()]
-    groups += [spec.params for spec in method_specs()]
+    groups: list[Iterable[Param]] = [ENGINE_PARAMS, *(p.params for p in Pass), *(spec.params for spec in methods)]
     for group in groups:
         for param in group:
             existing = params.setdefault(param.name, param)
             if existing != param:
-                raise ValueError(f"the scoring option {param.name!r} is declared twice with different "
-                                 f"definitions: {existing} and {param}")
+                raise OptionError(f"the scoring option {param.name!r} is declared twice with different "
+                                  f"definitions: {existing} and {param}")
     return params
 
 
 def builtin_param_names() -> set[str]:
     """The options this package declares (engine, passes, built-in methods), without plug-ins' options."""
-    from gradtrust.scores.registry import method_specs
-
-    names = {p.name for p in ENGINE_PARAMS} | {p.name for group in PASS_PARAMS.values() for p in group}
-    names |= {p.name for spec in method_specs() if spec.module.startswith("gradtrust.") for p in spec.params}
+    methods = method_specs()  # first: loading the plug-ins may register passes
+    names = {p.name for p in ENGINE_PARAMS}
+    names |= {p.name for needed in Pass if needed.module.startswith("gradtrust.") for p in needed.params}
+    names |= {p.name for spec in methods if spec.module.startswith("gradtrust.") for p in spec.params}
     return names
 
 

@@ -1,21 +1,23 @@
-"""The passes of the network that trust scores are computed from, each run at most once per batch.
+"""The batch context every pass reads (:class:`BatchPasses`), the shared forward pass, and the two passes built on
+its recorded graph: ``Pass.FORWARD`` and ``Pass.PARAMETER_GRADIENTS`` (Purview).
 
-:class:`BatchPasses` exposes every per-batch quantity as a lazily computed, cached property. A method reads
-the properties it needs; the first reader pays for the pass, every later reader gets it for free:
+:class:`BatchPasses` holds one batch (model, inputs, options, sample ids, the passes needed) and a per-batch memo:
+every quantity of a registered pass (:class:`~gradtrust.scores.spec.PassSpec`) is an attribute, computed on first
+read and kept for the batch, so each pass runs at most once per batch, whichever methods (or other passes) read it:
 
-| property | :class:`~gradtrust.scores.spec.Pass` | cost |
+| quantity | pass (module) | cost |
 | --- | --- | --- |
-| ``logits``, ``features`` | ``FORWARD``: penultimate features from a hook on the final ``nn.Linear`` | 1 forward |
-| ``mse_gradient_rows``, ``uniform_ce_grad_l1`` | ``COUNTERFACTUAL_GRADIENTS``: closed forms, or autograd | 0, or ~1 backward |
-| ``odin_logits`` | ``ODIN``: input gradient of ``−log softmax(z/T)_ŷ``, then a forward on ``x̃`` | ~1 backward + 1 forward |
-| ``parameter_sq_norms`` | ``PARAMETER_GRADIENTS``: per-sample ``‖∂L/∂θ_j‖²`` under ``BCE(z, 1)`` | ~1 backward + grads |
-| ``mc_mean_probabilities`` | ``MC_DROPOUT``: ``T`` forwards with seeded per-sample dropout masks | T forwards |
+| ``logits``, ``features``, ``probabilities``… | ``FORWARD`` (here): features from a hook on the final ``nn.Linear`` | 1 forward |
+| ``mse_gradient_rows``, ``uniform_ce_grad_l1`` | ``COUNTERFACTUAL_GRADIENTS`` (:mod:`.gradients`) | 0, or ~1 backward |
+| ``odin_logits`` | ``ODIN`` (:mod:`.odin`): input gradient, then a forward on ``x̃`` | ~1 backward + 1 forward |
+| ``parameter_sq_norms`` | ``PARAMETER_GRADIENTS`` (here): per-sample ``‖∂L/∂θ_j‖²`` under ``BCE(z, 1)`` | ~1 backward + grads |
+| ``mc_mean_probabilities`` | ``MC_DROPOUT`` (:mod:`.dropout`): ``T`` forwards, seeded per-sample masks | T forwards |
 
 Methods do not read this class directly: they get a :class:`~gradtrust.scores.view.BatchView`, which lets a
 method read only the passes it declared.
 
-When any gradient is needed the single forward pass is run with autograd recording (input
-``requires_grad``, parameters frozen) and every backward pass reuses its graph.
+When any needed pass asks for a graph (:attr:`PassSpec.needs_graph`) the single forward pass is run with autograd
+recording (input ``requires_grad``, parameters frozen) and every backward pass reuses its graph.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradtrust import functional
-from gradtrust.errors import InputError, ModelError, UnknownNameError
+from gradtrust.errors import ModelError
 from gradtrust.nn.cache import structure_key
 from gradtrust.nn.hooks import LayerCall, final_layer_candidates, final_linear, graph_root, recording
 from gradtrust.nn.outputs import model_logits
@@ -38,9 +40,8 @@ from gradtrust.per_sample import layers as per_sample
 from gradtrust.per_sample.eval_backward import cheap_batch_norm
 from gradtrust.per_sample.layers import LayerCapture, UnsupportedForHooks
 from gradtrust.per_sample.planner import OwnerCapture, PurviewPlan, plan_parameters
-from gradtrust.scores.dropout import dropout_modules, seeded_dropout
-from gradtrust.scores.options import ScoreOptions, parse_stds
-from gradtrust.scores.spec import Pass
+from gradtrust.scores.options import ScoreOptions
+from gradtrust.scores.spec import Param, Pass, PassSpec, pass_providing
 
 
 @dataclass
@@ -57,32 +58,24 @@ class ForwardRecord:
     owners: OwnerCapture | None = None  # Purview's rules and per-sample-autograd units
 
 
-@dataclass
-class GradientRows:
-    """Per-sample statistics of a weight gradient ``G`` (rows = output units), float64 on the model's device."""
-
-    row_energy: torch.Tensor  # (B, R): e_r = Var_d(G_{r,d}²)
-    l1: torch.Tensor | None = None  # (B,): ‖G‖₁
-
-
 class BatchPasses:
-    """Lazily computed per-batch quantities of ``model`` on ``inputs`` (see the module docstring).
+    """One batch of ``model`` on ``inputs`` and the per-batch memo of its passes' quantities (module docstring).
 
-    ``model`` must already be in the scoring state (:func:`gradtrust.nn.state.scoring_state`).
+    ``model`` must already be in the scoring state (:func:`gradtrust.nn.state.scoring_state`); ``needs``: the
+    passes the batch's methods declared (they decide whether the forward pass records a graph).
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, options: ScoreOptions,
-                 sample_ids: torch.Tensor, needs: frozenset[Pass], freeze: Callable[[], None] | None = None):
+                 sample_ids: torch.Tensor, needs: frozenset[PassSpec], freeze: Callable[[], None] | None = None):
         self.model = model
         # Called before any pass that records an autograd graph (ScoringState.freeze); None: already frozen.
         self._freeze = freeze or (lambda: None)
         self.inputs = inputs
         self.options = options
         self.sample_ids = sample_ids
+        self.batch_size = int(inputs.shape[0])
         self.needs = needs
-        self._record_graph = bool(needs & {Pass.ODIN, Pass.PARAMETER_GRADIENTS}) or (
-            Pass.COUNTERFACTUAL_GRADIENTS in needs
-            and (options.layer is not None or options.gradient_path == "autograd"))
+        self._record_graph = any(needed.records_graph(options) for needed in needs)
         self._purview_hooks_error: str | None = None
         self._second_forward: ForwardRecord | None = None
         self.purview_backend_used: str | None = None
@@ -90,13 +83,32 @@ class BatchPasses:
         #: units of the model whose per-sample norms came from per-sample autograd: {name: "vmap" | "loop"}
         self.purview_fallback: dict[str, str] = {}
 
+    def __getattr__(self, quantity: str) -> Any:
+        """A quantity of a registered pass, computed on its first read; stored in the instance, so that every
+        later read of this batch finds it without computing it again (the per-batch memo)."""
+        raised = self.__dict__.pop("_model_attribute_error", None)
+        if raised is not None:  # see _forward
+            raise raised
+        provider = pass_providing(quantity)
+        if provider is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {quantity!r}")
+        value = provider.provides[quantity](self)
+        self.__dict__[quantity] = value
+        return value
+
     # ------------------------------------------------------------------ the forward pass
     @cached_property
     def _forward(self) -> ForwardRecord:
         """The one forward pass (recording an autograd graph when any method needs a gradient)."""
-        return self._run_forward(self._record_graph)
+        try:
+            return self._run_forward(self._record_graph)
+        except AttributeError as exc:
+            # An AttributeError raised by the model inside this property would make Python call __getattr__
+            # instead, losing it: __getattr__ raises this one.
+            self.__dict__["_model_attribute_error"] = exc
+            raise
 
-    def _graph_forward(self) -> ForwardRecord:
+    def graph_forward(self) -> ForwardRecord:
         """A forward pass with a recorded graph: the shared one, or (rarely) a second forward when the
         shared one was run without a graph and the gradient scores turn out to need autograd."""
         if self._forward.graph:
@@ -193,47 +205,6 @@ class BatchPasses:
                                                     capture=LayerCapture({}))
         return shadow
 
-    @cached_property
-    def logits(self) -> torch.Tensor:
-        """The model's logits ``z`` (B, C) as float64, detached."""
-        return self._forward.logits.detach().double()
-
-    @cached_property
-    def prediction(self) -> torch.Tensor:
-        """``ŷ = argmax_c z_c`` (B,) int64."""
-        return self.logits.argmax(dim=1)
-
-    @cached_property
-    def num_classes(self) -> int:
-        return self.logits.shape[1]
-
-    @cached_property
-    def finite(self) -> torch.Tensor:
-        """Samples whose logits are all finite; the others get NaN for every score."""
-        return torch.isfinite(self.logits).all(dim=1)
-
-    @property
-    def final_layer_name(self) -> str | None:
-        """Name of the final ``nn.Linear`` (the last one to run with one output per class), or None."""
-        final = self._forward.final
-        return final.name if final is not None else None
-
-    @cached_property
-    def closed_form_applies(self) -> bool:
-        """Whether the final layer's output *is* the logits, with one feature vector per sample."""
-        final = self._forward.final
-        if final is None:
-            return False
-        return final.output is self._forward.logits and final.input.dim() == 2
-
-    @cached_property
-    def features(self) -> torch.Tensor:
-        """Penultimate features ``h`` (B, D) float64: the input of the final ``nn.Linear``."""
-        final = self._forward.final
-        if final is None:
-            raise ModelError(self.no_final_linear_message())
-        return final.input.detach().reshape(final.input.shape[0], -1).double()
-
     def no_final_linear_message(self) -> str:
         if isinstance(self.model, torch.jit.ScriptModule):
             return ("this is a TorchScript model: its compiled forward runs its layers in the TorchScript interpreter, "
@@ -246,192 +217,8 @@ class BatchPasses:
                 "layer='<module name>' (any nn.Linear or nn.ConvNd, e.g. the classifier convolution) to compute "
                 "them by per-sample autograd on that layer, or leave out gradtrust, gradtrust_topk and gradnorm.")
 
-    # ------------------------------------------------------------------ gradient scores: where from
-    @cached_property
-    def layer_module(self) -> nn.Module:
-        """The module named by ``layer=`` (validated: an ``nn.Linear`` or ``nn.ConvNd``)."""
-        name = self.options.layer
-        if isinstance(self.model, torch.jit.ScriptModule) or isinstance(
-                getattr(self.model, "_modules", {}).get(str(name).split(".")[0]), torch.jit.ScriptModule):
-            raise ModelError(f"layer={name!r}: the layer is inside a TorchScript module, whose compiled forward runs "
-                             "it in the TorchScript interpreter, which never calls the Python hooks that per-sample "
-                             "gradients need. Score the Python model (its state dict + architecture) instead.")
-        try:
-            module = self.model.get_submodule(name)
-        except AttributeError:
-            candidates = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, *per_sample._CONV))]
-            raise UnknownNameError(f"layer={name!r} is not a module of this model. Layers that can be used: "
-                                   f"{', '.join(candidates[-8:])}{' …' if len(candidates) > 8 else ''}.") from None
-        if not (isinstance(module, nn.Linear) or type(module) in per_sample._CONV):
-            raise ModelError(f"layer={name!r} is a {type(module).__name__}; gradient scores need an nn.Linear or "
-                             "nn.Conv1d/2d/3d layer.")
-        if type(module) in per_sample._CONV and not per_sample.supports_hooks(module):
-            raise ModelError(f"layer={name!r} uses padding={module.padding!r}, padding_mode={module.padding_mode!r}; "
-                             "only numeric padding with padding_mode='zeros' is supported for per-sample gradients.")
-        return module
-
-    @cached_property
-    def uses_autograd_path(self) -> bool:
-        """Whether the gradient scores come from per-sample autograd rather than the closed forms."""
-        opts = self.options
-        if opts.gradient_path == "autograd":
-            return True
-        on_final = opts.layer is None or opts.layer == self.final_layer_name
-        if opts.gradient_path == "closed_form":
-            if not (on_final and self.closed_form_applies):
-                raise ModelError("gradient_path='closed_form' needs the final nn.Linear whose output is the logits; "
-                                 + ("" if self.final_layer_name else self.no_final_linear_message()))
-            return False
-        return not (on_final and self.closed_form_applies)
-
-    def unavailable(self, needed: Pass) -> str | None:
-        """Why ``needed`` cannot run on this model (then no method needing it applies), or None."""
-        if needed is Pass.COUNTERFACTUAL_GRADIENTS and self.options.layer is None and self.final_layer_name is None:
-            return self.no_final_linear_message()
-        if needed is Pass.MC_DROPOUT and not self.dropout_layers:
-            return ("the model has no dropout layer with p > 0 (nn.Dropout / Dropout1d/2d/3d), so MC dropout is "
-                    "undefined; leave mc_dropout out of the methods.")
-        return None
-
-    # ------------------------------------------------------------------ gradient scores: closed forms
-    @cached_property
-    def feature_sq_variance(self) -> torch.Tensor:
-        """``Var_d(h_d²)`` (unbiased) per sample: zero means the gradient rows carry no variance."""
-        return self.features.square().var(dim=1, unbiased=True)
-
-    @cached_property
-    def mse_gradient_rows(self) -> GradientRows:
-        """Row energies ``e_r = Var_d(G_{r,d}²)`` of ``G = ∂L/∂W`` for ``L = (1/C) Σ_c (z_c − 1/C)²``.
-
-        Closed form (docs/methods.md, "GradTrust's closed form"): ``G = a hᵀ`` with ``a_c = (2/C)(z_c − 1/C)``, so
-        ``e_c = a_c⁴ · Var_d(h_d²)``. Otherwise per-sample autograd on the chosen layer.
-        """
-        if not self.uses_autograd_path:
-            return GradientRows(row_energy=functional.mse_gradient_row_energy(self.logits, self.features))
-        return self._autograd_rows(self._mse_uniform_loss, want_l1=False)
-
-    @cached_property
-    def uniform_ce_grad_l1(self) -> torch.Tensor:
-        """``‖∂L/∂W‖₁`` for ``L = −Σ_c u_c log p_c`` (GradNorm's loss), per sample (B,) float64.
-
-        Closed form: ``G = (p − u) hᵀ`` so ``‖G‖₁ = ‖p − u‖₁ · ‖h‖₁`` (Huang et al., NeurIPS 2021).
-        """
-        if not self.uses_autograd_path:
-            return functional.uniform_ce_gradient_l1(self.logits, self.features)
-        rows = self._autograd_rows(self._uniform_ce_loss, want_l1=True)
-        assert rows.l1 is not None  # want_l1=True fills it
-        return rows.l1
-
-    @staticmethod
-    def _mse_uniform_loss(z: torch.Tensor) -> torch.Tensor:
-        """Per-sample ``(1/C) Σ_c (z_c − 1/C)²`` (B,)."""
-        c = z.shape[1]
-        return (z.float() - 1.0 / c).square().mean(1)
-
-    @staticmethod
-    def _uniform_ce_loss(z: torch.Tensor) -> torch.Tensor:
-        """Per-sample cross-entropy against the uniform label, ``−(1/C) Σ_c log p_c`` (B,)."""
-        return -F.log_softmax(z.float(), dim=1).mean(1)
-
-    def _autograd_rows(self, loss_fn, want_l1: bool) -> GradientRows:
-        """Per-sample weight gradient of the gradient layer under ``loss_fn``, reduced to row statistics.
-
-        The layer's input ``a`` and output gradient ``g`` come from one batched backward pass through the
-        shared graph; :func:`gradtrust.per_sample.layers.parameter_grads` forms each sample's ``∂L_i/∂W``.
-        """
-        forward = self._graph_forward()
-        loss = loss_fn(forward.logits).sum()
-        batch = self.inputs.shape[0]
-        if self.options.layer is None:  # the final nn.Linear, recorded by the forward hook
-            if forward.final is None:
-                raise ModelError(self.no_final_linear_message())
-            _, module, a, out, version = forward.final
-            if out._version != version:
-                raise ModelError("the final layer's output is modified in place by the model; pass layer= "
-                                 "explicitly to compute the gradient scores through layer hooks.")
-            if not loss.requires_grad:
-                raise ModelError("the logits do not depend differentiably on the model's input, so per-sample "
-                                 "layer gradients cannot be taken; use the closed form (gradient_path='auto').")
-            (g,) = torch.autograd.grad(loss, out, retain_graph=True)
-            energy, l1 = _rows_from_grads(module, a.detach(), g, self.options.chunk_bytes, want_l1)
-            return GradientRows(row_energy=energy, l1=l1)
-        name, module = self.options.layer, self.layer_module
-        capture = forward.capture
-        if capture.calls.get(name) != 1:
-            raise ModelError(f"layer={name!r} ran {capture.calls.get(name, 0)} times in one forward pass; "
-                             "per-sample gradients need a layer that runs exactly once.")
-        collected: dict[str, tuple] = {}
-
-        def on_grad(layer_name, mod, a, g):
-            if layer_name == name:
-                collected["rows"] = _rows_from_grads(mod, a, g, self.options.chunk_bytes, want_l1)
-
-        capture.on_grad, capture.active = on_grad, True
-        try:
-            _backward_through(loss, forward)
-        finally:
-            capture.active, capture.on_grad = False, None
-        if "rows" not in collected:  # the layer does not reach the logits: its gradient is zero
-            zeros = torch.zeros(batch, per_sample.layer_weight(module).shape[0], dtype=torch.float64,
-                                device=self.inputs.device)
-            return GradientRows(row_energy=zeros, l1=zeros[:, 0].clone())
-        energy, l1 = collected["rows"]
-        return GradientRows(row_energy=energy, l1=l1)
-
-    # ------------------------------------------------------------------ cheap derived quantities
-    @cached_property
-    def log_probabilities(self) -> torch.Tensor:
-        """``log softmax(z)`` (B, C) float64."""
-        return F.log_softmax(self.logits, dim=1)
-
-    @cached_property
-    def probabilities(self) -> torch.Tensor:
-        """``p = softmax(z)`` (B, C) float64."""
-        return self.log_probabilities.exp()
-
-    # ------------------------------------------------------------------ ODIN
-    @cached_property
-    def odin_logits(self) -> torch.Tensor:
-        """Logits of ODIN's perturbed input ``x̃ = x − ε·sign(∇_x[−log softmax(f(x)/T)_ŷ])`` (B, C) float64.
-
-        One backward pass to the input through the shared forward graph, one forward pass on ``x̃``.
-        Source: Liang et al., ICLR 2018; defaults of the GradTrust release (docs/methods.md).
-        """
-        forward = self._graph_forward()
-        z = forward.logits.float()
-        log_p = F.log_softmax(z / self.options.odin_temperature, dim=1)
-        loss = -log_p.gather(1, self.prediction.to(z.device).unsqueeze(1)).sum()
-        if loss.requires_grad:
-            (grad,) = torch.autograd.grad(loss, forward.x, retain_graph=True, allow_unused=True)
-        else:  # the logits do not depend differentiably on the input: ODIN does not move it
-            grad = None
-        grad = torch.zeros_like(forward.x) if grad is None else grad
-        perturbed = (forward.x.detach() - self.odin_step(forward.x) * grad.sign()).to(self.inputs.dtype)
-        with torch.no_grad():
-            return model_logits(self.model, perturbed).double()
-
-    def odin_step(self, x: torch.Tensor) -> torch.Tensor | float:
-        """ODIN's step on the model's input: ``ε`` (``odin_epsilon_space="input"``), or ``ε / σ_c`` per channel
-        (``"pixel"``: ``ε`` in [0, 1] pixel units through the normalisation ``(x − μ) / σ``; Liang et al.,
-        ICLR 2018, code release; docs/own_models.md)."""
-        eps = self.options.odin_epsilon
-        if self.options.odin_epsilon_space == "input":
-            return eps
-        std = parse_stds(self.options.odin_input_std)
-        if std is None:
-            raise InputError("odin_epsilon_space='pixel' needs odin_input_std (the normalisation std per channel, "
-                             "e.g. '0.229,0.224,0.225'; gradtrust score fills it from --std or the model's own "
-                             "preprocessing)")
-        channels = x.shape[1] if x.dim() >= 2 else 1
-        if len(std) not in (1, channels):
-            raise InputError(f"odin_input_std has {len(std)} values but the inputs have {channels} channels "
-                             f"(shape {tuple(x.shape)}).")
-        step = eps / torch.tensor(std, dtype=x.dtype, device=x.device)
-        return step.reshape(1, -1, *([1] * (x.dim() - 2))) if x.dim() >= 2 else step
-
-    # ------------------------------------------------------------------ Purview
-    @cached_property
-    def parameter_sq_norms(self) -> torch.Tensor:
+    # ------------------------------------------------------------------ Purview (Pass.PARAMETER_GRADIENTS)
+    def purview_sq_norms(self) -> torch.Tensor:
         """``s_ij = ‖∂L_i/∂θ_j‖²₂`` for every parameter tensor ``θ_j`` in ``named_parameters()`` order.
 
         ``L_i = mean_c BCEWithLogits(z_ic, 1)`` (Lee et al., IEEE Access 2023, as in the GradTrust release).
@@ -463,7 +250,7 @@ class BatchPasses:
         return per_sample.sq_norms_by_loop(self.model, x, _purview_loss).double()
 
     def _sq_norms_by_hooks(self) -> torch.Tensor:
-        forward = self._graph_forward()
+        forward = self.graph_forward()
         if self._purview_hooks_error is not None:
             raise UnsupportedForHooks(self._purview_hooks_error)
         if not forward.logits.requires_grad:
@@ -493,7 +280,7 @@ class BatchPasses:
         capture.on_grad, capture.active, owners.active = on_grad, True, True
         owners.norms.clear()
         try:
-            _backward_through(_purview_loss(forward.logits).sum(), forward)
+            backward_through(_purview_loss(forward.logits).sum(), forward)
         finally:
             capture.active, capture.on_grad, owners.active = False, None, False
         norms.update(owners.norms)
@@ -502,23 +289,8 @@ class BatchPasses:
         columns = [norms.get(plan.columns[name], zeros) for name, _ in self.model.named_parameters()]
         return torch.stack(columns, dim=1).double()
 
-    # ------------------------------------------------------------------ MC dropout
-    @cached_property
-    def dropout_layers(self) -> list[nn.Module]:
-        return dropout_modules(self.model)
 
-    @cached_property
-    def mc_mean_probabilities(self) -> torch.Tensor:
-        """``p̄ = mean_t softmax(f_t(x))`` over ``T`` passes with seeded per-sample dropout masks (B, C) float64."""
-        total = None
-        for t in range(self.options.mc_samples):
-            with seeded_dropout(self.dropout_layers, self.options.seed, self.sample_ids, t), torch.no_grad():
-                p = F.softmax(model_logits(self.model, self.inputs).double(), dim=1)
-            total = p if total is None else total + p
-        return total / self.options.mc_samples
-
-
-def _backward_through(loss: torch.Tensor, forward: ForwardRecord) -> None:
+def backward_through(loss: torch.Tensor, forward: ForwardRecord) -> None:
     """Run one backward pass of ``loss`` through the recorded graph, down to its roots, keeping the graph.
 
     The layer hooks collect what they need on the way; the gradients at the roots themselves are discarded.
@@ -536,19 +308,36 @@ def _purview_loss(z: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(zf, torch.ones_like(zf), reduction="none").mean(1)
 
 
-def _rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
-                     want_l1: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Row energies ``Var_d(G_{r,d}²)`` (B, R) and optionally ``‖G‖₁`` (B,) of per-sample weight gradients.
+# ------------------------------------------------------------------ Pass.FORWARD
+def closed_form_applies(ctx: BatchPasses) -> bool:
+    """Whether the final layer's output *is* the logits, with one feature vector per sample."""
+    final = ctx._forward.final
+    return final is not None and final.output is ctx._forward.logits and final.input.dim() == 2
 
-    Materialises the per-sample gradients in blocks of samples bounded by ``chunk_bytes``.
-    """
-    per_sample_bytes = 4 * per_sample.layer_weight(module).numel()
-    step = max(1, chunk_bytes // per_sample_bytes)
-    energies, l1s = [], []
-    for start in range(0, a.shape[0], step):
-        grads = per_sample.parameter_grads(module, a[start:start + step], g[start:start + step])["weight"]
-        rows = grads.reshape(grads.shape[0], grads.shape[1], -1).double()
-        energies.append(rows.square().var(dim=2, unbiased=True))
-        if want_l1:
-            l1s.append(rows.abs().sum((1, 2)))
-    return torch.cat(energies), (torch.cat(l1s) if want_l1 else None)
+
+def features(ctx: BatchPasses) -> torch.Tensor:
+    """Penultimate features ``h`` (B, D) float64: the input of the final ``nn.Linear``."""
+    final = ctx._forward.final
+    if final is None:
+        raise ModelError(ctx.no_final_linear_message())
+    return final.input.detach().reshape(final.input.shape[0], -1).double()
+
+
+FORWARD = PassSpec(
+    "FORWARD", provides={
+        "logits": lambda ctx: ctx._forward.logits.detach().double(),  # ``z`` (B, C) float64, detached
+        "prediction": lambda ctx: ctx.logits.argmax(dim=1),  # ``ŷ = argmax_c z_c`` (B,) int64
+        "num_classes": lambda ctx: ctx.logits.shape[1],
+        "finite": lambda ctx: torch.isfinite(ctx.logits).all(dim=1),  # all logits finite; else NaN for every score
+        # the name of the final nn.Linear (the last one to run with one output per class), or None
+        "final_layer_name": lambda ctx: None if ctx._forward.final is None else ctx._forward.final.name,
+        "closed_form_applies": closed_form_applies, "features": features,
+        "log_probabilities": lambda ctx: F.log_softmax(ctx.logits, dim=1),  # ``log softmax(z)`` (B, C) float64
+        "probabilities": lambda ctx: ctx.log_probabilities.exp()},  # ``p = softmax(z)`` (B, C) float64
+    module=__name__)
+
+PARAMETER_GRADIENTS = PassSpec(
+    "PARAMETER_GRADIENTS", provides={"parameter_sq_norms": BatchPasses.purview_sq_norms},
+    params=(Param("purview_backend", str, "auto", "per-sample gradient norms by 'hooks', 'vmap' or 'loop'; 'auto' "
+                  "takes the first that applies", choices=("auto", "hooks", "vmap", "loop")),),
+    needs_graph=True, module=__name__)

@@ -1,73 +1,127 @@
 """The registry of trust-score methods (timm style): the API, the CLI and the report list the same names.
 
-A method is declared once, by :func:`register_method` (a decorator) with a :class:`~gradtrust.scores.spec.
-MethodSpec`'s fields: the passes it needs, its display name, formula, source and options. Registration
-order is the order of ``available_methods()``, of the CLI listing and of the report's columns.
+A method is declared once, by :func:`register_method` (a decorator) with a :class:`MethodSpec`'s fields: the
+passes it needs, its display name, formula, source and options. Registration order is the order of
+``available_methods()``, of the CLI listing and of the report's columns.
 
-**Plug-ins.** Another installed package adds methods through the ``gradtrust.methods`` entry-point group::
+**Plug-ins.** Another installed package adds methods (and passes, :func:`gradtrust.scores.register_pass`)
+through the ``gradtrust.methods`` entry-point group::
 
     # its pyproject.toml
     [project.entry-points."gradtrust.methods"]
     my_scores = "my_package.scores"        # a module whose import calls gradtrust.register_method
 
 The entry point may also name a :class:`MethodSpec` (registered as is) or a function of no arguments (called
-once). Plug-ins load the first time the registry is read; one that fails to load is reported with a
-warning naming it and never hides the built-in methods.
+once). Plug-ins load the first time the registry is read, this package's own first (VOICE, from
+:mod:`gradtrust.explanations.trust`: the engine imports no capability, a capability joins it as a plug-in
+does), then the others; one that fails to load is reported with a warning naming it and never hides the
+built-in methods, which :mod:`gradtrust.scores` registers when it is imported.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from gradtrust.errors import UnknownNameError
-from gradtrust.scores.spec import MethodOutput, MethodSpec, Param, Pass
+from gradtrust.errors import RegistrationError, UnknownNameError
+from gradtrust.scores.spec import MethodOutput, Param, Pass, PassSpec
 from gradtrust.scores.view import BatchView
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered trust score. Higher values always mean *more trustworthy*.
+
+    Attributes:
+        name: the registry name (``result[name]``, the results column, ``--methods``).
+        fn: ``fn(batch: BatchView) -> MethodOutput``; reads only the passes in ``needs``.
+        needs: the passes the method reads (``Pass`` members); ``Pass.FORWARD`` is always included. Reading
+            any other raises :class:`~gradtrust.scores.view.UndeclaredPassError`.
+        display_name: the name tables and figures show.
+        summary: the formula, one sentence (``gradtrust methods`` prints it).
+        source: the paper (and the release) the definition follows.
+        params: the method's own options (a pass's options, e.g. ODIN's temperature, belong to the pass).
+        applies: optional ``applies(batch) -> reason | None``: why the method does not apply to a model,
+            beyond what its passes already check.
+        resolve: optional ``resolve(batch, name, value) -> value``: the value of a parameter actually used
+            (e.g. ``topk=None`` → ``min(10, C − 1)``), recorded in the manifest.
+        in_paper: whether the GradTrust paper's table compares this method (the report's summary ranks
+            GradTrust among these as well as among all methods).
+        cuda_graph_safe: the method reads nothing but the logits and the final layer's input (through
+            ``Pass.FORWARD`` and the closed-form ``Pass.COUNTERFACTUAL_GRADIENTS``) and its arithmetic can be
+            recorded, so a CUDA-graph replay that refreshes those two tensors recomputes it exactly
+            (:mod:`gradtrust.scores.graphs`).
+        tags: free-form labels other capabilities select methods by (``"detection_baseline"``: the scalar
+            baselines ``gradtrust detect`` compares by default).
+    """
+
+    name: str
+    fn: Callable[[BatchView], MethodOutput]
+    needs: frozenset[PassSpec]
+    display_name: str
+    summary: str
+    source: str = ""
+    params: tuple[Param, ...] = ()
+    applies: Callable[[BatchView], str | None] | None = None
+    resolve: Callable[[BatchView, str, Any], Any] | None = None
+    in_paper: bool = False
+    cuda_graph_safe: bool = False
+    tags: frozenset[str] = frozenset()
+    module: str = field(default="", compare=False)
+
+    def __call__(self, batch: BatchView) -> MethodOutput:
+        return self.fn(batch)
+
+    @cached_property
+    def parameter_names(self) -> tuple[str, ...]:
+        """The options this method reads: its own, then those of the passes it needs (computed once: the
+        engine asks for every method of every batch)."""
+        names = [p.name for p in self.params]
+        for needed in Pass:  # registration order, so the list is stable
+            if needed in self.needs:
+                names += [p.name for p in needed.params if p.name not in names]
+        return tuple(names)
+
 
 ENTRY_POINT_GROUP = "gradtrust.methods"
 
 _REGISTRY: dict[str, MethodSpec] = {}
-_LOADED = {"builtins": False, "plugins": False}
+_PLUGINS_LOADED: list[bool] = []  # [True] once the entry points have been loaded
 
 
 def register(spec: MethodSpec) -> MethodSpec:
     """Add a :class:`MethodSpec` to the registry (its name must be new)."""
     if not isinstance(spec, MethodSpec):
-        raise TypeError(f"expected a MethodSpec, got {type(spec).__name__}")
+        raise RegistrationError(f"expected a MethodSpec, got {type(spec).__name__}")
     if not spec.name or not spec.name.isidentifier():
-        raise ValueError(f"a method name must be a Python identifier (it becomes a results column), got {spec.name!r}")
+        raise RegistrationError(f"a method name must be a Python identifier (it becomes a results column), "
+                                f"got {spec.name!r}")
     if spec.name in _REGISTRY:
-        raise ValueError(f"a trust-score method named {spec.name!r} is already registered "
-                         f"(by {_REGISTRY[spec.name].module or 'gradtrust'})")
-    bad = [n for n in spec.needs if not isinstance(n, Pass)]
+        raise RegistrationError(f"a trust-score method named {spec.name!r} is already registered "
+                                f"(by {_REGISTRY[spec.name].module or 'gradtrust'})")
+    registered = list(Pass)
+    bad = [n for n in spec.needs if n not in registered]
     if bad:
-        raise TypeError(f"method {spec.name!r}: needs must hold gradtrust.scores.Pass members, got {bad!r} "
-                        f"(valid: {', '.join('Pass.' + p.name for p in Pass)})")
+        raise RegistrationError(f"method {spec.name!r}: needs must hold registered passes (gradtrust.scores.Pass "
+                                f"members), got {bad!r} (valid: {', '.join(map(repr, registered))})")
     _REGISTRY[spec.name] = spec
     return spec
 
 
-def register_method(name: str, *, needs: Iterable[Pass] = (Pass.FORWARD,), display_name: str | None = None,
+def register_method(name: str, *, needs: Iterable[PassSpec] = (), display_name: str | None = None,
                     summary: str | None = None, source: str = "", params: Iterable[Param] = (),
                     applies: Callable[[BatchView], str | None] | None = None,
-                    resolve: Callable[[BatchView, str, Any], Any] | None = None, in_paper: bool = False
+                    resolve: Callable[[BatchView, str, Any], Any] | None = None, in_paper: bool = False,
+                    cuda_graph_safe: bool = False, tags: Iterable[str] = ()
                     ) -> Callable[[Callable[[BatchView], MethodOutput]], Callable[[BatchView], MethodOutput]]:
     """Decorator registering ``fn(batch: BatchView) -> MethodOutput`` as the trust score ``name``.
 
-    Args:
-        name: the registry name and results column (a Python identifier).
-        needs: the :class:`Pass` members the method reads (``Pass.FORWARD`` is implied). Reading anything
-            else raises :class:`~gradtrust.scores.view.UndeclaredPassError`.
-        display_name: the name in tables and figures (default ``name``).
-        summary: the formula in one sentence (default the first line of ``fn``'s docstring).
-        source: the paper the definition follows.
-        params: the method's own options (:class:`Param`), with default and validation.
-        applies: ``applies(batch) -> reason | None`` beyond the needed passes' own checks.
-        resolve: ``resolve(batch, name, value) -> value actually used`` for the manifest.
-        in_paper: the GradTrust paper's table compares the method.
+    The arguments are :class:`MethodSpec`'s fields; ``display_name`` defaults to ``name``, ``summary`` to the
+    first paragraph of ``fn``'s docstring, and ``Pass.FORWARD`` is always among the ``needs``.
 
     Example::
 
@@ -83,6 +137,7 @@ def register_method(name: str, *, needs: Iterable[Pass] = (Pass.FORWARD,), displ
         register(MethodSpec(name=name, fn=fn, needs=frozenset(needs) | {Pass.FORWARD},
                             display_name=display_name or name, summary=summary or first, source=source,
                             params=tuple(params), applies=applies, resolve=resolve, in_paper=in_paper,
+                            cuda_graph_safe=cuda_graph_safe, tags=frozenset(tags),
                             module=getattr(fn, "__module__", "")))
         return fn
 
@@ -95,7 +150,7 @@ def unregister_method(name: str) -> None:
 
 
 def method_specs() -> list[MethodSpec]:
-    """Every registered :class:`MethodSpec`, in registration order (built-ins, then plug-ins)."""
+    """Every registered :class:`MethodSpec`, in registration order (built-ins, VOICE, then plug-ins)."""
     _ensure_loaded()
     return list(_REGISTRY.values())
 
@@ -138,14 +193,17 @@ def paper_methods() -> list[str]:
 
 
 def load_plugins(force: bool = False) -> list[str]:
-    """Load the ``gradtrust.methods`` entry points (once); return the names of the methods they added."""
-    if _LOADED["plugins"] and not force:
+    """Load the ``gradtrust.methods`` entry points (once): this package's own first, then the others, each group
+    in discovery order; return the names of the methods they added."""
+    if _PLUGINS_LOADED and not force:
         return []
-    _LOADED["plugins"] = True
+    _PLUGINS_LOADED[:] = [True]
     from importlib.metadata import entry_points
 
     before = set(_REGISTRY)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
+    entries = sorted(entry_points(group=ENTRY_POINT_GROUP),
+                     key=lambda e: getattr(e.dist, "name", None) != "gradtrust")  # stable: keeps discovery order
+    for entry in entries:
         try:
             obj = entry.load()
             if isinstance(obj, MethodSpec):
@@ -160,13 +218,5 @@ def load_plugins(force: bool = False) -> list[str]:
 
 
 def _ensure_loaded() -> None:
-    # The built-in methods register themselves on import; importing them here keeps this module free of
-    # import cycles while guaranteeing the registry is complete whenever it is read.
-    if not _LOADED["builtins"]:
-        _LOADED["builtins"] = True
-        from gradtrust.scores import methods  # noqa: F401
-
-        # after the built-ins, so that they keep their order: VOICE SNR and IoU (docs/explanations.md)
-        importlib.import_module("gradtrust.explanations.trust")
-    if not _LOADED["plugins"]:
+    if not _PLUGINS_LOADED:
         load_plugins()

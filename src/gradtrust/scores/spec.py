@@ -1,45 +1,23 @@
-"""What a trust-score method *is*: the passes it needs, its parameters, its formula and source.
+"""The declarations everything else reads: a scoring option (:class:`Param`), what a method returns
+(:class:`MethodOutput`), and a pass of the network (:class:`PassSpec`, registered with :func:`register_pass`,
+named ``Pass.<NAME>``).
 
-Everything else reads these declarations — the engine (which passes to run, whether a method applies),
-``gradtrust methods`` and the CLI help, the manifest's parameters, the report's column order and names,
-and the tests. A method is declared once, with :func:`gradtrust.scores.register_method`.
+A method declares the passes it reads; the engine runs each needed pass at most once per batch. The set of
+passes is open: the engine registers its own (forward, counterfactual gradients, ODIN, parameter gradients,
+MC dropout) and a capability or a plug-in adds one the same way (``gradtrust.explanations`` adds ``VOICE``).
+This module is the bottom of :mod:`gradtrust.scores`: it imports nothing of it.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import torch
+from gradtrust.errors import OptionError, RegistrationError
 
 if TYPE_CHECKING:
-    from gradtrust.scores.view import BatchView
-
-
-class Pass(enum.Enum):
-    """A pass of the network over one batch; each one needed by any method runs once per batch.
-
-    =============================  ===================================================================
-    ``FORWARD``                    logits, probabilities, prediction, penultimate features (1 forward;
-                                   every method gets it, declared or not)
-    ``COUNTERFACTUAL_GRADIENTS``   per-sample gradient statistics of the final (or ``layer=``) weights
-                                   under the confounding-label losses: closed forms from the forward
-                                   pass, or per-sample autograd on another layer
-    ``ODIN``                       the input gradient of ODIN's loss and a forward on the perturbed input
-    ``PARAMETER_GRADIENTS``        per-sample squared gradient norm of every parameter tensor (Purview)
-    ``MC_DROPOUT``                 ``T`` forward passes with seeded dropout masks
-    =============================  ===================================================================
-    """
-
-    FORWARD = "forward"
-    COUNTERFACTUAL_GRADIENTS = "counterfactual_gradients"
-    ODIN = "odin"
-    PARAMETER_GRADIENTS = "parameter_gradients"
-    MC_DROPOUT = "mc_dropout"
-
+    import torch
 
 _KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -60,19 +38,19 @@ class Param:
     choices: tuple[str, ...] = ()
 
     def validate(self, value: Any) -> Any:
-        """The value, converted to this parameter's type where that is lossless; a clear error otherwise."""
+        """The value, converted to this parameter's type where that is lossless; an :class:`OptionError` otherwise."""
         if value is None and self.default is None:
             return None
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise ValueError(f"{self.name} must be {_KIND.get(self.type, self.type.__name__)}"
-                             f"{' or None' if self.default is None else ''} (got {value!r})")
+            raise OptionError(f"{self.name} must be {_KIND.get(self.type, self.type.__name__)}"
+                              f"{' or None' if self.default is None else ''} (got {value!r})")
         if self.choices and value not in self.choices:
-            raise ValueError(f"{self.name} must be one of {', '.join(map(repr, self.choices))} (got {value!r})")
+            raise OptionError(f"{self.name} must be one of {', '.join(map(repr, self.choices))} (got {value!r})")
         problem = self.check(value) if self.check is not None else None
         if problem:
-            raise ValueError(f"{self.name} {problem} (got {value!r})")
+            raise OptionError(f"{self.name} {problem} (got {value!r})")
         return value
 
     def parse(self, text: str) -> Any:
@@ -84,12 +62,12 @@ class Param:
                 return True
             if text.lower() in ("0", "false", "no"):
                 return False
-            raise ValueError(f"option {self.name} must be true or false, got {text!r}")
+            raise OptionError(f"option {self.name} must be true or false, got {text!r}")
         try:
             value = self.type(text)
         except (TypeError, ValueError):
             expected = _KIND.get(self.type, self.type.__name__)
-            raise ValueError(f"{self.name} must be {expected}{' (or none)' if self.default is None else ''}") from None
+            raise OptionError(f"{self.name} must be {expected}{' (or none)' if self.default is None else ''}") from None
         return self.validate(value)
 
     def describe(self) -> str:
@@ -111,49 +89,95 @@ class MethodOutput(NamedTuple):
     undefined: dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """A registered trust score. Higher values always mean *more trustworthy*.
+@dataclass(frozen=True, eq=False)  # compared by identity: a method's ``needs`` holds the registered objects
+class PassSpec:
+    """A pass of the network over one batch, which methods declare in ``needs`` as ``Pass.<name>``.
 
     Attributes:
-        name: the registry name (``result[name]``, the results column, ``--methods``).
-        fn: ``fn(batch: BatchView) -> MethodOutput``; reads only the passes in ``needs``.
-        needs: the passes the method reads (:class:`Pass`); ``FORWARD`` is always included.
-        display_name: the name tables and figures show.
-        summary: the formula, one sentence (``gradtrust methods`` prints it).
-        source: the paper (and the release) the definition follows.
-        params: the method's own options (a pass's options, e.g. ODIN's temperature, belong to the pass).
-        applies: optional ``applies(batch) -> reason | None``: why the method does not apply to a model,
-            beyond what its passes already check.
-        resolve: optional ``resolve(batch, name, value) -> value``: the value of a parameter actually used
-            (e.g. ``topk=None`` → ``min(10, C − 1)``), recorded in the manifest.
-        in_paper: whether the GradTrust paper's table compares this method (the report's summary ranks
-            GradTrust among these as well as among all methods).
+        name: an upper-case identifier, ``Pass.<name>`` (``"ODIN"``).
+        provides: ``{quantity: compute}``: what a method reads as ``batch.<quantity>``. ``compute(ctx)`` gets
+            the batch's :class:`~gradtrust.scores.passes.BatchPasses` (``model``, ``inputs``, ``options``,
+            ``sample_ids``, and every registered quantity as an attribute, so a pass reads other passes) and
+            runs at most once per batch: the first read stores the value for the rest of the batch.
+        params: the options the pass reads (a method needing the pass reports them as its parameters).
+        needs_graph: whether the shared forward pass must record an autograd graph for this pass: a bool, or
+            ``needs_graph(options) -> bool``.
+        unavailable: ``unavailable(ctx) -> reason | None``: why the pass cannot run on this model; every
+            method needing it is then skipped with that reason (raised for an explicitly requested one).
+        module: the module that registered the pass.
     """
 
     name: str
-    fn: Callable[[BatchView], MethodOutput]
-    needs: frozenset[Pass]
-    display_name: str
-    summary: str
-    source: str = ""
+    provides: Mapping[str, Callable[[Any], Any]]
     params: tuple[Param, ...] = ()
-    applies: Callable[[BatchView], str | None] | None = None
-    resolve: Callable[[BatchView, str, Any], Any] | None = None
-    in_paper: bool = False
-    module: str = field(default="", compare=False)
+    needs_graph: bool | Callable[[Any], bool] = False
+    unavailable: Callable[[Any], str | None] | None = None
+    module: str = field(default="")
 
-    def __call__(self, batch: BatchView) -> MethodOutput:
-        return self.fn(batch)
+    def records_graph(self, options: Any) -> bool:
+        """Whether this pass, with these options, needs the forward pass to record an autograd graph."""
+        return self.needs_graph(options) if callable(self.needs_graph) else bool(self.needs_graph)
 
-    @cached_property
-    def parameter_names(self) -> tuple[str, ...]:
-        """The options this method reads: its own, then those of the passes it needs (computed once: the
-        engine asks for every method of every batch)."""
-        from gradtrust.scores.options import PASS_PARAMS
+    def __repr__(self) -> str:
+        return f"Pass.{self.name}"
 
-        names = [p.name for p in self.params]
-        for needed in Pass:  # enum order, so the list is stable
-            if needed in self.needs:
-                names += [p.name for p in PASS_PARAMS.get(needed, ()) if p.name not in names]
-        return tuple(names)
+
+_PASSES: dict[str, PassSpec] = {}
+_PROVIDERS: dict[str, PassSpec] = {}  # quantity → the pass that provides it
+#: attributes every batch has, which no pass may provide
+BATCH_ATTRIBUTES = frozenset({"model", "inputs", "options", "sample_ids", "needs", "batch_size"})
+
+
+def register_pass(spec: PassSpec) -> PassSpec:
+    """Register ``spec`` (its name and quantities must be new) and return it; ``Pass.<name>`` then names it.
+
+    Registration order is the order of ``for p in Pass``: the order in which a method's unavailable passes
+    are checked and its passes' options listed.
+    """
+    if not isinstance(spec, PassSpec):
+        raise RegistrationError(f"expected a PassSpec, got {type(spec).__name__}")
+    if not (spec.name.isidentifier() and spec.name.isupper()):
+        raise RegistrationError(f"a pass name must be an upper-case identifier (Pass.{spec.name}), got {spec.name!r}")
+    if spec.name in _PASSES:
+        raise RegistrationError(f"a pass named Pass.{spec.name} is already registered (by {_PASSES[spec.name].module})")
+    for quantity in spec.provides:
+        owner = _PROVIDERS.get(quantity)
+        if not quantity.isidentifier() or quantity.startswith("_") or quantity in BATCH_ATTRIBUTES or owner:
+            why = f"Pass.{owner.name} provides it already" if owner else "it must be a public identifier"
+            raise RegistrationError(f"Pass.{spec.name} cannot provide {quantity!r}: {why}.")
+    _PASSES[spec.name] = spec
+    _PROVIDERS.update(dict.fromkeys(spec.provides, spec))
+    return spec
+
+
+def unregister_pass(name: str) -> None:
+    """Remove the pass ``Pass.<name>`` and its quantities (tests and interactive sessions that redefine one)."""
+    spec = _PASSES.pop(name, None)
+    for quantity in spec.provides if spec is not None else ():
+        _PROVIDERS.pop(quantity, None)
+
+
+def pass_providing(quantity: str) -> PassSpec | None:
+    """The registered pass that provides ``quantity``, or None."""
+    return _PROVIDERS.get(quantity)
+
+
+class _PassNamespace(type):
+    """``Pass.NAME`` is the registered pass of that name; ``for p in Pass`` runs over all, in registration order."""
+
+    def __getattr__(cls, name: str) -> PassSpec:
+        try:
+            return _PASSES[name]
+        except KeyError:
+            raise AttributeError(f"no pass Pass.{name} is registered (registered: "
+                                 f"{', '.join('Pass.' + n for n in _PASSES)})") from None
+
+    def __iter__(cls) -> Iterator[PassSpec]:
+        return iter(list(_PASSES.values()))
+
+
+class Pass(metaclass=_PassNamespace):
+    """The registered passes, by name: ``Pass.FORWARD``, ``Pass.ODIN``… (an open set: :func:`register_pass`).
+    The built-in ones, in order: ``FORWARD``, ``COUNTERFACTUAL_GRADIENTS``, ``ODIN``, ``PARAMETER_GRADIENTS``,
+    ``MC_DROPOUT`` (:mod:`gradtrust.scores.passes` tabulates what each provides and costs); then ``VOICE``
+    (:mod:`gradtrust.explanations.trust`) and the plug-ins'."""
