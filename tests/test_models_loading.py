@@ -135,11 +135,11 @@ def test_video_model_transform_and_clip_len():
 
 
 def test_reference_geometry_for_models_whose_default_weights_need_another_size():
-    from gradtrust.models.loading import _reference_enum
+    from gradtrust.models.torchvision_models import reference_enum
 
-    ref = _reference_enum("vit_h_14", tvm.ViT_H_14_Weights)
+    ref = reference_enum("vit_h_14", tvm.ViT_H_14_Weights)
     assert ref.meta["min_size"] == (224, 224)  # not the 518 px DEFAULT: random vit_h_14 is built at 224
-    assert _reference_enum("resnet18", tvm.ResNet18_Weights) is tvm.ResNet18_Weights.DEFAULT
+    assert reference_enum("resnet18", tvm.ResNet18_Weights) is tvm.ResNet18_Weights.DEFAULT
 
 
 # ------------------------------------------------------------------------------------- local weights

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from gradtrust.errors import UnknownNameError
 from gradtrust.reporting.layout import fit_canvas
 from gradtrust.reporting.results import RunResult
 from gradtrust.reporting.runs import Run, dataset_description, dataset_fields
@@ -74,7 +75,7 @@ def curves_figure(results: Sequence[RunResult], path: Path, kind: str = "accurac
 def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
     """The figure of :func:`curves_figure`, sized from its content (legend and title included)."""
     if kind not in ("accuracy", "f1"):
-        raise ValueError(f"kind must be 'accuracy' or 'f1', got {kind!r}")
+        raise UnknownNameError(f"kind must be 'accuracy' or 'f1', got {kind!r}")
     n = len(results)
     ncols = min(4, max(1, n))
     nrows = math.ceil(n / ncols)

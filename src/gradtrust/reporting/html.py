@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gradtrust.errors import InputError
 from gradtrust.reporting.tables import (
     PAPER_LEGEND,
     paper_cells,
@@ -113,7 +114,7 @@ def render_html(report: Report) -> str:
     for line in report.summary_lines:
         out.append(f'<p class="claim">{e(line)}</p>')
     if report.summary is None:  # write_report summarises whenever there are results
-        raise ValueError("the report has results but no summary; build it with write_report or summarise(groups)")
+        raise InputError("the report has results but no summary; build it with write_report or summarise(groups)")
     header, rows = summary_cells(report.summary)
     out.append(_table([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 

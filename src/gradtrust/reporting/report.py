@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradtrust.errors import InputError
 from gradtrust.reporting.runs import LoadProblem, load_runs, slugify
 from gradtrust.reporting.tables import (
     Group,
@@ -164,7 +165,7 @@ def _write_tables(report: Report) -> None:
                            warnings=warnings), encoding="utf-8")
     selective_frame(groups).to_csv(out / "selective.csv", index=False)
     if report.summary is None:  # write_report summarises whenever there are results
-        raise ValueError("the report has results but no summary; build it with summarise(groups)")
+        raise InputError("the report has results but no summary; build it with summarise(groups)")
     text = summary_markdown(report.summary, groups, warnings)
     (out / "summary.md").write_text(text, encoding="utf-8")
     report.summary_lines = [line[2:] for line in text.splitlines() if line.startswith("- ")]
