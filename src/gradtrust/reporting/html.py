@@ -7,9 +7,9 @@ import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gradtrust.errors import InputError
+from gradtrust.reporting.results import Report
 from gradtrust.reporting.tables import (
     PAPER_LEGEND,
     paper_cells,
@@ -17,9 +17,6 @@ from gradtrust.reporting.tables import (
     selective_legend,
     summary_cells,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from gradtrust.reporting.report import Report
 
 __all__ = ["render_html", "data_uri"]
 

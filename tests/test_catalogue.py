@@ -1,0 +1,40 @@
+"""The torch-free method catalogue agrees with the scoring registry, and reading results needs no torch."""
+
+import subprocess
+import sys
+
+from gradtrust import catalogue
+
+
+def test_catalogue_states_the_registry_in_its_order():
+    from gradtrust.scores.registry import method_specs
+
+    built_in = [(s.name, s.display_name, s.in_paper) for s in method_specs()
+                if not s.name.startswith("plugin_")]  # tests/test_registry.py registers plug-ins
+    assert [(i.name, i.display_name, i.in_paper) for i in catalogue.CATALOGUE.values()][:len(built_in)] == built_in
+
+
+def test_order_display_and_paper_methods():
+    assert catalogue.order_methods(["energy", "zzz_unknown", "softmax", "gradtrust", "softmax"]) == [
+        "softmax", "gradtrust", "energy", "zzz_unknown"]
+    assert catalogue.display_name("max_logit") == "NLL (max logit)"
+    assert catalogue.display_name("not_a_method") == "not_a_method"
+    assert catalogue.paper_methods() == ["softmax", "entropy", "max_logit", "margin", "odin", "mc_dropout",
+                                         "gradnorm", "purview_initial", "purview_final", "gradtrust"]
+
+
+def test_describe_appends_after_the_known_methods():
+    info = catalogue.MethodInfo("zz_plugin", "ZZ plug-in")
+    try:
+        catalogue.describe(info)
+        assert catalogue.known_methods()[-1] == "zz_plugin"
+        assert catalogue.order_methods(["zz_plugin", "softmax", "other"]) == ["softmax", "zz_plugin", "other"]
+        assert catalogue.display_name("zz_plugin") == "ZZ plug-in"
+    finally:
+        del catalogue.CATALOGUE["zz_plugin"]
+
+
+def test_reading_results_imports_no_torch():
+    code = "import gradtrust.reporting, gradtrust.evaluation, sys; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
