@@ -49,7 +49,7 @@ def _imagenet_synsets() -> tuple[tuple[str, ...], tuple[str, ...]]:
         names.append(name.strip())
     if (len(wnids) != IMAGENET_NUM_CLASSES or len(set(wnids)) != IMAGENET_NUM_CLASSES
             or wnids != sorted(wnids) or not all(map(is_wnid, wnids))):
-        raise RuntimeError("gradtrust/data/resources/imagenet_wnids.txt is damaged: expected 1000 unique, "
+        raise DataError("gradtrust/data/resources/imagenet_wnids.txt is damaged: expected 1000 unique, "
                            "sorted WordNet IDs; reinstall gradtrust")
     return tuple(wnids), tuple(names)
 

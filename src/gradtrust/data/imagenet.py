@@ -34,7 +34,6 @@ from gradtrust.data.images import (
     IMAGE_EXTENSIONS,
     ImageFileDataset,
     check_root,
-    has_extension,
     list_examples,
     normalize_extensions,
 )
@@ -164,7 +163,7 @@ class FlatImageDataset(ImageFileDataset):
     @staticmethod
     def _list_images(root: str, exts: tuple[str, ...]) -> list[str]:
         entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
-        files = [e for e in entries if has_extension(e, exts) and os.path.isfile(os.path.join(root, e))]
+        files = [e for e in entries if e.lower().endswith(exts) and os.path.isfile(os.path.join(root, e))]
         if not files:
             dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
             others = [e for e in entries if e not in dirs]

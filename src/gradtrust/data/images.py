@@ -218,11 +218,6 @@ def normalize_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-def has_extension(name: str, extensions: tuple[str, ...]) -> bool:
-    """Whether the file ``name`` ends with one of ``extensions`` (lower-case, with their dots), ignoring case."""
-    return name.lower().endswith(extensions)
-
-
 def list_examples(items: Iterable[object], n: int = _EXAMPLES) -> str:
     """The first ``n`` items as reprs joined by commas, then how many there are in all: for error messages."""
     items = list(items)
@@ -294,7 +289,7 @@ def scan_class_folders(
                 if name.startswith("."):
                     continue
                 rel = os.path.join(rel_dir, name)
-                if has_extension(name, extensions):
+                if name.lower().endswith(extensions):
                     found_here.append(rel)
                 elif len(other_files) < 50:
                     other_files.append(rel)

@@ -24,7 +24,7 @@ from gradtrust.anomaly_runs import ANOMALY_FILE, load_anomaly_run
 from gradtrust.errors import GradTrustError
 from gradtrust.evaluation import anomaly_summary, auroc
 from gradtrust.reporting.figures import new_figure, save_png
-from gradtrust.reporting.runs import LoadProblem, slugify
+from gradtrust.reporting.runs import LoadProblem, find_folders_holding, slugify
 
 __all__ = ["AnomalySection", "build_anomaly_section", "anomaly_html"]
 
@@ -55,23 +55,11 @@ class AnomalySection:
 def _discover(paths: list[Path]) -> tuple[list[Path], set[Path]]:
     found: list[Path] = []
     holders: set[Path] = set()
-
-    def search(folder: Path, depth: int) -> list[Path]:
-        if (folder / ANOMALY_FILE).is_file():
-            return [folder]
-        if depth <= 0:
-            return []
-        try:
-            entries = sorted(e for e in folder.iterdir() if e.is_dir())
-        except OSError:
-            return []
-        return [hit for e in entries for hit in search(e, depth - 1)]
-
     for p in paths:
         if p.is_file() and p.name == ANOMALY_FILE:
             hits = [p.parent]
         elif p.is_dir():
-            hits = search(p, _SEARCH_DEPTH)
+            hits = find_folders_holding(p, ANOMALY_FILE, _SEARCH_DEPTH)
         else:
             hits = []
         if hits:

@@ -170,10 +170,8 @@ def discover_results(paths: Iterable[str | Path]) -> tuple[list[Path], list[Load
             problems.append(LoadProblem(str(p), "does not exist."))
         elif p.is_file():
             add(p)
-        elif (p / SCORES_FILE).is_file():
-            add(p / SCORES_FILE)
         else:
-            hits = sorted(_search(p, _SEARCH_DEPTH))
+            hits = [h / SCORES_FILE for h in find_folders_holding(p, SCORES_FILE, _SEARCH_DEPTH)]
             if not hits:
                 problems.append(LoadProblem(
                     str(p), f"is a folder without a {SCORES_FILE} (nor one in its sub-folders): "
@@ -183,19 +181,18 @@ def discover_results(paths: Iterable[str | Path]) -> tuple[list[Path], list[Load
     return found, problems
 
 
-def _search(folder: Path, depth: int) -> list[Path]:
-    out: list[Path] = []
+def find_folders_holding(folder: Path, filename: str, depth: int) -> list[Path]:
+    """The folders at most ``depth`` levels below ``folder`` (itself included) that hold ``filename``, in
+    sorted order; the search does not go below a folder that holds it, nor into unreadable ones."""
+    if (folder / filename).is_file():
+        return [folder]
+    if depth <= 0:
+        return []
     try:
-        entries = sorted(folder.iterdir())
+        entries = sorted(e for e in folder.iterdir() if e.is_dir())
     except OSError:
-        return out
-    for entry in entries:
-        if entry.is_dir():
-            if (entry / SCORES_FILE).is_file():
-                out.append(entry / SCORES_FILE)
-            elif depth > 1:
-                out.extend(_search(entry, depth - 1))
-    return out
+        return []
+    return [hit for e in entries for hit in find_folders_holding(e, filename, depth - 1)]
 
 
 # ------------------------------------------------------------------------------------------- loading
