@@ -29,3 +29,20 @@ def test_describe_appends_after_the_known_methods():
         assert catalogue.display_name("zz_plugin") == "ZZ plug-in"
     finally:
         del catalogue.CATALOGUE["zz_plugin"]
+
+
+def test_learn_takes_unknown_methods_from_a_manifest_in_order():
+    described = {"softmax": {"display_name": "not this", "in_paper": False},  # known: kept as it is
+                 "zz_second": {"display_name": "ZZ second", "in_paper": True},
+                 "zz_first": {"display_name": "ZZ first"},
+                 "zz_broken": "no display name"}
+    try:
+        catalogue.learn(described)
+        catalogue.learn(None)  # a run without manifest
+        assert catalogue.display_name("softmax") == "Softmax"
+        assert catalogue.known_methods()[-2:] == ["zz_second", "zz_first"]
+        assert "zz_second" in catalogue.paper_methods() and "zz_first" not in catalogue.paper_methods()
+        assert catalogue.display_name("zz_broken") == "zz_broken"
+    finally:
+        for name in ("zz_second", "zz_first"):
+            catalogue.CATALOGUE.pop(name, None)

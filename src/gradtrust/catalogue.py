@@ -5,7 +5,8 @@ table compares.
 The scoring registry (:mod:`gradtrust.scores.registry`) holds the methods' computations and needs torch;
 reports, tables and figures only need these facts, so they live here, below every package that reads or
 writes results. The built-in entries are checked against the registry by ``tests/test_catalogue.py``; a
-method registered later (a plug-in) is added with :func:`describe`, after the built-ins.
+method registered later (a plug-in) is added with :func:`describe`, after the built-ins, or learnt from the
+``method_info`` of a run's manifest (:func:`learn`, when the report reads the run).
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ def describe(info: MethodInfo) -> MethodInfo:
     """Add (or replace) a method's entry; a new name goes after every known one. Returns ``info``."""
     CATALOGUE[info.name] = info
     return info
+
+
+def learn(described: object) -> None:
+    """Add the methods a run's manifest describes (``method_info``: ``{name: {"display_name", "in_paper"}}``)
+    that are not known yet, in their order: a report names a plug-in's methods without loading it."""
+    if isinstance(described, dict):
+        for name, info in described.items():
+            if name not in CATALOGUE and isinstance(info, dict) and isinstance(info.get("display_name"), str):
+                describe(MethodInfo(str(name), info["display_name"], bool(info.get("in_paper", False))))
 
 
 def known_methods() -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gradtrust import schema
+from gradtrust import catalogue, schema
 from gradtrust.errors import DataError
 from gradtrust.reporting.datasets import condition_of, dataset_description, dataset_identity
 
@@ -259,6 +259,7 @@ def load_run(path: str | Path) -> Run:
 
     notes: list[str] = []
     manifest, manifest_note = _read_manifest(scores_path)
+    catalogue.learn(manifest.get("method_info"))
     if manifest_note:
         notes.append(manifest_note)
 

@@ -65,8 +65,10 @@ def adjusted_options(options: dict, parameters: dict[str, dict]) -> list[str]:
 
 
 def finish_run(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sha256: str, description: dict,
-            dataset_info, class_map: list[int], requested, options: dict, execution: dict, t0: float) -> RunSummary:
-    """Merge the chunks into ``scores.parquet`` (streamed, chunk by chunk) and write ``manifest.json``."""
+               dataset_info, class_map: list[int], requested, options: dict, execution: dict, t0: float,
+               described: dict[str, dict]) -> RunSummary:
+    """Merge the chunks into ``scores.parquet`` (streamed, chunk by chunk) and write ``manifest.json``;
+    ``described`` holds each method's display name and ``in_paper`` (``method_info`` in the manifest)."""
     metas = []
     for k in range(layout.num_chunks):
         meta = ch.read_chunk_meta(layout.path(out, k))
@@ -129,6 +131,7 @@ def finish_run(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters
         "class_map": class_map,
         "methods_requested": requested,
         "methods": {name: first["parameters"].get(name, {}) for name in methods},
+        "method_info": {name: described[name] for name in methods if name in described},
         "skipped": first["skipped"],
         "notes": adjusted_options(options, {name: first["parameters"].get(name, {}) for name in methods}),
         "score_info": first["info"],

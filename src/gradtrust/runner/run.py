@@ -147,6 +147,8 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
     given_options, full_options = check_score_options(options)
     chosen, explicit = resolve_methods(methods)
     method_names = [m.name for m in chosen]
+    # How a report names them, so that reading the run needs neither the registry nor its plug-ins.
+    described = {m.name: {"display_name": m.display_name, "in_paper": m.in_paper} for m in chosen}
     methods_arg = method_names if explicit else None
 
     num_samples = len(dataset)
@@ -234,7 +236,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
                 }
                 summary = finish_run(out, layout, run_id, model, identity["model"]["parameters_sha256"], description,
                                   dataset_info, class_map, method_names if explicit else "all", full_options,
-                                  execution, t0)
+                                  execution, t0, described)
             except Exception as exc:
                 if not ctx.active:
                     raise
