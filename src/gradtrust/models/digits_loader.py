@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gradtrust.errors import ModelError, UnknownNameError
+from gradtrust.models import digits
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.specs import (
     WEIGHTS_SUFFIXES,
@@ -26,19 +27,9 @@ from gradtrust.models.state_dict import (
 )
 
 
-def import_digits():
-    """The :mod:`gradtrust.models.digits` module; a `ModelError` when it cannot be imported."""
-    try:
-        from gradtrust.models import digits
-    except ImportError as exc:
-        raise ModelError(f"the bundled digits models are unavailable: {exc}") from exc
-    return digits
-
-
 def load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
     """``digits:<name>`` with random (None), bundled (``"DEFAULT"``/``"bundled"``) or file weights."""
-    digits = import_digits()
-    valid = list(digits.available_digits_models())
+    valid = digits.available_digits_models()
     if name not in valid:
         raise UnknownNameError(unknown_message("digits model", name, valid, prefix="digits:"))
     class_names = [str(c) for c in digits.DIGITS_CLASSES]
@@ -89,12 +80,4 @@ def load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedModel
     )
 
 
-def digits_names() -> list[str]:
-    """The bundled digits networks' names; none when the digits module cannot be imported."""
-    try:
-        return list(import_digits().available_digits_models())
-    except ModelError:
-        return []
-
-
-register_source(ModelSource("digits", load_digits, digits_names))
+register_source(ModelSource("digits", load_digits, digits.available_digits_models))
