@@ -135,11 +135,11 @@ def test_video_model_transform_and_clip_len():
 
 
 def test_reference_geometry_for_models_whose_default_weights_need_another_size():
-    from gradtrust.models.loading import _reference_enum
+    from gradtrust.models.torchvision_models import reference_enum
 
-    ref = _reference_enum("vit_h_14", tvm.ViT_H_14_Weights)
+    ref = reference_enum("vit_h_14", tvm.ViT_H_14_Weights)
     assert ref.meta["min_size"] == (224, 224)  # not the 518 px DEFAULT: random vit_h_14 is built at 224
-    assert _reference_enum("resnet18", tvm.ResNet18_Weights) is tvm.ResNet18_Weights.DEFAULT
+    assert reference_enum("resnet18", tvm.ResNet18_Weights) is tvm.ResNet18_Weights.DEFAULT
 
 
 # ------------------------------------------------------------------------------------- local weights
@@ -438,3 +438,27 @@ def test_torchvision_version_recorded():
     loaded = load_model("torchvision:squeezenet1_0")
     assert loaded.meta["torchvision_version"] == torchvision.__version__
     assert loaded.describe()["meta"]["torch_version"] == torch.__version__
+
+
+def test_model_sources_are_found_by_family(monkeypatch):
+    """specs.SOURCES decides what ``<family>:<name>`` loads and what available_models lists."""
+    from gradtrust.errors import ModelError
+    from gradtrust.models import load_model
+    from gradtrust.models.base import LoadedModel
+    from gradtrust.models.specs import SOURCES, ModelSource, available_models, register_source
+
+    assert set(SOURCES) == {"torchvision", "timm", "digits"}
+    seen = []
+
+    def load(name, weights, num_classes):
+        seen.append((name, weights, num_classes))
+        return LoadedModel(module=torch.nn.Linear(2, 3), transform=None, class_names=["a", "b", "c"],
+                           num_classes=3, spec="", input_kind="tensor")
+
+    monkeypatch.setitem(SOURCES, "digits", ModelSource("digits", load, lambda: ["tiny_fake"]))
+    loaded = load_model("digits:tiny_fake", num_classes=3)
+    assert seen == [("tiny_fake", None, 3)] and loaded.spec == "digits:tiny_fake"
+    assert available_models("digits") == ["digits:tiny_fake"]
+    assert available_models()[-1] == "digits:tiny_fake"  # timm is listed only when asked for
+    with pytest.raises(ModelError, match="SPEC_FAMILIES"):
+        register_source(ModelSource("onnx", load, list))

@@ -77,7 +77,7 @@ def test_report_calibration_section_and_old_runs(scored, tmp_path):
 
 def test_logits_file_skipped_when_a_resumed_chunk_has_none(scored, tmp_path):
     from gradtrust.runner import chunks as ch
-    from gradtrust.runner.run import _write_logits
+    from gradtrust.runner.finish import write_logits
 
     _, _, out = scored
     layout = ch.ChunkLayout(901, 512, 256)
@@ -87,7 +87,7 @@ def test_logits_file_skipped_when_a_resumed_chunk_has_none(scored, tmp_path):
     (copy / "chunks").mkdir(parents=True)
     for k in range(layout.num_chunks):
         layout.path(copy, k).write_bytes(layout.path(out, k).read_bytes())
-    assert _write_logits(copy, layout, metas) and (copy / LOGITS_FILE).is_file()
+    assert write_logits(copy, layout, metas) and (copy / LOGITS_FILE).is_file()
     old = [dict(m) for m in metas]
     del old[1]["logits"]  # a chunk written before logits were stored
-    assert not _write_logits(copy, layout, old) and not (copy / LOGITS_FILE).exists()
+    assert not write_logits(copy, layout, old) and not (copy / LOGITS_FILE).exists()

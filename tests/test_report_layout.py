@@ -68,17 +68,17 @@ def test_scatter_fits_its_canvas(two_runs, tmp_path):
     captured = {}
     import gradtrust.reporting.figures as F
 
-    original = F._save
+    original = F.save_png
 
     def keep(fig, path):
         captured["fig"] = fig
         return original(fig, path)
 
-    F._save = keep
+    F.save_png = keep
     try:
         scatter_figure(rep.results[0], tmp_path / "s.png")
     finally:
-        F._save = original
+        F.save_png = original
     assert artists_outside(captured["fig"]) == []
 
 

@@ -263,6 +263,9 @@ def test_api_unknown_labels_chunks_and_in_process_resume(tmp_path):
     assert manifest["counts"]["labelled"] == len(labelled)
     assert manifest["dataset"]["info"] == {"name": "vectors"} and manifest["dataset"]["kind"] == "_Vectors"
     assert manifest["methods"]["mc_dropout"] == {"mc_samples": 4, "seed": 7}
+    # how the report names each method, without the registry (gradtrust.catalogue.learn)
+    assert manifest["method_info"]["mc_dropout"] == {"display_name": "MCD", "in_paper": True}
+    assert set(manifest["method_info"]) == set(manifest["methods"])
     assert manifest["failures"] == [{"index": 5, "path": "vec/5", "reason": "unreadable on purpose"}]
     assert sorted(p.name for p in (out / "chunks").iterdir()) == [f"chunk-{s:09d}.parquet" for s in (0, 6, 12, 18)]
     run = json.loads((out / "run.json").read_text())

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from gradtrust.errors import InputError
+
 __all__ = [
     "brier", "doctor", "energy", "entropy", "gradnorm", "gradtrust", "gradtrust_from_row_energy",
     "gradtrust_topk", "gradtrust_topk_from_row_energy", "gradtrust_topk_parts",
@@ -28,13 +30,13 @@ __all__ = [
 
 def _logits(logits: torch.Tensor) -> torch.Tensor:
     if logits.dim() != 2:
-        raise ValueError(f"logits must be (batch, classes), got shape {tuple(logits.shape)}")
+        raise InputError(f"logits must be (batch, classes), got shape {tuple(logits.shape)}")
     return logits.double()
 
 
 def _features(features: torch.Tensor, batch: int) -> torch.Tensor:
     if features.shape[0] != batch:
-        raise ValueError(f"features hold {features.shape[0]} samples for {batch} rows of logits")
+        raise InputError(f"features hold {features.shape[0]} samples for {batch} rows of logits")
     return features.reshape(batch, -1).double()
 
 
@@ -223,7 +225,7 @@ def gradtrust_topk_parts(row_energy: torch.Tensor, logits: torch.Tensor, k: int 
     e = row_energy.double()
     c = z.shape[1]
     if c < 2 or e.shape[1] != c:
-        raise ValueError(f"gradtrust_topk needs one gradient row per class and C >= 2, got rows {tuple(e.shape)} "
+        raise InputError(f"gradtrust_topk needs one gradient row per class and C >= 2, got rows {tuple(e.shape)} "
                          f"for logits {tuple(z.shape)}")
     k = min(k or 10, c - 1)
     prediction = z.argmax(dim=1, keepdim=True)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from importlib import resources
 
+from gradtrust.data.images import list_examples
 from gradtrust.errors import DataError
 
 __all__ = [
@@ -48,7 +49,7 @@ def _imagenet_synsets() -> tuple[tuple[str, ...], tuple[str, ...]]:
         names.append(name.strip())
     if (len(wnids) != IMAGENET_NUM_CLASSES or len(set(wnids)) != IMAGENET_NUM_CLASSES
             or wnids != sorted(wnids) or not all(map(is_wnid, wnids))):
-        raise RuntimeError("gradtrust/data/resources/imagenet_wnids.txt is damaged: expected 1000 unique, "
+        raise DataError("gradtrust/data/resources/imagenet_wnids.txt is damaged: expected 1000 unique, "
                            "sorted WordNet IDs; reinstall gradtrust")
     return tuple(wnids), tuple(names)
 
@@ -71,12 +72,6 @@ def _wnid_index() -> dict[str, int]:
 def imagenet_wnid_to_index() -> dict[str, int]:
     """``{wnid: output index}`` for the 1000 ImageNet-1k classes."""
     return dict(_wnid_index())
-
-
-def _few(items: Sequence[object], n: int = _EXAMPLES) -> str:
-    items = list(items)
-    shown = ", ".join(repr(x) for x in items[:n])
-    return shown + (f", … ({len(items)} in all)" if len(items) > n else "")
 
 
 def _normalise(name: str) -> str:
@@ -139,8 +134,8 @@ def resolve_class_indices(
 
     def sides() -> str:
         model = f"the model has {num_outputs} outputs"
-        model += f" (class names: {_few(names)})" if names else " (class names unknown)"
-        return f"the dataset has {len(classes)} classes ({_few(classes)}); {model}"
+        model += f" (class names: {list_examples(names)})" if names else " (class names unknown)"
+        return f"the dataset has {len(classes)} classes ({list_examples(classes)}); {model}"
 
     # 1. ImageNet WordNet IDs.
     names_are_wnids = bool(names) and all(map(is_wnid, names))
@@ -149,7 +144,7 @@ def resolve_class_indices(
         unknown = [c for c in classes if c not in index]
         if unknown:
             raise DataError(
-                f"{len(unknown)} dataset classes are WordNet IDs outside ImageNet-1k: {_few(unknown)}; "
+                f"{len(unknown)} dataset classes are WordNet IDs outside ImageNet-1k: {list_examples(unknown)}; "
                 f"the model's 1000 outputs are the ImageNet-1k classes. {sides()}."
             )
         return [index[c] for c in classes]
@@ -173,7 +168,7 @@ def resolve_class_indices(
                                  for c, j in misplaced[:_EXAMPLES])
             raise DataError(
                 f"the dataset's classes cannot be matched to the model's: {len(unmatched)} dataset classes "
-                f"are not model class names ({_few(unmatched)}), and taking them in folder order would be "
+                f"are not model class names ({list_examples(unmatched)}), and taking them in folder order would be "
                 f"wrong because {examples}. Rename the class folders to the model's class names. {sides()}."
             )
         return list(range(num_outputs))
@@ -181,7 +176,8 @@ def resolve_class_indices(
     # 4. Mismatch.
     detail = ""
     if names and matches:
-        detail = f" {len(matches)} dataset classes match model class names but {len(unmatched)} do not: {_few(unmatched)}."
+        detail = (f" {len(matches)} dataset classes match model class names but {len(unmatched)} do not: "
+                  f"{list_examples(unmatched)}.")
     elif names:
         detail = " None of the dataset's class names is a model class name."
     raise DataError(

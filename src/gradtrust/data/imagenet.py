@@ -33,9 +33,8 @@ from gradtrust.data.classes import load_imagenet_class_names, load_imagenet_wnid
 from gradtrust.data.images import (
     IMAGE_EXTENSIONS,
     ImageFileDataset,
-    _few,
-    _has_extension,
     check_root,
+    list_examples,
     normalize_extensions,
 )
 from gradtrust.errors import DataError
@@ -164,15 +163,15 @@ class FlatImageDataset(ImageFileDataset):
     @staticmethod
     def _list_images(root: str, exts: tuple[str, ...]) -> list[str]:
         entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
-        files = [e for e in entries if _has_extension(e, exts) and os.path.isfile(os.path.join(root, e))]
+        files = [e for e in entries if e.lower().endswith(exts) and os.path.isfile(os.path.join(root, e))]
         if not files:
             dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
             others = [e for e in entries if e not in dirs]
             found = []
             if dirs:
-                found.append(f"{len(dirs)} sub-folders ({_few(dirs)})")
+                found.append(f"{len(dirs)} sub-folders ({list_examples(dirs)})")
             if others:
-                found.append(f"{len(others)} other files ({_few(others)})")
+                found.append(f"{len(others)} other files ({list_examples(others)})")
             hint = (" If the images are in one sub-folder per class, use ImageFolderDataset instead."
                     if dirs else "")
             raise DataError(
@@ -240,17 +239,17 @@ class FlatImageDataset(ImageFileDataset):
             stems[stem] = name
         if duplicates:
             raise DataError(f"{len(duplicates)} images in the folder share a name but not the extension, "
-                            f"so the CSV's ImageId is ambiguous: {_few(duplicates)}")
+                            f"so the CSV's ImageId is ambiguous: {list_examples(duplicates)}")
         unlabeled = [name for name in files if os.path.splitext(name)[0] not in by_id]
         if unlabeled:
             raise DataError(
-                f"{len(unlabeled)} of {len(files)} images have no label in {path}: {_few(unlabeled)}. "
+                f"{len(unlabeled)} of {len(files)} images have no label in {path}: {list_examples(unlabeled)}. "
                 "Every image in the folder needs a row (ImageId = file name without extension)."
             )
         unused = [i for i in by_id if i not in stems]
         if unused and not allow_unused:
             raise DataError(
-                f"{len(unused)} of {len(by_id)} labels in {path} have no image in the folder: {_few(sorted(unused))}. "
+                f"{len(unused)} of {len(by_id)} labels in {path} have no image in the folder: {list_examples(sorted(unused))}. "
                 "Pass allow_unused_labels=True to score only the images present."
             )
         return [by_id[os.path.splitext(name)[0]] for name in files]

@@ -120,10 +120,10 @@ def to_rgb(image: Image.Image, alpha: str = "white") -> Image.Image:
     """Convert a decoded PIL image of any mode to 8-bit ``RGB`` (see the module docstring for each mode).
 
     ``alpha="white"`` composites transparent images on white; ``alpha="drop"`` discards the alpha channel.
-    Raises ``ValueError``/``OSError`` when PIL cannot convert the mode.
+    Raises `DataError` for a bad ``alpha``, ``ValueError``/``OSError`` when PIL cannot convert the mode.
     """
     if alpha not in ALPHA_MODES:
-        raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+        raise DataError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
     mode = image.mode
     if mode == "RGB":
         return image
@@ -214,16 +214,14 @@ def normalize_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
         extensions = (extensions,)
     out = tuple(sorted({("." + e.lower().lstrip(".")) for e in extensions if e}))
     if not out:
-        raise ValueError("extensions must name at least one file ending, e.g. ('.jpg', '.png')")
+        raise DataError("extensions must name at least one file ending, e.g. ('.jpg', '.png')")
     return out
 
 
-def _has_extension(name: str, extensions: tuple[str, ...]) -> bool:
-    return name.lower().endswith(extensions)
-
-
-def _few(items: Sequence[str], n: int = _EXAMPLES) -> str:
-    shown = ", ".join(repr(x) for x in list(items)[:n])
+def list_examples(items: Iterable[object], n: int = _EXAMPLES) -> str:
+    """The first ``n`` items as reprs joined by commas, then how many there are in all: for error messages."""
+    items = list(items)
+    shown = ", ".join(repr(x) for x in items[:n])
     return shown + (f", … ({len(items)} in all)" if len(items) > n else "")
 
 
@@ -255,7 +253,7 @@ def scan_class_folders(
     layout = f"one sub-folder per class, e.g. {os.path.join(root, '<class_name>', example)}"
     if not classes:
         if loose:
-            found = f"{len(loose)} files directly in it ({_few(loose)}) and no sub-folders"
+            found = f"{len(loose)} files directly in it ({list_examples(loose)}) and no sub-folders"
             hint = (" If all images are in one folder with a labels file (the ImageNet validation layout),"
                     " use FlatImageDataset." if kind == "image" else "")
         else:
@@ -291,7 +289,7 @@ def scan_class_folders(
                 if name.startswith("."):
                     continue
                 rel = os.path.join(rel_dir, name)
-                if _has_extension(name, extensions):
+                if name.lower().endswith(extensions):
                     found_here.append(rel)
                 elif len(other_files) < 50:
                     other_files.append(rel)
@@ -316,22 +314,22 @@ def scan_class_folders(
         labels.extend([label] * len(unique))
     if loops or duplicates:
         warnings.warn(
-            f"{root}: symbolic links reach {len(loops)} already-visited folder(s) ({_few(loops)}) and "
-            f"{len(duplicates)} already-listed file(s) ({_few(duplicates)}); each folder is walked and each file "
+            f"{root}: symbolic links reach {len(loops)} already-visited folder(s) ({list_examples(loops)}) and "
+            f"{len(duplicates)} already-listed file(s) ({list_examples(duplicates)}); each folder is walked and each file "
             "is listed once (under its own path when one of them is, else its first path in sorted order).",
             stacklevel=3,
         )
 
     if not paths:
-        others = f"; other files found: {_few(other_files)}" if other_files else "; the class folders are empty"
+        others = f"; other files found: {list_examples(other_files)}" if other_files else "; the class folders are empty"
         raise DataError(
             f"No {kind} files ({', '.join(extensions)}) in the {len(classes)} class sub-folders of {root} "
-            f"({_few(classes)}){others}. Expected {layout}."
+            f"({list_examples(classes)}){others}. Expected {layout}."
         )
     if empty_classes:
         warnings.warn(
             f"{len(empty_classes)} of {len(classes)} class folders in {root} hold no {kind} files: "
-            f"{_few(empty_classes)}. They keep their class index (sorted folder order).",
+            f"{list_examples(empty_classes)}. They keep their class index (sorted folder order).",
             stacklevel=3,
         )
     return classes, paths, labels
@@ -357,7 +355,7 @@ class ImageFileDataset(Dataset):
         alpha: str = "white",
     ) -> None:
         if alpha not in ALPHA_MODES:
-            raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+            raise DataError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
         self.root = root
         self.classes = list(classes)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}

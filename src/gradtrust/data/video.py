@@ -127,12 +127,12 @@ def clip_frame_indices(num_frames: int, clip_len: int, step: float | Fraction = 
     [0, 0, 1, 2, 2]
     """
     if num_frames < 1:
-        raise ValueError("num_frames must be at least 1")
+        raise DataError("num_frames must be at least 1")
     if clip_len < 1:
-        raise ValueError("clip_len must be at least 1")
+        raise DataError("clip_len must be at least 1")
     s = _as_fraction(step)
     if s <= 0:
-        raise ValueError("step must be positive")
+        raise DataError("step must be positive")
     positions = -(-num_frames * s.denominator // s.numerator)  # ceil(num_frames / s): grid points in the video
     first = (positions - clip_len) // 2  # floor: may be negative for a short video
     out = []
@@ -302,11 +302,11 @@ class VideoFolderDataset(ImageFileDataset):
         decode_threads: int = 1,
     ) -> None:
         if int(clip_len) < 1:
-            raise ValueError(f"clip_len must be at least 1, got {clip_len}")
+            raise DataError(f"clip_len must be at least 1, got {clip_len}")
         if int(frame_stride) < 1:
-            raise ValueError(f"frame_stride must be at least 1, got {frame_stride}")
+            raise DataError(f"frame_stride must be at least 1, got {frame_stride}")
         if frame_rate is not None and not frame_rate > 0:
-            raise ValueError(f"frame_rate must be positive, got {frame_rate}")
+            raise DataError(f"frame_rate must be positive, got {frame_rate}")
         root_path = check_root(root)
         exts = normalize_extensions(extensions)
         classes, rel_paths, labels = scan_class_folders(root_path, exts, kind="video", example="clip_001.mp4")

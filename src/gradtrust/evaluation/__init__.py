@@ -50,7 +50,7 @@ from gradtrust.evaluation.risk import (
     risk_coverage_curve,
 )
 from gradtrust.evaluation.selective import PERCENTILES, accuracy_curve, auac, aufc, f1_curve
-from gradtrust.evaluation.summary import METRICS, TrustEvaluator, evaluate, evaluate_frame
+from gradtrust.evaluation.summary import METRICS, TrustEvaluator, anomaly_summary, evaluate, evaluate_frame
 
 __all__ = [
     "METRICS",
@@ -65,6 +65,7 @@ __all__ = [
     "aufc",
     "augrc",
     "aurc",
+    "anomaly_summary",
     "auroc",
     "bootstrap_ci",
     "bootstrap_cis",

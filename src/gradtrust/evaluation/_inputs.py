@@ -1,7 +1,7 @@
 """Input checks and the rank encoding every metric of :mod:`gradtrust.evaluation` is computed from.
 
 Private module. Everything here works on NumPy arrays; torch tensors, pandas Series and lists are
-converted at the boundary (``_to_numpy``) without importing torch or pandas.
+converted at the boundary (``to_numpy``) without importing torch or pandas.
 
 The rank encoding
 -----------------
@@ -21,7 +21,7 @@ import numpy as np
 from gradtrust.errors import InputError
 
 
-def _to_numpy(x: Any, name: str) -> np.ndarray:
+def to_numpy(x: Any, name: str) -> np.ndarray:
     """A 1-D NumPy array from an array, a torch tensor (any device), a pandas Series or a list."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
         x = x.detach().cpu().numpy()
@@ -40,7 +40,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 
 def as_scores(x: Any, name: str = "scores") -> np.ndarray:
     """The scores as a float64 1-D array (NaN and ±inf allowed)."""
-    a = _to_numpy(x, name)
+    a = to_numpy(x, name)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         try:
             a = a.astype(np.float64)
@@ -53,7 +53,7 @@ def as_scores(x: Any, name: str = "scores") -> np.ndarray:
 
 def as_correct(x: Any, name: str = "correct") -> np.ndarray:
     """Correctness flags as a bool 1-D array; accepts bools or the numbers 0 and 1."""
-    a = _to_numpy(x, name)
+    a = to_numpy(x, name)
     if a.dtype == bool:
         return a
     if a.dtype == object or not np.issubdtype(a.dtype, np.number):
@@ -70,7 +70,7 @@ def as_correct(x: Any, name: str = "correct") -> np.ndarray:
 
 def as_labels(x: Any, name: str) -> np.ndarray:
     """Class labels or predictions: any 1-D array of hashable values without NaN."""
-    a = _to_numpy(x, name)
+    a = to_numpy(x, name)
     if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
         raise InputError(f"`{name}` holds NaN or infinite values; class labels must be defined.")
     return a

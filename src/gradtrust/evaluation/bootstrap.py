@@ -34,13 +34,13 @@ from gradtrust.evaluation import risk as _risk
 from gradtrust.evaluation import selective as _sel
 from gradtrust.evaluation._inputs import (
     Groups,
-    _to_numpy,
     as_correct,
     as_labels,
     as_scores,
     check_lengths,
     encode_classes,
     rank_codes,
+    to_numpy,
 )
 
 __all__ = ["bootstrap_ci", "bootstrap_distribution", "bootstrap_indices", "VECTORISED_METRICS"]
@@ -71,7 +71,7 @@ VECTORISED_METRICS = tuple(_FUNCTIONS)
 _BLOCK_ELEMENTS = 2_000_000
 
 
-def _check_settings(n_resamples: int, confidence: float | None = None) -> int:
+def check_settings(n_resamples: int, confidence: float | None = None) -> int:
     if isinstance(n_resamples, bool) or int(n_resamples) != n_resamples or n_resamples < 1:
         raise InputError(f"`n_resamples` must be a positive integer; got {n_resamples!r}.")
     if confidence is not None and not (0.0 < float(confidence) < 1.0):
@@ -98,7 +98,7 @@ def _index_blocks(n: int, n_resamples: int, seed: int | None, width: int) -> Ite
 
 def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int | None = 0) -> np.ndarray:
     """The (n_resamples, n) index matrix :func:`bootstrap_ci` uses: row r = r-th ``rng.integers(0, n, n)``."""
-    n_resamples = _check_settings(n_resamples)
+    n_resamples = check_settings(n_resamples)
     if n < 1:
         raise InputError("Cannot bootstrap 0 samples.")
     return np.stack(list(_index_rows(int(n), n_resamples, seed)))
@@ -119,7 +119,7 @@ def _metric_name(metric: Any) -> str | None:
     return None
 
 
-def _vectorised(
+def vectorised_bootstrap(
     names: Sequence[str],
     scores: Any,
     second: Any,
@@ -194,7 +194,7 @@ def bootstrap_distribution(
         vectorised: ``None`` (default) uses the vectorised path when the metric has one; ``False`` forces
             the loop (for checking); ``True`` requires the vectorised path (error if there is none).
     """
-    n_resamples = _check_settings(n_resamples)
+    n_resamples = check_settings(n_resamples)
     if not arrays:
         raise InputError("Pass the arrays the metric takes, e.g. bootstrap_ci(aurc, scores, correct).")
     name = _metric_name(metric)
@@ -208,10 +208,10 @@ def bootstrap_distribution(
             args = "scores, labels, predictions" if want == 3 else "scores, correct"
             raise InputError(f"`{name}` takes {want} arrays ({args}); got {len(arrays)}.")
         third = arrays[2] if want == 3 else None
-        return _vectorised([name], arrays[0], arrays[1], third, n_resamples, seed)[name]
+        return vectorised_bootstrap([name], arrays[0], arrays[1], third, n_resamples, seed)[name]
     # _metric_name resolves every string (or raises), so an unnamed metric is the caller's callable.
     fn = _FUNCTIONS[name] if name is not None else cast(Callable[..., float], metric)
-    data = [_to_numpy(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+    data = [to_numpy(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
     n = check_lengths(**{f"arrays[{i}]": a for i, a in enumerate(data)})
     out = np.empty(n_resamples)
     for r, idx in enumerate(_index_rows(n, n_resamples, seed)):
@@ -219,7 +219,7 @@ def bootstrap_distribution(
     return out
 
 
-def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     finite = values[~np.isnan(values)]
     if finite.size == 0:
         return (float("nan"), float("nan"))
@@ -247,11 +247,11 @@ def bootstrap_ci(
     Seeded: the same ``seed`` gives the same interval. Vectorised for AUAC, AURC, E-AURC, AUGRC, AUROC,
     FPR@95%TPR (1,000 resamples of 50,000 samples in seconds) and AUFC; other callables run in a loop.
     """
-    _check_settings(n_resamples, confidence)
+    check_settings(n_resamples, confidence)
     dist = bootstrap_distribution(
         metric, *arrays, n_resamples=n_resamples, seed=seed, vectorised=vectorised
     )
-    return _interval(dist, float(confidence))
+    return percentile_interval(dist, float(confidence))
 
 
 def bootstrap_cis(
@@ -272,7 +272,7 @@ def bootstrap_cis(
     metric). Pass ``scores, correct`` for the rank metrics (``auac``, ``aurc``, ``eaurc``, ``augrc``,
     ``auroc``, ``fpr_at_95tpr``); ``aufc`` needs ``labels=`` and ``predictions=`` instead of ``correct``.
     """
-    _check_settings(n_resamples, confidence)
+    check_settings(n_resamples, confidence)
     names = [str(m) for m in metrics]
     if not names:
         return {}
@@ -281,10 +281,10 @@ def bootstrap_cis(
     if labels is not None or predictions is not None:
         if labels is None or predictions is None:
             raise InputError("bootstrap_cis: pass both labels= and predictions= (or neither, with correct).")
-        dists = _vectorised(names, scores, labels, predictions, int(n_resamples), seed)
+        dists = vectorised_bootstrap(names, scores, labels, predictions, int(n_resamples), seed)
     else:
         if correct is None:
             raise InputError("bootstrap_cis needs `correct` (or labels= and predictions=).")
-        dists = _vectorised(names, scores, correct, None, int(n_resamples), seed)
-    return {name: _interval(dists[name], float(confidence)) for name in names}
+        dists = vectorised_bootstrap(names, scores, correct, None, int(n_resamples), seed)
+    return {name: percentile_interval(dists[name], float(confidence)) for name in names}
 

@@ -21,7 +21,7 @@ from gradtrust.evaluation._inputs import (
     group_counts,
     rank_codes,
 )
-from gradtrust.evaluation.bootstrap import _check_settings, _interval, _vectorised
+from gradtrust.evaluation.bootstrap import bootstrap_ci, check_settings, percentile_interval, vectorised_bootstrap
 from gradtrust.evaluation.references import oracle_reference, random_reference
 
 __all__ = ["METRICS", "evaluate", "evaluate_frame", "TrustEvaluator"]
@@ -67,7 +67,7 @@ def evaluate(
     p = as_labels(predictions, "predictions")
     n = check_lengths(scores=s, labels=y, predictions=p)
     if ci:
-        _check_settings(n_resamples, confidence)
+        check_settings(n_resamples, confidence)
     ranked = rank_codes(s)
     m = ranked.values.shape[0]
     yi, pi, k = encode_classes(y, p)
@@ -89,9 +89,9 @@ def evaluate(
         "fpr_at_95tpr": float(_risk._fpr95_groups(g)[0]),
     }
     if ci:
-        dists = _vectorised(list(METRICS), s, y, p, int(n_resamples), seed)
+        dists = vectorised_bootstrap(list(METRICS), s, y, p, int(n_resamples), seed)
         for name in METRICS:
-            out[f"{name}_low"], out[f"{name}_high"] = _interval(dists[name], float(confidence))
+            out[f"{name}_low"], out[f"{name}_high"] = percentile_interval(dists[name], float(confidence))
     return out
 
 
@@ -213,7 +213,7 @@ class TrustEvaluator:
         seed: int | None = 0,
     ) -> None:
         if ci:
-            _check_settings(n_resamples, confidence)
+            check_settings(n_resamples, confidence)
         self.ci = ci
         self.n_resamples = n_resamples
         self.confidence = confidence
@@ -257,3 +257,17 @@ class TrustEvaluator:
             confidence=self.confidence,
             seed=self.seed,
         )
+
+
+def anomaly_summary(score: np.ndarray, inlier: np.ndarray, *, resamples: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> dict[str, Any]:
+    """AUROC (inliers positive) and FPR@95%TPR (share of anomalies kept when 95% of inliers are) of a
+    higher-is-more-normal score, with percentile bootstrap CIs (``gradtrust.evaluation``)."""
+    out: dict[str, Any] = {"n": int(len(score)), "n_inlier": int(inlier.sum()),
+                           "auroc": _risk.auroc(score, inlier), "fpr_at_95tpr": _risk.fpr_at_95tpr(score, inlier)}
+    if resamples and 0 < out["n_inlier"] < out["n"]:
+        out["auroc_ci"] = list(bootstrap_ci("auroc", score, inlier, n_resamples=resamples, confidence=confidence,
+                                            seed=seed))
+        out["fpr_at_95tpr_ci"] = list(bootstrap_ci("fpr_at_95tpr", score, inlier, n_resamples=resamples,
+                                                   confidence=confidence, seed=seed))
+    return out

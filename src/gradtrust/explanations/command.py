@@ -71,7 +71,7 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer
     from gradtrust.explanations.cams import parse_methods
     from gradtrust.explanations.run import explain_dataset
     from gradtrust.models import load_model
-    from gradtrust.runner.command import RANDOM_INIT_SEED, _weights_arg
+    from gradtrust.runner.command import RANDOM_INIT_SEED, weights_arg
     from gradtrust.runner.distributed import resolve_device
 
     parse_methods(methods)
@@ -84,7 +84,7 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer
     default = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dev = resolve_device(device, default)
     torch.manual_seed(RANDOM_INIT_SEED)
-    model = load_model(model_spec, _weights_arg(model_spec, weights), num_classes, device=dev)
+    model = load_model(model_spec, weights_arg(model_spec, weights), num_classes, device=dev)
     contrast = _contrast(contrast_arg, model.class_names)
     dataset = open_dataset(data, model, labels)
     summary = explain_dataset(model, dataset, out_dir, methods=methods, layer=layer, contrast=contrast, voice=voice,

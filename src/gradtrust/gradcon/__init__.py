@@ -6,8 +6,8 @@
 * :func:`per_sample_terms` (:mod:`.gradients`): batched per-sample reconstruction errors and decoder-gradient
   cosines; :func:`per_sample_terms_loop` is its per-image reference.
 
-Names are imported on first use, so ``gradtrust gradcon --help`` and the report's reading of GradCON runs
-(:mod:`.runs`) do not import torch.
+Names are imported on first use, so ``gradtrust gradcon --help`` does not import torch. The run folder's
+format and reader live below this package (:mod:`gradtrust.anomaly_runs`): the report never imports it.
 """
 
 from __future__ import annotations

@@ -91,11 +91,11 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
         from gradtrust.data.open import describe_dataset, open_dataset
         from gradtrust.introspection.introspective import WEIGHTS_FILE, Introspective
         from gradtrust.models import load_model
-        from gradtrust.runner.command import RANDOM_INIT_SEED, _weights_arg
+        from gradtrust.runner.command import RANDOM_INIT_SEED, weights_arg
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = load_model(model_spec, _weights_arg(model_spec, weights), num_classes, device=dev)
+        model = load_model(model_spec, weights_arg(model_spec, weights), num_classes, device=dev)
         dataset = open_dataset(train, model, labels)
         if len(dataset) == 0:
             raise InputError("the training set is empty.")

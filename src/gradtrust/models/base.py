@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradtrust.errors import ModelError
+
 INPUT_KINDS = ("image", "video", "tensor")
 
 
@@ -51,9 +53,9 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         if self.input_kind not in INPUT_KINDS:
-            raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {self.input_kind!r}")
+            raise ModelError(f"input_kind must be one of {INPUT_KINDS}, got {self.input_kind!r}")
         if self.num_classes is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(
+            raise ModelError(
                 f"{len(self.class_names)} class names for a model with {self.num_classes} outputs"
             )
 

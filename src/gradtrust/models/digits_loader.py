@@ -8,35 +8,30 @@ from pathlib import Path
 from typing import Any
 
 from gradtrust.errors import ModelError, UnknownNameError
+from gradtrust.models import digits
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.specs import (
     WEIGHTS_SUFFIXES,
-    _is_existing_file,
-    _looks_like_path,
-    _random_meta,
-    _unknown_message,
+    ModelSource,
+    is_existing_file,
+    looks_like_path,
+    random_meta,
+    register_source,
+    unknown_message,
 )
 from gradtrust.models.state_dict import (
-    _align_keys,
-    _load_state,
+    align_keys,
     file_sha256,
+    load_state,
     read_state_dict,
 )
 
 
-def _import_digits():
-    try:
-        from gradtrust.models import digits
-    except ImportError as exc:
-        raise ModelError(f"the bundled digits models are unavailable: {exc}") from exc
-    return digits
-
-
-def _load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
-    digits = _import_digits()
-    valid = list(digits.available_digits_models())
+def load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
+    """``digits:<name>`` with random (None), bundled (``"DEFAULT"``/``"bundled"``) or file weights."""
+    valid = digits.available_digits_models()
     if name not in valid:
-        raise UnknownNameError(_unknown_message("digits model", name, valid, prefix="digits:"))
+        raise UnknownNameError(unknown_message("digits model", name, valid, prefix="digits:"))
     class_names = [str(c) for c in digits.DIGITS_CLASSES]
     if num_classes is not None and num_classes != len(class_names):
         raise ModelError(f"digits:{name} has {len(class_names)} classes, not num_classes={num_classes}")
@@ -45,8 +40,8 @@ def _load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedMode
     weights_str = None
     if weights is None:
         module = digits.build_digits_model(name, pretrained=False)
-        meta.update(_random_meta())
-    elif isinstance(weights, str) and weights.strip().lower() in ("default", "bundled") and not _is_existing_file(weights):
+        meta.update(random_meta())
+    elif isinstance(weights, str) and weights.strip().lower() in ("default", "bundled") and not is_existing_file(weights):
         module = digits.build_digits_model(name, pretrained=True)
         weights_str = "bundled"
         meta.update(weights_kind="bundled", pretrained=True)
@@ -55,18 +50,18 @@ def _load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedMode
             ref = ref(name)
             sha = hashlib.sha256(ref.read_bytes()).hexdigest()
             meta["weights_file"] = str(ref)
-    elif _is_existing_file(weights):
+    elif is_existing_file(weights):
         path = Path(weights).resolve()
         module = digits.build_digits_model(name, pretrained=False)
         state, info = read_state_dict(path)
-        state, align = _align_keys(state, set(module.state_dict()))
+        state, align = align_keys(state, set(module.state_dict()))
         meta.update(info, **align)
         weights_str = str(path)
         sha = file_sha256(path)
-        _load_state(module, state, f"digits:{name}", weights_str)
+        load_state(module, state, f"digits:{name}", weights_str)
         meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
     else:
-        if isinstance(weights, str) and _looks_like_path(weights, WEIGHTS_SUFFIXES):
+        if isinstance(weights, str) and looks_like_path(weights, WEIGHTS_SUFFIXES):
             raise ModelError(f"weights file not found: {weights}")
         raise UnknownNameError(
             f"unknown weights {weights!r} for digits:{name}; valid: None (random), 'DEFAULT' or 'bundled' "
@@ -83,3 +78,6 @@ def _load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedMode
         input_kind="tensor",
         meta=meta,
     )
+
+
+register_source(ModelSource("digits", load_digits, digits.available_digits_models))

@@ -19,8 +19,8 @@ from torch import nn
 
 from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.models.base import LoadedModel
-from gradtrust.models.files import _wrap_module
-from gradtrust.models.specs import _first_line, _spec_message
+from gradtrust.models.files import wrap_module
+from gradtrust.models.specs import first_line, spec_message
 
 __all__ = ["FACTORY_SPEC", "is_factory_spec", "load_factory"]
 
@@ -41,10 +41,10 @@ def load_factory(spec: str, weights: Any, num_classes: int | None) -> LoadedMode
         module = importlib.import_module(module_name)
     except ImportError as exc:
         if getattr(exc, "name", None) == module_name.split(".")[0]:  # nothing of that name: a mistyped family?
-            raise UnknownNameError(f"{_spec_message(spec)} (no importable module {module_name!r} either: run from the "
+            raise UnknownNameError(f"{spec_message(spec)} (no importable module {module_name!r} either: run from the "
                                    "folder that holds your package, or add it to PYTHONPATH)") from None
         raise ModelError(
-            f"cannot import {module_name!r} for the model factory {spec!r}: {_first_line(exc)}. Run from the folder "
+            f"cannot import {module_name!r} for the model factory {spec!r}: {first_line(exc)}. Run from the folder "
             "that holds the package, or add it to PYTHONPATH"
         ) from exc
     target: Any = module
@@ -62,12 +62,12 @@ def load_factory(spec: str, weights: Any, num_classes: int | None) -> LoadedMode
         built = target(**kwargs)
     except Exception as exc:
         raise ModelError(f"{spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) failed: "
-                         f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                         f"{type(exc).__name__}: {first_line(exc)}") from exc
     if not isinstance(built, nn.Module):
         raise ModelError(f"{spec} returned a {type(built).__name__}, not a torch.nn.Module")
     meta = {"family": "factory", "factory": spec,
             "module_class": f"{type(built).__module__}.{type(built).__qualname__}"}
-    loaded = _wrap_module(built, weights, num_classes, meta)
+    loaded = wrap_module(built, weights, num_classes, meta)
     loaded.spec = spec
     if loaded.weights is None:
         loaded.meta.update(weights_kind="as built by the factory", pretrained=None)

@@ -16,14 +16,14 @@ from torch import nn
 from gradtrust.errors import ModelError
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.specs import (
-    _first_line,
-    _is_existing_file,
+    first_line,
+    is_existing_file,
 )
 from gradtrust.models.state_dict import (
-    _align_keys,
-    _is_torchscript_file,
-    _load_state,
+    align_keys,
     file_sha256,
+    is_torchscript_file,
+    load_state,
     read_state_dict,
 )
 
@@ -33,7 +33,7 @@ TRUST_HINT = ("If you trust the file, opt in with --trust-model-file (load_model
               "('torchvision:<name>', 'timm:<name>' or your own 'package.module:factory') with --weights path.")
 
 
-def _load_model_file(spec: str, weights: Any, num_classes: int | None, trust_model_file: bool = False) -> LoadedModel:
+def load_model_file(spec: str, weights: Any, num_classes: int | None, trust_model_file: bool = False) -> LoadedModel:
     """A TorchScript file, a state dict named as the model (refused, with a hint), or, only with
     ``trust_model_file=True``, a whole pickled ``nn.Module``.
 
@@ -43,13 +43,13 @@ def _load_model_file(spec: str, weights: Any, num_classes: int | None, trust_mod
     """
     path = Path(spec).resolve()
     meta: dict[str, Any] = {"model_file": str(path)}
-    if _is_torchscript_file(path):
+    if is_torchscript_file(path):
         try:
             with warnings.catch_warnings():  # torch >= 2.9 flags TorchScript as deprecated; it still works
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
-            raise ModelError(f"cannot load the TorchScript file {path}: {_first_line(exc)}") from exc
+            raise ModelError(f"cannot load the TorchScript file {path}: {first_line(exc)}") from exc
         meta["family"] = "torchscript"
         unscripted = unscript_sequential(module)
         if unscripted is not None:
@@ -71,7 +71,7 @@ def _load_model_file(spec: str, weights: Any, num_classes: int | None, trust_mod
         meta["family"] = "pickle"
         meta["security_note"] = ("loaded with torch.load(weights_only=False) because trust_model_file=True "
                                  "(--trust-model-file) was given")
-    loaded = _wrap_module(module, weights, num_classes, meta)
+    loaded = wrap_module(module, weights, num_classes, meta)
     loaded.spec = spec
     if loaded.weights_sha256 is None:  # the weights live in the model file itself
         loaded.weights_sha256 = file_sha256(path)
@@ -123,39 +123,42 @@ def _read_model_object(path: Path, trust_model_file: bool) -> Any:
                 + TRUST_HINT
             ) from exc
         except Exception as exc:
-            raise ModelError(f"cannot load {path} as a TorchScript file or a state dict: {_first_line(exc)}. "
+            raise ModelError(f"cannot load {path} as a TorchScript file or a state dict: {first_line(exc)}. "
                              + TRUST_HINT) from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ModelError(f"cannot load {path} as a TorchScript or pickled model file: {_first_line(exc)}") from exc
+        raise ModelError(f"cannot load {path} as a TorchScript or pickled model file: {first_line(exc)}") from exc
 
 
-def _load_module_object(module: nn.Module, weights: Any, num_classes: int | None) -> LoadedModel:
+def load_module_object(module: nn.Module, weights: Any, num_classes: int | None) -> LoadedModel:
+    """An ``nn.Module`` given to the Python API, used as is (with ``weights`` loaded into it when given)."""
     meta = {"family": "module", "module_class": f"{type(module).__module__}.{type(module).__qualname__}"}
-    loaded = _wrap_module(module, weights, num_classes, meta)
+    loaded = wrap_module(module, weights, num_classes, meta)
     loaded.spec = f"module:{type(module).__qualname__}"
     if loaded.weights is None:
         loaded.meta.update(weights_kind="as given", pretrained=None)
     return loaded
 
 
-def _wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: dict[str, Any]) -> LoadedModel:
+def wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: dict[str, Any]) -> LoadedModel:
+    """A `LoadedModel` around a built ``module``: ``weights`` (a file) loaded into it, its number of classes
+    from the last ``nn.Linear`` unless ``num_classes`` is given, ``meta`` completed."""
     sha = None
     weights_str = None
     if weights is not None:
-        if not _is_existing_file(weights):
+        if not is_existing_file(weights):
             raise ModelError(
                 f"weights for a model file or module must be a local state dict file, got {weights!r}"
                 + (" (file not found)" if isinstance(weights, str) else "")
             )
         path = Path(weights).resolve()
         state, info = read_state_dict(path)
-        state, align = _align_keys(state, set(module.state_dict()))
+        state, align = align_keys(state, set(module.state_dict()))
         meta.update(info, **align)
         weights_str = str(path)
         sha = file_sha256(path)
-        _load_state(module, state, meta.get("model_file", meta.get("module_class", "the model")), weights_str)
+        load_state(module, state, meta.get("model_file", meta.get("module_class", "the model")), weights_str)
         meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
     inferred = _last_linear_outputs(module)
     if num_classes is not None:

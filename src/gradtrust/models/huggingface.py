@@ -20,7 +20,7 @@ import torch
 
 from gradtrust.errors import ModelError
 from gradtrust.models.base import LoadedModel
-from gradtrust.models.specs import _first_line
+from gradtrust.models.specs import first_line
 from gradtrust.models.state_dict import file_sha256
 
 __all__ = ["HFImageTransform", "load_hf_folder"]
@@ -89,7 +89,7 @@ def load_hf_folder(folder: str, weights: Any, num_classes: int | None) -> Loaded
             module = transformers.AutoModelForImageClassification.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise ModelError(f"cannot load hf:{folder} as an image classifier with transformers "
-                         f"{transformers.__version__}: {_first_line(exc)}") from exc
+                         f"{transformers.__version__}: {first_line(exc)}") from exc
     config = module.config
     labels = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     classes = int(getattr(config, "num_labels", len(labels)))
@@ -108,7 +108,7 @@ def load_hf_folder(folder: str, weights: Any, num_classes: int | None) -> Loaded
         try:
             processor = transformers.AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
         except Exception as exc:
-            raise ModelError(f"cannot load the image processor of hf:{folder}: {_first_line(exc)}") from exc
+            raise ModelError(f"cannot load the image processor of hf:{folder}: {first_line(exc)}") from exc
         transform = HFImageTransform(processor)
         summary = _processor_summary(processor)
         meta["preprocessing"] = {"source": f"{type(processor).__name__} of the folder", **summary}

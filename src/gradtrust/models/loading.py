@@ -51,25 +51,26 @@ import torch
 from torch import nn
 
 from gradtrust.errors import ModelError, UnknownNameError
+
+# Importing the loader modules registers their sources (specs.SOURCES) for the dispatch below.
+from gradtrust.models import digits_loader, timm_models  # noqa: F401
 from gradtrust.models.base import LoadedModel
-from gradtrust.models.digits_loader import _load_digits
 from gradtrust.models.factory import is_factory_spec, load_factory
-from gradtrust.models.files import _load_model_file, _load_module_object
+from gradtrust.models.files import load_model_file, load_module_object
 from gradtrust.models.preprocessing import Preprocessing, borrow_preprocessing
 from gradtrust.models.specs import (
     MODEL_FILE_SUFFIXES,
+    SOURCES,
     SPEC_FAMILIES,
-    _check_num_classes,
-    _first_line,
-    _looks_like_path,
-    _normalise_weights_arg,
-    _spec_message,
     available_models,
+    check_num_classes,
+    first_line,
+    looks_like_path,
+    normalise_weights_arg,
+    spec_message,
 )
 from gradtrust.models.state_dict import file_sha256, read_state_dict
-from gradtrust.models.timm_models import _load_timm
-from gradtrust.models.torchvision_models import _load_torchvision, hub_checkpoint_path
-from gradtrust.models.torchvision_models import _reference_enum as _reference_enum  # re-exported (tests)
+from gradtrust.models.torchvision_models import hub_checkpoint_path
 from gradtrust.nn.outputs import SelectOutput
 
 __all__ = [
@@ -122,11 +123,11 @@ def load_model(
         ModelError: weights missing from the hub cache (with the path and URL), unreadable file, weights
             that do not fit the architecture (first mismatching keys and shapes), bad device…
     """
-    num_classes = _check_num_classes(num_classes)
-    weights = _normalise_weights_arg(weights)
+    num_classes = check_num_classes(num_classes)
+    weights = normalise_weights_arg(weights)
 
     if isinstance(spec, nn.Module):
-        loaded = _load_module_object(spec, weights, num_classes)
+        loaded = load_module_object(spec, weights, num_classes)
     else:
         if isinstance(spec, os.PathLike):
             spec = os.fspath(spec)
@@ -135,24 +136,23 @@ def load_model(
         spec = spec.strip()
         family, sep, name = spec.partition(":")
         if os.path.isfile(spec):
-            loaded = _load_model_file(spec, weights, num_classes, trust_model_file=trust_model_file)
+            loaded = load_model_file(spec, weights, num_classes, trust_model_file=trust_model_file)
         elif sep and family.lower() == "hf":
             from gradtrust.models.huggingface import load_hf_folder
 
             loaded = load_hf_folder(name.strip(), weights, num_classes)
-        elif sep and family.lower() in SPEC_FAMILIES:
+        elif sep and family.lower() in SOURCES:
             name = name.strip()
             if not name:
                 raise ModelError(f"model spec {spec!r} names no model: use '{family.lower()}:<name>'")
-            loader = {"torchvision": _load_torchvision, "timm": _load_timm, "digits": _load_digits}
-            loaded = loader[family.lower()](name, weights, num_classes)
+            loaded = SOURCES[family.lower()].load(name, weights, num_classes)
             loaded.spec = spec
-        elif _looks_like_path(spec, MODEL_FILE_SUFFIXES):
+        elif looks_like_path(spec, MODEL_FILE_SUFFIXES):
             raise ModelError(f"model file not found: {spec}")
         elif is_factory_spec(spec):
             loaded = load_factory(spec, weights, num_classes)
         else:
-            raise UnknownNameError(_spec_message(spec))
+            raise UnknownNameError(spec_message(spec))
 
     if output_index is not None:
         loaded.module = SelectOutput(loaded.module, output_index)
@@ -174,7 +174,7 @@ def _set_class_names(loaded: LoadedModel, class_names: Sequence[str] | str | os.
         try:
             names = [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
-            raise ModelError(f"cannot read the class names file {path}: {_first_line(exc)}") from exc
+            raise ModelError(f"cannot read the class names file {path}: {first_line(exc)}") from exc
         source = f"file {path.resolve()}"
     else:
         names = [str(n) for n in class_names]
@@ -221,14 +221,14 @@ def _finish(loaded: LoadedModel, device: str | torch.device) -> None:
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ModelError(f"invalid device {device!r}: {_first_line(exc)}") from exc
+        raise ModelError(f"invalid device {device!r}: {first_line(exc)}") from exc
     if target.type == "meta":
         raise ModelError("the meta device holds no data (shapes only), so nothing can be scored on it; use cpu, "
                          "cuda or cuda:N")
     try:
         loaded.module.to(target)
     except (RuntimeError, AssertionError, ValueError) as exc:
-        raise ModelError(f"cannot move the model to {target}: {_first_line(exc)}") from exc
+        raise ModelError(f"cannot move the model to {target}: {first_line(exc)}") from exc
     loaded.module.eval()
     loaded.meta.setdefault("torch_version", torch.__version__)
     loaded.meta["device"] = str(target)

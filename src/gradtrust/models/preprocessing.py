@@ -164,16 +164,16 @@ def borrow_preprocessing(spec: str) -> Preprocessing:
     if family == "torchvision":
         import torchvision.models as tvm
 
-        from gradtrust.models.torchvision_models import _torchvision_names
+        from gradtrust.models.torchvision_models import torchvision_names
 
-        names = _torchvision_names()[0]
+        names = torchvision_names()[0]
         if name not in names:
-            from gradtrust.models.specs import _unknown_message
+            from gradtrust.models.specs import unknown_message
 
-            raise UnknownNameError(_unknown_message("torchvision model", name, names, prefix="torchvision:"))
-        from gradtrust.models.torchvision_models import _reference_enum
+            raise UnknownNameError(unknown_message("torchvision model", name, names, prefix="torchvision:"))
+        from gradtrust.models.torchvision_models import reference_enum
 
-        enum = _reference_enum(name, tvm.get_model_weights(name))
+        enum = reference_enum(name, tvm.get_model_weights(name))
         t = enum.transforms()
         if not all(hasattr(t, a) for a in ("resize_size", "crop_size", "mean", "std", "interpolation")):
             raise ModelError(f"torchvision:{name} is not an image classifier with an ImageClassification "
@@ -181,9 +181,9 @@ def borrow_preprocessing(spec: str) -> Preprocessing:
         return Preprocessing(resize=tuple(t.resize_size), crop=tuple(t.crop_size), mean=tuple(t.mean),
                              std=tuple(t.std), interpolation=t.interpolation.value,
                              source=f"borrowed from torchvision:{name} ({type(enum).__name__}.{enum.name})")
-    from gradtrust.models.timm_models import _import_timm
+    from gradtrust.models.timm_models import import_timm
 
-    timm = _import_timm()
+    timm = import_timm()
     if not timm.is_model(name):
         raise UnknownNameError(f"unknown timm model {name!r} for --preprocessing")
     cfg = timm.data.resolve_data_config({}, model=timm.create_model(name, pretrained=False), use_test_size=True)

@@ -16,10 +16,10 @@ from torch import nn
 
 from gradtrust.errors import ModelError
 from gradtrust.models.specs import (
-    _MAX_LISTED,
+    MAX_LISTED,
     PathLike,
-    _first_line,
-    _short_list,
+    first_line,
+    short_list,
 )
 
 # Keys under which training scripts commonly nest the state dict, in order of preference.
@@ -66,7 +66,7 @@ def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
             if found is None:  # not an object the safe unpickler refused: a corrupt or foreign file
                 raise ModelError(
                     f"cannot read the weights file {path}: not a PyTorch state dict or a corrupt file "
-                    f"({_first_line(exc)})"
+                    f"({first_line(exc)})"
                 ) from exc
             raise ModelError(
                 f"{path} holds Python objects other than tensors (a {found.group(1)}), so it cannot be read "
@@ -77,10 +77,10 @@ def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
             ) from exc
         except Exception as exc:  # corrupt file, TorchScript archive, not a torch file at all…
             hint = ""
-            if _is_torchscript_file(path):
+            if is_torchscript_file(path):
                 hint = " It is a TorchScript file: pass it as the model spec, not as weights."
             raise ModelError(f"cannot read the weights file {path}: not a PyTorch state dict or a corrupt file "
-                             f"({_first_line(exc)}).{hint}") from exc
+                             f"({first_line(exc)}).{hint}") from exc
     return _unwrap_state_dict(obj, path)
 
 
@@ -100,7 +100,8 @@ def _check_torch_file(path: Path) -> None:
         )
 
 
-def _is_torchscript_file(path: PathLike) -> bool:
+def is_torchscript_file(path: PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip file holding ``constants.pkl``/``code/``)."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -126,7 +127,7 @@ def _unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], d
     if not tensors:
         raise ModelError(
             f"{path} holds no tensors at the top level or under {', '.join(repr(k) for k in _CONTAINER_KEYS)}; "
-            f"its keys are: {_short_list(list(obj))}"
+            f"its keys are: {short_list(list(obj))}"
         )
     if keys_used:
         info["state_dict_key"] = ".".join(keys_used)
@@ -135,7 +136,7 @@ def _unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], d
     return tensors, info
 
 
-def _align_keys(state: dict[str, torch.Tensor], model_keys: set[str] | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def align_keys(state: dict[str, torch.Tensor], model_keys: set[str] | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Strip ``module.``/``_orig_mod.`` (always) and ``model.``/``net.`` (when the model lacks them)."""
     stripped: list[str] = []
     changed = True
@@ -152,7 +153,7 @@ def _align_keys(state: dict[str, torch.Tensor], model_keys: set[str] | None) -> 
     return state, ({"stripped_prefixes": stripped} if stripped else {})
 
 
-def _probe(build: Callable[[], nn.Module]) -> nn.Module:
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
     """Build a model without allocating its weights (meta device) when the constructor allows it."""
     try:
         with torch.device("meta"):
@@ -169,7 +170,7 @@ def _shape_mismatches(own: Mapping[str, torch.Tensor], state: Mapping[str, torch
     ]
 
 
-def _fit_num_classes(
+def fit_num_classes(
     build: Callable[[int], nn.Module],
     state: dict[str, torch.Tensor],
     requested: int | None,
@@ -182,22 +183,22 @@ def _fit_num_classes(
     shapes differ (their first dimension), the number of classes is read from the file.
     """
     classes = requested if requested is not None else default
-    probe = _probe(lambda: build(classes))
+    probe = build_on_meta(lambda: build(classes))
     own = probe.state_dict()
-    state, align = _align_keys(state, set(own))
+    state, align = align_keys(state, set(own))
     mismatches = _shape_mismatches(own, state)
     source = "argument" if requested is not None else "default"
     if mismatches and requested is None:
         inferred = _head_classes(mismatches, default)
         if inferred is not None:
-            probe = _probe(lambda: build(inferred))
+            probe = build_on_meta(lambda: build(inferred))
             if not _shape_mismatches(probe.state_dict(), state):
                 classes, mismatches, source = inferred, [], "inferred from weights"
     if mismatches:
         listed = "; ".join(
-            f"{k}: file {list(f)} vs model {list(m)}" for k, f, m in mismatches[:_MAX_LISTED]
+            f"{k}: file {list(f)} vs model {list(m)}" for k, f, m in mismatches[:MAX_LISTED]
         )
-        more = f" (and {len(mismatches) - _MAX_LISTED} more)" if len(mismatches) > _MAX_LISTED else ""
+        more = f" (and {len(mismatches) - MAX_LISTED} more)" if len(mismatches) > MAX_LISTED else ""
         head = _head_classes(mismatches, classes)
         hint = (
             f" If the model was fine-tuned with {head} classes, pass --num-classes {head} (num_classes={head})."
@@ -228,12 +229,12 @@ def _head_classes(mismatches: list[tuple[str, tuple, tuple]], model_classes: int
     return found.pop() if len(found) == 1 else None
 
 
-def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str | None) -> None:
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str | None) -> None:
     """``load_state_dict`` with errors that list the first offending keys."""
     own = module.state_dict()
     mismatches = _shape_mismatches(own, state)
     if mismatches:
-        listed = "; ".join(f"{k}: file {list(f)} vs model {list(m)}" for k, f, m in mismatches[:_MAX_LISTED])
+        listed = "; ".join(f"{k}: file {list(f)} vs model {list(m)}" for k, f, m in mismatches[:MAX_LISTED])
         raise ModelError(
             f"the weights {source} do not fit {what}: {len(mismatches)} tensors have the wrong shape: {listed}. "
             "If the model was fine-tuned with another number of classes, pass --num-classes (num_classes=…)."
@@ -241,15 +242,15 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, so
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise ModelError(f"cannot load the weights {source} into {what}: {_first_line(exc)}") from exc
+        raise ModelError(f"cannot load the weights {source} into {what}: {first_line(exc)}") from exc
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:
-            parts.append(f"{len(result.missing_keys)} missing keys ({_short_list(result.missing_keys)})")
+            parts.append(f"{len(result.missing_keys)} missing keys ({short_list(result.missing_keys)})")
         if result.unexpected_keys:
-            parts.append(f"{len(result.unexpected_keys)} unexpected keys ({_short_list(result.unexpected_keys)})")
+            parts.append(f"{len(result.unexpected_keys)} unexpected keys ({short_list(result.unexpected_keys)})")
         raise ModelError(
             f"the weights {source} do not match {what}: {' and '.join(parts)}. Are they for this "
-            f"architecture? The model's keys start with {_short_list(list(own), 3)}; the file's with "
-            f"{_short_list(list(state), 3)}."
+            f"architecture? The model's keys start with {short_list(list(own), 3)}; the file's with "
+            f"{short_list(list(state), 3)}."
         )

@@ -12,21 +12,24 @@ from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.specs import (
     WEIGHTS_SUFFIXES,
-    _did_you_mean,
-    _is_existing_file,
-    _looks_like_path,
-    _random_meta,
+    ModelSource,
+    did_you_mean,
+    is_existing_file,
+    looks_like_path,
+    random_meta,
+    register_source,
 )
 from gradtrust.models.state_dict import (
-    _fit_num_classes,
-    _load_state,
-    _probe,
+    build_on_meta,
     file_sha256,
+    fit_num_classes,
+    load_state,
     read_state_dict,
 )
 
 
-def _import_timm():
+def import_timm():
+    """The ``timm`` package (with ``timm.data``); a `ModelError` with the install command when it is missing."""
     try:
         import timm
         import timm.data  # noqa: F401
@@ -38,12 +41,13 @@ def _import_timm():
     return timm
 
 
-def _load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
-    timm = _import_timm()
+def load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
+    """``timm:<name>``: ``timm.create_model(name, pretrained=False)`` with random or local-file weights."""
+    timm = import_timm()
     if not timm.is_model(name):
         valid = timm.list_models()
         raise UnknownNameError(
-            f"unknown timm model {name!r}" + _did_you_mean(name, valid, prefix="timm:")
+            f"unknown timm model {name!r}" + did_you_mean(name, valid, prefix="timm:")
             + f" ({len(valid)} models; see timm.list_models())"
         )
     meta: dict[str, Any] = {"family": "timm", "architecture": name, "timm_version": timm.__version__}
@@ -55,11 +59,11 @@ def _load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
     sha = None
     weights_str = None
     if weights is None:
-        meta.update(_random_meta())
+        meta.update(random_meta())
         module = build(num_classes)
         meta["num_classes_source"] = "argument" if num_classes is not None else "default"
-    elif not _is_existing_file(weights):
-        if isinstance(weights, str) and _looks_like_path(weights, WEIGHTS_SUFFIXES):
+    elif not is_existing_file(weights):
+        if isinstance(weights, str) and looks_like_path(weights, WEIGHTS_SUFFIXES):
             raise ModelError(f"weights file not found: {weights}")
         hub_id = _timm_hub_id(timm, name)
         where = (
@@ -77,12 +81,12 @@ def _load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
         sha = file_sha256(path)
         weights_str = str(path)
         meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
-        probe: Any = _probe(lambda: build(None))  # timm models carry num_classes
+        probe: Any = build_on_meta(lambda: build(None))  # timm models carry num_classes
         default_classes = int(probe.num_classes)
-        classes, state, align = _fit_num_classes(build, state, num_classes, default_classes, f"timm:{name}")
+        classes, state, align = fit_num_classes(build, state, num_classes, default_classes, f"timm:{name}")
         meta.update(align)
         module = build(classes)
-        _load_state(module, state, f"timm:{name}", weights_str)
+        load_state(module, state, f"timm:{name}", weights_str)
 
     classes = int(cast(Any, module).num_classes)
     data_config = timm.data.resolve_data_config({}, model=module, use_test_size=True)
@@ -125,3 +129,11 @@ def _timm_class_names(timm: Any, module: nn.Module, classes: int) -> tuple[list[
     except Exception:  # pragma: no cover - older timm without ImageNetInfo
         pass
     return [str(i) for i in range(classes)], "indices"
+
+
+def timm_names() -> list[str]:
+    """Every timm model name (``timm.list_models()``); a `ModelError` when timm is not installed."""
+    return list(import_timm().list_models())
+
+
+register_source(ModelSource("timm", load_timm, timm_names, listed_by_default=False))

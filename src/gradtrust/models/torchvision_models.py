@@ -17,17 +17,19 @@ from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.specs import (
     WEIGHTS_SUFFIXES,
-    _did_you_mean,
-    _is_existing_file,
-    _looks_like_path,
-    _random_meta,
-    _unknown_message,
+    ModelSource,
+    did_you_mean,
+    is_existing_file,
+    looks_like_path,
+    random_meta,
+    register_source,
+    unknown_message,
 )
 from gradtrust.models.state_dict import (
-    _align_keys,
-    _fit_num_classes,
-    _load_state,
+    align_keys,
     file_sha256,
+    fit_num_classes,
+    load_state,
     read_state_dict,
 )
 
@@ -38,7 +40,7 @@ def hub_checkpoint_path(weights_enum: Any) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def _torchvision_names() -> tuple[list[str], set[str]]:
+def torchvision_names() -> tuple[list[str], set[str]]:
     """All classification + video model names, and the set of video ones."""
     import torchvision.models as tvm
 
@@ -47,18 +49,19 @@ def _torchvision_names() -> tuple[list[str], set[str]]:
     return sorted(set(images) | set(videos)), set(videos)
 
 
-def _load_torchvision(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
+def load_torchvision(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
+    """``torchvision:<name>``: random, hub-cache (enum name / ``"DEFAULT"``) or local-file weights; never downloads."""
     import torchvision
     import torchvision.models as tvm
     from torchvision.models import WeightsEnum
 
-    valid, video_names = _torchvision_names()
+    valid, video_names = torchvision_names()
     if name not in valid:
         lowered = {n.lower(): n for n in valid}
         if name.lower() in lowered:
             name = lowered[name.lower()]
         else:
-            raise UnknownNameError(_unknown_message("torchvision model", name, valid, prefix="torchvision:"))
+            raise UnknownNameError(unknown_message("torchvision model", name, valid, prefix="torchvision:"))
     is_video = name in video_names
     try:
         enum_cls = tvm.get_model_weights(name)
@@ -76,10 +79,10 @@ def _load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loade
 
     if weights is None:
         enum = None
-        ref = _reference_enum(name, enum_cls)
-        meta.update(_random_meta())
-    elif isinstance(weights, WeightsEnum) or not _is_existing_file(weights):
-        if isinstance(weights, str) and _looks_like_path(weights, WEIGHTS_SUFFIXES):
+        ref = reference_enum(name, enum_cls)
+        meta.update(random_meta())
+    elif isinstance(weights, WeightsEnum) or not is_existing_file(weights):
+        if isinstance(weights, str) and looks_like_path(weights, WEIGHTS_SUFFIXES):
             raise ModelError(f"weights file not found: {weights}")
         if enum_cls is None:
             raise ModelError(f"torchvision:{name} has no weights enum; pass a local weights file instead")
@@ -108,7 +111,7 @@ def _load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loade
         sha = file_sha256(path)
         weights_str = str(path)
         enum = _enum_for_filename(enum_cls, path.name)  # a copy of an official checkpoint
-        ref = enum if enum is not None else _reference_enum(name, enum_cls)
+        ref = enum if enum is not None else reference_enum(name, enum_cls)
         meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
         if enum is not None:
             meta.update(weights_enum=_enum_full_name(enum), weights_url=enum.url)
@@ -121,7 +124,7 @@ def _load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loade
         state = _fix_densenet_keys(state)
     # GoogLeNet / Inception v3: build the auxiliary heads only when the file holds them (official files do).
     aux_prefixes = ("aux1.", "aux2.", "AuxLogits.")
-    aux = state is not None and any(k.startswith(aux_prefixes) for k in _align_keys(state, None)[0])
+    aux = state is not None and any(k.startswith(aux_prefixes) for k in align_keys(state, None)[0])
 
     def build(c: int) -> nn.Module:
         return _build_torchvision(name, c, ref, official=official, aux=aux, random_init=state is None)
@@ -131,10 +134,10 @@ def _load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loade
         meta["num_classes_source"] = "argument" if num_classes is not None else "default"
         module = build(classes)
     else:
-        classes, state, align = _fit_num_classes(build, state, num_classes, ref_classes, f"torchvision:{name}")
+        classes, state, align = fit_num_classes(build, state, num_classes, ref_classes, f"torchvision:{name}")
         meta.update(align)
         module = build(classes)
-        _load_state(module, state, f"torchvision:{name}", weights_str)
+        load_state(module, state, f"torchvision:{name}", weights_str)
         _drop_aux_heads(name, module)
     if name in ("googlenet", "inception_v3"):
         meta["transform_input"] = bool(getattr(module, "transform_input", False))
@@ -196,7 +199,7 @@ def _geometry_kwargs(name: str, enum: Any) -> dict[str, Any]:
 _DEFAULT_GEOMETRY = {"image_size": 224, "input_size": (224, 224)}
 
 
-def _reference_enum(name: str, enum_cls: Any) -> Any:
+def reference_enum(name: str, enum_cls: Any) -> Any:
     """The weights enum whose preprocessing and categories go with a randomly initialised / local model.
 
     The default enum, unless it needs a non-default geometry (e.g. ``vit_h_14``'s DEFAULT is at 518 px):
@@ -234,7 +237,7 @@ def _resolve_enum(name: str, enum_cls: Any, weights: Any) -> Any:
         raise UnknownNameError(
             f"unknown weights {text!r} for torchvision:{name}; valid: {', '.join(_enum_names(enum_cls))}, "
             "or a local .pth/.safetensors file"
-            + _did_you_mean(member, _enum_names(enum_cls))
+            + did_you_mean(member, _enum_names(enum_cls))
         )
     return _classification_enum(name, enum_cls[members[member.lower()]])
 
@@ -325,3 +328,6 @@ def _clip_len(enum: Any) -> int:
     if match:
         return int(match.group(1))
     return int(enum.meta.get("min_temporal_size", 16))
+
+
+register_source(ModelSource("torchvision", load_torchvision, lambda: torchvision_names()[0]))

@@ -10,9 +10,10 @@ score runs (``scores.parquet`` + ``manifest.json``). Never re-runs a network.
 See ``docs/reporting.md`` for the output files and how to read them.
 """
 
-from gradtrust.reporting.report import Report, build_report
+from gradtrust.reporting.report import build_report
 from gradtrust.reporting.results import (
     Group,
+    Report,
     RunResult,
     Summary,
     evaluate_run,

@@ -1,5 +1,5 @@
 """The report's anomaly-detection section: GradCON runs (``anomaly_scores.parquet``, see
-:mod:`gradtrust.gradcon.runs`) found among the report's inputs.
+:mod:`gradtrust.anomaly_runs`) found among the report's inputs.
 
 An anomaly run asks another question than a classifier's run: does the score rank the inlier class
 (positive) above everything else? So it gets its own table (AUROC with inliers positive, FPR@95%TPR =
@@ -20,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from gradtrust.reporting.runs import LoadProblem, slugify
+from gradtrust.anomaly_runs import ANOMALY_FILE, load_anomaly_run
+from gradtrust.errors import GradTrustError
+from gradtrust.evaluation import anomaly_summary, auroc
+from gradtrust.reporting.figures import new_figure, save_png
+from gradtrust.reporting.runs import LoadProblem, find_folders_holding, slugify
 
 __all__ = ["AnomalySection", "build_anomaly_section", "anomaly_html"]
 
@@ -49,27 +53,13 @@ class AnomalySection:
 
 
 def _discover(paths: list[Path]) -> tuple[list[Path], set[Path]]:
-    from gradtrust.gradcon.runs import ANOMALY_FILE
-
     found: list[Path] = []
     holders: set[Path] = set()
-
-    def search(folder: Path, depth: int) -> list[Path]:
-        if (folder / ANOMALY_FILE).is_file():
-            return [folder]
-        if depth <= 0:
-            return []
-        try:
-            entries = sorted(e for e in folder.iterdir() if e.is_dir())
-        except OSError:
-            return []
-        return [hit for e in entries for hit in search(e, depth - 1)]
-
     for p in paths:
         if p.is_file() and p.name == ANOMALY_FILE:
             hits = [p.parent]
         elif p.is_dir():
-            hits = search(p, _SEARCH_DEPTH)
+            hits = find_folders_holding(p, ANOMALY_FILE, _SEARCH_DEPTH)
         else:
             hits = []
         if hits:
@@ -93,8 +83,6 @@ def build_anomaly_section(inputs: list[str | Path], out_dir: Path, *, resamples:
                           confidence: float = 0.95, seed: int = 0, figures: bool = True) -> AnomalySection:
     """Find the GradCON runs among ``inputs``, evaluate them and write the section's files (none when there
     is no anomaly run). Never raises for a bad run: it becomes a problem."""
-    from gradtrust.errors import GradTrustError
-    from gradtrust.gradcon.runs import load_anomaly_run, summarise_scores
 
     section = AnomalySection()
     folders, section.folders = _discover([Path(p) for p in inputs])
@@ -117,13 +105,11 @@ def build_anomaly_section(inputs: list[str | Path], out_dir: Path, *, resamples:
         frame = run.frame
         inlier = frame["inlier"].to_numpy(dtype=bool)
         score = frame["score"].to_numpy(dtype=np.float64)
-        s = summarise_scores(score, inlier, resamples=rs, confidence=confidence, seed=seed)
+        s = anomaly_summary(score, inlier, resamples=rs, confidence=confidence, seed=seed)
         row: dict[str, Any] = {"run": run.name, "source": str(run.source), "inlier": run.inlier_name,
                                "n_inlier": s["n_inlier"], "n": s["n"], "auroc": s["auroc"],
                                "auroc_ci": s.get("auroc_ci"), "fpr_at_95tpr": s["fpr_at_95tpr"],
                                "fpr_at_95tpr_ci": s.get("fpr_at_95tpr_ci")}
-        from gradtrust.evaluation import auroc
-
         if "mse" in frame.columns:
             row["auroc_mse_only"] = auroc(-frame["mse"].to_numpy(dtype=np.float64), inlier)
         if "gradient_term" in frame.columns:
@@ -180,15 +166,6 @@ def _write_files(section: AnomalySection, out_dir: Path, resamples: int, confide
 # --------------------------------------------------------------------------------------------- figures
 
 
-def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _histogram_figure(run: Any, path: Path) -> Path:
     """The score's histogram per class (shared bins; the inlier class filled), one panel."""
     import matplotlib
@@ -199,7 +176,7 @@ def _histogram_figure(run: Any, path: Path) -> Path:
     inlier = frame["inlier"].to_numpy(dtype=bool)
     finite = score[np.isfinite(score)]
     bins = np.histogram_bin_edges(finite, bins=40) if finite.size else np.linspace(0, 1, 41)
-    fig = _new_figure(7.5, 3.6)
+    fig = new_figure(7.5, 3.6)
     ax = fig.subplots()
     cmap = matplotlib.colormaps["tab10"]
     palette = [cmap(i) for i in range(10) if i != 2]  # green is the inlier's
@@ -223,9 +200,7 @@ def _histogram_figure(run: Any, path: Path) -> Path:
     ax.legend(fontsize=7, ncol=2, frameon=False, loc="upper left")
     ax.set_title(f"{run.name}\nscore per class (n = {len(score)})", fontsize=8.5)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=110)
-    return path
+    return save_png(fig, path)
 
 
 def _tile(a: np.ndarray) -> np.ndarray:
@@ -261,7 +236,7 @@ def _reconstruction_figure(run: Any, path: Path) -> Path | None:
             name = names[label] if 0 <= label < len(names) else str(label)
             colour = "darkgreen" if name == run.inlier_name else "firebrick"
             labels.append((x0 + w / 2, top - 1, f"{name}\n{rec['score'][i]:.4f}", colour))
-    fig = _new_figure(0.95 * ncols + 1.6, 0.95 * rows + 0.3 * len(groups) + 0.6)
+    fig = new_figure(0.95 * ncols + 1.6, 0.95 * rows + 0.3 * len(groups) + 0.6)
     ax = fig.subplots()
     ax.imshow(mosaic, interpolation="nearest")
     for x, y, text, colour in labels:
@@ -277,9 +252,7 @@ def _reconstruction_figure(run: Any, path: Path) -> Path | None:
         spine.set_visible(False)
     ax.set_title(f"{run.name}\nclass and score above each input (green = inlier class)", fontsize=8.5, pad=22)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=110)
-    return path
+    return save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ html

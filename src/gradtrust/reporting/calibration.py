@@ -223,11 +223,11 @@ def reliability_figure(rows: Sequence[CalibrationRow], path: Path) -> Path | Non
     drawn = [r for r in rows if r.diagram is not None]
     if not drawn:
         return None
-    from gradtrust.reporting.figures import _new_figure, _save
+    from gradtrust.reporting.figures import new_figure, save_png
 
     cols = min(4, len(drawn))
     nrows = -(-len(drawn) // cols)
-    fig = _new_figure(3.4 * cols, 3.3 * nrows)
+    fig = new_figure(3.4 * cols, 3.3 * nrows)
     for k, r in enumerate(drawn):
         d = r.diagram
         assert d is not None
@@ -258,4 +258,4 @@ def reliability_figure(rows: Sequence[CalibrationRow], path: Path) -> Path | Non
     fig.suptitle("Reliability diagrams (15 equal-width bins; grey: share of samples per bin, right axis)",
                  fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -55,7 +55,7 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
     import torch
     from torch.nn import functional as F
 
-    from gradtrust.reporting.figures import _DigitsCache, _new_figure, _save, load_sample_image
+    from gradtrust.reporting.figures import DigitsCache, load_sample_image, new_figure, save_png
 
     source = find_explanations(run)
     if source is None:
@@ -68,10 +68,10 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
     if not chosen:
         return None
     methods = [(m, title) for m, title in COLUMNS if f"map_{m}" in ex.columns]
-    cache = cache or _DigitsCache()
+    cache = cache or DigitsCache()
     ncols = 1 + len(methods)
     cell = 1.6
-    fig = _new_figure(cell * ncols, (cell + 0.55) * len(chosen) + 0.5)
+    fig = new_figure(cell * ncols, (cell + 0.55) * len(chosen) + 0.5)
     axes = fig.subplots(len(chosen), ncols, squeeze=False)
     for row_axes, (row, group) in zip(axes, chosen, strict=True):
         sample = run.frame.iloc[row]
@@ -97,7 +97,7 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
             _panel(ax, picture, heat, label)
     fig.suptitle(f"{run.name}: explanations ({source.parent.name}/{source.name})", fontsize=8.5)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    _save(fig, path)
+    save_png(fig, path)
     return {"rows": [r for r, _ in chosen], "trust": trust, "source": str(source)}
 
 

@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from gradtrust.catalogue import display_name, known_methods
+from gradtrust.errors import UnknownNameError
+from gradtrust.reporting.datasets import dataset_description, dataset_fields
 from gradtrust.reporting.layout import fit_canvas
 from gradtrust.reporting.results import RunResult
-from gradtrust.reporting.runs import Run, dataset_description, dataset_fields
-from gradtrust.scores.registry import available_methods, display_name
+from gradtrust.reporting.runs import Run
 
 __all__ = ["Quadrants", "curves_figure", "load_sample_image", "qualitative_figure", "scatter_figure"]
 
@@ -34,7 +36,9 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".ti
                    ".pbm", ".pnm"}
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib figure of ``width`` × ``height`` inches at the report's resolution, on the Agg canvas
+    (no display, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -43,7 +47,8 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at the report's resolution (its folder created); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=_DPI)  # layouts are fixed by tight_layout (cheaper than bbox "tight")
     return path
@@ -58,7 +63,7 @@ def method_style(method: str) -> dict[str, Any]:
     if method == "gradtrust_topk":
         return {"color": "0.35", "linewidth": 1.8, "linestyle": "--", "zorder": 4}
     cmap = matplotlib.colormaps["tab20"]
-    others = [m for m in available_methods() if m not in ("gradtrust", "gradtrust_topk")]
+    others = [m for m in known_methods() if m not in ("gradtrust", "gradtrust_topk")]
     k = others.index(method) if method in others else len(others) + (hash(method) % 6)
     return {"color": cmap(k % 20), "linewidth": 1.2, "zorder": 3}
 
@@ -68,20 +73,20 @@ def method_style(method: str) -> dict[str, Any]:
 
 def curves_figure(results: Sequence[RunResult], path: Path, kind: str = "accuracy") -> Path:
     """Accuracy (``kind="accuracy"``) or macro-F1 (``kind="f1"``) vs. percentile: one panel per run."""
-    return _save(draw_curves(results, kind), path)
+    return save_png(draw_curves(results, kind), path)
 
 
 def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
     """The figure of :func:`curves_figure`, sized from its content (legend and title included)."""
     if kind not in ("accuracy", "f1"):
-        raise ValueError(f"kind must be 'accuracy' or 'f1', got {kind!r}")
+        raise UnknownNameError(f"kind must be 'accuracy' or 'f1', got {kind!r}")
     n = len(results)
     ncols = min(4, max(1, n))
     nrows = math.ceil(n / ncols)
     # At least 6.8 in wide: the legend (up to ~17 methods and references) and the title need it even for
     # one run; fit_canvas then grows the canvas if anything still sticks out.
     width = max(3.6 * ncols, 6.8)
-    fig = _new_figure(width, 2.9 * nrows + 0.9)
+    fig = new_figure(width, 2.9 * nrows + 0.9)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     q = np.arange(100)
     seen: dict[str, Any] = {}
@@ -177,7 +182,7 @@ def scatter_figure(result: RunResult, path: Path, x_method: str = "gradtrust",
     x, y, c = run.scores(x_method), run.scores(y_method), run.correct
     quad = quadrant_counts(x, y, c)
     ok = ~(np.isnan(x) | np.isnan(y))
-    fig = _new_figure(5.6, 4.6)
+    fig = new_figure(5.6, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     size = 10 if ok.sum() < 3000 else 3
     ax.scatter(x[ok & c], y[ok & c], s=size, c="#2ca02c", alpha=0.55, linewidths=0,
@@ -202,14 +207,16 @@ def scatter_figure(result: RunResult, path: Path, x_method: str = "gradtrust",
     ax.legend(loc="center right", fontsize=8, framealpha=0.85)
     ax.grid(alpha=0.25)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     return quad
 
 
 # -------------------------------------------------------------------------------------- qualitative
 
 
-class _DigitsCache:
+class DigitsCache:
+    """The digits datasets a report's figures show images of, each built once per report."""
+
     def __init__(self) -> None:
         self._sets: dict[tuple, Any] = {}
 
@@ -236,13 +243,13 @@ class _DigitsCache:
             return None
 
 
-def load_sample_image(run: Run, sample_path: str, cache: _DigitsCache | None = None,
+def load_sample_image(run: Run, sample_path: str, cache: DigitsCache | None = None,
                       max_side: int = 160) -> np.ndarray | None:
     """The picture of one sample as an array (H, W) or (H, W, 3), or None when it cannot be found/read."""
     if not sample_path:
         return None
     if sample_path.startswith("digits/"):
-        return (cache or _DigitsCache()).image(run, sample_path)
+        return (cache or DigitsCache()).image(run, sample_path)
     p = Path(sample_path)
     candidates = [p] if p.is_absolute() else []
     if not p.is_absolute():
@@ -282,7 +289,7 @@ def select_qualitative(run: Run, quantile: float = 0.75, max_images: int = 16,
 
 
 def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, quantile: float = 0.75,
-                       cache: _DigitsCache | None = None) -> dict[str, Any] | None:
+                       cache: DigitsCache | None = None) -> dict[str, Any] | None:
     """The qualitative grid of one run. Returns what was drawn (positions, threshold, how many images were
     found) or None when GradTrust or softmax is missing or no wrong prediction has a high softmax."""
     run = result.run
@@ -292,7 +299,7 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
     n_candidates = int((~run.correct & (run.scores("softmax") >= threshold)).sum()) if rows.size else 0
     if rows.size == 0:
         return None
-    cache = cache or _DigitsCache()
+    cache = cache or DigitsCache()
     ncols = min(8, rows.size)
     nrows = math.ceil(rows.size / ncols)
     # Fixed geometry (inches): each image 1.5 tall, 0.5 above it for the class names, 0.3 below for the
@@ -300,7 +307,7 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
     cell_h, above, below, head = 1.5, 0.5, 0.3, 0.75
     height = nrows * (cell_h + above + below) + head
     width = max(1.7 * ncols, 5.6)
-    fig = _new_figure(width, height)
+    fig = new_figure(width, height)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={
         "left": 0.1 / width, "right": 1 - 0.1 / width, "top": 1 - (head + above) / height,
         "bottom": below / height, "hspace": (above + below) / cell_h, "wspace": 0.15})).ravel()
@@ -331,7 +338,7 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
     fig.suptitle(f"{run.name}: wrong predictions with softmax ≥ {threshold:.3f} (top {100 * (1 - quantile):g}% "
                  f"of the run)\nin ascending GradTrust, lowest first ({rows.size} of {n_candidates}); "
                  "red = predicted class, blue = true class", fontsize=8.5, y=1 - 0.12 / height, va="top")
-    _save(fig, path)
+    save_png(fig, path)
     return {"rows": rows.tolist(), "threshold": threshold, "candidates": n_candidates, "images_found": found}
 
 

@@ -7,8 +7,9 @@ import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from gradtrust.errors import InputError
+from gradtrust.reporting.results import Report
 from gradtrust.reporting.tables import (
     PAPER_LEGEND,
     paper_cells,
@@ -16,9 +17,6 @@ from gradtrust.reporting.tables import (
     selective_legend,
     summary_cells,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from gradtrust.reporting.report import Report
 
 __all__ = ["render_html", "data_uri"]
 
@@ -113,7 +111,7 @@ def render_html(report: Report) -> str:
     for line in report.summary_lines:
         out.append(f'<p class="claim">{e(line)}</p>')
     if report.summary is None:  # write_report summarises whenever there are results
-        raise ValueError("the report has results but no summary; build it with write_report or summarise(groups)")
+        raise InputError("the report has results but no summary; build it with write_report or summarise(groups)")
     header, rows = summary_cells(report.summary)
     out.append(_table([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 

@@ -14,15 +14,15 @@ import datetime as _dt
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradtrust._version import __version__
+from gradtrust.errors import InputError
+from gradtrust.reporting.results import Report
 from gradtrust.reporting.runs import LoadProblem, load_runs, slugify
 from gradtrust.reporting.tables import (
     Group,
-    RunResult,
-    Summary,
     evaluate_run,
     group_runs,
     paper_table_frame,
@@ -34,60 +34,6 @@ from gradtrust.reporting.tables import (
 )
 
 __all__ = ["Report", "build_report"]
-
-
-@dataclass
-class Report:
-    """What :func:`build_report` produced.
-
-    Attributes:
-        out_dir: where it was written.
-        results: one :class:`~gradtrust.reporting.tables.RunResult` per readable run.
-        groups: the runs by dataset, each ordered by accuracy (ascending).
-        problems: inputs that could not be used (file and reason), and figures that could not be drawn.
-        warnings: things the reader must know (several datasets in one report…).
-        summary: winners per (run, metric) and GradTrust's top-2 counts.
-        files: ``{"table_md", "table_csv", "selective_md", "selective_csv", "summary_md", "html",
-            "json"}`` → path; figures in ``figures`` (``accuracy_curves``, ``f1_curves``,
-            ``scatter/<run>``, ``qualitative/<run>``).
-        table_markdown: the content of ``table.md``.
-    """
-
-    out_dir: Path
-    title: str
-    results: list[RunResult]
-    groups: list[Group]
-    problems: list[LoadProblem]
-    warnings: list[str]
-    summary: Summary | None
-    summary_lines: list[str] = field(default_factory=list)
-    files: dict[str, Path] = field(default_factory=dict)
-    figures: dict[str, Path] = field(default_factory=dict)
-    quadrants: dict[str, dict] = field(default_factory=dict)
-    qualitative_notes: dict[str, str] = field(default_factory=dict)
-    table_markdown: str = ""
-    calibration: list = field(default_factory=list)
-    resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-    created: str = ""
-    version: str = ""
-    elapsed_s: float = 0.0
-    anomaly: Any = None  # gradtrust.reporting.anomaly.AnomalySection: the GradCON runs among the inputs
-
-    @property
-    def ok(self) -> bool:
-        """True when at least one run (score run or anomaly run) was read."""
-        return bool(self.results) or bool(self.anomaly is not None and self.anomaly.n_runs)
-
-
-def _version() -> str:
-    try:
-        from gradtrust import __version__
-
-        return __version__
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def dataset_warnings(groups: Sequence[Group]) -> list[str]:
@@ -139,7 +85,7 @@ def build_report(
     report = Report(out_dir=out, title=title, results=ordered, groups=groups, problems=problems,
                     warnings=warnings, summary=summarise(groups) if ordered else None,
                     resamples=resamples, confidence=confidence, seed=seed,
-                    created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), version=_version(),
+                    created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), version=__version__,
                     anomaly=anomaly)
     report.files.update(anomaly.files)
     report.figures.update({f"anomaly/{k}": v for k, v in anomaly.figures.items()})
@@ -164,7 +110,7 @@ def _write_tables(report: Report) -> None:
                            warnings=warnings), encoding="utf-8")
     selective_frame(groups).to_csv(out / "selective.csv", index=False)
     if report.summary is None:  # write_report summarises whenever there are results
-        raise ValueError("the report has results but no summary; build it with summarise(groups)")
+        raise InputError("the report has results but no summary; build it with summarise(groups)")
     text = summary_markdown(report.summary, groups, warnings)
     (out / "summary.md").write_text(text, encoding="utf-8")
     report.summary_lines = [line[2:] for line in text.splitlines() if line.startswith("- ")]
@@ -204,7 +150,7 @@ def _draw_figures(report: Report, max_images: int) -> None:
             report.figures["reliability"] = reliability
     except Exception as exc:  # noqa: BLE001
         report.problems.append(LoadProblem("figures/reliability.png", f"could not be drawn: {exc!r}"))
-    cache = F._DigitsCache()
+    cache = F.DigitsCache()
     used: set[str] = set()
     for r in report.results:
         slug = slugify(r.name)

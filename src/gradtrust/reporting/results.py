@@ -4,7 +4,7 @@
   accuracy / F1 percentile curves, the random and oracle references, and seeded bootstrap CIs of the
   selective metrics (:func:`gradtrust.evaluation.bootstrap_cis`); undefined values are NaN with the reason
   in words.
-* :func:`group_runs` puts runs of one dataset together (see :data:`gradtrust.reporting.runs.CONDITION_KEYS`),
+* :func:`group_runs` puts runs of one dataset together (see :data:`.datasets.CONDITION_KEYS`),
   ordered by accuracy, ascending, as the paper's table.
 * :func:`top_two`, :func:`rank_of` and :func:`summarise`: who wins each (run, metric) cell.
 
@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gradtrust.catalogue import display_name, order_methods, paper_methods
 from gradtrust.evaluation import (
     accuracy_curve,
     bootstrap_cis,
@@ -29,8 +31,7 @@ from gradtrust.evaluation import (
     oracle_reference,
     random_reference,
 )
-from gradtrust.reporting.runs import Run
-from gradtrust.scores.registry import display_name, order_methods, paper_methods
+from gradtrust.reporting.runs import LoadProblem, Run
 
 METRIC_NAMES = {
     "auac": "AUAC",
@@ -131,9 +132,9 @@ def evaluate_run(run: Run, *, resamples: int = 1000, confidence: float = 0.95, s
             notes.append(methods[method].note)
             continue
         values = evaluate(s, y, p)
-        reasons = {m: _undefined_reason(run, m) for m in ALL_METRICS if _isnan(values.get(m))}
+        reasons = {m: _undefined_reason(run, m) for m in ALL_METRICS if is_missing(values.get(m))}
         if resamples:
-            wanted = [m for m in SELECTIVE_METRICS if not _isnan(values.get(m))]
+            wanted = [m for m in SELECTIVE_METRICS if not is_missing(values.get(m))]
             cis = selective_cis(s, c, wanted, resamples=resamples, confidence=confidence, seed=seed)
             for m in SELECTIVE_METRICS:
                 values[f"{m}_low"], values[f"{m}_high"] = cis.get(m, (float("nan"), float("nan")))
@@ -154,7 +155,8 @@ def evaluate_run(run: Run, *, resamples: int = 1000, confidence: float = 0.95, s
     return RunResult(run, methods, random_reference(c), oracle_reference(c), acc_curves, f1c, notes)
 
 
-def _isnan(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """Whether a table value is absent: None or a float NaN."""
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
@@ -192,7 +194,7 @@ def group_runs(results: Sequence[RunResult]) -> list[Group]:
 
 def top_two(values: dict[str, float], higher: bool = True) -> tuple[set[str], bool]:
     """Methods with fewer than two strictly better (NaN ignored); and whether the whole row is one tie."""
-    finite = {m: v for m, v in values.items() if not _isnan(v)}
+    finite = {m: v for m, v in values.items() if not is_missing(v)}
     if not finite:
         return set(), False
     if len(finite) > 1 and len(set(finite.values())) == 1:
@@ -208,9 +210,9 @@ def top_two(values: dict[str, float], higher: bool = True) -> tuple[set[str], bo
 def rank_of(method: str, values: dict[str, float], higher: bool = True) -> int | None:
     """1 + the number of methods strictly better (ties share a rank); None where undefined."""
     v = values.get(method)
-    if v is None or _isnan(v):
+    if v is None or is_missing(v):
         return None
-    return 1 + sum(1 for w in values.values() if not _isnan(w) and (w > v if higher else w < v))
+    return 1 + sum(1 for w in values.values() if not is_missing(w) and (w > v if higher else w < v))
 
 
 def row_values(result: RunResult, methods: Sequence[str], metric: str) -> dict[str, float]:
@@ -274,7 +276,7 @@ def summarise(groups: Sequence[Group], method: str = "gradtrust") -> Summary:
             for metric in SUMMARY_METRICS:
                 higher = HIGHER_IS_BETTER[metric]
                 vals = row_values(r, g.methods, metric)
-                finite = {m: v for m, v in vals.items() if not _isnan(v)}
+                finite = {m: v for m, v in vals.items() if not is_missing(v)}
                 if len(finite) > 1 and len(set(finite.values())) == 1:  # every method ties: nobody's cell
                     winners[(r.name, metric)] = []
                     ranks[(r.name, metric)] = None
@@ -299,3 +301,48 @@ def summarise(groups: Sequence[Group], method: str = "gradtrust") -> Summary:
                     if paper_rank is not None and paper_rank <= 2:
                         top2_paper[metric] += 1
     return Summary(winners, ranks, top2, top2_paper, rows, wins, order, method, ties)
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` produced.
+
+    Attributes:
+        out_dir: where it was written.
+        results: one :class:`~gradtrust.reporting.tables.RunResult` per readable run.
+        groups: the runs by dataset, each ordered by accuracy (ascending).
+        problems: inputs that could not be used (file and reason), and figures that could not be drawn.
+        warnings: things the reader must know (several datasets in one report…).
+        summary: winners per (run, metric) and GradTrust's top-2 counts.
+        files: ``{"table_md", "table_csv", "selective_md", "selective_csv", "summary_md", "html",
+            "json"}`` → path; figures in ``figures`` (``accuracy_curves``, ``f1_curves``,
+            ``scatter/<run>``, ``qualitative/<run>``).
+        table_markdown: the content of ``table.md``.
+    """
+
+    out_dir: Path
+    title: str
+    results: list[RunResult]
+    groups: list[Group]
+    problems: list[LoadProblem]
+    warnings: list[str]
+    summary: Summary | None
+    summary_lines: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    quadrants: dict[str, dict] = field(default_factory=dict)
+    qualitative_notes: dict[str, str] = field(default_factory=dict)
+    table_markdown: str = ""
+    calibration: list = field(default_factory=list)
+    resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+    created: str = ""
+    version: str = ""
+    elapsed_s: float = 0.0
+    anomaly: Any = None  # gradtrust.reporting.anomaly.AnomalySection: the GradCON runs among the inputs
+
+    @property
+    def ok(self) -> bool:
+        """True when at least one run (score run or anomaly run) was read."""
+        return bool(self.results) or bool(self.anomaly is not None and self.anomaly.n_runs)

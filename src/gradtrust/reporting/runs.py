@@ -14,7 +14,6 @@ still load (with less to show).
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from gradtrust import schema
+from gradtrust import catalogue, schema
 from gradtrust.errors import DataError
+from gradtrust.reporting.datasets import condition_of, dataset_description, dataset_identity
 
 __all__ = [
-    "CONDITION_KEYS",
     "LoadProblem",
     "Run",
     "discover_results",
@@ -36,17 +35,6 @@ __all__ = [
 ]
 
 SCORES_FILE, MANIFEST_FILE, REQUIRED_COLUMNS = schema.SCORES_FILE, schema.MANIFEST_FILE, schema.REQUIRED_COLUMNS
-
-#: Keys of a manifest's dataset description that name a *condition* of a dataset (a corrupted copy, its
-#: severity and seed) or a count, rather than which dataset it is. Runs whose dataset descriptions agree
-#: once these are left out share one table; anything else is a different dataset.
-CONDITION_KEYS = frozenset({
-    "corruption", "severity", "seed", "samples", "num_samples", "n", "length", "size", "spec", "condition",
-    # how a model reads the data, not which data: differs between networks on the same dataset
-    "transform", "clip_len", "frame_stride", "frame_rate", "alpha", "repr",
-})
-#: Content fingerprints: part of the identity, except for a corrupted copy (its pixels differ by design).
-FINGERPRINT_KEYS = frozenset({"fingerprint", "data_fingerprint", "sha256"})
 
 #: How far below a folder given on the command line ``scores.parquet`` files are looked for.
 _SEARCH_DEPTH = 4
@@ -80,7 +68,7 @@ class Run:
         methods: the score columns (float columns that are not reserved), in file order.
         model: the model's name for the table (its spec, e.g. ``digits:digits_cnn``).
         condition: the data condition (``clean``, ``gaussian_noise/1``…).
-        dataset_key: the dataset identity (see :data:`CONDITION_KEYS`); runs with equal keys share a table.
+        dataset_key: the dataset identity (see :data:`.datasets.CONDITION_KEYS`); runs with equal keys share a table.
         dataset_label: the dataset in words.
         class_names: one name per class index, or ``None`` when the manifest has none.
         n_unlabeled: rows left out because their label is unknown (< 0).
@@ -182,10 +170,8 @@ def discover_results(paths: Iterable[str | Path]) -> tuple[list[Path], list[Load
             problems.append(LoadProblem(str(p), "does not exist."))
         elif p.is_file():
             add(p)
-        elif (p / SCORES_FILE).is_file():
-            add(p / SCORES_FILE)
         else:
-            hits = sorted(_search(p, _SEARCH_DEPTH))
+            hits = [h / SCORES_FILE for h in find_folders_holding(p, SCORES_FILE, _SEARCH_DEPTH)]
             if not hits:
                 problems.append(LoadProblem(
                     str(p), f"is a folder without a {SCORES_FILE} (nor one in its sub-folders): "
@@ -195,19 +181,18 @@ def discover_results(paths: Iterable[str | Path]) -> tuple[list[Path], list[Load
     return found, problems
 
 
-def _search(folder: Path, depth: int) -> list[Path]:
-    out: list[Path] = []
+def find_folders_holding(folder: Path, filename: str, depth: int) -> list[Path]:
+    """The folders at most ``depth`` levels below ``folder`` (itself included) that hold ``filename``, in
+    sorted order; the search does not go below a folder that holds it, nor into unreadable ones."""
+    if (folder / filename).is_file():
+        return [folder]
+    if depth <= 0:
+        return []
     try:
-        entries = sorted(folder.iterdir())
+        entries = sorted(e for e in folder.iterdir() if e.is_dir())
     except OSError:
-        return out
-    for entry in entries:
-        if entry.is_dir():
-            if (entry / SCORES_FILE).is_file():
-                out.append(entry / SCORES_FILE)
-            elif depth > 1:
-                out.extend(_search(entry, depth - 1))
-    return out
+        return []
+    return [hit for e in entries for hit in find_folders_holding(e, filename, depth - 1)]
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -274,6 +259,7 @@ def load_run(path: str | Path) -> Run:
 
     notes: list[str] = []
     manifest, manifest_note = _read_manifest(scores_path)
+    catalogue.learn(manifest.get("method_info"))
     if manifest_note:
         notes.append(manifest_note)
 
@@ -303,8 +289,8 @@ def load_run(path: str | Path) -> Run:
 
     model = _model_name(manifest, source)
     dataset = dataset_description(manifest)
-    condition = _condition(dataset)
-    key, label = _dataset_identity(dataset, manifest)
+    condition = condition_of(dataset)
+    key, label = dataset_identity(dataset, manifest)
     run = Run(
         source=source,
         scores_path=scores_path,
@@ -365,89 +351,3 @@ def _class_names(manifest: dict) -> list[str] | None:
                 if isinstance(names, list) and names:
                     return [str(n) for n in names]
     return None
-
-
-def dataset_description(manifest: dict) -> Any:
-    for key in ("dataset", "data", "dataset_info"):
-        if key in manifest and manifest[key] not in (None, "", {}):
-            return manifest[key]
-    return None
-
-
-def _parse_builtin_spec(spec: str) -> dict | None:
-    """``digits:test:gaussian_noise:1`` → a dict like :attr:`DigitsDataset.spec` (None if not such a spec)."""
-    parts = spec.split(":")
-    if not parts or parts[0] != "digits":
-        return None
-    out: dict[str, Any] = {"dataset": "digits", "split": parts[1] if len(parts) > 1 and parts[1] else "test"}
-    if len(parts) > 2 and parts[2] not in ("", "clean"):
-        out["corruption"] = parts[2]
-        out["severity"] = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 1
-    return out
-
-
-def dataset_fields(dataset: Any) -> dict:
-    """The dataset description as one flat dict (a nested ``spec``/``info`` dict merged in)."""
-    if isinstance(dataset, str):
-        return _parse_builtin_spec(dataset) or {"spec": dataset}
-    if not isinstance(dataset, dict):
-        return {}
-    flat = dict(dataset)
-    for key in ("spec", "info", "dataset_info"):
-        inner = flat.get(key)
-        if isinstance(inner, dict):
-            flat.pop(key)
-            for k, v in inner.items():
-                flat.setdefault(k, v)
-        elif key == "spec" and isinstance(inner, str):
-            parsed = _parse_builtin_spec(inner)
-            if parsed:
-                for k, v in parsed.items():
-                    flat.setdefault(k, v)
-    if isinstance(flat.get("dataset"), dict):
-        inner = flat.pop("dataset")
-        for k, v in inner.items():
-            flat.setdefault(k, v)
-    return flat
-
-
-def _condition(dataset: Any) -> str:
-    flat = dataset_fields(dataset)
-    if not flat:
-        return ""
-    corruption = flat.get("corruption")
-    if corruption in (None, "", "clean", "none"):
-        return "clean" if "corruption" in flat or flat.get("dataset") == "digits" else ""
-    severity = flat.get("severity")
-    return f"{corruption}/{severity}" if severity not in (None, "") else str(corruption)
-
-
-def _dataset_identity(dataset: Any, manifest: dict) -> tuple[str, str]:
-    """(key, label): what makes two runs comparable in one table. Conditions and counts are left out."""
-    flat = dataset_fields(dataset)
-    if not flat:
-        return "unknown", "unknown dataset (no manifest)" if not manifest else "unknown dataset"
-    dropped = CONDITION_KEYS | (FINGERPRINT_KEYS if "corruption" in flat else frozenset())
-    ident = {k: v for k, v in flat.items() if k not in dropped and not _is_path_list(v)}
-    if not ident:  # only a spec string we could not parse: the spec is the identity
-        ident = {"spec": flat.get("spec")}
-    key = json.dumps(_jsonable(ident), sort_keys=True, default=str)
-    name = (ident.get("dataset") or ident.get("name") or ident.get("root") or ident.get("path")
-            or ident.get("kind") or ident.get("spec") or "dataset")
-    extras = [f"{k}={ident[k]}" for k in ("split",) if ident.get(k) not in (None, "")]
-    label = str(name) + (f" ({', '.join(extras)})" if extras else "")
-    return key, label
-
-
-def _is_path_list(v: Any) -> bool:
-    return isinstance(v, list) and len(v) > 200  # long per-sample lists are never identity
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v

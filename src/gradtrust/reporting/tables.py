@@ -5,8 +5,8 @@ HTML cells.
 
 Bold = top two of a row, per metric, by the exact (unrounded) values: a method is bold when fewer than two
 methods are strictly better. A row where every method has the same value bolds none (it says so).
-Column order and names come from the method registry (:func:`gradtrust.scores.order_methods`,
-:func:`gradtrust.scores.display_name`).
+Column order and names come from the method catalogue (:func:`gradtrust.catalogue.order_methods`,
+:func:`gradtrust.catalogue.display_name`), the registry's facts without torch.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import html as _html
 from collections.abc import Sequence
 from typing import Any
 
+from gradtrust.catalogue import display_name, order_methods
 from gradtrust.reporting.results import (
     ALL_METRICS,
     HIGHER_IS_BETTER,
@@ -25,16 +26,15 @@ from gradtrust.reporting.results import (
     MethodResult,
     RunResult,
     Summary,
-    _isnan,
     evaluate_run,
     group_runs,
+    is_missing,
     rank_of,
     row_values,
     selective_cis,
     summarise,
     top_two,
 )
-from gradtrust.scores.registry import display_name, order_methods
 
 __all__ = [
     "ALL_METRICS",
@@ -64,7 +64,7 @@ __all__ = [
 
 
 def _fmt(v: float, digits: int = 2) -> str:
-    return "n/a" if _isnan(v) else f"{v:.{digits}f}"
+    return "n/a" if is_missing(v) else f"{v:.{digits}f}"
 
 
 def _bold(text: str, on: bool, html: bool = False) -> str:
@@ -204,10 +204,10 @@ def selective_legend(resamples: int, seed: int, confidence: float = 0.95) -> str
 
 
 def _ci_cell(v: float, lo: float | None, hi: float | None) -> str:
-    if _isnan(v):
+    if is_missing(v):
         return "n/a"
     base = f"{100 * v:.2f}"
-    if lo is None or hi is None or _isnan(lo) or _isnan(hi):
+    if lo is None or hi is None or is_missing(lo) or is_missing(hi):
         return base
     return f"{base} [{100 * lo:.2f}, {100 * hi:.2f}]"
 
@@ -219,7 +219,7 @@ def selective_cells(result: RunResult, methods: Sequence[str], html: bool = Fals
     best = {}
     for metric in SELECTIVE_METRICS:
         vals = row_values(result, methods, metric)
-        finite = [v for v in vals.values() if not _isnan(v)]
+        finite = [v for v in vals.values() if not is_missing(v)]
         if finite and len(set(finite)) > 1:
             target = max(finite) if HIGHER_IS_BETTER[metric] else min(finite)
             best[metric] = {m for m, v in vals.items() if v == target}

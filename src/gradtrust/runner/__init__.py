@@ -10,18 +10,8 @@
 The command line is ``gradtrust score`` (:mod:`gradtrust.runner.command`).
 """
 
-from gradtrust.runner.run import (
-                                  DEFAULT_CHUNK_SAMPLES,
-                                  LOGITS_FILE,
-                                  MANIFEST_FILE,
-                                  RUN_FILE,
-                                  SCORES_FILE,
-                                  PeerError,
-                                  RunConflictError,
-                                  RunSummary,
-                                  default_chunk_size,
-                                  score_dataset,
-)
+from gradtrust.runner.finish import LOGITS_FILE, MANIFEST_FILE, RUN_FILE, SCORES_FILE, RunSummary
+from gradtrust.runner.run import DEFAULT_CHUNK_SAMPLES, PeerError, RunConflictError, default_chunk_size, score_dataset
 
 __all__ = ["DEFAULT_CHUNK_SAMPLES", "LOGITS_FILE", "MANIFEST_FILE", "RUN_FILE", "SCORES_FILE", "PeerError", "RunConflictError",
            "RunSummary", "default_chunk_size", "score_dataset"]

@@ -93,7 +93,9 @@ def parse_option_pairs(pairs: typing.Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _weights_arg(spec: str, weights: str | None) -> str | None:
+def weights_arg(spec: str, weights: str | None) -> str | None:
+    """The ``--weights`` option as `load_model` takes it: ``random``/``none``/``null`` mean random
+    initialisation (None); no option means the bundled weights for ``digits:`` models."""
     if weights is not None and weights.strip().lower() in ("random", "none", "null"):
         return None
     if weights is None and spec.startswith("digits:"):
@@ -271,13 +273,13 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
     from gradtrust.data.open import open_dataset
     from gradtrust.models import available_digits_models, load_model
     from gradtrust.runner.distributed import distributed_session, resolve_device
-    from gradtrust.runner.run import _score_options, score_dataset
+    from gradtrust.runner.run import check_score_options, score_dataset
     from gradtrust.scores.engine import resolve_methods
 
     # Everything that can be checked cheaply is checked before a model is built.
     options = parse_option_pairs(option_pairs)
     pending_std = options.get("odin_epsilon_space") == "pixel" and options.get("odin_input_std") is None
-    _score_options({**options, "odin_input_std": "1"} if pending_std else options)  # the std comes with the model
+    check_score_options({**options, "odin_input_std": "1"} if pending_std else options)  # the std comes with the model
     resolve_methods(methods)
     if labels is not None and not os.path.isfile(labels):
         raise InputError(f"labels file {os.path.abspath(labels)} does not exist.")
@@ -302,7 +304,7 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
             data = "digits"
         if out_dir is None:
             raise InputError("--out is required: the folder for scores.parquet and manifest.json.")
-        jobs = [(model_spec, _weights_arg(model_spec, weights), Path(out_dir))]
+        jobs = [(model_spec, weights_arg(model_spec, weights), Path(out_dir))]
 
     default = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dev = resolve_device(device, default)

@@ -95,7 +95,7 @@ def library_versions() -> dict[str, str]:
     import numpy
     import pyarrow
 
-    import gradtrust
+    from gradtrust._version import __version__
 
     try:  # read from the installed metadata: importing pandas only for its version took 1.4 s
         pandas_version = version("pandas")
@@ -104,7 +104,7 @@ def library_versions() -> dict[str, str]:
 
     versions = {
         "python": sys.version.split()[0],
-        "gradtrust": gradtrust.__version__,
+        "gradtrust": __version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "pandas": pandas_version,
