@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from gradtrust.benchmark import DEFAULT_DATA, benchmark_command, is_complete, plan_jobs
+from gradtrust.benchmark import DEFAULT_DATA, is_complete, plan_jobs
+from gradtrust.cli.benchmark import benchmark_command
 
 MODELS = "digits:digits_tiny,digits:digits_linear"
 DATA = ["digits:test", "digits:test:gaussian_noise:1"]

@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from gradtrust.cli import main
+from gradtrust.cli.score import parse_option_pairs
 from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.models import available_digits_models
 from gradtrust.models.digits import digits_accuracy_table
-from gradtrust.runner.command import parse_option_pairs
 
 CHEAP = "softmax,entropy,margin,gradtrust,gradtrust_topk,gradnorm,odin"
 

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 import gradtrust
 from gradtrust import cpu_memory
 from gradtrust.cli import main
-from gradtrust.cli_memory import OPTION_NAME, keep_freed_memory_option
+from gradtrust.cli.memory import OPTION_NAME, keep_freed_memory_option
 
 GLIBC = sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="mallopt exists on Linux with glibc only")

@@ -141,7 +141,7 @@ def test_purview_scalars_from_features_equal_gradtrust_score():
 def test_normalisation_found_on_transforms_and_composes():
     from types import SimpleNamespace
 
-    from gradtrust.detection.command import _normalisation
+    from gradtrust.cli.detect import _normalisation
 
     normalise = SimpleNamespace(mean=(0.5,), std=(0.25,))
     assert _normalisation(normalise) == ([0.5], [0.25])
@@ -156,7 +156,7 @@ def test_normalisation_found_on_torchvision_transforms():
     from torchvision import transforms
     from torchvision.models import ResNet18_Weights
 
-    from gradtrust.detection.command import _normalisation
+    from gradtrust.cli.detect import _normalisation
 
     mean, std = _normalisation(ResNet18_Weights.IMAGENET1K_V1.transforms())
     assert mean == pytest.approx([0.485, 0.456, 0.406]) and std == pytest.approx([0.229, 0.224, 0.225])

@@ -290,8 +290,8 @@ def test_decompression_bomb_warning_is_recorded_not_printed(tmp_path, images, mo
 
 
 def test_topk_clamping_is_stated(tmp_path, images, capsys):
+    from gradtrust.cli.score import _echo_notes
     from gradtrust.data.images import ImageFolderDataset
-    from gradtrust.runner.command import _echo_notes
     from gradtrust.runner.run import score_dataset
 
     loaded = load_model(tiny_cnn(), preprocessing={"input_size": 8})  # 2 classes: at most 1 counterfactual
@@ -340,7 +340,7 @@ def test_odin_epsilon_in_pixel_units_does_not_depend_on_where_the_normalisation_
     with pytest.raises(ValueError, match="needs odin_input_std"):
         gradtrust.score(net, normalized, "odin", odin_epsilon_space="pixel")
     # gradtrust score fills the std from the model's preprocessing and records it with the default space
-    from gradtrust.runner.command import _odin_pixel_options
+    from gradtrust.cli.score import _odin_pixel_options
 
     loaded = load_model(tiny_cnn(), preprocessing="torchvision:resnet18")
     filled = _odin_pixel_options({"odin_epsilon_space": "pixel"}, loaded)

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import gradtrust
+from gradtrust.cli.report import report_command
 from gradtrust.data.digits import DigitsDataset
 from gradtrust.evaluation import (
     auac,
@@ -28,7 +29,6 @@ from gradtrust.evaluation import (
 )
 from gradtrust.models import load_model
 from gradtrust.reporting import build_report, load_run
-from gradtrust.reporting.command import report_command
 from gradtrust.reporting.figures import quadrant_counts, select_qualitative
 from gradtrust.reporting.tables import SELECTIVE_METRICS, selective_cis, top_two
 

@@ -39,7 +39,7 @@ from gradtrust.errors import InputError, ModelError
 from gradtrust.nn.hooks import final_layer_candidates, final_linear, recording
 from gradtrust.nn.model import as_module
 from gradtrust.nn.outputs import model_logits
-from gradtrust.scores import method_specs
+from gradtrust.scores import method_specs, score
 
 __all__ = ["DEFAULT_BASELINES", "DetectionResult", "DetectionSettings", "KnownData", "SplitError", "run_detection",
            "split_positions"]
@@ -133,8 +133,6 @@ def _penultimate_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[np.ndar
 def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings,
                 progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Per-sample gradient features, penultimate features, logits and scalar scores of one set (batched)."""
-    import gradtrust
-
     scalar = [b for b in settings.baselines if b != "mahalanobis"]
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, x.shape[0], settings.batch_size):
@@ -146,7 +144,7 @@ def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings,
         values.update(reuse)
         rest = [name for name in scalar if f"score.{name}" not in reuse]
         if rest:
-            result = gradtrust.score(module, xb, rest, seed=settings.seed)
+            result = score(module, xb, rest, seed=settings.seed)
             for name in rest:
                 values[f"score.{name}"] = np.asarray(result[name], dtype=np.float64)
         for key, value in values.items():

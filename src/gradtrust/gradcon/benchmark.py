@@ -16,7 +16,7 @@ Layout of ``--out``::
     <out>/models/{gradcon,autoencoder}/class_<c>/   saved detectors (GradCON.load)
     <out>/runs/{gradcon,autoencoder}/class_<c>/     run folders (anomaly_scores.parquet, manifest.json, …)
     <out>/table.md, table.csv                       the table below
-    <out>/report/                                   `gradtrust report` of the runs (index.html, anomaly.md…)
+    <out>/report/                                   `gradtrust report` of the runs, written by the CLI command
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _interval(dist: np.ndarray, confidence: float) -> tuple[float, float]:
 def run_gradcon_benchmark(out_dir: str | Path = "gradcon-benchmark", *, classes: list[int] | None = None,
                           epochs: int = DEFAULT_EPOCHS, beta: float = 0.03, gamma: float = 0.12, seed: int = 0,
                           resamples: int = 1000, confidence: float = 0.95, device: str = "cpu",
-                          progress: bool = True, report: bool = True, echo: Any = None,
+                          progress: bool = True, echo: Any = None,
                           threads: int | None = 1) -> GradconBenchmark:
     """Run the benchmark (see the module docstring) and write everything into ``out_dir``.
 
@@ -87,13 +87,13 @@ def run_gradcon_benchmark(out_dir: str | Path = "gradcon-benchmark", *, classes:
         torch.set_num_threads(int(threads))
     try:
         return _run(out_dir, classes=classes, epochs=epochs, beta=beta, gamma=gamma, seed=seed, resamples=resamples,
-                    confidence=confidence, device=device, progress=progress, report=report, echo=echo)
+                    confidence=confidence, device=device, progress=progress, echo=echo)
     finally:
         torch.set_num_threads(previous)
 
 
 def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: float, gamma: float, seed: int,
-         resamples: int, confidence: float, device: str, progress: bool, report: bool, echo: Any) -> GradconBenchmark:
+         resamples: int, confidence: float, device: str, progress: bool, echo: Any) -> GradconBenchmark:
     import pandas as pd
 
     from gradtrust.errors import InputError
@@ -175,11 +175,6 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
     elapsed = time.perf_counter() - t0
     atomic_write_json(out / "benchmark.json", {"settings": settings, "elapsed_s": round(elapsed, 1),
                                                "runs": [str(r) for r in runs]})
-    if report:
-        from gradtrust.reporting.report import build_report
-
-        build_report([out / "runs"], out / "report", resamples=resamples, confidence=confidence, seed=seed,
-                     title="GradCON benchmark on the bundled digits")
     return GradconBenchmark(frame=flat, markdown=markdown, out_dir=out, runs=runs,
                             elapsed_s=time.perf_counter() - t0, settings=settings)
 

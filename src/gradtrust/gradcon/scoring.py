@@ -24,7 +24,7 @@ def score_to_run(detector: GradCON, data: LabelledImages, inlier: int, out_dir: 
     the evaluation summary (AUROC with inliers positive, FPR@95%TPR, bootstrap CIs)."""
     import pandas as pd
 
-    from gradtrust import __version__
+    from gradtrust._version import __version__
     from gradtrust.runner.identity import library_versions
 
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@
 >>> summary = score_dataset(model, open_dataset("digits", model), "runs/cnn")   # doctest: +SKIP
 >>> summary.scores_path, summary.accuracy                                         # doctest: +SKIP
 
-The command line is ``gradtrust score`` (:mod:`gradtrust.runner.command`).
+The command line is ``gradtrust score`` (:mod:`gradtrust.cli.score`).
 """
 
 from gradtrust.runner.finish import LOGITS_FILE, MANIFEST_FILE, RUN_FILE, SCORES_FILE, RunSummary

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from gradtrust.cli_memory import keep_freed_memory_option
+from gradtrust.cli.memory import keep_freed_memory_option
 
 __all__ = ["gradcon_command"]
 
@@ -172,8 +172,13 @@ def benchmark_command(ctx, out_dir=Path("gradcon-benchmark"), epochs=None, class
             raise InputError(f"--classes takes comma-separated digits 0..9, got {classes!r}") from None
         result = run_gradcon_benchmark(out_dir, classes=wanted, epochs=epochs or DEFAULT_EPOCHS, beta=beta,
                                        gamma=gamma, seed=seed, resamples=resamples, device=device,
-                                       progress=not no_progress, report=not no_report, threads=threads,
+                                       progress=not no_progress, threads=threads,
                                        echo=None if no_progress else click.echo)
+        if not no_report:
+            from gradtrust.reporting.report import build_report
+
+            build_report([out_dir / "runs"], out_dir / "report", resamples=resamples, seed=seed,
+                         title="GradCON benchmark on the bundled digits")
         click.echo(result.markdown)
         click.echo(f"Written to {out_dir} in {result.elapsed_s:.0f} s: table.md, table.csv, runs/, models/"
                    + ("" if no_report else ", report/index.html"))

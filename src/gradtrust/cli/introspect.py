@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from gradtrust.cli_memory import keep_freed_memory_option
+from gradtrust.cli.memory import keep_freed_memory_option
 from gradtrust.errors import GradTrustError, InputError
 
 __all__ = ["introspect_command"]
@@ -88,10 +88,10 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
     try:
         import torch
 
+        from gradtrust.cli.score import RANDOM_INIT_SEED, weights_arg
         from gradtrust.data.open import describe_dataset, open_dataset
         from gradtrust.introspection.introspective import WEIGHTS_FILE, Introspective
         from gradtrust.models import load_model
-        from gradtrust.runner.command import RANDOM_INIT_SEED, weights_arg
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.manual_seed(RANDOM_INIT_SEED)
@@ -194,10 +194,10 @@ def score_command(ctx, folder, data, labels, out_dir, methods, batch_size, worke
     try:
         import torch
 
+        from gradtrust.cli.score import RANDOM_INIT_SEED
         from gradtrust.data.open import open_dataset
         from gradtrust.introspection.introspective import Introspective
         from gradtrust.models import load_model
-        from gradtrust.runner.command import RANDOM_INIT_SEED
         from gradtrust.runner.run import score_dataset
 
         folder = Path(folder)

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from gradtrust.cli_memory import keep_freed_memory_option
+from gradtrust.cli.memory import keep_freed_memory_option
 from gradtrust.errors import GradTrustError, InputError
 
 EPILOG = """\b
@@ -67,11 +67,11 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer
          save_images, batch_size, workers, device, force, progress) -> None:
     import torch
 
+    from gradtrust.cli.score import RANDOM_INIT_SEED, weights_arg
     from gradtrust.data.open import open_dataset
     from gradtrust.explanations.cams import parse_methods
     from gradtrust.explanations.run import explain_dataset
     from gradtrust.models import load_model
-    from gradtrust.runner.command import RANDOM_INIT_SEED, weights_arg
     from gradtrust.runner.distributed import resolve_device
 
     parse_methods(methods)

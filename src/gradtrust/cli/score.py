@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from gradtrust.cli_memory import keep_freed_memory_option
+from gradtrust.cli.memory import keep_freed_memory_option
 from gradtrust.errors import GradTrustError, InputError, UnknownNameError
 from gradtrust.scores import available_methods
 

@@ -1,9 +1,9 @@
-"""The ``gradtrust`` command. Each sub-command lives beside the code it drives and is imported only when it
-runs, so ``gradtrust --help`` answers without importing torch:
+"""The ``gradtrust`` command. Each sub-command is a module of this package (the top layer: it may import every
+capability, and none imports it), imported only when it runs, so ``gradtrust --help`` answers without importing torch:
 
-* ``gradtrust score``     — :mod:`gradtrust.runner.command` (score a dataset → scores.parquet + manifest.json)
-* ``gradtrust report``    — :mod:`gradtrust.reporting.command` (tables, figures, HTML from score runs)
-* ``gradtrust benchmark`` — :mod:`gradtrust.benchmark` (score several models, then report)
+* ``gradtrust score``     — :mod:`gradtrust.cli.score` (score a dataset → scores.parquet + manifest.json)
+* ``gradtrust report``    — :mod:`gradtrust.cli.report` (tables, figures, HTML from score runs)
+* ``gradtrust benchmark`` — :mod:`gradtrust.cli.benchmark` (score several models, then report)
 * ``gradtrust methods`` / ``gradtrust models`` — what can be asked for.
 
 A new sub-command is one entry in :data:`COMMANDS`: its name, where it lives and its one-line help.
@@ -20,19 +20,19 @@ from gradtrust._version import __version__
 
 #: name → ("module:attribute" of the click command, the one-line help ``gradtrust --help`` shows).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("gradtrust.runner.command:score_command",
+    "score": ("gradtrust.cli.score:score_command",
               "Score every sample of a dataset with a model: scores.parquet + manifest.json."),
-    "report": ("gradtrust.reporting.command:report_command",
+    "report": ("gradtrust.cli.report:report_command",
                "Tables, figures and an HTML page from one or more score runs."),
-    "benchmark": ("gradtrust.benchmark:benchmark_command",
+    "benchmark": ("gradtrust.cli.benchmark:benchmark_command",
                   "Score several models on one dataset, then report (default: the bundled digits benchmark)."),
-    "explain": ("gradtrust.explanations.command:explain_command",
+    "explain": ("gradtrust.cli.explain:explain_command",
                 "Grad-CAM, Counterfactual-CAM, Contrast-CAM and VOICE for every sample: explanations.parquet + PNGs."),
-    "gradcon": ("gradtrust.gradcon.command:gradcon_command",
+    "gradcon": ("gradtrust.cli.gradcon:gradcon_command",
                 "GradCON anomaly detection: fit / score / benchmark (default: the bundled digits benchmark)."),
-    "detect": ("gradtrust.detection.command:detect_command",
+    "detect": ("gradtrust.cli.detect:detect_command",
                "Detect adversarial, corrupted and OOD inputs from gradient features (default: bundled digits)."),
-    "introspect": ("gradtrust.introspection.command:introspect_command",
+    "introspect": ("gradtrust.cli.introspect:introspect_command",
                    "Introspective learning: fit H on f's gradient features, score with both, the digits comparison."),
     "methods": ("gradtrust.cli:methods_command", "List the trust-score methods, with their formula and source."),
     "models": ("gradtrust.cli:models_command", "List the model specs --model accepts."),

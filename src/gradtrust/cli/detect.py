@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from gradtrust.cli_memory import keep_freed_memory_option
+from gradtrust.cli.memory import keep_freed_memory_option
 
 __all__ = ["detect_command", "run_detect"]
 
