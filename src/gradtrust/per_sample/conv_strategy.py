@@ -16,9 +16,9 @@ machine far more than a FLOP count tells (oneDNN's kernels, cache sizes, the bat
   flattened input read in place (:mod:`gradtrust.per_sample.conv_shift`).
 
 :func:`auto_sq_norms` times the strategies that apply on the layer's actual input the first time it sees
-a (layer configuration, input shape, output shape, dtype, device), keeps the fastest in a module-level dict
-and uses it from then on: the way ``torch.backends.cudnn.benchmark`` picks convolution algorithms. The
-first call returns the chosen strategy's result from the measuring run, so all calls in a process agree to
+a (layer configuration, input shape, output shape, dtype, device), keeps the fastest in a bounded table
+(:data:`MAX_CHOICES`; :func:`clear_choices`, which :func:`gradtrust.per_sample.clear` calls) and uses it from
+then on: the way ``torch.backends.cudnn.benchmark`` picks convolution algorithms. The first call returns the chosen strategy's result from the measuring run, so all calls in a process agree to
 the last bit (strategies differ in float rounding). Timings are the minimum of interleaved repeats after an
 untimed first run of each candidate (cold kernels and allocations would bias the choice), so a burst of load
 on a shared machine slows every candidate of a round alike and the least disturbed repeat decides. A
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -40,6 +41,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.per_sample.conv_correlate import correlate_weight_sq_norms
+from gradtrust.per_sample.conv_grads import conv_weight_grads, one_sample_conv_weight_grad
 from gradtrust.per_sample.conv_shift import shift_weight_sq_norms
 
 #: What a strategy returns of each block of per-sample weight gradients (b, O, C_g, *kernel): a tensor whose
@@ -72,8 +74,12 @@ MARGIN = 0.85
 #: at batch 8, ``shift`` 3× on ResNeXt's grouped 3×3 (8 MiB and 16 MiB were within noise of 4 MiB).
 BLOCK_BYTES = 4 * 2**20
 
-# (layer configuration, input shape, output-gradient shape, dtype, device) → chosen strategy.
-_CHOSEN: dict[tuple, str] = {}
+#: At most this many choices are kept (the oldest is forgotten first; every network measured has < 200).
+MAX_CHOICES = 4096
+
+# (layer configuration, input shape, output-gradient shape, dtype, device) → chosen strategy: keyed by shapes,
+# not by model, so that equal layers of any model share one measurement (and round alike).
+_CHOSEN: OrderedDict[tuple, str] = OrderedDict()
 
 
 def _positions(g: torch.Tensor) -> int:
@@ -176,9 +182,7 @@ def _matmul_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_byte
 
 def _materialised_sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor,
                            chunk_bytes: int, reduce: Reduce = squared_norm) -> torch.Tensor:
-    """Norms of the per-sample gradients of :func:`per_sample.conv_weight_grads` (``grouped``/``unfold``)."""
-    from gradtrust.per_sample.layers import conv_weight_grads
-
+    """Norms of the per-sample gradients of :func:`conv_grads.conv_weight_grads` (``grouped``/``unfold``)."""
     # gradient and what it is formed from: the input and output gradient, or the unfolded patches
     inputs = conv.weight[0].numel() * _positions(g) if strategy == "unfold" else a[0].numel()
     per_sample_bytes = 4 * (conv.weight.numel() + inputs + g[0].numel())
@@ -189,9 +193,7 @@ def _materialised_sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: tor
 
 def _per_sample_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                          reduce: Reduce = squared_norm) -> torch.Tensor:
-    from gradtrust.per_sample.layers import _one_sample_conv_weight_grad
-
-    grads = (_one_sample_conv_weight_grad(conv, a[i:i + 1], g[i:i + 1]) for i in range(a.shape[0]))
+    grads = (one_sample_conv_weight_grad(conv, a[i:i + 1], g[i:i + 1]) for i in range(a.shape[0]))
     if reduce is squared_norm:
         return torch.stack([torch.dot(grad.flatten(), grad.flatten()) for grad in grads])
     return torch.cat([reduce(grad.unsqueeze(0)) for grad in grads])
@@ -248,6 +250,7 @@ def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: 
     key = _key(conv, a, g, chunk_bytes, reduce is not None)
     chosen = _CHOSEN.get(key)
     if chosen is not None:
+        _CHOSEN.move_to_end(key)
         return sq_norms(chosen, conv, a, g, chunk_bytes, reduce)
     # the first run of each gives its result; its time is not used (first calls pay for allocations and for
     # oneDNN/BLAS setting up kernels of new shapes, which would bias the choice)
@@ -267,6 +270,8 @@ def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: 
         best = min(contenders, key=lambda s: min(times[s]))
         chosen = best if min(times[best]) < MARGIN * min(times[default]) else default
     _CHOSEN[key] = chosen
+    while len(_CHOSEN) > MAX_CHOICES:
+        _CHOSEN.popitem(last=False)
     return results[chosen]  # the chosen way's result from the start: later calls round the same way
 
 
@@ -276,5 +281,6 @@ def chosen_strategies() -> dict[tuple, str]:
 
 
 def clear_choices() -> None:
-    """Forget every choice (the next call of each layer measures again)."""
+    """Forget every choice (the next call of each layer measures again); :func:`gradtrust.per_sample.clear`
+    calls it."""
     _CHOSEN.clear()

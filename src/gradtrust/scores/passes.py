@@ -33,10 +33,13 @@ from torch import nn
 
 from gradtrust import functional
 from gradtrust.errors import InputError, ModelError, UnknownNameError
-from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample import NormRecorder, UnsupportedForHooks, autograd_sq_norms
+from gradtrust.per_sample.capture import LayerCapture
+from gradtrust.per_sample.conv_grads import CONV_TYPES
+from gradtrust.per_sample.engine import start_graph_hooks
 from gradtrust.per_sample.eval_backward import cheap_batch_norm
-from gradtrust.per_sample.layers import LayerCapture, UnsupportedForHooks, model_logits
-from gradtrust.per_sample.planner import OwnerCapture, PurviewPlan, plan_parameters
+from gradtrust.per_sample.layers import layer_weight, model_logits
+from gradtrust.per_sample.registry import parameter_grads, supports_hooks
 from gradtrust.scores.dropout import dropout_modules, seeded_dropout
 from gradtrust.scores.options import ScoreOptions, parse_stds
 from gradtrust.scores.spec import Pass
@@ -65,8 +68,8 @@ class ForwardRecord:
     graph: bool  # whether autograd recorded the pass
     logits: torch.Tensor  # the model's output, attached to the graph when one was recorded
     final: FinalLayerCall | None  # the final nn.Linear's call, if one ran with C outputs
-    capture: LayerCapture  # per-layer hooks for per-sample gradients
-    owners: OwnerCapture | None = None  # Purview's rules and per-sample-autograd units
+    capture: LayerCapture  # hooks on the gradient scores' layer (layer=…)
+    norms: NormRecorder | None = None  # Purview's per-sample norms: kernels, rules and units
 
 
 @dataclass
@@ -98,7 +101,6 @@ class BatchPasses:
         self._purview_hooks_error: str | None = None
         self._second_forward: ForwardRecord | None = None
         self.purview_backend_used: str | None = None
-        self._purview_plan: PurviewPlan | None = None
         #: units of the model whose per-sample norms came from per-sample autograd: {name: "vmap" | "loop"}
         self.purview_fallback: dict[str, str] = {}
 
@@ -130,57 +132,28 @@ class BatchPasses:
             lambda mod, args, out, name=name: seen.append(FinalLayerCall(name, mod, args[0], out, out._version)))
             for name, m in linears.items()]
 
-        capture_layers: dict[str, nn.Module] = {}
-        owners: OwnerCapture | None = None
+        norms: NormRecorder | None = None
         if record_graph and Pass.PARAMETER_GRADIENTS in self.needs and options.purview_backend in ("auto", "hooks"):
             try:
-                self._purview_plan = plan_parameters(model)
-                capture_layers.update(self._purview_plan.layers)
-                owners = OwnerCapture(self._purview_plan, options.chunk_bytes, options.conv_strategy)
+                norms = NormRecorder(model, options.chunk_bytes, options.conv_strategy)
             except UnsupportedForHooks as exc:
                 self._purview_hooks_error = str(exc)
-        if record_graph and options.layer is not None:
-            capture_layers[options.layer] = self.layer_module
-        capture = LayerCapture(capture_layers)
-        # Units start the graph as layers do: their norms too come from their input and output gradient.
-        graph_starts = [*capture_layers.values(), *(owners.plan.units.values() if owners is not None else ())]
-        # Rules read gradients at some submodule's input: there the graph may start too, before its first use.
-        rule_entries = [rule.entry(module) for module, rule in owners.plan.rules.values()] if owners else []
+        layer = {options.layer: self.layer_module} if record_graph and options.layer is not None else {}
+        capture = LayerCapture(layer)
+        graph_starts = list(dict.fromkeys([*layer.values(), *(norms.graph_starts if norms is not None else ())]))
+        rule_entries = norms.rule_entries if norms is not None else []
         # Without ODIN nothing needs ∂/∂x: the graph can start at the outputs of the captured layers (and
         # units) whose inputs are not in it, and at rule entries whose input is not in it (no parameter is
-        # used before them, since every parameter has an owner). That skips their backward-to-input, e.g.
-        # resnet18's 7×7 convolution on the image (0.19 forward passes at 224², batch 32, CPU). Every such
-        # place starts the graph — the first one, and any parallel branch fed by the input alone, whose
-        # gradients would otherwise be silently zero. The start is cloned so that an in-place operation after
-        # it (ReLU(inplace=True)) acts on a graph tensor, not on the leaf (0.03 passes).
+        # used before them, since every parameter has an owner): per_sample.engine.start_graph_hooks.
         cut = record_graph and Pass.ODIN not in self.needs and bool(graph_starts or rule_entries)
         x = self.inputs.detach().requires_grad_(record_graph and not cut)
         roots: list[torch.Tensor] = [] if cut else [x]
-
-        def start_graph(module, args, output):
-            in_graph = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-            if not in_graph and isinstance(output, torch.Tensor) and output.is_floating_point():
-                leaf = output.detach().requires_grad_(True)
-                roots.append(leaf)
-                return leaf.clone()
-            return None
-
-        def start_graph_at_input(module, args):
-            first = args[0] if args else None
-            if isinstance(first, torch.Tensor) and not first.requires_grad and first.is_floating_point():
-                leaf = first.detach().requires_grad_(True)
-                roots.append(leaf)
-                start = leaf.clone()
-                return tuple(start if a is first else a for a in args)  # keeps ``query is key is value``
-            return None
-
-        if cut:  # prepended, so that LayerCapture's own hook sees (and hooks) the new leaf
-            handles += [m.register_forward_hook(start_graph, prepend=True) for m in graph_starts]
-            handles += [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in rule_entries]
+        if cut:  # prepended, so that the captures' own hooks see (and hook) the new leaf
+            handles += start_graph_hooks(graph_starts, rule_entries, roots)
         try:
             # While the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (its CPU kernel is
             # slow; same forward bits): every parameter is frozen, so only activation gradients are taken.
-            with (capture, owners or contextlib.nullcontext(), torch.set_grad_enabled(record_graph),
+            with (capture, norms or contextlib.nullcontext(), torch.set_grad_enabled(record_graph),
                   cheap_batch_norm(model) if record_graph and x.device.type == "cpu" else contextlib.nullcontext()):
                 logits = model_logits(model, x)
         except TypeError as exc:
@@ -198,7 +171,7 @@ class BatchPasses:
         if final_info is not None and cached_final is None:
             _FINAL_LAYER_CACHE[model] = final_info.name
         return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits, final=final_info,
-                             capture=capture, owners=owners)
+                             capture=capture, norms=norms)
 
     @property
     def forward_logits(self) -> torch.Tensor:
@@ -290,13 +263,13 @@ class BatchPasses:
         try:
             module = self.model.get_submodule(name)
         except AttributeError:
-            candidates = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, *per_sample._CONV))]
+            candidates = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, *CONV_TYPES))]
             raise UnknownNameError(f"layer={name!r} is not a module of this model. Layers that can be used: "
                                    f"{', '.join(candidates[-8:])}{' …' if len(candidates) > 8 else ''}.") from None
-        if not (isinstance(module, nn.Linear) or type(module) in per_sample._CONV):
+        if not (isinstance(module, nn.Linear) or type(module) in CONV_TYPES):
             raise ModelError(f"layer={name!r} is a {type(module).__name__}; gradient scores need an nn.Linear or "
                              "nn.Conv1d/2d/3d layer.")
-        if type(module) in per_sample._CONV and not per_sample.supports_hooks(module):
+        if type(module) in CONV_TYPES and not supports_hooks(module):
             raise ModelError(f"layer={name!r} uses padding={module.padding!r}, padding_mode={module.padding_mode!r}; "
                              "only numeric padding with padding_mode='zeros' is supported for per-sample gradients.")
         return module
@@ -368,7 +341,7 @@ class BatchPasses:
         """Per-sample weight gradient of the gradient layer under ``loss_fn``, reduced to row statistics.
 
         The layer's input ``a`` and output gradient ``g`` come from one batched backward pass through the
-        shared graph; :func:`gradtrust.per_sample.layers.parameter_grads` forms each sample's ``∂L_i/∂W``.
+        shared graph; :func:`gradtrust.per_sample.registry.parameter_grads` forms each sample's ``∂L_i/∂W``.
         """
         forward = self._graph_forward()
         loss = loss_fn(forward.logits).sum()
@@ -403,7 +376,7 @@ class BatchPasses:
         finally:
             capture.active, capture.on_grad = False, None
         if "rows" not in collected:  # the layer does not reach the logits: its gradient is zero
-            zeros = torch.zeros(batch, per_sample.layer_weight(module).shape[0], dtype=torch.float64,
+            zeros = torch.zeros(batch, layer_weight(module).shape[0], dtype=torch.float64,
                                 device=self.inputs.device)
             return GradientRows(row_energy=zeros, l1=zeros[:, 0].clone())
         energy, l1 = collected["rows"]
@@ -479,19 +452,9 @@ class BatchPasses:
             except UnsupportedForHooks as exc:
                 if backend == "hooks":
                     raise ModelError(f"purview_backend='hooks' cannot handle this model: {exc}") from exc
-        x = self.inputs
-        if backend in ("auto", "vmap"):
-            try:
-                with torch.enable_grad():
-                    result = per_sample.sq_norms_by_vmap(self.model, x, _purview_loss,
-                                                         per_sample.vmap_chunk_size(self.model))
-                self.purview_backend_used = "vmap"
-                return result.double()
-            except Exception as exc:  # noqa: BLE001 - any vmap limitation falls through to the exact loop
-                if backend == "vmap":
-                    raise ModelError(f"purview_backend='vmap' failed on this model: {exc}") from exc
-        self.purview_backend_used = "loop"
-        return per_sample.sq_norms_by_loop(self.model, x, _purview_loss).double()
+        result, self.purview_backend_used = autograd_sq_norms(self.model, self.inputs, _purview_loss, None, backend,
+                                                              "purview_backend")
+        return result.double()
 
     def _sq_norms_by_hooks(self) -> torch.Tensor:
         forward = self._graph_forward()
@@ -499,39 +462,12 @@ class BatchPasses:
             raise UnsupportedForHooks(self._purview_hooks_error)
         if not forward.logits.requires_grad:
             raise UnsupportedForHooks("the logits do not depend differentiably on the input")
-        capture, owners, plan = forward.capture, forward.owners, self._purview_plan
-        if owners is None or plan is None:
+        if forward.norms is None:
             raise UnsupportedForHooks("the forward pass ran without Purview's hooks")
-        wanted = set(plan.layers)
-        calls = {n: c for n, c in capture.calls.items() if n in wanted} | owners.calls
-        bad = {n: c for n, c in calls.items() if c != 1}
-        if bad:
-            raise UnsupportedForHooks(f"layers not run exactly once per forward pass: {bad}")
-        if owners.error is not None:
-            raise UnsupportedForHooks(owners.error)
-        batch = self.inputs.shape[0]
-        norms: dict[tuple[str, str], torch.Tensor] = {}
-
-        def on_grad(layer_name, module, a, g):
-            if layer_name in wanted:
-                if a.shape[0] != batch or g.shape[0] != batch:
-                    raise UnsupportedForHooks(f"layer {layer_name!r} does not see one row per sample")
-                layer_norms = per_sample.parameter_sq_norms(module, a, g, self.options.chunk_bytes,
-                                                            self.options.conv_strategy)
-                for attr, value in layer_norms.items():
-                    norms[(layer_name, attr)] = value
-
-        capture.on_grad, capture.active, owners.active = on_grad, True, True
-        owners.norms.clear()
-        try:
-            _backward_through(_purview_loss(forward.logits).sum(), forward)
-        finally:
-            capture.active, capture.on_grad, owners.active = False, None, False
-        norms.update(owners.norms)
-        self.purview_fallback = dict(owners.fallback)
-        zeros = torch.zeros(batch, device=self.inputs.device)
-        columns = [norms.get(plan.columns[name], zeros) for name, _ in self.model.named_parameters()]
-        return torch.stack(columns, dim=1).double()
+        values, self.purview_fallback = forward.norms.collect(
+            lambda: _backward_through(_purview_loss(forward.logits).sum(), forward), self.inputs.shape[0],
+            self.inputs.device)
+        return values.double()
 
     # ------------------------------------------------------------------ MC dropout
     @cached_property
@@ -573,11 +509,11 @@ def _rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_
 
     Materialises the per-sample gradients in blocks of samples bounded by ``chunk_bytes``.
     """
-    per_sample_bytes = 4 * per_sample.layer_weight(module).numel()
+    per_sample_bytes = 4 * layer_weight(module).numel()
     step = max(1, chunk_bytes // per_sample_bytes)
     energies, l1s = [], []
     for start in range(0, a.shape[0], step):
-        grads = per_sample.parameter_grads(module, a[start:start + step], g[start:start + step])["weight"]
+        grads = parameter_grads(module, a[start:start + step], g[start:start + step])["weight"]
         rows = grads.reshape(grads.shape[0], grads.shape[1], -1).double()
         energies.append(rows.square().var(dim=2, unbiased=True))
         if want_l1:
