@@ -18,12 +18,13 @@ machine far more than a FLOP count tells (oneDNN's kernels, cache sizes, the bat
 :func:`auto_sq_norms` times the strategies that apply on the layer's actual input the first time it sees
 a (layer configuration, input shape, output shape, dtype, device), keeps the fastest in a bounded table
 (:data:`MAX_CHOICES`; :func:`clear_choices`, which :func:`gradtrust.per_sample.clear` calls) and uses it from
-then on: the way ``torch.backends.cudnn.benchmark`` picks convolution algorithms. The first call returns the chosen strategy's result from the measuring run, so all calls in a process agree to
-the last bit (strategies differ in float rounding). Timings are the minimum of interleaved repeats after an
-untimed first run of each candidate (cold kernels and allocations would bias the choice), so a burst of load
-on a shared machine slows every candidate of a round alike and the least disturbed repeat decides. A
-measured choice must also beat a fixed prior (:func:`prior`: FLOP count and layer kind) by 15%, so that
-noise alone rarely moves a layer off a sound default; a wrong choice would only cost speed.
+then on: the way ``torch.backends.cudnn.benchmark`` picks convolution algorithms. The first call returns the
+chosen strategy's result from the measuring run, so all calls in a process agree to the last bit (strategies
+differ in float rounding). Timings are the minimum of interleaved repeats after an untimed first run of each
+candidate (cold kernels and allocations would bias the choice), so a burst of load on a shared machine slows
+every candidate of a round alike and the least disturbed repeat decides. A measured choice must also beat a
+fixed prior (:func:`prior`: FLOP count and layer kind) by 15%, so that noise alone rarely moves a layer off a
+sound default; a wrong choice would only cost speed.
 docs/per_sample.md.
 """
 
