@@ -151,7 +151,7 @@ def sq_norms(model: nn.Module, inputs: torch.Tensor, loss: Loss, *, targets: tor
 
     ``L_i`` is ``loss(logits)[i]`` (``loss(logits, targets)[i]`` when ``targets``, one row per sample, are
     given; a loss must treat samples independently). ``params`` restricts the columns to those parameter
-    names (the hooks then cover only them, and the backward may stop before the rest). ``backend``: "auto"
+    names, in that order (the hooks then cover only them, and the backward may stop before the rest). ``backend``: "auto"
     (hooks, else vmap, else loop; see the module docstring) or one of them; a forced backend that cannot run
     raises :class:`~gradtrust.errors.ModelError`. ``chunk_bytes`` bounds a block of per-sample gradients;
     ``conv_strategy`` forces how convolution weight norms are formed (:mod:`.conv_strategy`). The model runs
@@ -161,7 +161,11 @@ def sq_norms(model: nn.Module, inputs: torch.Tensor, loss: Loss, *, targets: tor
     if backend not in BACKENDS:
         raise UnknownNameError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}.")
     names = [name for name, _ in model.named_parameters()]
-    wanted = names if params is None else list(params)
+    wanted = names if params is None else list(dict.fromkeys(params))
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise UnknownNameError(f"params {unknown[:3]} are not parameters of {type(model).__name__}; name them as "
+                               "model.named_parameters() does.")
     with scoring_state(model):
         if backend in ("auto", "hooks"):
             try:

@@ -49,7 +49,7 @@ def parameter_owners(model: nn.Module) -> tuple[list[str], dict[str, tuple[str, 
 class Plan:
     """The owner of every planned parameter: kernel layers, rules and per-sample-autograd units, by module name."""
 
-    #: the planned parameters, in ``named_parameters()`` order: the columns of the norms
+    #: the planned parameters, in ``named_parameters()`` order or the order asked for: the columns of the norms
     names: list[str] = field(default_factory=list)
     layers: dict[str, nn.Module] = field(default_factory=dict)
     rules: dict[str, tuple[nn.Module, Rule]] = field(default_factory=dict)
@@ -67,20 +67,21 @@ def plan_parameters(model: nn.Module, params: Sequence[str] | None = None) -> Pl
     Raises :class:`UnsupportedForHooks` when some planned parameter could only be covered by the whole model,
     and for TorchScript modules (their compiled forward never calls the Python hooks the plan relies on).
     """
-    key = None if params is None else tuple(params)
-    return cached(model, PLANS, key, lambda: _plan(model, None if params is None else set(params)))
+    key = None if params is None else tuple(dict.fromkeys(params))
+    return cached(model, PLANS, key, lambda: _plan(model, key))
 
 
-def _plan(model: nn.Module, wanted: set[str] | None) -> Plan:
+def _plan(model: nn.Module, params: tuple[str, ...] | None) -> Plan:
     if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         raise UnsupportedForHooks("a TorchScript module runs in the TorchScript interpreter, which never calls "
                                   "the Python hooks per-sample gradient norms need")
     names, owners = parameter_owners(model)
-    if wanted is not None:
-        unknown = wanted.difference(names)
+    wanted = None if params is None else set(params)
+    if params is not None:
+        unknown = [name for name in params if name not in owners]
         if unknown:
-            raise UnsupportedForHooks(f"{sorted(unknown)[:3]} are not parameters of {type(model).__name__}")
-        names = [name for name in names if name in wanted]
+            raise UnsupportedForHooks(f"{unknown[:3]} are not parameters of {type(model).__name__}")
+        names = list(params)  # the caller's order
     plan = Plan(names=names)
     covered: set[str] = set()
     for module_name, module in model.named_modules():
