@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gradtrust.per_sample import registry as per_sample
-from gradtrust.per_sample.conv_grads import conv_weight_grads, unfold_patches
+from gradtrust.per_sample.conv_strategy import conv_weight_grads, unfold_patches
 from gradtrust.per_sample.kernels.convolution import conv_weight_sq_norms
 from gradtrust.per_sample.kernels.linear import linear_weight_grads, linear_weight_sq_norms
 from gradtrust.per_sample.planner import plan_parameters

@@ -17,7 +17,7 @@ when the hooks cannot cover the model; ``gradtrust.gradient_features`` calls :fu
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,10 @@ from gradtrust.nn import cache
 from gradtrust.nn.state import scoring_state
 from gradtrust.per_sample import conv_strategy as conv_choices
 from gradtrust.per_sample import layers as whole_model
-from gradtrust.per_sample.capture import LayerCapture, OwnerCapture
+from gradtrust.per_sample.capture import LayerCapture, UnitCall, first_tensor, start_graph_hooks, unit_sq_norms
 from gradtrust.per_sample.eval_backward import cheap_batch_norm
 from gradtrust.per_sample.planner import PLANS, plan_parameters
-from gradtrust.per_sample.registry import DEFAULT_CHUNK_BYTES, UnsupportedForHooks, parameter_sq_norms
+from gradtrust.per_sample.registry import DEFAULT_CHUNK_BYTES, RuleContext, UnsupportedForHooks, parameter_sq_norms
 
 BACKENDS = ("auto", "hooks", "vmap", "loop")
 
@@ -62,10 +62,17 @@ class NormRecorder:
 
     def __init__(self, model: nn.Module, chunk_bytes: int = DEFAULT_CHUNK_BYTES, conv_strategy: str | None = None,
                  params: Sequence[str] | None = None):
-        self.plan = plan_parameters(model, params)
+        self.plan = plan = plan_parameters(model, params)
         self.chunk_bytes, self.conv_strategy = chunk_bytes, conv_strategy
-        self.layers = LayerCapture(self.plan.layers)
-        self.owners = OwnerCapture(self.plan, chunk_bytes, conv_strategy)
+        self.layers = LayerCapture(plan.layers)
+        #: while True, the backward pass fills :attr:`norms` {(owner name, key): (B,)} and :attr:`fallback`
+        self.active = False
+        # units and rule modules must run exactly once per forward pass (a second call would overwrite the first)
+        self.calls: dict[str, int] = {name: 0 for name in [*plan.units, *plan.rules]}
+        self.norms: dict[tuple[str, str], torch.Tensor] = {}
+        self.fallback: dict[str, str] = {}  # units: {name: "vmap" | "loop"}
+        self.error: str | None = None
+        self._handles: list[Any] = []
         #: where the norms' graph may start: kernel layers and units (their norms come from their input and
         #: output gradient), and the modules at whose input a rule first needs gradients
         self.graph_starts = [*self.plan.layers.values(), *self.plan.units.values()]
@@ -73,11 +80,19 @@ class NormRecorder:
 
     def __enter__(self) -> NormRecorder:
         self.layers.__enter__()
-        self.owners.__enter__()
+        ctx = RuleContext(self._sink, self._fail, self._as_unit, lambda: self.active, self.chunk_bytes,
+                          self.conv_strategy)
+        for name, (module, rule) in self.plan.rules.items():
+            self._handles += rule.attach(name, module, ctx)
+            self._handles.append(module.register_forward_hook(self._count(name)))
+        for name, unit in self.plan.units.items():
+            self._handles.append(unit.register_forward_hook(self._unit_hook(name), with_kwargs=True))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.owners.__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
         self.layers.__exit__(*exc)
 
     def collect(self, backward: Callable[[], Any], batch: int,
@@ -85,13 +100,14 @@ class NormRecorder:
         """Run ``backward()`` (one backward pass of ``Σ_i L_i`` through the recorded graph) with the hooks
         active: (B, J) float32 norms in :attr:`plan`'s ``names`` order and the units' {name: "vmap" | "loop"}.
         Raises :class:`UnsupportedForHooks` when the recorded forward broke an assumption of the plan."""
-        calls = self.layers.calls | self.owners.calls
+        calls = self.layers.calls | self.calls
         bad = {n: c for n, c in calls.items() if c != 1}
         if bad:
             raise UnsupportedForHooks(f"layers not run exactly once per forward pass: {bad}")
-        if self.owners.error is not None:
-            raise UnsupportedForHooks(self.owners.error)
-        norms: dict[tuple[str, str], torch.Tensor] = {}
+        if self.error is not None:
+            raise UnsupportedForHooks(self.error)
+        norms = self.norms
+        norms.clear()
 
         def on_grad(layer_name: str, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
             if a.shape[0] != batch or g.shape[0] != batch:
@@ -99,49 +115,60 @@ class NormRecorder:
             for attr, value in parameter_sq_norms(module, a, g, self.chunk_bytes, self.conv_strategy).items():
                 norms[(layer_name, attr)] = value
 
-        self.layers.on_grad, self.layers.active, self.owners.active = on_grad, True, True
-        self.owners.norms.clear()
+        self.layers.on_grad, self.layers.active, self.active = on_grad, True, True
         try:
             backward()
         finally:
-            self.layers.active, self.layers.on_grad, self.owners.active = False, None, False
-        norms.update(self.owners.norms)
+            self.layers.active, self.layers.on_grad, self.active = False, None, False
         zeros = torch.zeros(batch, device=device)  # a parameter that does not reach the loss has no gradient
         columns = [norms.get(self.plan.columns[name], zeros) for name in self.plan.names]
-        return torch.stack(columns, dim=1), dict(self.owners.fallback)
+        return torch.stack(columns, dim=1), dict(self.fallback)
 
+    def _count(self, name: str):
+        def hook(module, args, output):
+            self.calls[name] += 1
 
-def start_graph_hooks(outputs_of: Iterable[nn.Module], inputs_of: Iterable[nn.Module],
-                      roots: list[torch.Tensor]) -> list[Any]:
-    """Forward hooks (prepended: later hooks see the new tensors) that start the recorded graph at the output
-    of each module of ``outputs_of`` and at the input of each module of ``inputs_of`` whose input is not in
-    the graph yet, appending each start's leaf to ``roots``. Returns the handles.
+        return hook
 
-    When nothing needs ``∂/∂x``, this skips the backward into the layers before the first parameter that
-    matters (resnet18's 7×7 convolution on the image: 0.19 forward passes at 224², batch 32, CPU). Every such
-    place starts the graph — the first one, and any parallel branch fed by the input alone, whose gradients
-    would otherwise be silently zero. The start is cloned so that an in-place operation after it
-    (``ReLU(inplace=True)``) acts on a graph tensor, not on the leaf (0.03 passes)."""
+    def _fail(self, why: str) -> None:
+        self.error = self.error or why
 
-    def start_graph(module, args, output):
-        in_graph = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-        if not in_graph and isinstance(output, torch.Tensor) and output.is_floating_point():
-            leaf = output.detach().requires_grad_(True)
-            roots.append(leaf)
-            return leaf.clone()
-        return None
+    def _sink(self, owner: str, key: str, value: torch.Tensor) -> None:
+        if self.active:
+            self.norms[(owner, key)] = value
 
-    def start_graph_at_input(module, args):
-        first = args[0] if args else None
-        if isinstance(first, torch.Tensor) and not first.requires_grad and first.is_floating_point():
-            leaf = first.detach().requires_grad_(True)
-            roots.append(leaf)
-            start = leaf.clone()
-            return tuple(start if a is first else a for a in args)  # keeps ``query is key is value``
-        return None
+    def _unit_hook(self, name: str):
+        def hook(module, args, kwargs, output):
+            self.calls[name] += 1
+            self._as_unit(name, module, args, kwargs, output)
 
-    return ([m.register_forward_hook(start_graph, prepend=True) for m in outputs_of]
-            + [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in inputs_of])
+        return hook
+
+    def _as_unit(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        """On the backward pass, per-sample autograd of this call of ``module`` gives its parameters' norms."""
+        detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        call = UnitCall(detached, dict(kwargs), tuple(a._version for a in detached if isinstance(a, torch.Tensor)))
+        try:
+            out = first_tensor(output)
+        except UnsupportedForHooks as exc:
+            self._fail(str(exc))
+            return
+        if not out.requires_grad:
+            self._fail(f"the output of {name!r} is not in the recorded graph")
+            return
+
+        def on_grad(g):
+            if not self.active:
+                return
+            if tuple(a._version for a in call.args if isinstance(a, torch.Tensor)) != call.versions:
+                raise UnsupportedForHooks(f"the input of {name!r} was modified in place after use")
+            norms, how = unit_sq_norms(module, call, g.detach(), self.chunk_bytes)
+            for key, value in norms.items():  # "out_proj.weight" → ("<name>.out_proj", "weight")
+                owner, _, attr = f"{name}.{key}".rpartition(".")
+                self.norms[(owner, attr)] = value
+            self.fallback[name] = how
+
+        out.register_hook(on_grad)
 
 
 def sq_norms(model: nn.Module, inputs: torch.Tensor, loss: Loss, *, targets: torch.Tensor | None = None,

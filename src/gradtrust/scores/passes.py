@@ -34,9 +34,8 @@ from torch import nn
 from gradtrust import functional
 from gradtrust.errors import InputError, ModelError, UnknownNameError
 from gradtrust.per_sample import NormRecorder, UnsupportedForHooks, autograd_sq_norms
-from gradtrust.per_sample.capture import LayerCapture
-from gradtrust.per_sample.conv_grads import CONV_TYPES
-from gradtrust.per_sample.engine import start_graph_hooks
+from gradtrust.per_sample.capture import LayerCapture, start_graph_hooks
+from gradtrust.per_sample.conv_strategy import CONV_TYPES
 from gradtrust.per_sample.eval_backward import cheap_batch_norm
 from gradtrust.per_sample.layers import layer_weight, model_logits
 from gradtrust.per_sample.registry import parameter_grads, supports_hooks
@@ -144,7 +143,7 @@ class BatchPasses:
         rule_entries = norms.rule_entries if norms is not None else []
         # Without ODIN nothing needs ∂/∂x: the graph can start at the outputs of the captured layers (and
         # units) whose inputs are not in it, and at rule entries whose input is not in it (no parameter is
-        # used before them, since every parameter has an owner): per_sample.engine.start_graph_hooks.
+        # used before them, since every parameter has an owner): per_sample.capture.start_graph_hooks.
         cut = record_graph and Pass.ODIN not in self.needs and bool(graph_starts or rule_entries)
         x = self.inputs.detach().requires_grad_(record_graph and not cut)
         roots: list[torch.Tensor] = [] if cut else [x]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gradtrust.per_sample import conv_strategy
-from gradtrust.per_sample.conv_grads import (
+from gradtrust.per_sample.conv_strategy import (
     CONV_TYPES,
     as_conv,
     conv_precision_matmul,

@@ -35,7 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from gradtrust.per_sample import conv_strategy
-from gradtrust.per_sample.conv_grads import is_plain_conv
+from gradtrust.per_sample.conv_strategy import is_plain_conv
 from gradtrust.per_sample.kernels.normalisation import BATCH_NORM_TYPES
 from gradtrust.per_sample.registry import (
     Rule,
