@@ -16,8 +16,8 @@ loop, all exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from gradtrust.per_sample.planner import parameter_owners
 __all__ = ["GROUPINGS", "FeatureLayout", "feature_layout", "gradient_features"]
 
 GROUPINGS = ("tensor", "layer")
+T = TypeVar("T")
 
 
 class FeatureLayout:
@@ -112,6 +113,20 @@ def confounding_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(zf, y.to(zf.device), reduction="none").mean(1)
 
 
+def _all_ones_loss(z: torch.Tensor) -> torch.Tensor:
+    """``J(z; y = 1)``, the default confounding label's loss."""
+    return confounding_loss(z, torch.ones_like(z, dtype=torch.float32))
+
+
+def _running(run: Callable[[], T], x: torch.Tensor) -> T:
+    """``run()``, a model's failure on these images raised as an InputError that says so."""
+    try:
+        return run()
+    except RuntimeError as exc:
+        raise InputError(f"the model could not run on images of shape {tuple(x.shape)}: "
+                         f"{str(exc).strip().splitlines()[0]}") from exc
+
+
 def _as_module(model: Any) -> nn.Module:
     module = getattr(model, "module", model)
     if not isinstance(module, nn.Module):
@@ -147,14 +162,13 @@ def gradient_features(model: Any, images: Any, label: Any = "ones", layers: Sequ
     layout = FeatureLayout(module, layers, grouping)
     x = _prepare(module, images)
     with scoring_state(module):
-        with torch.no_grad():
-            try:
-                num_classes = model_logits(module, x[:1]).shape[-1]
-            except RuntimeError as exc:
-                raise InputError(f"the model could not run on images of shape {tuple(x.shape)}: "
-                                 f"{str(exc).strip().splitlines()[0]}") from exc
-        y = confounding_label(label, num_classes, x.shape[0], x.device)
+        loss: Callable[..., torch.Tensor] = _all_ones_loss
+        targets = None
+        if not (isinstance(label, str) and label == "ones"):  # all ones: no forward pass to count the classes
+            with torch.no_grad():
+                num_classes = _running(lambda: model_logits(module, x[:1]), x).shape[-1]
+            targets, loss = confounding_label(label, num_classes, x.shape[0], x.device), confounding_loss
         params = None if len(layout.tensors) == sum(1 for _ in module.parameters()) else layout.tensors
-        per_tensor = sq_norms(module, x, confounding_loss, targets=y, backend=backend, params=params,
-                              chunk_bytes=chunk_bytes).values
+        per_tensor = _running(lambda: sq_norms(module, x, loss, targets=targets, backend=backend, params=params,
+                                               chunk_bytes=chunk_bytes).values, x)
     return layout.group(per_tensor.double()).cpu()
