@@ -1,4 +1,4 @@
-"""Purview's fused norms of a convolution followed by eval-mode BatchNorm (``scores/conv_batch_norm.py``)
+"""Purview's fused norms of a convolution followed by eval-mode BatchNorm (``per_sample/rules/conv_batch_norm.py``)
 against per-sample autograd: the pair's rule, the fused formula alone, and where the rule steps aside."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from torch import nn
 
 import gradtrust
 from gradtrust.nn.state import scoring_state
-from gradtrust.per_sample import conv_batch_norm, conv_strategy
+from gradtrust.per_sample import conv_strategy
 from gradtrust.per_sample import layers as per_sample
 from gradtrust.per_sample import planner as owners
+from gradtrust.per_sample.rules import conv_batch_norm
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.passes import BatchPasses, _purview_loss
 from gradtrust.scores.spec import Pass

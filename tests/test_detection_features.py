@@ -63,7 +63,7 @@ def test_vit_vmap_and_hooks_on_chosen_layers():
     model = VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
                               mlp_dim=16, num_classes=4).eval()
     x = torch.randn(3, 3, 16, 16)
-    full = _check(model, x, backend="auto")  # class token + attention in-projection: the vmap path
+    full = _check(model, x, backend="auto")  # class token, attention in-projection: rules on the hook path
     # the MLP and head are hook-supported on their own: one batched backward, same numbers
     layers = ["encoder.layers.encoder_layer_0.mlp", "heads"]
     hooked = gradient_features(model, x, layers=layers, backend="hooks")

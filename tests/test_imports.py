@@ -8,17 +8,6 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# Private-name imports in packages other helpers of issue 19 are rewriting; empty this set once merged.
-NOT_YET_STRAIGHTENED = {
-    ("gradtrust.per_sample.conv_strategy", "gradtrust.per_sample.layers", "_one_sample_conv_weight_grad"),
-    ("gradtrust.per_sample.window_attention", "gradtrust.per_sample.planner", "_is_torchvision"),
-    ("gradtrust.per_sample.maxvit_attention", "gradtrust.per_sample.planner", "_is_torchvision"),
-    ("gradtrust.per_sample.eval_backward", "gradtrust.per_sample.layers", "_BATCH_NORM"),
-    ("gradtrust.explanations.cams", "gradtrust.scores.engine", "_as_module"),
-    ("gradtrust.explanations.cams", "gradtrust.scores.engine", "_prepare_inputs"),
-    ("gradtrust.explanations.forward", "gradtrust.explanations.layers", "_run"),
-}
-
 
 def _modules() -> dict[str, Path]:
     found = {}
@@ -53,7 +42,7 @@ def private_name_imports() -> set[tuple[str, str, str]]:
 
 
 def test_no_module_imports_another_modules_private_name():
-    assert private_name_imports() - NOT_YET_STRAIGHTENED == set()
+    assert private_name_imports() == set()
 
 
 def test_the_private_name_check_sees_function_level_imports(tmp_path, monkeypatch):

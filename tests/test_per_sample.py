@@ -6,7 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample import registry as per_sample
+from gradtrust.per_sample.conv_strategy import conv_weight_grads, unfold_patches
+from gradtrust.per_sample.kernels.convolution import conv_weight_sq_norms
+from gradtrust.per_sample.kernels.linear import linear_weight_grads, linear_weight_sq_norms
+from gradtrust.per_sample.planner import plan_parameters
 
 
 def _autograd_per_sample(module: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -77,7 +81,7 @@ def test_both_convolution_strategies_agree(strategy):
     with torch.no_grad():
         g = torch.randn_like(module(x))
     expected = _autograd_per_sample(module, x, g)["weight"]
-    torch.testing.assert_close(per_sample.conv_weight_grads(module, x, g, strategy=strategy), expected,
+    torch.testing.assert_close(conv_weight_grads(module, x, g, strategy=strategy), expected,
                                rtol=1e-4, atol=1e-5)
 
 
@@ -88,7 +92,7 @@ def test_unfolded_patches_are_those_of_torch_unfold(conv):
     a = torch.randn(3, 4, 13, 11)
     expected = torch.nn.functional.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding,
                                           stride=module.stride)
-    assert torch.equal(per_sample.unfold_patches(module, a), expected)
+    assert torch.equal(unfold_patches(module, a), expected)
 
 
 @pytest.mark.parametrize("tokens, features", [(1, 8), (3, 64), (40, 4)])
@@ -96,8 +100,8 @@ def test_linear_norm_shortcuts_match_materialised_gradients(tokens, features):
     """‖g‖²‖a‖² for one token, the ghost norm when T² < out·in, materialised otherwise: all equal."""
     a = torch.randn(4, tokens, features)
     g = torch.randn(4, tokens, 5)
-    expected = per_sample.linear_weight_grads(a, g).square().sum((1, 2))
-    torch.testing.assert_close(per_sample.linear_weight_sq_norms(a, g), expected, rtol=1e-4, atol=1e-4)
+    expected = linear_weight_grads(a, g).square().sum((1, 2))
+    torch.testing.assert_close(linear_weight_sq_norms(a, g), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_unsupported_layers_are_refused_by_the_hook_path():
@@ -106,9 +110,14 @@ def test_unsupported_layers_are_refused_by_the_hook_path():
     assert not per_sample.supports_hooks(nn.BatchNorm2d(3).train())
     assert not per_sample.supports_hooks(nn.BatchNorm2d(3, track_running_stats=False).eval())
     assert not per_sample.supports_hooks(nn.MultiheadAttention(4, 2))
+    assert not per_sample.supports_hooks(nn.PReLU())
     model = nn.Sequential(nn.Linear(3, 3), nn.PReLU())
-    with pytest.raises(per_sample.UnsupportedForHooks, match="1.weight"):
-        per_sample.hook_layers_for_all_parameters(model)
+    plan = plan_parameters(model)  # no kernel for PReLU: its module is a per-sample-autograd unit
+    assert set(plan.layers) == {"0"} and set(plan.units) == {"1"} and plan.columns["1.weight"] == ("1", "weight")
+    bare = nn.Sequential(nn.Linear(3, 3))
+    bare.register_parameter("scale", nn.Parameter(torch.ones(3)))  # owned by the model itself: no unit below it
+    with pytest.raises(per_sample.UnsupportedForHooks, match="scale"):
+        plan_parameters(bare)
 
 
 def test_a_layer_used_twice_falls_back_to_an_exact_path():
@@ -203,17 +212,17 @@ def test_strategy_choice_is_measured_once_and_can_be_forced(monkeypatch):
     calls: list[str] = []
     real = conv_strategy.sq_norms
     monkeypatch.setattr(conv_strategy, "sq_norms", lambda s, *args: calls.append(s) or real(s, *args))
-    first = per_sample.conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    first = conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
     measured = len(calls)
     assert set(calls) == set(conv_strategy.candidates(module, x, g, per_sample.DEFAULT_CHUNK_BYTES))
-    again = per_sample.conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    again = conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
     assert len(calls) == measured + 1 and calls[-1] == next(iter(conv_strategy.chosen_strategies().values()))
     assert torch.equal(first, again)  # the measuring call returned the chosen way's result
-    got = per_sample.conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, strategy="correlate")
+    got = conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, strategy="correlate")
     assert calls[-1] == "correlate"
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     # a forced strategy that does not apply (unfold needs one group) leaves that layer to the measured choice
-    per_sample.conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, strategy="unfold")
+    conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, strategy="unfold")
     assert calls[-1] != "unfold"
     with pytest.raises(InputError, match="does not apply"):
         conv_strategy.sq_norms("unfold", module, x, g, per_sample.DEFAULT_CHUNK_BYTES)

@@ -11,6 +11,7 @@ from torchvision.models.video.resnet import Conv3DSimple
 import gradtrust
 from gradtrust.nn.state import scoring_state
 from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample import registry
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.passes import BatchPasses, _purview_loss
 from gradtrust.scores.spec import Pass
@@ -42,7 +43,7 @@ def test_layernorm2d_and_conv3d_subclass_match_autograd():
     for module, shape in ((convnext.LayerNorm2d(4, eps=1e-6), (3, 4, 5, 6)),
                           (Conv3DSimple(2, 3, stride=1, padding=1), (2, 2, 3, 5, 5))):
         module = _randomise(module)
-        assert per_sample.supports_hooks(module)
+        assert registry.supports_hooks(module)
         x = torch.randn(*shape)
         g = torch.randn_like(module(x))
         expected = {}
@@ -50,7 +51,7 @@ def test_layernorm2d_and_conv3d_subclass_match_autograd():
             grads = torch.autograd.grad((module(x[i:i + 1]) * g[i:i + 1]).sum(), list(module.parameters()))
             for (name, _), grad in zip(module.named_parameters(), grads, strict=True):
                 expected.setdefault(name, []).append(grad.square().sum())
-        got = per_sample.parameter_sq_norms(module, x, g)
+        got = registry.parameter_sq_norms(module, x, g)
         for name, values in expected.items():
             torch.testing.assert_close(got[name], torch.stack(values), rtol=1e-4, atol=1e-6)
 

@@ -11,7 +11,8 @@ For one image ``x`` with reconstruction ``x̂ = AE(x)``:
 ``torch.func.grad`` of a ``functional_call`` of the autoencoder, in chunks (one batched forward and backward
 per chunk, no Python loop over images). :func:`per_sample_terms_loop` is the plain per-image
 ``torch.autograd.grad`` computation of the same numbers (the release's way, batch size 1): the reference the
-tests compare against, and the baseline of ``benchmarks/bench_gradcon.py``.
+tests compare against, and the baseline of ``benchmarks/bench_gradcon.py``. Not :func:`gradtrust.per_sample.sq_norms`:
+a cosine needs each per-sample gradient's inner product with ``ḡ_i``, which its squared norms cannot give.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from gradtrust.nn.cache import submodules
-from gradtrust.per_sample.layers import _BATCH_NORM
+from gradtrust.per_sample.kernels.normalisation import BATCH_NORM_TYPES
 
 
 class EvalBatchNorm(torch.autograd.Function):
@@ -53,7 +53,7 @@ class EvalBatchNorm(torch.autograd.Function):
 
 
 def _applies(module: nn.Module) -> bool:
-    return (type(module) in _BATCH_NORM and not module.training and module.running_mean is not None
+    return (type(module) in BATCH_NORM_TYPES and not module.training and module.running_mean is not None
             and module.running_var is not None)
 
 

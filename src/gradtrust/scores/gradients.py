@@ -4,7 +4,7 @@ confounding-label losses of GradTrust and GradNorm.
 On the final ``nn.Linear`` (whose output is the logits) they are closed forms of the logits and the
 penultimate features: no pass beyond the forward (docs/methods.md, "GradTrust's closed form"). On any other
 layer (``layer=``), or with ``gradient_path="autograd"``, one batched backward pass through the shared graph
-gives each sample's weight gradient (:func:`gradtrust.per_sample.layers.parameter_grads`).
+gives each sample's weight gradient (:func:`gradtrust.per_sample.registry.parameter_grads`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from torch import nn
 
 from gradtrust import functional
 from gradtrust.errors import ModelError, UnknownNameError
-from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample.conv_strategy import CONV_TYPES
+from gradtrust.per_sample.layers import layer_weight
+from gradtrust.per_sample.registry import parameter_grads, supports_hooks
 from gradtrust.scores.passes import BatchPasses, backward_through
 from gradtrust.scores.spec import Param, PassSpec
-
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass
@@ -44,13 +44,13 @@ def layer_module(ctx: BatchPasses) -> nn.Module:
     try:
         module = ctx.model.get_submodule(name)
     except AttributeError:
-        candidates = [n for n, m in ctx.model.named_modules() if isinstance(m, (nn.Linear, *CONVOLUTIONS))]
+        candidates = [n for n, m in ctx.model.named_modules() if isinstance(m, (nn.Linear, *CONV_TYPES))]
         raise UnknownNameError(f"layer={name!r} is not a module of this model. Layers that can be used: "
                                f"{', '.join(candidates[-8:])}{' …' if len(candidates) > 8 else ''}.") from None
-    if not (isinstance(module, nn.Linear) or type(module) in CONVOLUTIONS):
+    if not (isinstance(module, nn.Linear) or type(module) in CONV_TYPES):
         raise ModelError(f"layer={name!r} is a {type(module).__name__}; gradient scores need an nn.Linear or "
                          "nn.Conv1d/2d/3d layer.")
-    if type(module) in CONVOLUTIONS and not per_sample.supports_hooks(module):
+    if type(module) in CONV_TYPES and not supports_hooks(module):
         raise ModelError(f"layer={name!r} uses padding={module.padding!r}, padding_mode={module.padding_mode!r}; "
                          "only numeric padding with padding_mode='zeros' is supported for per-sample gradients.")
     return module
@@ -113,7 +113,7 @@ def autograd_rows(ctx: BatchPasses, loss_fn, want_l1: bool) -> GradientRows:
     """Per-sample weight gradient of the gradient layer under ``loss_fn``, reduced to row statistics.
 
     The layer's input ``a`` and output gradient ``g`` come from one batched backward pass through the
-    shared graph; :func:`gradtrust.per_sample.layers.parameter_grads` forms each sample's ``∂L_i/∂W``.
+    shared graph; :func:`gradtrust.per_sample.registry.parameter_grads` forms each sample's ``∂L_i/∂W``.
     """
     forward = ctx.graph_forward()
     loss = loss_fn(forward.logits).sum()
@@ -148,7 +148,7 @@ def autograd_rows(ctx: BatchPasses, loss_fn, want_l1: bool) -> GradientRows:
     finally:
         capture.active, capture.on_grad = False, None
     if "rows" not in collected:  # the layer does not reach the logits: its gradient is zero
-        zeros = torch.zeros(batch, per_sample.layer_weight(module).shape[0], dtype=torch.float64,
+        zeros = torch.zeros(batch, layer_weight(module).shape[0], dtype=torch.float64,
                             device=ctx.inputs.device)
         return GradientRows(row_energy=zeros, l1=zeros[:, 0].clone())
     energy, l1 = collected["rows"]
@@ -161,11 +161,11 @@ def rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_b
 
     Materialises the per-sample gradients in blocks of samples bounded by ``chunk_bytes``.
     """
-    per_sample_bytes = 4 * per_sample.layer_weight(module).numel()
+    per_sample_bytes = 4 * layer_weight(module).numel()
     step = max(1, chunk_bytes // per_sample_bytes)
     energies, l1s = [], []
     for start in range(0, a.shape[0], step):
-        grads = per_sample.parameter_grads(module, a[start:start + step], g[start:start + step])["weight"]
+        grads = parameter_grads(module, a[start:start + step], g[start:start + step])["weight"]
         rows = grads.reshape(grads.shape[0], grads.shape[1], -1).double()
         energies.append(rows.square().var(dim=2, unbiased=True))
         if want_l1:

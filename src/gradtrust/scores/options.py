@@ -12,8 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gradtrust.errors import OptionError, UnknownNameError
-from gradtrust.per_sample import conv_strategy
-from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample import CONV_STRATEGIES, DEFAULT_CHUNK_BYTES
 from gradtrust.scores.registry import method_specs
 from gradtrust.scores.spec import Param, Pass
 
@@ -42,7 +41,7 @@ def parse_stds(value: Any) -> tuple[float, ...] | None:
 
 #: Options of the engine itself, read by no method.
 ENGINE_PARAMS: tuple[Param, ...] = (
-    Param("chunk_bytes", int, per_sample.DEFAULT_CHUNK_BYTES,
+    Param("chunk_bytes", int, DEFAULT_CHUNK_BYTES,
           "memory bound for one block of materialised per-sample gradients", positive),
     Param("micro_batch", int, None, "score at most this many samples per pass: a larger batch is scored in "
           "slices (the same numbers; samples are independent in eval mode). Bounds the peak memory of the "
@@ -51,7 +50,7 @@ ENGINE_PARAMS: tuple[Param, ...] = (
           "batch shape (the same numbers, one launch instead of ~150); false runs them op by op"),
     Param("conv_strategy", str, "auto", "how per-sample convolution weight norms are computed (all exact): 'auto' "
           "(on a CPU the fastest, measured once per layer and shape), or one strategy wherever it applies",
-          choices=("auto", *conv_strategy.STRATEGIES)),
+          choices=("auto", *CONV_STRATEGIES)),
 )
 
 

@@ -34,12 +34,11 @@ from torch import nn
 
 from gradtrust.errors import ModelError
 from gradtrust.nn.cache import structure_key
-from gradtrust.nn.hooks import LayerCall, final_layer_candidates, final_linear, graph_root, recording
+from gradtrust.nn.hooks import LayerCall, final_layer_candidates, final_linear, recording
 from gradtrust.nn.outputs import model_logits
-from gradtrust.per_sample import layers as per_sample
+from gradtrust.per_sample import NormRecorder, UnsupportedForHooks, autograd_sq_norms
+from gradtrust.per_sample.capture import LayerCapture, start_graph_hooks
 from gradtrust.per_sample.eval_backward import cheap_batch_norm
-from gradtrust.per_sample.layers import LayerCapture, UnsupportedForHooks
-from gradtrust.per_sample.planner import OwnerCapture, PurviewPlan, plan_parameters
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.spec import Param, Pass, PassSpec, pass_providing
 
@@ -54,8 +53,8 @@ class ForwardRecord:
     graph: bool  # whether autograd recorded the pass
     logits: torch.Tensor  # the model's output, attached to the graph when one was recorded
     final: LayerCall | None  # the final nn.Linear's call (its input: the penultimate features), if one ran
-    capture: LayerCapture  # per-layer hooks for per-sample gradients
-    owners: OwnerCapture | None = None  # Purview's rules and per-sample-autograd units
+    capture: LayerCapture  # hooks on the gradient scores' layer (layer=…)
+    norms: NormRecorder | None = None  # Purview's per-sample norms: kernels, rules and units
 
 
 class BatchPasses:
@@ -79,7 +78,6 @@ class BatchPasses:
         self._purview_hooks_error: str | None = None
         self._second_forward: ForwardRecord | None = None
         self.purview_backend_used: str | None = None
-        self._purview_plan: PurviewPlan | None = None
         #: units of the model whose per-sample norms came from per-sample autograd: {name: "vmap" | "loop"}
         self.purview_fallback: dict[str, str] = {}
 
@@ -122,55 +120,29 @@ class BatchPasses:
         model, options = self.model, self.options
         if record_graph:
             self._freeze()
-        capture_layers: dict[str, nn.Module] = {}
-        owners: OwnerCapture | None = None
+        norms: NormRecorder | None = None
         if record_graph and Pass.PARAMETER_GRADIENTS in self.needs and options.purview_backend in ("auto", "hooks"):
             try:
-                self._purview_plan = plan_parameters(model)
-                capture_layers.update(self._purview_plan.layers)
-                owners = OwnerCapture(self._purview_plan, options.chunk_bytes, options.conv_strategy)
+                norms = NormRecorder(model, options.chunk_bytes, options.conv_strategy)
             except UnsupportedForHooks as exc:
                 self._purview_hooks_error = str(exc)
-        if record_graph and options.layer is not None:
-            capture_layers[options.layer] = self.layer_module
-        capture = LayerCapture(capture_layers)
-        # Units start the graph as layers do: their norms too come from their input and output gradient.
-        graph_starts = [*capture_layers.values(), *(owners.plan.units.values() if owners is not None else ())]
-        # Rules read gradients at some submodule's input: there the graph may start too, before its first use.
-        rule_entries = [rule.entry(module) for module, rule in owners.plan.rules.values()] if owners else []
+        layer = {options.layer: self.layer_module} if record_graph and options.layer is not None else {}
+        capture = LayerCapture(layer)
+        graph_starts = list(dict.fromkeys([*layer.values(), *(norms.graph_starts if norms is not None else ())]))
+        rule_entries = norms.rule_entries if norms is not None else []
         # Without ODIN nothing needs ∂/∂x: the graph can start at the outputs of the captured layers (and
         # units) whose inputs are not in it, and at rule entries whose input is not in it (no parameter is
-        # used before them, since every parameter has an owner). That skips their backward-to-input, e.g.
-        # resnet18's 7×7 convolution on the image (0.19 forward passes at 224², batch 32, CPU). Every such
-        # place starts the graph — the first one, and any parallel branch fed by the input alone, whose
-        # gradients would otherwise be silently zero. The start is cloned so that an in-place operation after
-        # it (ReLU(inplace=True)) acts on a graph tensor, not on the leaf (0.03 passes).
+        # used before them, since every parameter has an owner): per_sample.capture.start_graph_hooks.
         cut = record_graph and Pass.ODIN not in self.needs and bool(graph_starts or rule_entries)
         x = self.inputs.detach().requires_grad_(record_graph and not cut)
         roots: list[torch.Tensor] = [] if cut else [x]
-
-        def start_graph(module, args, output):
-            in_graph = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-            if not in_graph and isinstance(output, torch.Tensor) and output.is_floating_point():
-                return graph_root(output, roots)
-            return None
-
-        def start_graph_at_input(module, args):
-            first = args[0] if args else None
-            if isinstance(first, torch.Tensor) and not first.requires_grad and first.is_floating_point():
-                start = graph_root(first, roots)
-                return tuple(start if a is first else a for a in args)  # keeps ``query is key is value``
-            return None
-
-        handles = []
-        if cut:  # prepended, so that LayerCapture's own hook sees (and hooks) the new leaf
-            handles += [m.register_forward_hook(start_graph, prepend=True) for m in graph_starts]
-            handles += [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in rule_entries]
+        # prepended, so that the captures' own hooks see (and hook) the new leaf
+        handles = start_graph_hooks(graph_starts, rule_entries, roots) if cut else []
         structure = structure_key(model)  # one walk over the model for both look-ups of its final layer
         try:
             # While the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (its CPU kernel is
             # slow; same forward bits): every parameter is frozen, so only activation gradients are taken.
-            with (recording(final_layer_candidates(model, structure)) as seen, capture, owners or contextlib.nullcontext(),
+            with (recording(final_layer_candidates(model, structure)) as seen, capture, norms or contextlib.nullcontext(),
                   torch.set_grad_enabled(record_graph),
                   cheap_batch_norm(model) if record_graph and x.device.type == "cpu" else contextlib.nullcontext()):
                 logits = model_logits(model, x)
@@ -179,7 +151,7 @@ class BatchPasses:
                 handle.remove()
         return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits,
                              final=final_linear(model, seen, logits.shape[1], structure),
-                             capture=capture, owners=owners)
+                             capture=capture, norms=norms)
 
     @property
     def forward_logits(self) -> torch.Tensor:
@@ -235,19 +207,9 @@ class BatchPasses:
             except UnsupportedForHooks as exc:
                 if backend == "hooks":
                     raise ModelError(f"purview_backend='hooks' cannot handle this model: {exc}") from exc
-        x = self.inputs
-        if backend in ("auto", "vmap"):
-            try:
-                with torch.enable_grad():
-                    result = per_sample.sq_norms_by_vmap(self.model, x, _purview_loss,
-                                                         per_sample.vmap_chunk_size(self.model))
-                self.purview_backend_used = "vmap"
-                return result.double()
-            except Exception as exc:  # noqa: BLE001 - any vmap limitation falls through to the exact loop
-                if backend == "vmap":
-                    raise ModelError(f"purview_backend='vmap' failed on this model: {exc}") from exc
-        self.purview_backend_used = "loop"
-        return per_sample.sq_norms_by_loop(self.model, x, _purview_loss).double()
+        result, self.purview_backend_used = autograd_sq_norms(self.model, self.inputs, _purview_loss, None, backend,
+                                                              "purview_backend")
+        return result.double()
 
     def _sq_norms_by_hooks(self) -> torch.Tensor:
         forward = self.graph_forward()
@@ -255,39 +217,12 @@ class BatchPasses:
             raise UnsupportedForHooks(self._purview_hooks_error)
         if not forward.logits.requires_grad:
             raise UnsupportedForHooks("the logits do not depend differentiably on the input")
-        capture, owners, plan = forward.capture, forward.owners, self._purview_plan
-        if owners is None or plan is None:
+        if forward.norms is None:
             raise UnsupportedForHooks("the forward pass ran without Purview's hooks")
-        wanted = set(plan.layers)
-        calls = {n: c for n, c in capture.calls.items() if n in wanted} | owners.calls
-        bad = {n: c for n, c in calls.items() if c != 1}
-        if bad:
-            raise UnsupportedForHooks(f"layers not run exactly once per forward pass: {bad}")
-        if owners.error is not None:
-            raise UnsupportedForHooks(owners.error)
-        batch = self.inputs.shape[0]
-        norms: dict[tuple[str, str], torch.Tensor] = {}
-
-        def on_grad(layer_name, module, a, g):
-            if layer_name in wanted:
-                if a.shape[0] != batch or g.shape[0] != batch:
-                    raise UnsupportedForHooks(f"layer {layer_name!r} does not see one row per sample")
-                layer_norms = per_sample.parameter_sq_norms(module, a, g, self.options.chunk_bytes,
-                                                            self.options.conv_strategy)
-                for attr, value in layer_norms.items():
-                    norms[(layer_name, attr)] = value
-
-        capture.on_grad, capture.active, owners.active = on_grad, True, True
-        owners.norms.clear()
-        try:
-            backward_through(_purview_loss(forward.logits).sum(), forward)
-        finally:
-            capture.active, capture.on_grad, owners.active = False, None, False
-        norms.update(owners.norms)
-        self.purview_fallback = dict(owners.fallback)
-        zeros = torch.zeros(batch, device=self.inputs.device)
-        columns = [norms.get(plan.columns[name], zeros) for name, _ in self.model.named_parameters()]
-        return torch.stack(columns, dim=1).double()
+        values, self.purview_fallback = forward.norms.collect(
+            lambda: backward_through(_purview_loss(forward.logits).sum(), forward), self.inputs.shape[0],
+            self.inputs.device)
+        return values.double()
 
 
 def backward_through(loss: torch.Tensor, forward: ForwardRecord) -> None:

@@ -34,9 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradtrust.per_sample import layers as per_sample
-from gradtrust.per_sample.layers import UnsupportedForHooks
-from gradtrust.per_sample.planner import Rule, RuleContext, _is_torchvision, override_single_input
+from gradtrust.per_sample.kernels.linear import linear_weight_sq_norms
+from gradtrust.per_sample.registry import (
+    Rule,
+    RuleContext,
+    UnsupportedForHooks,
+    is_class,
+    override_single_input,
+    register_rule,
+)
 
 _IMAGE = "torchvision.models.swin_transformer"
 _VIDEO = "torchvision.models.video.swin_transformer"
@@ -48,11 +54,12 @@ _KINDS = {(_IMAGE, "ShiftedWindowAttention"): (2, False), (_IMAGE, "ShiftedWindo
 def window_attention_kind(module: nn.Module) -> tuple[int, bool] | None:
     """(spatial dims, cosine attention) when ``module`` is one of torchvision's shifted-window attentions."""
     for (path, name), kind in _KINDS.items():
-        if _is_torchvision(module, path, name):
+        if is_class(module, f"{path}.{name}"):
             return kind
     return None
 
 
+@register_rule(*(f"{path}.{name}" for path, name in _KINDS))
 def window_attention_rule(module: nn.Module) -> WindowAttention | None:
     """The rule for ``module`` when it is a torchvision shifted-window attention of the known form, else None
     (then its parameters go through per-sample autograd of the module)."""
@@ -75,7 +82,7 @@ class WindowAttention(Rule):
     def __init__(self, module: nn.Module):
         kind = window_attention_kind(module)
         if kind is None:
-            raise TypeError(f"expected a torchvision shifted-window attention, got {type(module).__name__}")
+            raise UnsupportedForHooks(f"expected a torchvision shifted-window attention, got {type(module).__name__}")
         self.dims, self.cosine = kind
         self.covers = tuple(name for name, _ in module.named_parameters())
 
@@ -190,7 +197,7 @@ class WindowAttention(Rule):
 
         def on_u(g):
             check()
-            put("qkv.weight", per_sample.linear_weight_sq_norms(per_sample_tokens(xd), per_sample_tokens(g)))
+            put("qkv.weight", linear_weight_sq_norms(per_sample_tokens(xd), per_sample_tokens(g)))
             if qkv_bias:
                 grad = per_sample_tokens(g).float().sum(1)
                 if self.cosine:
@@ -200,7 +207,7 @@ class WindowAttention(Rule):
 
         def on_y(g):
             check()
-            put("proj.weight", per_sample.linear_weight_sq_norms(per_sample_tokens(od), per_sample_tokens(g)))
+            put("proj.weight", linear_weight_sq_norms(per_sample_tokens(od), per_sample_tokens(g)))
             if proj_bias:
                 put("proj.bias", per_sample_tokens(g).float().sum(1).square().sum(1))
 

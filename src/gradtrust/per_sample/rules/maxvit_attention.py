@@ -25,22 +25,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradtrust.per_sample import layers as per_sample
-from gradtrust.per_sample.planner import Rule, RuleContext, _is_torchvision, override_single_input
+from gradtrust.per_sample.registry import Rule, RuleContext, override_single_input, register_rule, supports_hooks
 
-_PATH, _NAME = "torchvision.models.maxvit", "RelativePositionalMultiHeadAttention"
 _KNOWN = {"to_qkv.weight", "to_qkv.bias", "merge.weight", "merge.bias", "relative_position_bias_table"}
 
 
+@register_rule("torchvision.models.maxvit.RelativePositionalMultiHeadAttention")  # exact: torchvision's forward
 def maxvit_attention_rule(module: nn.Module) -> MaxVitAttention | None:
     """The rule for ``module`` when it is torchvision's MaxViT attention of the known form, else None (then
     the module is left to per-sample autograd as a unit)."""
-    if not _is_torchvision(module, _PATH, _NAME):  # exact class: the forward is torchvision's
-        return None
     if not set(n for n, _ in module.named_parameters()) <= _KNOWN:
         return None
     projections = (getattr(module, "to_qkv", None), getattr(module, "merge", None))
-    if not all(isinstance(p, nn.Module) and per_sample.supports_hooks(p) for p in projections):
+    if not all(isinstance(p, nn.Module) and supports_hooks(p) for p in projections):
         return None
     return MaxVitAttention()
 

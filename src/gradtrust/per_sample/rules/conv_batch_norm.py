@@ -35,8 +35,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from gradtrust.per_sample import conv_strategy
-from gradtrust.per_sample import layers as per_sample
-from gradtrust.per_sample.planner import Rule, RuleContext
+from gradtrust.per_sample.conv_strategy import is_plain_conv
+from gradtrust.per_sample.kernels.normalisation import BATCH_NORM_TYPES
+from gradtrust.per_sample.registry import (
+    Rule,
+    RuleContext,
+    UnsupportedForHooks,
+    parameter_sq_norms,
+    register_rule,
+    supports_hooks,
+)
 
 
 def _pairs(sequential: nn.Sequential) -> list[tuple[str, str]]:
@@ -44,13 +52,14 @@ def _pairs(sequential: nn.Sequential) -> list[tuple[str, str]]:
     children = list(sequential.named_children())
     found = []
     for (conv_name, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
-        if (per_sample.is_plain_conv(conv) and per_sample.supports_hooks(conv)
-                and isinstance(bn, per_sample._BATCH_NORM) and per_sample.supports_hooks(bn)
+        if (is_plain_conv(conv) and supports_hooks(conv)
+                and isinstance(bn, BATCH_NORM_TYPES) and supports_hooks(bn)
                 and bn.affine and bn.num_features == conv.out_channels):
             found.append((conv_name, bn_name))
     return found
 
 
+@register_rule(nn.Sequential, subclasses=True)
 def conv_batch_norm_rule(module: nn.Module) -> ConvBatchNorm | None:
     """The rule for ``module`` if it is an ``nn.Sequential`` (whose forward is Sequential's own) holding at
     least one convolution directly followed by an eval-mode BatchNorm with running statistics."""
@@ -80,7 +89,7 @@ def fused_sq_norms(conv: _ConvNd, bn: _BatchNorm, a: torch.Tensor, g: torch.Tens
     (one of :data:`conv_strategy.STRATEGIES` but ``gram``); None or "auto" measures, as for a lone layer.
     """
     if bn.running_mean is None or bn.running_var is None or bn.weight is None or bn.bias is None:
-        raise per_sample.UnsupportedForHooks(f"{type(bn).__name__} without running statistics or affine parameters")
+        raise UnsupportedForHooks(f"{type(bn).__name__} without running statistics or affine parameters")
     reduce = _fused_reduction(conv)
     g = g.float()
     if strategy not in (None, "auto") and conv_strategy.applies(strategy, conv, a, g, chunk_bytes, reduce):
@@ -170,7 +179,7 @@ def _attach_pair(conv_name: str, conv: _ConvNd, bn_name: str, bn: _BatchNorm, ct
 
         def check() -> None:
             if a._version != version:
-                raise per_sample.UnsupportedForHooks(f"the input of layer {conv_name!r} was modified in place after use")
+                raise UnsupportedForHooks(f"the input of layer {conv_name!r} was modified in place after use")
 
         if _fused_applies(conv, a, output, ctx):
             def on_grad(g):
@@ -187,14 +196,14 @@ def _attach_pair(conv_name: str, conv: _ConvNd, bn_name: str, bn: _BatchNorm, ct
 
         def on_conv_grad(g):
             check()
-            for attr, value in per_sample.parameter_sq_norms(conv, a, g.detach(), ctx.chunk_bytes,
+            for attr, value in parameter_sq_norms(conv, a, g.detach(), ctx.chunk_bytes,
                                                              ctx.conv_strategy).items():
                 ctx.sink(conv_name, attr, value)
 
         def on_bn_grad(g):
             if xd._version != x_version:
-                raise per_sample.UnsupportedForHooks(f"the input of layer {bn_name!r} was modified in place after use")
-            for attr, value in per_sample.parameter_sq_norms(bn, xd, g.detach(), ctx.chunk_bytes).items():
+                raise UnsupportedForHooks(f"the input of layer {bn_name!r} was modified in place after use")
+            for attr, value in parameter_sq_norms(bn, xd, g.detach(), ctx.chunk_bytes).items():
                 ctx.sink(bn_name, attr, value)
 
         if not x.requires_grad:
