@@ -3,10 +3,11 @@ names in registry order (the report's column order), display names, and which on
 table compares.
 
 The scoring registry (:mod:`gradtrust.scores.registry`) holds the methods' computations and needs torch;
-reports, tables and figures only need these facts, so they live here, below every package that reads or
-writes results. The built-in entries are checked against the registry by ``tests/test_catalogue.py``; a
-method registered later (a plug-in) is added with :func:`describe`, after the built-ins, or learnt from the
-``method_info`` of a run's manifest (:func:`learn`, when the report reads the run).
+reports, tables and figures only need these facts, so they are stated here, below every package that reads or
+writes results, and the registry takes a built-in method's display name and ``in_paper`` from here when it is
+registered (``tests/test_catalogue.py`` checks the two agree). A method registered later (a plug-in) is added
+by the registry (:func:`describe`), after the built-ins, or learnt from the ``method_info`` of a run's
+manifest (:func:`learn`, when the report reads the run).
 """
 
 from __future__ import annotations

@@ -80,13 +80,13 @@ def _output(batch: BatchView, statistic: str) -> MethodOutput:
     return MethodOutput(values.to(device, torch.float64), {"non-finite logits": ~result.valid.to(device)})
 
 
-@register_method("voice_snr", needs=(VOICE,), display_name="VOICE SNR", source=SOURCE)
+@register_method("voice_snr", needs=(VOICE,), source=SOURCE)
 def voice_snr_score(batch: BatchView) -> MethodOutput:
     """``SNR = mean(U)/std(U)`` of the VOICE uncertainty map ``U`` (higher = uncertainty spread evenly)."""
     return _output(batch, "snr")
 
 
-@register_method("voice_iou", needs=(VOICE,), display_name="VOICE 1 − IoU", source=SOURCE)
+@register_method("voice_iou", needs=(VOICE,), source=SOURCE)
 def voice_iou_score(batch: BatchView) -> MethodOutput:
     """``1 − IoU(U > τ, E > τ)`` of VOICE's uncertainty ``U`` and explanation ``E`` (higher = less overlap)."""
     return _output(batch, "iou")

@@ -45,35 +45,35 @@ def _top2_gap(batch: BatchView, values: torch.Tensor) -> MethodOutput:
 
 
 # ---------------------------------------------------------------------------------- the paper's columns
-@register_method("softmax", in_paper=True, display_name="Softmax", cuda_graph_safe=True, tags=DETECTION_BASELINE,
+@register_method("softmax", cuda_graph_safe=True, tags=DETECTION_BASELINE,
                  source="Hendrycks & Gimpel, ICLR 2017 (maximum softmax probability)")
 def softmax_score(batch: BatchView) -> MethodOutput:
     """Maximum softmax probability ``p_ŷ``."""
     return MethodOutput(F.softmax(batch.logits), {})
 
 
-@register_method("entropy", in_paper=True, display_name="Entropy", source="Shannon entropy (negated)",
+@register_method("entropy", source="Shannon entropy (negated)",
                  cuda_graph_safe=True)
 def entropy_score(batch: BatchView) -> MethodOutput:
     """Negative entropy ``Σ_c p_c log p_c``, from ``log_softmax`` so it stays finite (``0 log 0 = 0``)."""
     return MethodOutput(F.entropy(batch.logits), {})
 
 
-@register_method("max_logit", in_paper=True, display_name="NLL (max logit)", cuda_graph_safe=True,
+@register_method("max_logit", cuda_graph_safe=True,
                  source="Hendrycks et al., ICML 2022; the paper's 'NLL' column (nll_loss on raw logits = z_ŷ)")
 def max_logit_score(batch: BatchView) -> MethodOutput:
     """Largest logit ``z_ŷ`` (the GradTrust paper's "NLL" column)."""
     return MethodOutput(F.max_logit(batch.logits), {})
 
 
-@register_method("margin", in_paper=True, display_name="Margin", source="Top-1 minus top-2 softmax probability",
+@register_method("margin", source="Top-1 minus top-2 softmax probability",
                  cuda_graph_safe=True)
 def margin_score(batch: BatchView) -> MethodOutput:
     """Softmax margin ``p_(1) − p_(2)``."""
     return _top2_gap(batch, F.margin(batch.logits))
 
 
-@register_method("odin", in_paper=True, needs=(ODIN,), display_name="ODIN", tags=DETECTION_BASELINE,
+@register_method("odin", needs=(ODIN,), tags=DETECTION_BASELINE,
                  source="Liang et al., ICLR 2018 (ODIN); T = 100, ε = 0.0014 as in the GradTrust release")
 def odin_score(batch: BatchView) -> MethodOutput:
     """ODIN ``max_c softmax(f(x̃)/T)_c`` with ``x̃ = x − ε·sign(∇_x[−log softmax(f(x)/T)_ŷ])``."""
@@ -82,7 +82,7 @@ def odin_score(batch: BatchView) -> MethodOutput:
     return MethodOutput(values, {"non-finite logits on the ODIN-perturbed input": ~torch.isfinite(scaled).all(1)})
 
 
-@register_method("mc_dropout", in_paper=True, needs=(MC_DROPOUT,), display_name="MCD",
+@register_method("mc_dropout", needs=(MC_DROPOUT,),
                  source="Gal & Ghahramani, ICML 2016 (MC dropout); negative predictive entropy")
 def mc_dropout_score(batch: BatchView) -> MethodOutput:
     """``Σ_c p̄_c log p̄_c`` with ``p̄ = mean_t softmax(f_t(x))`` over ``T`` dropout passes (default 10).
@@ -102,7 +102,7 @@ def _gradient_undefined(batch: BatchView) -> dict[str, torch.Tensor]:
     return {"penultimate features carry no variance (Var_d(h_d²) = 0)": ~(batch.feature_sq_variance > 0)}
 
 
-@register_method("gradnorm", in_paper=True, needs=GRADIENTS, display_name="GradNorm", cuda_graph_safe=True,
+@register_method("gradnorm", needs=GRADIENTS, cuda_graph_safe=True,
                  tags=DETECTION_BASELINE, source="Huang et al., NeurIPS 2021 (GradNorm)")
 def gradnorm_score(batch: BatchView) -> MethodOutput:
     """GradNorm ``‖∂L/∂W‖₁`` for ``L = −Σ_c u_c log p_c``; on the final layer ``‖p − u‖₁ · ‖h‖₁``.
@@ -126,7 +126,7 @@ def _purview(batch: BatchView, part: str) -> MethodOutput:
     return MethodOutput(-chosen.mean(dim=1), {"non-finite parameter gradients": ~torch.isfinite(chosen).all(1)})
 
 
-@register_method("purview_initial", in_paper=True, needs=(PARAMETER_GRADIENTS,), display_name="Purview (initial)",
+@register_method("purview_initial", needs=(PARAMETER_GRADIENTS,),
                  tags=DETECTION_BASELINE,
                  source="Lee et al., IEEE Access 2023 (Probing the Purview of Neural Networks), "
                         "as in the GradTrust release")
@@ -139,14 +139,14 @@ def purview_initial_score(batch: BatchView) -> MethodOutput:
     return _purview(batch, "initial")
 
 
-@register_method("purview_final", in_paper=True, needs=(PARAMETER_GRADIENTS,), display_name="Purview (final)",
+@register_method("purview_final", needs=(PARAMETER_GRADIENTS,),
                  tags=DETECTION_BASELINE, source="Lee et al., IEEE Access 2023, as in the GradTrust release")
 def purview_final_score(batch: BatchView) -> MethodOutput:
     """``−mean_{j ≥ ⌈m/2⌉} ‖∂L/∂θ_j‖²₂`` over the last half of the parameter tensors (see purview_initial)."""
     return _purview(batch, "final")
 
 
-@register_method("gradtrust", in_paper=True, needs=GRADIENTS, display_name="GradTrust", cuda_graph_safe=True,
+@register_method("gradtrust", needs=GRADIENTS, cuda_graph_safe=True,
                  source="Prabhushankar & AlRegib, MIPR 2024 (GradTrust), as the code release computes it")
 def gradtrust_score(batch: BatchView) -> MethodOutput:
     """GradTrust ``max_c e_c / mean_c e_c`` with ``e_c = Var_d(G_{c,d}²)`` and ``G = ∂L/∂W``.
@@ -171,7 +171,7 @@ def _topk_used(batch: BatchView, name: str, value: Any) -> Any:
     return min(value or 10, max(batch.num_classes - 1, 1)) if name == "topk" else value
 
 
-@register_method("gradtrust_topk", needs=GRADIENTS, display_name="GradTrust top-k", params=(TOPK,),
+@register_method("gradtrust_topk", needs=GRADIENTS, params=(TOPK,),
                  cuda_graph_safe=True, resolve=_topk_used, source="Prabhushankar & AlRegib, MIPR 2024, as the slides word it")
 def gradtrust_topk_score(batch: BatchView) -> MethodOutput:
     """``e_ŷ / mean_{c ∈ top-k after ŷ} e_c``: the predicted class's row energy over that of the ``k``
@@ -192,28 +192,28 @@ def gradtrust_topk_score(batch: BatchView) -> MethodOutput:
 
 
 # ---------------------------------------------------------------------------------- further baselines
-@register_method("brier", display_name="Brier", source="Brier (1950), against the predicted class; GradTrust release",
+@register_method("brier", source="Brier (1950), against the predicted class; GradTrust release",
                  cuda_graph_safe=True)
 def brier_score(batch: BatchView) -> MethodOutput:
     """Negative Brier score against the prediction ``−Σ_c (p_c − 1[c = ŷ])²``."""
     return MethodOutput(F.brier(batch.logits), {})
 
 
-@register_method("logit_margin", display_name="Logit margin", cuda_graph_safe=True,
+@register_method("logit_margin", cuda_graph_safe=True,
                  source="Liang et al., TMLR 2024; Heng & Soh 2025 ('RLog')")
 def logit_margin_score(batch: BatchView) -> MethodOutput:
     """Logit margin ``z_(1) − z_(2)``."""
     return _top2_gap(batch, F.logit_margin(batch.logits))
 
 
-@register_method("energy", display_name="Energy", source="Liu et al., NeurIPS 2020", cuda_graph_safe=True,
+@register_method("energy", source="Liu et al., NeurIPS 2020", cuda_graph_safe=True,
                  tags=DETECTION_BASELINE)
 def energy_score(batch: BatchView) -> MethodOutput:
     """Negative free energy ``log Σ_c exp(z_c)``."""
     return MethodOutput(F.energy(batch.logits), {})
 
 
-@register_method("doctor", display_name="DOCTOR", source="Granese et al., NeurIPS 2021 (DOCTOR, black-box form)",
+@register_method("doctor", source="Granese et al., NeurIPS 2021 (DOCTOR, black-box form)",
                  cuda_graph_safe=True)
 def doctor_score(batch: BatchView) -> MethodOutput:
     """``Σ_c p_c²`` (DOCTOR's ``(1 − Σp²)/Σp²`` ranks samples in the reverse order)."""
@@ -223,7 +223,7 @@ def doctor_score(batch: BatchView) -> MethodOutput:
 PNORM_P = Param("pnorm_p", float, 2.0, "the p of maxlogit_pnorm", lambda p: None if p > 0 else "must be > 0")
 
 
-@register_method("maxlogit_pnorm", display_name="MaxLogit-pNorm", params=(PNORM_P,), cuda_graph_safe=True,
+@register_method("maxlogit_pnorm", params=(PNORM_P,), cuda_graph_safe=True,
                  source="Cattelan & Silva, UAI 2024 ('How to fix a broken confidence estimator')")
 def maxlogit_pnorm_score(batch: BatchView) -> MethodOutput:
     """MaxLogit-pNorm ``max_c (z_c − z̄) / ‖z − z̄‖_p`` with ``z̄`` the mean logit (default ``p = 2``)."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from gradtrust import catalogue
 from gradtrust.errors import RegistrationError, UnknownNameError
 from gradtrust.scores.spec import MethodOutput, Param, Pass, PassSpec
 from gradtrust.scores.view import BatchView
@@ -90,6 +91,8 @@ class MethodSpec:
 ENTRY_POINT_GROUP = "gradtrust.methods"
 
 _REGISTRY: dict[str, MethodSpec] = {}
+# The plug-in methods registration added to the catalogue (the built-ins are stated there).
+_DESCRIBED: set[str] = set()
 _PLUGINS_LOADED: list[bool] = []  # [True] once the entry points have been loaded
 
 
@@ -109,19 +112,24 @@ def register(spec: MethodSpec) -> MethodSpec:
         raise RegistrationError(f"method {spec.name!r}: needs must hold registered passes (gradtrust.scores.Pass "
                                 f"members), got {bad!r} (valid: {', '.join(map(repr, registered))})")
     _REGISTRY[spec.name] = spec
+    if spec.name not in catalogue.CATALOGUE:  # a plug-in: reports name it too
+        catalogue.describe(catalogue.MethodInfo(spec.name, spec.display_name, spec.in_paper))
+        _DESCRIBED.add(spec.name)
     return spec
 
 
 def register_method(name: str, *, needs: Iterable[PassSpec] = (), display_name: str | None = None,
                     summary: str | None = None, source: str = "", params: Iterable[Param] = (),
                     applies: Callable[[BatchView], str | None] | None = None,
-                    resolve: Callable[[BatchView, str, Any], Any] | None = None, in_paper: bool = False,
+                    resolve: Callable[[BatchView, str, Any], Any] | None = None, in_paper: bool | None = None,
                     cuda_graph_safe: bool = False, tags: Iterable[str] = ()
                     ) -> Callable[[Callable[[BatchView], MethodOutput]], Callable[[BatchView], MethodOutput]]:
     """Decorator registering ``fn(batch: BatchView) -> MethodOutput`` as the trust score ``name``.
 
-    The arguments are :class:`MethodSpec`'s fields; ``display_name`` defaults to ``name``, ``summary`` to the
-    first paragraph of ``fn``'s docstring, and ``Pass.FORWARD`` is always among the ``needs``.
+    The arguments are :class:`MethodSpec`'s fields; ``summary`` defaults to the first paragraph of ``fn``'s
+    docstring, and ``Pass.FORWARD`` is always among the ``needs``. ``display_name`` and ``in_paper`` default to
+    the method's entry in :mod:`gradtrust.catalogue` (where the built-in methods state them once, for readers
+    of results without torch), else to ``name`` and False; a new method is added to the catalogue.
 
     Example::
 
@@ -134,9 +142,12 @@ def register_method(name: str, *, needs: Iterable[PassSpec] = (), display_name: 
     def decorate(fn: Callable[[BatchView], MethodOutput]) -> Callable[[BatchView], MethodOutput]:
         doc = (fn.__doc__ or "").strip()
         first = " ".join(doc.split("\n\n")[0].split()) if doc else name
+        known = catalogue.CATALOGUE.get(name)
+        shown = display_name or (known.display_name if known is not None else name)
+        paper = in_paper if in_paper is not None else (known is not None and known.in_paper)
         register(MethodSpec(name=name, fn=fn, needs=frozenset(needs) | {Pass.FORWARD},
-                            display_name=display_name or name, summary=summary or first, source=source,
-                            params=tuple(params), applies=applies, resolve=resolve, in_paper=in_paper,
+                            display_name=shown, summary=summary or first, source=source,
+                            params=tuple(params), applies=applies, resolve=resolve, in_paper=paper,
                             cuda_graph_safe=cuda_graph_safe, tags=frozenset(tags),
                             module=getattr(fn, "__module__", "")))
         return fn
@@ -145,8 +156,12 @@ def register_method(name: str, *, needs: Iterable[PassSpec] = (), display_name: 
 
 
 def unregister_method(name: str) -> None:
-    """Remove a method (tests and interactive sessions that redefine one)."""
+    """Remove a method (tests and interactive sessions that redefine one), and its catalogue entry if
+    registering it made one."""
     _REGISTRY.pop(name, None)
+    if name in _DESCRIBED:
+        _DESCRIBED.discard(name)
+        catalogue.CATALOGUE.pop(name, None)
 
 
 def method_specs() -> list[MethodSpec]:
