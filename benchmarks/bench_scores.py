@@ -98,19 +98,20 @@ def main() -> None:
     print(f"3. purview alone: {t_pv / t_fwd:.2f} forward passes (target <= 3.5)")
 
     n = min(args.reference_images, args.batch_size)
-    final = model.get_submodule(gradtrust.score(model, x[:1], ["gradtrust"]).info["final_layer"])
-    methods = all_but_mc
+    if n > 0:  # --reference-images 0 leaves the slow straightforward way out
+        final = model.get_submodule(gradtrust.score(model, x[:1], ["gradtrust"]).info["final_layer"])
+        methods = all_but_mc
 
-    def straightforward():
-        for i in range(n):
-            for method in methods:
-                reference_score(model, x[i:i + 1], method, layer=final)
+        def straightforward():
+            for i in range(n):
+                for method in methods:
+                    reference_score(model, x[i:i + 1], method, layer=final)
 
-    t_ref = timed(straightforward, device) / n
-    t_fast = min(timed(lambda: gradtrust.score(model, x, methods), device)
-                               for _ in range(max(1, args.repeats // 2))) / args.batch_size
-    print(f"4. straightforward (per image, per method autograd) / gradtrust.score: {t_ref / t_fast:.1f}x "
-          f"[{t_ref * 1e3:.0f} ms vs {t_fast * 1e3:.1f} ms per image]")
+        t_ref = timed(straightforward, device) / n
+        t_fast = min(timed(lambda: gradtrust.score(model, x, methods), device)
+                                   for _ in range(max(1, args.repeats // 2))) / args.batch_size
+        print(f"4. straightforward (per image, per method autograd) / gradtrust.score: {t_ref / t_fast:.1f}x "
+              f"[{t_ref * 1e3:.0f} ms vs {t_fast * 1e3:.1f} ms per image]")
 
     if voice:
         t_voice, t_fwd = ratio_to_forward(model, x, lambda: gradtrust.score(model, x, voice), args.repeats, device)
