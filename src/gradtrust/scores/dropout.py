@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from gradtrust.errors import ModelError
 from gradtrust.nn.outputs import model_logits
 from gradtrust.scores.options import at_least_one
 from gradtrust.scores.passes import BatchPasses
@@ -63,7 +64,7 @@ def keep_mask(shape: tuple[int, ...], p: float, seed: int, sample_ids: torch.Ten
 
 def _masked_forward(module: nn.Module, layer_index: int, seed: int, sample_ids: torch.Tensor, pass_index: int):
     if not isinstance(module, _DropoutNd):
-        raise TypeError(f"expected a dropout layer, got {type(module).__name__}")
+        raise ModelError(f"expected a dropout layer, got {type(module).__name__}")
     p = module.p
 
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.nn.outputs import model_logits
 from gradtrust.nn.state import scoring_state
 from gradtrust.per_sample.layers import layer_weight
@@ -53,7 +54,7 @@ def reference_score(model: nn.Module, x: torch.Tensor, method: str, layer: nn.Mo
     with scoring_state(model):
         if method in ("gradtrust", "gradtrust_topk", "gradnorm"):
             if layer is None:
-                raise ValueError(f"{method} needs the layer whose weight gradient it uses")
+                raise InputError(f"{method} needs the layer whose weight gradient it uses: pass layer=<module>")
             loss_name = "cross_entropy_uniform" if method == "gradnorm" else "mse_uniform"
             g, z = _weight_gradient(model, x, layer, loss_name)
             if method == "gradnorm":
@@ -126,4 +127,4 @@ def reference_score(model: nn.Module, x: torch.Tensor, method: str, layer: nn.Mo
         if method == "maxlogit_pnorm":
             centred = z - z.mean()
             return float(centred.max() / (centred.abs() ** pnorm_p).sum() ** (1.0 / pnorm_p))
-    raise ValueError(f"no reference implementation for {method!r}")
+    raise UnknownNameError(f"no reference implementation for {method!r}")
