@@ -14,7 +14,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from gradtrust._version import __version__
-from gradtrust.errors import DataError, GradTrustError, InputError, ModelError, OptionError, UnknownNameError
+from gradtrust.errors import (
+    DataError,
+    GradTrustError,
+    InputError,
+    ModelError,
+    NotFittedError,
+    OptionError,
+    UnknownNameError,
+)
 
 #: public name → the module that defines it (imported lazily by ``__getattr__``).
 _LAZY: dict[str, str] = {
@@ -43,7 +51,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "Introspective", "LoadedModel",
-           "MethodSpec", "ModelError", "OptionError", "Pass", "PassSpec", "ScoreOptions", "ScoreResult",
+           "MethodSpec", "ModelError", "NotFittedError", "OptionError", "Pass", "PassSpec", "ScoreOptions", "ScoreResult",
            "UnknownNameError", "__version__", "available_methods", "functional", "get_method", "gradient_features",
            "load_model", "register_method", "register_pass", "score"]
 __all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.explanations

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gradtrust.errors import InputError, UnknownNameError
+from gradtrust.estimator import Estimator, check_int, check_number
 
 __all__ = ["DETECTOR_KINDS", "Detector"]
 
@@ -34,8 +35,9 @@ def _as_features(x: Any, name: str) -> np.ndarray:
     return a
 
 
-class Detector:
-    """A scikit-learn-style detector: ``fit(known, challenge)`` then ``score(x)`` (higher = more like known).
+class Detector(Estimator):
+    """A scikit-learn-style detector: ``fit(known, challenge)`` then ``score_samples(x)`` (higher = more like
+    known; ``score`` is its old name, kept for one release).
 
     Args:
         kind: ``"mlp"`` (hidden layers ``hidden``, Adam, early stopping off, ``max_iter`` epochs) or
@@ -44,37 +46,41 @@ class Detector:
         seed: the random state of the classifier (weight initialisation, shuffling).
     """
 
+    format_name = "gradtrust.detector"
+    fitted_attribute = "pipeline_"
+    fit_call = "fit(known, challenge)"
+    saved_by = "fitted detector (Detector.save)"
+
     def __init__(self, kind: str = "mlp", *, hidden: tuple[int, ...] = (64, 32), max_iter: int = 300,
                  C: float = 1.0, log_features: bool = True, seed: int = 0):
-        if kind not in DETECTOR_KINDS:
-            raise UnknownNameError(f"detector kind {kind!r} is unknown; use one of {', '.join(DETECTOR_KINDS)}.")
-        self.kind = kind
-        self.hidden = tuple(hidden)
-        self.max_iter = int(max_iter)
-        self.C = float(C)
-        self.log_features = bool(log_features)
-        self.seed = int(seed)
-        self.pipeline_: Any = None
-        self.n_features_: int | None = None
+        self.kind, self.hidden, self.max_iter, self.C = kind, hidden, max_iter, C
+        self.log_features, self.seed = log_features, seed
 
     def _transform(self, a: np.ndarray) -> np.ndarray:
         return np.log(_EPS + np.maximum(a, 0.0)) if self.log_features else a
 
     def _build(self) -> Any:
+        """The unfitted pipeline, after checking the parameters."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.neural_network import MLPClassifier
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
+        if self.kind not in DETECTOR_KINDS:
+            raise UnknownNameError(f"detector kind {self.kind!r} is unknown; use one of {', '.join(DETECTOR_KINDS)}.")
+        hidden = tuple(check_int("hidden layer width", h) for h in self.hidden)
+        max_iter, seed = check_int("max_iter", self.max_iter), check_int("seed", self.seed, minimum=0)
         if self.kind == "logistic":
-            clf = LogisticRegression(C=self.C, max_iter=max(self.max_iter, 1000), random_state=self.seed)
+            clf = LogisticRegression(C=check_number("C", self.C, strict=True), max_iter=max(max_iter, 1000),
+                                     random_state=seed)
         else:
-            clf = MLPClassifier(hidden_layer_sizes=self.hidden, max_iter=self.max_iter, alpha=1e-3,
-                                random_state=self.seed, early_stopping=False)
+            clf = MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter, alpha=1e-3, random_state=seed,
+                                early_stopping=False)
         return make_pipeline(StandardScaler(), clf)
 
     def fit(self, known: Any, challenge: Any) -> Detector:
         """Fit on features of known data (label 1) and of challenging data (label 0); returns ``self``."""
+        pipeline = self._build()
         a = _as_features(known, "known features")
         b = _as_features(challenge, "challenge features")
         if a.shape[1] != b.shape[1]:
@@ -86,7 +92,6 @@ class Detector:
 
         from sklearn.exceptions import ConvergenceWarning
 
-        pipeline = self._build()
         with warnings.catch_warnings():  # a fixed epoch budget is the design here, not a failure
             warnings.simplefilter("ignore", ConvergenceWarning)
             pipeline.fit(x, y)
@@ -94,15 +99,48 @@ class Detector:
         self.n_features_ = a.shape[1]
         return self
 
-    def score(self, features: Any) -> np.ndarray:
+    def score_samples(self, features: Any) -> np.ndarray:
         """``P(known | d)`` per sample (B,) float64: higher = more like the known data."""
-        if self.pipeline_ is None:
-            raise InputError("this Detector is not fitted yet: call fit(known, challenge) first.")
+        pipeline = self.check_fitted()
         a = _as_features(features, "features")
         if a.shape[1] != self.n_features_:
             raise InputError(f"features have {a.shape[1]} columns; the detector was fitted on {self.n_features_}.")
-        proba = self.pipeline_.predict_proba(self._transform(a))
-        return proba[:, list(self.pipeline_.classes_).index(1)].astype(np.float64)
+        proba = pipeline.predict_proba(self._transform(a))
+        return proba[:, list(pipeline.classes_).index(1)].astype(np.float64)
 
-    def __repr__(self) -> str:
-        return f"Detector(kind={self.kind!r}, seed={self.seed}, fitted={self.pipeline_ is not None})"
+    score = score_samples  # the old name, kept for one release
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Every public fitted attribute of each pipeline step: arrays to the weights, the rest to JSON (no
+        pickle: the steps are rebuilt from the parameters and the attributes set back)."""
+        state: dict[str, Any] = {"n_features": self.n_features_}
+        arrays: dict[str, np.ndarray] = {}
+        for i, (_, step) in enumerate(self.pipeline_.steps):
+            for name, value in vars(step).items():
+                if name.startswith("_") or not name.endswith("_"):
+                    continue
+                key = f"{i}.{name}"
+                if isinstance(value, np.ndarray):
+                    arrays[key] = value
+                elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+                    arrays.update({f"{key}.{j}": v for j, v in enumerate(value)})
+                    state[key] = {"arrays": len(value)}
+                else:
+                    state[key] = value.item() if isinstance(value, np.generic) else value
+        return state, arrays
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        pipeline = self._build()
+        steps = [step for _, step in pipeline.steps]
+        for key, value in state.items():
+            if key != "n_features":
+                i, name = key.split(".", 1)
+                is_list = isinstance(value, dict) and "arrays" in value
+                setattr(steps[int(i)], name, [arrays[f"{key}.{j}"] for j in range(value["arrays"])] if is_list
+                        else value)
+        for key, value in arrays.items():
+            i, name = key.split(".", 1)
+            if "." not in name:
+                setattr(steps[int(i)], name, value)
+        self.n_features_ = int(state["n_features"])
+        self.pipeline_ = pipeline

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gradtrust.errors import InputError
+from gradtrust.estimator import Estimator, check_int, check_number
 
 __all__ = [
     "DEFAULT_BINS",
@@ -344,19 +345,38 @@ def fit_temperature(logits: Any, labels: Any, *, max_iter: int = 100, tol: float
     return float(1.0 / beta)
 
 
-class TemperatureScaling:
+class TemperatureScaling(Estimator):
     """A fitted temperature (scikit-learn style): ``TemperatureScaling().fit(val_logits, val_labels)``, then
-    ``.predict_proba(test_logits)`` = ``softmax(z / T)``; ``temperature_`` is the fitted ``T``
-    (:func:`fit_temperature`; Guo et al., ICML 2017)."""
+    ``.predict_proba(test_logits)`` = ``softmax(z / T)``, ``.score_samples(test_logits)`` = its maximum (the
+    calibrated confidence, higher = more trustworthy); ``temperature_`` is the fitted ``T``
+    (:func:`fit_temperature`, whose ``max_iter`` and ``tol`` are the parameters; Guo et al., ICML 2017)."""
 
-    def __init__(self) -> None:
-        self.temperature_: float | None = None
+    format_name = "gradtrust.temperature_scaling"
+    fitted_attribute = "temperature_"
+    fit_call = ".fit(held_out_logits, held_out_labels)"
+    saved_by = "fitted temperature (TemperatureScaling.save)"
+
+    def __init__(self, *, max_iter: int = 100, tol: float = 1e-10) -> None:
+        self.max_iter, self.tol = max_iter, tol
 
     def fit(self, logits: Any, labels: Any) -> TemperatureScaling:
-        self.temperature_ = fit_temperature(logits, labels)
+        self.temperature_ = fit_temperature(logits, labels, max_iter=check_int("max_iter", self.max_iter),
+                                            tol=check_number("tol", self.tol))
         return self
 
     def predict_proba(self, logits: Any) -> np.ndarray:
-        if self.temperature_ is None:
-            raise InputError("TemperatureScaling is not fitted: call .fit(held_out_logits, held_out_labels) first.")
-        return softmax(logits, self.temperature_)
+        return softmax(logits, self.check_fitted())
+
+    def predict(self, logits: Any) -> np.ndarray:
+        """The predicted class, ``argmax_c softmax(z / T)_c`` (the logits' own argmax: T > 0 keeps the order)."""
+        return self.predict_proba(logits).argmax(axis=1)
+
+    def score_samples(self, logits: Any) -> np.ndarray:
+        """The calibrated confidence ``max_c softmax(z / T)_c`` per sample (N,) float64."""
+        return self.predict_proba(logits).max(axis=1)
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"temperature": self.temperature_}, {}
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.temperature_ = float(state["temperature"])
