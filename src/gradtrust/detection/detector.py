@@ -14,25 +14,12 @@ from typing import Any
 import numpy as np
 
 from gradtrust.errors import InputError, UnknownNameError
-from gradtrust.estimator import Estimator, check_int, check_number
+from gradtrust.estimator import Estimator, as_matrix, check_int, check_number
 
 __all__ = ["DETECTOR_KINDS", "Detector"]
 
 DETECTOR_KINDS = ("mlp", "logistic")
 _EPS = 1e-30
-
-
-def _as_features(x: Any, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 2:
-        raise InputError(f"{name} must be a 2-D array (samples, features), got shape {a.shape}.")
-    if a.shape[0] == 0:
-        raise InputError(f"{name} is empty: at least one sample is needed.")
-    if not np.isfinite(a).all():
-        raise InputError(f"{name} holds NaN or infinite values; drop those samples first.")
-    return a
 
 
 class Detector(Estimator):
@@ -81,8 +68,8 @@ class Detector(Estimator):
     def fit(self, known: Any, challenge: Any) -> Detector:
         """Fit on features of known data (label 1) and of challenging data (label 0); returns ``self``."""
         pipeline = self._build()
-        a = _as_features(known, "known features")
-        b = _as_features(challenge, "challenge features")
+        a = as_matrix(known, "known features")
+        b = as_matrix(challenge, "challenge features")
         if a.shape[1] != b.shape[1]:
             raise InputError(f"known features have {a.shape[1]} columns but challenge features {b.shape[1]}; "
                              "compute both with the same model, layers and grouping.")
@@ -102,7 +89,7 @@ class Detector(Estimator):
     def score_samples(self, features: Any) -> np.ndarray:
         """``P(known | d)`` per sample (B,) float64: higher = more like the known data."""
         pipeline = self.check_fitted()
-        a = _as_features(features, "features")
+        a = as_matrix(features, "features")
         if a.shape[1] != self.n_features_:
             raise InputError(f"features have {a.shape[1]} columns; the detector was fitted on {self.n_features_}.")
         proba = pipeline.predict_proba(self._transform(a))
@@ -111,36 +98,25 @@ class Detector(Estimator):
     score = score_samples  # the old name, kept for one release
 
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Every public fitted attribute of each pipeline step: arrays to the weights, the rest to JSON (no
-        pickle: the steps are rebuilt from the parameters and the attributes set back)."""
+        """Each step's public fitted attributes: arrays (and lists of arrays, as ``<key>.<j>``) to the weights,
+        the rest to JSON. No pickle: ``load`` rebuilds the steps from the parameters and sets them back."""
         state: dict[str, Any] = {"n_features": self.n_features_}
         arrays: dict[str, np.ndarray] = {}
         for i, (_, step) in enumerate(self.pipeline_.steps):
-            for name, value in vars(step).items():
-                if name.startswith("_") or not name.endswith("_"):
+            for name, value in ((n, v) for n, v in vars(step).items() if n.endswith("_") and n[0] != "_"):
+                if isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+                    arrays.update({f"{i}.{name}.{j}": v for j, v in enumerate(value)})
+                    value = {"arrays": len(value)}
+                elif isinstance(value, np.ndarray):
+                    arrays[f"{i}.{name}"] = value
                     continue
-                key = f"{i}.{name}"
-                if isinstance(value, np.ndarray):
-                    arrays[key] = value
-                elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
-                    arrays.update({f"{key}.{j}": v for j, v in enumerate(value)})
-                    state[key] = {"arrays": len(value)}
-                else:
-                    state[key] = value.item() if isinstance(value, np.generic) else value
+                state[f"{i}.{name}"] = value.item() if isinstance(value, np.generic) else value
         return state, arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        pipeline = self._build()
-        steps = [step for _, step in pipeline.steps]
-        for key, value in state.items():
-            if key != "n_features":
-                i, name = key.split(".", 1)
-                is_list = isinstance(value, dict) and "arrays" in value
-                setattr(steps[int(i)], name, [arrays[f"{key}.{j}"] for j in range(value["arrays"])] if is_list
-                        else value)
-        for key, value in arrays.items():
+        self.pipeline_, self.n_features_ = self._build(), int(state.pop("n_features"))
+        for key, value in [*state.items(), *((k, v) for k, v in arrays.items() if k.count(".") == 1)]:
+            if isinstance(value, dict):  # a list of arrays
+                value = [arrays[f"{key}.{j}"] for j in range(value["arrays"])]
             i, name = key.split(".", 1)
-            if "." not in name:
-                setattr(steps[int(i)], name, value)
-        self.n_features_ = int(state["n_features"])
-        self.pipeline_ = pipeline
+            setattr(self.pipeline_.steps[int(i)][1], name, value)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gradtrust.errors import InputError
-from gradtrust.estimator import Estimator
+from gradtrust.estimator import Estimator, as_matrix
 
 __all__ = ["MahalanobisDetector"]
 
@@ -36,9 +36,9 @@ class MahalanobisDetector(Estimator):
     saved_by = "fitted Mahalanobis detector (MahalanobisDetector.save)"
 
     def fit(self, features: Any, labels: Any) -> MahalanobisDetector:
-        h = np.asarray(features, dtype=np.float64)
+        h = as_matrix(features, "features")
         y = np.asarray(labels).astype(np.int64)
-        if h.ndim != 2 or h.shape[0] == 0 or y.shape != (h.shape[0],):
+        if y.shape != (h.shape[0],):
             raise InputError(f"Mahalanobis needs features (N, D) and labels (N,), got {h.shape} and {y.shape}.")
         classes = np.unique(y)
         means = np.stack([h[y == c].mean(0) for c in classes])
@@ -52,7 +52,7 @@ class MahalanobisDetector(Estimator):
     def distances(self, features: Any) -> np.ndarray:
         """``(h − μ_c)ᵀ Σ⁻¹ (h − μ_c)`` for every sample and class, (N, classes)."""
         precision = self.check_fitted()
-        h = np.asarray(features, dtype=np.float64)
+        h = np.asarray(features, dtype=np.float64)  # NaN features (of NaN logits) score NaN, as before
         if h.ndim != 2 or h.shape[1] != self.means_.shape[1]:
             raise InputError(f"features must be (N, {self.means_.shape[1]}) as in fit, got shape {h.shape}.")
         diff = h[:, None, :] - self.means_[None]  # (N, K, D)
