@@ -140,7 +140,7 @@ def test_detector_separates_and_is_seeded():
         again = Detector(kind=kind, max_iter=60, seed=3).fit(known[:60], challenge[:60]).score(known[60:])
         np.testing.assert_array_equal(s_known, again)
     with pytest.raises(UnknownNameError):
-        Detector(kind="svm")
+        Detector(kind="svm").fit(known, challenge)
     with pytest.raises(InputError, match="not fitted"):
         Detector().score(known)
     with pytest.raises(InputError, match="empty"):

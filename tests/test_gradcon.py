@@ -237,7 +237,7 @@ def test_bad_input_to_fit_and_settings():
         GradCON().score(_images(2))
     for kwargs in ({"beta": -1}, {"gamma": float("nan")}, {"epochs": 0}, {"lr": 0}, {"device": "nonsense"}):
         with pytest.raises(InputError):
-            GradCON(**kwargs)
+            GradCON(**kwargs).fit(_images(2))
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             GradCON(device="cuda", epochs=1).fit(_images(2))

@@ -156,5 +156,5 @@ def test_bad_training_data(digits):
     with pytest.raises(InputError, match="not fitted"):
         Introspective().predict(zero, x)
     with pytest.raises(InputError, match="hidden"):
-        Introspective(hidden=0)
+        Introspective(hidden=0).fit(zero, x[3:], torch.arange(17) % 2)
     assert np.isfinite(fitted.info_["train_loss"][0])

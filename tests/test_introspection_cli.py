@@ -23,8 +23,9 @@ def test_fit_then_score_holds_both_predictions(tmp_path):
     fit = _invoke("fit", "--model", "digits:digits_linear", "--train", "digits:train", "--out", str(tmp_path / "h"),
                   "--epochs", "2", "--hidden", "8", "--no-progress")
     assert fit.exit_code == 0, fit.output
-    config = json.loads((tmp_path / "h" / "introspective.json").read_text())
-    assert config["model"]["spec"] == "digits:digits_linear" and config["info"]["train_samples"] == 896
+    config = json.loads((tmp_path / "h" / "estimator.json").read_text())
+    assert config["metadata"]["model"]["spec"] == "digits:digits_linear"
+    assert config["state"]["info"]["train_samples"] == 896
     run = tmp_path / "run"
     score = _invoke("score", "--introspective", str(tmp_path / "h"), "--data", "digits:test:blur:1", "--out", str(run),
                     "--methods", "softmax,gradtrust", "--batch-size", "512", "--no-progress")
@@ -79,11 +80,11 @@ def test_fit_resumes_from_feature_chunks(tmp_path):
     assert _invoke(*args).exit_code == 0
     chunks = sorted((tmp_path / "h" / "features").glob("features-*.npz"))
     assert [c.name for c in chunks] == ["features-000000000.npz", "features-000000300.npz", "features-000000600.npz"]
-    first = (tmp_path / "h" / "introspective.safetensors").read_bytes()
+    first = (tmp_path / "h" / "weights.safetensors").read_bytes()
     chunks[1].unlink()  # as if the fit had been killed while computing the second chunk
     again = _invoke(*args)
     assert again.exit_code == 0 and "resumed: 2 chunk(s)" in again.output
-    assert (tmp_path / "h" / "introspective.safetensors").read_bytes() == first
+    assert (tmp_path / "h" / "weights.safetensors").read_bytes() == first
     # another training setting of the cache (chunk size) starts the features afresh
     other = _invoke(*args[:-3], "--chunk-size", "500", "--no-progress")
     assert other.exit_code == 0 and "resumed" not in other.output
@@ -99,4 +100,4 @@ def test_fit_refuses_a_train_set_with_other_classes(tmp_path):
     out = _invoke("fit", "--model", "torchvision:resnet18", "--weights", "random", "--num-classes", "5", "--train",
                   str(tmp_path / "train"), "--out", str(tmp_path / "h"), "--no-progress")
     assert out.exit_code == 2 and "classes do not match the model's outputs" in out.output
-    assert not (tmp_path / "h" / "introspective.safetensors").exists()
+    assert not (tmp_path / "h" / "weights.safetensors").exists()

@@ -40,12 +40,13 @@ _LAZY: dict[str, str] = {
     "Explanation": "gradtrust.explanations",
     "VoiceResult": "gradtrust.explanations",
     "keep_freed_memory": "gradtrust.cpu_memory",
+    "NotFittedError": "gradtrust.errors",
 }
 
 __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "Introspective", "LoadedModel",
-           "MethodSpec", "ModelError", "OptionError", "Pass", "PassSpec", "ScoreOptions", "ScoreResult",
-           "UnknownNameError", "__version__", "available_methods", "functional", "get_method", "gradient_features",
-           "load_model", "register_method", "register_pass", "score"]
+           "MethodSpec", "ModelError", "NotFittedError", "OptionError", "Pass", "PassSpec", "ScoreOptions",
+           "ScoreResult", "UnknownNameError", "__version__", "available_methods", "functional", "get_method",
+           "gradient_features", "load_model", "register_method", "register_pass", "score"]
 __all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.explanations
 __all__ += ["keep_freed_memory"]  # gradtrust.cpu_memory
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradtrust import functional
     from gradtrust.cpu_memory import keep_freed_memory
     from gradtrust.detection import Detector, gradient_features
+    from gradtrust.errors import NotFittedError
     from gradtrust.explanations import Explanation, VoiceResult, explain, voice
     from gradtrust.gradcon import GradCON
     from gradtrust.introspection import Introspective

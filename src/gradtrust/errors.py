@@ -30,3 +30,8 @@ class OptionError(GradTrustError):
 
 class RegistrationError(GradTrustError, TypeError):
     """A trust-score method or pass cannot be registered as declared (a plug-in author's mistake)."""
+
+
+class NotFittedError(InputError, ModelError):
+    """An estimator used before ``fit`` (or ``load``). It is an :class:`InputError` and a :class:`ModelError`
+    too, the classes the estimators raised before it, so that handlers written for those still catch it."""

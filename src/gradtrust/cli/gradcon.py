@@ -54,7 +54,7 @@ _DATA_HELP = ("A class-folder dataset DIR/<class>/<image>, or the built-in digit
 @click.option("--inlier", required=True, help="The normal class (its folder name, or its index); the model "
               "trains on its images only.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the fitted model (config.json + model.safetensors).")
+              help="Folder for the fitted model (estimator.json + weights.safetensors).")
 @click.option("--beta", type=click.FloatRange(min=0), default=0.03, show_default=True,
               help="Weight of the gradient-alignment loss in training (0 = plain autoencoder).")
 @click.option("--gamma", type=click.FloatRange(min=0), default=0.12, show_default=True,

@@ -63,7 +63,7 @@ def _sha256(path: Path) -> str:
               help="Training data: class-folder images, or the built-in digits training split.")
 @click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE", help="Labels of a flat image folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
-              help="Folder for introspective.safetensors + introspective.json.")
+              help="Folder for H (estimator.json + weights.safetensors).")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden units of H.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
@@ -90,7 +90,8 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
 
         from gradtrust.cli.score import RANDOM_INIT_SEED, weights_arg
         from gradtrust.data.open import describe_dataset, open_dataset
-        from gradtrust.introspection.introspective import WEIGHTS_FILE, Introspective
+        from gradtrust.estimator import CONFIG_FILE, WEIGHTS_FILE
+        from gradtrust.introspection.introspective import Introspective
         from gradtrust.models import load_model
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -115,7 +116,7 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
             click.echo(f"resumed: {feats['resumed_chunks']} chunk(s) of features read from {out / 'features'}")
         intro = Introspective(hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                               layer=feats["layer"], progress=not no_progress)
-        intro.info_["closed_form"] = feats["closed_form"]
+        intro.info_ = {"closed_form": feats["closed_form"]}
         intro.fit_features(feats["a"], feats["h"], feats["y"], feats["logits"], device=dev)
         extra = {"model": {"spec": model.spec, "weights": model.weights, "weights_sha256": model.weights_sha256,
                            "num_classes": model.num_classes, "class_names": list(model.class_names)},
@@ -127,14 +128,14 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
                    f"{'closed form' if info['closed_form'] else 'autograd'}) in {info['fit_seconds']:.1f} s; "
                    f"train accuracy f {info['train_accuracy_feed_forward']:.4f}, H {info['train_accuracy']:.4f}")
         click.echo(f"  written: {out / WEIGHTS_FILE} ({_sha256(out / WEIGHTS_FILE)[:12]}…), "
-                   f"{out / 'introspective.json'}")
+                   f"{out / CONFIG_FILE}")
     except GradTrustError as exc:
         _fail(ctx, exc)
 
 
 def introspective_loaded_model(model, intro, folder: Path):
     """``f`` + ``H`` as a :class:`~gradtrust.models.LoadedModel` (spec ``introspective:<f's spec>``)."""
-    from gradtrust.introspection.introspective import WEIGHTS_FILE
+    from gradtrust.estimator import WEIGHTS_FILE
     from gradtrust.models import LoadedModel
 
     return LoadedModel(module=intro.module(model).eval(), transform=model.transform,
@@ -144,7 +145,7 @@ def introspective_loaded_model(model, intro, folder: Path):
                        clip_len=model.clip_len,
                        meta={"feed_forward": {"spec": model.spec, "weights": model.weights,
                                               "weights_sha256": model.weights_sha256},
-                             "introspective": {k: v for k, v in intro.config_.items() if k not in ("info",)}})
+                             "introspective": {"params": intro.get_params(), **intro.metadata_}})
 
 
 def write_introspection_table(out: Path) -> Path:
@@ -202,16 +203,16 @@ def score_command(ctx, folder, data, labels, out_dir, methods, batch_size, worke
 
         folder = Path(folder)
         intro = Introspective.load(folder)
-        spec = intro.config_.get("model") or {}
+        spec = intro.metadata_.get("model") or {}
         if not spec.get("spec"):
-            raise InputError(f"{folder}/introspective.json does not say which model H was fitted on (no 'model').")
+            raise InputError(f"{folder} does not say which model H was fitted on (no 'model').")
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.manual_seed(RANDOM_INIT_SEED)
         model = load_model(spec["spec"], spec.get("weights"), spec.get("num_classes"), device=dev)
         if spec.get("weights_sha256") and model.weights_sha256 != spec["weights_sha256"]:
             raise InputError(f"the weights of {spec['spec']} ({model.weights}) differ from those H was fitted on "
                              f"(SHA-256 {spec['weights_sha256'][:12]}…): fit H again for these weights.")
-        intro._head().to(dev)
+        intro.check_fitted().to(dev)
         out = Path(out_dir)
         dataset = open_dataset(data, model, labels)
         kwargs = dict(methods=methods, batch_size=batch_size, num_workers=workers, device=str(dev), force=force,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gradtrust.errors import InputError, UnknownNameError
+from gradtrust.estimator import Estimator, as_matrix, check_int, check_number
 
 __all__ = ["DETECTOR_KINDS", "Detector"]
 
@@ -21,21 +22,9 @@ DETECTOR_KINDS = ("mlp", "logistic")
 _EPS = 1e-30
 
 
-def _as_features(x: Any, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 2:
-        raise InputError(f"{name} must be a 2-D array (samples, features), got shape {a.shape}.")
-    if a.shape[0] == 0:
-        raise InputError(f"{name} is empty: at least one sample is needed.")
-    if not np.isfinite(a).all():
-        raise InputError(f"{name} holds NaN or infinite values; drop those samples first.")
-    return a
-
-
-class Detector:
-    """A scikit-learn-style detector: ``fit(known, challenge)`` then ``score(x)`` (higher = more like known).
+class Detector(Estimator):
+    """A scikit-learn-style detector: ``fit(known, challenge)`` then ``score_samples(x)`` (higher = more like
+    known; ``score`` is its old name, kept for one release).
 
     Args:
         kind: ``"mlp"`` (hidden layers ``hidden``, Adam, early stopping off, ``max_iter`` epochs) or
@@ -44,39 +33,43 @@ class Detector:
         seed: the random state of the classifier (weight initialisation, shuffling).
     """
 
+    format_name = "gradtrust.detector"
+    fitted_attribute = "pipeline_"
+    fit_call = "fit(known, challenge)"
+    saved_by = "fitted detector (Detector.save)"
+
     def __init__(self, kind: str = "mlp", *, hidden: tuple[int, ...] = (64, 32), max_iter: int = 300,
                  C: float = 1.0, log_features: bool = True, seed: int = 0):
-        if kind not in DETECTOR_KINDS:
-            raise UnknownNameError(f"detector kind {kind!r} is unknown; use one of {', '.join(DETECTOR_KINDS)}.")
-        self.kind = kind
-        self.hidden = tuple(hidden)
-        self.max_iter = int(max_iter)
-        self.C = float(C)
-        self.log_features = bool(log_features)
-        self.seed = int(seed)
-        self.pipeline_: Any = None
-        self.n_features_: int | None = None
+        self.kind, self.hidden, self.max_iter, self.C = kind, hidden, max_iter, C
+        self.log_features, self.seed = log_features, seed
 
     def _transform(self, a: np.ndarray) -> np.ndarray:
         return np.log(_EPS + np.maximum(a, 0.0)) if self.log_features else a
 
     def _build(self) -> Any:
+        """The unfitted pipeline, after checking the parameters."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.neural_network import MLPClassifier
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
+        if self.kind not in DETECTOR_KINDS:
+            raise UnknownNameError(f"detector kind {self.kind!r} is unknown; use one of {', '.join(DETECTOR_KINDS)}.")
+        hidden = tuple(check_int("hidden layer width", h) for h in self.hidden)
+        max_iter, seed = check_int("max_iter", self.max_iter), check_int("seed", self.seed, minimum=0)
         if self.kind == "logistic":
-            clf = LogisticRegression(C=self.C, max_iter=max(self.max_iter, 1000), random_state=self.seed)
+            clf = LogisticRegression(C=check_number("C", self.C, strict=True), max_iter=max(max_iter, 1000),
+                                     random_state=seed)
         else:
-            clf = MLPClassifier(hidden_layer_sizes=self.hidden, max_iter=self.max_iter, alpha=1e-3,
-                                random_state=self.seed, early_stopping=False)
+            clf = MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter, alpha=1e-3, random_state=seed,
+                                early_stopping=False)
         return make_pipeline(StandardScaler(), clf)
 
     def fit(self, known: Any, challenge: Any) -> Detector:
         """Fit on features of known data (label 1) and of challenging data (label 0); returns ``self``."""
-        a = _as_features(known, "known features")
-        b = _as_features(challenge, "challenge features")
+        pipeline = self._build()
+        a = as_matrix(known, "known features")
+        b = as_matrix(challenge, "challenge features")
         if a.shape[1] != b.shape[1]:
             raise InputError(f"known features have {a.shape[1]} columns but challenge features {b.shape[1]}; "
                              "compute both with the same model, layers and grouping.")
@@ -86,7 +79,6 @@ class Detector:
 
         from sklearn.exceptions import ConvergenceWarning
 
-        pipeline = self._build()
         with warnings.catch_warnings():  # a fixed epoch budget is the design here, not a failure
             warnings.simplefilter("ignore", ConvergenceWarning)
             pipeline.fit(x, y)
@@ -94,15 +86,37 @@ class Detector:
         self.n_features_ = a.shape[1]
         return self
 
-    def score(self, features: Any) -> np.ndarray:
+    def score_samples(self, features: Any) -> np.ndarray:
         """``P(known | d)`` per sample (B,) float64: higher = more like the known data."""
-        if self.pipeline_ is None:
-            raise InputError("this Detector is not fitted yet: call fit(known, challenge) first.")
-        a = _as_features(features, "features")
+        pipeline = self.check_fitted()
+        a = as_matrix(features, "features")
         if a.shape[1] != self.n_features_:
             raise InputError(f"features have {a.shape[1]} columns; the detector was fitted on {self.n_features_}.")
-        proba = self.pipeline_.predict_proba(self._transform(a))
-        return proba[:, list(self.pipeline_.classes_).index(1)].astype(np.float64)
+        proba = pipeline.predict_proba(self._transform(a))
+        return proba[:, list(pipeline.classes_).index(1)].astype(np.float64)
 
-    def __repr__(self) -> str:
-        return f"Detector(kind={self.kind!r}, seed={self.seed}, fitted={self.pipeline_ is not None})"
+    score = score_samples  # the old name, kept for one release
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Each step's public fitted attributes: arrays (and lists of arrays, as ``<key>.<j>``) to the weights,
+        the rest to JSON. No pickle: ``load`` rebuilds the steps from the parameters and sets them back."""
+        state: dict[str, Any] = {"n_features": self.n_features_}
+        arrays: dict[str, np.ndarray] = {}
+        for i, (_, step) in enumerate(self.pipeline_.steps):
+            for name, value in ((n, v) for n, v in vars(step).items() if n.endswith("_") and n[0] != "_"):
+                if isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+                    arrays.update({f"{i}.{name}.{j}": v for j, v in enumerate(value)})
+                    value = {"arrays": len(value)}
+                elif isinstance(value, np.ndarray):
+                    arrays[f"{i}.{name}"] = value
+                    continue
+                state[f"{i}.{name}"] = value.item() if isinstance(value, np.generic) else value
+        return state, arrays
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.pipeline_, self.n_features_ = self._build(), int(state.pop("n_features"))
+        for key, value in [*state.items(), *((k, v) for k, v in arrays.items() if k.count(".") == 1)]:
+            if isinstance(value, dict):  # a list of arrays
+                value = [arrays[f"{key}.{j}"] for j in range(value["arrays"])]
+            i, name = key.split(".", 1)
+            setattr(self.pipeline_.steps[int(i)][1], name, value)

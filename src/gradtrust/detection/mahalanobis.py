@@ -21,21 +21,24 @@ from typing import Any
 import numpy as np
 
 from gradtrust.errors import InputError
+from gradtrust.estimator import Estimator, as_matrix
 
 __all__ = ["MahalanobisDetector"]
 
 
-class MahalanobisDetector:
-    """``fit(features, labels)`` on known data, then ``score(features)`` = −(min class Mahalanobis distance)."""
+class MahalanobisDetector(Estimator):
+    """``fit(features, labels)`` on known data, then ``score_samples(features)`` = −(min class Mahalanobis
+    distance) (``score`` is its old name, kept for one release)."""
 
-    def __init__(self) -> None:
-        self.means_: np.ndarray | None = None
-        self.precision_: np.ndarray | None = None
+    format_name = "gradtrust.mahalanobis"
+    fitted_attribute = "precision_"
+    fit_call = "fit(features, labels)"
+    saved_by = "fitted Mahalanobis detector (MahalanobisDetector.save)"
 
     def fit(self, features: Any, labels: Any) -> MahalanobisDetector:
-        h = np.asarray(features, dtype=np.float64)
+        h = as_matrix(features, "features")
         y = np.asarray(labels).astype(np.int64)
-        if h.ndim != 2 or h.shape[0] == 0 or y.shape != (h.shape[0],):
+        if y.shape != (h.shape[0],):
             raise InputError(f"Mahalanobis needs features (N, D) and labels (N,), got {h.shape} and {y.shape}.")
         classes = np.unique(y)
         means = np.stack([h[y == c].mean(0) for c in classes])
@@ -48,12 +51,21 @@ class MahalanobisDetector:
 
     def distances(self, features: Any) -> np.ndarray:
         """``(h − μ_c)ᵀ Σ⁻¹ (h − μ_c)`` for every sample and class, (N, classes)."""
-        if self.means_ is None or self.precision_ is None:
-            raise InputError("this MahalanobisDetector is not fitted yet: call fit(features, labels) first.")
-        h = np.asarray(features, dtype=np.float64)
+        precision = self.check_fitted()
+        h = np.asarray(features, dtype=np.float64)  # NaN features (of NaN logits) score NaN, as before
+        if h.ndim != 2 or h.shape[1] != self.means_.shape[1]:
+            raise InputError(f"features must be (N, {self.means_.shape[1]}) as in fit, got shape {h.shape}.")
         diff = h[:, None, :] - self.means_[None]  # (N, K, D)
-        return np.einsum("nkd,de,nke->nk", diff, self.precision_, diff)
+        return np.einsum("nkd,de,nke->nk", diff, precision, diff)
 
-    def score(self, features: Any) -> np.ndarray:
+    def score_samples(self, features: Any) -> np.ndarray:
         """``−min_c`` Mahalanobis distance per sample (N,): higher = more like the known data."""
         return -self.distances(features).min(axis=1)
+
+    score = score_samples  # the old name, kept for one release
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {}, {"classes": self.classes_, "means": self.means_, "precision": self.precision_}
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.classes_, self.means_, self.precision_ = arrays["classes"], arrays["means"], arrays["precision"]

@@ -19,18 +19,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gradtrust.errors import InputError
+from gradtrust.estimator import as_array
 
 
 def to_numpy(x: Any, name: str) -> np.ndarray:
     """A 1-D NumPy array from an array, a torch tensor (any device), a pandas Series or a list."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    elif hasattr(x, "to_numpy"):  # pandas Series / Index
-        x = x.to_numpy()
-    try:
-        a = np.asarray(x)
-    except Exception as exc:  # ragged lists and the like
-        raise InputError(f"`{name}` cannot be read as a 1-D array: {exc}") from exc
+    a = as_array(x, name)
     if a.ndim != 1:
         raise InputError(
             f"`{name}` must be 1-D (one value per sample); got an array of shape {a.shape}."

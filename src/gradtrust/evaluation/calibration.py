@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gradtrust.errors import InputError
+from gradtrust.estimator import Estimator, as_array, as_matrix, check_int, check_number
 
 __all__ = [
     "DEFAULT_BINS",
@@ -52,36 +53,8 @@ _T_RANGE = (1e-3, 1e3)  # the fitted temperature is clipped to this range (1/T i
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def _array(x: Any, name: str) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    elif hasattr(x, "to_numpy"):
-        x = x.to_numpy()
-    try:
-        return np.asarray(x)
-    except Exception as exc:  # noqa: BLE001 - ragged lists and the like
-        raise InputError(f"`{name}` cannot be read as an array: {exc}") from exc
-
-
-def _matrix(x: Any, name: str) -> np.ndarray:
-    """A finite (N, C) float64 matrix, N ≥ 1, C ≥ 1."""
-    a = _array(x, name)
-    if a.ndim != 2:
-        raise InputError(f"`{name}` must be a 2-D (samples, classes) array; got shape {a.shape}.")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise InputError(f"`{name}` is empty (shape {a.shape}): a calibration metric needs at least one sample "
-                         "and one class.")
-    if a.dtype == object or not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
-        raise InputError(f"`{name}` must hold real numbers; got dtype {a.dtype}.")
-    a = a.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(a)):
-        raise InputError(f"`{name}` holds {int((~np.isfinite(a)).sum())} NaN or infinite value(s); drop those "
-                         "samples (or fix the model) before measuring calibration.")
-    return a
-
-
 def _probabilities(x: Any, name: str = "probs") -> np.ndarray:
-    p = _matrix(x, name)
+    p = as_matrix(x, name, "classes")
     if np.any(p < 0) or np.any(p > 1):
         raise InputError(f"`{name}` must be probabilities in [0, 1]; got values in [{p.min():g}, {p.max():g}] "
                          "(pass softmax(logits), e.g. gradtrust.evaluation.softmax).")
@@ -93,7 +66,7 @@ def _probabilities(x: Any, name: str = "probs") -> np.ndarray:
 
 
 def _labels(x: Any, n: int, num_classes: int, name: str = "labels") -> np.ndarray:
-    a = _array(x, name)
+    a = as_array(x, name)
     if a.ndim != 1:
         raise InputError(f"`{name}` must be 1-D (one class index per sample); got shape {a.shape}.")
     if a.shape[0] != n:
@@ -112,8 +85,8 @@ def _labels(x: Any, n: int, num_classes: int, name: str = "labels") -> np.ndarra
 
 
 def _confidence_correct(confidences: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
-    c = _array(confidences, "confidences")
-    k = _array(correct, "correct")
+    c = as_array(confidences, "confidences")
+    k = as_array(correct, "correct")
     if c.ndim != 1 or k.ndim != 1:
         raise InputError(f"`confidences` and `correct` must be 1-D; got shapes {c.shape} and {k.shape}.")
     if c.shape[0] != k.shape[0]:
@@ -132,12 +105,6 @@ def _confidence_correct(confidences: Any, correct: Any) -> tuple[np.ndarray, np.
     return c, k
 
 
-def _check_bins(n_bins: Any) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or int(n_bins) < 1:
-        raise InputError(f"n_bins must be an integer >= 1, got {n_bins!r}.")
-    return int(n_bins)
-
-
 # ------------------------------------------------------------------------------------------ helpers
 
 
@@ -145,7 +112,7 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     """``softmax(z / T)`` row by row in float64, shifted by the row maximum so that it never overflows."""
     if not temperature > 0:
         raise InputError(f"temperature must be > 0, got {temperature!r}.")
-    z = _matrix(logits, "logits") / float(temperature)
+    z = as_matrix(logits, "logits", "classes") / float(temperature)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -208,7 +175,7 @@ def reliability_diagram(confidences: Any, correct: Any, n_bins: int = DEFAULT_BI
     0, last upper edge 1). ``ece = Σ_b (counts_b / N) |accuracy_b − confidence_b|``.
     """
     conf, hit = _confidence_correct(confidences, correct)
-    n_bins = _check_bins(n_bins)
+    n_bins = check_int("n_bins", n_bins)
     if strategy == "uniform":
         edges = np.arange(n_bins + 1, dtype=np.float64) / n_bins
         bins = _uniform_bins(conf, n_bins)
@@ -235,7 +202,7 @@ def expected_calibration_error(confidences: Any, correct: Any, n_bins: int = DEF
     Take ``confidences, correct`` from :func:`top_label` (or a run's ``softmax`` score and ``correct``).
     """
     conf, hit = _confidence_correct(confidences, correct)
-    n_bins = _check_bins(n_bins)
+    n_bins = check_int("n_bins", n_bins)
     return _binned_error(conf, hit, _uniform_bins(conf, n_bins), n_bins)
 
 
@@ -250,7 +217,7 @@ def adaptive_calibration_error(confidences: Any, correct: Any, n_bins: int = DEF
     confidences tie; tied confidences always share a bin (bins may then be uneven or empty).
     """
     conf, hit = _confidence_correct(confidences, correct)
-    n_bins = _check_bins(n_bins)
+    n_bins = check_int("n_bins", n_bins)
     bins = np.searchsorted(_quantile_edges(conf, n_bins), conf, side="right")
     return _binned_error(conf, hit, bins, n_bins)
 
@@ -265,7 +232,7 @@ def classwise_calibration_error(probs: Any, labels: Any, n_bins: int = DEFAULT_B
     p = _probabilities(probs)
     n, k = p.shape
     y = _labels(labels, n, k)
-    n_bins = _check_bins(n_bins)
+    n_bins = check_int("n_bins", n_bins)
     onehot = np.zeros_like(p)
     onehot[np.arange(n), y] = 1.0
     bins = _uniform_bins(p, n_bins) + n_bins * np.arange(k)[None, :]  # one block of bins per class
@@ -292,7 +259,7 @@ def negative_log_likelihood(logits: Any, labels: Any, temperature: float = 1.0) 
     """
     if not temperature > 0:
         raise InputError(f"temperature must be > 0, got {temperature!r}.")
-    z = _matrix(logits, "logits")
+    z = as_matrix(logits, "logits", "classes")
     y = _labels(labels, *z.shape)
     return float(-_log_softmax(z / float(temperature))[np.arange(z.shape[0]), y].mean())
 
@@ -309,7 +276,7 @@ def fit_temperature(logits: Any, labels: Any, *, max_iter: int = 100, tol: float
     ``β`` with a backtracking line search finds the global minimum; ``T`` is clipped to ``[1e-3, 1e3]``
     (reached when the split is separable and the NLL keeps falling as ``T → 0``).
     """
-    z = _matrix(logits, "logits")
+    z = as_matrix(logits, "logits", "classes")
     y = _labels(labels, *z.shape)
     if z.shape[1] < 2:
         raise InputError("temperature scaling needs at least two classes (with one, every temperature gives "
@@ -344,19 +311,38 @@ def fit_temperature(logits: Any, labels: Any, *, max_iter: int = 100, tol: float
     return float(1.0 / beta)
 
 
-class TemperatureScaling:
+class TemperatureScaling(Estimator):
     """A fitted temperature (scikit-learn style): ``TemperatureScaling().fit(val_logits, val_labels)``, then
-    ``.predict_proba(test_logits)`` = ``softmax(z / T)``; ``temperature_`` is the fitted ``T``
-    (:func:`fit_temperature`; Guo et al., ICML 2017)."""
+    ``.predict_proba(test_logits)`` = ``softmax(z / T)``, ``.score_samples(test_logits)`` = its maximum (the
+    calibrated confidence, higher = more trustworthy); ``temperature_`` is the fitted ``T``
+    (:func:`fit_temperature`, whose ``max_iter`` and ``tol`` are the parameters; Guo et al., ICML 2017)."""
 
-    def __init__(self) -> None:
-        self.temperature_: float | None = None
+    format_name = "gradtrust.temperature_scaling"
+    fitted_attribute = "temperature_"
+    fit_call = ".fit(held_out_logits, held_out_labels)"
+    saved_by = "fitted temperature (TemperatureScaling.save)"
+
+    def __init__(self, *, max_iter: int = 100, tol: float = 1e-10) -> None:
+        self.max_iter, self.tol = max_iter, tol
 
     def fit(self, logits: Any, labels: Any) -> TemperatureScaling:
-        self.temperature_ = fit_temperature(logits, labels)
+        self.temperature_ = fit_temperature(logits, labels, max_iter=check_int("max_iter", self.max_iter),
+                                            tol=check_number("tol", self.tol))
         return self
 
     def predict_proba(self, logits: Any) -> np.ndarray:
-        if self.temperature_ is None:
-            raise InputError("TemperatureScaling is not fitted: call .fit(held_out_logits, held_out_labels) first.")
-        return softmax(logits, self.temperature_)
+        return softmax(logits, self.check_fitted())
+
+    def predict(self, logits: Any) -> np.ndarray:
+        """The predicted class, ``argmax_c softmax(z / T)_c`` (the logits' own argmax: T > 0 keeps the order)."""
+        return self.predict_proba(logits).argmax(axis=1)
+
+    def score_samples(self, logits: Any) -> np.ndarray:
+        """The calibrated confidence ``max_c softmax(z / T)_c`` per sample (N,) float64."""
+        return self.predict_proba(logits).max(axis=1)
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"temperature": self.temperature_}, {}
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.temperature_ = float(state["temperature"])

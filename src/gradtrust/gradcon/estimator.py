@@ -20,26 +20,20 @@ plain reconstruction-error autoencoder, GradCON's baseline.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gradtrust.errors import InputError, ModelError
+from gradtrust.errors import InputError
+from gradtrust.estimator import Estimator, check_int, check_number
 from gradtrust.gradcon.gradients import cosine, per_sample_terms
 from gradtrust.gradcon.inputs import collect_images
 from gradtrust.gradcon.model import WORKING_SIZE, GradConAE, to_working_size
 
 __all__ = ["GradCON", "GradConScores"]
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -64,19 +58,7 @@ class GradConScores:
         return self.cos.mean(axis=1)
 
 
-def _check_weight(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-class GradCON:
+class GradCON(Estimator):
     """One-class anomaly detector: a convolutional autoencoder trained with a gradient constraint.
 
     Args:
@@ -91,62 +73,46 @@ class GradCON:
         progress: show tqdm progress bars.
 
     >>> det = GradCON(epochs=20).fit(inlier_images)          # (N, C, H, W) in [0, 1], or a DataLoader
-    >>> det.score(test_images)                               # (M,) float64, higher = more normal
+    >>> det.score_samples(test_images)                       # (M,) float64, higher = more normal
     >>> det.save("model/"); GradCON.load("model/")
+
+    ``score`` is the old name of ``score_samples``, kept for one release.
 
     Fitted attributes: ``model_`` (:class:`GradConAE`), ``reference_`` (the ``ḡ_i``), ``steps_`` (training
     steps the running mean covers), ``in_channels_``, ``input_size_`` (the training images' ``(H, W)``),
     ``n_train_``, ``history_`` (mean loss, MSE and gradient loss per epoch).
     """
 
+    format_name = "gradtrust.gradcon"
+    format_version = 2
+    fitted_attribute = "model_"
+    fit_call = "fit(inlier_images)"
+    saved_by = "fitted GradCON autoencoder (GradCON.save or `gradtrust gradcon fit --out`)"
+    unsaved_params = ("progress",)
+
     def __init__(self, beta: float = 0.03, gamma: float = 0.12, *, epochs: int = 20, batch_size: int = 64,
                  lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu", chunk_size: int = 128,
                  progress: bool = False) -> None:
-        self.beta = _check_weight("beta", beta)
-        self.gamma = _check_weight("gamma", gamma)
-        self.epochs = _check_positive_int("epochs", epochs)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
-            raise InputError(f"lr must be a positive number, got {lr!r}")
-        self.lr = float(lr)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
-            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = int(seed)
+        self.beta, self.gamma, self.epochs, self.batch_size, self.lr = beta, gamma, epochs, batch_size, lr
+        self.seed, self.device, self.chunk_size, self.progress = seed, device, chunk_size, progress
+
+    def _torch_device(self) -> torch.device:
+        """``device`` checked: known to torch, able to hold data, available here (load calls it too)."""
         try:
-            self.device = torch.device(device)
+            device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
-            raise InputError(f"unknown device {device!r}: {exc}") from None
-        self.chunk_size = _check_positive_int("chunk_size", chunk_size)
-        self.progress = bool(progress)
-        self.model_: GradConAE | None = None
-        self.reference_: list[torch.Tensor] = []
-        self.steps_ = 0
-        self.in_channels_ = 0
-        self.input_size_: tuple[int, int] = (0, 0)
-        self.n_train_ = 0
-        self.history_: list[dict[str, float]] = []
-        self.metadata_: dict[str, Any] = {}
-
-    # ------------------------------------------------------------------------------------------- config
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (device as a string)."""
-        return {"beta": self.beta, "gamma": self.gamma, "epochs": self.epochs, "batch_size": self.batch_size,
-                "lr": self.lr, "seed": self.seed, "device": str(self.device), "chunk_size": self.chunk_size,
-                "progress": self.progress}
-
-    def __repr__(self) -> str:
-        fitted = f", fitted on {self.n_train_} images" if self.model_ is not None else ""
-        return f"GradCON(beta={self.beta}, gamma={self.gamma}, epochs={self.epochs}, seed={self.seed}{fitted})"
-
-    def _check_device(self) -> None:
-        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"unknown device {self.device!r}: {exc}") from None
+        if device.type == "meta":
+            raise InputError("device='meta' holds no data to train or score on; use device='cpu' or 'cuda'")
+        if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError("device='cuda' was asked for but CUDA is not available here; use device='cpu'")
+        return device
 
-    def _fitted(self) -> GradConAE:
-        if self.model_ is None:
-            raise ModelError("this GradCON is not fitted yet: call fit(inlier_images) or GradCON.load(folder) first")
-        return self.model_
+    def _check_params(self) -> torch.device:
+        check_number("beta", self.beta), check_number("gamma", self.gamma), check_number("lr", self.lr, strict=True)
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("chunk_size", 1), ("seed", 0)):
+            check_int(name, getattr(self, name), minimum)
+        return self._torch_device()
 
     # ------------------------------------------------------------------------------------------- training
 
@@ -157,18 +123,19 @@ class GradCON:
         Raises:
             InputError: fewer than 2 images, mixed sizes, values outside ``[0, 1]``… (before training starts).
         """
+        device = self._check_params()
         images = collect_images(data, "training images")
         if images.shape[0] < 2:
             raise InputError(f"GradCON needs at least 2 inlier images to fit, got {images.shape[0]}: one image "
                              "gives no notion of normal variation (and no running mean of gradients to speak of)")
-        self._check_device()
+        self.metadata_ = {}
         self.in_channels_ = int(images.shape[1])
         self.input_size_ = (int(images.shape[2]), int(images.shape[3]))
         self.n_train_ = int(images.shape[0])
-        x_all = to_working_size(images.to(self.device, torch.float32))
+        x_all = to_working_size(images.to(device, torch.float32))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            model = GradConAE(self.in_channels_).to(self.device)
+            model = GradConAE(self.in_channels_).to(device)
         generator = torch.Generator().manual_seed(self.seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         layers = model.decoder_layers
@@ -179,12 +146,12 @@ class GradCON:
         model.train()
         bar = _progress(self.epochs, self.progress, "GradCON fit")
         for _ in range(self.epochs):
-            order = torch.randperm(x_all.shape[0], generator=generator).to(self.device)
+            order = torch.randperm(x_all.shape[0], generator=generator).to(device)
             totals = np.zeros(3)
             for start in range(0, x_all.shape[0], self.batch_size):
                 x = x_all[order[start:start + self.batch_size]]
                 mse = F.mse_loss(model(x), x)
-                grad_loss = torch.zeros((), device=self.device)
+                grad_loss = torch.zeros((), device=device)
                 if self.beta > 0 and steps > 0:
                     grads = torch.autograd.grad(mse, [m.weight for m in layers], create_graph=True)
                     grad_loss = -torch.stack([cosine(g.unsqueeze(0), r)[0] for g, r in zip(grads, reference,
@@ -217,20 +184,20 @@ class GradCON:
     # ------------------------------------------------------------------------------------------- scoring
 
     def _prepare(self, data: Any) -> torch.Tensor:
-        model = self._fitted()
+        model = self.check_fitted()
+        device = self._check_params()
         images = collect_images(data)
         if images.shape[1] != model.in_channels:
             raise InputError(f"the model was fitted on {model.in_channels}-channel images, these have "
                              f"{images.shape[1]} channels: convert them (grey ↔ RGB) first")
-        self._check_device()
-        return to_working_size(images.to(self.device, torch.float32))
+        return to_working_size(images.to(device, torch.float32))
 
     def score_terms(self, data: Any, gamma: float | None = None) -> GradConScores:
         """The score and its two terms per image (see :class:`GradConScores`); ``gamma`` overrides
         ``self.gamma`` for this call. Batched per-sample decoder gradients (no loop over images)."""
-        g = self.gamma if gamma is None else _check_weight("gamma", gamma)
-        model = self._fitted()
+        model = self.check_fitted()
         x = self._prepare(data)
+        g = float(self.gamma) if gamma is None else check_number("gamma", gamma)
         names = model.decoder_weight_names
         mses, coss = [], []
         # Chunk here too, so that the progress bar moves; per_sample_terms chunks within.
@@ -247,13 +214,15 @@ class GradCON:
         cos_np = torch.cat(coss).numpy()
         return GradConScores(score=-mse_np + g * cos_np.mean(axis=1), mse=mse_np, cos=cos_np, gamma=g)
 
-    def score(self, data: Any) -> np.ndarray:
+    def score_samples(self, data: Any) -> np.ndarray:
         """``−MSE(x) + γ · mean_i cos(∂MSE(x)/∂W_i, ḡ_i)`` per image, float64 ``(N,)``; higher = more normal."""
         return self.score_terms(data).score
 
+    score = score_samples  # the old name, kept for one release
+
     def reconstruct(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, reconstructions)``, both at the 28x28 working size, on the CPU."""
-        model = self._fitted()
+        model = self.check_fitted()
         x = self._prepare(data)
         with torch.no_grad():
             recon = torch.cat([model(x[s:s + self.chunk_size]) for s in range(0, x.shape[0], self.chunk_size)])
@@ -261,72 +230,29 @@ class GradCON:
 
     # ------------------------------------------------------------------------------------------- storage
 
-    def save(self, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` (parameters, training facts, ``metadata``) and ``model.safetensors``
-        (autoencoder weights + ``reference.<i>``) into ``folder`` (created). Returns the folder."""
-        from safetensors.torch import save_file
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Training facts; the autoencoder's weights and the ``ḡ_i`` as ``reference.<i>``."""
+        tensors = dict(self.model_.state_dict())
+        tensors.update({f"reference.{i}": r for i, r in enumerate(self.reference_)})
+        state = {"in_channels": self.in_channels_, "input_size": list(self.input_size_), "working_size": WORKING_SIZE,
+                 "n_train": self.n_train_, "steps": self.steps_, "history": self.history_}
+        return state, {k: v.detach().cpu().numpy() for k, v in tensors.items()}
 
-        model = self._fitted()
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        tensors.update({f"reference.{i}": r.detach().cpu().contiguous() for i, r in enumerate(self.reference_)})
-        params = self.get_params()
-        params.pop("progress")
-        config = {
-            "format": "gradtrust.gradcon", "format_version": FORMAT_VERSION, "params": params,
-            "in_channels": self.in_channels_, "input_size": list(self.input_size_), "working_size": WORKING_SIZE,
-            "n_train": self.n_train_, "steps": self.steps_, "history": self.history_,
-            "metadata": self.metadata_ if metadata is None else metadata,
-        }
-        tmp = out / (WEIGHTS_FILE + ".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(out / WEIGHTS_FILE)
-        tmp_cfg = out / (CONFIG_FILE + ".tmp")
-        tmp_cfg.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        tmp_cfg.replace(out / CONFIG_FILE)
-        return out
-
-    @classmethod
-    def load(cls, folder: str | Path, *, device: str | torch.device | None = None,
-             gamma: float | None = None) -> GradCON:
-        """A fitted detector from :meth:`save`'s folder; ``device``/``gamma`` override the saved ones."""
-        from safetensors.torch import load_file
-
-        path = Path(folder)
-        cfg_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
-        if not cfg_path.is_file() or not weights_path.is_file():
-            raise ModelError(f"{path} is not a saved GradCON model: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
-                             "in it (written by GradCON.save or `gradtrust gradcon fit --out`)")
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if config.get("format") != "gradtrust.gradcon":
-            raise ModelError(f"{cfg_path} is not a GradCON config (format {config.get('format')!r})")
-        params = dict(config["params"])
-        if device is not None:
-            params["device"] = device
-        if gamma is not None:
-            params["gamma"] = gamma
-        det = cls(**params)
-        det._check_device()
-        tensors = load_file(str(weights_path))
-        model = GradConAE(int(config["in_channels"]))
-        state = {k: v for k, v in tensors.items() if not k.startswith("reference.")}
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelError(f"{weights_path} does not match the GradCON autoencoder: {exc}") from None
-        model.to(det.device).eval()
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        device = self._torch_device()
+        model = GradConAE(int(state["in_channels"]))
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()
+                               if not k.startswith("reference.")})
+        model.to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        det.model_ = model
-        det.reference_ = [tensors[f"reference.{i}"].to(det.device) for i in range(len(model.decoder_layers))]
-        det.in_channels_ = int(config["in_channels"])
-        det.input_size_ = (int(config["input_size"][0]), int(config["input_size"][1]))
-        det.n_train_ = int(config["n_train"])
-        det.steps_ = int(config["steps"])
-        det.history_ = list(config.get("history", []))
-        det.metadata_ = dict(config.get("metadata", {}))
-        return det
+        self.model_ = model
+        self.reference_ = [torch.from_numpy(arrays[f"reference.{i}"].copy()).to(device)
+                           for i in range(len(model.decoder_layers))]
+        self.in_channels_ = int(state["in_channels"])
+        self.input_size_ = (int(state["input_size"][0]), int(state["input_size"][1]))
+        self.n_train_, self.steps_ = int(state["n_train"]), int(state["steps"])
+        self.history_ = list(state["history"])
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:

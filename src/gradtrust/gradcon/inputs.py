@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from gradtrust.errors import InputError
+from gradtrust.estimator import check_channels_first
 
 __all__ = ["collect_images"]
 
@@ -93,6 +94,7 @@ def collect_images(data: Any, what: str = "images") -> torch.Tensor:
     if t is not None:
         if t.dim() != 4:
             raise _batch_shape_error(tuple(t.shape), what)
+        check_channels_first(tuple(t.shape), what)
         parts = [t]
     elif isinstance(data, (str, bytes)) or not isinstance(data, Iterable) and not hasattr(data, "__getitem__"):
         raise InputError(f"cannot read {what} from a {type(data).__name__}: pass a tensor (N, C, H, W), a list "
@@ -107,6 +109,7 @@ def collect_images(data: Any, what: str = "images") -> torch.Tensor:
                 x = x.unsqueeze(0)  # a list of single images, or a dataset of Samples
             if x.dim() != 4:
                 raise _batch_shape_error(tuple(x.shape), f"each batch of {what}")
+            check_channels_first(tuple(x.shape), f"each batch of {what}")
             parts.append(x)
     parts = [p for p in parts if p.shape[0] > 0]
     if not parts:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradtrust.errors import InputError
+from gradtrust.estimator import check_int
 
 __all__ = ["WORKING_SIZE", "GradConAE", "to_working_size"]
 
@@ -35,9 +35,7 @@ class GradConAE(nn.Module):
 
     def __init__(self, in_channels: int = 1) -> None:
         super().__init__()
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise InputError(f"in_channels must be a positive integer, got {in_channels!r}")
-        self.in_channels = in_channels
+        self.in_channels = in_channels = check_int("in_channels", in_channels)
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, 32, 4, stride=2, padding=2), nn.ReLU(),
             nn.Conv2d(32, 32, 4, stride=2, padding=2), nn.ReLU(),

@@ -8,6 +8,7 @@ trained on ``r`` of a training set to predict the label; the introspective predi
 >>> intro = Introspective(hidden=64, epochs=30, seed=0).fit(model, train_images, train_labels)
 >>> out = intro.predict(model, images)
 >>> out.logits, out.prediction, out.feed_forward_logits, out.feed_forward_prediction
+>>> intro.score_samples(model, images)        # H's maximum softmax probability, higher = more trustworthy
 
 Inference is one forward pass of ``f`` (the features are a closed form of its logits and penultimate
 features) plus ``H``. Fitting holds the features as their rank-one factors, ``N·(C + D)`` floats, never the
@@ -16,12 +17,10 @@ dense ``N × C·D`` matrix.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,16 +28,14 @@ import torch
 from torch import nn
 
 from gradtrust.errors import DataError, InputError, ModelError
+from gradtrust.estimator import Estimator, check_channels_first, check_int, check_number
 from gradtrust.introspection.features import FeatureExtractor, IntrospectiveFeatures
 from gradtrust.introspection.head import IntrospectiveHead
-from gradtrust.nn.model import as_module, device_of, prepare_inputs
+from gradtrust.nn.model import as_module, device_of, input_mismatch, prepare_inputs
 from gradtrust.scores import Pass, method_specs
 
 __all__ = ["Introspective", "IntrospectiveModel", "IntrospectivePrediction"]
 
-CONFIG_FILE = "introspective.json"
-WEIGHTS_FILE = "introspective.safetensors"
-FORMAT = "gradtrust.introspective/1"
 #: The trust scores that are functions of the logits alone (:mod:`gradtrust.functional`): the registered methods
 #: that read only the forward pass and are pure functions of its tensors (``cuda_graph_safe``), in registry order.
 LOGIT_SCORES = tuple(spec.name for spec in method_specs() if spec.needs == {Pass.FORWARD} and spec.cuda_graph_safe)
@@ -82,6 +79,7 @@ def _batches(data: Any, labels: Any, batch_size: int) -> Iterator[tuple[torch.Te
     gradtrust ``Batch``es, or a gradtrust dataset (items are ``Sample``s; unreadable ones are skipped)."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
         x = torch.as_tensor(data)
+        check_channels_first(tuple(x.shape), "training inputs")
         if labels is None:
             raise InputError("pass the labels of the training inputs: fit(model, inputs, labels).")
         y = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
@@ -126,8 +124,10 @@ def check_features(y: torch.Tensor, num_classes: int, valid: torch.Tensor) -> No
                          "layer): remove them from the training set or check the model.")
 
 
-class Introspective:
+class Introspective(Estimator):
     """Introspective learning: fit ``H`` on the introspective features of ``f`` (see the module docstring).
+
+    ``f`` is never saved with ``H``: every method takes it as its first argument.
 
     Args:
         hidden: width of ``H``'s hidden layer.
@@ -141,20 +141,26 @@ class Introspective:
             (:func:`gradtrust.nn.outputs.logits_of`); saved with ``H``.
     """
 
+    format_name = "gradtrust.introspective"
+    format_version = 2
+    fitted_attribute = "head_"
+    fit_call = ".fit(model, train_data, labels)"
+    saved_by = "fitted introspective network (Introspective.save or `gradtrust introspect fit --out DIR`)"
+    unsaved_params = ("progress",)
+
     def __init__(self, hidden: int = 64, epochs: int = 30, *, lr: float = 1e-3, weight_decay: float = 1e-4,
                  batch_size: int = 128, seed: int = 0, layer: str | None = None, progress: bool = False,
                  output_index: int | str | None = None) -> None:
-        for name, value in (("hidden", hidden), ("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be an integer >= 1, got {value!r}.")
-        if not lr > 0 or not weight_decay >= 0:
-            raise InputError(f"lr must be > 0 and weight_decay >= 0, got lr={lr!r}, weight_decay={weight_decay!r}.")
-        self.hidden, self.epochs, self.lr, self.weight_decay = hidden, epochs, float(lr), float(weight_decay)
-        self.batch_size, self.seed, self.layer, self.progress = batch_size, int(seed), layer, progress
+        self.hidden, self.epochs, self.lr, self.weight_decay = hidden, epochs, lr, weight_decay
+        self.batch_size, self.seed, self.layer, self.progress = batch_size, seed, layer, progress
         self.output_index = output_index
-        self.head_: IntrospectiveHead | None = None
-        self.info_: dict[str, Any] = {}
-        self.config_: dict[str, Any] = {}
+
+    def _check_params(self) -> None:
+        for name in ("hidden", "epochs", "batch_size"):
+            check_int(name, getattr(self, name))
+        check_number("lr", self.lr, strict=True)
+        check_number("weight_decay", self.weight_decay)
+        check_int("seed", self.seed, minimum=0)
 
     # ------------------------------------------------------------------------------------------ fit
     def features(self, model: Any, data: Any, labels: Any = None, *, batch_size: int = 256
@@ -164,6 +170,7 @@ class Introspective:
         Raises InputError for an empty set or undefined (NaN) features, DataError for labels outside the
         model's classes.
         """
+        self._check_params()
         module = as_module(model)
         extractor = FeatureExtractor(module, self.layer, output_index=self.output_index)
         parts: list[IntrospectiveFeatures] = []
@@ -175,7 +182,8 @@ class Introspective:
                              disable=not self.progress):
                 if x.shape[0] == 0:
                     continue
-                parts.append(extractor(prepare_inputs(module, x)))
+                with input_mismatch(x):
+                    parts.append(extractor(prepare_inputs(module, x)))
                 ys.append(y.cpu())
         if not parts:
             raise InputError("the training set is empty: introspective learning needs labelled training samples.")
@@ -185,7 +193,7 @@ class Introspective:
         valid = torch.cat([p.valid for p in parts]).cpu()
         y = torch.cat(ys)
         self.layer = extractor.layer
-        self.info_["closed_form"] = bool(extractor.closed_form)
+        self.info_: dict[str, Any] = {**getattr(self, "info_", {}), "closed_form": bool(extractor.closed_form)}
         check_features(y, logits.shape[1], valid)
         return a, h, y, logits
 
@@ -203,6 +211,7 @@ class Introspective:
                      device: torch.device | str = "cpu", t0: float | None = None) -> Introspective:
         """Fit ``H`` on features already extracted (the factors of :meth:`features`, or
         :func:`gradtrust.introspection.cache.cached_features`)."""
+        self._check_params()
         t0 = time.perf_counter() if t0 is None else t0
         device = torch.device(device)
         classes = torch.unique(y)
@@ -234,22 +243,16 @@ class Introspective:
             train_pred = torch.cat([head(a[lo:lo + 1024].to(device), h[lo:lo + 1024].to(device)).argmax(1).cpu()
                                     for lo in range(0, n, 1024)])
         self.head_ = head
-        self.info_.update({
+        self.info_ = {**getattr(self, "info_", {}), **{
             "train_samples": n, "num_classes": int(a.shape[1]), "num_features": int(h.shape[1]),
             "layer": self.layer, "train_loss": [round(v, 6) for v in history],
             "train_accuracy": float((train_pred == y).float().mean()),
             "train_accuracy_feed_forward": float((logits.argmax(1) == y).float().mean()),
             "fit_seconds": round(time.perf_counter() - t0, 3),
-        })
+        }}
         return self
 
     # -------------------------------------------------------------------------------------- predict
-    def _head(self) -> IntrospectiveHead:
-        if self.head_ is None:
-            raise InputError("this Introspective is not fitted: call .fit(model, train_data, labels) or "
-                             "Introspective.load(folder) first.")
-        return self.head_
-
     def _extractor_for(self, module: nn.Module) -> FeatureExtractor:
         """One extractor per model, kept between calls: its layer discovery (one extra forward of one
         sample) then happens once, not on every ``predict``."""
@@ -261,17 +264,18 @@ class Introspective:
 
     def module(self, model: Any) -> IntrospectiveModel:
         """``f`` and ``H`` as one ``nn.Module`` (input → ``H``'s logits), e.g. for :func:`gradtrust.score`."""
-        return IntrospectiveModel(as_module(model), self._head(), self.layer, self.output_index)
+        return IntrospectiveModel(as_module(model), self.check_fitted(), self.layer, self.output_index)
 
     def predict(self, model: Any, inputs: torch.Tensor, *, batch_size: int = 256) -> IntrospectivePrediction:
         """``H``'s and ``f``'s logits and predictions for a batch of model-ready inputs (one forward of ``f``)."""
-        head = self._head()
+        head = self.check_fitted()
         module = as_module(model)
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[0] == 0:
             raise InputError("inputs must be a non-empty batch tensor (batch first), ready for the model.")
+        check_channels_first(tuple(inputs.shape), "inputs")
         extractor = self._extractor_for(module)
         outs = []
-        with torch.no_grad():
+        with torch.no_grad(), input_mismatch(inputs):
             for lo in range(0, inputs.shape[0], batch_size):
                 f = extractor(prepare_inputs(module, inputs[lo:lo + batch_size]))
                 if f.a.shape[1] != head.num_classes or f.h.shape[1] != head.num_features:
@@ -286,43 +290,24 @@ class Introspective:
         logits[~valid] = float("nan")
         return IntrospectivePrediction(logits, prediction, ff, ff.argmax(1), valid)
 
+    def score_samples(self, model: Any, inputs: torch.Tensor, *, method: str = "softmax") -> np.ndarray:
+        """A trust score of ``H``'s logits per sample (N,) float64, higher = more trustworthy: ``method`` is
+        one of :data:`LOGIT_SCORES` (default the maximum softmax probability); NaN where the feature is
+        undefined."""
+        return self.predict(model, inputs).trust_scores([method])[method].double().numpy()
+
     # ------------------------------------------------------------------------------------ save/load
-    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
-        """Write ``introspective.safetensors`` (``H``'s weights) and ``introspective.json`` (settings, layer,
-        training facts, ``extra``) into ``folder``."""
-        from safetensors.torch import save_file
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``H``'s shape and training facts; its weights."""
+        head = self.head_
+        state = {"num_classes": head.num_classes, "num_features": head.num_features, "info": self.info_}
+        return state, {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
 
-        head = self._head()
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(out / WEIGHTS_FILE))
-        config = {"format": FORMAT, "hidden": self.hidden, "epochs": self.epochs, "lr": self.lr,
-                  "weight_decay": self.weight_decay, "batch_size": self.batch_size, "seed": self.seed,
-                  "layer": self.layer, "output_index": self.output_index, "num_classes": head.num_classes,
-                  "num_features": head.num_features, "info": self.info_, **(extra or {})}
-        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        return out
-
-    @classmethod
-    def load(cls, folder: str | Path) -> Introspective:
-        """An :class:`Introspective` saved by :meth:`save`."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-            raise InputError(f"{folder} holds no fitted introspective network ({CONFIG_FILE} and {WEIGHTS_FILE}); "
-                             "write one with `gradtrust introspect fit --out DIR`.")
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        intro = cls(hidden=config["hidden"], epochs=config["epochs"], lr=config["lr"],
-                    weight_decay=config["weight_decay"], batch_size=config["batch_size"], seed=config["seed"],
-                    layer=config["layer"], output_index=config.get("output_index"))
-        head = IntrospectiveHead(config["num_classes"], config["num_features"], config["hidden"])
-        head.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-        head.eval()
-        intro.head_ = head
-        intro.info_ = dict(config.get("info", {}))
-        intro.config_ = config
-        return intro
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        head = IntrospectiveHead(state["num_classes"], state["num_features"], self.hidden)
+        head.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+        self.head_ = head.eval()
+        self.info_ = dict(state["info"])
 
 
 class IntrospectiveModel(nn.Module):
