@@ -17,6 +17,7 @@ import sys
 import click
 
 from gradtrust._version import __version__
+from gradtrust.cli.options import Command, Group
 
 #: name → ("module:attribute" of the click command, the one-line help ``gradtrust --help`` shows).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     """A click group whose sub-commands are imported on first use (the help text comes from COMMANDS)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -61,7 +62,7 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="gradtrust")
 def main() -> None:
     """GradTrust: how far to trust each prediction of a PyTorch classifier.
@@ -71,7 +72,7 @@ def main() -> None:
     """
 
 
-@click.command("methods")
+@click.command("methods", cls=Command)
 def methods_command() -> None:
     """List the trust-score methods: formula, passes, options (with defaults) and source."""
     import textwrap
@@ -92,7 +93,7 @@ def methods_command() -> None:
             click.echo(f"    source: {spec.source}")
 
 
-@click.command("models")
+@click.command("models", cls=Command)
 @click.option("--family", type=click.Choice(["torchvision", "digits", "timm"]), default=None,
               help="Only this family of model specs.")
 def models_command(family: str | None) -> None:

@@ -29,7 +29,7 @@ import torch
 
 from gradtrust.errors import ModelError, UnknownNameError
 
-__all__ = ["INTERPOLATIONS", "Preprocessing", "PreprocessTransform", "borrow_preprocessing"]
+__all__ = ["INTERPOLATIONS", "Preprocessing", "PreprocessTransform", "borrow_preprocessing", "preprocessing_of"]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")
 
@@ -85,10 +85,15 @@ class Preprocessing:
         if size is not None:
             if new_crop is not None and new_crop != size:
                 raise ModelError(f"input_size {size} and crop {new_crop} disagree; give one of them")
-            if new_resize is None and (base is None or base.resize is None):
-                new_resize = size if len(size) == 2 else (size[0], size[0])  # whole image to S×S
-            else:
+            if new_resize is not None:
                 new_crop = size
+            elif base is not None and base.resize is not None and base.crop is not None:
+                new_resize, new_crop = _scaled_resize(size, base.resize, base.crop), size
+            elif base is not None and base.crop is not None:
+                raise ModelError(f"the preprocessing ({base.source}) crops {base.crop} without resizing first, so "
+                                 f"input_size {size} cannot be scaled from it; give --resize with --input-size")
+            else:
+                new_resize = size if len(size) == 2 else (size[0], size[0])  # whole image to S×S
         mean_v, std_v = _floats(mean, "mean"), _floats(std, "std")
         if std_v is not None and any(s <= 0 for s in std_v):
             raise ModelError(f"std must be > 0, got {std}")
@@ -125,11 +130,57 @@ class Preprocessing:
         return self.std
 
 
+def _scaled_resize(size: tuple[int, ...], resize: tuple[int, ...], crop: tuple[int, ...]) -> tuple[int, ...]:
+    """The resize that keeps a recipe's resize/crop ratio at a new crop ``size``: ``round(size * resize / crop)``
+    per side (one number when the recipe resizes the shorter side), e.g. 256/224 at 64 px → resize 73, crop 64."""
+    size2, crop2 = size * (3 - len(size)), crop * (3 - len(crop))
+    if len(resize) == 1:
+        return (round(min(size2) * resize[0] / min(crop2)),)
+    return tuple(round(s * r / c) for s, r, c in zip(size2, resize, crop2, strict=True))
+
+
+def preprocessing_of(transform: Any) -> Preprocessing | None:
+    """A model's transform read back as a :class:`Preprocessing`, so that options can change its fields: a
+    :class:`PreprocessTransform`, torchvision's ``ImageClassification`` (``Weights.transforms()``), or a
+    ``Compose`` of ``Resize``/``CenterCrop``/to-tensor/``Normalize`` steps (timm's ``create_transform``). None
+    when it cannot be read that way (no transform, or another kind of step)."""
+    if isinstance(transform, PreprocessTransform):
+        return transform.preprocessing
+    if all(hasattr(transform, a) for a in ("resize_size", "crop_size", "mean", "std", "interpolation")):
+        return Preprocessing(resize=tuple(transform.resize_size), crop=tuple(transform.crop_size),
+                             mean=tuple(transform.mean), std=tuple(transform.std),
+                             interpolation=transform.interpolation.value,
+                             source=f"the model's {type(transform).__name__}")
+    fields: dict[str, Any] = {}
+    for step in getattr(transform, "transforms", None) or ():
+        kind = type(step).__name__
+        if kind in ("Resize", "CenterCrop"):
+            size = step.size if isinstance(step.size, (list, tuple)) else (step.size,)
+            fields["resize" if kind == "Resize" else "crop"] = tuple(int(s) for s in size)
+            if kind == "Resize":
+                fields["interpolation"] = getattr(step.interpolation, "value", "bilinear")
+        elif kind == "Normalize":
+            fields["mean"], fields["std"] = tuple(map(float, step.mean)), tuple(map(float, step.std))
+        elif kind not in ("ToTensor", "MaybeToTensor", "ConvertImageDtype", "PILToTensor"):
+            return None
+    return Preprocessing(**fields, source=f"the model's {type(transform).__name__}") if fields else None
+
+
 class PreprocessTransform:
     """``resize → center_crop → [0, 1] float → normalize`` on a PIL image (torchvision's ImageClassification)."""
 
     def __init__(self, preprocessing: Preprocessing) -> None:
         self.preprocessing = preprocessing
+
+    @property
+    def mean(self) -> tuple[float, ...] | None:
+        """The normalisation mean (where detection and attacks look for it on any transform)."""
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, ...] | None:
+        """The normalisation std."""
+        return self.preprocessing.std
 
     def __call__(self, image: Any) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode
@@ -175,12 +226,10 @@ def borrow_preprocessing(spec: str) -> Preprocessing:
 
         enum = reference_enum(name, tvm.get_model_weights(name))
         t = enum.transforms()
-        if not all(hasattr(t, a) for a in ("resize_size", "crop_size", "mean", "std", "interpolation")):
+        if not hasattr(t, "crop_size") or (found := preprocessing_of(t)) is None:
             raise ModelError(f"torchvision:{name} is not an image classifier with an ImageClassification "
                              f"transform ({type(t).__name__}); give --input-size/--mean/--std instead")
-        return Preprocessing(resize=tuple(t.resize_size), crop=tuple(t.crop_size), mean=tuple(t.mean),
-                             std=tuple(t.std), interpolation=t.interpolation.value,
-                             source=f"borrowed from torchvision:{name} ({type(enum).__name__}.{enum.name})")
+        return replace(found, source=f"borrowed from torchvision:{name} ({type(enum).__name__}.{enum.name})")
     from gradtrust.models.timm_models import import_timm
 
     timm = import_timm()
