@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
-from gradtrust.benchmark import DEFAULT_DATA, DEFAULT_OUT, run_benchmark
+from gradtrust.benchmark import DEFAULT_OUT, run_benchmark
 from gradtrust.cli.memory import keep_freed_memory_option
 from gradtrust.cli.options import Command, shared
 

@@ -31,7 +31,7 @@ def _normalisation(transform: Any) -> tuple[list[float] | None, list[float] | No
     """The (mean, std) a model's preprocessing normalises with, found on the transform or inside a Compose."""
     if transform is None:
         return None, None
-    candidates = [transform, *getattr(transform, "transforms", [])]
+    candidates = [transform, getattr(transform, "preprocessing", None), *getattr(transform, "transforms", [])]
     for t in candidates:
         mean, std = getattr(t, "mean", None), getattr(t, "std", None)
         if mean is not None and std is not None:

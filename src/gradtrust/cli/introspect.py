@@ -1,18 +1,10 @@
-"""``gradtrust introspect``: fit the introspective network ``H`` of a model, score a dataset with both ``f``
-and ``H``, and the built-in digits comparison (``docs/introspection.md``).
-
-* ``gradtrust introspect fit --model SPEC --weights W --train DIR|digits:train --out DIR``
-* ``gradtrust introspect score --introspective DIR --data DIR|digits:test[:corruption[:severity]] --out RUN``
-  writes ``RUN/feed_forward/`` and ``RUN/introspective/`` (two ordinary score runs: ``scores.parquet`` with
-  every trust score computed on ``f``'s and on ``H``'s logits, ``logits.parquet``, ``manifest.json``) and
-  ``RUN/introspection.parquet`` (both predictions and both logit vectors, one row per sample);
-  ``gradtrust report RUN`` then compares them side by side in every table.
-* ``gradtrust introspect benchmark``: the built-in default (bundled digits networks).
-"""
+"""``gradtrust introspect``: fit the introspective network ``H`` of a model (``fit``), score a dataset with both
+``f`` and ``H`` (``score``: two score runs ``RUN/feed_forward/``, ``RUN/introspective/`` and
+``RUN/introspection.parquet``, both predictions and logits per sample, which ``gradtrust report RUN`` compares),
+and the built-in digits comparison (``benchmark``); see ``docs/introspection.md``."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -35,19 +27,11 @@ def introspect_command() -> None:
     """Introspective learning: a second network H that predicts again from the gradient of MSE(z, 1_C).
 
     \b
-    gradtrust introspect fit --model digits:digits_cnn --train digits:train --out intro/cnn
+    gradtrust introspect fit --model digits:digits_cnn --data digits:train --out intro/cnn
     gradtrust introspect score --introspective intro/cnn --data digits:test:blur:1 --out runs/cnn-blur
     gradtrust report runs/cnn-blur --out report/        # feed-forward and introspective side by side
     gradtrust introspect benchmark                      # the built-in digits comparison table
     """
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @introspect_command.command("fit")
@@ -79,7 +63,7 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
     from gradtrust.data.open import describe_dataset, open_dataset
     from gradtrust.introspection.cache import cached_features
     from gradtrust.introspection.introspective import WEIGHTS_FILE, Introspective
-    from gradtrust.models import load_model
+    from gradtrust.models import file_sha256, load_model
 
     if data is None:
         raise InputError("--data is required: the training data (a class-folder DIR, or digits:train).")
@@ -119,19 +103,19 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
                f"{info['num_features']} features at layer {info['layer']!r}, "
                f"{'closed form' if info['closed_form'] else 'autograd'}) in {info['fit_seconds']:.1f} s; "
                f"train accuracy f {info['train_accuracy_feed_forward']:.4f}, H {info['train_accuracy']:.4f}")
-    click.echo(f"  written: {out / WEIGHTS_FILE} ({_sha256(out / WEIGHTS_FILE)[:12]}…), "
+    click.echo(f"  written: {out / WEIGHTS_FILE} ({file_sha256(out / WEIGHTS_FILE)[:12]}…), "
                f"{out / 'introspective.json'}")
 
 
 def introspective_loaded_model(model, intro, folder: Path):
     """``f`` + ``H`` as a :class:`~gradtrust.models.LoadedModel` (spec ``introspective:<f's spec>``)."""
     from gradtrust.introspection.introspective import WEIGHTS_FILE
-    from gradtrust.models import LoadedModel
+    from gradtrust.models import LoadedModel, file_sha256
 
     return LoadedModel(module=intro.module(model).eval(), transform=model.transform,
                        class_names=list(model.class_names), num_classes=model.num_classes,
                        spec=f"introspective:{model.spec}", weights=str(folder.resolve()),
-                       weights_sha256=_sha256(folder / WEIGHTS_FILE), input_kind=model.input_kind,
+                       weights_sha256=file_sha256(folder / WEIGHTS_FILE), input_kind=model.input_kind,
                        clip_len=model.clip_len,
                        meta={"feed_forward": {"spec": model.spec, "weights": model.weights,
                                               "weights_sha256": model.weights_sha256},

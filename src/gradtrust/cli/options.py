@@ -33,74 +33,62 @@ SECTIONS = ("Model", "Data", "Options", "Output", "Run")
 #: What one command may set differently for a shared option; type, help and flag stay the definition's.
 PER_COMMAND = frozenset({"default", "required", "multiple", "show_default"})
 
-_DATA_HELP = ("Class-folder images (DIR/<class>/<img>), a flat image folder with --labels, Kinetics-style videos "
-              "(DIR/<class>/<clip>.mp4) for a video model, or the built-in digits[:SPLIT[:CORRUPTION[:SEVERITY]]].")
+def _option(section: str, decls: str, help: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # noqa: A002
+    return section, {"param_decls": decls.split(), "help": help, **kwargs}
 
-#: name → (section, click.Option arguments). The name is the parameter the command's callback receives.
+
+_SIZE, _FILE, _N = "S|H,W", click.Path(dir_okay=False), click.IntRange(min=1)
+#: name → (help section, click.Option arguments). The name is the parameter the command's callback receives.
 DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "model_spec": ("Model", dict(
-        param_decls=["--model", "model_spec"], metavar="SPEC",
-        help="torchvision:<name>, timm:<name>, digits:<name>, hf:<folder>, package.module:factory, or a "
-             "TorchScript/pickled model file (`gradtrust models` lists them).")),
-    "weights": ("Model", dict(
-        param_decls=["--weights"], metavar="W",
-        help="DEFAULT or a torchvision enum name (from the torch hub cache; never downloaded), a local "
-             ".pth/.safetensors file, or 'random'. Default: the bundled weights for digits:*; random "
-             "initialisation (seed 0) otherwise (`benchmark`: DEFAULT).")),
-    "num_classes": ("Model", dict(param_decls=["--num-classes"], type=click.IntRange(min=1), metavar="N",
-                                  help="Outputs of a fine-tuned head (inferred from a weights file when omitted).")),
-    "borrow": ("Model", dict(
-        param_decls=["--preprocessing", "borrow"], metavar="SPEC",
-        help="Borrow the preprocessing of a known model (torchvision:resnet18, timm:<name>); the options below "
-             "override its fields.")),
-    "input_size": ("Model", dict(
-        param_decls=["--input-size"], metavar="S|H,W",
-        help="Final input size. The model's (or borrowed) normalisation is kept and its resize scaled to match "
-             "(resize = round(S x resize/crop), crop = S); a model without preprocessing: every image resized "
-             "to SxS.")),
-    "resize": ("Model", dict(param_decls=["--resize"], metavar="S|H,W",
-                             help="Resize the shorter side to S (aspect kept), or to H,W exactly.")),
-    "crop": ("Model", dict(param_decls=["--crop"], metavar="S|H,W", help="Centre crop after resizing.")),
-    "mean": ("Model", dict(param_decls=["--mean"], metavar="M,M,M",
-                           help="Per-channel mean of the normalisation (x - mean) / std, [0, 1] units.")),
-    "std": ("Model", dict(param_decls=["--std"], metavar="S,S,S", help="Per-channel std of the normalisation.")),
-    "interpolation": ("Model", dict(param_decls=["--interpolation"], metavar="NAME",
-                                    help="bilinear (default), bicubic, nearest or nearest-exact.")),
-    "class_names": ("Model", dict(
-        param_decls=["--class-names"], type=click.Path(dir_okay=False), metavar="FILE",
-        help="The model's class names, one per line in output order; class folders are matched by name.")),
-    "trust_model_file": ("Model", dict(
-        param_decls=["--trust-model-file"], is_flag=True,
-        help="Allow a whole pickled nn.Module file as --model. Unpickling runs any code hidden in the file: only "
-             "for files you trust (TorchScript and state dicts need no such flag).")),
-    "output_index": ("Model", dict(
-        param_decls=["--output-index"], metavar="I",
-        help="For a model returning several outputs (a tuple or dict): which one holds the logits (0, ...).")),
-    "data": ("Data", dict(param_decls=["--data"], metavar="DIR|digits[:...]", help=_DATA_HELP)),
-    "labels": ("Data", dict(
-        param_decls=["--labels"], type=click.Path(dir_okay=False), metavar="FILE",
-        help="Labels of a flat image folder (ImageNet validation layout): LOC_val_solution.csv or one label "
-             "(WordNet ID or class index) per line in sorted file order.")),
-    "out_dir": ("Output", dict(param_decls=["--out", "out_dir"], type=click.Path(file_okay=False, path_type=Path),
-                               metavar="DIR", help="Output folder (created).")),
-    "force": ("Output", dict(param_decls=["--force"], is_flag=True,
-                             help="Discard results in --out that this run would otherwise refuse to replace "
-                                  "(benchmark: score every run again).")),
-    "device": ("Run", dict(
-        param_decls=["--device"], metavar="D",
-        help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu; under torchrun cuda:LOCAL_RANK).")),
-    "batch_size": ("Run", dict(param_decls=["--batch-size"], type=click.IntRange(min=1), metavar="N",
-                               show_default=True, help="Samples per batch (per training step in a fit).")),
-    "workers": ("Run", dict(param_decls=["--workers"], type=click.IntRange(min=0), default=0, show_default=True,
-                            metavar="N", help="DataLoader worker processes reading the files (4-8 for large "
-                                              "folders).")),
-    "resamples": ("Run", dict(param_decls=["--resamples"], type=click.IntRange(min=0), default=1000,
-                              show_default=True, metavar="N",
-                              help="Bootstrap resamples of the confidence intervals (0 = none).")),
-    "seed": ("Run", dict(param_decls=["--seed"], type=click.IntRange(min=0), default=0, show_default=True,
-                         metavar="N", help="Seed of everything random the command draws (initialisation, "
-                                           "sample order and subsets, bootstrap).")),
-    "no_progress": ("Run", dict(param_decls=["--no-progress"], is_flag=True, help="No progress bars.")),
+    "model_spec": _option("Model", "--model model_spec", "torchvision:<name>, timm:<name>, digits:<name>, "
+                          "hf:<folder>, package.module:factory, or a TorchScript/pickled model file (`gradtrust "
+                          "models` lists them).", metavar="SPEC"),
+    "weights": _option("Model", "--weights", "DEFAULT or a torchvision enum name (from the torch hub cache; never "
+                       "downloaded), a local .pth/.safetensors file, or 'random'. Default: the bundled weights for "
+                       "digits:*; random initialisation (seed 0) otherwise (`benchmark`: DEFAULT).", metavar="W"),
+    "num_classes": _option("Model", "--num-classes", "Outputs of a fine-tuned head (inferred from a weights file "
+                           "when omitted).", type=_N, metavar="N"),
+    "borrow": _option("Model", "--preprocessing borrow", "Borrow the preprocessing of a known model "
+                      "(torchvision:resnet18, timm:<name>); the options below override its fields.", metavar="SPEC"),
+    "input_size": _option("Model", "--input-size", "Final input size. The model's (or borrowed) normalisation is "
+                          "kept and its resize scaled to match (resize = round(S x resize/crop), crop = S); a model "
+                          "without preprocessing: every image resized to SxS.", metavar=_SIZE),
+    "resize": _option("Model", "--resize", "Resize the shorter side to S (aspect kept), or to H,W exactly.",
+                      metavar=_SIZE),
+    "crop": _option("Model", "--crop", "Centre crop after resizing.", metavar=_SIZE),
+    "mean": _option("Model", "--mean", "Per-channel mean of the normalisation (x - mean) / std, [0, 1] units.",
+                    metavar="M,M,M"),
+    "std": _option("Model", "--std", "Per-channel std of the normalisation.", metavar="S,S,S"),
+    "interpolation": _option("Model", "--interpolation", "bilinear (default), bicubic, nearest or nearest-exact.",
+                             metavar="NAME"),
+    "class_names": _option("Model", "--class-names", "The model's class names, one per line in output order; class "
+                           "folders are matched by name.", type=_FILE, metavar="FILE"),
+    "trust_model_file": _option("Model", "--trust-model-file", "Allow a whole pickled nn.Module file as --model. "
+                                "Unpickling runs any code hidden in the file: only for files you trust (TorchScript "
+                                "and state dicts need no such flag).", is_flag=True),
+    "output_index": _option("Model", "--output-index", "For a model returning several outputs (a tuple or dict): "
+                            "which one holds the logits (0, ...).", metavar="I"),
+    "data": _option("Data", "--data", "Class-folder images (DIR/<class>/<img>), a flat image folder with --labels, "
+                    "Kinetics-style videos (DIR/<class>/<clip>.mp4) for a video model, or the built-in "
+                    "digits[:SPLIT[:CORRUPTION[:SEVERITY]]].", metavar="DIR|digits[:...]"),
+    "labels": _option("Data", "--labels", "Labels of a flat image folder (ImageNet validation layout): "
+                      "LOC_val_solution.csv or one label (WordNet ID or class index) per line in sorted file order.",
+                      type=_FILE, metavar="FILE"),
+    "out_dir": _option("Output", "--out out_dir", "Output folder (created).", metavar="DIR",
+                       type=click.Path(file_okay=False, path_type=Path)),
+    "force": _option("Output", "--force", "Discard results in --out that this run would otherwise refuse to "
+                     "replace (benchmark: score every run again).", is_flag=True),
+    "device": _option("Run", "--device", "cpu, cuda, cuda:1 ... (default: cuda when available, else cpu; under "
+                      "torchrun cuda:LOCAL_RANK).", metavar="D"),
+    "batch_size": _option("Run", "--batch-size", "Samples per batch (per training step in a fit).", type=_N,
+                          metavar="N", show_default=True),
+    "workers": _option("Run", "--workers", "DataLoader worker processes reading the files (4-8 for large folders).",
+                       type=click.IntRange(min=0), default=0, show_default=True, metavar="N"),
+    "resamples": _option("Run", "--resamples", "Bootstrap resamples of the confidence intervals (0 = none).",
+                         type=click.IntRange(min=0), default=1000, show_default=True, metavar="N"),
+    "seed": _option("Run", "--seed", "Seed of everything random the command draws (initialisation, sample order "
+                    "and subsets, bootstrap).", type=click.IntRange(min=0), default=0, show_default=True, metavar="N"),
+    "no_progress": _option("Run", "--no-progress", "No progress bars.", is_flag=True),
 }
 #: The options that say how a model is loaded, as ``load_model`` keyword arguments (see :func:`model_options`).
 PREPROCESSING = ("input_size", "resize", "crop", "mean", "std", "interpolation")
@@ -195,12 +183,9 @@ def echo_preprocessing(model: Any, load_options: dict[str, Any]) -> None:
         click.echo(f"preprocessing: {fields} ({used.get('source')})", err=True)
 
 
-_OS_ADVICE = {errno.ENOSPC: "free space on that disk or choose another --out",
-              errno.EDQUOT: "free space on that disk or choose another --out",
-              errno.EACCES: "choose a folder you may write to (--out) or change its permissions",
-              errno.EPERM: "choose a folder you may write to (--out) or change its permissions",
-              errno.EROFS: "the file system is read-only: choose another --out",
-              errno.ENOENT: "check the path",
+_NO_SPACE, _NO_WRITE = "free space on that disk or choose another --out", "choose a folder you may write to (--out)"
+_OS_ADVICE = {errno.ENOSPC: _NO_SPACE, errno.EDQUOT: _NO_SPACE, errno.EACCES: _NO_WRITE, errno.EPERM: _NO_WRITE,
+              errno.EROFS: f"the file system is read-only: {_NO_WRITE}", errno.ENOENT: "check the path",
               errno.ENOTDIR: "a file stands where a folder is needed: check the path"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 import typing
 from pathlib import Path
 from typing import Any
@@ -24,25 +25,13 @@ RANDOM_INIT_SEED = 0  # random-weight models are initialised from torch.manual_s
 def _epilog() -> str:
     from gradtrust.scores.options import known_params
 
-    names = available_methods()
-    lines = ["\b", "Methods (--methods, default all that apply to the model; `gradtrust methods` for formulas):"]
-    line = " "
-    for name in names:
-        if len(line) + len(name) + 2 > 100:
-            lines.append(line.rstrip(", "))
-            line = " "
-        line += f" {name},"
-    lines.append(line.rstrip(","))
-    lines += ["", "\b", "Options (--option KEY=VALUE, repeatable; the defaults shown):"]
-    line = " "
-    for param in known_params().values():
-        text = param.describe()
-        if len(line) + len(text) + 2 > 100:
-            lines.append(line.rstrip())
-            line = " "
-        line += f" {text}"
-    lines.append(line.rstrip())
-    lines += [
+    def wrap(items: list[str], sep: str) -> list[str]:  # one "\b" paragraph, lines of at most 100 characters
+        return textwrap.wrap(sep.join(items), 98, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False,
+                             break_long_words=False)
+
+    lines = ["\b", "Methods (--methods, default all that apply to the model; `gradtrust methods` for formulas):",
+             *wrap(available_methods(), ", "), "", "\b", "Options (--option KEY=VALUE, repeatable; the defaults shown):",
+             *wrap([param.describe() for param in known_params().values()], " "),
         "",
         "\b",
         "Examples:",

@@ -34,33 +34,22 @@ __all__ = ["INTERPOLATIONS", "Preprocessing", "PreprocessTransform", "borrow_pre
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")
 
 
-def _size(value: Any, name: str) -> tuple[int, ...] | None:
+def _numbers(value: Any, name: str, kind: type) -> tuple[Any, ...] | None:
+    """``"224"``, ``"224,160"``, ``"0.5,0.5,0.5"``, a number or a sequence → a tuple of ``kind`` (None stays None):
+    one or two positive sizes (``int``), or one or three finite per-channel values (``float``)."""
     if value is None:
         return None
     if isinstance(value, str):
         value = [v for v in value.replace("x", ",").split(",") if v.strip()]
-    items = list(value) if isinstance(value, Sequence) else [value]
+    wanted = (f"{name} must be one or two positive integers (e.g. 224 or 224,160)" if kind is int else
+              f"{name} must be 1 or 3 finite numbers, one per RGB channel (e.g. 0.485,0.456,0.406)")
     try:
-        sizes = tuple(int(v) for v in items)
+        numbers = tuple(kind(v) for v in (list(value) if isinstance(value, Sequence) else [value]))
     except (TypeError, ValueError):
-        raise ModelError(f"{name} must be one or two positive integers (e.g. 224 or 224,160), got {value!r}") from None
-    if not 1 <= len(sizes) <= 2 or any(s < 1 for s in sizes):
-        raise ModelError(f"{name} must be one or two positive integers (e.g. 224 or 224,160), got {value!r}")
-    return sizes
-
-
-def _floats(value: Any, name: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    items = list(value) if isinstance(value, Sequence) else [value]
-    try:
-        numbers = tuple(float(v) for v in items)
-    except (TypeError, ValueError):
-        raise ModelError(f"{name} must be numbers, one per channel (e.g. 0.485,0.456,0.406), got {value!r}") from None
-    if len(numbers) not in (1, 3) or not all(math.isfinite(v) for v in numbers):
-        raise ModelError(f"{name} must be 1 or 3 finite numbers (one per RGB channel), got {value!r}")
+        raise ModelError(f"{wanted}, got {value!r}") from None
+    if not (1 <= len(numbers) <= 2 and min(numbers) >= 1 if kind is int else
+            len(numbers) in (1, 3) and all(math.isfinite(v) for v in numbers)):
+        raise ModelError(f"{wanted}, got {value!r}")
     return numbers
 
 
@@ -80,8 +69,8 @@ class Preprocessing:
                      std: Any = None, interpolation: str | None = None, base: Preprocessing | None = None,
                      source: str | None = None) -> Preprocessing:
         """Validate user options (strings such as ``"224"``, ``"0.5,0.5,0.5"`` or numbers) over ``base``."""
-        size = _size(input_size, "input_size")
-        new_resize, new_crop = _size(resize, "resize"), _size(crop, "crop")
+        size = _numbers(input_size, "input_size", int)
+        new_resize, new_crop = _numbers(resize, "resize", int), _numbers(crop, "crop", int)
         if size is not None:
             if new_crop is not None and new_crop != size:
                 raise ModelError(f"input_size {size} and crop {new_crop} disagree; give one of them")
@@ -94,7 +83,7 @@ class Preprocessing:
                                  f"input_size {size} cannot be scaled from it; give --resize with --input-size")
             else:
                 new_resize = size if len(size) == 2 else (size[0], size[0])  # whole image to S×S
-        mean_v, std_v = _floats(mean, "mean"), _floats(std, "std")
+        mean_v, std_v = _numbers(mean, "mean", float), _numbers(std, "std", float)
         if std_v is not None and any(s <= 0 for s in std_v):
             raise ModelError(f"std must be > 0, got {std}")
         interp = None if interpolation is None else str(interpolation).strip().lower().replace("_", "-")
@@ -171,16 +160,6 @@ class PreprocessTransform:
 
     def __init__(self, preprocessing: Preprocessing) -> None:
         self.preprocessing = preprocessing
-
-    @property
-    def mean(self) -> tuple[float, ...] | None:
-        """The normalisation mean (where detection and attacks look for it on any transform)."""
-        return self.preprocessing.mean
-
-    @property
-    def std(self) -> tuple[float, ...] | None:
-        """The normalisation std."""
-        return self.preprocessing.std
 
     def __call__(self, image: Any) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode
