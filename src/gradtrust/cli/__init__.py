@@ -1,12 +1,7 @@
 """The ``gradtrust`` command. Each sub-command is a module of this package (the top layer: it may import every
-capability, and none imports it), imported only when it runs, so ``gradtrust --help`` answers without importing torch:
-
-* ``gradtrust score``     — :mod:`gradtrust.cli.score` (score a dataset → scores.parquet + manifest.json)
-* ``gradtrust report``    — :mod:`gradtrust.cli.report` (tables, figures, HTML from score runs)
-* ``gradtrust benchmark`` — :mod:`gradtrust.cli.benchmark` (score several models, then report)
-* ``gradtrust methods`` / ``gradtrust models`` — what can be asked for.
-
-A new sub-command is one entry in :data:`COMMANDS`: its name, where it lives and its one-line help.
+capability, and none imports it), imported only when it runs, so ``gradtrust --help`` answers without importing
+torch. A new sub-command is one entry in :data:`COMMANDS` (its name, where it lives, its one-line help) and uses
+the shared options, error handler and help layout of :mod:`gradtrust.cli.options`.
 """
 
 from __future__ import annotations

@@ -101,11 +101,6 @@ class Preprocessing:
             raise ModelError("give both mean and std (the normalisation is (x - mean) / std), or neither")
         return out
 
-    @property
-    def fixed_size(self) -> bool:
-        """Whether every image comes out at one size (a crop, or a resize to two numbers)."""
-        return self.crop is not None or (self.resize is not None and len(self.resize) == 2)
-
     def transform(self) -> PreprocessTransform:
         """The callable (picklable, for DataLoader workers) that applies this preprocessing to a PIL image."""
         return PreprocessTransform(self)
@@ -113,10 +108,6 @@ class Preprocessing:
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable fields, for the run manifest."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    def pixel_std(self) -> tuple[float, ...] | None:
-        """The per-channel std the pixels are divided by (for ODIN's ε in pixel units), or None."""
-        return self.std
 
 
 def _scaled_resize(size: tuple[int, ...], resize: tuple[int, ...], crop: tuple[int, ...]) -> tuple[int, ...]:
