@@ -172,6 +172,7 @@ def detect_command(model_spec: tuple[str, ...], weights: str | None, num_classes
     detection error with bootstrap CIs, a table, figures and detection.html in --out (default detect-out for
     the built-in experiment; required with --model).
     """
+    from gradtrust.cli.score import weights_arg
     from gradtrust.errors import InputError
 
     builtin = not model_spec
@@ -182,7 +183,7 @@ def detect_command(model_spec: tuple[str, ...], weights: str | None, num_classes
                                                           else None)
     if eps is None:
         eps = BUILTIN_EPS if all(s.startswith("digits:") for s in specs) else 8 / 255
-    run_detect([(s, chosen_weights) for s in specs], data, challenges or BUILTIN_CHALLENGES,
+    run_detect([(s, weights_arg(s, chosen_weights)) for s in specs], data, challenges or BUILTIN_CHALLENGES,
                str(out_dir or BUILTIN_OUT), eps=eps, seed=seed, fit_fraction=fit_fraction, max_samples=max_samples,
                detectors=[d.strip() for d in detectors.split(",") if d.strip()],
                baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None,

@@ -103,6 +103,10 @@ class SharedOption(click.Option):
         self.section = section
         self.definition = definition
 
+    @property
+    def human_readable_name(self) -> str:  # an old spelling is named as typed, not by the parameter it fills
+        return self.opts[0] if self.deprecated else super().human_readable_name
+
 
 def _add(command: Callable[..., Any], option: click.Option) -> None:
     command.__dict__.setdefault("__click_params__", []).append(option)
@@ -131,7 +135,7 @@ def alias(old: str, name: str, new: str, **kwargs: Any) -> Callable[[F], F]:
     and warns once. ``kwargs``: the type of the value, as the new option has it."""
 
     def decorate(command: F) -> F:
-        _add(command, SharedOption([old, name], hidden=True, deprecated=f"use {new}", **kwargs))
+        _add(command, SharedOption([old, name], hidden=True, deprecated=f"Use {new}.", **kwargs))
         return command
 
     return decorate
