@@ -68,9 +68,9 @@ DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
                                 "and state dicts need no such flag).", is_flag=True),
     "output_index": _option("Model", "--output-index", "For a model returning several outputs (a tuple or dict): "
                             "which one holds the logits (0, ...).", metavar="I"),
-    "data": _option("Data", "--data", "Class-folder images (DIR/<class>/<img>), a flat image folder with --labels, "
-                    "Kinetics-style videos (DIR/<class>/<clip>.mp4) for a video model, or the built-in "
-                    "digits[:SPLIT[:CORRUPTION[:SEVERITY]]].", metavar="DIR|digits[:...]"),
+    "data": _option("Data", "--data", "The dataset: class-folder images (DIR/<class>/<img>) or the built-in "
+                    "digits[:SPLIT[:CORRUPTION[:SEVERITY]]]; where a model reads it, also a flat image folder with "
+                    "--labels or Kinetics-style videos (DIR/<class>/<clip>.mp4).", metavar="DIR|digits[:...]"),
     "labels": _option("Data", "--labels", "Labels of a flat image folder (ImageNet validation layout): "
                       "LOC_val_solution.csv or one label (WordNet ID or class index) per line in sorted file order.",
                       type=_FILE, metavar="FILE"),
