@@ -320,3 +320,25 @@ def test_detect_an_own_model_over_mixed_sizes(own_model, folder, tmp_path):
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert manifest["models"][0]["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     assert manifest["n_bootstrap"] == 5
+
+
+def test_interrupts_out_of_memory_and_peer_failures(monkeypatch):
+    from gradtrust.runner.run import PeerError
+
+    def raising(exc: BaseException) -> Command:
+        def fail() -> None:
+            raise exc
+
+        return Command("toy", callback=fail)
+
+    interrupted = CliRunner().invoke(raising(KeyboardInterrupt()), [])
+    assert interrupted.exit_code == 130 and "run the same command again to resume" in interrupted.stderr
+    oom = CliRunner().invoke(raising(torch.cuda.OutOfMemoryError("CUDA out of memory")), [])
+    assert oom.exit_code == 2 and oom.stderr.startswith("Error: out of GPU memory; use a smaller --batch-size")
+    other = CliRunner().invoke(raising(RuntimeError("a bug")), [])
+    assert other.exit_code == 1 and isinstance(other.exception, RuntimeError)  # not a user error: not hidden
+    monkeypatch.setenv("RANK", "1")  # under torchrun, the rank that failed reports the cause; the others exit quietly
+    quiet = CliRunner().invoke(raising(PeerError("rank 0 stopped the run: x")), [])
+    assert quiet.exit_code == 2 and quiet.stderr == ""
+    loud = CliRunner().invoke(raising(ModelError("bad weights")), [])
+    assert loud.exit_code == 2 and loud.stderr == "Error: bad weights\n"
