@@ -128,7 +128,8 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
              "samples only; bootstrap: " + f"{n_bootstrap} resamples."]
     write_html(out_dir / "detection.html", "GradTrust detection experiment", text, full, figures, notes)
     manifest = {"models": [{"spec": s, "weights": w, "preprocessing": m.meta.get("preprocessing")}
-                           for (s, w), (_, m) in zip(models, loaded_models, strict=True)], "data": data, "challenges": challenges,
+                           for (s, w), (_, m) in zip(models, loaded_models, strict=True)],
+                "data": data, "challenges": challenges,
                 "eps": eps, "seed": seed, "fit_fraction": fit_fraction, "max_samples": max_samples,
                 "detectors": detectors, "baselines": list(settings.baselines), "grouping": grouping,
                 "n_bootstrap": n_bootstrap, "command": " ".join(sys.argv)}
