@@ -1,12 +1,7 @@
 """The ``gradtrust`` command. Each sub-command is a module of this package (the top layer: it may import every
-capability, and none imports it), imported only when it runs, so ``gradtrust --help`` answers without importing torch:
-
-* ``gradtrust score``     — :mod:`gradtrust.cli.score` (score a dataset → scores.parquet + manifest.json)
-* ``gradtrust report``    — :mod:`gradtrust.cli.report` (tables, figures, HTML from score runs)
-* ``gradtrust benchmark`` — :mod:`gradtrust.cli.benchmark` (score several models, then report)
-* ``gradtrust methods`` / ``gradtrust models`` — what can be asked for.
-
-A new sub-command is one entry in :data:`COMMANDS`: its name, where it lives and its one-line help.
+capability, and none imports it), imported only when it runs, so ``gradtrust --help`` answers without importing
+torch. A new sub-command is one entry in :data:`COMMANDS` (its name, where it lives, its one-line help) and uses
+the shared options, error handler and help layout of :mod:`gradtrust.cli.options`.
 """
 
 from __future__ import annotations
@@ -17,6 +12,7 @@ import sys
 import click
 
 from gradtrust._version import __version__
+from gradtrust.cli.options import Command, Group
 
 #: name → ("module:attribute" of the click command, the one-line help ``gradtrust --help`` shows).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     """A click group whose sub-commands are imported on first use (the help text comes from COMMANDS)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -61,7 +57,7 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="gradtrust")
 def main() -> None:
     """GradTrust: how far to trust each prediction of a PyTorch classifier.
@@ -71,7 +67,7 @@ def main() -> None:
     """
 
 
-@click.command("methods")
+@click.command("methods", cls=Command)
 def methods_command() -> None:
     """List the trust-score methods: formula, passes, options (with defaults) and source."""
     import textwrap
@@ -92,7 +88,7 @@ def methods_command() -> None:
             click.echo(f"    source: {spec.source}")
 
 
-@click.command("models")
+@click.command("models", cls=Command)
 @click.option("--family", type=click.Choice(["torchvision", "digits", "timm"]), default=None,
               help="Only this family of model specs.")
 def models_command(family: str | None) -> None:

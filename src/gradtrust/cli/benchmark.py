@@ -5,45 +5,36 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
-from gradtrust.benchmark import DEFAULT_DATA, DEFAULT_OUT, run_benchmark
+from gradtrust.benchmark import DEFAULT_OUT, run_benchmark
 from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.options import Command, shared
 
 
-@click.command("benchmark")
+@click.command("benchmark", cls=Command)
 @keep_freed_memory_option
 @click.option("--models", "models", multiple=True, metavar="SPEC[,SPEC…]",
               help="Model specs (repeatable or comma-separated): torchvision:<name>, timm:<name>, digits:<name>, "
                    "a model file. Default: every bundled digits network.")
-@click.option("--weights", metavar="W", default=None,
-              help="Weights for every model: DEFAULT (the default), an enum name, a local file, or 'random'.")
-@click.option("--data", "data", multiple=True, metavar="DIR|digits:…",
-              help="Datasets (repeatable or comma-separated): image/video folders or built-in digits specs. "
-                   f"Default: {', '.join(DEFAULT_DATA)}.")
-@click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Labels of flat image folders (ImageNet validation layout); ignored for the built-in digits.")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
-              show_default=True, help="Folder for the runs (<out>/runs/) and the report (<out>/report/).")
+@shared("weights")
+@shared("data", multiple=True)
+@shared("labels")
 @click.option("--methods", default=None, metavar="a,b,c|all",
               help="Comma-separated trust scores; default all that apply to each model.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, metavar="N")
-@click.option("--device", metavar="D", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available, else cpu).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="DataLoader worker processes.")
-@click.option("--force", is_flag=True, help="Score every run again, discarding what --out holds.")
-@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap resamples of the report's confidence intervals (0 = none).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples.")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the report's figures.")
-def benchmark_command(models, weights, data, labels, out, methods, batch_size, device, workers, force, resamples,
-                      seed, figures):
+@shared("out_dir", default=DEFAULT_OUT, show_default=True)
+@shared("force")
+@shared("batch_size", default=64)
+@shared("device", "workers", "resamples", "seed")
+def benchmark_command(models, weights, data, labels, methods, figures, out_dir, force, batch_size, device, workers,
+                      resamples, seed):
     """Score every model on every dataset (runs already complete in --out are skipped), then write the report
     to <out>/report/ and print its table.
 
-    With no arguments: every bundled digits network on the clean digits test split and on its
+    --data: repeatable or comma-separated (default: the digits test split and two corrupted copies). With no
+    arguments: every bundled digits network on the clean digits test split and on its
     gaussian_noise and blur copies (severity 1): twelve runs on the CPU in about a minute.
     """
     from gradtrust.cli.report import echo_report
@@ -59,7 +50,7 @@ def benchmark_command(models, weights, data, labels, out, methods, batch_size, d
         except GradTrustError as exc:
             raise click.BadParameter(str(exc), param_hint="--methods") from None
     t0 = time.perf_counter()
-    outcomes, report = run_benchmark(models, data, out, weights=weights, labels=labels, methods=methods,
+    outcomes, report = run_benchmark(models, data, out_dir, weights=weights, labels=labels, methods=methods,
                                      batch_size=batch_size, device=device, workers=workers, force=force,
                                      resamples=resamples, seed=seed, figures=figures)
     click.echo("")

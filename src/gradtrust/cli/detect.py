@@ -17,19 +17,21 @@ from typing import Any
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.options import Command, alias, device_of, echo_preprocessing, model_options, shared
 
 __all__ = ["detect_command", "run_detect"]
 
 BUILTIN_MODELS = ("digits:digits_mlp", "digits:digits_cnn")
 BUILTIN_CHALLENGES = "fgsm,pgd,cw,noise,blur,ood=mnist,ood=patches"
 BUILTIN_EPS = 0.1
+BUILTIN_OUT = "detect-out"
 
 
 def _normalisation(transform: Any) -> tuple[list[float] | None, list[float] | None]:
     """The (mean, std) a model's preprocessing normalises with, found on the transform or inside a Compose."""
     if transform is None:
         return None, None
-    candidates = [transform, *getattr(transform, "transforms", [])]
+    candidates = [transform, getattr(transform, "preprocessing", None), *getattr(transform, "transforms", [])]
     for t in candidates:
         mean, std = getattr(t, "mean", None), getattr(t, "std", None)
         if mean is not None and std is not None:
@@ -63,7 +65,8 @@ def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> A
 def run_detect(models: list[tuple[str, str | None]], data: str | None, challenges: str, out: str, *, eps: float,
                seed: int, fit_fraction: float, max_samples: int | None, detectors: list[str],
                baselines: list[str] | None, grouping: str, n_bootstrap: int, batch_size: int,
-               device: str = "cpu", echo: Any = print) -> Any:
+               device: str = "cpu", echo: Any = print, num_classes: int | None = None,
+               load_options: dict[str, Any] | None = None) -> Any:
     """Run the experiment for each model; write ``out/<model>/`` and ``out/table.*``; return the table."""
     import pandas as pd
 
@@ -80,7 +83,10 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
     settings.validate()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loaded_models = [(spec, load_model(spec, weights=weights, device=device)) for spec, weights in models]
+    loaded_models = [(spec, load_model(spec, weights, num_classes, device=device, **(load_options or {})))
+                     for spec, weights in models]
+    for _, loaded in loaded_models:
+        echo_preprocessing(loaded, load_options or {})
     tables, figures = [], []
     for spec, loaded in loaded_models:
         started = time.perf_counter()
@@ -93,7 +99,9 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
         name = spec.split(":")[-1].replace(os.sep, "_")
         model_dir = out_dir / name
         identity = {"model": spec, "weights": loaded.weights, "weights_sha256": loaded.weights_sha256,
-                    "data": known.description, "mean": known.mean, "std": known.std}
+                    "data": known.description, "mean": known.mean, "std": known.std,
+                    **({"preprocessing": loaded.meta["preprocessing"]} if (load_options or {}).get("preprocessing")
+                       else {})}
         result = run_detection(loaded, known, settings, model_dir, identity=identity)
         table = result.table
         table.insert(0, "model", name)
@@ -119,7 +127,9 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
              f"{fit_fraction}; detectors fitted per challenge on the fitting part, every number on held-out "
              "samples only; bootstrap: " + f"{n_bootstrap} resamples."]
     write_html(out_dir / "detection.html", "GradTrust detection experiment", text, full, figures, notes)
-    manifest = {"models": [{"spec": s, "weights": w} for s, w in models], "data": data, "challenges": challenges,
+    manifest = {"models": [{"spec": s, "weights": w, "preprocessing": m.meta.get("preprocessing")}
+                           for (s, w), (_, m) in zip(models, loaded_models, strict=True)],
+                "data": data, "challenges": challenges,
                 "eps": eps, "seed": seed, "fit_fraction": fit_fraction, "max_samples": max_samples,
                 "detectors": detectors, "baselines": list(settings.baselines), "grouping": grouping,
                 "n_bootstrap": n_bootstrap, "command": " ".join(sys.argv)}
@@ -129,22 +139,16 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
     return full
 
 
-@click.command("detect", context_settings={"max_content_width": 110})
+@click.command("detect", cls=Command)
 @keep_freed_memory_option
-@click.option("--model", "models", multiple=True,
-              help="Model spec (repeatable): digits:<name>, torchvision:<name>, timm:<name> or a file. "
-                   f"Default: {', '.join(BUILTIN_MODELS)} with their bundled weights.")
-@click.option("--weights", default=None, help="Weights for --model (for digits: 'bundled' by default).")
-@click.option("--data", default=None, help="Known (trained-distribution) data: an image folder or a digits spec "
-                                           "(default for digits models: digits:test).")
+@model_options(multiple=True)
+@shared("data")
 @click.option("--challenge", "challenges", default=None,
               help="Comma-separated: attacks fgsm,bim,pgd,cw,ll; corruptions NAME[:LEVEL] (no level = 1-5; "
                    "noise, blur, impulse, contrast, brightness; ImageNet-C names for images >= 32 px); "
                    f"ood=FOLDER, ood=mnist, ood=patches. Default: {BUILTIN_CHALLENGES}.")
-@click.option("--out", default="detect-out", show_default=True, help="Output folder (resumes if it exists).")
 @click.option("--eps", type=float, default=None,
               help="L-inf attack budget in [0,1] pixel units (default 0.1 for digits, 8/255 otherwise).")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fit-fraction", type=float, default=0.5, show_default=True,
               help="Share of each set the detectors are fitted on; the rest is evaluated.")
 @click.option("--max-samples", type=int, default=None, help="Use at most this many known samples (seeded subset).")
@@ -153,34 +157,38 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
                                                 "(default: softmax,odin,energy,gradnorm,purview_initial,"
                                                 "purview_final,mahalanobis).")
 @click.option("--grouping", type=click.Choice(["tensor", "layer"]), default="tensor", show_default=True)
-@click.option("--bootstrap", "n_bootstrap", type=int, default=200, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-def detect_command(models: tuple[str, ...], weights: str | None, data: str | None, challenges: str | None, out: str,
-                   eps: float | None, seed: int, fit_fraction: float, max_samples: int | None, detectors: str,
-                   baselines: str | None, grouping: str, n_bootstrap: int, batch_size: int, device: str) -> None:
+@shared("out_dir")
+@shared("batch_size", default=256)
+@shared("device", "seed")
+@shared("resamples", default=200)
+@alias("--bootstrap", "resamples", "--resamples", type=click.IntRange(min=0))
+def detect_command(model_spec: tuple[str, ...], weights: str | None, num_classes: int | None,
+                   load_options: dict[str, Any], data: str | None, challenges: str | None, eps: float | None,
+                   fit_fraction: float, max_samples: int | None, detectors: str, baselines: str | None, grouping: str,
+                   out_dir: Path | None, batch_size: int, device: str | None, seed: int, resamples: int) -> None:
     """Detect adversarial, corrupted and out-of-distribution inputs from Purview's gradient features.
 
     Fits a detector (MLP and logistic regression) on gradient features of known vs challenge data and compares
     it with scalar trust scores and a Mahalanobis detector, on held-out samples: AUROC, FPR@95%TPR and
-    detection error with bootstrap CIs, a table, figures and detection.html in --out.
+    detection error with bootstrap CIs, a table, figures and detection.html in --out (default detect-out for
+    the built-in experiment; required with --model).
     """
-    from gradtrust.errors import GradTrustError
+    from gradtrust.cli.score import weights_arg
+    from gradtrust.errors import InputError
 
-    builtin = not models
-    specs = list(models) or list(BUILTIN_MODELS)
+    builtin = not model_spec
+    if out_dir is None and not builtin:
+        raise InputError("--out is required with --model: the folder for the tables, figures and detection.html.")
+    specs = list(model_spec) or list(BUILTIN_MODELS)
     chosen_weights = weights if weights is not None else ("bundled" if all(s.startswith("digits:") for s in specs)
                                                           else None)
     if eps is None:
         eps = BUILTIN_EPS if all(s.startswith("digits:") for s in specs) else 8 / 255
-    try:
-        run_detect([(s, chosen_weights) for s in specs], data, challenges or BUILTIN_CHALLENGES, out, eps=eps,
-                   seed=seed, fit_fraction=fit_fraction, max_samples=max_samples,
-                   detectors=[d.strip() for d in detectors.split(",") if d.strip()],
-                   baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None,
-                   grouping=grouping, n_bootstrap=n_bootstrap, batch_size=batch_size, device=device,
-                   echo=click.echo)
-    except GradTrustError as exc:
-        raise click.ClickException(str(exc)) from exc
+    run_detect([(s, weights_arg(s, chosen_weights)) for s in specs], data, challenges or BUILTIN_CHALLENGES,
+               str(out_dir or BUILTIN_OUT), eps=eps, seed=seed, fit_fraction=fit_fraction, max_samples=max_samples,
+               detectors=[d.strip() for d in detectors.split(",") if d.strip()],
+               baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None,
+               grouping=grouping, n_bootstrap=resamples, batch_size=batch_size, device=str(device_of(device)),
+               echo=click.echo, num_classes=num_classes, load_options=load_options)
     if builtin:
         click.echo("(built-in experiment: bundled digits networks; pass --model/--data/--challenge for your own)")

@@ -7,7 +7,8 @@ import os
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.errors import GradTrustError, InputError
+from gradtrust.cli.options import Command, device_of, echo_preprocessing, model_options, shared
+from gradtrust.errors import InputError
 
 EPILOG = """\b
 Examples:
@@ -21,17 +22,10 @@ Output: <out>/explanations.parquet (per sample: P, Q, the layer-resolution maps,
 """
 
 
-@click.command("explain", epilog=EPILOG,
-               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command("explain", cls=Command, epilog=EPILOG)
 @keep_freed_memory_option
-@click.option("--model", "model_spec", required=True, metavar="SPEC",
-              help="torchvision:<name>, timm:<name>, digits:<name>, or a model file (`gradtrust models`).")
-@click.option("--weights", metavar="W", help="DEFAULT, an enum name, a weights file, or 'random' (as `gradtrust score`).")
-@click.option("--num-classes", type=click.IntRange(min=1), metavar="N")
-@click.option("--data", metavar="DIR|digits[:...]", default=None,
-              help="A dataset as `gradtrust score --data` reads it (default: digits for digits:* models).")
-@click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE", help="Labels of a flat image folder.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR")
+@model_options(required=True)
+@shared("data", "labels")
 @click.option("--methods", default="gradcam,counterfactual,contrast", show_default=True, metavar="a,b,c",
               help="Any of gradcam (Why P?), counterfactual (What if not P?), contrast (Why P, rather than Q?).")
 @click.option("--layer", metavar="NAME", help="The module to explain (default: the last spatial layer before "
@@ -42,29 +36,19 @@ Output: <out>/explanations.parquet (per sample: P, Q, the layer-resolution maps,
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="VOICE IoU threshold.")
 @click.option("--save-images", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Overlays (PNG) of the first N samples.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, metavar="N")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, metavar="N")
-@click.option("--device", metavar="D")
-@click.option("--force", is_flag=True, help="Discard the results of a different run already in --out.")
-@click.option("--no-progress", is_flag=True)
-@click.pass_context
-def explain_command(ctx: click.Context, model_spec, weights, num_classes, data, labels, out_dir, methods, layer,
-                    contrast_arg, voice, threshold, save_images, batch_size, workers, device, force,
-                    no_progress) -> None:
+@shared("out_dir", required=True)
+@shared("force")
+@shared("batch_size", default=32)
+@shared("workers", "device", "no_progress")
+def explain_command(model_spec, weights, num_classes, load_options, data, labels, methods, layer, contrast_arg,
+                    voice, threshold, save_images, out_dir, force, batch_size, workers, device, no_progress) -> None:
     """Explain every prediction of a model on a dataset: Why P? What if not P? Why P, rather than Q? (+ VOICE)."""
-    try:
-        _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer, contrast_arg, voice, threshold,
-             save_images, batch_size, workers, device, force, not no_progress)
-    except (GradTrustError, OSError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        ctx.exit(2)
-    except KeyboardInterrupt:
-        click.echo("\nInterrupted. Complete chunks are kept: run the same command again to resume.", err=True)
-        ctx.exit(130)
+    _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer, contrast_arg, voice, threshold,
+         save_images, batch_size, workers, device, force, not no_progress, load_options)
 
 
 def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer, contrast_arg, voice, threshold,
-         save_images, batch_size, workers, device, force, progress) -> None:
+         save_images, batch_size, workers, device, force, progress, load_options) -> None:
     import torch
 
     from gradtrust.cli.score import RANDOM_INIT_SEED, weights_arg
@@ -72,7 +56,6 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer
     from gradtrust.explanations.cams import parse_methods
     from gradtrust.explanations.run import explain_dataset
     from gradtrust.models import load_model
-    from gradtrust.runner.distributed import resolve_device
 
     parse_methods(methods)
     if labels is not None and not os.path.isfile(labels):
@@ -81,10 +64,10 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer
         if not model_spec.startswith("digits:"):
             raise InputError("--data is required with this --model (a dataset folder).")
         data = "digits"
-    default = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    dev = resolve_device(device, default)
+    dev = device_of(device)
     torch.manual_seed(RANDOM_INIT_SEED)
-    model = load_model(model_spec, weights_arg(model_spec, weights), num_classes, device=dev)
+    model = load_model(model_spec, weights_arg(model_spec, weights), num_classes, device=dev, **load_options)
+    echo_preprocessing(model, load_options)
     contrast = _contrast(contrast_arg, model.class_names)
     dataset = open_dataset(data, model, labels)
     summary = explain_dataset(model, dataset, out_dir, methods=methods, layer=layer, contrast=contrast, voice=voice,

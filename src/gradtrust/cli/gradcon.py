@@ -1,7 +1,7 @@
 """``gradtrust gradcon``: train, score and benchmark the GradCON anomaly detector (``docs/gradcon.md``).
 
 * ``gradtrust gradcon fit --data DIR|digits:train --inlier CLASS --out MODEL``
-* ``gradtrust gradcon score --model MODEL --data DIR|digits:test --out RUN``  (then ``gradtrust report RUN``)
+* ``gradtrust gradcon score --gradcon MODEL --data DIR|digits:test --out RUN``  (then ``gradtrust report RUN``)
 * ``gradtrust gradcon benchmark`` (also ``gradtrust gradcon`` alone): the built-in digits benchmark.
 
 Heavy imports (torch) happen inside the commands, so ``gradtrust --help`` stays fast.
@@ -10,31 +10,16 @@ Heavy imports (torch) happen inside the commands, so ``gradtrust --help`` stays 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.options import Group, alias, device_of, shared
 
 __all__ = ["gradcon_command"]
 
 
-def _fail(ctx: click.Context, exc: Exception) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    ctx.exit(2)
-
-
-def _run(ctx: click.Context, fn: Any) -> Any:
-    from gradtrust.errors import GradTrustError
-
-    try:
-        return fn()
-    except (GradTrustError, OSError) as exc:
-        _fail(ctx, exc)
-    return None
-
-
-@click.group("gradcon", invoke_without_command=True)
+@click.group("gradcon", cls=Group, invoke_without_command=True)
 @click.pass_context
 def gradcon_command(ctx: click.Context) -> None:
     """GradCON anomaly detection (Kwon et al., ECCV 2020): an autoencoder whose decoder gradients are kept
@@ -44,143 +29,117 @@ def gradcon_command(ctx: click.Context) -> None:
         ctx.invoke(benchmark_command)
 
 
-_DATA_HELP = ("A class-folder dataset DIR/<class>/<image>, or the built-in digits: digits:train, digits:test "
-              "(digits:<split>:<corruption>[:<severity>] for a corrupted copy).")
-
-
 @gradcon_command.command("fit")
 @keep_freed_memory_option
-@click.option("--data", required=True, help=_DATA_HELP)
+@shared("data", required=True)
 @click.option("--inlier", required=True, help="The normal class (its folder name, or its index); the model "
               "trains on its images only.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the fitted model (estimator.json + weights.safetensors).")
 @click.option("--beta", type=click.FloatRange(min=0), default=0.03, show_default=True,
               help="Weight of the gradient-alignment loss in training (0 = plain autoencoder).")
 @click.option("--gamma", type=click.FloatRange(min=0), default=0.12, show_default=True,
               help="Weight of the gradient cosine in the score (stored; `score --gamma` overrides it).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Training epochs: GradCON's own default. `gradcon benchmark` trains 40, the setting of its "
+                   "published table (docs/gradcon.md).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1…")
 @click.option("--grayscale", is_flag=True, help="Read folder images as one grey channel (default: RGB).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="DataLoader worker processes for reading the images.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.pass_context
-def fit_command(ctx, data, inlier, out_dir, beta, gamma, epochs, batch_size, lr, seed, device, grayscale,
-                workers, no_progress):
-    """Train one GradCON model on the images of the --inlier class of --data."""
+@shared("out_dir", required=True)
+@shared("batch_size", default=64)
+@shared("seed", "device", "workers", "no_progress")
+def fit_command(data, inlier, beta, gamma, epochs, lr, grayscale, out_dir, batch_size, seed, device, workers,
+                no_progress):
+    """Train one GradCON model on the images of the --inlier class of --data (config.json + model.safetensors
+    in --out)."""
+    from gradtrust.gradcon.data import load_labelled, resolve_class
+    from gradtrust.gradcon.estimator import GradCON
 
-    def work() -> None:
-        from gradtrust.gradcon.data import load_labelled, resolve_class
-        from gradtrust.gradcon.estimator import GradCON
-
-        det = GradCON(beta=beta, gamma=gamma, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      device=device, progress=not no_progress)
-        images = load_labelled(data, grayscale=grayscale, workers=workers, progress=not no_progress)
-        label = resolve_class(inlier, images.classes)
-        train = images.of_class(label)
-        det.fit(train)
-        det.save(out_dir, metadata={"inlier": {"label": label, "name": images.classes[label]}, "data": data,
-                                    "grayscale": grayscale, "classes": images.classes})
-        last = det.history_[-1]
-        click.echo(f"GradCON fitted on {len(train)} images of class {images.classes[label]!r} "
-                   f"({epochs} epochs, final MSE {last['mse']:.5f}); saved to {out_dir}")
-
-    _run(ctx, work)
+    det = GradCON(beta=beta, gamma=gamma, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                  device=str(device_of(device)), progress=not no_progress)
+    images = load_labelled(data, grayscale=grayscale, workers=workers, progress=not no_progress)
+    label = resolve_class(inlier, images.classes)
+    train = images.of_class(label)
+    det.fit(train)
+    det.save(out_dir, metadata={"inlier": {"label": label, "name": images.classes[label]}, "data": data,
+                                "grayscale": grayscale, "classes": images.classes})
+    last = det.history_[-1]
+    click.echo(f"GradCON fitted on {len(train)} images of class {images.classes[label]!r} "
+               f"({epochs} epochs, final MSE {last['mse']:.5f}); saved to {out_dir}")
 
 
 @gradcon_command.command("score")
 @keep_freed_memory_option
-@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A folder written by `gradtrust gradcon fit`.")
-@click.option("--data", required=True, help=_DATA_HELP)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder (anomaly_scores.parquet, manifest.json, reconstructions.npz).")
+@click.option("--gradcon", "model_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="A folder written by `gradtrust gradcon fit`.  [required]")
+@alias("--model", "model_dir", "--gradcon", type=click.Path(file_okay=False, path_type=Path))
+@shared("data", required=True)
 @click.option("--inlier", default=None, help="The normal class in --data (default: the class the model was "
               "trained on, by name).")
 @click.option("--gamma", type=click.FloatRange(min=0), default=None,
               help="Weight of the gradient cosine in the score (default: the model's).")
-@click.option("--device", default=None, help="Default: the device the model was fitted on.")
 @click.option("--grayscale/--rgb", default=None, help="How to read folder images (default: as in fit).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap resamples for the CIs printed and stored in the manifest (0 = none).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.pass_context
-def score_command(ctx, model_dir, data, out_dir, inlier, gamma, device, grayscale, workers, resamples,
-                  no_progress):
+@shared("out_dir", required=True)
+@shared("device", "workers", "resamples", "no_progress")
+def score_command(model_dir, data, inlier, gamma, grayscale, out_dir, device, workers, resamples, no_progress):
     """Score every image of --data (higher = more normal) and write a run folder for `gradtrust report`."""
+    from gradtrust.errors import InputError
+    from gradtrust.gradcon.data import load_labelled, resolve_class
+    from gradtrust.gradcon.estimator import GradCON
+    from gradtrust.gradcon.scoring import score_to_run
 
-    def work() -> None:
-        from gradtrust.errors import InputError
-        from gradtrust.gradcon.data import load_labelled, resolve_class
-        from gradtrust.gradcon.estimator import GradCON
-        from gradtrust.gradcon.scoring import score_to_run
-
-        det = GradCON.load(model_dir, device=device, gamma=gamma)
-        det.progress = not no_progress
-        meta = det.metadata_
-        gray = bool(meta.get("grayscale", False)) if grayscale is None else grayscale
-        images = load_labelled(data, grayscale=gray, workers=workers, progress=not no_progress)
-        wanted = inlier if inlier is not None else meta.get("inlier", {}).get("name")
-        if wanted is None:
-            raise InputError(f"the model in {model_dir} does not record its inlier class: pass --inlier")
-        label = resolve_class(wanted, images.classes)
-        summary = score_to_run(det, images, label, out_dir, model_source=str(model_dir), resamples=resamples)
-        ci = summary.get("auroc_ci")
-        ci_text = f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""
-        click.echo(f"Scored {summary['n']} images ({summary['n_inlier']} of inlier class "
-                   f"{images.classes[label]!r}): AUROC {100 * summary['auroc']:.2f}{ci_text}, "
-                   f"FPR@95%TPR {100 * summary['fpr_at_95tpr']:.2f} (×100). Run written to {out_dir}; "
-                   f"report with: gradtrust report {out_dir} --out REPORT")
-
-    _run(ctx, work)
+    if model_dir is None:
+        raise InputError("--gradcon DIR is required: a folder written by `gradtrust gradcon fit`.")
+    det = GradCON.load(model_dir, device=str(device_of(device)), gamma=gamma)
+    det.progress = not no_progress
+    meta = det.metadata_
+    gray = bool(meta.get("grayscale", False)) if grayscale is None else grayscale
+    images = load_labelled(data, grayscale=gray, workers=workers, progress=not no_progress)
+    wanted = inlier if inlier is not None else meta.get("inlier", {}).get("name")
+    if wanted is None:
+        raise InputError(f"the model in {model_dir} does not record its inlier class: pass --inlier")
+    label = resolve_class(wanted, images.classes)
+    summary = score_to_run(det, images, label, out_dir, model_source=str(model_dir), resamples=resamples)
+    ci = summary.get("auroc_ci")
+    ci_text = f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""
+    click.echo(f"Scored {summary['n']} images ({summary['n_inlier']} of inlier class "
+               f"{images.classes[label]!r}): AUROC {100 * summary['auroc']:.2f}{ci_text}, "
+               f"FPR@95%TPR {100 * summary['fpr_at_95tpr']:.2f} (×100). Run written to {out_dir}; "
+               f"report with: gradtrust report {out_dir} --out REPORT")
 
 
 @gradcon_command.command("benchmark")
 @keep_freed_memory_option
-@click.option("--out", "out_dir", default="gradcon-benchmark", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path))
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs per model (default: gradtrust.gradcon.benchmark.DEFAULT_EPOCHS).")
+              help="Epochs per model (default: gradtrust.gradcon.benchmark.DEFAULT_EPOCHS, 40).")
 @click.option("--classes", default=None, help="Comma-separated digit classes (default: all ten).")
 @click.option("--beta", type=click.FloatRange(min=0), default=0.03, show_default=True)
 @click.option("--gamma", type=click.FloatRange(min=0), default=0.12, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--resamples", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch intra-op threads (small convolutions gain little from more).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.pass_context
-def benchmark_command(ctx, out_dir=Path("gradcon-benchmark"), epochs=None, classes=None, beta=0.03, gamma=0.12,
-                      seed=0, resamples=1000, device="cpu", threads=1, no_report=False, no_progress=False):
+@shared("out_dir", default=Path("gradcon-benchmark"), show_default=True)
+@shared("seed", "resamples", "device", "no_progress")
+def benchmark_command(epochs=None, classes=None, beta=0.03, gamma=0.12, threads=1, no_report=False,
+                      out_dir=Path("gradcon-benchmark"), seed=0, resamples=1000, device=None, no_progress=False):
     """One GradCON and one plain autoencoder per digit class on the bundled digits (nothing downloaded);
     prints the AUROC table (inliers positive) with bootstrap CIs and writes it, the runs and a report."""
+    from gradtrust.errors import InputError
+    from gradtrust.gradcon.benchmark import DEFAULT_EPOCHS, run_gradcon_benchmark
 
-    def work() -> None:
-        from gradtrust.errors import InputError
-        from gradtrust.gradcon.benchmark import DEFAULT_EPOCHS, run_gradcon_benchmark
+    try:
+        wanted = None if classes is None else [int(c) for c in str(classes).split(",") if c.strip()]
+    except ValueError:
+        raise InputError(f"--classes takes comma-separated digits 0..9, got {classes!r}") from None
+    result = run_gradcon_benchmark(out_dir, classes=wanted, epochs=epochs or DEFAULT_EPOCHS, beta=beta,
+                                   gamma=gamma, seed=seed, resamples=resamples,
+                                   device=str(device_of(device)),
+                                   progress=not no_progress, threads=threads,
+                                   echo=None if no_progress else click.echo)
+    if not no_report:
+        from gradtrust.reporting.report import build_report
 
-        try:
-            wanted = None if classes is None else [int(c) for c in str(classes).split(",") if c.strip()]
-        except ValueError:
-            raise InputError(f"--classes takes comma-separated digits 0..9, got {classes!r}") from None
-        result = run_gradcon_benchmark(out_dir, classes=wanted, epochs=epochs or DEFAULT_EPOCHS, beta=beta,
-                                       gamma=gamma, seed=seed, resamples=resamples, device=device,
-                                       progress=not no_progress, threads=threads,
-                                       echo=None if no_progress else click.echo)
-        if not no_report:
-            from gradtrust.reporting.report import build_report
+        build_report([out_dir / "runs"], out_dir / "report", resamples=resamples, seed=seed,
+                     title="GradCON benchmark on the bundled digits")
+    click.echo(result.markdown)
+    click.echo(f"Written to {out_dir} in {result.elapsed_s:.0f} s: table.md, table.csv, runs/, models/"
+               + ("" if no_report else ", report/index.html"))
 
-            build_report([out_dir / "runs"], out_dir / "report", resamples=resamples, seed=seed,
-                         title="GradCON benchmark on the bundled digits")
-        click.echo(result.markdown)
-        click.echo(f"Written to {out_dir} in {result.elapsed_s:.0f} s: table.md, table.csv, runs/, models/"
-                   + ("" if no_report else ", report/index.html"))
-
-    _run(ctx, work)

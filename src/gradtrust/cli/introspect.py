@@ -1,24 +1,17 @@
-"""``gradtrust introspect``: fit the introspective network ``H`` of a model, score a dataset with both ``f``
-and ``H``, and the built-in digits comparison (``docs/introspection.md``).
-
-* ``gradtrust introspect fit --model SPEC --weights W --train DIR|digits:train --out DIR``
-* ``gradtrust introspect score --introspective DIR --data DIR|digits:test[:corruption[:severity]] --out RUN``
-  writes ``RUN/feed_forward/`` and ``RUN/introspective/`` (two ordinary score runs: ``scores.parquet`` with
-  every trust score computed on ``f``'s and on ``H``'s logits, ``logits.parquet``, ``manifest.json``) and
-  ``RUN/introspection.parquet`` (both predictions and both logit vectors, one row per sample);
-  ``gradtrust report RUN`` then compares them side by side in every table.
-* ``gradtrust introspect benchmark``: the built-in default (bundled digits networks).
-"""
+"""``gradtrust introspect``: fit the introspective network ``H`` of a model (``fit``), score a dataset with both
+``f`` and ``H`` (``score``: two score runs ``RUN/feed_forward/``, ``RUN/introspective/`` and
+``RUN/introspection.parquet``, both predictions and logits per sample, which ``gradtrust report RUN`` compares),
+and the built-in digits comparison (``benchmark``); see ``docs/introspection.md``."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.options import Group, alias, device_of, echo_preprocessing, model_options, shared
 from gradtrust.errors import GradTrustError, InputError
 
 __all__ = ["introspect_command"]
@@ -29,119 +22,101 @@ DEFAULT_METHODS = ("softmax,entropy,max_logit,margin,brier,logit_margin,energy,d
 INTROSPECTION_FILE = "introspection.parquet"
 
 
-def _fail(ctx: click.Context, exc: Exception) -> None:
-    click.echo(f"Error: {exc}", err=True)
-    ctx.exit(2)
-
-
-@click.group("introspect", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group("introspect", cls=Group)
 def introspect_command() -> None:
     """Introspective learning: a second network H that predicts again from the gradient of MSE(z, 1_C).
 
     \b
-    gradtrust introspect fit --model digits:digits_cnn --train digits:train --out intro/cnn
+    gradtrust introspect fit --model digits:digits_cnn --data digits:train --out intro/cnn
     gradtrust introspect score --introspective intro/cnn --data digits:test:blur:1 --out runs/cnn-blur
     gradtrust report runs/cnn-blur --out report/        # feed-forward and introspective side by side
     gradtrust introspect benchmark                      # the built-in digits comparison table
     """
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @introspect_command.command("fit")
 @keep_freed_memory_option
-@click.option("--model", "model_spec", required=True, metavar="SPEC", help="The network f (as for gradtrust score).")
-@click.option("--weights", metavar="W", help="f's weights (default: bundled for digits:*, random otherwise).")
-@click.option("--num-classes", type=click.IntRange(min=1), metavar="N", help="Outputs of a fine-tuned head.")
-@click.option("--train", "train", required=True, metavar="DIR|digits:train",
-              help="Training data: class-folder images, or the built-in digits training split.")
-@click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE", help="Labels of a flat image folder.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
-              help="Folder for H (estimator.json + weights.safetensors).")
+@model_options(required=True)
+@shared("data")
+@alias("--train", "data", "--data")
+@shared("labels")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden units of H.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Samples per training step of H.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of H's initialisation and sample order.")
 @click.option("--layer", metavar="NAME", help="The nn.Linear of f to take the gradient at (default: the final one).")
-@click.option("--device", metavar="D", help="cpu, cuda… (default: cuda when available).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="DataLoader worker processes reading the training files.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Training samples per resumable feature chunk (DIR/features/).")
-@click.option("--no-progress", is_flag=True)
-@click.pass_context
-def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, hidden, epochs, lr, batch_size, seed,
-                layer, device, workers, chunk_size, no_progress) -> None:
-    """Fit H on the introspective features of f on a training set.
+@shared("out_dir", required=True)
+@shared("batch_size", default=128)
+@shared("seed", "device", "workers", "no_progress")
+def fit_command(model_spec, weights, num_classes, load_options, data, labels, hidden, epochs, lr, layer, chunk_size,
+                out_dir, batch_size, seed, device, workers, no_progress) -> None:
+    """Fit H on the introspective features of f on a training set (--data: DIR or digits:train).
 
     The features are written to DIR/features/ in atomic chunks first: an interrupted fit run again with
-    the same command computes only the missing chunks.
+    the same command computes only the missing chunks. Writes DIR/estimator.json + weights.safetensors.
     """
-    try:
-        import torch
+    import torch
 
-        from gradtrust.cli.score import RANDOM_INIT_SEED, weights_arg
-        from gradtrust.data.open import describe_dataset, open_dataset
-        from gradtrust.estimator import CONFIG_FILE, WEIGHTS_FILE
-        from gradtrust.introspection.introspective import Introspective
-        from gradtrust.models import load_model
+    from gradtrust.cli.score import RANDOM_INIT_SEED, weights_arg
+    from gradtrust.data.classes import resolve_class_indices
+    from gradtrust.data.open import describe_dataset, open_dataset
+    from gradtrust.estimator import CONFIG_FILE, WEIGHTS_FILE
+    from gradtrust.introspection.cache import cached_features
+    from gradtrust.introspection.introspective import Introspective
+    from gradtrust.models import file_sha256, load_model
 
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        torch.manual_seed(RANDOM_INIT_SEED)
-        model = load_model(model_spec, weights_arg(model_spec, weights), num_classes, device=dev)
-        dataset = open_dataset(train, model, labels)
-        if len(dataset) == 0:
-            raise InputError("the training set is empty.")
-        from gradtrust.data.classes import resolve_class_indices
-        from gradtrust.introspection.cache import cached_features
-
-        if not model.num_classes:
-            raise InputError(f"the number of outputs of {model.spec} is unknown; pass --num-classes.")
-        class_map = resolve_class_indices(dataset.classes, model.class_names, model.num_classes)
-        out = Path(out_dir)
-        identity = {"model": {"spec": model.spec, "weights_sha256": model.weights_sha256,
-                              "num_classes": model.num_classes},
-                    "dataset": describe_dataset(dataset)}
-        feats = cached_features(model.module, dataset, class_map, out / "features", identity=identity, layer=layer,
-                                chunk_size=chunk_size, num_workers=workers, progress=not no_progress)
-        if feats["resumed_chunks"]:
-            click.echo(f"resumed: {feats['resumed_chunks']} chunk(s) of features read from {out / 'features'}")
-        intro = Introspective(hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                              layer=feats["layer"], progress=not no_progress)
-        intro.info_ = {"closed_form": feats["closed_form"]}
-        intro.fit_features(feats["a"], feats["h"], feats["y"], feats["logits"], device=dev)
-        extra = {"model": {"spec": model.spec, "weights": model.weights, "weights_sha256": model.weights_sha256,
-                           "num_classes": model.num_classes, "class_names": list(model.class_names)},
-                 "train": describe_dataset(dataset)}
-        intro.save(out, extra)
-        info = intro.info_
-        click.echo(f"H fitted on {info['train_samples']} samples ({info['num_classes']} classes x "
-                   f"{info['num_features']} features at layer {info['layer']!r}, "
-                   f"{'closed form' if info['closed_form'] else 'autograd'}) in {info['fit_seconds']:.1f} s; "
-                   f"train accuracy f {info['train_accuracy_feed_forward']:.4f}, H {info['train_accuracy']:.4f}")
-        click.echo(f"  written: {out / WEIGHTS_FILE} ({_sha256(out / WEIGHTS_FILE)[:12]}…), "
-                   f"{out / CONFIG_FILE}")
-    except GradTrustError as exc:
-        _fail(ctx, exc)
+    if data is None:
+        raise InputError("--data is required: the training data (a class-folder DIR, or digits:train).")
+    dev = device_of(device)
+    torch.manual_seed(RANDOM_INIT_SEED)
+    model = load_model(model_spec, weights_arg(model_spec, weights), num_classes, device=dev, **load_options)
+    echo_preprocessing(model, load_options)
+    dataset = open_dataset(data, model, labels)
+    if len(dataset) == 0:
+        raise InputError("the training set is empty.")
+    if not model.num_classes:
+        raise InputError(f"the number of outputs of {model.spec} is unknown; pass --num-classes.")
+    class_map = resolve_class_indices(dataset.classes, model.class_names, model.num_classes)
+    out = Path(out_dir)
+    identity = {"model": {"spec": model.spec, "weights_sha256": model.weights_sha256,
+                          "num_classes": model.num_classes,
+                          **({"preprocessing": model.meta["preprocessing"]} if "preprocessing" in load_options
+                             else {})},
+                "dataset": describe_dataset(dataset)}
+    feats = cached_features(model.module, dataset, class_map, out / "features", identity=identity, layer=layer,
+                            chunk_size=chunk_size, num_workers=workers, progress=not no_progress)
+    if feats["resumed_chunks"]:
+        click.echo(f"resumed: {feats['resumed_chunks']} chunk(s) of features read from {out / 'features'}")
+    intro = Introspective(hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                          layer=feats["layer"], progress=not no_progress)
+    intro.info_ = {"closed_form": feats["closed_form"]}
+    intro.fit_features(feats["a"], feats["h"], feats["y"], feats["logits"], device=dev)
+    saved_options = {**load_options, **({"class_names": list(model.class_names)} if "class_names" in load_options
+                                        else {})}  # the list, not a file that may move: introspect score reloads f
+    extra = {"model": {"spec": model.spec, "weights": model.weights, "weights_sha256": model.weights_sha256,
+                       "num_classes": model.num_classes, "class_names": list(model.class_names),
+                       **({"load_options": saved_options} if saved_options else {})},
+             "train": describe_dataset(dataset)}
+    intro.save(out, extra)
+    info = intro.info_
+    click.echo(f"H fitted on {info['train_samples']} samples ({info['num_classes']} classes x "
+               f"{info['num_features']} features at layer {info['layer']!r}, "
+               f"{'closed form' if info['closed_form'] else 'autograd'}) in {info['fit_seconds']:.1f} s; "
+               f"train accuracy f {info['train_accuracy_feed_forward']:.4f}, H {info['train_accuracy']:.4f}")
+    click.echo(f"  written: {out / WEIGHTS_FILE} ({file_sha256(out / WEIGHTS_FILE)[:12]}…), "
+               f"{out / CONFIG_FILE}")
 
 
 def introspective_loaded_model(model, intro, folder: Path):
     """``f`` + ``H`` as a :class:`~gradtrust.models.LoadedModel` (spec ``introspective:<f's spec>``)."""
     from gradtrust.estimator import WEIGHTS_FILE
-    from gradtrust.models import LoadedModel
+    from gradtrust.models import LoadedModel, file_sha256
 
     return LoadedModel(module=intro.module(model).eval(), transform=model.transform,
                        class_names=list(model.class_names), num_classes=model.num_classes,
                        spec=f"introspective:{model.spec}", weights=str(folder.resolve()),
-                       weights_sha256=_sha256(folder / WEIGHTS_FILE), input_kind=model.input_kind,
+                       weights_sha256=file_sha256(folder / WEIGHTS_FILE), input_kind=model.input_kind,
                        clip_len=model.clip_len,
                        meta={"feed_forward": {"spec": model.spec, "weights": model.weights,
                                               "weights_sha256": model.weights_sha256},
@@ -177,69 +152,62 @@ def write_introspection_table(out: Path) -> Path:
 @keep_freed_memory_option
 @click.option("--introspective", "folder", required=True, type=click.Path(file_okay=False, exists=True),
               metavar="DIR", help="A folder written by `gradtrust introspect fit`.")
-@click.option("--data", required=True, metavar="DIR|digits:test[:CORRUPTION[:SEVERITY]]", help="Data to score.")
-@click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE", help="Labels of a flat image folder.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="RUN",
-              help="Output folder: RUN/feed_forward/, RUN/introspective/, RUN/introspection.parquet.")
+@shared("data", required=True)
+@shared("labels")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True, metavar="a,b,c|all",
               help="Trust scores, computed on f's logits and on H's.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", metavar="D", help="cpu, cuda… (default: cuda when available).")
-@click.option("--force", is_flag=True, help="Discard the results of a different run already in RUN.")
-@click.option("--no-progress", is_flag=True)
-@click.pass_context
-def score_command(ctx, folder, data, labels, out_dir, methods, batch_size, workers, device, force,
-                  no_progress) -> None:
-    """Score a dataset with f and with H: both predictions, logits and trust scores."""
-    try:
-        import torch
+@shared("out_dir", required=True)
+@shared("force")
+@shared("batch_size", default=64)
+@shared("workers", "device", "no_progress")
+def score_command(folder, data, labels, methods, out_dir, force, batch_size, workers, device, no_progress) -> None:
+    """Score a dataset with f and with H: both predictions, logits and trust scores.
 
-        from gradtrust.cli.score import RANDOM_INIT_SEED
-        from gradtrust.data.open import open_dataset
-        from gradtrust.introspection.introspective import Introspective
-        from gradtrust.models import load_model
-        from gradtrust.runner.run import score_dataset
+    Writes RUN/feed_forward/, RUN/introspective/ (two score runs) and RUN/introspection.parquet into --out RUN.
+    """
+    import torch
 
-        folder = Path(folder)
-        intro = Introspective.load(folder)
-        spec = intro.metadata_.get("model") or {}
-        if not spec.get("spec"):
-            raise InputError(f"{folder} does not say which model H was fitted on (no 'model').")
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        torch.manual_seed(RANDOM_INIT_SEED)
-        model = load_model(spec["spec"], spec.get("weights"), spec.get("num_classes"), device=dev)
-        if spec.get("weights_sha256") and model.weights_sha256 != spec["weights_sha256"]:
-            raise InputError(f"the weights of {spec['spec']} ({model.weights}) differ from those H was fitted on "
-                             f"(SHA-256 {spec['weights_sha256'][:12]}…): fit H again for these weights.")
-        intro.check_fitted().to(dev)
-        out = Path(out_dir)
-        dataset = open_dataset(data, model, labels)
-        kwargs = dict(methods=methods, batch_size=batch_size, num_workers=workers, device=str(dev), force=force,
-                      progress=not no_progress)
-        ff = score_dataset(model, dataset, out / "feed_forward", **kwargs)
-        both = introspective_loaded_model(model, intro, folder)
-        it = score_dataset(both, open_dataset(data, both, labels), out / "introspective", **kwargs)
-        path = write_introspection_table(out)
-        acc = [("n/a" if s.accuracy is None else f"{s.accuracy:.4f}") for s in (ff, it)]
-        click.echo(f"{model.spec} on {data}: {ff.num_scored} samples; accuracy feed-forward {acc[0]}, "
-                   f"introspective {acc[1]}")
-        click.echo(f"  runs: {out / 'feed_forward'}, {out / 'introspective'}; both predictions: {path}")
-        click.echo(f"  compare: gradtrust report {out} --out {out / 'report'}")
-    except GradTrustError as exc:
-        _fail(ctx, exc)
+    from gradtrust.cli.score import RANDOM_INIT_SEED
+    from gradtrust.data.open import open_dataset
+    from gradtrust.introspection.introspective import Introspective
+    from gradtrust.models import load_model
+    from gradtrust.runner.run import score_dataset
+
+    folder = Path(folder)
+    intro = Introspective.load(folder)
+    spec = intro.metadata_.get("model") or {}
+    if not spec.get("spec"):
+        raise InputError(f"{folder} does not say which model H was fitted on (no 'model').")
+    dev = device_of(device)
+    torch.manual_seed(RANDOM_INIT_SEED)
+    model = load_model(spec["spec"], spec.get("weights"), spec.get("num_classes"), device=dev,
+                       **spec.get("load_options", {}))
+    if spec.get("weights_sha256") and model.weights_sha256 != spec["weights_sha256"]:
+        raise InputError(f"the weights of {spec['spec']} ({model.weights}) differ from those H was fitted on "
+                         f"(SHA-256 {spec['weights_sha256'][:12]}…): fit H again for these weights.")
+    intro.check_fitted().to(dev)
+    out = Path(out_dir)
+    dataset = open_dataset(data, model, labels)
+    kwargs = dict(methods=methods, batch_size=batch_size, num_workers=workers, device=str(dev), force=force,
+                  progress=not no_progress)
+    ff = score_dataset(model, dataset, out / "feed_forward", **kwargs)
+    both = introspective_loaded_model(model, intro, folder)
+    it = score_dataset(both, open_dataset(data, both, labels), out / "introspective", **kwargs)
+    path = write_introspection_table(out)
+    acc = [("n/a" if s.accuracy is None else f"{s.accuracy:.4f}") for s in (ff, it)]
+    click.echo(f"{model.spec} on {data}: {ff.num_scored} samples; accuracy feed-forward {acc[0]}, "
+               f"introspective {acc[1]}")
+    click.echo(f"  runs: {out / 'feed_forward'}, {out / 'introspective'}; both predictions: {path}")
+    click.echo(f"  compare: gradtrust report {out} --out {out / 'report'}")
 
 
 @introspect_command.command("benchmark")
 @keep_freed_memory_option
 @click.option("--models", default=None, metavar="a,b", help="digits networks (default: all bundled ones).")
-@click.option("--out", "out_dir", default="gradtrust-introspection", show_default=True,
-              type=click.Path(file_okay=False), help="Folder for table.md and table.csv.")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap resamples of the CIs.")
+@shared("out_dir", default="gradtrust-introspection", show_default=True)
+@shared("seed", "resamples")
 def benchmark_command(models, out_dir, hidden, epochs, seed, resamples) -> None:
     """The built-in comparison: H fitted on the digits training split of every bundled digits network,
     feed-forward vs introspective on the clean test split and its corrupted copies (accuracy, ECE, AUROC of

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
+from gradtrust.cli.options import SharedOption
 
 __all__ = ["OPTION_NAME", "keep_freed_memory_option", "runs_on_cpu"]
 
@@ -50,8 +50,8 @@ def keep_freed_memory_option(command: F) -> F:
             keep_freed_memory()
         return command(*args, **kwargs)
 
-    option = click.Option(["--keep-freed-memory/--no-keep-freed-memory", OPTION_NAME], default=True,
-                          show_default=True, help=HELP)
+    option = SharedOption(["--keep-freed-memory/--no-keep-freed-memory", OPTION_NAME], default=True,
+                          show_default=True, help=HELP, section="Run")
     # click lists options in reverse order of __click_params__: at the front, this one is shown last.
     wrapper.__dict__["__click_params__"] = [option, *getattr(command, "__click_params__", [])]
     return wrapper  # type: ignore[return-value]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from gradtrust.cli.options import Command, shared
+
 __all__ = ["report_command", "echo_report"]
 
 
@@ -36,21 +38,18 @@ def echo_report(report, *, print_table: bool = False) -> None:
     click.echo(f"HTML page: {report.files['html'].resolve()}")
 
 
-@click.command("report")
+@click.command("report", cls=Command)
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the report (created).")
-@click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap resamples for the confidence intervals of the selective table (0 = none).")
 @click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
               show_default=True, help="Level of the bootstrap confidence intervals.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples.")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the PNG figures.")
 @click.option("--max-images", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most images in each run's qualitative grid.")
 @click.option("--title", default="GradTrust report", show_default=True, help="Title of the HTML page.")
 @click.option("--print-table", is_flag=True, help="Print the Markdown table to stdout.")
-def report_command(results, out_dir, resamples, confidence, seed, figures, max_images, title, print_table):
+@shared("out_dir", required=True)
+@shared("resamples", "seed")
+def report_command(results, confidence, figures, max_images, title, print_table, out_dir, resamples, seed):
     """Report on score runs: RESULTS are run folders (scores.parquet + manifest.json), parquet files, or
     folders holding runs (searched a few levels deep).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 import typing
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.errors import GradTrustError, InputError, UnknownNameError
+from gradtrust.cli.options import Command, device_of, echo_preprocessing, model_options, shared
+from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.scores import available_methods
 
 __all__ = ["parse_option_pairs", "score_command"]
@@ -23,25 +25,13 @@ RANDOM_INIT_SEED = 0  # random-weight models are initialised from torch.manual_s
 def _epilog() -> str:
     from gradtrust.scores.options import known_params
 
-    names = available_methods()
-    lines = ["\b", "Methods (--methods, default all that apply to the model; `gradtrust methods` for formulas):"]
-    line = " "
-    for name in names:
-        if len(line) + len(name) + 2 > 100:
-            lines.append(line.rstrip(", "))
-            line = " "
-        line += f" {name},"
-    lines.append(line.rstrip(","))
-    lines += ["", "\b", "Options (--option KEY=VALUE, repeatable; the defaults shown):"]
-    line = " "
-    for param in known_params().values():
-        text = param.describe()
-        if len(line) + len(text) + 2 > 100:
-            lines.append(line.rstrip())
-            line = " "
-        line += f" {text}"
-    lines.append(line.rstrip())
-    lines += [
+    def wrap(items: list[str], sep: str) -> list[str]:  # one "\b" paragraph, lines of at most 100 characters
+        return textwrap.wrap(sep.join(items), 98, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False,
+                             break_long_words=False)
+
+    lines = ["\b", "Methods (--methods, default all that apply to the model; `gradtrust methods` for formulas):",
+             *wrap(available_methods(), ", "), "", "\b", "Options (--option KEY=VALUE, repeatable; the defaults shown):",
+             *wrap([param.describe() for param in known_params().values()], " "),
         "",
         "\b",
         "Examples:",
@@ -113,121 +103,33 @@ def _echo_summary(summary, spec: str) -> None:
     click.echo(f"  manifest: {summary.manifest_path}")
 
 
-@click.command("score", epilog=_epilog(),
-               context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command("score", cls=Command, epilog=_epilog())
 @keep_freed_memory_option
-@click.option("--model", "model_spec", metavar="SPEC",
-              help="torchvision:<name>, timm:<name>, digits:<name>, or a TorchScript/pickled model file "
-                   "(`gradtrust models` lists them). Without --model: every bundled digits network.")
-@click.option("--weights", metavar="W",
-              help="DEFAULT or a torchvision enum name (from the torch hub cache; never downloaded), a local "
-                   ".pth/.safetensors file, or 'random'. Default: the bundled weights for digits:*, random "
-                   "initialisation (seed 0) otherwise.")
-@click.option("--num-classes", type=click.IntRange(min=1), metavar="N",
-              help="Outputs of a fine-tuned head (inferred from a weights file when omitted).")
-@click.option("--preprocessing", "borrow", metavar="SPEC",
-              help="Borrow the preprocessing of a known model (torchvision:resnet18, timm:<name>) for a model "
-                   "file, factory or any model; the options below override its fields.")
-@click.option("--input-size", metavar="S|H,W", help="Final input size: alone, every image is resized to S×S; "
-                                                    "with --resize it is the centre-crop size.")
-@click.option("--resize", metavar="S|H,W", help="Resize the shorter side to S (aspect kept), or to H,W exactly.")
-@click.option("--crop", metavar="S|H,W", help="Centre crop after resizing.")
-@click.option("--mean", metavar="M,M,M", help="Per-channel mean of the normalisation (x - mean) / std, [0, 1] units.")
-@click.option("--std", metavar="S,S,S", help="Per-channel std of the normalisation.")
-@click.option("--interpolation", metavar="NAME", help="bilinear (default), bicubic, nearest or nearest-exact.")
-@click.option("--class-names", type=click.Path(dir_okay=False), metavar="FILE",
-              help="The model's class names, one per line in output order; class folders are matched by name.")
-@click.option("--trust-model-file", is_flag=True,
-              help="Allow a whole pickled nn.Module file as --model. Unpickling runs any code hidden in the file: "
-                   "only for files you trust (TorchScript and state dicts need no such flag).")
-@click.option("--output-index", metavar="I",
-              help="For a model returning several outputs (a tuple or dict): which one holds the logits (0, …).")
-@click.option("--data", metavar="DIR|digits[:SPLIT[:CORRUPTION[:SEVERITY]]]",
-              help="Class-folder images (DIR/<class>/<img>), a flat image folder with --labels, Kinetics-style "
-                   "videos (DIR/<class>/<clip>.mp4) for a video model, or the built-in digits (default: digits).")
-@click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Labels of a flat image folder (ImageNet validation layout): LOC_val_solution.csv or one "
-                   "label (WordNet ID or class index) per line in sorted file order.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
-              help=f"Output folder (default {DEFAULT_DIGITS_OUT} for the digits networks; required otherwise).")
+@model_options()
+@shared("data", "labels")
 @click.option("--methods", default="all", show_default=True, metavar="a,b,c|all",
               help="Comma-separated trust scores (see below). Named methods that cannot apply are an error; "
                    "'all' skips them with the reason.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, metavar="N")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="DataLoader worker processes reading the files (4-8 for large image folders).")
-@click.option("--device", metavar="D", help="cpu, cuda, cuda:1 … (default: cuda when available, else cpu; under "
-                                              "torchrun cuda:LOCAL_RANK).")
-@click.option("--chunk-size", type=click.IntRange(min=1), metavar="N",
-              help="Samples per resumable chunk file (default: smallest multiple of --batch-size >= 1024).")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="A scoring option, repeatable (see below).")
-@click.option("--force", is_flag=True, help="Discard the results of a different run already in --out.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.pass_context
-def score_command(ctx: click.Context, model_spec, weights, num_classes, borrow, input_size, resize, crop, mean, std,
-                  interpolation, class_names, trust_model_file, output_index, data, labels, out_dir, methods,
-                  batch_size, workers, device, chunk_size, option_pairs, force, no_progress) -> None:
+@shared("out_dir", "force")
+@click.option("--chunk-size", type=click.IntRange(min=1), metavar="N",
+              help="Samples per resumable chunk file (default: smallest multiple of --batch-size >= 1024).")
+@shared("batch_size", default=64)
+@shared("workers", "device", "no_progress")
+def score_command(model_spec, weights, num_classes, load_options, data, labels, methods, option_pairs, out_dir,
+                  force, chunk_size, batch_size, workers, device, no_progress) -> None:
     """Score every sample of a dataset with trust scores -> scores.parquet + manifest.json.
 
     One row per sample: index, path, label (model class index, -1 if unknown), prediction, correct, one
     column per method (higher = more trustworthy, NaN with a nan_reason_<method> column when undefined).
     Unreadable files are skipped and listed in manifest.json. Runs are resumable and can be sharded over
-    processes and machines with torchrun.
+    processes and machines with torchrun. Without --model: every bundled digits network on the digits,
+    into --out (default runs/digits)/<network>.
     """
     rank = int(os.environ.get("RANK", "0") or 0)
-    model_options = {
-        "preprocessing": _preprocessing_arg(borrow, input_size, resize, crop, mean, std, interpolation),
-        "class_names": class_names, "trust_model_file": trust_model_file,
-        "output_index": _output_index_arg(output_index),
-    }
-    try:
-        _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device,
-             chunk_size, option_pairs, force, not no_progress, rank, model_options)
-    except GradTrustError as exc:
-        from gradtrust.runner.run import PeerError
-
-        if not (isinstance(exc, PeerError) and rank != 0):  # the failing rank reports the cause
-            click.echo(f"Error: {_worker_message(str(exc))}", err=True)
-        ctx.exit(2)
-    except OSError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        ctx.exit(2)
-    except KeyboardInterrupt:
-        click.echo("\nInterrupted. Complete chunks are kept: run the same command again to resume.", err=True)
-        ctx.exit(130)
-    except RuntimeError as exc:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            click.echo(f"Error: out of GPU memory at --batch-size {batch_size}; use a smaller --batch-size "
-                       "(the complete chunks are kept).", err=True)
-            ctx.exit(2)
-        raise
-
-
-def _preprocessing_arg(borrow, input_size, resize, crop, mean, std, interpolation) -> dict | None:
-    given = {"input_size": input_size, "resize": resize, "crop": crop, "mean": mean, "std": std,
-             "interpolation": interpolation}
-    given = {k: v for k, v in given.items() if v is not None}
-    if borrow is not None:
-        given["borrow"] = borrow
-    return given or None
-
-
-def _output_index_arg(value: str | None) -> int | str | None:
-    if value is None:
-        return None
-    text = value.strip()
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
-def _worker_message(text: str) -> str:
-    """An error raised in a DataLoader worker arrives wrapped in the worker's traceback: keep the message."""
-    if "Original Traceback" not in text:
-        return text
-    last = [line for line in text.strip().splitlines() if line.strip()][-1]
-    return last.split(": ", 1)[1] if ": " in last else last
+    _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device,
+         chunk_size, option_pairs, force, not no_progress, rank, load_options)
 
 
 MISSING_PREPROCESSING = ("pass the model's preprocessing: --input-size S (or --resize R --crop C), --mean and --std "
@@ -272,7 +174,7 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
 
     from gradtrust.data.open import open_dataset
     from gradtrust.models import available_digits_models, load_model
-    from gradtrust.runner.distributed import distributed_session, resolve_device
+    from gradtrust.runner.distributed import distributed_session
     from gradtrust.runner.run import check_score_options, score_dataset
     from gradtrust.scores.engine import resolve_methods
 
@@ -306,13 +208,13 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
             raise InputError("--out is required: the folder for scores.parquet and manifest.json.")
         jobs = [(model_spec, weights_arg(model_spec, weights), Path(out_dir))]
 
-    default = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    dev = resolve_device(device, default)
+    dev = device_of(device)
     summaries = []
     with distributed_session(dev):
         for spec, spec_weights, out in jobs:
             torch.manual_seed(RANDOM_INIT_SEED)  # random weights: the same network on every run and rank
             model = load_model(spec, spec_weights, num_classes, device=dev, **(model_options or {}))
+            echo_preprocessing(model, model_options or {})
             if rank == 0 and model.meta.get("weights_kind") == "random":
                 click.echo(f"note: {spec} has random weights (an untrained network); pass --weights DEFAULT or "
                            "a weights file for a trained one.", err=True)

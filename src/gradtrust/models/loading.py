@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ from gradtrust.models import digits_loader, timm_models  # noqa: F401
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.factory import is_factory_spec, load_factory
 from gradtrust.models.files import load_model_file, load_module_object
-from gradtrust.models.preprocessing import Preprocessing, borrow_preprocessing
+from gradtrust.models.preprocessing import Preprocessing, borrow_preprocessing, preprocessing_of
 from gradtrust.models.specs import (
     MODEL_FILE_SUFFIXES,
     SOURCES,
@@ -202,8 +203,7 @@ def _set_preprocessing(loaded: LoadedModel, preprocessing: Preprocessing | str |
         if unknown:
             raise UnknownNameError(f"unknown preprocessing option(s) {', '.join(unknown)}; valid: input_size, "
                                    "resize, crop, mean, std, interpolation, borrow")
-        base = borrow_preprocessing(borrow) if borrow else None
-        pre = Preprocessing.from_options(**options, base=base)
+        pre = Preprocessing.from_options(**options, base=_base_preprocessing(loaded, borrow, options))
     elif isinstance(preprocessing, Preprocessing):
         pre = preprocessing
     else:
@@ -215,6 +215,22 @@ def _set_preprocessing(loaded: LoadedModel, preprocessing: Preprocessing | str |
     loaded.meta["preprocessing"] = pre.describe()
     if pre.std is not None:
         loaded.meta["normalization_std"] = list(pre.std)
+
+
+def _base_preprocessing(loaded: LoadedModel, borrow: str | None, options: Mapping[str, Any]) -> Preprocessing | None:
+    """What the options change: the borrowed preprocessing, else the model's own (so that ``input_size`` alone
+    keeps its normalisation and scales its resize); a transform that cannot be read back is replaced only by a
+    complete recipe (a size, mean and std)."""
+    if borrow:
+        return borrow_preprocessing(borrow)
+    own = preprocessing_of(loaded.transform)
+    if own is None and loaded.transform is not None and not (
+            {"mean", "std"} <= set(options) and {"input_size", "resize"} & set(options)):
+        raise ModelError(f"the preprocessing of {loaded.spec} ({type(loaded.transform).__name__}) cannot be read to "
+                         "change some of its fields: give all of them (--input-size or --resize/--crop, --mean and "
+                         "--std), or start from a known one with --preprocessing torchvision:<name>")
+    source = loaded.meta.get("preprocessing")
+    return own if own is None or not isinstance(source, str) else replace(own, source=source)
 
 
 def _finish(loaded: LoadedModel, device: str | torch.device) -> None:

@@ -29,38 +29,27 @@ import torch
 
 from gradtrust.errors import ModelError, UnknownNameError
 
-__all__ = ["INTERPOLATIONS", "Preprocessing", "PreprocessTransform", "borrow_preprocessing"]
+__all__ = ["INTERPOLATIONS", "Preprocessing", "PreprocessTransform", "borrow_preprocessing", "preprocessing_of"]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")
 
 
-def _size(value: Any, name: str) -> tuple[int, ...] | None:
+def _numbers(value: Any, name: str, kind: type) -> tuple[Any, ...] | None:
+    """``"224"``, ``"224,160"``, ``"0.5,0.5,0.5"``, a number or a sequence → a tuple of ``kind`` (None stays None):
+    one or two positive sizes (``int``), or one or three finite per-channel values (``float``)."""
     if value is None:
         return None
     if isinstance(value, str):
         value = [v for v in value.replace("x", ",").split(",") if v.strip()]
-    items = list(value) if isinstance(value, Sequence) else [value]
+    wanted = (f"{name} must be one or two positive integers (e.g. 224 or 224,160)" if kind is int else
+              f"{name} must be 1 or 3 finite numbers, one per RGB channel (e.g. 0.485,0.456,0.406)")
     try:
-        sizes = tuple(int(v) for v in items)
+        numbers = tuple(kind(v) for v in (list(value) if isinstance(value, Sequence) else [value]))
     except (TypeError, ValueError):
-        raise ModelError(f"{name} must be one or two positive integers (e.g. 224 or 224,160), got {value!r}") from None
-    if not 1 <= len(sizes) <= 2 or any(s < 1 for s in sizes):
-        raise ModelError(f"{name} must be one or two positive integers (e.g. 224 or 224,160), got {value!r}")
-    return sizes
-
-
-def _floats(value: Any, name: str) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    items = list(value) if isinstance(value, Sequence) else [value]
-    try:
-        numbers = tuple(float(v) for v in items)
-    except (TypeError, ValueError):
-        raise ModelError(f"{name} must be numbers, one per channel (e.g. 0.485,0.456,0.406), got {value!r}") from None
-    if len(numbers) not in (1, 3) or not all(math.isfinite(v) for v in numbers):
-        raise ModelError(f"{name} must be 1 or 3 finite numbers (one per RGB channel), got {value!r}")
+        raise ModelError(f"{wanted}, got {value!r}") from None
+    if not (1 <= len(numbers) <= 2 and min(numbers) >= 1 if kind is int else
+            len(numbers) in (1, 3) and all(math.isfinite(v) for v in numbers)):
+        raise ModelError(f"{wanted}, got {value!r}")
     return numbers
 
 
@@ -80,16 +69,21 @@ class Preprocessing:
                      std: Any = None, interpolation: str | None = None, base: Preprocessing | None = None,
                      source: str | None = None) -> Preprocessing:
         """Validate user options (strings such as ``"224"``, ``"0.5,0.5,0.5"`` or numbers) over ``base``."""
-        size = _size(input_size, "input_size")
-        new_resize, new_crop = _size(resize, "resize"), _size(crop, "crop")
+        size = _numbers(input_size, "input_size", int)
+        new_resize, new_crop = _numbers(resize, "resize", int), _numbers(crop, "crop", int)
         if size is not None:
             if new_crop is not None and new_crop != size:
                 raise ModelError(f"input_size {size} and crop {new_crop} disagree; give one of them")
-            if new_resize is None and (base is None or base.resize is None):
-                new_resize = size if len(size) == 2 else (size[0], size[0])  # whole image to S×S
-            else:
+            if new_resize is not None:
                 new_crop = size
-        mean_v, std_v = _floats(mean, "mean"), _floats(std, "std")
+            elif base is not None and base.resize is not None and base.crop is not None:
+                new_resize, new_crop = _scaled_resize(size, base.resize, base.crop), size
+            elif base is not None and base.crop is not None:
+                raise ModelError(f"the preprocessing ({base.source}) crops {base.crop} without resizing first, so "
+                                 f"input_size {size} cannot be scaled from it; give --resize with --input-size")
+            else:
+                new_resize = size if len(size) == 2 else (size[0], size[0])  # whole image to S×S
+        mean_v, std_v = _numbers(mean, "mean", float), _numbers(std, "std", float)
         if std_v is not None and any(s <= 0 for s in std_v):
             raise ModelError(f"std must be > 0, got {std}")
         interp = None if interpolation is None else str(interpolation).strip().lower().replace("_", "-")
@@ -107,11 +101,6 @@ class Preprocessing:
             raise ModelError("give both mean and std (the normalisation is (x - mean) / std), or neither")
         return out
 
-    @property
-    def fixed_size(self) -> bool:
-        """Whether every image comes out at one size (a crop, or a resize to two numbers)."""
-        return self.crop is not None or (self.resize is not None and len(self.resize) == 2)
-
     def transform(self) -> PreprocessTransform:
         """The callable (picklable, for DataLoader workers) that applies this preprocessing to a PIL image."""
         return PreprocessTransform(self)
@@ -120,9 +109,41 @@ class Preprocessing:
         """JSON-serialisable fields, for the run manifest."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
-    def pixel_std(self) -> tuple[float, ...] | None:
-        """The per-channel std the pixels are divided by (for ODIN's ε in pixel units), or None."""
-        return self.std
+
+def _scaled_resize(size: tuple[int, ...], resize: tuple[int, ...], crop: tuple[int, ...]) -> tuple[int, ...]:
+    """The resize that keeps a recipe's resize/crop ratio at a new crop ``size``: ``round(size * resize / crop)``
+    per side (one number when the recipe resizes the shorter side), e.g. 256/224 at 64 px → resize 73, crop 64."""
+    size2, crop2 = size * (3 - len(size)), crop * (3 - len(crop))
+    if len(resize) == 1:
+        return (round(min(size2) * resize[0] / min(crop2)),)
+    return tuple(round(s * r / c) for s, r, c in zip(size2, resize, crop2, strict=True))
+
+
+def preprocessing_of(transform: Any) -> Preprocessing | None:
+    """A model's transform read back as a :class:`Preprocessing`, so that options can change its fields: a
+    :class:`PreprocessTransform`, torchvision's ``ImageClassification`` (``Weights.transforms()``), or a
+    ``Compose`` of ``Resize``/``CenterCrop``/to-tensor/``Normalize`` steps (timm's ``create_transform``). None
+    when it cannot be read that way (no transform, or another kind of step)."""
+    if isinstance(transform, PreprocessTransform):
+        return transform.preprocessing
+    if all(hasattr(transform, a) for a in ("resize_size", "crop_size", "mean", "std", "interpolation")):
+        return Preprocessing(resize=tuple(transform.resize_size), crop=tuple(transform.crop_size),
+                             mean=tuple(transform.mean), std=tuple(transform.std),
+                             interpolation=transform.interpolation.value,
+                             source=f"the model's {type(transform).__name__}")
+    fields: dict[str, Any] = {}
+    for step in getattr(transform, "transforms", None) or ():
+        kind = type(step).__name__
+        if kind in ("Resize", "CenterCrop"):
+            size = step.size if isinstance(step.size, (list, tuple)) else (step.size,)
+            fields["resize" if kind == "Resize" else "crop"] = tuple(int(s) for s in size)
+            if kind == "Resize":
+                fields["interpolation"] = getattr(step.interpolation, "value", "bilinear")
+        elif kind == "Normalize":
+            fields["mean"], fields["std"] = tuple(map(float, step.mean)), tuple(map(float, step.std))
+        elif kind not in ("ToTensor", "MaybeToTensor", "ConvertImageDtype", "PILToTensor"):
+            return None
+    return Preprocessing(**fields, source=f"the model's {type(transform).__name__}") if fields else None
 
 
 class PreprocessTransform:
@@ -175,12 +196,10 @@ def borrow_preprocessing(spec: str) -> Preprocessing:
 
         enum = reference_enum(name, tvm.get_model_weights(name))
         t = enum.transforms()
-        if not all(hasattr(t, a) for a in ("resize_size", "crop_size", "mean", "std", "interpolation")):
+        if not hasattr(t, "crop_size") or (found := preprocessing_of(t)) is None:
             raise ModelError(f"torchvision:{name} is not an image classifier with an ImageClassification "
                              f"transform ({type(t).__name__}); give --input-size/--mean/--std instead")
-        return Preprocessing(resize=tuple(t.resize_size), crop=tuple(t.crop_size), mean=tuple(t.mean),
-                             std=tuple(t.std), interpolation=t.interpolation.value,
-                             source=f"borrowed from torchvision:{name} ({type(enum).__name__}.{enum.name})")
+        return replace(found, source=f"borrowed from torchvision:{name} ({type(enum).__name__}.{enum.name})")
     from gradtrust.models.timm_models import import_timm
 
     timm = import_timm()
