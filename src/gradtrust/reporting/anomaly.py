@@ -20,15 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from gradtrust.anomaly_runs import ANOMALY_FILE, load_anomaly_run
+from gradtrust.anomaly_runs import load_anomaly_run
 from gradtrust.errors import GradTrustError
 from gradtrust.evaluation import anomaly_summary, auroc
 from gradtrust.reporting.figures import new_figure, save_png
-from gradtrust.reporting.runs import LoadProblem, find_folders_holding, slugify
+from gradtrust.reporting.kinds import Section, register_section
+from gradtrust.reporting.runs import LoadProblem, slugify
 
-__all__ = ["AnomalySection", "build_anomaly_section", "anomaly_html"]
-
-_SEARCH_DEPTH = 5
+__all__ = ["AnomalySection", "anomaly_html", "build_anomaly_section", "gradcon_section"]
 
 
 @dataclass
@@ -39,35 +38,12 @@ class AnomalySection:
     figures: dict[str, Path] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     problems: list[LoadProblem] = field(default_factory=list)
-    folders: set[Path] = field(default_factory=set)  # inputs that hold anomaly runs
     markdown: str = ""
+    runs: list[Any] = field(default_factory=list)  # the AnomalyRun of each row
 
     @property
     def n_runs(self) -> int:
         return len(self.rows)
-
-    def drop_covered(self, problems: list[LoadProblem]) -> list[LoadProblem]:
-        """The misclassification loader's problems minus "no scores.parquet" for inputs that hold anomaly runs."""
-        covered = {str(p) for p in self.folders}
-        return [p for p in problems if p.source not in covered]
-
-
-def _discover(paths: list[Path]) -> tuple[list[Path], set[Path]]:
-    found: list[Path] = []
-    holders: set[Path] = set()
-    for p in paths:
-        if p.is_file() and p.name == ANOMALY_FILE:
-            hits = [p.parent]
-        elif p.is_dir():
-            hits = find_folders_holding(p, ANOMALY_FILE, _SEARCH_DEPTH)
-        else:
-            hits = []
-        if hits:
-            holders.add(p)
-        for h in hits:
-            if h.resolve() not in {f.resolve() for f in found}:
-                found.append(h)
-    return found, holders
 
 
 def _fmt(v: float, ci: Any = None) -> str:
@@ -79,15 +55,27 @@ def _fmt(v: float, ci: Any = None) -> str:
     return text
 
 
-def build_anomaly_section(inputs: list[str | Path], out_dir: Path, *, resamples: int = 1000,
-                          confidence: float = 0.95, seed: int = 0, figures: bool = True) -> AnomalySection:
-    """Find the GradCON runs among ``inputs``, evaluate them and write the section's files (none when there
-    is no anomaly run). Never raises for a bad run: it becomes a problem."""
+@register_section("gradcon", "GradCON run")
+def gradcon_section(folders: list[Path], report: Any) -> Section:
+    """The GradCON runs: their table and figures (:func:`build_anomaly_section`, :func:`anomaly_html`)."""
+    found = build_anomaly_section(folders, report.out_dir, resamples=report.resamples, confidence=report.confidence,
+                                  seed=report.seed, figures=report.draw)
+    report.anomaly = found
+    section = Section("gradcon", files=found.files, problems=found.problems,
+                      figures={f"anomaly/{k}": v for k, v in found.figures.items()},
+                      html=anomaly_html(found, report.resamples, report.confidence, report.seed),
+                      links=[("anomaly", "anomaly detection (GradCON)")] if found.rows else [])
+    for row, run in zip(found.rows, found.runs, strict=True):
+        section.runs.append({"name": row["run"], "source": row["source"]})
+        section.add_failures(row["run"], run.source, run.manifest)
+    return section
 
+
+def build_anomaly_section(folders: list[Path], out_dir: Path, *, resamples: int = 1000,
+                          confidence: float = 0.95, seed: int = 0, figures: bool = True) -> AnomalySection:
+    """Evaluate the GradCON run ``folders`` and write the section's files (none when no run can be read).
+    Never raises for a bad run: it becomes a problem."""
     section = AnomalySection()
-    folders, section.folders = _discover([Path(p) for p in inputs])
-    if not folders:
-        return section
     runs = []
     for f in folders:
         try:
@@ -115,6 +103,7 @@ def build_anomaly_section(inputs: list[str | Path], out_dir: Path, *, resamples:
         if "gradient_term" in frame.columns:
             row["auroc_gradient_only"] = auroc(frame["gradient_term"].to_numpy(dtype=np.float64), inlier)
         section.rows.append(row)
+        section.runs.append(run)
         if figures:
             slug = slugify(run.name)
             fig_dir = out_dir / "figures" / "anomaly"
@@ -258,9 +247,10 @@ def _reconstruction_figure(run: Any, path: Path) -> Path | None:
 # ------------------------------------------------------------------------------------------------ html
 
 
-def anomaly_html(section: AnomalySection | None, resamples: int, confidence: float, seed: int,
-                 data_uri: Any) -> str:
+def anomaly_html(section: AnomalySection | None, resamples: int, confidence: float, seed: int) -> str:
     """The section as an HTML fragment ('' when there is no anomaly run)."""
+    from gradtrust.reporting.html import data_uri
+
     if section is None or not section.rows:
         return ""
     e = html.escape

@@ -2,20 +2,26 @@
 ``explanations/`` sub-folder, one row per chosen sample — image | Why P? | What if not P? | Why P, not Q? |
 VOICE uncertainty — for the most and least trusted right and wrong predictions (``docs/explanations.md``).
 
+An explain run on its own (``gradtrust explain --out DIR``) gets the same gallery, its samples ranked by VOICE's
+SNR when it has one, and a row in the explain section's summary table (:func:`explain_section`).
+
 The maps are read at the layer's resolution and upsampled over the picture as stored; for inputs the model saw
 centre-cropped, the overlay covers the whole picture, so it is aligned only approximately. Nothing is re-run.
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradtrust.reporting.runs import Run
+from gradtrust.reporting.datasets import dataset_identity
+from gradtrust.reporting.kinds import DATA_FILES, Section, register_section
+from gradtrust.reporting.runs import LoadProblem, Run, slugify
 
-EXPLANATIONS_FILE = "explanations.parquet"
+EXPLANATIONS_FILE = DATA_FILES["explain"]
 COLUMNS = (("gradcam", "Why {p}?"), ("counterfactual", "What if not {p}?"), ("contrast", "Why {p}, not {q}?"),
            ("voice", "VOICE uncertainty"))
 
@@ -117,3 +123,80 @@ def _panel(ax, picture: np.ndarray | None, heat: np.ndarray | None, title: str) 
 def _short(name: str, limit: int = 16) -> str:
     name = name.split(",")[0].strip()
     return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def explain_run(folder: Path, manifest: dict[str, Any]) -> Run:
+    """An explain run folder as a :class:`Run` the gallery can draw: its rows with a known label, the class names
+    and dataset from its manifest's identity, ``voice_snr`` as the trust score when VOICE ran."""
+    import pandas as pd
+
+    columns = ["index", "path", "label", "prediction", "correct", "voice_snr"]
+    frame = pd.read_parquet(folder / EXPLANATIONS_FILE, columns=None)
+    frame = frame[[c for c in columns if c in frame.columns]]
+    frame = frame[frame["label"] >= 0].reset_index(drop=True)
+    identity = manifest.get("identity") if isinstance(manifest.get("identity"), dict) else {}
+    model = identity.get("model") if isinstance(identity.get("model"), dict) else {}
+    names = model.get("class_names")
+    key, label = dataset_identity(identity.get("dataset"), manifest)
+    return Run(source=folder, scores_path=folder / EXPLANATIONS_FILE, frame=frame, manifest=identity,
+               methods=["voice_snr"] if "voice_snr" in frame.columns else [], model=str(model.get("spec") or "?"),
+               condition="", dataset_key=key, dataset_label=label,
+               class_names=[str(n) for n in names] if isinstance(names, list) else None,
+               name=f"{model.get('spec') or folder.name} · {folder.name}")
+
+
+@register_section("explain", "explain run")
+def explain_section(folders: list[Path], report: Any) -> Section:
+    """Per explain run: a summary row (model, layer, methods, counts, accuracy, mean VOICE SNR and IoU) and its
+    gallery (:func:`gallery_figure`); a run inside a score run of the report shows that run's gallery."""
+    import pyarrow.parquet as pq
+
+    from gradtrust.reporting.html import img_html, table_html
+    from gradtrust.reporting.kinds import read_manifest
+
+    e = html.escape
+    section = Section("explain")
+    rows, galleries = [], []
+    scored = {r.run.source.resolve(): r for r in report.results}
+    for folder in folders:
+        manifest = read_manifest(folder)
+        try:
+            table = pq.read_table(folder / EXPLANATIONS_FILE).to_pandas()
+            run = explain_run(folder, manifest)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for one unreadable file
+            section.problems.append(LoadProblem(str(folder / EXPLANATIONS_FILE), f"cannot be read ({exc})."))
+            continue
+        counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+        labelled = table["label"] >= 0
+        snr = table["voice_snr"].mean() if "voice_snr" in table.columns else float("nan")
+        iou = table["voice_iou"].mean() if "voice_iou" in table.columns else float("nan")
+        methods = [c[4:] for c in table.columns if c.startswith("map_")]
+        rows.append([e(run.name), e(run.model), e(str(manifest.get("layer", "?"))), e(", ".join(methods)),
+                     str(counts.get("samples", len(table))), str(len(table)), str(counts.get("failed", 0)),
+                     f"{100 * table.loc[labelled, 'correct'].mean():.2f}" if labelled.any() else "n/a",
+                     f"{snr:.3f}" if np.isfinite(snr) else "—", f"{iou:.3f}" if np.isfinite(iou) else "—"])
+        section.runs.append({"name": run.name, "source": str(folder), "explained": len(table)})
+        section.add_failures(run.name, folder, manifest)
+        owner = scored.get(folder.parent.resolve())
+        path = report.figures.get(f"explanations/{owner.name}") if owner is not None else None
+        if path is None and report.draw:
+            path = report.out_dir / "figures" / "explanations" / f"{slugify(run.name)}.png"
+            try:
+                path = path if gallery_figure(run, path) is not None else None
+            except Exception as exc:  # noqa: BLE001 - one figure never stops the report
+                section.problems.append(LoadProblem(str(path), f"could not be drawn: {exc!r}"))
+                path = None
+            if path is not None:
+                section.figures[f"explanations/{run.name}"] = path
+        if path is not None:
+            galleries.append(f"<details open><summary>{e(run.name)}</summary>{img_html(path, run.name)}</details>")
+    if rows:
+        section.html = "\n".join([
+            '<h2 id="explain">Explanations (gradtrust explain)</h2>',
+            '<p class="legend">Per run: the layer explained, the maps stored, samples (in the data, explained, '
+            "failed), the accuracy of the explained predictions (%) and VOICE's mean SNR and IoU (— without VOICE). "
+            "The gallery: the most and least trusted right and wrong predictions with their maps.</p>",
+            table_html(["run", "model", "layer", "maps", "samples", "explained", "failed", "accuracy", "VOICE SNR",
+                        "VOICE IoU"], rows, "explain"), *galleries])
+        section.links = [("explain", "explanations")]
+    return section
