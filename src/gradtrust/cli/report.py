@@ -22,11 +22,11 @@ def echo_report(report, *, print_table: bool = False) -> None:
     others = [f"{len(s.runs)} {k}" for k, s in report.sections.items() if k not in ("score", "gradcon") and s.runs]
     if others:
         click.echo(f"Other runs in the report: {', '.join(others)}")
-    anomaly = report.anomaly
-    if anomaly is not None and anomaly.n_runs:
+    gradcon = report.sections.get("gradcon")
+    if gradcon is not None and gradcon.runs:
         if print_table:
-            click.echo(anomaly.markdown)
-        click.echo(f"{anomaly.n_runs} GradCON anomaly run(s): anomaly.md, anomaly.csv, figures/anomaly/")
+            click.echo(report.files["anomaly_md"].read_text(encoding="utf-8"))
+        click.echo(f"{len(gradcon.runs)} GradCON anomaly run(s): anomaly.md, anomaly.csv, figures/anomaly/")
     if not report.results:
         click.echo(f"HTML page: {report.files['html'].resolve()}")
         return

@@ -1,5 +1,5 @@
 """The report's detection section (``gradtrust detect`` runs): AUROC with bootstrap CIs per challenge and method,
-FPR@95%TPR and detection error, a figure of the AUROCs, and the run's own ROC and layer-profile figures.
+FPR@95%TPR and detection error, and the figures the run drew (ROC curves, per-layer gradient profiles).
 
 Read from the run folder without torch: ``table.csv`` (one row per model, challenge and method; columns of
 :func:`gradtrust.detection.metrics.evaluate_detection`), ``manifest.json`` and the PNGs ``gradtrust detect``
@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from gradtrust.reporting.figures import new_figure, save_png
 from gradtrust.reporting.html import img_html, table_html
 from gradtrust.reporting.kinds import DATA_FILES, Section, read_manifest, register_section
-from gradtrust.reporting.runs import LoadProblem, slugify
+from gradtrust.reporting.runs import LoadProblem
 
 __all__ = ["auroc_table", "detect_section", "format_text_table"]
 
@@ -67,35 +66,10 @@ def _cell(row: Any, name: str) -> str:
     return f"{100 * value:.1f}{ci}"
 
 
-def auroc_figure(table: Any, path: Path, title: str) -> Path:
-    """One dot per (challenge, method): AUROC (%) with its bootstrap interval, challenges along the x axis."""
-    challenges = list(dict.fromkeys(table["challenge"]))
-    methods = _method_order(list(dict.fromkeys(table["method"])))
-    fig = new_figure(max(6.0, 0.55 * len(challenges) * max(1, len(methods)) ** 0.5 + 3), 3.8)
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(methods))
-    for j, method in enumerate(methods):
-        rows = table[table["method"] == method].set_index("challenge").reindex(challenges)
-        x = np.arange(len(challenges)) - 0.4 + width * (j + 0.5)
-        y = 100 * rows["auroc"].to_numpy(dtype=float)
-        err = np.abs(100 * rows[["auroc_low", "auroc_high"]].to_numpy(dtype=float).T - y) if \
-            "auroc_low" in rows else None
-        ax.errorbar(x, y, yerr=err, fmt="o", ms=4, capsize=2, lw=1, label=method)
-    ax.axhline(50, ls=":", color="grey", lw=0.8)
-    ax.set_xticks(np.arange(len(challenges)), challenges, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("AUROC (%), known = positive", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, ncol=2, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return save_png(fig, path)
-
-
 @register_section("detect", "detect run")
 def detect_section(folders: list[Path], report: Any) -> Section:
-    """Per detect run: the AUROC table (challenge × method, with CIs), FPR@95 and detection error per row, the
-    AUROC figure and the run's own figures."""
+    """Per detect run and model: the AUROC table (challenge × method, with CIs), FPR@95 and detection error per
+    row, and the run's ROC and profile figures."""
     import pandas as pd
 
     e = html.escape
@@ -104,7 +78,6 @@ def detect_section(folders: list[Path], report: Any) -> Section:
              '<p class="legend">AUROC (%) of each detector and baseline at telling the known (trained-distribution) '
              "samples (positive) from each challenge set, on held-out samples only; [95% percentile bootstrap "
              "interval]. Below each table: FPR@95%TPR and detection error (%) per challenge and method.</p>"]
-    csv = []
     for folder in folders:
         try:
             table = pd.read_csv(folder / DATA_FILES["detect"])
@@ -118,7 +91,6 @@ def detect_section(folders: list[Path], report: Any) -> Section:
         name = folder.name
         section.runs.append({"name": name, "source": str(folder), "rows": len(table)})
         section.add_failures(name, folder, manifest)
-        csv.append(table.assign(run=name))
         if "model" not in table.columns:
             table = table.assign(model=name)
         parts.append(f"<h3>{e(name)}</h3><p class=\"legend\"><code>{e(str(folder))}</code>; challenges "
@@ -136,20 +108,8 @@ def detect_section(folders: list[Path], report: Any) -> Section:
             parts.append("<details><summary>FPR@95%TPR and detection error</summary>" + table_html(
                 ["model · challenge", "method", "FPR@95%TPR", "detection error", "known n", "challenge n"], detail,
                 "detect") + "</details>")
-            if report.draw:
-                path = report.out_dir / "figures" / "detect" / f"{slugify(f'{name}_{model}')}_auroc.png"
-                try:
-                    section.figures[f"detect/{name}/{model}"] = auroc_figure(rows, path, f"{name} · {model}: AUROC")
-                    parts.append(img_html(path, f"AUROC {name} {model}"))
-                except Exception as exc:  # noqa: BLE001 - one figure never stops the report
-                    section.problems.append(LoadProblem(str(path), f"could not be drawn: {exc!r}"))
-        own = sorted(folder.glob("roc_*.png")) + sorted(folder.glob("profile_*.png"))
-        if own:
-            parts.append("<details><summary>the run's ROC curves and gradient profiles</summary>"
-                         + "".join(img_html(p, p.stem) for p in own) + "</details>")
-    if csv:
-        pd.concat(csv, ignore_index=True).to_csv(report.out_dir / "detection.csv", index=False)
-        section.files["detection_csv"] = report.out_dir / "detection.csv"
+        parts += [img_html(p, p.stem) for p in sorted(folder.glob("roc_*.png")) + sorted(folder.glob("profile_*.png"))]
+    if section.runs:
         section.html = "\n".join(parts)
         section.links = [("detect", "detection")]
     return section

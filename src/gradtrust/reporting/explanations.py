@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gradtrust.reporting.datasets import dataset_identity
-from gradtrust.reporting.kinds import DATA_FILES, Section, register_section
+from gradtrust.reporting.kinds import DATA_FILES, Section, mapping, register_section
 from gradtrust.reporting.runs import LoadProblem, Run, slugify
 
 EXPLANATIONS_FILE = DATA_FILES["explain"]
@@ -62,6 +62,7 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
     from torch.nn import functional as F
 
     from gradtrust.reporting.figures import DigitsCache, load_sample_image, new_figure, save_png
+    from gradtrust.reporting.layout import fit_canvas
 
     source = find_explanations(run)
     if source is None:
@@ -102,7 +103,7 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
                 label += "\n(empty map)"
             _panel(ax, picture, heat, label)
     fig.suptitle(f"{run.name}: explanations ({source.parent.name}/{source.name})", fontsize=8.5)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fit_canvas(fig, lambda f: f.tight_layout(rect=(0, 0, 1, 0.98)))  # a narrow gallery (one map) widens to its title
     save_png(fig, path)
     return {"rows": [r for r, _ in chosen], "trust": trust, "source": str(source)}
 
@@ -125,17 +126,15 @@ def _short(name: str, limit: int = 16) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
-def explain_run(folder: Path, manifest: dict[str, Any]) -> Run:
-    """An explain run folder as a :class:`Run` the gallery can draw: its rows with a known label, the class names
-    and dataset from its manifest's identity, ``voice_snr`` as the trust score when VOICE ran."""
-    import pandas as pd
-
+def explain_run(folder: Path, manifest: dict[str, Any], table: Any) -> Run:
+    """An explain run (its folder, manifest and ``explanations.parquet`` as a DataFrame) as a :class:`Run` the
+    gallery can draw: the rows with a known label, the class names and dataset from the manifest's identity,
+    ``voice_snr`` as the trust score when VOICE ran."""
     columns = ["index", "path", "label", "prediction", "correct", "voice_snr"]
-    frame = pd.read_parquet(folder / EXPLANATIONS_FILE, columns=None)
-    frame = frame[[c for c in columns if c in frame.columns]]
+    frame = table[[c for c in columns if c in table.columns]]
     frame = frame[frame["label"] >= 0].reset_index(drop=True)
-    identity = manifest.get("identity") if isinstance(manifest.get("identity"), dict) else {}
-    model = identity.get("model") if isinstance(identity.get("model"), dict) else {}
+    identity = mapping(manifest.get("identity"))
+    model = mapping(identity.get("model"))
     names = model.get("class_names")
     key, label = dataset_identity(identity.get("dataset"), manifest)
     return Run(source=folder, scores_path=folder / EXPLANATIONS_FILE, frame=frame, manifest=identity,
@@ -162,15 +161,15 @@ def explain_section(folders: list[Path], report: Any) -> Section:
         manifest = read_manifest(folder)
         try:
             table = pq.read_table(folder / EXPLANATIONS_FILE).to_pandas()
-            run = explain_run(folder, manifest)
+            run = explain_run(folder, manifest, table)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for one unreadable file
             section.problems.append(LoadProblem(str(folder / EXPLANATIONS_FILE), f"cannot be read ({exc})."))
             continue
-        counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+        counts = mapping(manifest.get("counts"))
         labelled = table["label"] >= 0
         snr = table["voice_snr"].mean() if "voice_snr" in table.columns else float("nan")
         iou = table["voice_iou"].mean() if "voice_iou" in table.columns else float("nan")
-        methods = [c[4:] for c in table.columns if c.startswith("map_")]
+        methods = [c[4:] for c in table.columns if c.startswith("map_") and c not in ("map_height", "map_width")]
         rows.append([e(run.name), e(run.model), e(str(manifest.get("layer", "?"))), e(", ".join(methods)),
                      str(counts.get("samples", len(table))), str(len(table)), str(counts.get("failed", 0)),
                      f"{100 * table.loc[labelled, 'correct'].mean():.2f}" if labelled.any() else "n/a",
@@ -179,15 +178,12 @@ def explain_section(folders: list[Path], report: Any) -> Section:
         section.add_failures(run.name, folder, manifest)
         owner = scored.get(folder.parent.resolve())
         path = report.figures.get(f"explanations/{owner.name}") if owner is not None else None
-        if path is None and report.draw:
-            path = report.out_dir / "figures" / "explanations" / f"{slugify(run.name)}.png"
-            try:
-                path = path if gallery_figure(run, path) is not None else None
-            except Exception as exc:  # noqa: BLE001 - one figure never stops the report
-                section.problems.append(LoadProblem(str(path), f"could not be drawn: {exc!r}"))
-                path = None
-            if path is not None:
-                section.figures[f"explanations/{run.name}"] = path
+        name = f"explanations/{slugify(run.name)}.png"
+        try:
+            if path is None and report.draw and gallery_figure(run, report.out_dir / "figures" / name) is not None:
+                path = section.figures[f"explanations/{run.name}"] = report.out_dir / "figures" / name
+        except Exception as exc:  # noqa: BLE001 - one figure never stops the report
+            section.problems.append(LoadProblem(f"figures/{name}", f"could not be drawn: {exc!r}"))
         if path is not None:
             galleries.append(f"<details open><summary>{e(run.name)}</summary>{img_html(path, run.name)}</details>")
     if rows:

@@ -8,7 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from gradtrust.reporting.kinds import DATA_FILES, Section, read_manifest, register_section
+from gradtrust.reporting.kinds import DATA_FILES, Section, mapping, read_manifest, register_section
 from gradtrust.reporting.runs import LoadProblem
 
 __all__ = ["introspect_row", "introspect_section"]
@@ -48,8 +48,7 @@ def introspect_section(folders: list[Path], report: Any) -> Section:
             section.problems.append(LoadProblem(str(folder / DATA_FILES["introspect"]), f"cannot be read ({exc})."))
             continue
         feed_forward = read_manifest(folder / "feed_forward")
-        model = feed_forward.get("model") if isinstance(feed_forward.get("model"), dict) else {}
-        dataset = feed_forward.get("dataset") if isinstance(feed_forward.get("dataset"), dict) else {}
+        model, dataset = mapping(feed_forward.get("model")), mapping(feed_forward.get("dataset"))
         values = introspect_row(frame)
         section.runs.append({"name": folder.name, "source": str(folder), **values})
         section.add_failures(folder.name, folder, read_manifest(folder))

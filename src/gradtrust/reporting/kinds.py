@@ -17,7 +17,7 @@ from typing import Any
 
 from gradtrust import schema
 
-__all__ = ["DATA_FILES", "KINDS", "SECTIONS", "LoadProblem", "Section", "discover_runs", "failures_of", "kind_of",
+__all__ = ["DATA_FILES", "KINDS", "SECTIONS", "LoadProblem", "Section", "discover_runs", "kind_of", "mapping",
            "read_manifest", "register_section"]
 
 #: The kinds in the order of the page, with the file that holds each kind's results.
@@ -111,33 +111,20 @@ def discover_runs(inputs: Iterable[str | Path]) -> tuple[dict[str, list[Path]], 
     return found, problems
 
 
-def failures_of(manifest: dict[str, Any]) -> tuple[list[tuple[Any, str, str]], int]:
-    """The failed files a manifest lists, as ``(index, path, reason)``, and how many failed in all (its
-    ``counts.failed`` when larger than the list). Entries are ``{"index", "path", "reason"}`` or triples."""
-    listed = []
-    for item in manifest.get("failures") or []:
-        if isinstance(item, dict):
-            listed.append((item.get("index", ""), str(item.get("path", "")), str(item.get("reason", ""))))
-        elif isinstance(item, (list, tuple)) and len(item) == 3:
-            listed.append((item[0], str(item[1]), str(item[2])))
-    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
-    total = counts.get("failed") if isinstance(counts.get("failed"), int) else 0
-    return listed, max(total, len(listed))
+def mapping(value: Any) -> dict[str, Any]:
+    """``value`` when it is a dict, else ``{}`` (manifests are read defensively)."""
+    return value if isinstance(value, dict) else {}
+
+
+Builder = Callable[[list[Path], Any], "Section"]
 
 
 @dataclass
 class Section:
-    """One kind's part of the report, as its builder made it.
-
-    Attributes:
-        kind: the run kind.
-        runs: one dict per run read (``name`` and ``source`` at least; written to ``report.json``).
-        html: the section's HTML (its headings carry the ids named in ``links``).
-        links: ``(id, words)`` for the page's table of contents.
-        failed: ``(run name, source, [(index, path, reason)], total failed)`` per run with failed files.
-        files, figures: what it wrote (name → path).
-        problems: its inputs that could not be used, and figures that could not be drawn.
-    """
+    """One kind's part of the report, as its builder made it: ``runs`` (one dict per run read, ``name`` and
+    ``source`` at least; into ``report.json``), ``html`` (its headings carry the ids of ``links``, the ``(id,
+    words)`` of the header), ``failed`` (per run with failed files: name, source, ``[(index, path, reason)]``,
+    how many in all), the ``files`` and ``figures`` it wrote, and its ``problems``."""
 
     kind: str
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -149,21 +136,24 @@ class Section:
     problems: list[LoadProblem] = field(default_factory=list)
 
     def add_failures(self, name: str, source: Path, manifest: dict[str, Any]) -> None:
-        """Record the failed files ``manifest`` lists for run ``name`` (nothing when none failed)."""
-        listed, total = failures_of(manifest)
+        """Record the failed files of run ``name``: its manifest's ``failures`` (``{"index", "path", "reason"}``
+        each), and their number (``counts.failed`` when larger than the list)."""
+        listed = [(f.get("index", ""), str(f.get("path", "")), str(f.get("reason", "")))
+                  for f in manifest.get("failures") or [] if isinstance(f, dict)]
+        failed = mapping(manifest.get("counts")).get("failed")
+        total = max(failed if isinstance(failed, int) else 0, len(listed))
         if total:
             self.failed.append((name, str(source), listed, total))
 
 
-#: kind → (words for the header, builder(folders, report) -> Section); filled by :func:`register_section`.
-SECTIONS: dict[str, tuple[str, Callable[[list[Path], Any], Section]]] = {}
+#: kind → (the run kind in the header's words, its builder); filled by :func:`register_section`.
+SECTIONS: dict[str, tuple[str, Builder]] = {}
 
 
-def register_section(kind: str, words: str) -> Callable[[Callable[[list[Path], Any], Section]],
-                                                         Callable[[list[Path], Any], Section]]:
-    """Register ``builder(folders, report) -> Section`` as the section of ``kind`` (``words``: the run kind in
-    the header, e.g. "score run"). The builder writes its files into ``report.out_dir``."""
-    def wrap(builder: Callable[[list[Path], Any], Section]) -> Callable[[list[Path], Any], Section]:
+def register_section(kind: str, words: str) -> Callable[[Builder], Builder]:
+    """Register ``builder(folders, report) -> Section`` as the section of ``kind`` (``words``: e.g. "score
+    run"). The builder writes its files into ``report.out_dir``; :func:`build_report` calls it in page order."""
+    def wrap(builder: Builder) -> Builder:
         SECTIONS[kind] = (words, builder)
         return builder
     return wrap

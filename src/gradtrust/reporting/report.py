@@ -86,25 +86,28 @@ def build_report(
         GradTrustError: the report cannot be written (read-only folder, full disk…); nothing is left behind.
     """
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    results = list(results)
+    out, results = Path(out_dir), list(results)
     inputs = [str(Path(p).resolve()) for p in results]
     check_replaceable(out, inputs, force)
     found, problems = discover_runs(results)
+    tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=_parent_of(out)))
-    except OSError as exc:
-        raise GradTrustError(f"cannot write the report into {out}: {exc}. Choose a writable --out.") from None
-    try:
-        report = _build(found, problems, tmp, out, inputs=inputs, resamples=resamples, confidence=confidence, seed=seed,
-                        figures=figures, max_images=max_images, title=title, t0=t0)
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+        report = Report(out_dir=tmp, title=title, results=[], groups=[], problems=problems, warnings=[],
+                        summary=None, resamples=resamples, confidence=confidence, seed=seed, inputs=inputs,
+                        draw=figures, max_images=max_images, final_dir=out, version=__version__,
+                        created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+        _write_sections(report, found)
+        report.elapsed_s = time.perf_counter() - t0
+        _write_json(report)
         _publish(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise GradTrustError(f"cannot write the report into {out}: {exc}. Free space or choose another --out; "
-                             "an earlier report there is left as it was.") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise GradTrustError(f"cannot write the report into {out}: {exc}. Free space or choose a writable "
+                                 "--out; an earlier report there is left as it was.") from None
         raise
     report.out_dir = out
     report.files = {k: out / Path(v).relative_to(tmp) for k, v in report.files.items()}
@@ -112,79 +115,56 @@ def build_report(
     return report
 
 
-def _parent_of(out: Path) -> Path:
-    parent = out.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return parent
-
-
 def check_replaceable(out: Path, inputs: list[str], force: bool) -> None:
-    """Refuse to replace a folder holding a report of other inputs (unless ``force``) or anything but a report."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder for the report.")
-    if not any(out.iterdir()):
+    """Refuse to replace a report of other inputs (its ``report.json``'s ``inputs``) without ``force``, and
+    anything that is not a report (a file, a non-empty folder without ``report.json``) at all."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     try:
         previous = json.loads((out / "report.json").read_text(encoding="utf-8")).get("inputs")
     except (OSError, ValueError, AttributeError):
-        raise InputError(f"--out {out} is a non-empty folder that holds no report (no readable report.json); "
-                         "give a new or empty folder: the report replaces the whole folder.") from None
+        raise InputError(f"--out {out} is not empty and holds no report (no readable report.json); give a new "
+                         "or empty folder: the report replaces the whole folder.") from None
     if previous != inputs and not force:
         old = ", ".join(previous) if isinstance(previous, list) else "unknown inputs"
         raise InputError(f"--out {out} holds the report of other inputs ({old}); pass --force to replace it, "
                          "or choose another --out.")
 
 
-def _fsync_tree(root: Path) -> None:
-    for folder, _, names in os.walk(root):
-        for name in [*names, "."]:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """fsync ``tmp`` and rename it to ``out``; an old ``out`` is renamed aside first and removed after."""
-    _fsync_tree(tmp)
-    old = None
-    if out.exists():
-        old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
-        os.replace(out, old)
-    os.replace(tmp, out)
-    fd = os.open(out.absolute().parent, os.O_RDONLY)
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(found: dict[str, list[Path]], problems: list[LoadProblem], out: Path, final: Path, *, inputs: list[str],
-           resamples: int, confidence: float, seed: int, figures: bool, max_images: int, title: str,
-           t0: float) -> Report:
-    report = Report(out_dir=out, title=title, results=[], groups=[], problems=problems, warnings=[], summary=None,
-                    resamples=resamples, confidence=confidence, seed=seed, inputs=inputs, draw=figures, final_dir=final,
-                    max_images=max_images, created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                    version=__version__)
+def _publish(tmp: Path, out: Path) -> None:
+    """fsync every file and folder of ``tmp``, rename it to ``out`` (an old ``out`` renamed aside first, removed
+    after), fsync the parent: a crash leaves the old report or the new one, never a part."""
+    for folder, _, names in os.walk(tmp):
+        for name in [*names, "."]:
+            _fsync(os.path.join(folder, name))
+    old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    _fsync(out.absolute().parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_sections(report: Report, found: dict[str, list[Path]]) -> None:
+    """Each kind's section in page order (:data:`gradtrust.reporting.kinds.SECTIONS`), then ``index.html``."""
+    from gradtrust.reporting.html import render_html
+
     for kind in KINDS:
         if found[kind]:
-            section = SECTIONS[kind][1](found[kind], report)
-            report.sections[kind] = section
+            section = report.sections[kind] = SECTIONS[kind][1](found[kind], report)
             report.problems += section.problems
             report.files.update(section.files)
             report.figures.update(section.figures)
-    from gradtrust.reporting.html import render_html
-
-    (out / "index.html").write_text(render_html(report), encoding="utf-8")
-    report.files["html"] = out / "index.html"
-    report.elapsed_s = time.perf_counter() - t0
-    _write_json(report)
-    return report
+    (report.out_dir / "index.html").write_text(render_html(report), encoding="utf-8")
+    report.files["html"] = report.out_dir / "index.html"
 
 
 @register_section("score", "score run")
@@ -208,9 +188,9 @@ def score_section(folders: list[Path], report: Report) -> Section:
     from gradtrust.reporting.html import score_html
 
     section.html = score_html(report)
-    section.links = [("table", "quantitative results"), ("summary", "summary"), ("selective", "selective classification")]
-    section.links += [("calibration", "calibration")] if report.calibration else []
-    section.links += [("figures", "figures"), ("manifests", "manifests")] if report.results else []
+    links = [("table", "quantitative results"), ("summary", "summary"), ("selective", "selective classification"),
+             ("calibration", "calibration"), ("figures", "figures"), ("manifests", "manifests")]
+    section.links = [(a, w) for a, w in links if report.results and (a != "calibration" or report.calibration)]
     return section
 
 
@@ -326,7 +306,7 @@ def _write_json(report: Report) -> None:
             "all_tie_rows": s.ties,
             "winners": [{"run": k[0], "metric": k[1], "methods": v} for k, v in s.winners.items()],
         },
-        "anomaly_runs": report.anomaly.rows if report.anomaly is not None else [],
+        "anomaly_runs": report.sections["gradcon"].runs if "gradcon" in report.sections else [],
         "inputs": report.inputs,
         "kinds": {kind: section.runs for kind, section in report.sections.items()},
         "failed_files": [{"run": name, "source": source, "failed": total,

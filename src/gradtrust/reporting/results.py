@@ -340,7 +340,6 @@ class Report:
     created: str = ""
     version: str = ""
     elapsed_s: float = 0.0
-    anomaly: Any = None  # gradtrust.reporting.anomaly.AnomalySection: the GradCON runs among the inputs
     sections: dict[str, Any] = field(default_factory=dict)  # kind → gradtrust.reporting.kinds.Section
     inputs: list[str] = field(default_factory=list)  # the inputs, resolved (report.json; --force compares them)
     draw: bool = True  # draw the figures
