@@ -256,3 +256,19 @@ def test_a_report_of_other_inputs_is_replaced_only_with_force(runs, tmp_path):
     with pytest.raises(InputError, match="holds no report"):
         build_report([runs["score"]], other, resamples=0, figures=False, force=True)
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_an_explain_run_alone_gallery_ranks_by_voice_or_names_no_ranking(runs):
+    from gradtrust.reporting.explanations import explain_run, select_gallery
+    from gradtrust.reporting.kinds import read_manifest
+
+    table = pd.read_parquet(runs["explain"] / "explanations.parquet")
+    run = explain_run(runs["explain"], read_manifest(runs["explain"]), table)
+    assert run.model == "digits:digits_cnn" and run.class_name(3) == "3" and run.methods == []
+    chosen, trust = select_gallery(run, table["index"].to_numpy())
+    assert trust == "" and {label for _, label in chosen} <= {"right", "wrong"}  # without VOICE: no trust to rank by
+    snr = np.linspace(0, 1, len(table))
+    ranked = explain_run(runs["explain"], read_manifest(runs["explain"]), table.assign(voice_snr=snr))
+    chosen, trust = select_gallery(ranked, table["index"].to_numpy())
+    right = np.flatnonzero(ranked.correct)
+    assert trust == "voice_snr" and chosen[0] == (int(right[-1]), "most trusted right")  # highest SNR first

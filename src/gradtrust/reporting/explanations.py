@@ -50,8 +50,9 @@ def select_gallery(run: Run, available: np.ndarray, per_group: int = 2) -> tuple
         order = rows[np.argsort(-scores[rows], kind="stable")]
         top = list(order[:per_group])
         low = [r for r in order[::-1][:per_group] if r not in top]
-        chosen += [(int(r), f"most trusted {word}") for r in top]
-        chosen += [(int(r), f"least trusted {word}") for r in low]
+        most, least = ("most trusted ", "least trusted ") if trust else ("", "")  # no score: no ranking to name
+        chosen += [(int(r), f"{most}{word}") for r in top]
+        chosen += [(int(r), f"{least}{word}") for r in low]
     return chosen, trust
 
 
