@@ -85,7 +85,7 @@ def test_cli_evaluates_only_held_out_samples_and_resumes(tmp_path, monkeypatch):
     fit_ids = {rows[r.tobytes()] for a in fitted for r in a}
     eval_ids = {rows[r.tobytes()] for a in scored for r in a}
     assert fit_ids and eval_ids and not (fit_ids & eval_ids)
-    assert (out / "detection.html").exists() and (out / "profile_digits_mlp.png").exists()
+    assert (out / "report" / "index.html").exists() and (out / "profile_digits_mlp.png").exists()
     # a second run reuses every stored set
     monkeypatch.setattr(experiment, "compute_set", lambda *a, **k: pytest.fail("recomputed a stored set"))
     again = _run(tmp_path, "--challenge", "fgsm,noise:5,ood=patches")

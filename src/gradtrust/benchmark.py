@@ -206,5 +206,5 @@ def run_benchmark(models=None, data=None, out: str | Path = DEFAULT_OUT, *, weig
     outcomes = run_jobs(jobs, device=device, workers=workers, force=force, echo=echo)
     done = [o.job.out_dir for o in outcomes if o.status != "failed"]
     report = build_report(done, out / "report", resamples=resamples, seed=seed, figures=figures,
-                          title="GradTrust benchmark")
+                          title="GradTrust benchmark", force=True)  # its own report folder, rebuilt each time
     return outcomes, report

@@ -73,8 +73,10 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
     from gradtrust.detection.challenges import parse_challenges
     from gradtrust.detection.experiment import DEFAULT_BASELINES, DetectionSettings, run_detection
     from gradtrust.detection.features import feature_layout
-    from gradtrust.detection.report import format_text_table, profile_figure, roc_figure, write_html
+    from gradtrust.detection.report import profile_figure, roc_figure
     from gradtrust.models import load_model
+    from gradtrust.reporting.detection import format_text_table
+    from gradtrust.reporting.report import build_report
 
     parsed = parse_challenges(challenges)
     settings = DetectionSettings(challenges=parsed, fit_fraction=fit_fraction, seed=seed, eps=eps,
@@ -123,10 +125,6 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
     text = format_text_table(full)
     full.to_csv(out_dir / "table.csv", index=False)
     (out_dir / "table.txt").write_text(text + "\n", encoding="utf-8")
-    notes = [f"Challenges: {', '.join(c.key for c in parsed)}; eps = {eps}; seed = {seed}; fit fraction = "
-             f"{fit_fraction}; detectors fitted per challenge on the fitting part, every number on held-out "
-             "samples only; bootstrap: " + f"{n_bootstrap} resamples."]
-    write_html(out_dir / "detection.html", "GradTrust detection experiment", text, full, figures, notes)
     manifest = {"models": [{"spec": s, "weights": w, "preprocessing": m.meta.get("preprocessing")}
                            for (s, w), (_, m) in zip(models, loaded_models, strict=True)],
                 "data": data, "challenges": challenges,
@@ -134,8 +132,10 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
                 "detectors": detectors, "baselines": list(settings.baselines), "grouping": grouping,
                 "n_bootstrap": n_bootstrap, "command": " ".join(sys.argv)}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    page = build_report([out_dir], out_dir / "report", resamples=0, title="GradTrust detection experiment",
+                        force=True).files["html"]
     echo(text)
-    echo(f"\nWrote {out_dir / 'table.csv'}, {out_dir / 'detection.html'} and figures.")
+    echo(f"\nWrote {out_dir / 'table.csv'}, figures and the report {page}.")
     return full
 
 
@@ -170,15 +170,14 @@ def detect_command(model_spec: tuple[str, ...], weights: str | None, num_classes
 
     Fits a detector (MLP and logistic regression) on gradient features of known vs challenge data and compares
     it with scalar trust scores and a Mahalanobis detector, on held-out samples: AUROC, FPR@95%TPR and
-    detection error with bootstrap CIs, a table, figures and detection.html in --out (default detect-out for
-    the built-in experiment; required with --model).
+    detection error with bootstrap CIs, a table, figures and report/index.html in --out.
     """
     from gradtrust.cli.score import weights_arg
     from gradtrust.errors import InputError
 
     builtin = not model_spec
     if out_dir is None and not builtin:
-        raise InputError("--out is required with --model: the folder for the tables, figures and detection.html.")
+        raise InputError("--out is required with --model: the folder for the tables, figures and report/.")
     specs = list(model_spec) or list(BUILTIN_MODELS)
     chosen_weights = weights if weights is not None else ("bundled" if all(s.startswith("digits:") for s in specs)
                                                           else None)

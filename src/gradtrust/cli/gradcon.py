@@ -137,7 +137,7 @@ def benchmark_command(epochs=None, classes=None, beta=0.03, gamma=0.12, threads=
     if not no_report:
         from gradtrust.reporting.report import build_report
 
-        build_report([out_dir / "runs"], out_dir / "report", resamples=resamples, seed=seed,
+        build_report([out_dir / "runs"], out_dir / "report", force=True, resamples=resamples, seed=seed,
                      title="GradCON benchmark on the bundled digits")
     click.echo(result.markdown)
     click.echo(f"Written to {out_dir} in {result.elapsed_s:.0f} s: table.md, table.csv, runs/, models/"

@@ -1,4 +1,5 @@
-"""``gradtrust report RESULTS… --out DIR``: the paper's table, the selective table, figures and an HTML page."""
+"""``gradtrust report RESULTS… --out DIR``: one HTML page over score, explain, detect, introspect and GradCON runs
+(a section per kind), the score runs' tables and figures; written atomically."""
 
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ def echo_report(report, *, print_table: bool = False) -> None:
         click.echo(f"WARNING: {w}", err=True)
     if not report.ok:
         return
-    anomaly = report.anomaly
-    if anomaly is not None and anomaly.n_runs:
+    others = [f"{len(s.runs)} {k}" for k, s in report.sections.items() if k not in ("score", "gradcon") and s.runs]
+    if others:
+        click.echo(f"Other runs in the report: {', '.join(others)}")
+    gradcon = report.sections.get("gradcon")
+    if gradcon is not None and gradcon.runs:
         if print_table:
-            click.echo(anomaly.markdown)
-        click.echo(f"{anomaly.n_runs} GradCON anomaly run(s): anomaly.md, anomaly.csv, figures/anomaly/")
+            click.echo(report.files["anomaly_md"].read_text(encoding="utf-8"))
+        click.echo(f"{len(gradcon.runs)} GradCON anomaly run(s): anomaly.md, anomaly.csv, figures/anomaly/")
     if not report.results:
         click.echo(f"HTML page: {report.files['html'].resolve()}")
         return
@@ -48,23 +52,26 @@ def echo_report(report, *, print_table: bool = False) -> None:
 @click.option("--title", default="GradTrust report", show_default=True, help="Title of the HTML page.")
 @click.option("--print-table", is_flag=True, help="Print the Markdown table to stdout.")
 @shared("out_dir", required=True)
-@shared("resamples", "seed")
-def report_command(results, confidence, figures, max_images, title, print_table, out_dir, resamples, seed):
-    """Report on score runs: RESULTS are run folders (scores.parquet + manifest.json), parquet files, or
-    folders holding runs (searched a few levels deep).
+@shared("resamples", "seed", "force")
+def report_command(results, confidence, figures, max_images, title, print_table, out_dir, resamples, seed,
+                   force):
+    """Report on runs of every kind: RESULTS are run folders written by gradtrust score, explain, detect,
+    introspect or gradcon score, score parquet files, or folders holding runs (searched a few levels deep).
+    Each run's kind comes from its manifest.json; the page has one section per kind and lists failed files.
 
     Writes into --out: table.md / table.csv (the paper's AUAC / AUFC table, rows by accuracy, top two of
     each row in bold, random and oracle references), selective.md / selective.csv (AURC, AUGRC, AUROC,
     FPR@95 with bootstrap CIs), summary.md (winner of each cell, GradTrust's top-2 count), figures/*.png
-    and index.html (one self-contained page). An unreadable input is reported and skipped; the exit code
-    is 1 only when no run could be read.
+    and index.html (one self-contained page), report.json (the inputs and what was read). The folder is
+    written whole or not at all. An unreadable input is reported and skipped; the exit code is 1 when no run
+    could be read, 2 when the report cannot be written (or --out holds another report, without --force).
     """
     from gradtrust.reporting.report import build_report
 
     report = build_report(results, out_dir, resamples=resamples, confidence=confidence, seed=seed,
-                          figures=figures, max_images=max_images, title=title)
+                          figures=figures, max_images=max_images, title=title, force=force)
     echo_report(report, print_table=print_table)
     if not report.ok:
-        click.echo(f"error: none of the {len(results)} input(s) could be read as a score run; "
+        click.echo(f"error: none of the {len(results)} input(s) could be read as a run; "
                    f"nothing to report (the page {report.files['html']} lists why).", err=True)
         sys.exit(1)

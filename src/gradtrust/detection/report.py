@@ -1,8 +1,9 @@
-"""Tables, figures and an HTML page for detection experiments (``gradtrust detect``)."""
+"""Figures of detection experiments (``gradtrust detect``) drawn from what only the run has in memory (per-layer
+gradient features, ROC curves). Its tables and its section of the HTML report are
+:mod:`gradtrust.reporting.detection` (read from the run folder, without torch)."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -10,41 +11,10 @@ import numpy as np
 
 from gradtrust.detection.metrics import roc_points
 
-__all__ = ["auroc_table", "format_text_table", "profile_figure", "roc_figure", "write_html"]
+__all__ = ["profile_figure", "roc_figure"]
 
+#: Drawn in every ROC panel (as gradtrust.reporting.detection orders them; detection cannot import it).
 DETECTORS_FIRST = ("purview_mlp", "purview_logistic", "mahalanobis")
-
-
-def _method_order(methods: list[str]) -> list[str]:
-    first = [m for m in DETECTORS_FIRST if m in methods]
-    return first + [m for m in methods if m not in first]
-
-
-def auroc_table(table: Any) -> Any:
-    """AUROC (%) with rows = (model, challenge) and one column per method."""
-    index = [c for c in ("model", "challenge") if c in table.columns]
-    wide = table.pivot_table(index=index, columns="method", values="auroc", sort=False) * 100
-    return wide[_method_order(list(wide.columns))]
-
-
-def format_text_table(table: Any) -> str:
-    """The printed table: AUROC (%) per method, then AUROC [95% CI], FPR@95%TPR and detection error (%) of
-    the gradient-feature detector (the MLP if fitted, else logistic regression) and of Mahalanobis."""
-    wide = auroc_table(table)
-    lines = ["AUROC (%), known = positive; evaluated on held-out samples only", wide.round(1).to_string(), ""]
-    detector = "purview_mlp" if (table["method"] == "purview_mlp").any() else "purview_logistic"
-    detail = table[table["method"].isin([detector, "mahalanobis"])].copy()
-    if len(detail):
-        def cell(row: Any, name: str) -> str:
-            return f"{100 * row[name]:5.1f} [{100 * row[name + '_low']:5.1f}, {100 * row[name + '_high']:5.1f}]"
-
-        detail["AUROC [95% CI]"] = [cell(r, "auroc") for _, r in detail.iterrows()]
-        detail["FPR@95TPR"] = (100 * detail["fpr_at_95tpr"]).round(1)
-        detail["det. error"] = (100 * detail["detection_error"]).round(1)
-        keep = [c for c in ("model", "challenge", "method") if c in detail.columns]
-        lines += [f"Gradient-feature detector ({detector}) vs Mahalanobis (%, 95% bootstrap CI)",
-                  detail[keep + ["AUROC [95% CI]", "FPR@95TPR", "det. error"]].to_string(index=False)]
-    return "\n".join(lines)
 
 
 def _layer_profile(grad: np.ndarray, layer_index: np.ndarray, n_layers: int) -> np.ndarray:
@@ -138,23 +108,4 @@ def roc_figure(curves: dict[str, tuple[dict[str, np.ndarray], np.ndarray]], tabl
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
-
-
-def write_html(path: Path, title: str, text_table: str, full_table: Any, figures: list[Path],
-               notes: list[str]) -> Path:
-    """A self-contained page (figures referenced by relative path) with the tables and figures."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
-             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
-             "pre{font-size:12px;background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
-    parts.append(f"<h2>Summary</h2><pre>{html.escape(text_table)}</pre>")
-    for fig in figures:
-        parts.append(f"<h2>{html.escape(fig.stem)}</h2><img src='{html.escape(fig.name)}' style='max-width:100%'>")
-    parts.append("<h2>All metrics (fractions; _low/_high: 95% bootstrap interval)</h2>")
-    parts.append(full_table.to_html(index=False, float_format=lambda v: f"{v:.4f}"))
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -14,60 +14,21 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradtrust.anomaly_runs import ANOMALY_FILE, load_anomaly_run
+from gradtrust.anomaly_runs import load_anomaly_run
 from gradtrust.errors import GradTrustError
 from gradtrust.evaluation import anomaly_summary, auroc
 from gradtrust.reporting.figures import new_figure, save_png
-from gradtrust.reporting.runs import LoadProblem, find_folders_holding, slugify
+from gradtrust.reporting.kinds import Section, register_section
+from gradtrust.reporting.runs import LoadProblem, slugify
 
-__all__ = ["AnomalySection", "build_anomaly_section", "anomaly_html"]
+__all__ = ["gradcon_section"]
 
-_SEARCH_DEPTH = 5
-
-
-@dataclass
-class AnomalySection:
-    """What :func:`build_anomaly_section` found and wrote."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    figures: dict[str, Path] = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-    problems: list[LoadProblem] = field(default_factory=list)
-    folders: set[Path] = field(default_factory=set)  # inputs that hold anomaly runs
-    markdown: str = ""
-
-    @property
-    def n_runs(self) -> int:
-        return len(self.rows)
-
-    def drop_covered(self, problems: list[LoadProblem]) -> list[LoadProblem]:
-        """The misclassification loader's problems minus "no scores.parquet" for inputs that hold anomaly runs."""
-        covered = {str(p) for p in self.folders}
-        return [p for p in problems if p.source not in covered]
-
-
-def _discover(paths: list[Path]) -> tuple[list[Path], set[Path]]:
-    found: list[Path] = []
-    holders: set[Path] = set()
-    for p in paths:
-        if p.is_file() and p.name == ANOMALY_FILE:
-            hits = [p.parent]
-        elif p.is_dir():
-            hits = find_folders_holding(p, ANOMALY_FILE, _SEARCH_DEPTH)
-        else:
-            hits = []
-        if hits:
-            holders.add(p)
-        for h in hits:
-            if h.resolve() not in {f.resolve() for f in found}:
-                found.append(h)
-    return found, holders
+HEADER = ("run", "inlier", "inliers / n", "AUROC", "FPR@95", "AUROC −MSE only", "AUROC gradient only")
 
 
 def _fmt(v: float, ci: Any = None) -> str:
@@ -79,15 +40,17 @@ def _fmt(v: float, ci: Any = None) -> str:
     return text
 
 
-def build_anomaly_section(inputs: list[str | Path], out_dir: Path, *, resamples: int = 1000,
-                          confidence: float = 0.95, seed: int = 0, figures: bool = True) -> AnomalySection:
-    """Find the GradCON runs among ``inputs``, evaluate them and write the section's files (none when there
-    is no anomaly run). Never raises for a bad run: it becomes a problem."""
+def _cells(r: dict[str, Any]) -> list[str]:
+    return [str(r["run"]), str(r["inlier"]), f"{r['n_inlier']} / {r['n']}", _fmt(r["auroc"], r["auroc_ci"]),
+            _fmt(r["fpr_at_95tpr"], r["fpr_at_95tpr_ci"]), _fmt(r.get("auroc_mse_only", np.nan)),
+            _fmt(r.get("auroc_gradient_only", np.nan))]
 
-    section = AnomalySection()
-    folders, section.folders = _discover([Path(p) for p in inputs])
-    if not folders:
-        return section
+
+@register_section("gradcon", "GradCON run")
+def gradcon_section(folders: list[Path], report: Any) -> Section:
+    """Evaluate the GradCON run ``folders``: one row each in ``section.runs`` (AUROC, FPR@95 with CIs, each
+    term alone), ``anomaly.md`` / ``anomaly.csv``, the figures, the HTML. A bad run becomes a problem."""
+    section = Section("gradcon")
     runs = []
     for f in folders:
         try:
@@ -100,34 +63,31 @@ def build_anomaly_section(inputs: list[str | Path], out_dir: Path, *, resamples:
         names[run.name] = k + 1
         if k:
             run.name = f"{run.name} #{k + 1}"
-    rs = resamples if resamples > 0 else 0
+    rs, out_dir = max(report.resamples, 0), report.out_dir
     for run in runs:
         frame = run.frame
         inlier = frame["inlier"].to_numpy(dtype=bool)
         score = frame["score"].to_numpy(dtype=np.float64)
-        s = anomaly_summary(score, inlier, resamples=rs, confidence=confidence, seed=seed)
-        row: dict[str, Any] = {"run": run.name, "source": str(run.source), "inlier": run.inlier_name,
-                               "n_inlier": s["n_inlier"], "n": s["n"], "auroc": s["auroc"],
+        s = anomaly_summary(score, inlier, resamples=rs, confidence=report.confidence, seed=report.seed)
+        row: dict[str, Any] = {"run": run.name, "name": run.name, "source": str(run.source),
+                               "inlier": run.inlier_name, "n_inlier": s["n_inlier"], "n": s["n"], "auroc": s["auroc"],
                                "auroc_ci": s.get("auroc_ci"), "fpr_at_95tpr": s["fpr_at_95tpr"],
                                "fpr_at_95tpr_ci": s.get("fpr_at_95tpr_ci")}
         if "mse" in frame.columns:
             row["auroc_mse_only"] = auroc(-frame["mse"].to_numpy(dtype=np.float64), inlier)
         if "gradient_term" in frame.columns:
             row["auroc_gradient_only"] = auroc(frame["gradient_term"].to_numpy(dtype=np.float64), inlier)
-        section.rows.append(row)
-        if figures:
-            slug = slugify(run.name)
-            fig_dir = out_dir / "figures" / "anomaly"
-            for kind, draw in (("hist", _histogram_figure), ("recon", _reconstruction_figure)):
-                try:
-                    path = draw(run, fig_dir / f"{slug}_{kind}.png")
-                    if path is not None:
-                        section.figures[f"{kind}/{run.name}"] = path
-                except Exception as exc:  # noqa: BLE001 - one figure never stops the report
-                    section.problems.append(LoadProblem(f"figures/anomaly/{slug}_{kind}.png",
-                                                        f"could not be drawn: {exc!r}"))
-    if section.rows:
-        _write_files(section, out_dir, rs, confidence, seed)
+        section.runs.append(row)
+        section.add_failures(run.name, run.source, run.manifest)
+        for kind, draw in (("hist", _histogram_figure), ("recon", _reconstruction_figure)) if report.draw else ():
+            name = f"anomaly/{slugify(run.name)}_{kind}.png"
+            try:
+                if draw(run, out_dir / "figures" / name) is not None:
+                    section.figures[f"anomaly/{kind}/{run.name}"] = out_dir / "figures" / name
+            except Exception as exc:  # noqa: BLE001 - one figure never stops the report
+                section.problems.append(LoadProblem(f"figures/{name}", f"could not be drawn: {exc!r}"))
+    if section.runs:
+        _write_files(section, out_dir, _legend(rs, report.confidence, report.seed))
     return section
 
 
@@ -140,27 +100,32 @@ def _legend(resamples: int, confidence: float, seed: int) -> str:
             "cosine.")
 
 
-def _write_files(section: AnomalySection, out_dir: Path, resamples: int, confidence: float, seed: int) -> None:
+def _write_files(section: Section, out_dir: Path, legend: str) -> None:
+    """``anomaly.md``, ``anomaly.csv`` and the section's HTML."""
     import pandas as pd
 
-    lines = [_legend(resamples, confidence, seed), "",
-             "| run | inlier | inliers / n | AUROC | FPR@95 | AUROC −MSE only | AUROC gradient only |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in section.rows:
-        lines.append(f"| {r['run']} | {r['inlier']} | {r['n_inlier']} / {r['n']} | {_fmt(r['auroc'], r['auroc_ci'])} "
-                     f"| {_fmt(r['fpr_at_95tpr'], r['fpr_at_95tpr_ci'])} | {_fmt(r.get('auroc_mse_only', np.nan))} "
-                     f"| {_fmt(r.get('auroc_gradient_only', np.nan))} |")
-    section.markdown = "\n".join(lines) + "\n"
-    (out_dir / "anomaly.md").write_text(section.markdown, encoding="utf-8")
+    from gradtrust.reporting.html import img_html, table_html
+
+    lines = [legend, "", "| " + " | ".join(HEADER) + " |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in section.runs]
+    (out_dir / "anomaly.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     flat = []
-    for r in section.rows:
-        d = {k: v for k, v in r.items() if not k.endswith("_ci")}
+    for r in section.runs:
+        d = {k: v for k, v in r.items() if not k.endswith("_ci") and k != "name"}
         for k in ("auroc_ci", "fpr_at_95tpr_ci"):
-            ci = r.get(k) or [math.nan, math.nan]
-            d[f"{k}_low"], d[f"{k}_high"] = ci
+            d[f"{k}_low"], d[f"{k}_high"] = r.get(k) or [math.nan, math.nan]
         flat.append(d)
     pd.DataFrame(flat).to_csv(out_dir / "anomaly.csv", index=False)
     section.files.update(anomaly_md=out_dir / "anomaly.md", anomaly_csv=out_dir / "anomaly.csv")
+    e = html.escape
+    out = ['<h2 id="anomaly">Anomaly detection (GradCON)</h2>', f'<p class="legend">{e(legend)}</p>',
+           table_html(HEADER, [[e(c) for c in _cells(r)] for r in section.runs])]
+    for i, r in enumerate(section.runs):
+        imgs = "".join(img_html(p, f"{kind} {r['run']}") for kind in ("hist", "recon")
+                       if (p := section.figures.get(f"anomaly/{kind}/{r['run']}")))
+        if imgs:
+            out.append(f"<details{' open' if i == 0 else ''}><summary>{e(r['run'])}</summary>{imgs}</details>")
+    section.html, section.links = "\n".join(out), [("anomaly", "anomaly detection (GradCON)")]
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -253,30 +218,3 @@ def _reconstruction_figure(run: Any, path: Path) -> Path | None:
     ax.set_title(f"{run.name}\nclass and score above each input (green = inlier class)", fontsize=8.5, pad=22)
     fig.tight_layout()
     return save_png(fig, path)
-
-
-# ------------------------------------------------------------------------------------------------ html
-
-
-def anomaly_html(section: AnomalySection | None, resamples: int, confidence: float, seed: int,
-                 data_uri: Any) -> str:
-    """The section as an HTML fragment ('' when there is no anomaly run)."""
-    if section is None or not section.rows:
-        return ""
-    e = html.escape
-    out = ['<h2 id="anomaly">Anomaly detection (GradCON)</h2>',
-           f'<p class="legend">{e(_legend(resamples, confidence, seed))}</p>']
-    head = "".join(f"<th>{h}</th>" for h in ("run", "inlier", "inliers / n", "AUROC", "FPR@95",
-                                             "AUROC −MSE only", "AUROC gradient only"))
-    body = "".join(
-        f"<tr><td>{e(r['run'])}</td><td>{e(r['inlier'])}</td><td>{r['n_inlier']} / {r['n']}</td>"
-        f"<td>{_fmt(r['auroc'], r['auroc_ci'])}</td><td>{_fmt(r['fpr_at_95tpr'], r['fpr_at_95tpr_ci'])}</td>"
-        f"<td>{_fmt(r.get('auroc_mse_only', np.nan))}</td><td>{_fmt(r.get('auroc_gradient_only', np.nan))}</td></tr>"
-        for r in section.rows)
-    out.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
-    for i, r in enumerate(section.rows):
-        imgs = "".join(f'<p><img src="{data_uri(p)}" alt="{e(kind + " " + r["run"])}"></p>'
-                       for kind in ("hist", "recon") if (p := section.figures.get(f"{kind}/{r['run']}")))
-        if imgs:
-            out.append(f"<details{' open' if i == 0 else ''}><summary>{e(r['run'])}</summary>{imgs}</details>")
-    return "\n".join(out)

@@ -2,20 +2,26 @@
 ``explanations/`` sub-folder, one row per chosen sample — image | Why P? | What if not P? | Why P, not Q? |
 VOICE uncertainty — for the most and least trusted right and wrong predictions (``docs/explanations.md``).
 
+An explain run on its own (``gradtrust explain --out DIR``) gets the same gallery, its samples ranked by VOICE's
+SNR when it has one, and a row in the explain section's summary table (:func:`explain_section`).
+
 The maps are read at the layer's resolution and upsampled over the picture as stored; for inputs the model saw
 centre-cropped, the overlay covers the whole picture, so it is aligned only approximately. Nothing is re-run.
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradtrust.reporting.runs import Run
+from gradtrust.reporting.datasets import dataset_identity
+from gradtrust.reporting.kinds import DATA_FILES, Section, mapping, register_section
+from gradtrust.reporting.runs import LoadProblem, Run, slugify
 
-EXPLANATIONS_FILE = "explanations.parquet"
+EXPLANATIONS_FILE = DATA_FILES["explain"]
 COLUMNS = (("gradcam", "Why {p}?"), ("counterfactual", "What if not {p}?"), ("contrast", "Why {p}, not {q}?"),
            ("voice", "VOICE uncertainty"))
 
@@ -44,8 +50,9 @@ def select_gallery(run: Run, available: np.ndarray, per_group: int = 2) -> tuple
         order = rows[np.argsort(-scores[rows], kind="stable")]
         top = list(order[:per_group])
         low = [r for r in order[::-1][:per_group] if r not in top]
-        chosen += [(int(r), f"most trusted {word}") for r in top]
-        chosen += [(int(r), f"least trusted {word}") for r in low]
+        most, least = ("most trusted ", "least trusted ") if trust else ("", "")  # no score: no ranking to name
+        chosen += [(int(r), f"{most}{word}") for r in top]
+        chosen += [(int(r), f"{least}{word}") for r in low]
     return chosen, trust
 
 
@@ -56,6 +63,7 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
     from torch.nn import functional as F
 
     from gradtrust.reporting.figures import DigitsCache, load_sample_image, new_figure, save_png
+    from gradtrust.reporting.layout import fit_canvas
 
     source = find_explanations(run)
     if source is None:
@@ -96,7 +104,7 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
                 label += "\n(empty map)"
             _panel(ax, picture, heat, label)
     fig.suptitle(f"{run.name}: explanations ({source.parent.name}/{source.name})", fontsize=8.5)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fit_canvas(fig, lambda f: f.tight_layout(rect=(0, 0, 1, 0.98)))  # a narrow gallery (one map) widens to its title
     save_png(fig, path)
     return {"rows": [r for r, _ in chosen], "trust": trust, "source": str(source)}
 
@@ -117,3 +125,75 @@ def _panel(ax, picture: np.ndarray | None, heat: np.ndarray | None, title: str) 
 def _short(name: str, limit: int = 16) -> str:
     name = name.split(",")[0].strip()
     return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def explain_run(folder: Path, manifest: dict[str, Any], table: Any) -> Run:
+    """An explain run (its folder, manifest and ``explanations.parquet`` as a DataFrame) as a :class:`Run` the
+    gallery can draw: the rows with a known label, the class names and dataset from the manifest's identity,
+    ``voice_snr`` as the trust score when VOICE ran."""
+    columns = ["index", "path", "label", "prediction", "correct", "voice_snr"]
+    frame = table[[c for c in columns if c in table.columns]]
+    frame = frame[frame["label"] >= 0].reset_index(drop=True)
+    identity = mapping(manifest.get("identity"))
+    model = mapping(identity.get("model"))
+    names = model.get("class_names")
+    key, label = dataset_identity(identity.get("dataset"), manifest)
+    return Run(source=folder, scores_path=folder / EXPLANATIONS_FILE, frame=frame, manifest=identity,
+               methods=["voice_snr"] if "voice_snr" in frame.columns else [], model=str(model.get("spec") or "?"),
+               condition="", dataset_key=key, dataset_label=label,
+               class_names=[str(n) for n in names] if isinstance(names, list) else None,
+               name=f"{model.get('spec') or folder.name} · {folder.name}")
+
+
+@register_section("explain", "explain run")
+def explain_section(folders: list[Path], report: Any) -> Section:
+    """Per explain run: a summary row (model, layer, methods, counts, accuracy, mean VOICE SNR and IoU) and its
+    gallery (:func:`gallery_figure`); a run inside a score run of the report shows that run's gallery."""
+    import pyarrow.parquet as pq
+
+    from gradtrust.reporting.html import img_html, table_html
+    from gradtrust.reporting.kinds import read_manifest
+
+    e = html.escape
+    section = Section("explain")
+    rows, galleries = [], []
+    scored = {r.run.source.resolve(): r for r in report.results}
+    for folder in folders:
+        manifest = read_manifest(folder)
+        try:
+            table = pq.read_table(folder / EXPLANATIONS_FILE).to_pandas()
+            run = explain_run(folder, manifest, table)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for one unreadable file
+            section.problems.append(LoadProblem(str(folder / EXPLANATIONS_FILE), f"cannot be read ({exc})."))
+            continue
+        counts = mapping(manifest.get("counts"))
+        labelled = table["label"] >= 0
+        snr = table["voice_snr"].mean() if "voice_snr" in table.columns else float("nan")
+        iou = table["voice_iou"].mean() if "voice_iou" in table.columns else float("nan")
+        methods = [c[4:] for c in table.columns if c.startswith("map_") and c not in ("map_height", "map_width")]
+        rows.append([e(run.name), e(run.model), e(str(manifest.get("layer", "?"))), e(", ".join(methods)),
+                     str(counts.get("samples", len(table))), str(len(table)), str(counts.get("failed", 0)),
+                     f"{100 * table.loc[labelled, 'correct'].mean():.2f}" if labelled.any() else "n/a",
+                     f"{snr:.3f}" if np.isfinite(snr) else "—", f"{iou:.3f}" if np.isfinite(iou) else "—"])
+        section.runs.append({"name": run.name, "source": str(folder), "explained": len(table)})
+        section.add_failures(run.name, folder, manifest)
+        owner = scored.get(folder.parent.resolve())
+        path = report.figures.get(f"explanations/{owner.name}") if owner is not None else None
+        name = f"explanations/{slugify(run.name)}.png"
+        try:
+            if path is None and report.draw and gallery_figure(run, report.out_dir / "figures" / name) is not None:
+                path = section.figures[f"explanations/{run.name}"] = report.out_dir / "figures" / name
+        except Exception as exc:  # noqa: BLE001 - one figure never stops the report
+            section.problems.append(LoadProblem(f"figures/{name}", f"could not be drawn: {exc!r}"))
+        if path is not None:
+            galleries.append(f"<details open><summary>{e(run.name)}</summary>{img_html(path, run.name)}</details>")
+    if rows:
+        section.html = "\n".join([
+            '<h2 id="explain">Explanations (gradtrust explain)</h2>',
+            '<p class="legend">Per run: the layer explained, the maps stored, samples (in the data, explained, '
+            "failed), the accuracy of the explained predictions (%) and VOICE's mean SNR and IoU (— without VOICE). "
+            "The gallery: the most and least trusted right and wrong predictions with their maps.</p>",
+            table_html(["run", "model", "layer", "maps", "samples", "explained", "failed", "accuracy", "VOICE SNR",
+                        "VOICE IoU"], rows, "explain"), *galleries])
+        section.links = [("explain", "explanations")]
+    return section

@@ -18,7 +18,7 @@ from gradtrust.reporting.tables import (
     summary_cells,
 )
 
-__all__ = ["render_html", "data_uri"]
+__all__ = ["data_uri", "img_html", "render_html", "score_html", "table_html"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em auto; max-width: 1500px;
@@ -46,7 +46,7 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+def table_html(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     """Cells are trusted HTML fragments (built escaped by :mod:`.tables`)."""
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -65,37 +65,64 @@ def _notes(notes: Sequence[str]) -> str:
     return f'<ul class="notes">{items}</ul>'
 
 
-def _img(path: Path | None, alt: str) -> str:
+def img_html(path: Path | None, alt: str) -> str:
     if path is None or not Path(path).is_file():
         return ""
     return f'<p><img src="{data_uri(path)}" alt="{html.escape(alt)}"></p>'
 
 
+#: Failed files listed per run on the page (the rest are counted; all are in the run's manifest.json).
+MAX_FAILURES_SHOWN = 20
+
+
 def render_html(report: Report) -> str:
-    """The whole page as a string."""
+    """The whole page as a string: the header (runs of every kind, links to the sections present), warnings and
+    problems, each kind's section (:mod:`.kinds`) in order, then the failed files of every run."""
+    from gradtrust.reporting.kinds import KINDS, SECTIONS
+
     e = html.escape
+    sections = [report.sections[k] for k in KINDS if k in report.sections]
+    counts = [f"{len(s.runs)} {SECTIONS[s.kind][0]}{'' if len(s.runs) == 1 else 's'}" for s in sections]
+    links = [link for s in sections for link in s.links]
+    failed = [f for s in sections for f in s.failed]
+    links += [("failures", "failed files")] if failed else []
+    toc = " · ".join(f'<a href="#{anchor}">{e(words)}</a>' for anchor, words in links)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{e(report.title)}</title>", f"<style>{_CSS}</style></head><body>",
            f"<h1>{e(report.title)}</h1>",
            f'<p class="legend">Generated {e(report.created)} by gradtrust {e(report.version)} from '
-           f"{len(report.results)} run(s). Sections: <a href=\"#table\">quantitative results</a> · "
-           '<a href="#summary">summary</a> · <a href="#selective">selective classification</a> · '
-           '<a href="#calibration">calibration</a> · <a href="#figures">figures</a> · <a href="#manifests">manifests</a>.</p>']
+           f"{', '.join(counts) or 'no run'}." + (f" Sections: {toc}." if toc else "") + "</p>"]
     for w in report.warnings:
         out.append(f'<div class="warning"><strong>Warning:</strong> {e(w)}</div>')
     if report.problems:
         items = "".join(f"<li><code>{e(p.source)}</code>: {e(p.message)}</li>" for p in report.problems)
         out.append(f'<div class="problem"><strong>{len(report.problems)} input(s) could not be used '
                    f"(the rest of the report is complete):</strong><ul>{items}</ul></div>")
-    from gradtrust.reporting.anomaly import anomaly_html
+    if not report.ok:
+        out.append("<p>No run could be read: nothing to report.</p>")
+    out += [s.html for s in sections if s.html]
+    if failed:
+        out.append('<h2 id="failures">Failed files</h2>')
+        out.append('<p class="legend">Files a run could not read, with the reason; they are left out of every '
+                   f"number. At most {MAX_FAILURES_SHOWN} per run are listed; all are in the run's "
+                   "manifest.json.</p>")
+        for name, source, listed, total in failed:
+            rows = [[e(str(i)), f"<code>{e(path)}</code>", e(reason)] for i, path, reason in listed[:MAX_FAILURES_SHOWN]]
+            more = total - len(rows)
+            out.append(f"<h3>{e(name)}: {total} failed</h3><p class=\"legend\"><code>{e(source)}</code></p>")
+            out.append(table_html(["index", "path", "reason"], rows, "failures"))
+            if more:
+                out.append(f'<p class="legend">… and {more} more (see {e(source)}/manifest.json).</p>')
+    out.append("</body></html>")
+    return "\n".join(out)
 
-    out.append(anomaly_html(report.anomaly, report.resamples, report.confidence, report.seed, data_uri))
+
+def score_html(report: Report) -> str:
+    """The score runs' part of the page ('' when there is none): tables, figures, manifests."""
+    e = html.escape
+    out: list[str] = []
     if not report.results:
-        if not report.ok:
-            out.append("<p>No run could be read: nothing to report.</p>")
-        out.append("</body></html>")
-        return "\n".join(out)
-
+        return ""
     # The paper's table.
     out.append('<h2 id="table">Quantitative results (AUAC / AUFC)</h2>')
     out.append(f'<p class="legend">{_md_bold_to_html(PAPER_LEGEND)}</p>')
@@ -103,7 +130,7 @@ def render_html(report: Report) -> str:
         if len(report.groups) > 1:
             out.append(f"<h3>Dataset: {e(g.label)}</h3>")
         header, rows, notes = paper_cells(g, html=True)
-        out.append(_table(header, rows, "paper"))
+        out.append(table_html(header, rows, "paper"))
         out.append(_notes(notes))
 
     # Summary.
@@ -113,7 +140,7 @@ def render_html(report: Report) -> str:
     if report.summary is None:  # write_report summarises whenever there are results
         raise InputError("the report has results but no summary; build it with write_report or summarise(groups)")
     header, rows = summary_cells(report.summary)
-    out.append(_table([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
+    out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 
     # Selective table.
     out.append('<h2 id="selective">Selective classification (AURC, AUGRC, AUROC, FPR@95)</h2>')
@@ -125,7 +152,7 @@ def render_html(report: Report) -> str:
             header, rows, notes = selective_cells(r, g.methods, html=True)
             out.append(f"<details{' open' if i == 0 else ''}><summary><strong>{e(r.name)}</strong> — accuracy "
                        f"{100 * r.accuracy:.2f}%, n = {r.run.n}</summary>")
-            out.append(_table(header, rows, "selective"))
+            out.append(table_html(header, rows, "selective"))
             out.append(_notes(notes))
             out.append("</details>")
 
@@ -136,9 +163,9 @@ def render_html(report: Report) -> str:
         out.append('<h2 id="calibration">Calibration</h2>')
         out.append(f'<p class="legend">{e(CALIBRATION_LEGEND)}</p>')
         header, rows, notes = calibration_cells(report.calibration)
-        out.append(_table([e(h) for h in header], [[e(c) for c in row] for row in rows], "calibration"))
+        out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "calibration"))
         out.append(_notes(notes))
-        out.append(_img(report.figures.get("reliability"), "reliability diagrams"))
+        out.append(img_html(report.figures.get("reliability"), "reliability diagrams"))
 
     # Figures.
     out.append('<h2 id="figures">Figures</h2>')
@@ -146,8 +173,8 @@ def render_html(report: Report) -> str:
     if not figs:
         out.append("<p>Figures were not drawn (--no-figures).</p>")
     else:
-        out.append("<h3>Accuracy vs. percentile</h3>" + _img(figs.get("accuracy_curves"), "accuracy curves"))
-        out.append("<h3>Macro F1 vs. percentile</h3>" + _img(figs.get("f1_curves"), "F1 curves"))
+        out.append("<h3>Accuracy vs. percentile</h3>" + img_html(figs.get("accuracy_curves"), "accuracy curves"))
+        out.append("<h3>Macro F1 vs. percentile</h3>" + img_html(figs.get("f1_curves"), "F1 curves"))
         out.append("<h3>Concept figure: GradTrust vs. softmax</h3>")
         out.append('<p class="legend">One point per sample; green = correct, red = wrong. Dashed lines: the '
                    "medians; each quadrant gives its wrong predictions out of its samples. The paper's claim: "
@@ -158,7 +185,7 @@ def render_html(report: Report) -> str:
             if path is None:
                 out.append(f"<p>{e(r.name)}: no concept figure (needs both gradtrust and softmax).</p>")
             else:
-                out.append(f"<details open><summary>{e(r.name)}</summary>{_img(path, 'scatter ' + r.name)}</details>")
+                out.append(f"<details open><summary>{e(r.name)}</summary>{img_html(path, 'scatter ' + r.name)}</details>")
         out.append("<h3>Qualitative grid: confident mistakes, lowest GradTrust first</h3>")
         for r in report.results:
             path = figs.get(f"qualitative/{r.name}")
@@ -167,13 +194,13 @@ def render_html(report: Report) -> str:
                 out.append(f"<p>{e(r.name)}: no grid{': ' + e(why) if why else ''}.</p>")
             else:
                 out.append(f"<details open><summary>{e(r.name)}</summary>"
-                           f"{_img(path, 'qualitative ' + r.name)}</details>")
+                           f"{img_html(path, 'qualitative ' + r.name)}</details>")
 
     galleries = [(r, figs[f"explanations/{r.name}"]) for r in report.results if f"explanations/{r.name}" in figs]
     if galleries:  # written by gradtrust.reporting.explanations (docs/explanations.md)
         out.append("<h3>Explanations: Why P? What if not P? Why P, rather than Q? VOICE uncertainty</h3>")
         for r, path in galleries:
-            out.append(f"<details open><summary>{e(r.name)}</summary>{_img(path, 'explanations ' + r.name)}</details>")
+            out.append(f"<details open><summary>{e(r.name)}</summary>{img_html(path, 'explanations ' + r.name)}</details>")
 
     # Manifests.
     out.append('<h2 id="manifests">Runs and their manifests</h2>')
@@ -184,5 +211,4 @@ def render_html(report: Report) -> str:
         out.append(f"<details><summary><strong>{e(run.name)}</strong> — <code>{e(str(run.source))}</code>; "
                    f"dataset {e(run.dataset_label)}; {run.n} samples, {len(run.methods)} methods</summary>"
                    f"{extra}<pre>{e(body)}</pre></details>")
-    out.append("</body></html>")
     return "\n".join(out)

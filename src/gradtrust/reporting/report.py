@@ -5,20 +5,26 @@
 >>> print(report.table_markdown); report.files["html"]
 
 Never raises for a bad input file: it becomes a problem in ``report.problems`` (and on the page), and the
-rest is written. ``report.ok`` is False only when no run at all could be read.
+rest is written. ``report.ok`` is False only when no run at all could be read. Each run kind's section is a
+builder registered in :mod:`gradtrust.reporting.kinds` (the score runs' is :func:`score_section`, here).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gradtrust._version import __version__
-from gradtrust.errors import InputError
+from gradtrust.errors import GradTrustError, InputError
+from gradtrust.reporting import anomaly, detection, explanations, introspection  # noqa: F401 - register sections
+from gradtrust.reporting.kinds import KINDS, SECTIONS, Section, discover_runs, register_section
 from gradtrust.reporting.results import Report
 from gradtrust.reporting.runs import LoadProblem, load_runs, slugify
 from gradtrust.reporting.tables import (
@@ -55,49 +61,137 @@ def build_report(
     figures: bool = True,
     max_images: int = 16,
     title: str = "GradTrust report",
+    force: bool = False,
 ) -> Report:
-    """Write the report of the given runs (folders with ``scores.parquet`` + ``manifest.json``, parquet files,
-    or folders holding such runs) into ``out_dir``.
+    """Write the report of the given runs into ``out_dir``: one page with a section per run kind (score, explain,
+    detect, introspect, GradCON; :mod:`gradtrust.reporting.kinds`), the score runs' tables and figures, and
+    ``report.json`` (the inputs, what was read, where everything is).
+
+    The report is built in a temporary sibling folder, fsynced and renamed over ``out_dir``, so it appears
+    whole or not at all. A folder holding a report of other inputs is replaced only with ``force``; a
+    non-empty folder that holds no report is never replaced.
 
     Args:
-        results: the inputs.
+        results: the inputs: run folders, score parquet files, or folders holding runs.
         out_dir: output folder (created).
-        resamples: bootstrap resamples for the CIs of the selective table (0 = no CIs); seeded by ``seed``.
+        resamples: bootstrap resamples for the CIs (0 = no CIs); seeded by ``seed``.
         confidence: the CIs' level.
         figures: draw the PNG figures.
         max_images: most images in each run's qualitative grid.
         title: the page title.
+        force: replace a report of other inputs.
+
+    Raises:
+        InputError: ``out_dir`` holds a report of other inputs (without ``force``) or something else.
+        GradTrustError: the report cannot be written (read-only folder, full disk…); nothing is left behind.
     """
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = list(results)
-    runs, problems = load_runs(results)
-    from gradtrust.reporting.anomaly import build_anomaly_section
+    out, results = Path(out_dir), list(results)
+    inputs = [str(Path(p).resolve()) for p in results]
+    check_replaceable(out, inputs, force)
+    found, problems = discover_runs(results)
+    tmp = None
+    try:
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+        report = Report(out_dir=tmp, title=title, results=[], groups=[], problems=problems, warnings=[],
+                        summary=None, resamples=resamples, confidence=confidence, seed=seed, inputs=inputs,
+                        draw=figures, max_images=max_images, final_dir=out, version=__version__,
+                        created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+        _write_sections(report, found)
+        report.elapsed_s = time.perf_counter() - t0
+        _write_json(report)
+        _publish(tmp, out)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise GradTrustError(f"cannot write the report into {out}: {exc}. Free space or choose a writable "
+                                 "--out; an earlier report there is left as it was.") from None
+        raise
+    report.out_dir = out
+    report.files = {k: out / Path(v).relative_to(tmp) for k, v in report.files.items()}
+    report.figures = {k: out / Path(v).relative_to(tmp) for k, v in report.figures.items()}
+    return report
 
-    anomaly = build_anomaly_section(results, out, resamples=resamples, confidence=confidence, seed=seed,
-                                    figures=figures)
-    problems = anomaly.drop_covered(problems) + anomaly.problems
-    evaluated = [evaluate_run(r, resamples=resamples, confidence=confidence, seed=seed) for r in runs]
-    groups = group_runs(evaluated)
-    ordered = [r for g in groups for r in g.results]
-    warnings = dataset_warnings(groups)
-    report = Report(out_dir=out, title=title, results=ordered, groups=groups, problems=problems,
-                    warnings=warnings, summary=summarise(groups) if ordered else None,
-                    resamples=resamples, confidence=confidence, seed=seed,
-                    created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), version=__version__,
-                    anomaly=anomaly)
-    report.files.update(anomaly.files)
-    report.figures.update({f"anomaly/{k}": v for k, v in anomaly.figures.items()})
-    if ordered:
+
+def check_replaceable(out: Path, inputs: list[str], force: bool) -> None:
+    """Refuse to replace a report of other inputs (its ``report.json``'s ``inputs``) without ``force``, and
+    anything that is not a report (a file, a non-empty folder without ``report.json``) at all."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    try:
+        previous = json.loads((out / "report.json").read_text(encoding="utf-8")).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        raise InputError(f"--out {out} is not empty and holds no report (no readable report.json); give a new "
+                         "or empty folder: the report replaces the whole folder.") from None
+    if previous != inputs and not force:
+        old = ", ".join(previous) if isinstance(previous, list) else "unknown inputs"
+        raise InputError(f"--out {out} holds the report of other inputs ({old}); pass --force to replace it, "
+                         "or choose another --out.")
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """fsync every file and folder of ``tmp``, rename it to ``out`` (an old ``out`` renamed aside first, removed
+    after), fsync the parent: a crash leaves the old report or the new one, never a part."""
+    for folder, _, names in os.walk(tmp):
+        for name in [*names, "."]:
+            _fsync(os.path.join(folder, name))
+    old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    _fsync(out.absolute().parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_sections(report: Report, found: dict[str, list[Path]]) -> None:
+    """Each kind's section in page order (:data:`gradtrust.reporting.kinds.SECTIONS`), then ``index.html``."""
+    from gradtrust.reporting.html import render_html
+
+    for kind in KINDS:
+        if found[kind]:
+            section = report.sections[kind] = SECTIONS[kind][1](found[kind], report)
+            report.problems += section.problems
+            report.files.update(section.files)
+            report.figures.update(section.figures)
+    (report.out_dir / "index.html").write_text(render_html(report), encoding="utf-8")
+    report.files["html"] = report.out_dir / "index.html"
+
+
+@register_section("score", "score run")
+def score_section(folders: list[Path], report: Report) -> Section:
+    """The score runs: the paper's table, summary, selective and calibration tables, figures, manifests."""
+    section = Section("score")
+    runs, section.problems = load_runs(folders)
+    groups = group_runs([evaluate_run(r, resamples=report.resamples, confidence=report.confidence,
+                                      seed=report.seed) for r in runs])
+    report.groups, report.results = groups, [r for g in groups for r in g.results]
+    report.warnings = dataset_warnings(groups)
+    if report.results:
+        report.summary = summarise(groups)
         _write_tables(report)
         _write_calibration(report)
-        if figures:
-            _draw_figures(report, max_images)
-    _write_html(report)
-    report.elapsed_s = time.perf_counter() - t0
-    _write_json(report)
-    return report
+        if report.draw:
+            _draw_figures(report, report.max_images)
+    for r in report.results:
+        section.runs.append({"name": r.name, "source": str(r.run.source)})
+        section.add_failures(r.name, r.run.source, r.run.manifest)
+    from gradtrust.reporting.html import score_html
+
+    section.html = score_html(report)
+    links = [("table", "quantitative results"), ("summary", "summary"), ("selective", "selective classification"),
+             ("calibration", "calibration"), ("figures", "figures"), ("manifests", "manifests")]
+    section.links = [(a, w) for a, w in links if report.results and (a != "calibration" or report.calibration)]
+    return section
 
 
 def _write_tables(report: Report) -> None:
@@ -191,14 +285,6 @@ def _draw_figures(report: Report, max_images: int) -> None:
             report.problems.append(LoadProblem(f"figures/explanations/{slug}.png", f"could not be drawn: {exc!r}"))
 
 
-def _write_html(report: Report) -> None:
-    from gradtrust.reporting.html import render_html
-
-    path = report.out_dir / "index.html"
-    path.write_text(render_html(report), encoding="utf-8")
-    report.files["html"] = path
-
-
 def _write_json(report: Report) -> None:
     """``report.json``: what was read, what failed, where everything is (for scripts and tests)."""
     s = report.summary
@@ -220,11 +306,19 @@ def _write_json(report: Report) -> None:
             "all_tie_rows": s.ties,
             "winners": [{"run": k[0], "metric": k[1], "methods": v} for k, v in s.winners.items()],
         },
-        "anomaly_runs": report.anomaly.rows if report.anomaly is not None else [],
+        "anomaly_runs": report.sections["gradcon"].runs if "gradcon" in report.sections else [],
+        "inputs": report.inputs,
+        "kinds": {kind: section.runs for kind, section in report.sections.items()},
+        "failed_files": [{"run": name, "source": source, "failed": total,
+                          "files": [{"index": i, "path": p, "reason": r} for i, p, r in listed]}
+                         for section in report.sections.values() for name, source, listed, total in section.failed],
         "files": {k: str(v) for k, v in report.files.items()},
         "figures": {k: str(v) for k, v in report.figures.items()},
     }
     path = report.out_dir / "report.json"
     report.files["json"] = path
     data["files"]["json"] = str(path)
+    final = report.final_dir or report.out_dir  # the paths the files will have once the temporary folder is renamed
+    for group in ("files", "figures"):
+        data[group] = {k: str(final / Path(v).relative_to(report.out_dir)) for k, v in data[group].items()}
     path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")

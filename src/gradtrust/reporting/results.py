@@ -340,9 +340,13 @@ class Report:
     created: str = ""
     version: str = ""
     elapsed_s: float = 0.0
-    anomaly: Any = None  # gradtrust.reporting.anomaly.AnomalySection: the GradCON runs among the inputs
+    sections: dict[str, Any] = field(default_factory=dict)  # kind → gradtrust.reporting.kinds.Section
+    inputs: list[str] = field(default_factory=list)  # the inputs, resolved (report.json; --force compares them)
+    draw: bool = True  # draw the figures
+    max_images: int = 16
+    final_dir: Path | None = None  # where out_dir is renamed to once written
 
     @property
     def ok(self) -> bool:
-        """True when at least one run (score run or anomaly run) was read."""
-        return bool(self.results) or bool(self.anomaly is not None and self.anomaly.n_runs)
+        """True when at least one run of any kind was read."""
+        return any(section.runs for section in self.sections.values())

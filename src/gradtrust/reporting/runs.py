@@ -25,34 +25,20 @@ import numpy as np
 from gradtrust import catalogue, schema
 from gradtrust.errors import DataError
 from gradtrust.reporting.datasets import condition_of, dataset_description, dataset_identity
+from gradtrust.reporting.kinds import LoadProblem, discover_runs
 
 __all__ = [
     "LoadProblem",
     "Run",
-    "discover_results",
     "load_run",
     "load_runs",
 ]
 
 SCORES_FILE, MANIFEST_FILE, REQUIRED_COLUMNS = schema.SCORES_FILE, schema.MANIFEST_FILE, schema.REQUIRED_COLUMNS
 
-#: How far below a folder given on the command line ``scores.parquet`` files are looked for.
-_SEARCH_DEPTH = 4
-
 
 class ReportInputError(Exception):
     """A results file that cannot be used; the message names the file and says why."""
-
-
-@dataclass
-class LoadProblem:
-    """One input that could not be used: its path and the reason, in words."""
-
-    source: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.message}"
 
 
 @dataclass
@@ -144,63 +130,14 @@ def slugify(text: str) -> str:
     return out or "run"
 
 
-# ----------------------------------------------------------------------------------------- discovery
-
-
-def discover_results(paths: Iterable[str | Path]) -> tuple[list[Path], list[LoadProblem]]:
-    """Expand the command-line inputs into parquet files.
-
-    A parquet file is taken as is; a folder holding ``scores.parquet`` is one run; any other folder is
-    searched (a few levels deep, sorted) for ``scores.parquet`` files, so a benchmark's output folder can be
-    given whole. Inputs that do not exist or hold no results become problems.
-    """
-    found: list[Path] = []
-    problems: list[LoadProblem] = []
-    seen: set[Path] = set()
-
-    def add(p: Path) -> None:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            found.append(p)
-
-    for raw in paths:
-        p = Path(raw)
-        if not p.exists():
-            problems.append(LoadProblem(str(p), "does not exist."))
-        elif p.is_file():
-            add(p)
-        else:
-            hits = [h / SCORES_FILE for h in find_folders_holding(p, SCORES_FILE, _SEARCH_DEPTH)]
-            if not hits:
-                problems.append(LoadProblem(
-                    str(p), f"is a folder without a {SCORES_FILE} (nor one in its sub-folders): "
-                            "not a score run."))
-            for hit in hits:
-                add(hit)
-    return found, problems
-
-
-def find_folders_holding(folder: Path, filename: str, depth: int) -> list[Path]:
-    """The folders at most ``depth`` levels below ``folder`` (itself included) that hold ``filename``, in
-    sorted order; the search does not go below a folder that holds it, nor into unreadable ones."""
-    if (folder / filename).is_file():
-        return [folder]
-    if depth <= 0:
-        return []
-    try:
-        entries = sorted(e for e in folder.iterdir() if e.is_dir())
-    except OSError:
-        return []
-    return [hit for e in entries for hit in find_folders_holding(e, filename, depth - 1)]
-
-
 # ------------------------------------------------------------------------------------------- loading
 
 
 def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[LoadProblem]]:
-    """Load every run the inputs name; the unusable ones become problems. Run names are made unique."""
-    files, problems = discover_results(paths)
+    """Load every score run the inputs name (:func:`gradtrust.reporting.kinds.discover_runs`); the unusable ones
+    become problems. Run names are made unique."""
+    found, problems = discover_runs(paths)
+    files = found["score"]
     runs: list[Run] = []
     for f in files:
         try:
