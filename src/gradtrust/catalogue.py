@@ -2,12 +2,9 @@
 names in registry order (the report's column order), display names, and which ones the GradTrust paper's
 table compares.
 
-The scoring registry (:mod:`gradtrust.scores.registry`) holds the methods' computations and needs torch;
-reports, tables and figures only need these facts, so they are stated here, below every package that reads or
-writes results, and the registry takes a built-in method's display name and ``in_paper`` from here when it is
-registered (``tests/test_catalogue.py`` checks the two agree). A method registered later (a plug-in) is added
-by the registry (:func:`describe`), after the built-ins, or learnt from the ``method_info`` of a run's
-manifest (:func:`learn`, when the report reads the run).
+The scoring registry (:mod:`gradtrust.scores.registry`) needs torch; reports only need these facts, so they
+are stated here, and the registry takes a built-in method's display name and ``in_paper`` from here. A plug-in's
+method is added by the registry (:func:`describe`) or learnt from a run's manifest (:func:`learn`).
 """
 
 from __future__ import annotations

@@ -69,12 +69,6 @@ def arrow_schema(methods: Sequence[str], reasons: Iterable[str] = ()) -> Any:
     return pa.schema(fields)
 
 
-def results_path(path: str | Path) -> Path:
-    """``scores.parquet`` of a run folder, or the file itself."""
-    p = Path(path)
-    return p / SCORES_FILE if p.is_dir() else p
-
-
 def read_results(path: str | Path) -> Any:
     """Read a results table (a run folder or a ``.parquet`` file) as a pandas DataFrame, checked against the
     schema: the required columns are there and hold integers, and there is at least one score column.
@@ -84,7 +78,7 @@ def read_results(path: str | Path) -> Any:
     """
     import pandas as pd
 
-    scores_path = results_path(path)
+    scores_path = Path(path) / SCORES_FILE if Path(path).is_dir() else Path(path)
     if not scores_path.is_file():
         raise DataError(f"{path}: no {SCORES_FILE} here; point at a run folder written by `gradtrust score`.")
     try:

@@ -1,17 +1,10 @@
 """The one per-model cache: everything the toolkit learns about a model once and reuses on later batches.
 
-Finding a model's final layer, planning which kernel or rule yields each parameter's per-sample norm,
-resolving an explanation layer, capturing a CUDA graph: each is worth doing once per model, not once per
-batch. Each of those used to keep a private dictionary of its own; they now share this one store so that
-
-* an entry lives exactly as long as its model (the store holds models weakly);
-* an entry never outlives the model's *structure*: replacing a submodule or a parameter, or switching a
-  module between training and eval mode, drops every entry of that model (:func:`structure_key`);
-* a user can see what is cached (:func:`cached_entries`) and drop it (:func:`clear`).
-
-Entries are keyed by ``(namespace, key)``: the namespace names the capability (``"final_layer"``,
-``"purview_plan"``, …), the key whatever else the value depends on (an input shape, an option).
-A computation that raises is not cached: the next call tries again and raises again.
+The final layer, the per-sample norm plan, an explanation layer, a CUDA graph: each is worth finding once
+per model, not once per batch. An entry lives as long as its model (held weakly) and never outlives the
+model's structure (:func:`structure_key`). Entries are keyed by ``(namespace, key)``: the namespace names the
+capability (``"final_layer"``…), the key whatever else the value depends on. A computation that raises is not
+cached. :func:`cached_entries` shows what is cached, :func:`clear` drops it.
 """
 
 from __future__ import annotations
@@ -45,12 +38,9 @@ def submodules(model: nn.Module) -> list[nn.Module]:
 
 
 def structure_key(model: nn.Module) -> tuple[int, ...]:
-    """The identity and mode of every submodule of ``model`` and the identity of every parameter.
-
-    A replaced submodule or parameter, or a module switched between training and eval mode (a BatchNorm in
-    training mode normalises by batch statistics, which changes what a per-sample computation may assume),
-    changes the key. It is a walk by identity, cheap next to a forward pass.
-    """
+    """The identity and mode of every submodule of ``model`` and the identity of every parameter: a replaced
+    submodule or parameter, or a module switched between training and eval mode (a BatchNorm in training mode
+    normalises by batch statistics), changes the key. A walk by identity, cheap next to a forward pass."""
     ids: list[int] = []
     for module in submodules(model):
         ids += (id(module), module.training)

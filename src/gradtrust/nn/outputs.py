@@ -4,10 +4,7 @@
 (a position in a tuple or list, a key of a dict; refused for a single tensor, where it would pick samples), then:
 a tensor is itself; an object with a ``.logits`` tensor (Hugging Face ``ModelOutput``, torchvision's
 ``GoogLeNetOutputs``) gives that; a one-element tuple or list its tensor; anything else — several outputs in
-particular — raises :class:`ModelError` saying to pass ``output_index``.
-
-``gradtrust.score``, ``explain``, ``gradient_features`` and ``Introspective`` take ``output_index`` (the first
-three run the model in :func:`gradtrust.nn.state.scoring_state` with it); :class:`SelectOutput` makes the choice
+particular — raises :class:`ModelError` saying to pass ``output_index``. :class:`SelectOutput` makes the choice
 part of the model (``load_model(..., output_index=…)``).
 """
 

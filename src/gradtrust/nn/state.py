@@ -14,19 +14,15 @@ class ScoringState:
     """Context manager: ``model`` in eval mode (and, once :meth:`freeze` is called, every parameter frozen);
     both restored afterwards, even on error.
 
-    Why frozen: every gradient GradTrust needs is taken with ``torch.autograd.grad`` with respect to the
-    input or computed per sample from hooks, so no parameter needs ``requires_grad``. Freezing them stops
-    autograd from computing (and wasting time on) batch-summed parameter gradients and guarantees that no
-    ``.grad`` is ever written. A pass run without autograd (the forward-pass scores) needs no freezing, so
-    the engine freezes only before it records a graph.
+    Why frozen: every gradient GradTrust needs is taken with respect to the input or per sample from hooks,
+    so freezing stops autograd from wasting time on batch-summed parameter gradients and guarantees that no
+    ``.grad`` is written. The engine freezes only before it records a graph.
 
-    Only what differs is touched: a model already in eval mode costs one walk over its modules (on a GPU
-    this runs once per batch; setting ``training`` and ``requires_grad`` on each of resnet50's 151 modules
-    and 161 parameters, twice, cost a third of the forward-pass scores' time at batch 32).
+    Only what differs is touched (setting ``training`` and ``requires_grad`` on each of resnet50's modules and
+    parameters, twice, cost a third of the forward-pass scores' time at batch 32 on a GPU).
 
-    With ``output_index``, ``model(x)`` returns ``logits_of(its output, output_index)`` inside (a forward hook on
-    the model, removed on exit; :mod:`gradtrust.nn.outputs`), so every pass run inside — hooks, vmap, per-sample
-    loops — sees the logits; a hook rather than a wrapper module keeps the model's names and cache entries.
+    With ``output_index``, ``model(x)`` returns ``logits_of(its output, output_index)`` inside, by a forward hook
+    (a wrapper module would change the model's names and cache entries).
     """
 
     def __init__(self, model: nn.Module, freeze: bool = True, output_index: int | str | None = None):

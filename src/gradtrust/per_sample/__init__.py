@@ -1,9 +1,5 @@
-"""Per-sample gradient norms ``‖∂L_i/∂θ_j‖²`` of every parameter tensor, from one batched backward pass.
-
-One library (docs/per_sample.md): layer kernels registered by module type (:func:`register_kernel`,
-:mod:`.kernels`), rules for module patterns (:func:`register_rule`, :mod:`.rules`), one planner that decides
-which kernel, rule or per-sample-autograd unit yields each parameter's norm (:mod:`.planner`), and one call,
-:func:`sq_norms`, with the whole-model ``vmap`` and ``loop`` backends behind it.
+"""Per-sample gradient norms ``‖∂L_i/∂θ_j‖²`` of every parameter tensor, from one batched backward pass:
+:func:`sq_norms` (:mod:`.engine`), planned by :mod:`.planner` over the :mod:`.registry` (docs/per_sample.md).
 """
 
 from gradtrust.per_sample.conv_strategy import STRATEGIES as CONV_STRATEGIES

@@ -1,11 +1,8 @@
 """The hooks that record, in one forward pass, what a batched backward turns into per-sample norms.
 
-:class:`LayerCapture` records each kernel layer's input ``a`` with a forward hook and its output gradient
-``g`` with a hook on the layer's output tensor, so the parameters themselves need no ``requires_grad`` and
-autograd never computes the batch-summed parameter gradients: per-sample norms cost about one backward pass
-instead of ``B`` of them. :func:`start_graph_hooks` starts the recorded graph where the first needed
-gradient is. A *unit* (the smallest submodule owning a parameter no kernel or rule covers) gets its
-parameters' norms by per-sample autograd of that submodule alone (:func:`unit_sq_norms`).
+Layer inputs and output gradients are caught by hooks on activations, so the parameters need no
+``requires_grad`` and autograd never forms batch-summed parameter gradients: per-sample norms cost about one
+backward pass instead of ``B``. Units (:mod:`.planner`) get theirs by per-sample autograd (:func:`unit_sq_norms`).
 """
 
 from __future__ import annotations
@@ -22,13 +19,10 @@ from gradtrust.per_sample.registry import UnsupportedForHooks
 
 
 class LayerCapture:
-    """Records each chosen layer's input in the forward pass and its output gradient in the backward pass.
-
-    Use as a context manager around the forward pass. Each backward run through the recorded graph calls
-    ``on_grad(name, module, input, grad_output)`` for every layer whose output reaches the loss, but only
-    while :attr:`active` is True (other backward passes through the same graph, ODIN's for example, are
-    ignored). Raises :class:`UnsupportedForHooks` when an exact per-sample result cannot be guaranteed: a
-    layer called twice in one forward, or an input modified in place after it was recorded.
+    """Around a forward pass: records each layer's input and calls count; then each backward through the
+    recorded graph calls ``on_grad(name, module, input, grad_output)`` while :attr:`active` is True (other
+    backward passes through the same graph, ODIN's for example, are ignored). Raises
+    :class:`UnsupportedForHooks` when an input was modified in place after it was recorded.
     """
 
     def __init__(self, layers: dict[str, nn.Module]):
@@ -73,23 +67,16 @@ class LayerCapture:
 
         return hook
 
-    def check_single_use(self) -> None:
-        """Raise :class:`UnsupportedForHooks` unless every layer ran exactly once in the forward pass."""
-        bad = {name: n for name, n in self.calls.items() if n != 1}
-        if bad:
-            raise UnsupportedForHooks(f"layers not run exactly once per forward pass: {bad}")
-
 
 def start_graph_hooks(outputs_of: Iterable[nn.Module], inputs_of: Iterable[nn.Module],
                       roots: list[torch.Tensor]) -> list[Any]:
-    """Forward hooks (prepended: later hooks see the new tensors) that start the recorded graph at the output
-    of each module of ``outputs_of`` and at the input of each module of ``inputs_of`` whose input is not in
-    the graph yet, appending each start's leaf to ``roots``. Returns the handles.
+    """Forward hooks (prepended: later hooks see the new tensors) that start the recorded graph, by
+    :func:`gradtrust.nn.hooks.graph_root` appended to ``roots``, at the output of each module of ``outputs_of``
+    and at the input of each module of ``inputs_of`` whose input is not in the graph yet. Returns the handles.
 
     When nothing needs ``∂/∂x``, this skips the backward into the layers before the first parameter that
     matters (resnet18's 7×7 convolution on the image: 0.19 forward passes at 224², batch 32, CPU). Every such
-    place starts the graph — the first one, and any parallel branch fed by the input alone, whose gradients
-    would otherwise be silently zero. Each start is a :func:`gradtrust.nn.hooks.graph_root`."""
+    place starts the graph, or a parallel branch fed by the input alone would get silently zero gradients."""
 
     def start_graph(module, args, output):
         in_graph = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)

@@ -19,8 +19,7 @@ split into its ``s`` phases per dimension instead (polyphase decomposition): off
 
 The output gradient is repeated ``C_g`` times as kernels, so this suits depthwise layers (``C_g = 1``:
 MobileNet, EfficientNet, ConvNeXt's 7×7), where it is up to 10× faster than the grouped weight-gradient
-kernel; :mod:`gradtrust.per_sample.conv_strategy` chooses it per layer.
-Checked against one ``torch.autograd.grad`` per sample in ``tests/test_per_sample.py``; docs/per_sample.md.
+kernel. docs/per_sample.md.
 """
 
 from __future__ import annotations

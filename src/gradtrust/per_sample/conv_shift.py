@@ -12,8 +12,7 @@ at that offset; ``L`` exceeds ``T`` by the padding columns only.
 
 A stride ``s > 1`` is reduced to stride 1 by splitting the padded input into its phases ``a[r::s]`` per
 dimension (polyphase decomposition): offsets ``k`` with ``k·d ≡ r (mod s)`` read phase ``r`` at offset
-``(k·d − r)/s``. Checked against one ``torch.autograd.grad`` per sample in ``tests/test_per_sample.py``;
-:mod:`gradtrust.per_sample.conv_strategy` chooses it per layer; docs/per_sample.md.
+``(k·d − r)/s``. docs/per_sample.md.
 """
 
 from __future__ import annotations

@@ -1,32 +1,17 @@
 """The exact ways to per-sample convolution weight norms ``‖∂L_i/∂W‖²_F``, and the per-layer choice on a CPU.
 
-Every strategy is exact; they differ only in speed, and which is fastest depends on the layer and the
-machine far more than a FLOP count tells (oneDNN's kernels, cache sizes, the batch):
+Every strategy (:data:`STRATEGIES`) is exact; which is fastest depends on the layer and the machine far more
+than a FLOP count tells (oneDNN's kernels, cache sizes, the batch): ``grouped``, ``per_sample`` and ``unfold``
+form the gradients (:func:`conv_weight_grads`); ``matmul`` is ``g_i a_iᵀ`` for a pointwise convolution; ``gram``
+is ``⟨g_iᵀ g_i, U_iᵀ U_i⟩`` without the gradient (the "ghost norm", Goodfellow 2015; Bu et al. 2022);
+``correlate`` (:mod:`.conv_correlate`) and ``shift`` (:mod:`.conv_shift`) serve depthwise and grouped layers.
 
-* ``grouped``: one grouped ``convolution_backward`` with the batch folded into the channel groups
-  (:func:`conv_weight_grads`, which forms the gradients the ``grouped``, ``per_sample`` and ``unfold`` ways);
-* ``per_sample``: the native weight-gradient kernel once per sample, each reduced at once;
-* ``unfold``: unfolded patches ``U_i`` and one batched product ``g_i U_iᵀ`` (``Conv2d``, one group);
-* ``matmul``: a pointwise (1×1, unpadded) convolution is a token-wise linear map, ``g_i a_iᵀ`` with no
-  unfolding (one group);
-* ``gram``: ``⟨g_iᵀ g_i, U_iᵀ U_i⟩`` without forming the gradient (the "ghost norm", Goodfellow 2015;
-  Bu et al. 2022), cheap where a layer has few output positions (``Conv2d``, one group);
-* ``correlate``: one depthwise convolution of the input planes with the output gradients as kernels
-  (:mod:`gradtrust.per_sample.conv_correlate`), for depthwise convolutions;
-* ``shift``: one batched product ``g_i A_{i,k}ᵀ`` per kernel offset ``k``, ``A_{i,k}`` a window of the
-  flattened input read in place (:mod:`gradtrust.per_sample.conv_shift`).
-
-:func:`auto_sq_norms` times the strategies that apply on the layer's actual input the first time it sees
-a (layer configuration, input shape, output shape, dtype, device), keeps the fastest in a bounded table
-(:data:`MAX_CHOICES`; :func:`clear_choices`, which :func:`gradtrust.per_sample.clear` calls) and uses it from
-then on: the way ``torch.backends.cudnn.benchmark`` picks convolution algorithms. The first call returns the
-chosen strategy's result from the measuring run, so all calls in a process agree to the last bit (strategies
-differ in float rounding). Timings are the minimum of interleaved repeats after an untimed first run of each
-candidate (cold kernels and allocations would bias the choice), so a burst of load on a shared machine slows
-every candidate of a round alike and the least disturbed repeat decides. A measured choice must also beat a
-fixed prior (:func:`prior`: FLOP count and layer kind) by 15%, so that noise alone rarely moves a layer off a
-sound default; a wrong choice would only cost speed.
-docs/per_sample.md.
+:func:`auto_sq_norms` times the strategies that apply on the layer's actual input the first time it sees a
+(layer configuration, shapes, dtype, device), as ``torch.backends.cudnn.benchmark`` does, and keeps the fastest
+in a bounded table (:func:`clear_choices`). The first call returns the chosen strategy's result from the
+measuring run, so all calls in a process agree to the last bit (strategies differ in float rounding). A
+measured choice must beat a fixed :func:`prior` by 15%, so that noise alone rarely moves a layer off a sound
+default; a wrong choice would only cost speed. docs/per_sample.md.
 """
 
 from __future__ import annotations
@@ -110,16 +95,14 @@ def conv_padding(conv: _ConvNd) -> tuple[int, ...]:
 
 
 def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strategy: str | None = None) -> torch.Tensor:
-    """Per-sample weight gradients of a ``ConvNd``, shape (B, out, in/groups, *kernel).
+    """Per-sample weight gradients of a ``ConvNd`` (each that of the convolution of sample ``i`` alone), shape
+    (B, out, in/groups, *kernel), by ``strategy`` ("grouped", "per_sample" or "unfold"; default
+    :func:`default_conv_strategy`).
 
-    Sample ``i``'s gradient is the weight gradient of the convolution of sample ``i`` alone. All of them
-    come from one grouped ``convolution_backward`` (the batch folded into the channel groups: input
-    (1, B·C_in, …), output gradient (1, B·C_out, …), groups × B); on a CPU with torch 2.15 this beats the
-    native kernel at batch size 1 sample by sample (Purview on a CIFAR ResNet-20 at batch 128: 5.9 instead
-    of 16.7 forward passes; resnet18 at batch 16: 3.9 instead of 4.8; benchmarks/bench_networks.py). A plain
-    ``Conv2d`` (one group) on a GPU uses one batched matrix product of the output gradient with the
-    unfolded input patches, ``g_i U_iᵀ``, the kind of work GPUs do best. ``strategy`` ("grouped",
-    "per_sample" or "unfold") overrides the choice.
+    ``grouped``: one ``convolution_backward`` with the batch folded into the channel groups; on a CPU with
+    torch 2.15 this beats the native kernel sample by sample (Purview on a CIFAR ResNet-20 at batch 128: 5.9
+    instead of 16.7 forward passes; resnet18 at batch 16: 3.9 instead of 4.8; benchmarks/bench_networks.py).
+    ``unfold``: one batched product ``g_i U_iᵀ`` with the unfolded patches, the kind of work GPUs do best.
     """
     conv = as_conv(module)
     batch = a.shape[0]
@@ -350,16 +333,14 @@ def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: 
     The first call for a key runs every candidate strategy once (untimed: cold), then times them in
     :data:`REPEATS` interleaved rounds, dropping after the first round those :data:`PRUNE_FACTOR` times
     slower than the fastest. The one with the smallest minimum time replaces the :func:`prior` choice if it
-    beats it by the factor :data:`MARGIN`; the choice is remembered and its result returned, so that every
-    call in the process rounds the same way (see the module docstring).
+    beats it by the factor :data:`MARGIN`; the choice is remembered and its result returned.
     """
     key = _key(conv, a, g, chunk_bytes, reduce is not None)
     chosen = _CHOSEN.get(key)
     if chosen is not None:
         _CHOSEN.move_to_end(key)
         return sq_norms(chosen, conv, a, g, chunk_bytes, reduce)
-    # the first run of each gives its result; its time is not used (first calls pay for allocations and for
-    # oneDNN/BLAS setting up kernels of new shapes, which would bias the choice)
+    # untimed first runs: they pay for allocations and oneDNN/BLAS setting up kernels of new shapes
     found = candidates(conv, a, g, chunk_bytes, reduce)
     results = {strategy: sq_norms(strategy, conv, a, g, chunk_bytes, reduce) for strategy in found}
     default = prior(conv, a, g, found)

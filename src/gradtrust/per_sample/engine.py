@@ -1,17 +1,14 @@
 """The one entry point for per-sample gradient norms, and the recorder it shares with Purview's pass.
 
-:func:`sq_norms` gives ``s_ij = ‖∂L_i/∂θ_j‖²₂`` for every sample ``i`` and parameter tensor ``θ_j``, by the
-first backend that applies (``backend="auto"``):
+:func:`sq_norms` gives ``s_ij = ‖∂L_i/∂θ_j‖²₂`` by the first backend that applies (``backend="auto"``):
 
 * ``"hooks"``: one forward pass recorded by a :class:`NormRecorder` (the plan's kernels, rules and units,
   :mod:`gradtrust.per_sample.planner`) and one batched backward of ``Σ_i L_i``: about one backward pass;
 * ``"vmap"``: ``torch.func.vmap(grad(·))`` of the whole model over chunks of samples;
 * ``"loop"``: one ``torch.autograd.grad`` per sample (any model).
 
-All three are exact (they agree to float rounding; ``tests/test_per_sample_engine.py`` checks them against
-per-sample autograd). Purview's pass (``gradtrust.scores.passes``), which shares its forward pass with
-other scores, enters a :class:`NormRecorder` around that forward itself and calls :func:`autograd_sq_norms`
-when the hooks cannot cover the model; ``gradtrust.gradient_features`` calls :func:`sq_norms`.
+All three are exact (they agree to float rounding; ``tests/test_per_sample_engine.py``). Purview's pass
+(``gradtrust.scores.passes``) enters a :class:`NormRecorder` around its own shared forward pass.
 """
 
 from __future__ import annotations
@@ -52,35 +49,29 @@ class SqNorms:
     fallback: dict[str, str] = field(default_factory=dict)
 
 
-class NormRecorder:
+class NormRecorder(LayerCapture):
     """Per-sample squared norms of ``model``'s parameters from the forward pass this is entered around and one
-    batched backward pass through that pass's graph (the hooks backend; see the module docstring).
-
-    Raises :class:`UnsupportedForHooks` on construction when the plan needs the whole model as a unit. The
-    recorded graph may start at the outputs of :attr:`graph_starts` and at the inputs of :attr:`rule_entries`
-    (:func:`start_graph_hooks`): no planned parameter is used before them.
+    batched backward pass through its graph (the hooks backend). Raises :class:`UnsupportedForHooks` on
+    construction when the plan needs the whole model as a unit. While :attr:`active`, the backward pass fills
+    :attr:`norms` {(owner name, key): (B,)} and :attr:`fallback`.
     """
 
     def __init__(self, model: nn.Module, chunk_bytes: int = DEFAULT_CHUNK_BYTES, conv_strategy: str | None = None,
                  params: Sequence[str] | None = None):
         self.plan = plan = plan_parameters(model, params)
+        super().__init__(plan.layers)
         self.chunk_bytes, self.conv_strategy = chunk_bytes, conv_strategy
-        self.layers = LayerCapture(plan.layers)
-        #: while True, the backward pass fills :attr:`norms` {(owner name, key): (B,)} and :attr:`fallback`
-        self.active = False
         # units and rule modules must run exactly once per forward pass (a second call would overwrite the first)
-        self.calls: dict[str, int] = {name: 0 for name in [*plan.units, *plan.rules]}
+        self.owner_calls: dict[str, int] = {name: 0 for name in [*plan.units, *plan.rules]}
         self.norms: dict[tuple[str, str], torch.Tensor] = {}
         self.fallback: dict[str, str] = {}  # units: {name: "vmap" | "loop"}
         self.error: str | None = None
-        self._handles: list[Any] = []
-        #: where the norms' graph may start: kernel layers and units (their norms come from their input and
-        #: output gradient), and the modules at whose input a rule first needs gradients
+        #: where the norms' graph may start (:func:`start_graph_hooks`): no planned parameter is used before them
         self.graph_starts = [*self.plan.layers.values(), *self.plan.units.values()]
         self.rule_entries = [rule.entry(module) for module, rule in self.plan.rules.values()]
 
     def __enter__(self) -> NormRecorder:
-        self.layers.__enter__()
+        super().__enter__()
         ctx = RuleContext(self._sink, self._fail, self._as_unit, lambda: self.active, self.chunk_bytes,
                           self.conv_strategy)
         for name, (module, rule) in self.plan.rules.items():
@@ -90,18 +81,12 @@ class NormRecorder:
             self._handles.append(unit.register_forward_hook(self._unit_hook(name), with_kwargs=True))
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.layers.__exit__(*exc)
-
     def collect(self, backward: Callable[[], Any], batch: int,
                 device: torch.device) -> tuple[torch.Tensor, dict[str, str]]:
         """Run ``backward()`` (one backward pass of ``Σ_i L_i`` through the recorded graph) with the hooks
         active: (B, J) float32 norms in :attr:`plan`'s ``names`` order and the units' {name: "vmap" | "loop"}.
         Raises :class:`UnsupportedForHooks` when the recorded forward broke an assumption of the plan."""
-        calls = self.layers.calls | self.calls
+        calls = self.calls | self.owner_calls
         bad = {n: c for n, c in calls.items() if c != 1}
         if bad:
             raise UnsupportedForHooks(f"layers not run exactly once per forward pass: {bad}")
@@ -116,18 +101,18 @@ class NormRecorder:
             for attr, value in parameter_sq_norms(module, a, g, self.chunk_bytes, self.conv_strategy).items():
                 norms[(layer_name, attr)] = value
 
-        self.layers.on_grad, self.layers.active, self.active = on_grad, True, True
+        self.on_grad, self.active = on_grad, True
         try:
             backward()
         finally:
-            self.layers.active, self.layers.on_grad, self.active = False, None, False
+            self.active, self.on_grad = False, None
         zeros = torch.zeros(batch, device=device)  # a parameter that does not reach the loss has no gradient
         columns = [norms.get(self.plan.columns[name], zeros) for name in self.plan.names]
         return torch.stack(columns, dim=1), dict(self.fallback)
 
     def _count(self, name: str):
         def hook(module, args, output):
-            self.calls[name] += 1
+            self.owner_calls[name] += 1
 
         return hook
 
@@ -140,7 +125,7 @@ class NormRecorder:
 
     def _unit_hook(self, name: str):
         def hook(module, args, kwargs, output):
-            self.calls[name] += 1
+            self.owner_calls[name] += 1
             self._as_unit(name, module, args, kwargs, output)
 
         return hook
@@ -183,8 +168,7 @@ def sq_norms(model: nn.Module, inputs: torch.Tensor, loss: Loss, *, targets: tor
     (hooks, else vmap, else loop; see the module docstring) or one of them; a forced backend that cannot run
     raises :class:`~gradtrust.errors.ModelError`. ``chunk_bytes`` bounds a block of per-sample gradients;
     ``conv_strategy`` forces how convolution weight norms are formed (:mod:`.conv_strategy`). The model runs
-    in eval mode with its parameters frozen, and is left as it was found. Per-sample gradients of a batch
-    are exact when the model treats samples independently (eval mode).
+    in eval mode with its parameters frozen, and is left as it was found.
     """
     if backend not in BACKENDS:
         raise UnknownNameError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}.")

@@ -6,13 +6,10 @@ running statistics ``μ, σ²`` (Ioffe & Szegedy, ICML 2015), so its input gradi
 for it (it reduces over the batch for the parameter gradients' sake; measured at 16–576 channels, batch
 8–128, ``benchmarks/bench_networks.py`` on mobilenet_v3_small: 13% of the input-gradient pass).
 
-The gradient passes (Purview, ODIN, the autograd path of the gradient scores) freeze every parameter and take
-gradients with respect to activations only, so while their forward pass is recorded, :func:`cheap_batch_norm`
-makes each eval-mode BatchNorm run :class:`EvalBatchNorm`: its forward is the module's own ``F.batch_norm``
-call (the same output, bit for bit), its backward the multiplication above (the same gradient up to float
-rounding). Only on a CPU (cuDNN's kernel is fast), only for BatchNorm1d/2d/3d with running statistics in eval
-mode, and only while their affine parameters do not require gradients: otherwise the module runs as it is.
-docs/performance.md.
+The gradient passes freeze every parameter, so while their forward pass is recorded :func:`cheap_batch_norm`
+makes each eval-mode BatchNorm run :class:`EvalBatchNorm`: the module's own ``F.batch_norm`` forward (bit for
+bit), the multiplication above as backward. Only on a CPU (cuDNN's kernel is fast), only for BatchNorm1d/2d/3d
+with running statistics in eval mode and frozen affine parameters. docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Per-sample autograd of the whole model: the ``vmap`` and ``loop`` backends.
-
-These are the backends :func:`gradtrust.per_sample.sq_norms` falls back to when the kernels, rules and units
-of the hook path cannot cover a model exactly (:mod:`gradtrust.per_sample.planner`): exact for any model, at
-the cost of ``B`` backward passes (the loop) or of ``B`` full parameter gradients in memory (vmap, in chunks).
+"""Per-sample autograd of the whole model: the ``vmap`` and ``loop`` backends, exact for any model, at the
+cost of ``B`` backward passes (the loop) or of ``B`` full parameter gradients in memory (vmap, in chunks).
 """
 
 from __future__ import annotations
@@ -29,11 +26,8 @@ def layer_weight(module: nn.Module) -> torch.Tensor:
 
 def sq_norms_by_loop(model: nn.Module, inputs: torch.Tensor,
                      loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Reference path: ``‖∂L_i/∂θ_j‖²`` by one ``torch.autograd.grad`` per sample, (B, J) float32.
-
-    Works for any model. Temporarily sets ``requires_grad`` on the parameters (the caller's state guard
-    restores them); ``autograd.grad`` never writes ``.grad``.
-    """
+    """Reference path: ``‖∂L_i/∂θ_j‖²`` by one ``torch.autograd.grad`` per sample, (B, J) float32. Sets
+    ``requires_grad`` on the parameters until it returns; ``autograd.grad`` never writes ``.grad``."""
     params = [p for _, p in model.named_parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -54,11 +48,7 @@ def sq_norms_by_loop(model: nn.Module, inputs: torch.Tensor,
 
 def sq_norms_by_vmap(model: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor],
                      chunk_size: int) -> torch.Tensor:
-    """``‖∂L_i/∂θ_j‖²`` with ``torch.func.vmap(grad(·))`` over chunks of samples, (B, J) float32.
-
-    The generic batched path for models the hook path does not cover; memory is bounded by ``chunk_size``
-    samples' worth of full parameter gradients.
-    """
+    """``‖∂L_i/∂θ_j‖²`` with ``torch.func.vmap(grad(·))`` over chunks of ``chunk_size`` samples, (B, J) float32."""
     from torch.func import functional_call, grad, vmap
 
     params = {name: p.detach() for name, p in model.named_parameters()}

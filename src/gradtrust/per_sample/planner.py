@@ -1,19 +1,10 @@
 """Who provides each parameter's per-sample squared gradient norm: one planner for every caller.
 
-Every parameter tensor of the model gets exactly one *owner* (docs/per_sample.md):
-
-* a **layer** with a registered kernel (``nn.Linear``, ``ConvNd``, a norm layer: :mod:`.kernels`): closed or
-  Gram forms from the layer's input and output gradient;
-* a **rule** (:mod:`.rules`): a known use of a parameter outside such a layer, read from hooks on the
-  activations it touches (a ViT's class token and position embedding, ConvNeXt's layer scale, attention
-  projections, a convolution followed by BatchNorm…);
-* a **unit**: the smallest submodule owning a parameter nothing else covers (a relative-position bias table,
-  an attention in-projection…). Only that submodule goes through per-sample autograd (:mod:`.units`); the
-  result reports these units.
-
-A parameter whose owner would be the whole model leaves no cheaper way than per-sample autograd of the whole
-model: :func:`plan_parameters` raises :class:`UnsupportedForHooks`, and :func:`gradtrust.per_sample.sq_norms`
-takes the ``vmap`` or ``loop`` backend.
+Every parameter tensor gets exactly one *owner* (docs/per_sample.md): a **layer** with a registered kernel
+(:mod:`.kernels`), a **rule** for a known use outside such a layer (:mod:`.rules`), or a **unit**: the smallest
+submodule owning a parameter nothing else covers, which alone goes through per-sample autograd
+(:func:`.capture.unit_sq_norms`). A parameter whose owner would be the whole model makes :func:`plan_parameters`
+raise :class:`UnsupportedForHooks`, and :func:`gradtrust.per_sample.sq_norms` takes the ``vmap`` or ``loop`` backend.
 """
 
 from __future__ import annotations

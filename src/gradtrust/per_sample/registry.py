@@ -1,15 +1,11 @@
 """The two registries of :mod:`gradtrust.per_sample`: layer kernels by module type, rules by module pattern.
 
-A **kernel** gives a layer's own parameters their per-sample gradients and squared norms from the layer's
-input ``a`` and output gradient ``g`` (the way Opacus registers grad samplers and BackPACK its ``BatchL2Grad``
-extension): ``@register_kernel(nn.Linear)`` on a :class:`Kernel` subclass. A **rule** covers parameters used
-outside such a layer (a class token, an attention's in-projection, a layer scale…) with hooks on the
-activations they touch: ``@register_rule(nn.MultiheadAttention)`` on a callable ``module → Rule | None``.
-
-Both are looked up by the module's exact class, by its qualified name (``"torchvision.models.convnext.CNBlock"``:
-so the core never imports torchvision), or, for entries registered with ``subclasses=True``, by a base class
-whose ``forward`` the module's class keeps. This module imports no kernel and no rule; the packages
-:mod:`gradtrust.per_sample.kernels` and :mod:`gradtrust.per_sample.rules` register theirs when imported.
+A **kernel** (``@register_kernel(nn.Linear)`` on a :class:`Kernel` subclass, as Opacus registers grad
+samplers) gives a layer's own parameters their per-sample gradients from its input and output gradient. A
+**rule** (``@register_rule(nn.MultiheadAttention)`` on a callable ``module → Rule | None``) covers parameters
+used outside such a layer with hooks on the activations they touch. Both are looked up by the module's exact
+class, by its qualified name (so the core never imports torchvision), or, with ``subclasses=True``, by a base
+class whose ``forward`` the module's class keeps. :mod:`.kernels` and :mod:`.rules` register theirs on import.
 """
 
 from __future__ import annotations
@@ -94,9 +90,7 @@ def register_kernel(*kinds: type[nn.Module] | str, subclasses: bool = False) -> 
     qualified class names), and with ``subclasses`` their subclasses that keep the registered ``forward``."""
 
     def decorator(cls: K) -> K:
-        kernel = cls()
-        for kind in kinds:
-            _KERNELS[kind] = (kernel, subclasses)
+        _KERNELS.update(dict.fromkeys(kinds, (cls(), subclasses)))
         return cls
 
     return decorator
@@ -134,7 +128,6 @@ def parameter_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chun
     return _kernel(module).sq_norms(module, a, g, chunk_bytes, conv_strategy)
 
 
-# ---------------------------------------------------------------------------------------------- rules
 #: sink(module name, parameter attribute, (B,) squared norms)
 Sink = Callable[[str, str, torch.Tensor], None]
 #: fail(why): the hook path cannot cover this model (said in the forward pass, raised when the norms are read)
@@ -191,8 +184,7 @@ def register_rule(*kinds: type[nn.Module] | str, subclasses: bool = False) -> Ca
     the module is not of the rule's form) serves modules of ``kinds``, as :func:`register_kernel`."""
 
     def decorator(factory: F) -> F:
-        for kind in kinds:
-            _RULES[kind] = (factory, subclasses)
+        _RULES.update(dict.fromkeys(kinds, (factory, subclasses)))
         return factory
 
     return decorator

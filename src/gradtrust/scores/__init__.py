@@ -1,13 +1,6 @@
-"""Trust scores: the method and pass registries, the per-batch passes and ``score``.
-
-* :func:`score` (:mod:`.engine`): every requested score of one batch, each pass run once.
-* :func:`register_method`, :class:`MethodSpec` (:mod:`.registry`), :class:`Param`, :class:`Pass`,
-  :func:`register_pass`, :class:`PassSpec` (:mod:`.spec`): how a method and a pass are declared;
-  :func:`available_methods`, :func:`get_method` read them back.
-* :class:`ScoreOptions` (:mod:`.options`), :class:`ScoreResult` (:mod:`.result`).
-
-Importing this package registers the built-in passes and methods (:mod:`.methods`); capabilities and plug-ins
-load through entry points the first time the registry is read.
+"""Trust scores: :func:`score` (:mod:`.engine`), the method (:mod:`.registry`) and pass (:mod:`.spec`)
+registries, the per-batch passes. Importing this package registers the built-in passes and methods
+(:mod:`.methods`); capabilities and plug-ins load through entry points the first time the registry is read.
 """
 
 from gradtrust.scores import methods  # noqa: F401 - registers the built-in passes and methods, in order

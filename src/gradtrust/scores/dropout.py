@@ -10,6 +10,7 @@ index)``: the same sample gets the same masks in any batch, on any device, in an
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -54,10 +55,7 @@ def keep_mask(shape: tuple[int, ...], p: float, seed: int, sample_ids: torch.Ten
     key = _fmix32((key + 0x7F4A7C15 * (pass_index + 1)) & _MASK32)
     ids = sample_ids.to(device=device, dtype=torch.int64).reshape(-1, *([1] * len(shape)))
     per_sample = _fmix32((key + _mul32(ids & _MASK32, 0x27D4EB2F) + (ids >> 32)) & _MASK32)
-    numel = 1
-    for n in shape:
-        numel *= n
-    elements = torch.arange(numel, dtype=torch.int64, device=device).reshape(1, *shape)
+    elements = torch.arange(math.prod(shape), dtype=torch.int64, device=device).reshape(1, *shape)
     h = _fmix32((per_sample ^ _fmix32(elements)) & _MASK32)
     return h.double() / 2.0**32 >= p
 

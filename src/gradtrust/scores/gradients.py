@@ -1,10 +1,6 @@
 """``Pass.COUNTERFACTUAL_GRADIENTS``: per-sample statistics of a layer's weight gradient under the
-confounding-label losses of GradTrust and GradNorm.
-
-On the final ``nn.Linear`` (whose output is the logits) they are closed forms of the logits and the
-penultimate features: no pass beyond the forward (docs/methods.md, "GradTrust's closed form"). On any other
-layer (``layer=``), or with ``gradient_path="autograd"``, one batched backward pass through the shared graph
-gives each sample's weight gradient (:func:`gradtrust.per_sample.registry.parameter_grads`).
+confounding-label losses of GradTrust and GradNorm: closed forms on the final ``nn.Linear`` (docs/methods.md),
+else one batched backward pass through the shared graph (``layer=``, ``gradient_path="autograd"``).
 """
 
 from __future__ import annotations
@@ -76,21 +72,16 @@ def feature_sq_variance(ctx: BatchPasses) -> torch.Tensor:
 
 
 def mse_gradient_rows(ctx: BatchPasses) -> GradientRows:
-    """Row energies ``e_r = Var_d(G_{r,d}²)`` of ``G = ∂L/∂W`` for ``L = (1/C) Σ_c (z_c − 1/C)²``.
-
-    Closed form (docs/methods.md, "GradTrust's closed form"): ``G = a hᵀ`` with ``a_c = (2/C)(z_c − 1/C)``, so
-    ``e_c = a_c⁴ · Var_d(h_d²)``. Otherwise per-sample autograd on the chosen layer.
-    """
+    """Row energies ``e_r = Var_d(G_{r,d}²)`` of ``G = ∂L/∂W`` for ``L = (1/C) Σ_c (z_c − 1/C)²``: the closed form
+    :func:`gradtrust.functional.mse_gradient_row_energy`, else per-sample autograd on the chosen layer."""
     if not ctx.uses_autograd_path:
         return GradientRows(row_energy=functional.mse_gradient_row_energy(ctx.logits, ctx.features))
     return autograd_rows(ctx, mse_uniform_loss, want_l1=False)
 
 
 def uniform_ce_grad_l1(ctx: BatchPasses) -> torch.Tensor:
-    """``‖∂L/∂W‖₁`` for ``L = −Σ_c u_c log p_c`` (GradNorm's loss), per sample (B,) float64.
-
-    Closed form: ``G = (p − u) hᵀ`` so ``‖G‖₁ = ‖p − u‖₁ · ‖h‖₁`` (Huang et al., NeurIPS 2021).
-    """
+    """``‖∂L/∂W‖₁`` for ``L = −Σ_c u_c log p_c`` (GradNorm's loss), per sample (B,) float64: the closed form
+    :func:`gradtrust.functional.uniform_ce_gradient_l1`, else per-sample autograd on the chosen layer."""
     if not ctx.uses_autograd_path:
         return functional.uniform_ce_gradient_l1(ctx.logits, ctx.features)
     rows = autograd_rows(ctx, uniform_ce_loss, want_l1=True)
@@ -110,11 +101,8 @@ def uniform_ce_loss(z: torch.Tensor) -> torch.Tensor:
 
 
 def autograd_rows(ctx: BatchPasses, loss_fn, want_l1: bool) -> GradientRows:
-    """Per-sample weight gradient of the gradient layer under ``loss_fn``, reduced to row statistics.
-
-    The layer's input ``a`` and output gradient ``g`` come from one batched backward pass through the
-    shared graph; :func:`gradtrust.per_sample.registry.parameter_grads` forms each sample's ``∂L_i/∂W``.
-    """
+    """Per-sample weight gradient of the gradient layer under ``loss_fn`` (from one batched backward pass
+    through the shared graph), reduced to row statistics."""
     forward = ctx.graph_forward()
     loss = loss_fn(forward.logits).sum()
     batch = ctx.inputs.shape[0]
@@ -157,10 +145,8 @@ def autograd_rows(ctx: BatchPasses, loss_fn, want_l1: bool) -> GradientRows:
 
 def rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                     want_l1: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Row energies ``Var_d(G_{r,d}²)`` (B, R) and optionally ``‖G‖₁`` (B,) of per-sample weight gradients.
-
-    Materialises the per-sample gradients in blocks of samples bounded by ``chunk_bytes``.
-    """
+    """Row energies ``Var_d(G_{r,d}²)`` (B, R) and optionally ``‖G‖₁`` (B,) of per-sample weight gradients,
+    formed in blocks of samples bounded by ``chunk_bytes``."""
     per_sample_bytes = 4 * layer_weight(module).numel()
     step = max(1, chunk_bytes // per_sample_bytes)
     energies, l1s = [], []

@@ -2,19 +2,16 @@
 
 The forward-pass scores (softmax, entropy, … gradtrust, gradnorm) are cheap arithmetic on the logits and the
 penultimate features, but launched one operation at a time from Python they are ~150 tiny kernels: on an
-H100 that cost ~3 ms per batch, half of resnet50's forward at batch 32 (forward-group throughput ratio
-0.67; ``benchmarks/bench_networks.py --device cuda``). So the first batch of a given shape is *captured*
-(``torch.cuda.CUDAGraph``): the methods run once on static copies of the logits and features while CUDA
-records their kernels. Every later batch of that shape copies its logits and features into the static
-tensors and *replays* the record — one launch, the same kernels, the same numbers bit for bit.
+H100 that cost ~3 ms per batch, half of resnet50's forward at batch 32 (``benchmarks/bench_networks.py
+--device cuda``). So the first batch of a given shape is *captured* (``torch.cuda.CUDAGraph``) on static copies
+of the logits and features; every later batch copies its own into them and *replays* the record: one launch,
+the same numbers bit for bit.
 
-Only methods declared ``cuda_graph_safe`` (:class:`~gradtrust.scores.registry.MethodSpec`: their inputs are
-exactly the logits and the final layer's input) are captured, and those reading the counterfactual gradients
-only where these come in closed form: another method could read something else (the input batch, the model)
-that a replay would not update. A capture that fails (an operation CUDA cannot record) is remembered and
-those methods run op by op. Each captured method set keeps a small private memory pool (tens of (B, C) float64
-tensors) for as long as the model lives and keeps its structure (:mod:`gradtrust.nn.cache`, namespace
-``"cuda_graphs"``); at most :data:`MAX_GRAPHS_PER_MODEL` per model. ``cuda_graphs=False`` turns this off.
+Only ``cuda_graph_safe`` methods are captured, and those reading the counterfactual gradients only where these
+come in closed form: another method could read something (the input, the model) a replay would not update. A
+capture that fails is remembered and those methods run op by op. Each captured set keeps a small memory pool
+as long as the model keeps its structure (:mod:`gradtrust.nn.cache`, namespace ``"cuda_graphs"``); at most
+:data:`MAX_GRAPHS_PER_MODEL` per model. ``cuda_graphs=False`` turns this off.
 """
 
 from __future__ import annotations

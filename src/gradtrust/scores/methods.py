@@ -44,7 +44,6 @@ def _top2_gap(batch: BatchView, values: torch.Tensor) -> MethodOutput:
     return MethodOutput(values, {})
 
 
-# ---------------------------------------------------------------------------------- the paper's columns
 @register_method("softmax", cuda_graph_safe=True, tags=DETECTION_BASELINE,
                  source="Hendrycks & Gimpel, ICLR 2017 (maximum softmax probability)")
 def softmax_score(batch: BatchView) -> MethodOutput:
@@ -191,7 +190,6 @@ def gradtrust_topk_score(batch: BatchView) -> MethodOutput:
     return MethodOutput(values, undefined)
 
 
-# ---------------------------------------------------------------------------------- further baselines
 @register_method("brier", source="Brier (1950), against the predicted class; GradTrust release",
                  cuda_graph_safe=True)
 def brier_score(batch: BatchView) -> MethodOutput:

@@ -1,9 +1,6 @@
 """Scoring options: every option is a :class:`~gradtrust.scores.spec.Param`, declared once, by the pass that
-reads it (ODIN's temperature belongs to the ODIN pass: :attr:`PassSpec.params`), by a method (``topk``), or by
-the engine itself (``chunk_bytes``, ``conv_strategy``: :data:`ENGINE_PARAMS`). :class:`ScoreOptions` holds one
-value for each; the CLI's ``--option`` help and parsing, ``gradtrust methods`` and the manifest read the same
-declarations. Defaults follow the GradTrust release
-(``docs/methods.md``).
+reads it (:attr:`PassSpec.params`), by a method (``topk``), or by the engine (:data:`ENGINE_PARAMS`).
+:class:`ScoreOptions` holds one value for each. Defaults follow the GradTrust release (``docs/methods.md``).
 """
 
 from __future__ import annotations
@@ -81,11 +78,8 @@ def builtin_param_names() -> set[str]:
 
 
 class ScoreOptions:
-    """The value of every scoring option (defaults where not given), validated once.
-
-    Read an option as an attribute (``options.odin_temperature``) or with :meth:`get`; :meth:`as_dict`
-    gives all of them. Build one with ``ScoreOptions.from_kwargs(**options)``: an unknown name or a bad
-    value raises an error that lists the valid options.
+    """The value of every scoring option (defaults where not given), validated once; an unknown name or a bad
+    value raises an error that lists the valid options. Read an option as an attribute or with :meth:`get`.
     """
 
     __slots__ = ("_hash", "_values")

@@ -13,11 +13,8 @@ read and kept for the batch, so each pass runs at most once per batch, whichever
 | ``parameter_sq_norms`` | ``PARAMETER_GRADIENTS`` (here): per-sample ``‖∂L/∂θ_j‖²`` under ``BCE(z, 1)`` | ~1 backward + grads |
 | ``mc_mean_probabilities`` | ``MC_DROPOUT`` (:mod:`.dropout`): ``T`` forwards, seeded per-sample masks | T forwards |
 
-Methods do not read this class directly: they get a :class:`~gradtrust.scores.view.BatchView`, which lets a
-method read only the passes it declared.
-
-When any needed pass asks for a graph (:attr:`PassSpec.needs_graph`) the single forward pass is run with autograd
-recording (input ``requires_grad``, parameters frozen) and every backward pass reuses its graph.
+Methods read it through a :class:`~gradtrust.scores.view.BatchView`. When any needed pass asks for a graph
+(:attr:`PassSpec.needs_graph`) the single forward pass records one and every backward pass reuses it.
 """
 
 from __future__ import annotations
@@ -94,7 +91,6 @@ class BatchPasses:
         self.__dict__[quantity] = value
         return value
 
-    # ------------------------------------------------------------------ the forward pass
     @cached_property
     def _forward(self) -> ForwardRecord:
         """The one forward pass (recording an autograd graph when any method needs a gradient)."""
@@ -130,9 +126,7 @@ class BatchPasses:
         capture = LayerCapture(layer)
         graph_starts = list(dict.fromkeys([*layer.values(), *(norms.graph_starts if norms is not None else ())]))
         rule_entries = norms.rule_entries if norms is not None else []
-        # Without ODIN nothing needs ∂/∂x: the graph can start at the outputs of the captured layers (and
-        # units) whose inputs are not in it, and at rule entries whose input is not in it (no parameter is
-        # used before them, since every parameter has an owner): per_sample.capture.start_graph_hooks.
+        # without ODIN nothing needs ∂/∂x: the graph may start later (per_sample.capture.start_graph_hooks)
         cut = record_graph and Pass.ODIN not in self.needs and bool(graph_starts or rule_entries)
         x = self.inputs.detach().requires_grad_(record_graph and not cut)
         roots: list[torch.Tensor] = [] if cut else [x]
@@ -140,8 +134,7 @@ class BatchPasses:
         handles = start_graph_hooks(graph_starts, rule_entries, roots) if cut else []
         structure = structure_key(model)  # one walk over the model for both look-ups of its final layer
         try:
-            # While the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (its CPU kernel is
-            # slow; same forward bits): every parameter is frozen, so only activation gradients are taken.
+            # while the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (eval_backward)
             with (recording(final_layer_candidates(model, structure)) as seen, capture, norms or contextlib.nullcontext(),
                   torch.set_grad_enabled(record_graph),
                   cheap_batch_norm(model) if record_graph and x.device.type == "cpu" else contextlib.nullcontext()):
@@ -189,14 +182,10 @@ class BatchPasses:
                 "layer='<module name>' (any nn.Linear or nn.ConvNd, e.g. the classifier convolution) to compute "
                 "them by per-sample autograd on that layer, or leave out gradtrust, gradtrust_topk and gradnorm.")
 
-    # ------------------------------------------------------------------ Purview (Pass.PARAMETER_GRADIENTS)
     def purview_sq_norms(self) -> torch.Tensor:
-        """``s_ij = ‖∂L_i/∂θ_j‖²₂`` for every parameter tensor ``θ_j`` in ``named_parameters()`` order.
-
-        ``L_i = mean_c BCEWithLogits(z_ic, 1)`` (Lee et al., IEEE Access 2023, as in the GradTrust release).
-        (B, J) float64. Backends, fastest first: layer hooks (one batched backward), ``torch.func.vmap``
-        (chunked), a per-sample loop; ``auto`` takes the first that applies to the model.
-        """
+        """``s_ij = ‖∂L_i/∂θ_j‖²₂`` (B, J) float64 for every parameter tensor ``θ_j`` in ``named_parameters()``
+        order, ``L_i = mean_c BCEWithLogits(z_ic, 1)`` (Lee et al., IEEE Access 2023, as in the GradTrust
+        release), by the backends of :func:`gradtrust.per_sample.sq_norms`."""
         backend = self.options.purview_backend
         self._freeze()  # the vmap and loop backends too: the loop toggles requires_grad itself
         if backend in ("auto", "hooks"):
@@ -226,10 +215,8 @@ class BatchPasses:
 
 
 def backward_through(loss: torch.Tensor, forward: ForwardRecord) -> None:
-    """Run one backward pass of ``loss`` through the recorded graph, down to its roots, keeping the graph.
-
-    The layer hooks collect what they need on the way; the gradients at the roots themselves are discarded.
-    """
+    """Run one backward pass of ``loss`` through the recorded graph, down to its roots, keeping the graph (the
+    layer hooks collect what they need on the way; the gradients at the roots are discarded)."""
     if not forward.roots:
         raise UnsupportedForHooks("no captured layer ran in the forward pass")
     if not loss.requires_grad:
@@ -243,7 +230,6 @@ def _purview_loss(z: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(zf, torch.ones_like(zf), reduction="none").mean(1)
 
 
-# ------------------------------------------------------------------ Pass.FORWARD
 def closed_form_applies(ctx: BatchPasses) -> bool:
     """Whether the final layer's output *is* the logits, with one feature vector per sample."""
     final = ctx._forward.final

@@ -4,18 +4,10 @@ A method is declared once, by :func:`register_method` (a decorator) with a :clas
 passes it needs, its display name, formula, source and options. Registration order is the order of
 ``available_methods()``, of the CLI listing and of the report's columns.
 
-**Plug-ins.** Another installed package adds methods (and passes, :func:`gradtrust.scores.register_pass`)
-through the ``gradtrust.methods`` entry-point group::
-
-    # its pyproject.toml
-    [project.entry-points."gradtrust.methods"]
-    my_scores = "my_package.scores"        # a module whose import calls gradtrust.register_method
-
-The entry point may also name a :class:`MethodSpec` (registered as is) or a function of no arguments (called
-once). Plug-ins load the first time the registry is read, this package's own first (VOICE, from
-:mod:`gradtrust.explanations.trust`: the engine imports no capability, a capability joins it as a plug-in
-does), then the others; one that fails to load is reported with a warning naming it and never hides the
-built-in methods, which :mod:`gradtrust.scores` registers when it is imported.
+**Plug-ins** (docs/methods.md) add methods and passes through the ``gradtrust.methods`` entry-point group: a
+module that registers them on import, a :class:`MethodSpec`, or a function of no arguments. They load the
+first time the registry is read, this package's own first (VOICE: the engine imports no capability, a
+capability joins it as a plug-in does); one that fails to load is reported with a warning naming it.
 """
 
 from __future__ import annotations

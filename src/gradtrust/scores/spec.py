@@ -2,10 +2,8 @@
 (:class:`MethodOutput`), and a pass of the network (:class:`PassSpec`, registered with :func:`register_pass`,
 named ``Pass.<NAME>``).
 
-A method declares the passes it reads; the engine runs each needed pass at most once per batch. The set of
-passes is open: the engine registers its own (forward, counterfactual gradients, ODIN, parameter gradients,
-MC dropout) and a capability or a plug-in adds one the same way (``gradtrust.explanations`` adds ``VOICE``).
-This module is the bottom of :mod:`gradtrust.scores`: it imports nothing of it.
+The set of passes is open: a capability or a plug-in adds one as the engine adds its own
+(``gradtrust.explanations`` adds ``VOICE``). This module imports nothing of :mod:`gradtrust.scores`.
 """
 
 from __future__ import annotations
@@ -24,11 +22,8 @@ _KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or f
 
 @dataclass(frozen=True)
 class Param:
-    """One scoring option: its name, type, default, help text and validity check.
-
-    ``check(value)`` returns an error message for a bad value (or None). ``parse`` turns the text of a
-    ``--option name=value`` into the value (``None`` for the text "none" where the default is None).
-    """
+    """One scoring option: its name, type, default, help text and validity check (``check(value)`` returns an
+    error message for a bad value, or None)."""
 
     name: str
     type: type
@@ -177,7 +172,5 @@ class _PassNamespace(type):
 
 
 class Pass(metaclass=_PassNamespace):
-    """The registered passes, by name: ``Pass.FORWARD``, ``Pass.ODIN``… (an open set: :func:`register_pass`).
-    The built-in ones, in order: ``FORWARD``, ``COUNTERFACTUAL_GRADIENTS``, ``ODIN``, ``PARAMETER_GRADIENTS``,
-    ``MC_DROPOUT`` (:mod:`gradtrust.scores.passes` tabulates what each provides and costs); then ``VOICE``
-    (:mod:`gradtrust.explanations.trust`) and the plug-ins'."""
+    """The registered passes, by name: ``Pass.FORWARD``, ``Pass.ODIN``… (an open set: :func:`register_pass`;
+    :mod:`gradtrust.scores.passes` tabulates what the built-in ones provide and cost)."""

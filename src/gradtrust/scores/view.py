@@ -1,10 +1,8 @@
 """What a method function sees of a batch: the quantities of the passes it declared, and nothing else.
 
-:class:`BatchView` wraps the shared :class:`~gradtrust.scores.passes.BatchPasses` of a batch. Each
-quantity belongs to the one registered pass that provides it (:class:`~gradtrust.scores.spec.PassSpec`);
-reading a quantity whose pass the method did not declare raises :class:`UndeclaredPassError` instead of
-returning a number. (Without this guard a method that read per-sample gradients while declaring only the
-forward pass got ``-0.0``, or a different value when another method in the same call had asked for the pass.)
+Reading a quantity whose pass the method did not declare raises :class:`UndeclaredPassError`: without this
+guard a method that read per-sample gradients while declaring only the forward pass got ``-0.0``, or another
+value when another method in the same call had asked for the pass.
 """
 
 from __future__ import annotations

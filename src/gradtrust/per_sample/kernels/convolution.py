@@ -19,24 +19,18 @@ from gradtrust.per_sample.registry import Kernel, register_kernel
 
 def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                          strategy: str | None = None) -> torch.Tensor:
-    """``‖∂L_i/∂W‖²_F`` per sample for a ``ConvNd``, (B,) float32, choosing the cheapest of several exact ways.
+    """``‖∂L_i/∂W‖²_F`` per sample for a ``ConvNd``, (B,) float32, by the cheapest of the exact ways of
+    :mod:`.conv_strategy` (measured per layer on a CPU). ``strategy`` forces one wherever it applies.
 
-    With ``U_i`` (K × T) the unfolded input patches and ``g_i`` (O × T) the output gradient at the ``T``
-    output positions, ``∂L_i/∂W = g_i U_iᵀ`` and ``‖g_i U_iᵀ‖² = ⟨g_iᵀ g_i, U_iᵀ U_i⟩`` (the "ghost norm",
-    Goodfellow 2015; Bu et al. 2022). The Gram form costs ``T²(K + O)``, the gradient itself ``T·K·O``;
-    late layers of a CNN have few positions and many channels, where the Gram form is ~10× cheaper. With one
-    output position and one group (squeeze-excitation) the gradient is an outer product: ``‖g_i‖²‖a_i‖²``.
-
-    On a CPU the way is chosen per layer and shape by measuring the exact strategies once
-    (:func:`gradtrust.per_sample.conv_strategy.auto_sq_norms`). ``strategy`` (one of
-    ``conv_strategy.STRATEGIES``) forces one wherever it applies, on any device; "auto" or None chooses.
+    On a GPU: the Gram form ``⟨g_iᵀ g_i, U_iᵀ U_i⟩`` (Goodfellow 2015; Bu et al. 2022) costs ``T²(K + O)``, the
+    gradient ``g_i U_iᵀ`` itself ``T·K·O``; late layers of a CNN have few positions and many channels, where
+    the Gram form is ~10× cheaper.
     """
     conv = as_conv(module)
     if strategy not in (None, "auto") and conv_strategy.applies(strategy, conv, a, g, chunk_bytes):
         return conv_strategy.sq_norms(strategy, conv, a, g, chunk_bytes)
     if g[0, 0].numel() == 1 and conv.groups == 1 and conv_strategy.is_pointwise(conv):
-        # one output position (a squeeze-excitation's 1×1 convolutions on pooled features): ∂L_i/∂W = g_i a_iᵀ,
-        # an outer product, so ‖∂L_i/∂W‖² = ‖g_i‖²·‖a_i‖² with a_i the input at that position
+        # one output position (squeeze-excitation): ∂L_i/∂W = g_i a_iᵀ, so ‖∂L_i/∂W‖² = ‖g_i‖²·‖a_i‖²
         first = a.float().flatten(2)[:, :, 0]  # the position it reads: the first of every spatial dimension
         return g.float().flatten(1).square().sum(1) * first.square().sum(1)
     if a.device.type == "cpu":

@@ -12,17 +12,12 @@ gradient ``Σ_t g_{y,i}[o, t] a_i[·, t + k]``):
 * ``∂L_i/∂γ_o = Σ_t g_{y,i}[o, t] (x_i[o, t] − μ_o)/σ_o = (⟨W[o], H_i[o]⟩ + (c_o − μ_o) Σ_t g_{y,i}[o, t]) / σ_o``,
   since ``Σ_t g[o, t] (W ⋆ a)[o, t] = Σ_{c,k} W[o, c, k] Σ_t g[o, t] a[c, t + k] = ⟨W[o], H[o]⟩``.
 
-So the BatchNorm's input ``x`` never has to be kept from the forward pass to the backward pass (autograd's
-own BatchNorm backward does not need it with frozen statistics), and the BatchNorm's norms cost a
-reduction over ``O·C_g·|k|`` per sample instead of one over the whole activation (Ioffe & Szegedy, ICML
-2015, for the layer; the per-sample identity is ours, docs/per_sample.md). On mobilenet_v3_small (CPU,
-batch 8) that was 0.2–0.35 of a forward pass, the cost of all its BatchNorm norms, and the memory of 34
-activations that made every batch page-fault afresh under glibc's default allocator.
-
-``H_i`` must be formed for the inner product, so the Gram form (which gives norms only) is out: where it is
-the cheaper way for the convolution (few output positions, many channels: ResNet-50's last downsample), and
-on a GPU (where this was never measured), the pair is handled exactly as two hooked layers instead.
-Checked against per-sample autograd in ``tests/test_conv_batch_norm.py``.
+So the BatchNorm's input ``x`` need not be kept for the backward pass, and its norms cost a reduction over
+``O·C_g·|k|`` per sample instead of one over the whole activation (Ioffe & Szegedy, ICML 2015, for the
+layer; the per-sample identity is ours, docs/per_sample.md). On mobilenet_v3_small (CPU, batch 8) that
+saved 0.2–0.35 of a forward pass and the memory of 34 activations that made every batch page-fault afresh.
+``H_i`` must be formed, so where the Gram form is the cheaper way for the convolution, and on a GPU (never
+measured), the pair is handled as two hooked layers instead.
 """
 
 from __future__ import annotations
@@ -82,12 +77,9 @@ def _fused_reduction(conv: _ConvNd) -> conv_strategy.Reduce:
 
 def fused_sq_norms(conv: _ConvNd, bn: _BatchNorm, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                    strategy: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """Per-sample squared norms of the parameters of ``conv`` and the eval-mode ``bn`` that follows it, from the
-    convolution's input ``a`` and the gradient ``g`` at the BatchNorm's output: {"conv"|"bn": {attr: (B,)}}.
-
-    Formulas and source: the module docstring. ``strategy`` forces how the per-sample gradients are formed
-    (one of :data:`conv_strategy.STRATEGIES` but ``gram``); None or "auto" measures, as for a lone layer.
-    """
+    """Per-sample squared norms of the parameters of ``conv`` and the eval-mode ``bn`` that follows it (formulas:
+    the module docstring), from the convolution's input ``a`` and the gradient ``g`` at the BatchNorm's output:
+    {"conv"|"bn": {attr: (B,)}}. ``strategy`` forces how the per-sample gradients are formed (not ``gram``)."""
     if bn.running_mean is None or bn.running_var is None or bn.weight is None or bn.bias is None:
         raise UnsupportedForHooks(f"{type(bn).__name__} without running statistics or affine parameters")
     reduce = _fused_reduction(conv)

@@ -5,10 +5,8 @@ The module attends within the ``G`` partitions (windows or grid cells) of ``P`` 
 the tokens, so the layer hooks own them (``∂L_i/∂W = Σ_{g,p} g_{i,g,p} x_{i,g,p}ᵀ``, norm in Gram form where
 cheaper). The only parameter the hooks cannot see is the relative-position bias table ``T`` (E, heads): the
 bias ``Bias[h,n,m] = T[idx(n,m), h]`` is added to the logits ``A = q (k·D^{-1/2})ᵀ`` of every partition
-``g``. During Purview's capture this rule runs the module's forward with the same operations in the same
-order (``to_qkv``, chunk, reshape, ``k · scale``, einsum, ``+ Bias``, softmax, einsum, ``merge``), so the
-output is the module's own, and hooks the logits ``A + Bias``: with
-``G_i = Σ_g ∂L_i/∂(A + Bias)_{i,g}`` (heads, P, P),
+``g``. This rule runs the module's forward with the same operations in the same order, so the output is the
+module's own, and hooks the logits ``A + Bias``: with ``G_i = Σ_g ∂L_i/∂(A + Bias)_{i,g}`` (heads, P, P),
 
     ∂L_i/∂T[e,h] = Σ_{idx(n,m)=e} G_i[h,n,m]
 
@@ -32,8 +30,7 @@ _KNOWN = {"to_qkv.weight", "to_qkv.bias", "merge.weight", "merge.bias", "relativ
 
 @register_rule("torchvision.models.maxvit.RelativePositionalMultiHeadAttention")  # exact: torchvision's forward
 def maxvit_attention_rule(module: nn.Module) -> MaxVitAttention | None:
-    """The rule for ``module`` when it is torchvision's MaxViT attention of the known form, else None (then
-    the module is left to per-sample autograd as a unit)."""
+    """The rule for ``module`` when it is torchvision's MaxViT attention of the known form, else None."""
     if not set(n for n, _ in module.named_parameters()) <= _KNOWN:
         return None
     projections = (getattr(module, "to_qkv", None), getattr(module, "merge", None))

@@ -1,13 +1,10 @@
 """Purview's rule for torchvision's shifted-window attention (Swin, Swin V2, Video Swin).
 
-``ShiftedWindowAttention``, ``ShiftedWindowAttentionV2`` and ``ShiftedWindowAttention3d`` call a functional
-attention with ``self.qkv.weight`` and friends, so the ``nn.Linear`` hooks never fire and their parameters
-would need per-sample autograd. During Purview's capture this rule runs the same attention decomposed, with
-the same operations in the same order (pad, cyclic shift, window partition, ``u = x W_qkvᵀ + b``, scaled or
-cosine logits, ``+ B`` the relative-position bias, shift mask, softmax, ``y = o W_projᵀ + b``, reverse
-windows, reverse shift, crop), so the output is the module's own, and hooks on ``u``, on the logits and on
-``y`` give every parameter's per-sample gradient (Liu et al., ICCV 2021 and CVPR 2022; Liu et al., CVPR 2022
-for Video Swin; docs/per_sample.md):
+These modules call a functional attention with ``self.qkv.weight`` and friends, so no ``nn.Linear`` hook
+fires. This rule runs the same attention decomposed, with the same operations in the same order, so the
+output is the module's own, and hooks on ``u = x W_qkvᵀ + b``, on the logits and on ``y = o W_projᵀ + b`` give
+every parameter's per-sample gradient (Liu et al., ICCV 2021 and CVPR 2022; Liu et al., CVPR 2022 for Video
+Swin; docs/per_sample.md):
 
 * ``qkv``, ``proj``: token-wise linear maps over the windows of sample ``i``,
   ``∂L_i/∂W = Σ_{w∈i} Σ_t g_{w,t} x_{w,t}ᵀ`` (norm in Gram form where cheaper), ``∂L_i/∂b = Σ g`` (V2 zeroes
@@ -61,8 +58,7 @@ def window_attention_kind(module: nn.Module) -> tuple[int, bool] | None:
 
 @register_rule(*(f"{path}.{name}" for path, name in _KINDS))
 def window_attention_rule(module: nn.Module) -> WindowAttention | None:
-    """The rule for ``module`` when it is a torchvision shifted-window attention of the known form, else None
-    (then its parameters go through per-sample autograd of the module)."""
+    """The rule for ``module`` when it is a torchvision shifted-window attention of the known form, else None."""
     kind = window_attention_kind(module)
     if kind is None:  # matched by exact class (name and module), so the forward is torchvision's
         return None
@@ -73,17 +69,14 @@ def window_attention_rule(module: nn.Module) -> WindowAttention | None:
         return None
     if kind[1] and not _is_continuous_bias_mlp(getattr(module, "cpb_mlp", None)):
         return None
-    return WindowAttention(module)
+    return WindowAttention(module, *kind)
 
 
 class WindowAttention(Rule):
     """Every parameter of a torchvision shifted-window attention, in closed form (see the module docstring)."""
 
-    def __init__(self, module: nn.Module):
-        kind = window_attention_kind(module)
-        if kind is None:
-            raise UnsupportedForHooks(f"expected a torchvision shifted-window attention, got {type(module).__name__}")
-        self.dims, self.cosine = kind
+    def __init__(self, module: nn.Module, dims: int, cosine: bool):
+        self.dims, self.cosine = dims, cosine
         self.covers = tuple(name for name, _ in module.named_parameters())
 
     def attach(self, name: str, module: nn.Module, ctx: RuleContext) -> list[Any]:
@@ -96,7 +89,6 @@ class WindowAttention(Rule):
         return override_single_input(name, module, lambda x: x.dim() == self.dims + 2,
                                      lambda x: self._forward(module, x, put, ctx.when_active), ctx)
 
-    # ------------------------------------------------------------------ the decomposed forward
     def _geometry(self, module: Any, x: torch.Tensor) -> tuple[list[int], list[int], list[int], torch.Tensor]:
         """(window, shift, padding per spatial dim, relative-position bias) exactly as torchvision's forward."""
         size = list(x.shape[1:-1])
@@ -180,7 +172,6 @@ class WindowAttention(Rule):
         self._hook(module, put, gate, batch, xw, u, o, y, logits, cos, scale)
         return out
 
-    # ------------------------------------------------------------------ per-sample norms from the hooks
     def _hook(self, module: Any, put, gate, batch: int, xw: torch.Tensor, u: torch.Tensor, o: torch.Tensor,
               y: torch.Tensor, logits: torch.Tensor, cos: torch.Tensor | None, scale: torch.Tensor | None) -> None:
         xd, od = xw.detach(), o.detach()
