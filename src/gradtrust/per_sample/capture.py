@@ -8,7 +8,6 @@ backward pass instead of ``B``. Units (:mod:`.planner`) get theirs by per-sample
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -106,18 +105,10 @@ def first_tensor(output: Any) -> torch.Tensor:
     raise UnsupportedForHooks(f"a unit returned {type(output).__name__} with several differentiable outputs")
 
 
-@dataclass
-class UnitCall:
-    """What a unit received in the forward pass."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    versions: tuple[int, ...]
-
-
-def unit_sq_norms(unit: nn.Module, call: UnitCall, g: torch.Tensor, chunk_bytes: int) -> tuple[dict[str, torch.Tensor],
-                                                                                                str]:
-    """``‖∂L_i/∂θ‖²`` per sample for every parameter ``θ`` of ``unit`` (B,) float32, and how ("vmap"/"loop").
+def unit_sq_norms(unit: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], g: torch.Tensor,
+                  chunk_bytes: int) -> tuple[dict[str, torch.Tensor], str]:
+    """``‖∂L_i/∂θ‖²`` per sample for every parameter ``θ`` of ``unit`` (B,) float32, and how ("vmap"/"loop"),
+    from what the unit received in the forward pass and the gradient ``g`` of its output.
 
     ``∂L_i/∂θ = J_θ(f(x_i))ᵀ g_i``: the vector-Jacobian product of the unit's function at sample ``i``'s
     input with the gradient of its output, by ``torch.func.vmap`` over samples (chunks bounded by
@@ -128,15 +119,15 @@ def unit_sq_norms(unit: nn.Module, call: UnitCall, g: torch.Tensor, chunk_bytes:
 
     batch = g.shape[0]
     params = {n: p.detach() for n, p in unit.named_parameters()}
-    batched = [i for i, a in enumerate(call.args) if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch]
-    if any(isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == batch for v in call.kwargs.values()):
+    batched = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch]
+    if any(isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == batch for v in kwargs.values()):
         raise UnsupportedForHooks("a unit received a per-sample tensor as a keyword argument")
 
     def run(theta, xs):
-        args = list(call.args)
+        call_args = list(args)
         for i, x in zip(batched, xs, strict=True):
-            args[i] = x
-        return first_tensor(functional_call(unit, theta, tuple(args), dict(call.kwargs)))
+            call_args[i] = x
+        return first_tensor(functional_call(unit, theta, tuple(call_args), dict(kwargs)))
 
     def one(xs, gi):
         pullback = vjp(lambda theta: run(theta, [x.unsqueeze(0) for x in xs]), params)[1]
@@ -144,7 +135,7 @@ def unit_sq_norms(unit: nn.Module, call: UnitCall, g: torch.Tensor, chunk_bytes:
         return {n: gr.float().square().sum() for n, gr in grads.items()}
 
     run_dtype = g.dtype
-    inputs = [call.args[i] for i in batched]
+    inputs = [args[i] for i in batched]
     per_sample_bytes = 4 * max(1, sum(p.numel() for p in params.values())) * 3
     step = max(1, min(batch, chunk_bytes // per_sample_bytes))
     try:

@@ -27,7 +27,7 @@ from gradtrust.nn.outputs import model_logits
 from gradtrust.nn.state import scoring_state
 from gradtrust.per_sample import conv_strategy as conv_choices
 from gradtrust.per_sample import layers as whole_model
-from gradtrust.per_sample.capture import LayerCapture, UnitCall, first_tensor, start_graph_hooks, unit_sq_norms
+from gradtrust.per_sample.capture import LayerCapture, first_tensor, start_graph_hooks, unit_sq_norms
 from gradtrust.per_sample.eval_backward import cheap_batch_norm
 from gradtrust.per_sample.planner import PLANS, plan_parameters
 from gradtrust.per_sample.registry import DEFAULT_CHUNK_BYTES, RuleContext, UnsupportedForHooks, parameter_sq_norms
@@ -133,7 +133,8 @@ class NormRecorder(LayerCapture):
     def _as_unit(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         """On the backward pass, per-sample autograd of this call of ``module`` gives its parameters' norms."""
         detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        call = UnitCall(detached, dict(kwargs), tuple(a._version for a in detached if isinstance(a, torch.Tensor)))
+        kwargs = dict(kwargs)
+        versions = tuple(a._version for a in detached if isinstance(a, torch.Tensor))
         try:
             out = first_tensor(output)
         except UnsupportedForHooks as exc:
@@ -146,9 +147,9 @@ class NormRecorder(LayerCapture):
         def on_grad(g):
             if not self.active:
                 return
-            if tuple(a._version for a in call.args if isinstance(a, torch.Tensor)) != call.versions:
+            if tuple(a._version for a in detached if isinstance(a, torch.Tensor)) != versions:
                 raise UnsupportedForHooks(f"the input of {name!r} was modified in place after use")
-            norms, how = unit_sq_norms(module, call, g.detach(), self.chunk_bytes)
+            norms, how = unit_sq_norms(module, detached, kwargs, g.detach(), self.chunk_bytes)
             for key, value in norms.items():  # "out_proj.weight" → ("<name>.out_proj", "weight")
                 owner, _, attr = f"{name}.{key}".rpartition(".")
                 self.norms[(owner, attr)] = value

@@ -49,11 +49,9 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
         output_index: for a model whose forward returns several outputs (a tuple, list or dict), the one that
             holds the logits (:func:`gradtrust.nn.outputs.logits_of`); without it such a model raises
             :class:`ModelError`.
-        **options: the options the methods declare (``gradtrust methods`` lists them with their defaults):
-            ``odin_temperature``, ``odin_epsilon``, ``mc_samples``, ``topk``, ``layer``, ``gradient_path``,
-            ``purview_backend``, ``pnorm_p``, ``seed``… (:class:`gradtrust.scores.options.ScoreOptions`), and the
-            engine's ``micro_batch`` (score a large batch in slices of this many samples: bounds the
-            gradient passes' memory), ``chunk_bytes`` and ``cuda_graphs``.
+        **options: the options the methods and the engine declare (``gradtrust methods`` lists them with their
+            defaults; :class:`gradtrust.scores.options.ScoreOptions`), e.g. ``odin_temperature``, ``layer``,
+            ``micro_batch`` (score a large batch in slices: bounds the gradient passes' memory).
 
     Cost: the forward-pass scores (softmax, entropy, max_logit, margin, brier, logit_margin, energy, doctor,
     maxlogit_pnorm, gradtrust, gradtrust_topk, gradnorm) share one forward pass; ODIN adds an input-gradient

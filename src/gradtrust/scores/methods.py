@@ -1,12 +1,8 @@
 """Every built-in trust score, one small function each, with its formula and its source.
 
-Conventions (``docs/methods.md``): one value per sample, float64, **higher = more trustworthy**; a value that
-is undefined for a sample is NaN and the reason is returned beside it. The formulas of the forward-pass
-scores live in :mod:`gradtrust.functional`; a method here adds the reasons a value can be undefined.
-
-Registration order is the column order of every table: the paper's methods, the slides' top-k GradTrust,
-then the stronger baselines of the failure-detection literature. ``cuda_graph_safe=True`` marks the methods that
-are pure functions of the logits and the final layer's input (:mod:`gradtrust.scores.graphs` replays them).
+Conventions: :mod:`gradtrust.functional`, which holds the forward-pass formulas; a method here adds the
+reasons a value can be undefined. Registration order is the column order of every table: the paper's methods,
+the slides' top-k GradTrust, then the stronger baselines of the failure-detection literature.
 """
 
 from __future__ import annotations

@@ -44,10 +44,8 @@ class MethodSpec:
             (e.g. ``topk=None`` → ``min(10, C − 1)``), recorded in the manifest.
         in_paper: whether the GradTrust paper's table compares this method (the report's summary ranks
             GradTrust among these as well as among all methods).
-        cuda_graph_safe: the method reads nothing but the logits and the final layer's input (through
-            ``Pass.FORWARD`` and the closed-form ``Pass.COUNTERFACTUAL_GRADIENTS``) and its arithmetic can be
-            recorded, so a CUDA-graph replay that refreshes those two tensors recomputes it exactly
-            (:mod:`gradtrust.scores.graphs`).
+        cuda_graph_safe: the method reads nothing but the logits and the final layer's input, so a CUDA-graph
+            replay that refreshes those two tensors recomputes it exactly (:mod:`gradtrust.scores.graphs`).
         tags: free-form labels other capabilities select methods by (``"detection_baseline"``: the scalar
             baselines ``gradtrust detect`` compares by default).
     """
@@ -120,15 +118,8 @@ def register_method(name: str, *, needs: Iterable[PassSpec] = (), display_name: 
 
     The arguments are :class:`MethodSpec`'s fields; ``summary`` defaults to the first paragraph of ``fn``'s
     docstring, and ``Pass.FORWARD`` is always among the ``needs``. ``display_name`` and ``in_paper`` default to
-    the method's entry in :mod:`gradtrust.catalogue` (where the built-in methods state them once, for readers
-    of results without torch), else to ``name`` and False; a new method is added to the catalogue.
-
-    Example::
-
-        @gradtrust.register_method("neg_second_logit", display_name="−z₍₂₎", source="example")
-        def neg_second_logit(batch):
-            \"\"\"Minus the second-largest logit.\"\"\"
-            return MethodOutput(-batch.logits.topk(2, dim=1).values[:, 1], {})
+    the method's entry in :mod:`gradtrust.catalogue`, else to ``name`` and False; a new method is added to
+    the catalogue. Example: docs/methods.md.
     """
 
     def decorate(fn: Callable[[BatchView], MethodOutput]) -> Callable[[BatchView], MethodOutput]:

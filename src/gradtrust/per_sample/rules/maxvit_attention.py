@@ -1,12 +1,11 @@
 """Purview's rule for torchvision MaxViT's ``RelativePositionalMultiHeadAttention``.
 
 The module attends within the ``G`` partitions (windows or grid cells) of ``P`` tokens each, input and output
-``[B, G, P, D]``. Its two projections ``to_qkv`` and ``merge`` are ordinary ``nn.Linear`` modules called on
-the tokens, so the layer hooks own them (``∂L_i/∂W = Σ_{g,p} g_{i,g,p} x_{i,g,p}ᵀ``, norm in Gram form where
-cheaper). The only parameter the hooks cannot see is the relative-position bias table ``T`` (E, heads): the
-bias ``Bias[h,n,m] = T[idx(n,m), h]`` is added to the logits ``A = q (k·D^{-1/2})ᵀ`` of every partition
-``g``. This rule runs the module's forward with the same operations in the same order, so the output is the
-module's own, and hooks the logits ``A + Bias``: with ``G_i = Σ_g ∂L_i/∂(A + Bias)_{i,g}`` (heads, P, P),
+``[B, G, P, D]``. Its projections ``to_qkv`` and ``merge`` are ``nn.Linear`` modules the layer hooks own; the
+only parameter they cannot see is the relative-position bias table ``T`` (E, heads): the bias
+``Bias[h,n,m] = T[idx(n,m), h]`` is added to the logits ``A = q (k·D^{-1/2})ᵀ`` of every partition ``g``. This
+rule runs the module's forward with the same operations in the same order, so the output is the module's own,
+and hooks the logits ``A + Bias``: with ``G_i = Σ_g ∂L_i/∂(A + Bias)_{i,g}`` (heads, P, P),
 
     ∂L_i/∂T[e,h] = Σ_{idx(n,m)=e} G_i[h,n,m]
 
