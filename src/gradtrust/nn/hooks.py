@@ -1,9 +1,8 @@
 """Forward hooks shared by the capabilities: recording layer calls, finding the final layer, starting the graph.
 
 The **final layer** is the last ``nn.Linear`` to run with one output per class; its input is the penultimate
-features ``h``. Scores, explanations, introspection and detection find it the same way (:func:`recording` the
-calls of :func:`final_layer_candidates`, then :func:`final_linear`); its name is kept in the per-model cache
-(namespace ``"final_layer"``), so later batches hook that one layer — until the model's structure changes.
+features ``h``. Its name is kept in the per-model cache (namespace ``"final_layer"``), so later batches hook
+that one layer only.
 """
 
 from __future__ import annotations

@@ -69,8 +69,6 @@ class ScoringState:
             p.grad = grad
 
 
-def scoring_state(model: nn.Module, freeze: bool = True, output_index: int | str | None = None) -> ScoringState:
-    """``with scoring_state(model):`` — ``model`` in eval mode with every parameter frozen (see
-    :class:`ScoringState`); ``freeze=False`` leaves the parameters until ``state.freeze()`` is called;
-    ``output_index`` selects the logits among several outputs."""
-    return ScoringState(model, freeze, output_index)
+#: ``with scoring_state(model):`` — ``model`` in eval mode with every parameter frozen; ``freeze=False`` leaves
+#: the parameters until ``state.freeze()`` is called; ``output_index`` selects the logits among several outputs.
+scoring_state = ScoringState

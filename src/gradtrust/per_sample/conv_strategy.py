@@ -96,13 +96,12 @@ def conv_padding(conv: _ConvNd) -> tuple[int, ...]:
 
 def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strategy: str | None = None) -> torch.Tensor:
     """Per-sample weight gradients of a ``ConvNd`` (each that of the convolution of sample ``i`` alone), shape
-    (B, out, in/groups, *kernel), by ``strategy`` ("grouped", "per_sample" or "unfold"; default
-    :func:`default_conv_strategy`).
+    (B, out, in/groups, *kernel), by ``strategy`` ("grouped", "per_sample" or "unfold").
 
     ``grouped``: one ``convolution_backward`` with the batch folded into the channel groups; on a CPU with
     torch 2.15 this beats the native kernel sample by sample (Purview on a CIFAR ResNet-20 at batch 128: 5.9
     instead of 16.7 forward passes; resnet18 at batch 16: 3.9 instead of 4.8; benchmarks/bench_networks.py).
-    ``unfold``: one batched product ``g_i U_iᵀ`` with the unfolded patches, the kind of work GPUs do best.
+    ``unfold``: one batched product ``g_i U_iᵀ`` with the unfolded patches.
     """
     conv = as_conv(module)
     batch = a.shape[0]
@@ -111,7 +110,8 @@ def conv_weight_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, strat
     a, g = a.float(), g.float()
     padding = conv_padding(conv)
     conv_args = (list(conv.stride), list(padding), list(conv.dilation), False, [0] * len(spatial))
-    strategy = strategy or default_conv_strategy(module, a.device)
+    if strategy is None:  # a plain Conv2d on a GPU: one batched product, the kind of work GPUs do best
+        strategy = "unfold" if a.device.type != "cpu" and type(module) is nn.Conv2d and module.groups == 1 else "grouped"
     if strategy == "unfold":
         patches = unfold_patches(conv, a)  # (B, K, T)
         with conv_precision_matmul(a.device):
@@ -168,13 +168,6 @@ def one_sample_conv_weight_grad(module: nn.Module, a: torch.Tensor, g: torch.Ten
     conv_args = (list(conv.stride), list(conv_padding(conv)), list(conv.dilation), False, [0] * (a.dim() - 2))
     return torch.ops.aten.convolution_backward(g.float(), a.float(), conv.weight.detach().float(), None, *conv_args,
                                                conv.groups, [False, True, False])[1]
-
-
-def default_conv_strategy(module: nn.Module, device: torch.device) -> str:
-    """How :func:`conv_weight_grads` forms per-sample gradients by default on ``device``."""
-    if device.type == "cpu":
-        return "grouped"
-    return "unfold" if type(module) is nn.Conv2d and module.groups == 1 else "grouped"
 
 
 def _positions(g: torch.Tensor) -> int:
@@ -327,13 +320,10 @@ def _timed(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk
 
 def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                   reduce: Reduce | None = None) -> torch.Tensor:
-    """``‖∂L_i/∂W‖²_F`` per sample by the fastest strategy for this layer and shape, measured once (with
-    ``reduce``: that reduction of the per-sample gradients, by the fastest strategy that forms them).
-
-    The first call for a key runs every candidate strategy once (untimed: cold), then times them in
-    :data:`REPEATS` interleaved rounds, dropping after the first round those :data:`PRUNE_FACTOR` times
-    slower than the fastest. The one with the smallest minimum time replaces the :func:`prior` choice if it
-    beats it by the factor :data:`MARGIN`; the choice is remembered and its result returned.
+    """``‖∂L_i/∂W‖²_F`` per sample (with ``reduce``: that reduction of the per-sample gradients) by the fastest
+    strategy for this layer and shape, measured once: every candidate runs once untimed, then :data:`REPEATS`
+    interleaved timed rounds (after the first, those :data:`PRUNE_FACTOR` times slower than the fastest drop
+    out); the fastest minimum replaces the :func:`prior` choice if it beats it by :data:`MARGIN`.
     """
     key = _key(conv, a, g, chunk_bytes, reduce is not None)
     chosen = _CHOSEN.get(key)

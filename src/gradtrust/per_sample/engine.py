@@ -165,9 +165,8 @@ def sq_norms(model: nn.Module, inputs: torch.Tensor, loss: Loss, *, targets: tor
 
     ``L_i`` is ``loss(logits)[i]`` (``loss(logits, targets)[i]`` when ``targets``, one row per sample, are
     given; a loss must treat samples independently). ``params`` restricts the columns to those parameter
-    names, in that order (the hooks then cover only them, and the backward may stop before the rest). ``backend``: "auto"
-    (hooks, else vmap, else loop; see the module docstring) or one of them; a forced backend that cannot run
-    raises :class:`~gradtrust.errors.ModelError`. ``chunk_bytes`` bounds a block of per-sample gradients;
+    names, in that order. ``backend``: "auto" (the module docstring) or one of the backends; a forced one that
+    cannot run raises :class:`~gradtrust.errors.ModelError`. ``chunk_bytes`` bounds a block of per-sample gradients;
     ``conv_strategy`` forces how convolution weight norms are formed (:mod:`.conv_strategy`). The model runs
     in eval mode with its parameters frozen, and is left as it was found.
     """

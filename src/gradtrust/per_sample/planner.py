@@ -50,13 +50,10 @@ class Plan:
 
 
 def plan_parameters(model: nn.Module, params: Sequence[str] | None = None) -> Plan:
-    """Assign every parameter of ``model`` (or only those named in ``params``) to a layer, a rule or a unit
-    (see the module docstring). The plan is kept in :mod:`gradtrust.nn.cache` (namespace :data:`PLANS`) until a
-    submodule or parameter is replaced or a module changes mode (a BatchNorm in training mode normalises by
-    batch statistics, which the kernels and rules do not cover).
-
-    Raises :class:`UnsupportedForHooks` when some planned parameter could only be covered by the whole model,
-    and for TorchScript modules (their compiled forward never calls the Python hooks the plan relies on).
+    """Assign every parameter of ``model`` (or only those named in ``params``) to a layer, a rule or a unit,
+    kept in :mod:`gradtrust.nn.cache` (namespace :data:`PLANS`) while the model's structure stays. Raises
+    :class:`UnsupportedForHooks` when some planned parameter could only be covered by the whole model, and for
+    TorchScript modules (their compiled forward never calls the Python hooks the plan relies on).
     """
     key = None if params is None else tuple(dict.fromkeys(params))
     return cached(model, PLANS, key, lambda: _plan(model, key))

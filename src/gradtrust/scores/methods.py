@@ -102,9 +102,7 @@ def _gradient_undefined(batch: BatchView) -> dict[str, torch.Tensor]:
 def gradnorm_score(batch: BatchView) -> MethodOutput:
     """GradNorm ``‖∂L/∂W‖₁`` for ``L = −Σ_c u_c log p_c``; on the final layer ``‖p − u‖₁ · ‖h‖₁``.
 
-    Higher means more in-distribution (Huang et al.). The GradTrust release used a negated L2 norm of a
-    KL-divergence variant instead: a documented deviation (``docs/methods.md``). Defined for every finite
-    sample, all-zero features included (the gradient is then zero, the least trustworthy value).
+    Deviation from the GradTrust release and definedness: :func:`gradtrust.functional.gradnorm`.
     """
     return MethodOutput(batch.uniform_ce_grad_l1, {})
 

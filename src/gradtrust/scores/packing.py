@@ -1,10 +1,8 @@
 """One device-to-host transfer per batch: every method's values and NaN masks, the prediction and the logits.
 
-A method returns a :class:`~gradtrust.scores.spec.MethodOutput` left on the model's device. :func:`pack`
-stacks a group of them into one float64 tensor (rows: the values of each method, then the non-finite-logits
-mask, then each method's ``undefined`` masks) and a :class:`Layout` that says which row is which;
-:func:`to_host` copies several such tensors to the CPU in one transfer (one GPU synchronisation per batch,
-whatever the number of methods); :func:`unpack` applies the NaN policy on the CPU.
+:func:`pack` stacks the methods' outputs, left on the model's device, into one float64 tensor and its
+:class:`Layout`; :func:`to_host` copies several such tensors to the CPU in one transfer (one GPU synchronisation
+per batch, whatever the number of methods); :func:`unpack` applies the NaN policy on the CPU.
 """
 
 from __future__ import annotations

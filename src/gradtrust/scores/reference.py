@@ -1,9 +1,8 @@
 """The straightforward implementation: one sample at a time, one autograd pass per method.
 
-Each function computes one score for one sample directly from its definition (docs/methods.md), with explicit
-``torch.autograd.grad`` calls on the real parameters and no closed form, no hooks and no sharing between
-methods. It is slow on purpose: the tests use it as the independent reference for the batched engine, and
-``benchmarks/bench_scores.py`` uses it as the baseline the engine's speed-up is measured against.
+Each score of one sample comes straight from its definition (docs/methods.md): no closed form, no hooks, no
+sharing between methods. Slow on purpose: the tests' independent reference for the batched engine, and the
+baseline of ``benchmarks/bench_scores.py``.
 """
 
 from __future__ import annotations

@@ -72,12 +72,10 @@ class Param:
 
 
 class MethodOutput(NamedTuple):
-    """What a method function returns, left on the model's device: the engine copies every method's
-    output to the CPU in one transfer and applies the NaN policy there.
-
-    ``values``: (B,) one value per sample; ``undefined``: ``{reason: (B,) bool mask}``, in priority order
-    (a sample's recorded reason is the first mask that holds). Samples with non-finite logits, and values
-    that come out NaN for any other reason, are handled by the engine for every method.
+    """What a method function returns, left on the model's device (:mod:`gradtrust.scores.packing`):
+    ``values`` (B,) one value per sample; ``undefined``: ``{reason: (B,) bool mask}``, in priority order (a
+    sample's recorded reason is the first mask that holds). Non-finite logits and NaN values are handled by
+    the engine for every method.
     """
 
     values: torch.Tensor
@@ -91,9 +89,8 @@ class PassSpec:
     Attributes:
         name: an upper-case identifier, ``Pass.<name>`` (``"ODIN"``).
         provides: ``{quantity: compute}``: what a method reads as ``batch.<quantity>``. ``compute(ctx)`` gets
-            the batch's :class:`~gradtrust.scores.passes.BatchPasses` (``model``, ``inputs``, ``options``,
-            ``sample_ids``, and every registered quantity as an attribute, so a pass reads other passes) and
-            runs at most once per batch: the first read stores the value for the rest of the batch.
+            the batch's :class:`~gradtrust.scores.passes.BatchPasses` (where a pass reads other passes too) and
+            runs at most once per batch.
         params: the options the pass reads (a method needing the pass reports them as its parameters).
         needs_graph: whether the shared forward pass must record an autograd graph for this pass: a bool, or
             ``needs_graph(options) -> bool``.
@@ -125,10 +122,7 @@ BATCH_ATTRIBUTES = frozenset({"model", "inputs", "options", "sample_ids", "needs
 
 def register_pass(spec: PassSpec) -> PassSpec:
     """Register ``spec`` (its name and quantities must be new) and return it; ``Pass.<name>`` then names it.
-
-    Registration order is the order of ``for p in Pass``: the order in which a method's unavailable passes
-    are checked and its passes' options listed.
-    """
+    Registration order is the order of ``for p in Pass`` (of a method's passes' checks and options)."""
     if not isinstance(spec, PassSpec):
         raise RegistrationError(f"expected a PassSpec, got {type(spec).__name__}")
     if not (spec.name.isidentifier() and spec.name.isupper()):

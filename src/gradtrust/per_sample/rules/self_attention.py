@@ -1,11 +1,9 @@
 """``nn.MultiheadAttention`` used as self-attention (``query is key is value``, no masks, eval mode).
 
 During the capture its forward runs decomposed, with the same arithmetic: ``u = x W_inᵀ + b_in`` split into
-q, k, v per head, ``o = softmax(q kᵀ/√d) v`` (``F.scaled_dot_product_attention``), ``y = o W_outᵀ + b_out``.
-Both projections are linear maps applied token-wise, so their per-sample gradients are those of
-``nn.Linear`` on tokens, ``∂L_i/∂W_in = Σ_t g^u_{i,t} x_{i,t}ᵀ``, with norms by the Gram ("ghost") form where
-cheaper (Vaswani et al., NeurIPS 2017; Li et al., ICLR 2022; docs/per_sample.md). Any other use (masks,
-cross-attention…) makes the module a per-sample-autograd unit.
+q, k, v per head, ``o = softmax(q kᵀ/√d) v``, ``y = o W_outᵀ + b_out``. Both projections are token-wise linear
+maps, so their norms are those of ``nn.Linear`` on tokens (:mod:`gradtrust.per_sample.kernels.linear`; Vaswani
+et al., NeurIPS 2017; docs/per_sample.md). Any other use (masks, cross-attention…) makes the module a unit.
 """
 
 from __future__ import annotations
