@@ -32,10 +32,8 @@ def prepare_inputs(module: nn.Module, inputs: Any) -> torch.Tensor:
     """``inputs`` as a batch ``module`` can run: a tensor (converted from an array if needed) on the device and in
     the floating dtype of the module's first floating parameter (or buffer), unchanged without either.
 
-    Raises :class:`InputError` for what cannot be a batch: not convertible to a tensor, fewer than two
-    dimensions, an empty batch, an integer/bool dtype (not preprocessed), or one sample without its batch
-    dimension (one dimension fewer than the first convolution's weight, which would otherwise run as a batch
-    of its channels).
+    Raises :class:`InputError` for what cannot be a batch: not a tensor, fewer than two dimensions, empty, an
+    integer/bool dtype (not preprocessed), or one sample without its batch dimension.
     """
     if not isinstance(inputs, torch.Tensor):
         try:

@@ -112,8 +112,7 @@ def unit_sq_norms(unit: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 
     ``∂L_i/∂θ = J_θ(f(x_i))ᵀ g_i``: the vector-Jacobian product of the unit's function at sample ``i``'s
     input with the gradient of its output, by ``torch.func.vmap`` over samples (chunks bounded by
-    ``chunk_bytes`` of per-sample gradients), else one ``torch.autograd.grad`` per sample. Exact as long as
-    the unit treats samples independently (eval mode), as the whole hook path assumes.
+    ``chunk_bytes``), else one ``torch.autograd.grad`` per sample.
     """
     from torch.func import functional_call, vjp, vmap
 

@@ -32,9 +32,8 @@ from gradtrust.per_sample.conv_correlate import correlate_weight_sq_norms
 from gradtrust.per_sample.conv_shift import shift_weight_sq_norms
 from gradtrust.per_sample.registry import UnsupportedForHooks
 
-#: What a strategy returns of each block of per-sample weight gradients (b, O, C_g, *kernel): a tensor whose
-#: first dimension is the block's samples. None: the squared norm ``‖∂L_i/∂W‖²_F`` (b,), which the Gram form
-#: gives without forming the gradients; any other reduction needs them formed (every strategy but ``gram``).
+#: What a strategy returns of each block of per-sample weight gradients (b, O, C_g, *kernel), first dimension
+#: the block's samples. None: ``‖∂L_i/∂W‖²_F`` (b,), which ``gram`` alone gives without forming the gradients.
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 

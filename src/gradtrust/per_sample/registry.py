@@ -128,21 +128,16 @@ def parameter_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chun
     return _kernel(module).sq_norms(module, a, g, chunk_bytes, conv_strategy)
 
 
-#: sink(module name, parameter attribute, (B,) squared norms)
-Sink = Callable[[str, str, torch.Tensor], None]
-#: fail(why): the hook path cannot cover this model (said in the forward pass, raised when the norms are read)
-Fail = Callable[[str], None]
-#: as_unit(name, module, args, kwargs, output): treat this call of the module as a per-sample-autograd unit
-AsUnit = Callable[[str, nn.Module, tuple, dict, Any], None]
-
-
 @dataclass(frozen=True)
 class RuleContext:
     """What a rule's hooks report to, and the settings of this forward pass's norms."""
 
-    sink: Sink
-    fail: Fail
-    as_unit: AsUnit
+    #: sink(module name, parameter attribute, (B,) squared norms)
+    sink: Callable[[str, str, torch.Tensor], None]
+    #: fail(why): the hook path cannot cover this model (said in the forward pass, raised when the norms are read)
+    fail: Callable[[str], None]
+    #: as_unit(name, module, args, kwargs, output): treat this call of the module as a per-sample-autograd unit
+    as_unit: Callable[[str, nn.Module, tuple, dict, Any], None]
     #: whether the backward pass now running is the norms' own: another one through the same graph (ODIN's
     #: input gradient) fires the same tensor hooks, and a rule with costly norms skips them then
     active: Callable[[], bool] = lambda: True

@@ -78,11 +78,8 @@ def _masked_forward(module: nn.Module, layer_index: int, seed: int, sample_ids: 
 
 @contextlib.contextmanager
 def seeded_dropout(layers: list[nn.Module], seed: int, sample_ids: torch.Tensor, pass_index: int) -> Iterator[None]:
-    """Within the block, ``layers`` apply the per-sample seeded masks of pass ``pass_index``.
-
-    This is dropout "in train mode" (inverted dropout, scaled by ``1/(1−p)``) with the rest of the model in
-    eval mode, as MC dropout prescribes (Gal & Ghahramani, ICML 2016; docs/methods.md).
-    """
+    """Within the block, ``layers`` apply the per-sample seeded masks of pass ``pass_index``: inverted dropout
+    (scaled by ``1/(1−p)``) with the rest of the model in eval mode (Gal & Ghahramani, ICML 2016)."""
     try:
         for index, module in enumerate(layers):
             module.forward = _masked_forward(module, index, seed, sample_ids, pass_index)

@@ -20,10 +20,9 @@ class UndeclaredPassError(GradTrustError):
 class BatchView:
     """The per-batch quantities a method may read, each checked against the method's declared passes.
 
-    Always there: ``options`` (every declared option, defaults filled in), ``model`` (in its scoring state:
-    eval mode, parameters frozen), ``inputs`` (on the model's device and dtype), ``sample_ids`` and
-    ``batch_size``. Every other attribute is a quantity of a registered pass (``batch.logits`` of
-    ``Pass.FORWARD``, ``batch.odin_logits`` of ``Pass.ODIN``…; their docstrings are in the passes' modules).
+    Always there: ``options``, ``model`` (in its scoring state), ``inputs`` (on the model's device and dtype),
+    ``sample_ids`` and ``batch_size``. Every other attribute is a quantity of a registered pass (``batch.logits``
+    of ``Pass.FORWARD``…; documented in the passes' modules).
     """
 
     __slots__ = ("_method", "_needs", "_passes")
