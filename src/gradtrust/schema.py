@@ -71,10 +71,7 @@ def arrow_schema(methods: Sequence[str], reasons: Iterable[str] = ()) -> Any:
 
 def read_results(path: str | Path) -> Any:
     """Read a results table (a run folder or a ``.parquet`` file) as a pandas DataFrame, checked against the
-    schema: the required columns are there and hold integers, and there is at least one score column.
-
-    Raises :class:`~gradtrust.errors.DataError` saying what is wrong (missing file, not Parquet, missing
-    columns, no score column).
+    schema (:func:`check_frame`); a :class:`~gradtrust.errors.DataError` says what is wrong.
     """
     import pandas as pd
 
