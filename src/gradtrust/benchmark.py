@@ -165,7 +165,7 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: in
 
             from gradtrust.data.open import open_dataset
             from gradtrust.models import load_model
-            from gradtrust.runner import score_dataset
+            from gradtrust.runs import score_dataset
 
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
             key = (job.model, job.weights, dev)

@@ -72,7 +72,7 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer
     from gradtrust.explanations.cams import parse_methods
     from gradtrust.explanations.run import explain_dataset
     from gradtrust.models import load_model
-    from gradtrust.runner.distributed import resolve_device
+    from gradtrust.runs.distributed import resolve_device
 
     parse_methods(methods)
     if labels is not None and not os.path.isfile(labels):

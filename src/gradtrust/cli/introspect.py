@@ -153,7 +153,7 @@ def write_introspection_table(out: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gradtrust.runner import chunks as ch
+    from gradtrust.runs import chunks as ch
 
     ff = pq.read_table(out / "feed_forward" / "scores.parquet")
     it = pq.read_table(out / "introspective" / "scores.parquet")
@@ -198,7 +198,7 @@ def score_command(ctx, folder, data, labels, out_dir, methods, batch_size, worke
         from gradtrust.data.open import open_dataset
         from gradtrust.introspection.introspective import Introspective
         from gradtrust.models import load_model
-        from gradtrust.runner.run import score_dataset
+        from gradtrust.runs.score import score_dataset
 
         folder = Path(folder)
         intro = Introspective.load(folder)

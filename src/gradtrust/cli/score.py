@@ -185,7 +185,7 @@ def score_command(ctx: click.Context, model_spec, weights, num_classes, borrow, 
         _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device,
              chunk_size, option_pairs, force, not no_progress, rank, model_options)
     except GradTrustError as exc:
-        from gradtrust.runner.run import PeerError
+        from gradtrust.runs.score import PeerError
 
         if not (isinstance(exc, PeerError) and rank != 0):  # the failing rank reports the cause
             click.echo(f"Error: {_worker_message(str(exc))}", err=True)
@@ -272,8 +272,8 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
 
     from gradtrust.data.open import open_dataset
     from gradtrust.models import available_digits_models, load_model
-    from gradtrust.runner.distributed import distributed_session, resolve_device
-    from gradtrust.runner.run import check_score_options, score_dataset
+    from gradtrust.runs.distributed import distributed_session, resolve_device
+    from gradtrust.runs.score import check_score_options, score_dataset
     from gradtrust.scores.engine import resolve_methods
 
     # Everything that can be checked cheaply is checked before a model is built.

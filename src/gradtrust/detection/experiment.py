@@ -250,8 +250,8 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    from gradtrust.runner.chunks import META_KEY, atomic_write, read_chunk_meta
-    from gradtrust.runner.identity import sha256_of
+    from gradtrust.runs.chunks import META_KEY, atomic_write, read_chunk_meta
+    from gradtrust.runs.identity import sha256_of
 
     settings.validate()
     module = as_module(loaded)

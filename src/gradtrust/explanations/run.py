@@ -1,5 +1,5 @@
 """``explain_dataset``: the explanations (and VOICE statistics) of every sample of a dataset, in resumable atomic
-chunks — the chunk layout, atomic writes, run identity and ``torchrun`` sharding of :mod:`gradtrust.runner`.
+chunks — the chunk layout, atomic writes, run identity and ``torchrun`` sharding of :mod:`gradtrust.runs`.
 
 Output folder::
 
@@ -48,9 +48,9 @@ from gradtrust.explanations.cams import (
 from gradtrust.explanations.maps import minmax, upsample
 from gradtrust.explanations.uncertainty import voice_session
 from gradtrust.nn.state import scoring_state
-from gradtrust.runner import chunks as ch
-from gradtrust.runner.distributed import distributed_session, resolve_device
-from gradtrust.runner.identity import (
+from gradtrust.runs import chunks as ch
+from gradtrust.runs.distributed import distributed_session, resolve_device
+from gradtrust.runs.identity import (
     dataset_identity,
     identity_differences,
     library_versions,

@@ -101,7 +101,7 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
     from gradtrust.gradcon.data import load_labelled
     from gradtrust.gradcon.estimator import GradCON
     from gradtrust.gradcon.scoring import score_to_run
-    from gradtrust.runner.chunks import atomic_write, atomic_write_json
+    from gradtrust.runs.chunks import atomic_write, atomic_write_json
 
     say = echo or (lambda _msg: None)
     t0 = time.perf_counter()

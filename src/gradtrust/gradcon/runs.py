@@ -19,7 +19,7 @@ __all__ = ["ANOMALY_FILE", "KIND", "MANIFEST_FILE", "RECON_FILE", "AnomalyRun", 
 def write_anomaly_run(out_dir: str | Path, *, frame: Any, manifest: dict[str, Any],
                       reconstructions: dict[str, np.ndarray] | None = None) -> Path:
     """Write the run folder (see the module docstring); returns it."""
-    from gradtrust.runner.chunks import atomic_write, atomic_write_json
+    from gradtrust.runs.chunks import atomic_write, atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

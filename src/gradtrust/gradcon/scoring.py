@@ -25,7 +25,7 @@ def score_to_run(detector: GradCON, data: LabelledImages, inlier: int, out_dir: 
     import pandas as pd
 
     from gradtrust._version import __version__
-    from gradtrust.runner.identity import library_versions
+    from gradtrust.runs.identity import library_versions
 
     t0 = time.perf_counter()
     terms = detector.score_terms(data.images)

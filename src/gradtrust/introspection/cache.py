@@ -1,6 +1,6 @@
 """Training features on disk, in resumable atomic chunks (what ``gradtrust introspect fit`` uses).
 
-The dataset positions are cut into the runner's fixed chunks (:class:`gradtrust.runner.chunks.ChunkLayout`);
+The dataset positions are cut into the runner's fixed chunks (:class:`gradtrust.runs.chunks.ChunkLayout`);
 chunk ``k``'s factors are written, once all its samples are done, to ``features-<first position>.npz``
 (atomically: temporary file, fsync, rename). A fit stopped at any point and started again with the same
 settings loads the complete chunks and computes only the others — the long part of fitting on a large
@@ -26,7 +26,7 @@ from gradtrust.errors import DataError
 from gradtrust.introspection.features import FeatureExtractor
 from gradtrust.introspection.introspective import check_features
 from gradtrust.nn.model import device_of
-from gradtrust.runner import chunks as ch
+from gradtrust.runs import chunks as ch
 
 __all__ = ["cached_features"]
 

@@ -1,13 +1,10 @@
-"""The end of a run (:func:`gradtrust.runner.score_dataset`): its complete chunks merged into
+"""The end of a score run (:func:`gradtrust.runs.score_dataset`): its complete chunks merged into
 ``scores.parquet`` and ``logits.parquet``, and ``manifest.json`` written, each atomically; the file names of a
 run folder; the :class:`RunSummary` it returns."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +14,10 @@ import pyarrow.parquet as pq
 
 from gradtrust import schema
 from gradtrust.errors import GradTrustError
-from gradtrust.runner import chunks as ch
-from gradtrust.runner.identity import FORMAT_VERSION, library_versions
+from gradtrust.runs import chunks as ch
+from gradtrust.runs.folder import RUN_FILE, RunFolder, now
+from gradtrust.runs.identity import library_versions
 
-RUN_FILE = "run.json"
 SCORES_FILE, MANIFEST_FILE = schema.SCORES_FILE, schema.MANIFEST_FILE
 LOGITS_FILE = "logits.parquet"
 
@@ -46,10 +43,10 @@ class RunSummary:
             out[key] = str(out[key])
         return out
 
-
-def now() -> str:
-    """The current UTC time, ISO 8601 to the second (the manifest's timestamps)."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> RunSummary:
+        """The inverse of :meth:`to_dict`."""
+        return cls(**{**value, **{k: Path(value[k]) for k in ("out_dir", "scores_path", "manifest_path")}})
 
 
 def adjusted_options(options: dict, parameters: dict[str, dict]) -> list[str]:
@@ -64,18 +61,12 @@ def adjusted_options(options: dict, parameters: dict[str, dict]) -> list[str]:
     return notes
 
 
-def finish_run(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters_sha256: str, description: dict,
-               dataset_info, class_map: list[int], requested, options: dict, execution: dict, t0: float,
-               described: dict[str, dict]) -> RunSummary:
-    """Merge the chunks into ``scores.parquet`` (streamed, chunk by chunk) and write ``manifest.json``;
-    ``described`` holds each method's display name and ``in_paper`` (``method_info`` in the manifest)."""
-    metas = []
-    for k in range(layout.num_chunks):
-        meta = ch.read_chunk_meta(layout.path(out, k))
-        if not meta or meta.get("run") != run_id:
-            raise GradTrustError(f"chunk {layout.path(out, k)} is missing or belongs to another run; run the same "
-                                 "command again to score it.")
-        metas.append(meta)
+def finish_run(task: Any, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict],
+               execution: dict) -> RunSummary:
+    """Merge the chunks of a :class:`gradtrust.runs.score.ScoreTask` into ``scores.parquet`` (streamed,
+    chunk by chunk) and write ``manifest.json``, whose ``method_info`` holds each method's display name and
+    ``in_paper``."""
+    out = folder.out
     methods: list[str] = []
     for meta in metas:
         methods += [m for m in meta["methods"] if m not in methods]
@@ -110,28 +101,28 @@ def finish_run(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters
     sample_notes = [{"index": i, "path": p, "note": n} for m in metas for i, p, n in m.get("notes", [])]
     first = next((m for m in metas if m["rows"]), metas[0])
     accuracy = correct / labelled if labelled else None
-    dataset_section = dict(description)
-    if dataset_info:
-        dataset_section["info"] = dataset_info
+    from gradtrust.data.open import describe_dataset
+
+    identity = folder.identity
+    dataset_section = describe_dataset(task.dataset)
+    if task.dataset_info:
+        dataset_section["info"] = task.dataset_info
+    if "content_sha256" in identity["dataset"]:
+        dataset_section["content_sha256"] = identity["dataset"]["content_sha256"]
+    model = task.model
     model_section = model.describe()
-    model_section["parameters_sha256"] = parameters_sha256
-    try:
-        created_at = json.loads((out / RUN_FILE).read_text("utf-8")).get("created_at")
-    except (OSError, ValueError):
-        created_at = None
-    elapsed = time.perf_counter() - t0
+    model_section["parameters_sha256"] = identity["model"]["parameters_sha256"]
+    options = task.full_options
     manifest = {
-        "format": f"gradtrust.scores/{FORMAT_VERSION}",
-        "run_id": run_id,
         "files": {"scores": SCORES_FILE, "run": RUN_FILE, "chunks": f"{ch.CHUNK_DIR}/chunk-<first index>.parquet",
                   **({"logits": LOGITS_FILE} if has_logits else {})},
         "model": model_section,
         "weights_sha256": model.weights_sha256,
         "dataset": dataset_section,
-        "class_map": class_map,
-        "methods_requested": requested,
+        "class_map": task.class_map,
+        "methods_requested": task.method_names if task.explicit else "all",
         "methods": {name: first["parameters"].get(name, {}) for name in methods},
-        "method_info": {name: described[name] for name in methods if name in described},
+        "method_info": {name: task.described[name] for name in methods if name in task.described},
         "skipped": first["skipped"],
         "notes": adjusted_options(options, {name: first["parameters"].get(name, {}) for name in methods}),
         "score_info": first["info"],
@@ -145,14 +136,12 @@ def finish_run(out: Path, layout: ch.ChunkLayout, run_id: str, model, parameters
         "layout": {"chunk_size": layout.chunk_size, "batch_size": layout.batch_size,
                    "num_chunks": layout.num_chunks},
         "versions": library_versions(),
-        "execution": {**execution, "run_created_at": created_at, "finished_at": now(),
-                      "elapsed_s": round(elapsed, 3)},
+        "execution": {**execution, "run_created_at": folder.created_at(), "finished_at": now()},
     }
-    manifest_path = out / MANIFEST_FILE
-    ch.atomic_write_json(manifest_path, manifest)
+    manifest_path = folder.write_manifest(manifest)
     return RunSummary(out_dir=out, scores_path=scores_path, manifest_path=manifest_path,
                       num_samples=layout.num_samples, num_scored=scored, num_failed=len(failures),
-                      accuracy=accuracy, resumed_chunks=int(execution["resumed_chunks"]), elapsed_s=elapsed,
+                      accuracy=accuracy, resumed_chunks=int(execution["resumed_chunks"]), elapsed_s=0.0,
                       methods=methods)
 
 

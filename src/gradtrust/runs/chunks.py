@@ -156,8 +156,8 @@ class ChunkBatchSampler:
 # --------------------------------------------------------------------------- chunk files
 
 
-def write_chunk(path: Path, columns: dict[str, Any], schema: pa.Schema, meta: dict) -> None:
-    table = pa.table(columns, schema=schema)
+def write_chunk(path: Path, table: pa.Table, meta: dict) -> None:
+    """Write ``table`` with ``meta`` (JSON, key ``gradtrust``) as a zstd Parquet file, atomically."""
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
     atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
 

@@ -1,0 +1,22 @@
+"""One run engine: a run folder (identity, conflicts, ``--force``, resume, atomic fsynced writes, a manifest
+with ``kind`` and ``format``), chunks, ``torchrun`` sharding with failure broadcast, and the task protocol
+every dataset-scale command implements (:mod:`gradtrust.runs.task`).
+
+>>> from gradtrust.models import load_model
+>>> from gradtrust.data.open import open_dataset
+>>> from gradtrust.runs import score_dataset
+>>> model = load_model("digits:digits_cnn", "DEFAULT")
+>>> summary = score_dataset(model, open_dataset("digits", model), "runs/cnn")   # doctest: +SKIP
+>>> summary.scores_path, summary.accuracy                                         # doctest: +SKIP
+
+The command line is ``gradtrust score`` (:mod:`gradtrust.cli.score`).
+"""
+
+from gradtrust.runs.finish import LOGITS_FILE, MANIFEST_FILE, SCORES_FILE, RunSummary
+from gradtrust.runs.folder import RUN_FILE, RunConflictError, RunFolder
+from gradtrust.runs.score import ScoreTask, score_dataset
+from gradtrust.runs.task import DEFAULT_CHUNK_SAMPLES, PeerError, Task, default_chunk_size, run_task
+
+__all__ = ["DEFAULT_CHUNK_SAMPLES", "LOGITS_FILE", "MANIFEST_FILE", "RUN_FILE", "SCORES_FILE", "PeerError",
+           "RunConflictError", "RunFolder", "RunSummary", "ScoreTask", "Task", "default_chunk_size", "run_task",
+           "score_dataset"]

@@ -1,0 +1,121 @@
+"""A run folder: its identity (``run.json``) written before any work, another run's folder refused, resumed.
+
+Every command that writes a folder — ``score``, ``explain``, ``detect``, the fits of ``introspect`` and
+``gradcon``, ``gradcon score`` — claims it first with :meth:`RunFolder.claim`:
+
+* an empty or missing folder: ``run.json`` (``{"kind", "format", "identity_sha256", "created_at",
+  "identity"}``) is written atomically, then the work starts;
+* a folder whose ``run.json`` holds the same identity: kept (the work resumes from what is complete);
+* another identity: :class:`RunConflictError` naming every differing key with both values in full, unless
+  ``force``, which first removes the folder's outputs;
+* outputs without a ``run.json`` (a folder written by something else): refused unless ``force``.
+
+The ``kind`` ("score", "explain", "detect", "introspect", "gradcon") and ``format`` tag go into ``run.json``
+and into every manifest (:meth:`RunFolder.write_manifest`), so a reader tells the kinds apart by reading,
+not by file names.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from gradtrust.errors import GradTrustError
+from gradtrust.runs import chunks as ch
+from gradtrust.runs.identity import identity_differences, sha256_of
+
+RUN_FILE = "run.json"
+MANIFEST_FILE = "manifest.json"
+
+
+class RunConflictError(GradTrustError):
+    """The output folder holds results of a different run (use another output folder or ``force``)."""
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second (the manifests' timestamps)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunFolder:
+    """The folder ``out`` of one run of ``kind`` with ``identity`` (a JSON-serialisable dict).
+
+    ``outputs`` are the names (files or folders, relative to ``out``) that the run writes besides
+    ``run.json``: what ``force`` removes and what, found without a ``run.json``, makes the folder foreign.
+    """
+
+    def __init__(self, out: str | Path, kind: str, format: str, identity: dict, outputs: tuple[str, ...] = ()):
+        self.out = Path(out).expanduser().resolve()
+        self.kind, self.format = kind, format
+        self.identity = {"kind": kind, "format": format, **identity}
+        self.run_id = sha256_of(self.identity)
+        self.outputs = (MANIFEST_FILE, *outputs)
+
+    def read_run_file(self) -> dict | None:
+        """The ``run.json`` of the folder (``{}`` when unreadable, ``None`` when absent)."""
+        path = self.out / RUN_FILE
+        if not path.is_file():
+            return None
+        try:
+            value = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def differences(self) -> list[str] | None:
+        """``None`` when the folder holds no run; else how its identity differs from this one (``[]``: same)."""
+        old = self.read_run_file()
+        if old is None:
+            return None
+        if old.get("identity_sha256") == self.run_id:
+            return []
+        return identity_differences(old.get("identity", {}), self.identity) or [f"{RUN_FILE}: unreadable"]
+
+    def claim(self, force: bool = False) -> bool:
+        """Make the folder this run's (see the module docstring); ``True`` when it already was (resume)."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise RunConflictError(f"the output path {out} is a file; give a folder to --out.")
+        diffs = self.differences()
+        leftovers = [name for name in self.outputs if (out / name).exists()]
+        if not force and diffs is None and leftovers:
+            raise RunConflictError(
+                f"the output folder {out} holds results ({', '.join(leftovers)}) but no {RUN_FILE}, so they "
+                "cannot be resumed safely. Use another --out, or --force to discard them.")
+        if not force and diffs:
+            raise RunConflictError(
+                f"the output folder {out} holds a {self.kind} run with other settings ({'; '.join(diffs)}). "
+                "Use another --out to keep both, or --force to discard the old results.")
+        if force and (diffs or leftovers):
+            ch.remove_outputs(*(out / name for name in self.outputs), out / RUN_FILE)
+            diffs = None
+        out.mkdir(parents=True, exist_ok=True)
+        ch.remove_temporary_files(out)
+        if diffs is None:
+            ch.atomic_write_json(out / RUN_FILE, {"kind": self.kind, "format": self.format,
+                                                  "identity_sha256": self.run_id, "created_at": now(),
+                                                  "identity": self.identity})
+            return False
+        return True
+
+    def created_at(self) -> str | None:
+        """When ``run.json`` was first written (``None`` when unknown)."""
+        return (self.read_run_file() or {}).get("created_at")
+
+    def write_manifest(self, body: dict[str, Any]) -> Path:
+        """``manifest.json`` = ``{"kind", "format", "run_id", **body}``, written atomically."""
+        path = self.out / MANIFEST_FILE
+        ch.atomic_write_json(path, {"kind": self.kind, "format": self.format, "run_id": self.run_id, **body})
+        return path
+
+    def is_complete(self) -> bool:
+        """True when the folder holds a finished run of exactly this identity (its manifest names it)."""
+        if self.differences() != []:
+            return False
+        try:
+            manifest = json.loads((self.out / MANIFEST_FILE).read_text("utf-8"))
+        except (OSError, ValueError):
+            return False
+        return manifest.get("run_id") == self.run_id
