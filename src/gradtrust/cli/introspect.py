@@ -76,10 +76,11 @@ def _sha256(path: Path) -> str:
               help="DataLoader worker processes reading the training files.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Training samples per resumable feature chunk (DIR/features/).")
+@click.option("--force", is_flag=True, help="Replace an introspective network fitted with other settings in --out.")
 @click.option("--no-progress", is_flag=True)
 @click.pass_context
 def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, hidden, epochs, lr, batch_size, seed,
-                layer, device, workers, chunk_size, no_progress) -> None:
+                layer, device, workers, chunk_size, force, no_progress) -> None:
     """Fit H on the introspective features of f on a training set.
 
     The features are written to DIR/features/ in atomic chunks first: an interrupted fit run again with
@@ -101,16 +102,24 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
             raise InputError("the training set is empty.")
         from gradtrust.data.classes import resolve_class_indices
         from gradtrust.introspection.cache import cached_features
+        from gradtrust.introspection.introspective import CONFIG_FILE
+        from gradtrust.runs.folder import RunFolder
+        from gradtrust.runs.identity import dataset_identity, model_identity
+        from gradtrust.runs.task import env_rank
 
         if not model.num_classes:
             raise InputError(f"the number of outputs of {model.spec} is unknown; pass --num-classes.")
         class_map = resolve_class_indices(dataset.classes, model.class_names, model.num_classes)
         out = Path(out_dir)
-        identity = {"model": {"spec": model.spec, "weights_sha256": model.weights_sha256,
-                              "num_classes": model.num_classes},
-                    "dataset": describe_dataset(dataset)}
-        feats = cached_features(model.module, dataset, class_map, out / "features", identity=identity, layer=layer,
-                                chunk_size=chunk_size, num_workers=workers, progress=not no_progress)
+        fit = RunFolder(out, "introspect", "gradtrust.introspective/1",
+                        {"model": model_identity(model, model.describe()), "train": dataset_identity(dataset),
+                         "settings": {"hidden": hidden, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                                      "seed": seed, "layer": layer}},
+                        outputs=("features", WEIGHTS_FILE, CONFIG_FILE))
+        if env_rank() == 0:
+            fit.claim(force)
+        feats = cached_features(model, dataset, class_map, out / "features", layer=layer, chunk_size=chunk_size,
+                                num_workers=workers, progress=not no_progress)
         if feats["resumed_chunks"]:
             click.echo(f"resumed: {feats['resumed_chunks']} chunk(s) of features read from {out / 'features'}")
         intro = Introspective(hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
@@ -120,6 +129,8 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
         extra = {"model": {"spec": model.spec, "weights": model.weights, "weights_sha256": model.weights_sha256,
                            "num_classes": model.num_classes, "class_names": list(model.class_names)},
                  "train": describe_dataset(dataset)}
+        if env_rank() != 0:  # under torchrun every rank fits the same H; rank 0 writes it
+            return
         intro.save(out, extra)
         info = intro.info_
         click.echo(f"H fitted on {info['train_samples']} samples ({info['num_classes']} classes x "

@@ -121,9 +121,10 @@ def _shared(ctx: DistContext, step: Callable[[], Any], where: str, main_only: bo
 
 def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chunk_size: int | None = None,
              num_workers: int = 0, device: torch.device, force: bool = False, progress: bool = True,
-             echo: Callable[[str], None] | None = None) -> Any:
+             replace: bool = False, echo: Callable[[str], None] | None = None) -> Any:
     """Run ``task`` over every sample of ``dataset`` into ``out`` (see the module docstring).
 
+    ``force``: discard what ``out`` holds; ``replace``: discard it only when it is another run (a cache).
     ``echo``: where the resume message goes (default: stderr, rank 0 only). Returns ``task.finish``'s value.
     """
     t0 = time.perf_counter()
@@ -143,7 +144,7 @@ def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chun
 
         def prepare() -> int:
             _probe(task, dataset, device)
-            folder.claim(force)
+            folder.claim(force or (replace and bool(folder.differences())))
             (folder.out / ch.CHUNK_DIR).mkdir(exist_ok=True)
             ch.remove_temporary_files(folder.out / ch.CHUNK_DIR)
             for flag in folder.out.glob(f"{_FLAG}*"):
