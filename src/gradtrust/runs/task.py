@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader
 
-from gradtrust.data.samples import Batch, collate_samples
+from gradtrust.data.samples import Batch, Sample, collate_samples
 from gradtrust.errors import DataError, GradTrustError
 from gradtrust.runs import chunks as ch
 from gradtrust.runs.distributed import DistContext, distributed_session
@@ -239,6 +239,23 @@ def _compute(task: Task, dataset: Any, folder: RunFolder, layout: ch.ChunkLayout
                     raise PeerError(f"stopped: {peer}")
     finally:
         bar.close()
+
+
+class TensorSamples(torch.utils.data.Dataset):
+    """In-memory inputs ``x`` (N, ...) as a dataset of :class:`gradtrust.data.Sample` (label −1, no path), so
+    that sets made in memory (detection's challenge sets, GradCON's images) run through :func:`run_task`."""
+
+    classes: list[str] = []
+
+    def __init__(self, x: torch.Tensor, labels: Any = None) -> None:
+        self.x = x
+        self.labels = [-1] * len(x) if labels is None else [int(v) for v in labels]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, index: int) -> Sample:
+        return Sample(self.x[index], self.labels[index], int(index), "")
 
 
 def model_labels(labels: torch.Tensor, class_map: list[int]) -> torch.Tensor:
