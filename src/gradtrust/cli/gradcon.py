@@ -67,20 +67,28 @@ _DATA_HELP = ("A class-folder dataset DIR/<class>/<image>, or the built-in digit
 @click.option("--grayscale", is_flag=True, help="Read folder images as one grey channel (default: RGB).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes for reading the images.")
+@click.option("--force", is_flag=True, help="Replace a model fitted with other settings or data in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.pass_context
 def fit_command(ctx, data, inlier, out_dir, beta, gamma, epochs, batch_size, lr, seed, device, grayscale,
-                workers, no_progress):
+                workers, force, no_progress):
     """Train one GradCON model on the images of the --inlier class of --data."""
 
     def work() -> None:
         from gradtrust.gradcon.data import load_labelled, resolve_class
-        from gradtrust.gradcon.estimator import GradCON
+        from gradtrust.gradcon.estimator import CONFIG_FILE, WEIGHTS_FILE, GradCON
+        from gradtrust.runs.folder import RunFolder
+        from gradtrust.runs.identity import files_sha256
 
         det = GradCON(beta=beta, gamma=gamma, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       device=device, progress=not no_progress)
         images = load_labelled(data, grayscale=grayscale, workers=workers, progress=not no_progress)
         label = resolve_class(inlier, images.classes)
+        content = files_sha256([*images.paths, *(p for _, p, _ in images.failures)])
+        RunFolder(out_dir, "gradcon", "gradtrust.gradcon-model/1",
+                  {"data": {**images.description, "content_sha256": content}, "inlier": label, "grayscale": grayscale,
+                   "params": {k: v for k, v in det.get_params().items() if k not in ("device", "progress")}},
+                  outputs=(CONFIG_FILE, WEIGHTS_FILE)).claim(force)
         train = images.of_class(label)
         det.fit(train)
         det.save(out_dir, metadata={"inlier": {"label": label, "name": images.classes[label]}, "data": data,
@@ -108,9 +116,10 @@ def fit_command(ctx, data, inlier, out_dir, beta, gamma, epochs, batch_size, lr,
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--resamples", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Bootstrap resamples for the CIs printed and stored in the manifest (0 = none).")
+@click.option("--force", is_flag=True, help="Discard the results of a different run already in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.pass_context
-def score_command(ctx, model_dir, data, out_dir, inlier, gamma, device, grayscale, workers, resamples,
+def score_command(ctx, model_dir, data, out_dir, inlier, gamma, device, grayscale, workers, resamples, force,
                   no_progress):
     """Score every image of --data (higher = more normal) and write a run folder for `gradtrust report`."""
 
@@ -129,7 +138,12 @@ def score_command(ctx, model_dir, data, out_dir, inlier, gamma, device, grayscal
         if wanted is None:
             raise InputError(f"the model in {model_dir} does not record its inlier class: pass --inlier")
         label = resolve_class(wanted, images.classes)
-        summary = score_to_run(det, images, label, out_dir, model_source=str(model_dir), resamples=resamples)
+        summary = score_to_run(det, images, label, out_dir, model_source=str(model_dir), resamples=resamples,
+                               force=force, progress=not no_progress)
+        from gradtrust.runs.task import env_rank
+
+        if env_rank() != 0:
+            return
         ci = summary.get("auroc_ci")
         ci_text = f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""
         click.echo(f"Scored {summary['n']} images ({summary['n_inlier']} of inlier class "

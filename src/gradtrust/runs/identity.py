@@ -47,8 +47,13 @@ def sha256_of(value: Any) -> str:
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
     """SHA-256 of every tensor of ``module.state_dict()`` (names, dtypes, shapes and bytes, in order)."""
+    return tensors_sha256(module.state_dict())
+
+
+def tensors_sha256(named: dict) -> str:
+    """SHA-256 of named tensors: each name, dtype, shape and bytes, in order (other values by ``repr``)."""
     digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
+    for name, tensor in named.items():
         if not isinstance(tensor, torch.Tensor):
             digest.update(f"{name}:{tensor!r}\n".encode())
             continue

@@ -76,6 +76,14 @@ def default_chunk_size(batch_size: int) -> int:
     return batch_size * max(1, -(-DEFAULT_CHUNK_SAMPLES // batch_size))
 
 
+def task_folder(task: Task, out: str | Path, batch_size: int, chunk_size: int | None = None) -> RunFolder:
+    """The run folder ``out`` of ``task`` with this layout: its identity is ``task.identity()`` + the layout."""
+    chunk_size = chunk_size or default_chunk_size(batch_size)
+    return RunFolder(out, task.kind, task.format,
+                     {**task.identity(), "layout": {"chunk_size": chunk_size, "batch_size": batch_size}},
+                     outputs=(ch.CHUNK_DIR, *task.outputs))
+
+
 def chunk_done(folder: RunFolder, layout: ch.ChunkLayout, k: int) -> dict | None:
     """The metadata of chunk ``k`` when it is complete and belongs to this run, else ``None``."""
     meta = ch.read_chunk_meta(layout.path(folder.out, k))
@@ -132,9 +140,7 @@ def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chun
         raise DataError("the dataset holds no samples.")
     chunk_size = chunk_size or default_chunk_size(batch_size)
     layout = ch.ChunkLayout(len(dataset), chunk_size, batch_size)
-    folder = RunFolder(out, task.kind, task.format, {**task.identity(),
-                                                     "layout": {"chunk_size": chunk_size, "batch_size": batch_size}},
-                       outputs=(ch.CHUNK_DIR, *task.outputs))
+    folder = task_folder(task, out, batch_size, chunk_size)
     with distributed_session(device) as ctx:
         if len(set(ctx.all_gather(folder.run_id))) != 1:
             raise GradTrustError("the processes do not run the same task (their models, data or settings differ: a "
