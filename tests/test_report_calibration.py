@@ -77,7 +77,7 @@ def test_report_calibration_section_and_old_runs(scored, tmp_path):
 
 def test_logits_file_skipped_when_a_resumed_chunk_has_none(scored, tmp_path):
     from gradtrust.runs import chunks as ch
-    from gradtrust.runs.finish import write_logits
+    from gradtrust.runs.score import write_logits
 
     _, _, out = scored
     layout = ch.ChunkLayout(901, 512, 256)

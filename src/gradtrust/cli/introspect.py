@@ -12,7 +12,6 @@ and ``H``, and the built-in digits comparison (``docs/introspection.md``).
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -44,14 +43,6 @@ def introspect_command() -> None:
     gradtrust report runs/cnn-blur --out report/        # feed-forward and introspective side by side
     gradtrust introspect benchmark                      # the built-in digits comparison table
     """
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @introspect_command.command("fit")
@@ -103,6 +94,7 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
         from gradtrust.data.classes import resolve_class_indices
         from gradtrust.introspection.cache import cached_features
         from gradtrust.introspection.introspective import CONFIG_FILE
+        from gradtrust.models.state_dict import file_sha256
         from gradtrust.runs.folder import RunFolder
         from gradtrust.runs.identity import dataset_identity, model_identity
         from gradtrust.runs.task import env_rank
@@ -137,7 +129,7 @@ def fit_command(ctx, model_spec, weights, num_classes, train, labels, out_dir, h
                    f"{info['num_features']} features at layer {info['layer']!r}, "
                    f"{'closed form' if info['closed_form'] else 'autograd'}) in {info['fit_seconds']:.1f} s; "
                    f"train accuracy f {info['train_accuracy_feed_forward']:.4f}, H {info['train_accuracy']:.4f}")
-        click.echo(f"  written: {out / WEIGHTS_FILE} ({_sha256(out / WEIGHTS_FILE)[:12]}…), "
+        click.echo(f"  written: {out / WEIGHTS_FILE} ({file_sha256(out / WEIGHTS_FILE)[:12]}…), "
                    f"{out / 'introspective.json'}")
     except GradTrustError as exc:
         _fail(ctx, exc)
@@ -147,11 +139,12 @@ def introspective_loaded_model(model, intro, folder: Path):
     """``f`` + ``H`` as a :class:`~gradtrust.models.LoadedModel` (spec ``introspective:<f's spec>``)."""
     from gradtrust.introspection.introspective import WEIGHTS_FILE
     from gradtrust.models import LoadedModel
+    from gradtrust.models.state_dict import file_sha256
 
     return LoadedModel(module=intro.module(model).eval(), transform=model.transform,
                        class_names=list(model.class_names), num_classes=model.num_classes,
                        spec=f"introspective:{model.spec}", weights=str(folder.resolve()),
-                       weights_sha256=_sha256(folder / WEIGHTS_FILE), input_kind=model.input_kind,
+                       weights_sha256=file_sha256(folder / WEIGHTS_FILE), input_kind=model.input_kind,
                        clip_len=model.clip_len,
                        meta={"feed_forward": {"spec": model.spec, "weights": model.weights,
                                               "weights_sha256": model.weights_sha256},

@@ -18,7 +18,6 @@ an interrupted run resumes where it stopped).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -180,7 +179,7 @@ class DetectSet:
     ``label``, ``g:<tensor>``, ``h:<i>``, ``z:<i>`` and ``score.<method>`` columns)."""
 
     kind, format, verb, desc = "detect", f"gradtrust.detect-set/{FORMAT_VERSION}", "computed", "detect"
-    outputs = (SET_FILE,)
+    outputs: tuple[str, ...] = (SET_FILE,)
 
     def __init__(self, module: nn.Module, settings: DetectionSettings, identity: dict, columns: list[str],
                  fit: np.ndarray, labels: np.ndarray) -> None:
@@ -194,35 +193,30 @@ class DetectSet:
         """Nothing to check on one sample: the model was checked before the sets are made."""
 
     def batch(self, batch: Any, inputs: torch.Tensor | None) -> dict[str, np.ndarray]:
+        assert inputs is not None  # in-memory sets have no unreadable sample
         return compute_set(self.module, inputs, self.settings)
 
     def chunk(self, parts: list[dict[str, np.ndarray]]) -> tuple[Any, dict]:
         import pyarrow as pa
 
         values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        return pa.table({k: (pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1]) if v.ndim == 2
-                             else v) for k, v in values.items()}), {}
+        data = {f"g:{c}": values["grad"][:, i] for i, c in enumerate(self.columns)}
+        data.update({f"h:{i}": column for i, column in enumerate(values["pen"].T)})
+        data.update({f"z:{i}": column for i, column in enumerate(values["logits"].T)})
+        data.update({k: v for k, v in values.items() if k.startswith("score.")})
+        return pa.table(data), {}
 
     def finish(self, folder: Any, layout: Any, metas: list[dict], execution: dict) -> None:
-        import pandas as pd
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         from gradtrust.runs import chunks as ch
 
-        table = pa.concat_tables([ch.read_chunk_table(layout.path(folder.out, k)) for k in range(layout.num_chunks)])
-        values = {name: (np.asarray(table[name].combine_chunks().flatten()).reshape(table.num_rows, -1)
-                         if pa.types.is_fixed_size_list(table.schema.field(name).type) else table[name].to_numpy())
-                  for name in table.column_names}
-        data: dict[str, Any] = {"position": np.arange(len(self.fit)), "fit": self.fit, "label": self.labels}
-        data.update({f"g:{c}": values["grad"][:, i] for i, c in enumerate(self.columns)})
-        data.update({f"h:{i}": values["pen"][:, i] for i in range(values["pen"].shape[1])})
-        data.update({f"z:{i}": values["logits"][:, i] for i in range(values["logits"].shape[1])})
-        data.update({k: v for k, v in values.items() if k.startswith("score.")})
-        frame = pa.Table.from_pandas(pd.DataFrame(data), preserve_index=False)
-        frame = frame.replace_schema_metadata({**(frame.schema.metadata or {}),
-                                               ch.META_KEY: json.dumps({"run": folder.run_id}).encode()})
-        ch.atomic_write(folder.out / SET_FILE, lambda handle: pq.write_table(frame, handle))
+        table = pa.concat_tables([ch.read_chunk_table(layout.path(folder.out, k)).replace_schema_metadata(None)
+                                  for k in range(layout.num_chunks)])
+        for i, (name, column) in enumerate((("position", np.arange(len(self.fit))), ("fit", self.fit),
+                                            ("label", self.labels))):
+            table = table.add_column(i, name, pa.array(column))
+        ch.write_chunk(folder.out / SET_FILE, table, {"run": folder.run_id})
 
 
 def _unframe(frame: Any) -> dict[str, np.ndarray]:

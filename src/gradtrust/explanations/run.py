@@ -99,7 +99,7 @@ class ExplainTask:
     """Maps and VOICE of every sample, from one shared forward pass per batch (a :class:`gradtrust.runs.Task`)."""
 
     kind, format, verb, desc = "explain", FORMAT, "explained", "explaining"
-    outputs = (EXPLANATIONS_FILE, IMAGES_DIR)
+    outputs: tuple[str, ...] = (EXPLANATIONS_FILE, IMAGES_DIR)
 
     def __init__(self, model: Any, dataset: Any, methods: list[str], layer: str | None, contrast: int | None,
                  voice: bool, threshold: float, save_images: int, out: Path):

@@ -19,7 +19,7 @@ from gradtrust.gradcon.data import LabelledImages
 from gradtrust.gradcon.estimator import GradCON
 from gradtrust.runs import chunks as ch
 from gradtrust.runs.folder import RunFolder
-from gradtrust.runs.identity import files_sha256, library_versions, state_dict_sha256, tensors_sha256
+from gradtrust.runs.identity import files_sha256, library_versions, tensors_sha256
 from gradtrust.runs.task import TensorSamples, run_task
 
 __all__ = ["GradconScore", "score_to_run"]
@@ -31,7 +31,7 @@ class GradconScore:
     """GradCON's score terms of every image (a :class:`gradtrust.runs.Task`); ``finish`` writes the run."""
 
     kind, format, verb, desc = KIND, FORMAT, "scored", "GradCON score"
-    outputs = (ANOMALY_FILE, RECON_FILE)
+    outputs: tuple[str, ...] = (ANOMALY_FILE, RECON_FILE)
 
     def __init__(self, detector: GradCON, data: LabelledImages, inlier: int, model_source: str | None,
                  examples: int, resamples: int, seed: int) -> None:
@@ -41,8 +41,9 @@ class GradconScore:
     def identity(self) -> dict:
         det, data = self.detector, self.data
         params = {k: v for k, v in det.get_params().items() if k not in ("device", "progress")}
-        return {"detector": {"parameters_sha256": state_dict_sha256(det.model_), "params": params, "gamma": det.gamma,
-                             "reference_sha256": tensors_sha256(dict(enumerate(det.reference_)))},
+        weights = {**(det.model_.state_dict() if det.model_ is not None else {}),
+                   **{f"reference.{i}": r for i, r in enumerate(det.reference_ or [])}}
+        return {"detector": {"parameters_sha256": tensors_sha256(weights), "params": params, "gamma": det.gamma},
                 "data": {**data.description,
                          "content_sha256": files_sha256([*data.paths, *(p for _, p, _ in data.failures)])},
                 "inlier": self.inlier}
@@ -83,7 +84,7 @@ class GradconScore:
         chosen = np.concatenate([order[:k], order[::-1][:k]])  # most anomalous first, then most normal
         inputs, recon = det.reconstruct(data.images[chosen])
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, position=chosen.astype(np.int64), index=data.indices[chosen],  # type: ignore[arg-type]
+        np.savez_compressed(buffer, position=chosen.astype(np.int64), index=data.indices[chosen],
                             label=data.labels[chosen], score=score[chosen],
                             kind=np.array(["most anomalous"] * k + ["most normal"] * k), input=inputs.numpy(),
                             reconstruction=recon.numpy())

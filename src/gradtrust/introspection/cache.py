@@ -40,7 +40,7 @@ class IntrospectFeatures:
     """The introspective features of every training sample (a :class:`gradtrust.runs.Task`)."""
 
     kind, format, verb, desc = "introspect", "gradtrust.introspect-features/1", "computed", "introspective features"
-    outputs = ()
+    outputs: tuple[str, ...] = ()
 
     def __init__(self, model: Any, dataset: Any, class_map: list[int], layer: str | None) -> None:
         self.model, self.dataset, self.class_map, self.layer = model, dataset, list(class_map), layer

@@ -12,9 +12,8 @@ every dataset-scale command implements (:mod:`gradtrust.runs.task`).
 The command line is ``gradtrust score`` (:mod:`gradtrust.cli.score`).
 """
 
-from gradtrust.runs.finish import LOGITS_FILE, MANIFEST_FILE, SCORES_FILE, RunSummary
 from gradtrust.runs.folder import RUN_FILE, RunConflictError, RunFolder
-from gradtrust.runs.score import ScoreTask, score_dataset
+from gradtrust.runs.score import LOGITS_FILE, MANIFEST_FILE, SCORES_FILE, RunSummary, ScoreTask, score_dataset
 from gradtrust.runs.task import DEFAULT_CHUNK_SAMPLES, PeerError, Task, default_chunk_size, run_task
 
 __all__ = ["DEFAULT_CHUNK_SAMPLES", "LOGITS_FILE", "MANIFEST_FILE", "RUN_FILE", "SCORES_FILE", "PeerError",

@@ -6,11 +6,9 @@ The dataset positions ``0 … N−1`` are cut into fixed ranges of ``chunk_size`
 fsync'ed and renamed over the final name (``os.replace``, atomic on POSIX), so a chunk file is either
 absent or complete, whatever kills the process.
 
-Besides the rows of the samples that were scored (the columns of ``scores.parquet``), a chunk file carries
-in its Parquet key-value metadata (key ``gradtrust``) a JSON object: the run's identity hash, the range,
-the **failures** of the range (``[index, path, reason]`` of every sample that could not be read), the
-methods scored, their parameters, the methods skipped with their reasons and ``ScoreResult.info``.
-One file holds all of it, so there is no second file to keep consistent.
+Besides the task's rows, a chunk file carries in its Parquet key-value metadata (key ``gradtrust``) a JSON
+object: the run's identity hash, the range, the **failures** of the range (``[index, path, reason]``) and
+what the task adds (a score run: methods, parameters, skipped methods). One file holds all of it.
 """
 
 from __future__ import annotations

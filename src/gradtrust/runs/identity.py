@@ -94,15 +94,6 @@ def _cache_dir() -> Path:
     return Path(root) / "file-sha256"
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def files_sha256(paths: Iterable[str]) -> str:
     """SHA-256 over ``path-less`` content hashes: ``sha256(file_1)\\n sha256(file_2)\\n …`` in the given order.
 
@@ -110,43 +101,37 @@ def files_sha256(paths: Iterable[str]) -> str:
     mtime and is hashed again); an unreadable file counts as ``"missing"`` (the run records it as failed).
     The cache is one JSON file per folder, written atomically; a cache that cannot be written is skipped.
     """
+    from gradtrust.models.state_dict import file_sha256
     from gradtrust.runs.chunks import atomic_write_json
 
-    caches: dict[str, tuple[Path, dict, list[bool]]] = {}
+    caches: dict[str, tuple[Path, dict, set]] = {}  # folder → (cache file, its table, changed names)
     total = hashlib.sha256()
     for raw in paths:
-        path = os.path.abspath(raw)
-        folder, name = os.path.split(path)
+        folder, name = os.path.split(os.path.abspath(raw))
         if folder not in caches:
             file = _cache_dir() / f"{hashlib.sha256(folder.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}.json"
             try:
-                table = json.loads(file.read_text("utf-8"))
-            except (OSError, ValueError):
+                table = dict(json.loads(file.read_text("utf-8")))
+            except (OSError, ValueError, TypeError):
                 table = {}
-            caches[folder] = (file, table if isinstance(table, dict) else {}, [False])
+            caches[folder] = (file, table, set())
         file, table, changed = caches[folder]
         try:
-            stat = os.stat(path)
+            stat = os.stat(os.path.join(folder, name))
+            entry = table.get(name)
+            if not (isinstance(entry, list) and entry[:2] == [stat.st_size, stat.st_mtime_ns]):
+                entry = table[name] = [stat.st_size, stat.st_mtime_ns, file_sha256(os.path.join(folder, name))]
+                changed.add(name)
+            total.update(f"{entry[2]}\n".encode())
         except OSError:
             total.update(b"missing\n")
-            continue
-        key = [stat.st_size, stat.st_mtime_ns]
-        entry = table.get(name)
-        if not (isinstance(entry, list) and entry[:2] == key):
-            try:
-                entry = table[name] = [*key, file_sha256(path)]
-            except OSError:
-                total.update(b"missing\n")
-                continue
-            changed[0] = True
-        total.update(f"{entry[2]}\n".encode())
     for file, table, changed in caches.values():
-        if changed[0]:
-            try:
+        try:
+            if changed:
                 file.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(file, table)
-            except OSError:  # a read-only home: hashing still works, only not cached
-                pass
+        except OSError:  # a read-only home: hashing still works, only not cached
+            pass
     return total.hexdigest()
 
 
@@ -170,34 +155,17 @@ def identity_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of Python, torch, torchvision, numpy, pandas, pyarrow, gradtrust and the platform."""
+    """Versions of Python, gradtrust, torch, torchvision, numpy, pandas, pyarrow, the platform (and CUDA)."""
     from importlib.metadata import PackageNotFoundError, version
-
-    import numpy
-    import pyarrow
 
     from gradtrust._version import __version__
 
-    try:  # read from the installed metadata: importing pandas only for its version took 1.4 s
-        pandas_version = version("pandas")
-    except PackageNotFoundError:  # pragma: no cover
-        pandas_version = "not installed"
-
-    versions = {
-        "python": sys.version.split()[0],
-        "gradtrust": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pandas_version,
-        "pyarrow": pyarrow.__version__,
-        "platform": platform.platform(),
-    }
-    try:
-        import torchvision
-
-        versions["torchvision"] = torchvision.__version__
-    except ImportError:  # pragma: no cover
-        versions["torchvision"] = "not installed"
+    versions = {"python": sys.version.split()[0], "gradtrust": __version__, "platform": platform.platform()}
+    for name in ("torch", "torchvision", "numpy", "pandas", "pyarrow"):
+        try:  # the installed metadata: importing pandas only for its version took 1.4 s
+            versions[name] = version(name)
+        except PackageNotFoundError:  # pragma: no cover
+            versions[name] = "not installed"
     if torch.cuda.is_available():
         versions["cuda"] = str(torch.version.cuda)
         versions["cudnn"] = str(torch.backends.cudnn.version())

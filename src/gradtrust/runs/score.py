@@ -1,38 +1,25 @@
-"""``score_dataset``: every trust score of every sample of a dataset, in resumable atomic chunks.
+"""``score_dataset``: every trust score of every sample of a dataset — the :class:`ScoreTask` of the run engine
+(:func:`gradtrust.runs.task.run_task`: chunks, resume, ``torchrun``, the folder), merged into ``scores.parquet``,
+``logits.parquet`` and ``manifest.json`` (the layout: ``docs/architecture.md``, "Results").
 
-Output folder::
-
-    <out>/run.json                          the run's identity, written (atomically) before any work
-    <out>/chunks/chunk-000000000.parquet    one file per chunk of ``chunk_size`` dataset positions, written
-    <out>/chunks/chunk-000001024.parquet    atomically when the chunk is complete; its failures live in
-    …                                       the file's Parquet metadata (:mod:`gradtrust.runs.chunks`)
-    <out>/scores.parquet                    all chunks merged, sorted by ``index`` (written atomically)
-    <out>/logits.parquet                    ``index`` and the model's ``logits`` (float32 list per row), in
-                                            the same row order (calibration needs the probability vector)
-    <out>/manifest.json                     identity, counts, failures, versions, timings (atomically)
-
-Resume: run the same command again. Complete chunks are kept, the others are scored again; batches are
-always cut the same way inside a chunk (``[start + j·batch_size, …)``), so the merged ``scores.parquet`` is
-identical to that of an uninterrupted run (on the same device type and thread settings). A folder that
-holds a run with another identity (model, weights, dataset content, methods, options, batch or chunk size —
-see :mod:`gradtrust.runs.identity`) is refused unless ``force=True``, which discards its results first.
-The chunks, the resume, ``torchrun`` and the folder are :func:`gradtrust.runs.task.run_task`'s; this module
-is the scoring :class:`ScoreTask`.
-
-Labels: ``label`` is the *model's* output index of the sample's class (the dataset's classes are mapped
-with :func:`gradtrust.data.resolve_class_indices` before any work), ``−1`` when the dataset does not know
-the label; ``correct`` is then ``False``, and ``accuracy`` is computed over labelled samples only
-(``None`` when there is none). Samples whose file cannot be read get no row: they are listed, with the
-reason, under ``failures`` in ``manifest.json``.
+Resume: run the same command again; batches are always cut the same way inside a chunk, so the merged
+``scores.parquet`` is identical to that of an uninterrupted run (on the same device type and thread settings).
+Labels: ``label`` is the *model's* output index of the sample's class (:func:`gradtrust.data.resolve_class_indices`),
+``−1`` when unknown (``correct`` is then ``False``; ``accuracy`` is over labelled samples, ``None`` when there is
+none). Unreadable samples get no row: they are listed, with the reason, under ``failures`` in ``manifest.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from gradtrust import schema
@@ -41,15 +28,169 @@ from gradtrust.data.classes import resolve_class_indices
 from gradtrust.errors import DataError, GradTrustError, InputError, ModelError
 from gradtrust.runs import chunks as ch
 from gradtrust.runs.distributed import resolve_device
-from gradtrust.runs.finish import LOGITS_FILE, SCORES_FILE, RunSummary, finish_run
-from gradtrust.runs.folder import RunConflictError, RunFolder
-from gradtrust.runs.identity import FORMAT_VERSION, dataset_identity, model_identity, options_identity
+from gradtrust.runs.folder import RUN_FILE, RunConflictError, RunFolder, now
+from gradtrust.runs.identity import (
+    FORMAT_VERSION,
+    dataset_identity,
+    library_versions,
+    model_identity,
+    options_identity,
+)
 from gradtrust.runs.task import PeerError, default_chunk_size, model_labels, positive_int, run_task
 from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
 from gradtrust.scores.options import ScoreOptions, builtin_param_names
 
 __all__ = ["PeerError", "RunConflictError", "RunSummary", "ScoreTask", "default_chunk_size", "score_dataset"]
+
+SCORES_FILE, MANIFEST_FILE = schema.SCORES_FILE, schema.MANIFEST_FILE
+LOGITS_FILE = "logits.parquet"
+
+
+@dataclass
+class RunSummary:
+    """What :func:`score_dataset` did. ``accuracy`` is over labelled, scored samples (``None`` if none)."""
+
+    out_dir: Path
+    scores_path: Path
+    manifest_path: Path
+    num_samples: int
+    num_scored: int
+    num_failed: int
+    accuracy: float | None
+    resumed_chunks: int
+    elapsed_s: float
+    methods: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in ("out_dir", "scores_path", "manifest_path"):
+            out[key] = str(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> RunSummary:
+        """The inverse of :meth:`to_dict`."""
+        return cls(**{**value, **{k: Path(value[k]) for k in ("out_dir", "scores_path", "manifest_path")}})
+
+
+def adjusted_options(options: dict, parameters: dict[str, dict]) -> list[str]:
+    """Notes for options a method used with another value than given (``topk`` is at most ``C − 1``)."""
+    notes = []
+    for method, params in parameters.items():
+        for key, used in params.items():
+            given = options.get(key)
+            if given is not None and used is not None and key != "layer" and given != used:
+                why = " (at most C − 1 counterfactual classes)" if key == "topk" else ""
+                notes.append(f"{method}: {key}={given} was clamped to {used}{why}")
+    return notes
+
+
+def finish_run(task: Any, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict],
+               execution: dict) -> RunSummary:
+    """Merge the chunks of a :class:`gradtrust.runs.score.ScoreTask` into ``scores.parquet`` (streamed,
+    chunk by chunk) and write ``manifest.json``, whose ``method_info`` holds each method's display name and
+    ``in_paper``."""
+    out = folder.out
+    methods: list[str] = []
+    for meta in metas:
+        methods += [m for m in meta["methods"] if m not in methods]
+    nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
+    table_schema = schema.arrow_schema(methods, nan_reasons)
+
+    def write(handle) -> None:
+        with pq.ParquetWriter(handle, table_schema, compression="zstd") as writer:
+            for k, meta in enumerate(metas):
+                if not meta["rows"]:
+                    continue
+                table = ch.read_chunk_table(layout.path(out, k))
+                columns = []
+                for field in table_schema:
+                    if field.name in table.column_names:
+                        columns.append(table[field.name])
+                    elif schema.is_reason_column(field.name):
+                        columns.append(pa.array([""] * table.num_rows, pa.string()))
+                    else:
+                        raise GradTrustError(f"chunk {layout.path(out, k)} has no column {field.name!r}; "
+                                             "rerun with --force.")
+                writer.write_table(pa.Table.from_arrays(columns, schema=table_schema))
+
+    scores_path = out / SCORES_FILE
+    ch.atomic_write(scores_path, write)
+    has_logits = write_logits(out, layout, metas)
+
+    scored = sum(m["rows"] for m in metas)
+    labelled = sum(m["labelled"] for m in metas)
+    correct = sum(m["correct"] for m in metas)
+    failures = [{"index": i, "path": p, "reason": r} for m in metas for i, p, r in m["failures"]]
+    sample_notes = [{"index": i, "path": p, "note": n} for m in metas for i, p, n in m.get("notes", [])]
+    first = next((m for m in metas if m["rows"]), metas[0])
+    accuracy = correct / labelled if labelled else None
+    from gradtrust.data.open import describe_dataset
+
+    identity = folder.identity
+    dataset_section = describe_dataset(task.dataset)
+    if task.dataset_info:
+        dataset_section["info"] = task.dataset_info
+    if "content_sha256" in identity["dataset"]:
+        dataset_section["content_sha256"] = identity["dataset"]["content_sha256"]
+    model = task.model
+    model_section = model.describe()
+    model_section["parameters_sha256"] = identity["model"]["parameters_sha256"]
+    options = task.full_options
+    manifest = {
+        "files": {"scores": SCORES_FILE, "run": RUN_FILE, "chunks": f"{ch.CHUNK_DIR}/chunk-<first index>.parquet",
+                  **({"logits": LOGITS_FILE} if has_logits else {})},
+        "model": model_section,
+        "weights_sha256": model.weights_sha256,
+        "dataset": dataset_section,
+        "class_map": task.class_map,
+        "methods_requested": task.method_names if task.explicit else "all",
+        "methods": {name: first["parameters"].get(name, {}) for name in methods},
+        "method_info": {name: task.described[name] for name in methods if name in task.described},
+        "skipped": first["skipped"],
+        "notes": adjusted_options(options, {name: first["parameters"].get(name, {}) for name in methods}),
+        "score_info": first["info"],
+        "options": options,
+        "columns": table_schema.names,
+        "counts": {"samples": layout.num_samples, "scored": scored, "failed": len(failures),
+                   "labelled": labelled, "correct": correct},
+        "accuracy": accuracy,
+        "failures": failures,
+        "sample_notes": sample_notes,
+        "layout": {"chunk_size": layout.chunk_size, "batch_size": layout.batch_size,
+                   "num_chunks": layout.num_chunks},
+        "versions": library_versions(),
+        "execution": {**execution, "run_created_at": folder.created_at(), "finished_at": now()},
+    }
+    manifest_path = folder.write_manifest(manifest)
+    return RunSummary(out_dir=out, scores_path=scores_path, manifest_path=manifest_path,
+                      num_samples=layout.num_samples, num_scored=scored, num_failed=len(failures),
+                      accuracy=accuracy, resumed_chunks=int(execution["resumed_chunks"]), elapsed_s=0.0,
+                      methods=methods)
+
+
+def write_logits(out: Path, layout: ch.ChunkLayout, metas: list[dict]) -> bool:
+    """``logits.parquet`` (``index``, ``logits``) from the chunks, streamed, rows in the order of
+    ``scores.parquet``. Skipped (and a stale file removed) when a chunk has no logits (written by an older
+    version and resumed): a run then simply has no logits, as before."""
+    path = out / LOGITS_FILE
+    rows = [(k, m) for k, m in enumerate(metas) if m["rows"]]
+    widths = {m.get("logits") for _, m in rows}
+    if not rows or None in widths or 0 in widths or len(widths) != 1:
+        path.unlink(missing_ok=True)
+        return False
+    width = int(rows[0][1]["logits"])
+    schema = pa.schema([pa.field("index", pa.int64()), pa.field("logits", pa.list_(pa.float32(), width))])
+
+    def write(handle) -> None:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            for k, _ in rows:
+                table = ch.read_chunk_table(layout.path(out, k))
+                writer.write_table(pa.Table.from_arrays([table["index"], table["logits"]], schema=schema))
+
+    ch.atomic_write(path, write)
+    return True
 
 
 def check_score_options(options: dict | None) -> tuple[dict, dict]:
@@ -75,7 +216,7 @@ class ScoreTask:
     """Every trust score of every sample (:func:`gradtrust.score` per batch) as a :class:`gradtrust.runs.task.Task`."""
 
     kind, format, verb, desc = "score", f"gradtrust.scores/{FORMAT_VERSION}", "scored", "scoring"
-    outputs = (SCORES_FILE, LOGITS_FILE)
+    outputs: tuple[str, ...] = (SCORES_FILE, LOGITS_FILE)
 
     def __init__(self, model: Any, dataset: Any, methods=None, options: dict | None = None,
                  dataset_info: dict | None = None) -> None:

@@ -1,6 +1,7 @@
 """One run engine: a :class:`Task` over a dataset, in resumable atomic chunks, sharded under ``torchrun``.
 
-``run_task(task, dataset, out, ...)`` is what ``score``, ``explain`` and introspection's feature cache run:
+``run_task(task, dataset, out, ...)`` runs ``score``, ``explain``, introspection's feature cache, detection's
+challenge sets and GradCON scoring:
 
 1. the identity (``task.identity()`` + the chunk layout) is compared across ranks, the task is probed on one
    readable sample on rank 0 (a model or setting that cannot work fails before any output) and the folder
@@ -106,9 +107,7 @@ def chunk_metas(folder: RunFolder, layout: ch.ChunkLayout) -> list[dict]:
 
 def _shared(ctx: DistContext, step: Callable[[], Any], where: str, main_only: bool = False) -> Any:
     """Run ``step`` (on rank 0 only when ``main_only``), share every rank's failure, return rank 0's value.
-
-    A failure is raised on the rank where it happened and as :class:`PeerError` on the others.
-    """
+    A failure is raised on the rank where it happened and as :class:`PeerError` on the others."""
     value, problem = None, None
     if ctx.is_main or not main_only:
         try:
@@ -117,14 +116,13 @@ def _shared(ctx: DistContext, step: Callable[[], Any], where: str, main_only: bo
             if not ctx.active:
                 raise
             problem = exc
-    text = None if problem is None else f"{type(problem).__name__}: {problem}"
-    statuses = ctx.all_gather(text)
+    statuses = ctx.all_gather((None if problem is None else f"{type(problem).__name__}: {problem}", value))
     if problem is not None:
         raise problem
-    bad = [(rank, s) for rank, s in enumerate(statuses) if s is not None]
+    bad = [(rank, s) for rank, (s, _) in enumerate(statuses) if s is not None]
     if bad:
         raise PeerError(f"{where}: " + "; ".join(f"rank {r} failed: {m}" for r, m in bad))
-    return ctx.broadcast(value)
+    return statuses[0][1]
 
 
 def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chunk_size: int | None = None,
