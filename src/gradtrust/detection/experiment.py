@@ -273,7 +273,7 @@ def _load_folder(path: str, loaded: Any, limit: int | None) -> torch.Tensor:
 
 def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, out: str | os.PathLike,
                   identity: dict[str, Any] | None = None, show_progress: bool = True, force: bool = False,
-                  echo: Callable[[str], None] | None = None) -> DetectionResult:
+                  echo: Callable[[str], None] | None = None, chunk_size: int | None = None) -> DetectionResult:
     """Run the whole experiment for one model; write ``out/sets/<set>/``; return a :class:`DetectionResult`.
 
     Each set is a run of the one run engine (:func:`gradtrust.runs.task.run_task`: resumable chunks, a set
@@ -338,7 +338,7 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
                 labels = np.full(x.shape[0], -1, dtype=np.int64)
         task = DetectSet(module, settings, {**base_identity, "set": key}, columns, fit, labels)
         run_task(task, TensorSamples(x.detach().cpu()), folder.out, batch_size=settings.batch_size,
-                 device=device_of(module), force=force, progress=show_progress, echo=echo)
+                 chunk_size=chunk_size, device=device_of(module), force=force, progress=show_progress, echo=echo)
         sets[key] = _unframe(pq.read_table(path).to_pandas())
 
     rows = []

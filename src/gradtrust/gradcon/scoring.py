@@ -117,10 +117,11 @@ class GradconScore:
 
 def score_to_run(detector: GradCON, data: LabelledImages, inlier: int, out_dir: str | Path, *,
                  model_source: str | None = None, examples: int = 8, resamples: int = 1000,
-                 seed: int = 0, force: bool = False, progress: bool = False) -> dict[str, Any]:
+                 seed: int = 0, force: bool = False, progress: bool = False, chunk_size: int | None = None
+                 ) -> dict[str, Any]:
     """Score every image of ``data`` (class ``inlier`` = normal), write the run folder ``out_dir`` and return
     the evaluation summary (AUROC with inliers positive, FPR@95%TPR, bootstrap CIs). The batches are those
     :meth:`GradCON.score_terms` cuts (``8 · chunk_size`` images), so the numbers equal one call's."""
     task = GradconScore(detector, data, inlier, model_source, examples, resamples, seed)
     return run_task(task, TensorSamples(data.images, data.labels), out_dir, batch_size=detector.chunk_size * 8,
-                    device=torch.device(detector.device), force=force, progress=progress)
+                    chunk_size=chunk_size, device=torch.device(detector.device), force=force, progress=progress)
