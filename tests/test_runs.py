@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from runs_helpers import new_weights, replace_image, setup, write_image
 
 from gradtrust.cli import main
 from gradtrust.data.open import open_dataset
@@ -20,6 +19,7 @@ from gradtrust.models import load_model
 from gradtrust.models.state_dict import file_sha256
 from gradtrust.runs import RunConflictError, RunFolder, score_dataset
 from gradtrust.runs.identity import files_sha256
+from runs_helpers import new_weights, replace_image, setup, write_image
 
 
 def _cli(*args: str):
