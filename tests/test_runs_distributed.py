@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch.distributed as dist
-from runs_helpers import setup
 
 from gradtrust.runs.chunks import read_chunk_meta
+from runs_helpers import setup
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                                    reason="torch.distributed with gloo is not available")]
