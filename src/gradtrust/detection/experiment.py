@@ -129,8 +129,7 @@ def _penultimate_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[np.ndar
     return penultimate.double().cpu().numpy(), logits.double().cpu().numpy()
 
 
-def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings,
-                progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings) -> dict[str, np.ndarray]:
     """Per-sample gradient features, penultimate features, logits and scalar scores of one set (batched)."""
     scalar = [b for b in settings.baselines if b != "mahalanobis"]
     parts: dict[str, list[np.ndarray]] = {}
@@ -148,8 +147,6 @@ def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings,
                 values[f"score.{name}"] = np.asarray(result[name], dtype=np.float64)
         for key, value in values.items():
             parts.setdefault(key, []).append(value)
-        if progress is not None:
-            progress(xb.shape[0])
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 

@@ -24,11 +24,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gradtrust import schema
-
 META_KEY = b"gradtrust"
 CHUNK_DIR = "chunks"
-BASE_COLUMNS = schema.BASE_COLUMNS
 _TMP_MARK = ".tmp-"
 
 

@@ -1,19 +1,9 @@
-"""A run folder: its identity (``run.json``) written before any work, another run's folder refused, resumed.
-
-Every command that writes a folder — ``score``, ``explain``, ``detect``, the fits of ``introspect`` and
-``gradcon``, ``gradcon score`` — claims it first with :meth:`RunFolder.claim`:
-
-* an empty or missing folder: ``run.json`` (``{"kind", "format", "identity_sha256", "created_at",
-  "identity"}``) is written atomically, then the work starts;
-* a folder whose ``run.json`` holds the same identity: kept (the work resumes from what is complete);
-* another identity: :class:`RunConflictError` naming every differing key with both values in full, unless
-  ``force``, which first removes the folder's outputs;
-* outputs without a ``run.json`` (a folder written by something else): refused unless ``force``.
-
-The ``kind`` ("score", "explain", "detect", "introspect", "gradcon") and ``format`` tag go into ``run.json``
-and into every manifest (:meth:`RunFolder.write_manifest`), so a reader tells the kinds apart by reading,
-not by file names.
-"""
+"""A run folder, claimed by every command that writes one (score, explain, detect, the fits of introspect and
+gradcon, gradcon score) before any work (:meth:`RunFolder.claim`): ``run.json`` = ``{"kind", "format",
+"identity_sha256", "created_at", "identity"}`` is written atomically into an empty folder; the same identity
+resumes; another identity, or outputs without a ``run.json``, are refused (:class:`RunConflictError` naming
+every differing key with both values in full) unless ``force``, which removes the old outputs first. The
+``kind`` and ``format`` go into every manifest too (:meth:`RunFolder.write_manifest`)."""
 
 from __future__ import annotations
 

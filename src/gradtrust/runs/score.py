@@ -11,7 +11,6 @@ none). Unreadable samples get no row: they are listed, with the reason, under ``
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,16 +61,6 @@ class RunSummary:
     elapsed_s: float
     methods: list[str]
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for key in ("out_dir", "scores_path", "manifest_path"):
-            out[key] = str(out[key])
-        return out
-
-    @classmethod
-    def from_dict(cls, value: dict[str, Any]) -> RunSummary:
-        """The inverse of :meth:`to_dict`."""
-        return cls(**{**value, **{k: Path(value[k]) for k in ("out_dir", "scores_path", "manifest_path")}})
 
 
 def adjusted_options(options: dict, parameters: dict[str, dict]) -> list[str]:
@@ -291,10 +280,10 @@ class ScoreTask:
             "nan_reasons": nan_reasons, "parameters": parameters, "skipped": skipped, "info": info,
             "logits": num_logits}
 
-    def finish(self, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict], execution: dict) -> dict:
+    def finish(self, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict], execution: dict) -> RunSummary:
         # rank 0's allocator setting (gradtrust.keep_freed_memory; the CLI's default on a CPU)
         execution = {**execution, "keep_freed_memory": freed_memory_kept()}
-        return finish_run(self, folder, layout, metas, execution).to_dict()
+        return finish_run(self, folder, layout, metas, execution)
 
 
 def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None = None,
@@ -342,6 +331,6 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
         model.module.to(dev)
     shared = run_task(task, dataset, out_dir, batch_size=batch_size, chunk_size=chunk_size, num_workers=num_workers,
                       device=dev, force=force, progress=progress)
-    summary = RunSummary.from_dict(shared)
+    summary: RunSummary = shared
     summary.elapsed_s = time.perf_counter() - t0
     return summary

@@ -45,8 +45,13 @@ class PeerError(GradTrustError):
 
 
 class Task(Protocol):
-    """What :func:`run_task` runs: ``kind``/``format`` tags, ``outputs`` (names ``force`` removes besides
-    ``chunks/``), ``verb`` ("scored") and ``desc`` (the progress bar's label)."""
+    """What :func:`run_task` runs. ``kind``/``format``: the tags; ``outputs``: the names ``force`` removes besides
+    ``chunks/``; ``verb`` ("scored") and ``desc`` (the bar's label) for the console. ``identity()``: everything
+    that changes the numbers (the engine adds the layout); ``probe(inputs, index)``: one readable sample, before
+    anything is written; ``batch(batch, inputs)``: one batch's work (``inputs`` on the device, ``None`` when no
+    sample was readable) → a part; ``chunk(parts)`` → ``(pyarrow Table, extra metadata)``; ``finish(folder,
+    layout, metas, execution)``: rank 0, every chunk written (``execution``: ``device``, ``world_size``,
+    ``num_workers``, ``resumed_chunks``, ``started_at``, ``elapsed_s``) → the value every rank returns."""
 
     kind: str
     format: str
@@ -54,22 +59,11 @@ class Task(Protocol):
     verb: str
     desc: str
 
-    def identity(self) -> dict:
-        """Everything that changes the numbers (the chunk layout is added by the engine)."""
-
-    def probe(self, inputs: torch.Tensor, index: int) -> None:
-        """Run on one readable sample (a batch of 1, on the device; ``index``: its position) before anything
-        is written."""
-
-    def batch(self, batch: Batch, inputs: torch.Tensor | None) -> Any:
-        """The work of one batch (``inputs``: its readable samples on the device, ``None`` if none): a part."""
-
-    def chunk(self, parts: list[Any]) -> tuple[Any, dict]:
-        """The parts of one chunk → ``(pyarrow Table, extra metadata)``."""
-
-    def finish(self, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict], execution: dict) -> Any:
-        """Rank 0, after every chunk is written: merge, write the manifest; the result is sent to every rank.
-        ``execution``: ``device``, ``world_size``, ``num_workers``, ``resumed_chunks``, ``started_at``."""
+    def identity(self) -> dict: ...
+    def probe(self, inputs: torch.Tensor, index: int) -> None: ...
+    def batch(self, batch: Batch, inputs: torch.Tensor | None) -> Any: ...
+    def chunk(self, parts: list[Any]) -> tuple[Any, dict]: ...
+    def finish(self, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict], execution: dict) -> Any: ...
 
 
 def default_chunk_size(batch_size: int) -> int:
@@ -192,18 +186,6 @@ def _peer_failure(out: Path, rank: int) -> str | None:
 
 def _work(task: Task, dataset: Any, folder: RunFolder, layout: ch.ChunkLayout, pending: list[int],
           device: torch.device, num_workers: int, progress: bool, ctx: DistContext) -> None:
-    try:
-        _compute(task, dataset, folder, layout, pending, device, num_workers, progress, ctx)
-    except PeerError:
-        raise
-    except BaseException as exc:
-        if ctx.active:
-            (folder.out / f"{_FLAG}{ctx.rank}").write_text(f"{type(exc).__name__}: {exc}", "utf-8")
-        raise
-
-
-def _compute(task: Task, dataset: Any, folder: RunFolder, layout: ch.ChunkLayout, pending: list[int],
-             device: torch.device, num_workers: int, progress: bool, ctx: DistContext) -> None:
     if not pending:
         return
     from tqdm import tqdm
@@ -237,10 +219,15 @@ def _compute(task: Task, dataset: Any, folder: RunFolder, layout: ch.ChunkLayout
                         "written_by": {"rank": ctx.rank, "world_size": ctx.world_size}}
                 ch.write_chunk(layout.path(folder.out, k), table, meta)
                 parts, failures, notes = [], [], []
-            if ctx.active:
-                peer = _peer_failure(folder.out, ctx.rank)
-                if peer is not None:
-                    raise PeerError(f"stopped: {peer}")
+            peer = _peer_failure(folder.out, ctx.rank) if ctx.active else None
+            if peer is not None:
+                raise PeerError(f"stopped: {peer}")
+    except PeerError:
+        raise
+    except BaseException as exc:  # tell the other ranks (they look after each batch), then fail here
+        if ctx.active:
+            (folder.out / f"{_FLAG}{ctx.rank}").write_text(f"{type(exc).__name__}: {exc}", "utf-8")
+        raise
     finally:
         bar.close()
 
