@@ -17,6 +17,9 @@ from torch import nn
 
 def build(num_classes=2):
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, num_classes))
+
+def build_mlp(num_classes=2):
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 8), nn.ReLU(), nn.Linear(8, num_classes))
 """
 
 

@@ -92,9 +92,16 @@ def test_score_refuses_a_replaced_image_or_new_weights(tmp_path, monkeypatch, ca
     changed = pd.read_parquet(out / "scores.parquet")
     assert (changed["softmax"] != fresh["softmax"]).sum() == 1  # the replaced image only
 
+    # the convolution kernel strategy changes the last bits, so it is part of the identity
+    from gradtrust.per_sample import CONV_STRATEGIES
+
+    with pytest.raises(RunConflictError, match=rf'options\.conv_strategy: "auto" → "{CONV_STRATEGIES[0]}"'):
+        score_dataset(model, open_dataset(str(data), model), out, options={"conv_strategy": CONV_STRATEGIES[0]},
+                      **kwargs)
+
     new_weights(weights)
     other = load_model(spec, str(weights), 2)
-    with pytest.raises(RunConflictError, match=r"model\.parameters_sha256.*model\.weights_sha256|model\.weights_sha256"):
+    with pytest.raises(RunConflictError, match=r"model\.weights_sha256: \"[0-9a-f]{64}\" → \"[0-9a-f]{64}\""):
         score_dataset(other, open_dataset(str(data), other), out, **kwargs)
 
 

@@ -54,6 +54,10 @@ KINDS = textwrap.dedent("""
         class_map = resolve_class_indices(dataset.classes, model.class_names, 2)
         feats = cached_features(model, dataset, class_map, out / "features", chunk_size=4, batch_size=2,
                                 progress=False)
+        # Detection's per-sample convolution norms pick their kernel by timing it in each process ("auto"), so
+        # two processes may differ in the last bits through a convolution: detection runs on an MLP.
+        torch.manual_seed(0)
+        model = load_model("runs_nets:build_mlp", None, 2)
         batch = [dataset[i] for i in range(len(dataset))]
         known = KnownData(torch.stack([s.input for s in batch]), torch.tensor([s.label for s in batch]))
         settings = DetectionSettings([Challenge("corruption", "gaussian_noise", 1)], detectors=("logistic",),

@@ -43,20 +43,17 @@ class RunFolder:
         self.run_id = sha256_of(self.identity)
         self.outputs = (MANIFEST_FILE, *outputs)
 
-    def read_run_file(self) -> dict | None:
-        """The ``run.json`` of the folder (``{}`` when unreadable, ``None`` when absent)."""
-        path = self.out / RUN_FILE
-        if not path.is_file():
-            return None
+    def read(self, name: str = RUN_FILE) -> dict | None:
+        """A JSON file of the folder (``{}`` when unreadable, ``None`` when absent)."""
         try:
-            value = json.loads(path.read_text("utf-8"))
+            value = json.loads((self.out / name).read_text("utf-8")) if (self.out / name).is_file() else None
         except (OSError, ValueError):
             return {}
-        return value if isinstance(value, dict) else {}
+        return value if isinstance(value, dict) or value is None else {}
 
     def differences(self) -> list[str] | None:
         """``None`` when the folder holds no run; else how its identity differs from this one (``[]``: same)."""
-        old = self.read_run_file()
+        old = self.read()
         if old is None:
             return None
         if old.get("identity_sha256") == self.run_id:
@@ -92,7 +89,7 @@ class RunFolder:
 
     def created_at(self) -> str | None:
         """When ``run.json`` was first written (``None`` when unknown)."""
-        return (self.read_run_file() or {}).get("created_at")
+        return (self.read() or {}).get("created_at")
 
     def write_manifest(self, body: dict[str, Any]) -> Path:
         """``manifest.json`` = ``{"kind", "format", "run_id", **body}``, written atomically."""
@@ -102,10 +99,4 @@ class RunFolder:
 
     def is_complete(self) -> bool:
         """True when the folder holds a finished run of exactly this identity (its manifest names it)."""
-        if self.differences() != []:
-            return False
-        try:
-            manifest = json.loads((self.out / MANIFEST_FILE).read_text("utf-8"))
-        except (OSError, ValueError):
-            return False
-        return manifest.get("run_id") == self.run_id
+        return self.differences() == [] and (self.read(MANIFEST_FILE) or {}).get("run_id") == self.run_id

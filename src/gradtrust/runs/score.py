@@ -323,8 +323,6 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
     batch_size = positive_int(batch_size, "batch_size")
     num_workers = positive_int(num_workers, "num_workers", 0)
     chunk_size = default_chunk_size(batch_size) if chunk_size is None else positive_int(chunk_size, "chunk_size")
-    if len(dataset) == 0:
-        raise DataError("the dataset holds no samples.")
     task = ScoreTask(model, dataset, methods, options, dataset_info)
     dev = resolve_device(device, model.device)
     if model.device != dev:
