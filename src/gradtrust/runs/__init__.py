@@ -2,14 +2,7 @@
 with ``kind`` and ``format``), chunks, ``torchrun`` sharding with failure broadcast, and the task protocol
 every dataset-scale command implements (:mod:`gradtrust.runs.task`).
 
->>> from gradtrust.models import load_model
->>> from gradtrust.data.open import open_dataset
->>> from gradtrust.runs import score_dataset
->>> model = load_model("digits:digits_cnn", "DEFAULT")
->>> summary = score_dataset(model, open_dataset("digits", model), "runs/cnn")   # doctest: +SKIP
->>> summary.scores_path, summary.accuracy                                         # doctest: +SKIP
-
-The command line is ``gradtrust score`` (:mod:`gradtrust.cli.score`).
+``score_dataset(model, dataset, out)`` scores a whole dataset (``gradtrust score``: :mod:`gradtrust.cli.score`).
 """
 
 from gradtrust.runs.folder import RUN_FILE, RunConflictError, RunFolder

@@ -13,6 +13,7 @@ what the task adds (a score run: methods, parameters, skipped methods). One file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -32,21 +33,9 @@ _TMP_MARK = ".tmp-"
 # --------------------------------------------------------------------------- atomic writes
 
 
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(binary file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
+    """Call ``write(binary file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``, fsync
+    the folder: ``path`` then holds the old bytes or the new ones, whatever kills the process."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -56,15 +45,18 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # platforms without directory handles
+        fd = os.open(str(path.parent), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
+    """``value`` as indented UTF-8 JSON, written with :func:`atomic_write`."""
     data = (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
     atomic_write(path, lambda handle: handle.write(data))
 
@@ -80,18 +72,12 @@ def remove_outputs(*paths: Path) -> None:
             path.unlink()
 
 
-def remove_temporary_files(folder: Path) -> int:
-    """Delete temporary files left by a killed writer (``.<name>.tmp-<pid>-<id>``); returns how many."""
-    removed = 0
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            if entry.name.startswith(".") and _TMP_MARK in entry.name:
-                try:
-                    entry.unlink()
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
+def remove_temporary_files(folder: Path) -> None:
+    """Delete temporary files left by a killed writer (``.<name>.tmp-<pid>-<id>``)."""
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.name.startswith(".") and _TMP_MARK in entry.name:
+            with contextlib.suppress(OSError):
+                entry.unlink()
 
 
 # --------------------------------------------------------------------------- layout
