@@ -142,10 +142,12 @@ def _detect_args(tmp_path, spec, weights, data, *extra):
 
 def test_detect_refuses_a_replaced_image(tmp_path, monkeypatch):
     spec, weights, data = setup(tmp_path, monkeypatch)
+    (data / "0" / "9-broken.png").write_bytes(b"not an image")
     first = _cli(*_detect_args(tmp_path, spec, weights, data))
     assert first.exit_code == 0, first.output
     manifest = json.loads((tmp_path / "det" / "manifest.json").read_text())
     assert manifest["kind"] == "detect"
+    assert [(f["path"].endswith("9-broken.png"), bool(f["reason"])) for f in manifest["failures"]] == [(True, True)]
     replace_image(data)
     refused = _cli(*_detect_args(tmp_path, spec, weights, data))
     assert refused.exit_code != 0 and "identity.data.content_sha256" in refused.output

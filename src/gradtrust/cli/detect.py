@@ -36,8 +36,9 @@ def _normalisation(transform: Any) -> tuple[list[float] | None, list[float] | No
     return None, None
 
 
-def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> tuple[Any, dict]:
-    """The known data and its identity (:func:`gradtrust.runs.identity.dataset_identity`: the files' content)."""
+def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> tuple[Any, dict, list]:
+    """The known data, its identity (:func:`gradtrust.runs.identity.dataset_identity`: the files' content) and
+    its unreadable files (``{"index", "path", "reason"}``)."""
     import numpy as np
 
     from gradtrust.data import collate_samples
@@ -59,7 +60,8 @@ def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> t
     from gradtrust.runs.identity import dataset_identity
 
     return KnownData(x=batch.inputs.float(), y=batch.labels, mean=mean, std=std,
-                     description=f"{data} ({len(batch)} samples)"), dataset_identity(dataset)
+                     description=f"{data} ({len(batch)} samples)"), dataset_identity(dataset), \
+        [{"index": int(i), "path": str(p), "reason": str(r)} for i, p, r in batch.failures]
 
 
 def run_detect(models: list[tuple[str, str | None]], data: str | None, challenges: str, out: str, *, eps: float,
@@ -88,7 +90,7 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded_models = [(spec, load_model(spec, weights=weights, device=device)) for spec, weights in models]
-    tables, figures = [], []
+    tables, figures, failures = [], [], []
     for spec, loaded in loaded_models:
         started = time.perf_counter()
         known_spec = data or ("digits:test" if spec.startswith("digits:") else None)
@@ -96,7 +98,8 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
             from gradtrust.errors import InputError
 
             raise InputError(f"--data is needed for {spec}: the known (trained-distribution) images.")
-        known, data_identity = _load_known(loaded, known_spec, max_samples, seed)
+        known, data_identity, unreadable = _load_known(loaded, known_spec, max_samples, seed)
+        failures += [f for f in unreadable if f not in failures]
         name = spec.split(":")[-1].replace(os.sep, "_")
         model_dir = out_dir / name
         identity = {"model": model_identity(loaded, loaded.describe()), "data": data_identity, "mean": known.mean,
@@ -134,7 +137,7 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
                 "models": [{"spec": s, "weights": w} for s, w in models], "data": data, "challenges": challenges,
                 "eps": eps, "seed": seed, "fit_fraction": fit_fraction, "max_samples": max_samples,
                 "detectors": detectors, "baselines": list(settings.baselines), "grouping": grouping,
-                "n_bootstrap": n_bootstrap, "command": " ".join(sys.argv)}
+                "n_bootstrap": n_bootstrap, "failures": failures, "command": " ".join(sys.argv)}
     atomic_write_json(out_dir / "manifest.json", manifest)
     echo(text)
     echo(f"\nWrote {out_dir / 'table.csv'}, {out_dir / 'detection.html'} and figures.")
