@@ -1,4 +1,4 @@
-"""Throughput of ``gradtrust.runner.score_dataset`` on a class-folder of synthetic JPEGs (images/s, end to end).
+"""Throughput of ``gradtrust.runs.score_dataset`` on a class-folder of synthetic JPEGs (images/s, end to end).
 
     python benchmarks/bench_runner.py                                   # 2,000 224×224 JPEGs, resnet18, CPU
     python benchmarks/bench_runner.py --n 200 --size 64 --workers 1     # a quick look on a small machine
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from gradtrust.data import collate_samples, load_imagenet_wnids
 from gradtrust.data.open import open_dataset
 from gradtrust.models import load_model
-from gradtrust.runner import score_dataset
+from gradtrust.runs import score_dataset
 
 FORWARD_GROUP = ["softmax", "entropy", "max_logit", "margin", "brier", "logit_margin", "energy", "doctor",
                  "maxlogit_pnorm", "gradtrust", "gradtrust_topk", "gradnorm"]

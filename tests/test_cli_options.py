@@ -323,7 +323,7 @@ def test_detect_an_own_model_over_mixed_sizes(own_model, folder, tmp_path):
 
 
 def test_interrupts_out_of_memory_and_peer_failures(monkeypatch):
-    from gradtrust.runner.run import PeerError
+    from gradtrust.runs.score import PeerError
 
     def raising(exc: BaseException) -> Command:
         def fail() -> None:

@@ -76,10 +76,11 @@ def test_cli_evaluates_only_held_out_samples_and_resumes(tmp_path, monkeypatch):
     assert ((table["auroc_low"] <= table["auroc"]) & (table["auroc"] <= table["auroc_high"])).all()
     # identify every row by (set, position) through the stored features; no evaluated row was fitted on
     rows = {}
-    for path in (out / "digits_mlp" / "sets").glob("*.parquet"):
+    for path in (out / "digits_mlp" / "sets").glob("*/set.parquet"):
         frame = pd.read_parquet(path)
         g = frame[[c for c in frame.columns if c.startswith("g:")]].to_numpy()
-        source = path.stem if path.stem.startswith("ood") else "image"  # derived sets share source images
+        stem = path.parent.name
+        source = stem if stem.startswith("ood") else "image"  # derived sets share source images
         for pos, row in zip(frame["position"], g, strict=True):
             rows[row.tobytes()] = (source, int(pos))
     fit_ids = {rows[r.tobytes()] for a in fitted for r in a}

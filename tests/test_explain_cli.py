@@ -80,7 +80,7 @@ def test_report_gallery_shows_most_and_least_trusted(tmp_path):
     from gradtrust.explanations.run import explain_dataset
     from gradtrust.reporting.explanations import gallery_figure
     from gradtrust.reporting.runs import load_run
-    from gradtrust.runner import score_dataset
+    from gradtrust.runs import score_dataset
 
     model = load_model("digits:digits_cnn", "DEFAULT")
     data = open_dataset("digits:test:blur:2", model)

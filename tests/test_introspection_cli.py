@@ -78,8 +78,8 @@ def test_fit_resumes_from_feature_chunks(tmp_path):
     args = ["fit", "--model", "digits:digits_linear", "--train", "digits:train", "--out", str(tmp_path / "h"),
             "--epochs", "2", "--hidden", "8", "--chunk-size", "300", "--no-progress"]
     assert _invoke(*args).exit_code == 0
-    chunks = sorted((tmp_path / "h" / "features").glob("features-*.npz"))
-    assert [c.name for c in chunks] == ["features-000000000.npz", "features-000000300.npz", "features-000000600.npz"]
+    chunks = sorted((tmp_path / "h" / "features" / "chunks").glob("chunk-*.parquet"))
+    assert [c.name for c in chunks] == ["chunk-000000000.parquet", "chunk-000000300.parquet", "chunk-000000600.parquet"]
     first = (tmp_path / "h" / "weights.safetensors").read_bytes()
     chunks[1].unlink()  # as if the fit had been killed while computing the second chunk
     again = _invoke(*args)
@@ -88,7 +88,7 @@ def test_fit_resumes_from_feature_chunks(tmp_path):
     # another training setting of the cache (chunk size) starts the features afresh
     other = _invoke(*args[:-3], "--chunk-size", "500", "--no-progress")
     assert other.exit_code == 0 and "resumed" not in other.output
-    assert len(list((tmp_path / "h" / "features").glob("features-*.npz"))) == 2
+    assert len(list((tmp_path / "h" / "features" / "chunks").glob("chunk-*.parquet"))) == 2
 
 
 def test_fit_refuses_a_train_set_with_other_classes(tmp_path):

@@ -273,7 +273,7 @@ def test_output_index_cli(tmp_path):
 
 def test_decompression_bomb_warning_is_recorded_not_printed(tmp_path, images, monkeypatch):
     from gradtrust.data.images import ImageFolderDataset
-    from gradtrust.runner.run import score_dataset
+    from gradtrust.runs.score import score_dataset
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # PIL warns above 200 px (and refuses above 400)
     loaded = load_model(tiny_cnn(), preprocessing={"input_size": 8})
@@ -292,7 +292,7 @@ def test_decompression_bomb_warning_is_recorded_not_printed(tmp_path, images, mo
 def test_topk_clamping_is_stated(tmp_path, images, capsys):
     from gradtrust.cli.score import _echo_notes
     from gradtrust.data.images import ImageFolderDataset
-    from gradtrust.runner.run import score_dataset
+    from gradtrust.runs.score import score_dataset
 
     loaded = load_model(tiny_cnn(), preprocessing={"input_size": 8})  # 2 classes: at most 1 counterfactual
     summary = score_dataset(loaded, ImageFolderDataset(images, loaded.transform), tmp_path / "t",

@@ -287,7 +287,7 @@ def test_registry_state_is_clean_after_plugin_tests():
 def test_installing_a_plugin_does_not_change_an_existing_runs_identity(tmp_path, monkeypatch):
     from gradtrust import load_model
     from gradtrust.data.open import open_dataset
-    from gradtrust.runner import score_dataset
+    from gradtrust.runs import score_dataset
 
     loaded = load_model("digits:digits_tiny", "DEFAULT")
     data = open_dataset("digits:test", loaded)

@@ -14,7 +14,7 @@ from gradtrust.models import load_model
 from gradtrust.reporting import build_report
 from gradtrust.reporting.calibration import calibration_row, run_logits
 from gradtrust.reporting.runs import load_run
-from gradtrust.runner import LOGITS_FILE, score_dataset
+from gradtrust.runs import LOGITS_FILE, score_dataset
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def test_report_calibration_section_and_old_runs(scored, tmp_path):
 
 
 def test_logits_file_skipped_when_a_resumed_chunk_has_none(scored, tmp_path):
-    from gradtrust.runner import chunks as ch
-    from gradtrust.runner.finish import write_logits
+    from gradtrust.runs import chunks as ch
+    from gradtrust.runs.score import write_logits
 
     _, _, out = scored
     layout = ch.ChunkLayout(901, 512, 256)

@@ -25,8 +25,8 @@ from gradtrust.data import Sample
 from gradtrust.data.open import describe_dataset, open_dataset, parse_digits_spec
 from gradtrust.errors import DataError
 from gradtrust.models import load_model
-from gradtrust.runner import RunConflictError, default_chunk_size, score_dataset
-from gradtrust.runner.chunks import ChunkBatchSampler, ChunkLayout, read_chunk_meta
+from gradtrust.runs import RunConflictError, default_chunk_size, score_dataset
+from gradtrust.runs.chunks import ChunkBatchSampler, ChunkLayout, read_chunk_meta
 
 
 def run_cli(*args: str):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch.distributed as dist
 
-from gradtrust.runner.chunks import read_chunk_meta
+from gradtrust.runs.chunks import read_chunk_meta
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")

@@ -1,4 +1,4 @@
-"""The GradCON run folder, stated once: what ``gradtrust gradcon score`` writes (:mod:`gradtrust.gradcon.runs`)
+"""The GradCON run folder, stated once: what ``gradtrust gradcon score`` writes (:mod:`gradtrust.gradcon.scoring`)
 and ``gradtrust report`` reads (:mod:`gradtrust.reporting.anomaly`), without torch.
 
 ::

@@ -10,8 +10,9 @@ Layout of ``--out`` (default ``gradtrust-benchmark``)::
                                  benchmark.json = the request that produced it)
     <out>/report/                the report (index.html, table.md, …; see docs/reporting.md)
 
-A run whose folder already holds a complete run of the same request (model, weights, data, labels,
-methods, batch size) is skipped without loading its model; an interrupted one is resumed by the runner.
+A run whose folder already holds a complete run of the same identity (the model's weights, the data files'
+content, methods, options, batch size: :mod:`gradtrust.runs.identity`, checked again each time) is skipped;
+an interrupted one is resumed by the run engine.
 A (model, data) pair that cannot be scored (unknown model, missing weights, data the model cannot read…)
 is reported and skipped; the report covers the rest, and the exit code is then 1.
 """
@@ -116,20 +117,32 @@ def plan_jobs(models, data, out: Path, *, weights: str | None = None, labels: st
     return jobs
 
 
-def is_complete(job: BenchmarkJob) -> bool:
-    """True when the job's folder holds a finished run of exactly this request (nothing to do)."""
+def is_complete(job: BenchmarkJob, model: Any = None, dataset: Any = None) -> bool:
+    """True when the job's folder holds a finished run of exactly this identity — the one the run engine
+    would compute now, from the model's weights and the data files' content — so there is nothing to do.
+    ``model`` and ``dataset`` are loaded (on the CPU) when not given."""
+    from gradtrust.runs.score import ScoreTask
+    from gradtrust.runs.task import task_folder
+
+    if model is None:
+        import torch
+
+        from gradtrust.models import load_model
+
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = load_model(job.model, job.weights)
+    if dataset is None:
+        from gradtrust.data.open import open_dataset
+
+        dataset = open_dataset(job.data, model, job.labels)
     d = job.out_dir
+    folder = task_folder(ScoreTask(model, dataset, job.request["methods"]), d, job.request["batch_size"])
+    if not folder.is_complete() or not (d / "scores.parquet").is_file():
+        return False
     try:
-        request = json.loads((d / REQUEST_FILE).read_text("utf-8"))
-        manifest = json.loads((d / "manifest.json").read_text("utf-8"))
-        run = json.loads((d / "run.json").read_text("utf-8"))
+        counts = json.loads((d / "manifest.json").read_text("utf-8")).get("counts") or {}
     except (OSError, ValueError):
         return False
-    if request != job.request or not (d / "scores.parquet").is_file():
-        return False
-    if manifest.get("run_id") != run.get("identity_sha256"):
-        return False
-    counts = manifest.get("counts") or {}
     try:
         return int(counts["scored"]) + int(counts["failed"]) == int(counts["samples"])
     except (KeyError, TypeError, ValueError):
@@ -155,17 +168,13 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: in
     total = len(jobs)
     for k, job in enumerate(jobs, 1):
         prefix = f"[{k}/{total}] {job.name}"
-        if not force and is_complete(job):
-            outcomes.append(JobOutcome(job, "skipped", "already complete"))
-            echo(f"{prefix}: skipped (already complete in {job.out_dir})")
-            continue
         t0 = time.perf_counter()
         try:
             import torch
 
             from gradtrust.data.open import open_dataset
             from gradtrust.models import load_model
-            from gradtrust.runner import score_dataset
+            from gradtrust.runs import score_dataset
 
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
             key = (job.model, job.weights, dev)
@@ -175,6 +184,10 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: in
                 models[key] = load_model(job.model, job.weights, device=dev)
             model = models[key]
             dataset = open_dataset(job.data, model, job.labels)
+            if not force and is_complete(job, model, dataset):
+                outcomes.append(JobOutcome(job, "skipped", "already complete"))
+                echo(f"{prefix}: skipped (already complete in {job.out_dir})")
+                continue
             summary = score_dataset(model, dataset, job.out_dir, methods=job.request["methods"],
                                     batch_size=job.request["batch_size"], num_workers=workers, device=dev,
                                     force=force, progress=sys.stderr.isatty())

@@ -14,7 +14,7 @@ column                      type       meaning
 ``nan_reason_<method>``     string     why the value is NaN ("" where defined); only for methods with NaNs
 ==========================  =========  ===================================================================
 
-The runner writes it (:mod:`gradtrust.runner`), the evaluation reads it (:func:`gradtrust.evaluation.
+The runner writes it (:mod:`gradtrust.runs`), the evaluation reads it (:func:`gradtrust.evaluation.
 evaluate_frame`), the report reads it (:mod:`gradtrust.reporting.runs`). Importing this module needs
 nothing beyond the standard library; :func:`read_results` imports pandas, :func:`arrow_schema` pyarrow.
 """

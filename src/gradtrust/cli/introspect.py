@@ -48,9 +48,9 @@ def introspect_command() -> None:
               help="Training samples per resumable feature chunk (DIR/features/).")
 @shared("out_dir", required=True)
 @shared("batch_size", default=128)
-@shared("seed", "device", "workers", "no_progress")
+@shared("seed", "device", "workers", "force", "no_progress")
 def fit_command(model_spec, weights, num_classes, load_options, data, labels, hidden, epochs, lr, layer, chunk_size,
-                out_dir, batch_size, seed, device, workers, no_progress) -> None:
+                out_dir, batch_size, seed, device, workers, force, no_progress) -> None:
     """Fit H on the introspective features of f on a training set (--data: DIR or digits:train).
 
     The features are written to DIR/features/ in atomic chunks first: an interrupted fit run again with
@@ -65,6 +65,9 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
     from gradtrust.introspection.cache import cached_features
     from gradtrust.introspection.introspective import Introspective
     from gradtrust.models import file_sha256, load_model
+    from gradtrust.runs.folder import RunFolder
+    from gradtrust.runs.identity import dataset_identity, model_identity
+    from gradtrust.runs.task import env_rank
 
     if data is None:
         raise InputError("--data is required: the training data (a class-folder DIR, or digits:train).")
@@ -79,13 +82,15 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
         raise InputError(f"the number of outputs of {model.spec} is unknown; pass --num-classes.")
     class_map = resolve_class_indices(dataset.classes, model.class_names, model.num_classes)
     out = Path(out_dir)
-    identity = {"model": {"spec": model.spec, "weights_sha256": model.weights_sha256,
-                          "num_classes": model.num_classes,
-                          **({"preprocessing": model.meta["preprocessing"]} if "preprocessing" in load_options
-                             else {})},
-                "dataset": describe_dataset(dataset)}
-    feats = cached_features(model.module, dataset, class_map, out / "features", identity=identity, layer=layer,
-                            chunk_size=chunk_size, num_workers=workers, progress=not no_progress)
+    fit = RunFolder(out, "introspect", "gradtrust.introspective/1",
+                    {"model": model_identity(model, model.describe()), "train": dataset_identity(dataset),
+                     "settings": {"hidden": hidden, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                                  "seed": seed, "layer": layer}},
+                    outputs=("features", WEIGHTS_FILE, CONFIG_FILE))
+    if env_rank() == 0:
+        fit.claim(force)
+    feats = cached_features(model, dataset, class_map, out / "features", layer=layer, chunk_size=chunk_size,
+                            num_workers=workers, progress=not no_progress)
     if feats["resumed_chunks"]:
         click.echo(f"resumed: {feats['resumed_chunks']} chunk(s) of features read from {out / 'features'}")
     intro = Introspective(hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
@@ -98,7 +103,9 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
                        "num_classes": model.num_classes, "class_names": list(model.class_names),
                        **({"load_options": saved_options} if saved_options else {})},
              "train": describe_dataset(dataset)}
-    intro.save(out, extra)
+    if env_rank() != 0:  # under torchrun every rank fits the same H; rank 0 writes it
+        return
+    intro.save(out, extra, overwrite=force)
     info = intro.info_
     click.echo(f"H fitted on {info['train_samples']} samples ({info['num_classes']} classes x "
                f"{info['num_features']} features at layer {info['layer']!r}, "
@@ -129,7 +136,7 @@ def write_introspection_table(out: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gradtrust.runner import chunks as ch
+    from gradtrust.runs import chunks as ch
 
     ff = pq.read_table(out / "feed_forward" / "scores.parquet")
     it = pq.read_table(out / "introspective" / "scores.parquet")
@@ -171,7 +178,7 @@ def score_command(folder, data, labels, methods, out_dir, force, batch_size, wor
     from gradtrust.data.open import open_dataset
     from gradtrust.introspection.introspective import Introspective
     from gradtrust.models import load_model
-    from gradtrust.runner.run import score_dataset
+    from gradtrust.runs.score import score_dataset
 
     folder = Path(folder)
     intro = Introspective.load(folder)

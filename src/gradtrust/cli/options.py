@@ -170,10 +170,10 @@ def model_options(*, required: bool = False, multiple: bool = False) -> Callable
 
 def device_of(device: str | None) -> Any:
     """``--device`` as a ``torch.device``: the one default everywhere is CUDA (the current device) when it is
-    available, else the CPU; under torchrun ``cuda:LOCAL_RANK`` (:func:`gradtrust.runner.distributed.resolve_device`)."""
+    available, else the CPU; under torchrun ``cuda:LOCAL_RANK`` (:func:`gradtrust.runs.distributed.resolve_device`)."""
     import torch
 
-    from gradtrust.runner.distributed import resolve_device
+    from gradtrust.runs.distributed import resolve_device
 
     default = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return resolve_device(device, default)

@@ -174,8 +174,8 @@ def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch
 
     from gradtrust.data.open import open_dataset
     from gradtrust.models import available_digits_models, load_model
-    from gradtrust.runner.distributed import distributed_session
-    from gradtrust.runner.run import check_score_options, score_dataset
+    from gradtrust.runs.distributed import distributed_session
+    from gradtrust.runs.score import check_score_options, score_dataset
     from gradtrust.scores.engine import resolve_methods
 
     # Everything that can be checked cheaply is checked before a model is built.

@@ -17,9 +17,7 @@ an interrupted run resumes where it stopped).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +46,7 @@ __all__ = ["DEFAULT_BASELINES", "DetectionResult", "DetectionSettings", "KnownDa
 #: (registry order), plus Mahalanobis.
 DEFAULT_BASELINES = (*(spec.name for spec in method_specs() if "detection_baseline" in spec.tags), "mahalanobis")
 FORMAT_VERSION = 1
+SET_FILE = "set.parquet"
 
 
 class SplitError(AssertionError):
@@ -130,8 +129,7 @@ def _penultimate_and_logits(module: nn.Module, x: torch.Tensor) -> tuple[np.ndar
     return penultimate.double().cpu().numpy(), logits.double().cpu().numpy()
 
 
-def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings,
-                progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings) -> dict[str, np.ndarray]:
     """Per-sample gradient features, penultimate features, logits and scalar scores of one set (batched)."""
     scalar = [b for b in settings.baselines if b != "mahalanobis"]
     parts: dict[str, list[np.ndarray]] = {}
@@ -149,8 +147,6 @@ def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings,
                 values[f"score.{name}"] = np.asarray(result[name], dtype=np.float64)
         for key, value in values.items():
             parts.setdefault(key, []).append(value)
-        if progress is not None:
-            progress(xb.shape[0])
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -174,15 +170,50 @@ def _purview_from_features(grad: np.ndarray, scalar: list[str], settings: Detect
     return out
 
 
-def _frame(values: dict[str, np.ndarray], columns: list[str], fit: np.ndarray, labels: np.ndarray) -> Any:
-    import pandas as pd
+class DetectSet:
+    """One set's per-sample features (:func:`compute_set` per batch) as a :class:`gradtrust.runs.Task`: run in
+    resumable chunks into ``sets/<set>/`` and merged into ``sets/<set>/set.parquet`` (``position``, ``fit``,
+    ``label``, ``g:<tensor>``, ``h:<i>``, ``z:<i>`` and ``score.<method>`` columns)."""
 
-    data: dict[str, Any] = {"position": np.arange(len(fit)), "fit": fit, "label": labels}
-    data.update({f"g:{c}": values["grad"][:, i] for i, c in enumerate(columns)})
-    data.update({f"h:{i}": values["pen"][:, i] for i in range(values["pen"].shape[1])})
-    data.update({f"z:{i}": values["logits"][:, i] for i in range(values["logits"].shape[1])})
-    data.update({k: v for k, v in values.items() if k.startswith("score.")})
-    return pd.DataFrame(data)
+    kind, format, verb, desc = "detect", f"gradtrust.detect-set/{FORMAT_VERSION}", "computed", "detect"
+    outputs: tuple[str, ...] = (SET_FILE,)
+
+    def __init__(self, module: nn.Module, settings: DetectionSettings, identity: dict, columns: list[str],
+                 fit: np.ndarray, labels: np.ndarray) -> None:
+        self.module, self.settings, self._identity = module, settings, identity
+        self.columns, self.fit, self.labels = columns, fit, labels
+
+    def identity(self) -> dict:
+        return self._identity
+
+    def probe(self, inputs: torch.Tensor, index: int) -> None:
+        """Nothing to check on one sample: the model was checked before the sets are made."""
+
+    def batch(self, batch: Any, inputs: torch.Tensor | None) -> dict[str, np.ndarray]:
+        assert inputs is not None  # in-memory sets have no unreadable sample
+        return compute_set(self.module, inputs, self.settings)
+
+    def chunk(self, parts: list[dict[str, np.ndarray]]) -> tuple[Any, dict]:
+        import pyarrow as pa
+
+        values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        data = {f"g:{c}": values["grad"][:, i] for i, c in enumerate(self.columns)}
+        data.update({f"h:{i}": column for i, column in enumerate(values["pen"].T)})
+        data.update({f"z:{i}": column for i, column in enumerate(values["logits"].T)})
+        data.update({k: v for k, v in values.items() if k.startswith("score.")})
+        return pa.table(data), {}
+
+    def finish(self, folder: Any, layout: Any, metas: list[dict], execution: dict) -> None:
+        import pyarrow as pa
+
+        from gradtrust.runs import chunks as ch
+
+        table = pa.concat_tables([ch.read_chunk_table(layout.path(folder.out, k)).replace_schema_metadata(None)
+                                  for k in range(layout.num_chunks)])
+        for i, (name, column) in enumerate((("position", np.arange(len(self.fit))), ("fit", self.fit),
+                                            ("label", self.labels))):
+            table = table.add_column(i, name, pa.array(column))
+        ch.write_chunk(folder.out / SET_FILE, table, {"run": folder.run_id})
 
 
 def _unframe(frame: Any) -> dict[str, np.ndarray]:
@@ -238,20 +269,24 @@ def _load_folder(path: str, loaded: Any, limit: int | None) -> torch.Tensor:
 
 
 def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, out: str | os.PathLike,
-                  identity: dict[str, Any] | None = None, show_progress: bool = True) -> DetectionResult:
-    """Run the whole experiment for one model; write ``out/sets/*.parquet``; return a :class:`DetectionResult`.
+                  identity: dict[str, Any] | None = None, show_progress: bool = True, force: bool = False,
+                  echo: Callable[[str], None] | None = None, chunk_size: int | None = None) -> DetectionResult:
+    """Run the whole experiment for one model; write ``out/sets/<set>/``; return a :class:`DetectionResult`.
+
+    Each set is a run of the one run engine (:func:`gradtrust.runs.task.run_task`: resumable chunks, a set
+    computed with other settings refused unless ``force``, shared between ``torchrun`` processes).
 
     Its table (a pandas DataFrame) has one row per (challenge, method): ``challenge``, ``group``,
     ``level``, ``method``, ``kind`` ("detector" or "baseline"), ``auroc``, ``fpr_at_95tpr``,
     ``detection_error`` (each with ``_low``/``_high`` 95% bootstrap bounds), ``n_known``, ``n_challenge``.
     """
     import pandas as pd
-    import pyarrow as pa
     import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
 
-    from gradtrust.runner.chunks import META_KEY, atomic_write, read_chunk_meta
-    from gradtrust.runner.identity import sha256_of
+    from gradtrust.nn.model import device_of
+    from gradtrust.runs.chunks import read_chunk_meta
+    from gradtrust.runs.folder import RunFolder
+    from gradtrust.runs.task import TensorSamples, run_task
 
     settings.validate()
     module = as_module(loaded)
@@ -260,7 +295,7 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
     out_dir = Path(out)
     (out_dir / "sets").mkdir(parents=True, exist_ok=True)
     columns = feature_layout(module, grouping=settings.grouping).columns
-    base_identity = {"format": FORMAT_VERSION, "settings": {k: v for k, v in asdict(settings).items()
+    base_identity = {"settings": {k: v for k, v in asdict(settings).items()
                                                             if k not in ("challenges", "n_bootstrap", "detectors")},
                      "identity": identity or {}, "known": known.description, "n_known": int(known.x.shape[0])}
     known_fit = split_positions(known.x.shape[0], settings.fit_fraction, settings.seed)
@@ -280,15 +315,13 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
                   for item in settings.challenges if item.kind == "ood"}
 
     sets: dict[str, dict[str, np.ndarray]] = {}
-    total = known.x.shape[0] * (1 + len(settings.challenges))
-    bar = tqdm(total=total, desc="detect", unit="img", disable=not show_progress, leave=False)
     for stream, ch in enumerate([None, *settings.challenges]):
         key = "known" if ch is None else ch.key
-        meta = {"identity": sha256_of({**base_identity, "set": key}), "set": key}
-        path = out_dir / "sets" / f"{_file_name(key)}.parquet"
-        if read_chunk_meta(path) == meta:  # computed by an earlier run with the same identity
-            sets[key] = _unframe(pq.read_table(path).to_pandas())
-            bar.update(len(sets[key]["fit"]))
+        folder = RunFolder(out_dir / "sets" / _file_name(key), DetectSet.kind, DetectSet.format,
+                           {**base_identity, "set": key})
+        path = folder.out / SET_FILE
+        if folder.differences() == [] and (read_chunk_meta(path) or {}).get("run") == folder.run_id:
+            sets[key] = _unframe(pq.read_table(path).to_pandas())  # computed by an earlier run
             continue
         if ch is None:
             x, fit, labels = known.x, known_fit, known_labels
@@ -300,13 +333,10 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
             else:
                 fit = split_positions(x.shape[0], settings.fit_fraction, settings.seed, stream=stream)
                 labels = np.full(x.shape[0], -1, dtype=np.int64)
-        values = compute_set(module, x, settings, progress=bar.update)
-        frame = _frame(values, columns, fit, labels)
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-        atomic_write(path, functools.partial(pq.write_table, table))
-        sets[key] = _unframe(frame)
-    bar.close()
+        task = DetectSet(module, settings, {**base_identity, "set": key}, columns, fit, labels)
+        run_task(task, TensorSamples(x.detach().cpu()), folder.out, batch_size=settings.batch_size,
+                 chunk_size=chunk_size, device=device_of(module), force=force, progress=show_progress, echo=echo)
+        sets[key] = _unframe(pq.read_table(path).to_pandas())
 
     rows = []
     known_set = sets["known"]

@@ -101,7 +101,7 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
     from gradtrust.gradcon.data import load_labelled
     from gradtrust.gradcon.estimator import GradCON
     from gradtrust.gradcon.scoring import score_to_run
-    from gradtrust.runner.chunks import atomic_write, atomic_write_json
+    from gradtrust.runs.chunks import atomic_write, atomic_write_json
 
     say = echo or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
             det.save(out / "models" / method / f"class_{c}", metadata={
                 "inlier": {"label": c, "name": test.classes[c]}, "data": "digits:train", "grayscale": False})
             run_dir = out / "runs" / method / f"class_{c}"
-            score_to_run(det, test, c, run_dir, model_source=str(out / "models" / method / f"class_{c}"),
+            score_to_run(det, test, c, run_dir, model_source=str(out / "models" / method / f"class_{c}"), force=True,
                          resamples=resamples, seed=seed)
             runs.append(run_dir)
             frame = pd.read_parquet(run_dir / "anomaly_scores.parquet")

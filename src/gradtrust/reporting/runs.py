@@ -1,7 +1,7 @@
 """Loading and validating score runs (``scores.parquet`` + ``manifest.json``) for the report.
 
 A *run* is one scored (model, dataset) pair: a folder holding ``scores.parquet`` and ``manifest.json``
-(what :func:`gradtrust.runner.score_dataset` writes), or a bare parquet file (its manifest is read from a
+(what :func:`gradtrust.runs.score_dataset` writes), or a bare parquet file (its manifest is read from a
 ``manifest.json`` beside it when there is one). Everything here is tolerant: a file that cannot be read
 becomes a :class:`LoadProblem` naming the file and the reason, never an exception, so one bad input never
 stops the rest of a report.

@@ -6,15 +6,14 @@ The dataset positions ``0 … N−1`` are cut into fixed ranges of ``chunk_size`
 fsync'ed and renamed over the final name (``os.replace``, atomic on POSIX), so a chunk file is either
 absent or complete, whatever kills the process.
 
-Besides the rows of the samples that were scored (the columns of ``scores.parquet``), a chunk file carries
-in its Parquet key-value metadata (key ``gradtrust``) a JSON object: the run's identity hash, the range,
-the **failures** of the range (``[index, path, reason]`` of every sample that could not be read), the
-methods scored, their parameters, the methods skipped with their reasons and ``ScoreResult.info``.
-One file holds all of it, so there is no second file to keep consistent.
+Besides the task's rows, a chunk file carries in its Parquet key-value metadata (key ``gradtrust``) a JSON
+object: the run's identity hash, the range, the **failures** of the range (``[index, path, reason]``) and
+what the task adds (a score run: methods, parameters, skipped methods). One file holds all of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -26,32 +25,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gradtrust import schema
-
 META_KEY = b"gradtrust"
 CHUNK_DIR = "chunks"
-BASE_COLUMNS = schema.BASE_COLUMNS
 _TMP_MARK = ".tmp-"
 
 
 # --------------------------------------------------------------------------- atomic writes
 
 
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(binary file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
+    """Call ``write(binary file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``, fsync
+    the folder: ``path`` then holds the old bytes or the new ones, whatever kills the process."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -61,15 +45,18 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # platforms without directory handles
+        fd = os.open(str(path.parent), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
+    """``value`` as indented UTF-8 JSON, written with :func:`atomic_write`."""
     data = (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
     atomic_write(path, lambda handle: handle.write(data))
 
@@ -85,18 +72,12 @@ def remove_outputs(*paths: Path) -> None:
             path.unlink()
 
 
-def remove_temporary_files(folder: Path) -> int:
-    """Delete temporary files left by a killed writer (``.<name>.tmp-<pid>-<id>``); returns how many."""
-    removed = 0
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            if entry.name.startswith(".") and _TMP_MARK in entry.name:
-                try:
-                    entry.unlink()
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
+def remove_temporary_files(folder: Path) -> None:
+    """Delete temporary files left by a killed writer (``.<name>.tmp-<pid>-<id>``)."""
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.name.startswith(".") and _TMP_MARK in entry.name:
+            with contextlib.suppress(OSError):
+                entry.unlink()
 
 
 # --------------------------------------------------------------------------- layout
@@ -156,8 +137,8 @@ class ChunkBatchSampler:
 # --------------------------------------------------------------------------- chunk files
 
 
-def write_chunk(path: Path, columns: dict[str, Any], schema: pa.Schema, meta: dict) -> None:
-    table = pa.table(columns, schema=schema)
+def write_chunk(path: Path, table: pa.Table, meta: dict) -> None:
+    """Write ``table`` with ``meta`` (JSON, key ``gradtrust``) as a zstd Parquet file, atomically."""
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
     atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
 

@@ -1,20 +1,12 @@
-"""``torch.distributed`` for the runner: one process per device, chunks shared round-robin.
+"""``torch.distributed`` for the run engine: one process per device, chunks shared round-robin.
 
-Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the runner initialises the default
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the engine initialises the default
 process group (``gloo`` on CPU, ``nccl`` on CUDA, device ``cuda:LOCAL_RANK``), unless the caller already
 did; it destroys only a group it created. Collectives carry only small Python objects (statuses, counts,
 the summary): the scores themselves go through the shared output folder, which every process must see
 (a local disk on one machine; a shared file system across machines).
 
-One machine, 4 GPUs::
-
-    torchrun --nproc_per_node 4 -m gradtrust score --model torchvision:resnet50 --weights DEFAULT \\
-        --data /data/imagenet/val --labels LOC_val_solution.csv --out runs/resnet50
-
-Two machines (run on each; ``--out`` on a shared file system)::
-
-    torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
-        --rdzv-id gradtrust-r50 -m gradtrust score … --out /shared/runs/resnet50
+Launching on one or several machines: README, "Several GPUs, several machines".
 """
 
 from __future__ import annotations
@@ -84,16 +76,6 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank."""
-        if not self.active:
-            return value
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def all_gather(self, value: Any) -> list[Any]:
         if not self.active:
             return [value]
@@ -102,12 +84,6 @@ class DistContext:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, value)
         return out
-
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.barrier()
 
 
 @contextlib.contextmanager
