@@ -226,8 +226,8 @@ def test_explain_introspect_detect_gradcon_resume_equal_to_uninterrupted(tmp_pat
     _drop_last_chunk(tmp_path / "h-resumed" / "features")
     again = _cli(*fit, "--out", str(tmp_path / "h-resumed"))
     assert again.exit_code == 0 and "resumed: 1 chunk(s)" in again.output
-    assert (tmp_path / "h-whole" / "introspective.safetensors").read_bytes() == \
-        (tmp_path / "h-resumed" / "introspective.safetensors").read_bytes()
+    assert (tmp_path / "h-whole" / "weights.safetensors").read_bytes() == \
+        (tmp_path / "h-resumed" / "weights.safetensors").read_bytes()
 
     det_whole, det_resumed = tmp_path / "det-whole", tmp_path / "det-resumed"
     for out in (det_whole, det_resumed):
