@@ -1,13 +1,5 @@
-"""The report's figures (PNG, drawn with matplotlib's Agg canvas; pyplot's global state is never touched).
-
-* :func:`curves_figure`: accuracy (or macro F1) vs. percentile, one panel per run, one line per method,
-  with the random and oracle references on the accuracy panels.
-* :func:`scatter_figure`: the paper's concept figure: GradTrust on x, softmax on y, one point per sample,
-  green = correct, red = wrong, split at the medians with the wrong predictions counted per quadrant.
-* :func:`qualitative_figure`: wrong predictions with a high softmax (top quartile of the run's softmax),
-  in ascending GradTrust (the lowest first), each with its predicted (red) and true (blue) class name.
-  Images come from the stored paths (PIL) or, for the built-in digits (``digits/<split>/<tag>/<index>``),
-  from the digits arrays with the corruption settings of the run's manifest.
+"""The report's figures (PNG, drawn with matplotlib's Agg canvas; pyplot's global state is never touched):
+the curves, the concept scatter and the qualitative grid of each run.
 """
 
 from __future__ import annotations
@@ -66,9 +58,6 @@ def method_style(method: str) -> dict[str, Any]:
     others = [m for m in known_methods() if m not in ("gradtrust", "gradtrust_topk")]
     k = others.index(method) if method in others else len(others) + (hash(method) % 6)
     return {"color": cmap(k % 20), "linewidth": 1.2, "zorder": 3}
-
-
-# ------------------------------------------------------------------------------------------- curves
 
 
 def curves_figure(results: Sequence[RunResult], path: Path, kind: str = "accuracy") -> Path:
@@ -133,9 +122,6 @@ def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
     fig.set_size_inches(width, 2.9 * nrows + extra + 0.5, forward=False)
     fit_canvas(fig, relayout)
     return fig
-
-
-# ------------------------------------------------------------------------------------------ scatter
 
 
 @dataclass
@@ -209,9 +195,6 @@ def scatter_figure(result: RunResult, path: Path, x_method: str = "gradtrust",
     fig.tight_layout()
     save_png(fig, path)
     return quad
-
-
-# -------------------------------------------------------------------------------------- qualitative
 
 
 class DigitsCache:
