@@ -4,28 +4,7 @@ run folders without re-running a network. :func:`build_report` is what ``gradtru
 """
 
 from gradtrust.reporting.report import build_report
-from gradtrust.reporting.results import (
-    Group,
-    Report,
-    RunResult,
-    Summary,
-    evaluate_run,
-    group_runs,
-    summarise,
-)
-from gradtrust.reporting.runs import LoadProblem, Run, load_run, load_runs
+from gradtrust.reporting.results import Report
+from gradtrust.reporting.runs import load_run
 
-__all__ = [
-    "Group",
-    "LoadProblem",
-    "Report",
-    "Run",
-    "RunResult",
-    "Summary",
-    "build_report",
-    "evaluate_run",
-    "group_runs",
-    "load_run",
-    "load_runs",
-    "summarise",
-]
+__all__ = ["Report", "build_report", "load_run"]

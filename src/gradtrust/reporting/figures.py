@@ -20,7 +20,7 @@ from gradtrust.reporting.layout import fit_canvas
 from gradtrust.reporting.results import RunResult
 from gradtrust.reporting.runs import Run
 
-__all__ = ["Quadrants", "curves_figure", "load_sample_image", "qualitative_figure", "scatter_figure"]
+__all__ = ["Quadrants", "draw_curves", "load_sample_image", "qualitative_figure", "scatter_figure"]
 
 _DPI = 110
 _DIGITS_PATH = re.compile(r"^digits/(train|test)/([A-Za-z_]+)/(\d+)$")
@@ -60,13 +60,9 @@ def method_style(method: str) -> dict[str, Any]:
     return {"color": cmap(k % 20), "linewidth": 1.2, "zorder": 3}
 
 
-def curves_figure(results: Sequence[RunResult], path: Path, kind: str = "accuracy") -> Path:
-    """Accuracy (``kind="accuracy"``) or macro-F1 (``kind="f1"``) vs. percentile: one panel per run."""
-    return save_png(draw_curves(results, kind), path)
-
-
 def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
-    """The figure of :func:`curves_figure`, sized from its content (legend and title included)."""
+    """Accuracy (``kind="accuracy"``) or macro-F1 (``kind="f1"``) vs. percentile, one panel per run: the figure,
+    sized from its content (legend and title included)."""
     if kind not in ("accuracy", "f1"):
         raise UnknownNameError(f"kind must be 'accuracy' or 'f1', got {kind!r}")
     n = len(results)

@@ -1,11 +1,5 @@
-"""Which run folders the report's inputs hold, of which kind, and the registry of the sections that render them.
-
-A run folder's kind is its manifest's ``"kind"`` (``score``, ``explain``, ``detect``, ``introspect``,
-``gradcon``) when its data file (:data:`DATA_FILES`) is there. Folders written before manifests carried a kind
-are recognised by that data file alone (the fallback; a detection folder by ``table.csv`` beside a manifest
-that lists ``challenges``). Each kind's section is one builder registered with :func:`register_section`: a new
-capability adds a kind here and one builder function.
-"""
+"""Which run folders the report's inputs hold, of which kind (:func:`kind_of`), and the registry of the sections
+that render them (:func:`register_section`): a new capability adds a kind here and one builder function."""
 
 from __future__ import annotations
 

@@ -217,7 +217,7 @@ def _draw_figures(report: Report, max_images: int) -> None:
     fig_dir = report.out_dir / "figures"
     for kind, name in (("accuracy", "accuracy_curves"), ("f1", "f1_curves")):
         with drawing(report.problems, f"figures/{name}.png"):
-            report.figures[name] = F.curves_figure(report.results, fig_dir / f"{name}.png", kind)
+            report.figures[name] = F.save_png(F.draw_curves(report.results, kind), fig_dir / f"{name}.png")
     with drawing(report.problems, "figures/reliability.png"):
         from gradtrust.reporting.calibration import reliability_figure
 

@@ -99,8 +99,7 @@ def selective_cis(scores: np.ndarray, correct: np.ndarray, metrics: Sequence[str
                          seed=seed)
 
 
-def evaluate_run(run: Run, *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-                 curves: bool = True) -> RunResult:
+def evaluate_run(run: Run, *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> RunResult:
     """All metrics, curves and references of one run. ``resamples=0`` skips the bootstrap CIs."""
     y, p, c = run.labels, run.predictions, run.correct
     methods: dict[str, MethodResult] = {}
@@ -133,9 +132,8 @@ def evaluate_run(run: Run, *, resamples: int = 1000, confidence: float = 0.95, s
                     f"trustworthy{': ' + why if why else ''}.")
             notes.append(note)
         methods[method] = MethodResult(values, reasons, note)
-        if curves:
-            acc_curves[method] = accuracy_curve(s, c)
-            f1c[method] = f1_curve(s, y, p)
+        acc_curves[method] = accuracy_curve(s, c)
+        f1c[method] = f1_curve(s, y, p)
     if run.n_wrong == 0:
         notes.append("no wrong predictions: AUROC and FPR@95 are undefined (n/a); every AUAC is 100.")
     elif run.n_wrong == run.n:
@@ -180,16 +178,9 @@ def group_runs(results: Sequence[RunResult]) -> list[Group]:
 def top_two(values: dict[str, float], higher: bool = True) -> tuple[set[str], bool]:
     """Methods with fewer than two strictly better (NaN ignored); and whether the whole row is one tie."""
     finite = {m: v for m, v in values.items() if not is_missing(v)}
-    if not finite:
-        return set(), False
     if len(finite) > 1 and len(set(finite.values())) == 1:
         return set(), True
-    out = set()
-    for m, v in finite.items():
-        better = sum(1 for w in finite.values() if (w > v if higher else w < v))
-        if better < 2:
-            out.add(m)
-    return out, False
+    return {m for m in finite if rank_of(m, finite, higher) in (1, 2)}, False
 
 
 def rank_of(method: str, values: dict[str, float], higher: bool = True) -> int | None:

@@ -26,7 +26,7 @@ __all__ = [
     "load_runs",
 ]
 
-SCORES_FILE, MANIFEST_FILE, REQUIRED_COLUMNS = schema.SCORES_FILE, schema.MANIFEST_FILE, schema.REQUIRED_COLUMNS
+SCORES_FILE, MANIFEST_FILE = schema.SCORES_FILE, schema.MANIFEST_FILE
 
 
 class ReportInputError(Exception):
