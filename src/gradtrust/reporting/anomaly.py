@@ -167,8 +167,12 @@ def _reconstruction_figure(run: Any, path: Path) -> Path | None:
     mosaic = np.ones((height, ncols * (w + pad), 3))
     names = run.class_names
     labels: list[tuple[float, float, str, str]] = []
-    for g, (_, idx) in enumerate(groups):
+    ticks: list[float] = []
+    tick_labels: list[str] = []
+    for g, (title, idx) in enumerate(groups):
         top = g * (2 * (h + pad) + gap)
+        ticks += [top + h / 2, top + h + pad + h / 2]
+        tick_labels += [f"{title}: input", "reconstruction"]
         for col, i in enumerate(idx):
             x0 = col * (w + pad)
             mosaic[top:top + h, x0:x0 + w] = _tile(rec["input"][i])
@@ -182,11 +186,6 @@ def _reconstruction_figure(run: Any, path: Path) -> Path | None:
     ax.imshow(mosaic, interpolation="nearest")
     for x, y, text, colour in labels:
         ax.text(x, y, text, ha="center", va="bottom", fontsize=6.5, color=colour)
-    ticks, tick_labels = [], []
-    for g, (title, _) in enumerate(groups):
-        top = g * (2 * (h + pad) + gap)
-        ticks += [top + h / 2, top + h + pad + h / 2]
-        tick_labels += [f"{title}: input", "reconstruction"]
     ax.set_yticks(ticks, tick_labels, fontsize=7)
     ax.set_xticks([])
     for spine in ax.spines.values():
