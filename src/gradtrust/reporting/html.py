@@ -18,7 +18,7 @@ from gradtrust.reporting.tables import (
     summary_cells,
 )
 
-__all__ = ["data_uri", "figure_details", "img_html", "render_html", "score_html", "table_html"]
+__all__ = ["figure_details", "img_html", "render_html", "score_html", "table_html"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em auto; max-width: 1500px;
@@ -39,11 +39,6 @@ details { margin: .3em 0; } summary { cursor: pointer; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: 12px; }
 .claim { font-size: 15px; background: #eef6ff; border: 1px solid #9cc3ee; padding: .5em 1em; }
 """
-
-
-def data_uri(path: Path) -> str:
-    """A PNG file as a ``data:image/png;base64,…`` URI."""
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
@@ -68,7 +63,8 @@ def _notes(notes: Sequence[str]) -> str:
 def img_html(path: Path | None, alt: str) -> str:
     if path is None or not Path(path).is_file():
         return ""
-    return f'<p><img src="{data_uri(path)}" alt="{html.escape(alt)}"></p>'
+    uri = "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<p><img src="{uri}" alt="{html.escape(alt)}"></p>'
 
 
 def figure_details(name: str, path: Path, alt: str) -> str:
