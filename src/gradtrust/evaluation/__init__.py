@@ -4,17 +4,6 @@ Every metric takes per-sample arrays (NumPy, torch tensors or lists; converted a
 a float. Scores are oriented higher = more trustworthy; NaN scores rank as least trustworthy (below -inf)
 and tied scores are always accepted or rejected together.
 
-- The paper's metrics (:mod:`.selective`): :func:`accuracy_curve`, :func:`f1_curve`, :func:`auac`,
-  :func:`aufc` (in [0, 100]).
-- Selective classification (:mod:`.risk`): :func:`risk_coverage_curve`, :func:`aurc`, :func:`eaurc`,
-  :func:`augrc`, :func:`auroc`, :func:`fpr_at_95tpr` (fractions).
-- Calibration (:mod:`.calibration`): :func:`expected_calibration_error`, :func:`adaptive_calibration_error`,
-  :func:`classwise_calibration_error`, :func:`brier_score`, :func:`negative_log_likelihood`,
-  :func:`reliability_diagram`, :func:`fit_temperature`, :class:`TemperatureScaling`.
-- :func:`bootstrap_ci`, :func:`bootstrap_cis` (several metrics, one set of resamples) (:mod:`.bootstrap`),
-  :func:`random_reference`, :func:`oracle_reference` (:mod:`.references`), and :func:`evaluate`,
-  :func:`evaluate_frame`, :class:`TrustEvaluator` (:mod:`.summary`).
-
 Importing this package needs NumPy only (pandas is imported inside :func:`evaluate_frame`).
 """
 

@@ -1,8 +1,5 @@
 """Input checks and the rank encoding every metric of :mod:`gradtrust.evaluation` is computed from.
 
-Private module. Everything here works on NumPy arrays; torch tensors, pandas Series and lists are
-converted at the boundary (``to_numpy``) without importing torch or pandas.
-
 The rank encoding
 -----------------
 Every metric of this package depends on the scores only through their order, with ties kept together.

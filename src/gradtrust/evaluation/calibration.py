@@ -9,17 +9,8 @@ Equal-width binning (every binned metric here): ``B`` bins with edges ``e_k = k 
 the quotient), bin ``b = [e_b, e_{b+1})``; a confidence of exactly 1.0 goes to the last bin. Empty bins
 add nothing.
 
-- :func:`expected_calibration_error` (ECE, Guo et al., ICML 2017; Naeini et al., AAAI 2015):
-  ``Σ_b (|B_b| / N) · |acc(B_b) − conf(B_b)|`` over top-label confidences, ``B = 15``.
-- :func:`adaptive_calibration_error` (adaptive ECE, Nixon et al., CVPR-W 2019): the same sum over
-  equal-mass bins (edges at confidence quantiles; tied confidences always share a bin).
-- :func:`classwise_calibration_error` (classwise ECE, Kull et al., NeurIPS 2019): the mean over classes of
-  the binned calibration error of ``p_ic`` against ``1[y_i = c]``.
-- :func:`brier_score` (Brier 1950): ``(1/N) Σ_i Σ_c (p_ic − 1[y_i = c])²`` (in [0, 2]).
-- :func:`negative_log_likelihood`: ``−(1/N) Σ_i log softmax(z_i)_{y_i}`` from logits.
-- :func:`reliability_diagram`: the per-bin counts, mean confidence and accuracy a reliability diagram draws.
-- :func:`fit_temperature` / :class:`TemperatureScaling` (Guo et al., ICML 2017): the ``T > 0`` minimising the
-  NLL of ``softmax(z / T)`` on a **held-out** split (never the test split).
+Each function's docstring gives its formula and source. :func:`fit_temperature` / :class:`TemperatureScaling`
+fit on a **held-out** split (never the test split).
 """
 
 from __future__ import annotations
@@ -48,9 +39,6 @@ __all__ = [
 
 DEFAULT_BINS = 15
 _T_RANGE = (1e-3, 1e3)  # the fitted temperature is clipped to this range (1/T is searched in its inverse)
-
-
-# ------------------------------------------------------------------------------------------ inputs
 
 
 def _probabilities(x: Any, name: str = "probs") -> np.ndarray:
@@ -105,9 +93,6 @@ def _confidence_correct(confidences: Any, correct: Any) -> tuple[np.ndarray, np.
     return c, k
 
 
-# ------------------------------------------------------------------------------------------ helpers
-
-
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     """``softmax(z / T)`` row by row in float64, shifted by the row maximum so that it never overflows."""
     if not temperature > 0:
@@ -149,9 +134,6 @@ def _binned_error(confidences: np.ndarray, hits: np.ndarray, bins: np.ndarray, n
     """``Σ_b (|B_b|/N) |mean(hits in b) − mean(conf in b)|`` = ``(1/N) Σ_b |Σ_{i∈b} (hits_i − conf_i)|``."""
     gap = np.bincount(bins, weights=hits.astype(np.float64) - confidences, minlength=n_bins)
     return float(np.abs(gap).sum() / confidences.shape[0])
-
-
-# ------------------------------------------------------------------------------------------ metrics
 
 
 class ReliabilityDiagram(NamedTuple):
@@ -262,9 +244,6 @@ def negative_log_likelihood(logits: Any, labels: Any, temperature: float = 1.0) 
     z = as_matrix(logits, "logits", "classes")
     y = _labels(labels, *z.shape)
     return float(-_log_softmax(z / float(temperature))[np.arange(z.shape[0]), y].mean())
-
-
-# ------------------------------------------------------------------------------- temperature scaling
 
 
 def fit_temperature(logits: Any, labels: Any, *, max_iter: int = 100, tol: float = 1e-10) -> float:

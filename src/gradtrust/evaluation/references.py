@@ -60,15 +60,8 @@ def _accuracy(correct: Any) -> tuple[np.ndarray, float, bool]:
 
 
 def random_reference(correct: Any) -> dict[str, float]:
-    """Expected metrics of a random score (independent of correctness): AUAC = 100·A, AURC = e, … (docs/methods.md).
-
-    Args:
-        correct: (n,) bool or 0/1, ``1[y_i = ŷ_i]``.
-
-    Returns:
-        dict with ``accuracy``, ``auac``, ``aurc``, ``eaurc``, ``augrc``, ``auroc``, ``fpr_at_95tpr``
-        (see the module docstring; AUROC and FPR@95 NaN when undefined).
-    """
+    """Expected metrics of a random score (independent of ``correct``, (n,) bool or 0/1): the dict and table of
+    the module docstring (AUAC = 100·A, AURC = e, …; AUROC and FPR@95 NaN when undefined)."""
     _, a, both = _accuracy(correct)
     e = 1.0 - a
     return {
@@ -85,14 +78,9 @@ def random_reference(correct: Any) -> dict[str, float]:
 def oracle_reference(correct: Any, *, exact: bool = False) -> dict[str, float]:
     """Metrics of a perfect score (every correct prediction above every wrong one) (docs/methods.md, "Evaluation protocol").
 
-    By default the continuous-limit formulas of docs/methods.md: AUAC = ``100·(A − A ln A)``, AURC =
-    ``e + (1 − e) ln(1 − e)``, AUGRC = ``e²/2``, E-AURC = 0, AUROC = 1, FPR@95%TPR = 0. With ``exact=True``,
-    the values of an actual perfect score with distinct values on these n samples (AUAC, AURC, E-AURC,
-    AUGRC then carry the discretisation of the 100 percentiles / n curve points).
-
-    Args:
-        correct: (n,) bool or 0/1.
-        exact: evaluate a perfect score on this data instead of the formulas.
+    By default the continuous-limit formulas of the module docstring's table. With ``exact=True``, the values
+    of an actual perfect score with distinct values on these n samples (``correct``: (n,) bool or 0/1; AUAC,
+    AURC, E-AURC, AUGRC then carry the discretisation of the 100 percentiles / n curve points).
     """
     c, a, both = _accuracy(correct)
     e = 1.0 - a

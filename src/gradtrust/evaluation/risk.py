@@ -10,8 +10,8 @@ accepted samples are ``{i : s_i ≥ τ}``. Tied samples are therefore accepted o
 fd-shifts does (Jaeger et al., ICLR 2023; Traub et al., NeurIPS 2024) — a score with many ties cannot gain
 from the order in which tied samples happen to be stored, and results do not depend on that order.
 
-NaN scores rank as least trustworthy: below ``-inf`` and every finite score, all NaN tied together (they
-form the last threshold group, accepted only at coverage 1). ``-inf`` ranks below every finite score.
+NaN scores rank as least trustworthy (:mod:`._inputs`): they form the last threshold group, accepted only at
+coverage 1.
 """
 
 from __future__ import annotations
@@ -82,11 +82,6 @@ def _fpr95_groups(g: Groups) -> np.ndarray:
     err_at = err[np.arange(hits.shape[0]), first]
     ok = (n_pos > 0) & (n_neg > 0)
     return np.where(ok, err_at / np.where(ok, n_neg, 1), np.nan)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Public functions.
-# ---------------------------------------------------------------------------------------------------------
 
 
 def _groups(scores: Any, correct: Any) -> tuple[Groups, Any]:

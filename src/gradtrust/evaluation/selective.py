@@ -24,10 +24,8 @@ it as 7.000000000000001 and may return ``s_(7)`` plus one ulp, which would drop 
 
 NaN scores
 ----------
-A NaN score is ranked as the least trustworthy, below ``-inf`` and every finite score; all NaN scores are
-tied with each other (they enter or leave ``R_q`` together). ``-inf`` ranks below every finite score.
-This is as if NaN were replaced by a number below every other score, and never yields a NaN percentile.
-:func:`gradtrust.evaluation.evaluate` reports how many scores were NaN.
+NaN scores rank as least trustworthy, all tied (the rank encoding of :mod:`._inputs`), as if NaN were a number
+below every other score: never a NaN percentile. :func:`gradtrust.evaluation.evaluate` counts them.
 
 Ties
 ----
@@ -161,9 +159,7 @@ def _f1_curves(
 def accuracy_curve(scores: Any, correct: Any) -> np.ndarray:
     """Selective accuracy above each score percentile: ``acc(q)`` for q = 0, 1, …, 99 (docs/methods.md, "Evaluation protocol").
 
-    ``acc(q) = mean_{i ∈ R_q} c_i`` with ``R_q = {i : s_i ≥ t_q}`` and ``t_q`` NumPy's default ("linear")
-    q-th percentile of the scores, evaluated as ``R_q = {i : s_i ≥ s_(⌈q(n−1)/100⌉)}`` on the ranks (see the
-    module docstring: NaN scores rank lowest, ties stay together, ``R_q`` is never empty).
+    ``acc(q) = mean_{i ∈ R_q} c_i`` with ``R_q = {i : s_i ≥ s_(⌈q(n−1)/100⌉)}`` as in the module docstring.
 
     Args:
         scores: (n,) trust scores, higher = more trustworthy; NaN allowed (ranked least trustworthy).
@@ -188,23 +184,6 @@ def auac(scores: Any, correct: Any) -> float:
     return float(100.0 * accuracy_curve(scores, correct).mean())
 
 
-def _prepare_f1(scores: Any, labels: Any, predictions: Any):
-    s = as_scores(scores)
-    y = as_labels(labels, "labels")
-    p = as_labels(predictions, "predictions")
-    check_lengths(scores=s, labels=y, predictions=p)
-    ranked = rank_codes(s)
-    yi, pi, k = encode_classes(y, p)
-    return ranked, yi, pi, k
-
-
-def _f1_curve(codes: np.ndarray, m: int, yi: np.ndarray, pi: np.ndarray, k: int) -> np.ndarray:
-    """f1(q) (100,) from score codes (ascending) and class indices."""
-    g = Groups(*group_counts(codes, yi == pi, m))
-    down = (m - 1) - codes
-    return _f1_curves(_percentile_groups(g), down, _f1_events(yi, pi, k), k, m)[0]
-
-
 def f1_curve(scores: Any, labels: Any, predictions: Any) -> np.ndarray:
     """Selective macro F1 above each score percentile: ``f1(q)`` for q = 0, 1, …, 99 (docs/methods.md, "Evaluation protocol").
 
@@ -222,8 +201,15 @@ def f1_curve(scores: Any, labels: Any, predictions: Any) -> np.ndarray:
     Returns:
         float64 array of 100 fractions in [0, 1].
     """
-    ranked, yi, pi, k = _prepare_f1(scores, labels, predictions)
-    return _f1_curve(ranked.codes, ranked.values.shape[0], yi, pi, k)
+    s = as_scores(scores)
+    y = as_labels(labels, "labels")
+    p = as_labels(predictions, "predictions")
+    check_lengths(scores=s, labels=y, predictions=p)
+    ranked = rank_codes(s)
+    yi, pi, k = encode_classes(y, p)
+    m = ranked.values.shape[0]
+    g = Groups(*group_counts(ranked.codes, yi == pi, m))
+    return _f1_curves(_percentile_groups(g), (m - 1) - ranked.codes, _f1_events(yi, pi, k), k, m)[0]
 
 
 def aufc(scores: Any, labels: Any, predictions: Any) -> float:

@@ -29,9 +29,6 @@ __all__ = ["METRICS", "evaluate", "evaluate_frame", "TrustEvaluator"]
 #: The metrics :func:`evaluate` returns, in table order. AUAC/AUFC in [0, 100]; the others are fractions.
 METRICS = ("auac", "aufc", "aurc", "eaurc", "augrc", "auroc", "fpr_at_95tpr")
 
-#: Columns of a results table that are never a method (see docs/architecture.md, ``scores.parquet``).
-RESERVED_COLUMNS = schema.BASE_COLUMNS
-
 
 def evaluate(
     scores: Any,
@@ -100,7 +97,7 @@ def _default_methods(df: Any) -> list[str]:
     if not methods:
         raise InputError(
             "The results table has no score column (a float column besides "
-            f"{', '.join(RESERVED_COLUMNS)}); columns: {list(df.columns)}."
+            f"{', '.join(schema.BASE_COLUMNS)}); columns: {list(df.columns)}."
         )
     return methods
 

@@ -1,11 +1,5 @@
-"""The report's anomaly-detection section: GradCON runs (``anomaly_scores.parquet``, see
-:mod:`gradtrust.anomaly_runs`) found among the report's inputs.
-
-An anomaly run asks another question than a classifier's run: does the score rank the inlier class
-(positive) above everything else? So it gets its own table (AUROC with inliers positive, FPR@95%TPR =
-share of anomalies kept when 95% of the inliers are, bootstrap CIs; plus the AUROC of each of the score's
-two terms alone) and its own figures (score histogram per class; the most and least anomalous inputs with
-their reconstructions). It never enters the misclassification tables. See ``docs/gradcon.md``.
+"""The report's anomaly-detection section: GradCON runs (:mod:`gradtrust.anomaly_runs`), evaluated with the
+inlier class positive, in their own table and figures (never in the misclassification tables; ``docs/gradcon.md``).
 
 Files: ``anomaly.md``, ``anomaly.csv``, ``figures/anomaly/<run>_hist.png``, ``figures/anomaly/<run>_recon.png``.
 """
@@ -23,27 +17,19 @@ from gradtrust.anomaly_runs import load_anomaly_run
 from gradtrust.errors import GradTrustError
 from gradtrust.evaluation import anomaly_summary, auroc
 from gradtrust.reporting.figures import new_figure, save_png
-from gradtrust.reporting.kinds import Section, register_section
-from gradtrust.reporting.runs import LoadProblem, slugify
+from gradtrust.reporting.kinds import Section, drawing, register_section
+from gradtrust.reporting.runs import LoadProblem, number_clashes, slugify
+from gradtrust.reporting.tables import ci_text
 
 __all__ = ["gradcon_section"]
 
 HEADER = ("run", "inlier", "inliers / n", "AUROC", "FPR@95", "AUROC −MSE only", "AUROC gradient only")
 
 
-def _fmt(v: float, ci: Any = None) -> str:
-    if v is None or not np.isfinite(v):
-        return "n/a"
-    text = f"{100 * v:.2f}"
-    if ci is not None and len(ci) == 2 and np.all(np.isfinite(ci)):
-        text += f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
-    return text
-
-
 def _cells(r: dict[str, Any]) -> list[str]:
-    return [str(r["run"]), str(r["inlier"]), f"{r['n_inlier']} / {r['n']}", _fmt(r["auroc"], r["auroc_ci"]),
-            _fmt(r["fpr_at_95tpr"], r["fpr_at_95tpr_ci"]), _fmt(r.get("auroc_mse_only", np.nan)),
-            _fmt(r.get("auroc_gradient_only", np.nan))]
+    return [str(r["run"]), str(r["inlier"]), f"{r['n_inlier']} / {r['n']}", ci_text(r["auroc"], *(r["auroc_ci"] or [None] * 2)),
+            ci_text(r["fpr_at_95tpr"], *(r["fpr_at_95tpr_ci"] or [None] * 2)), ci_text(r.get("auroc_mse_only")),
+            ci_text(r.get("auroc_gradient_only"))]
 
 
 @register_section("gradcon", "GradCON run")
@@ -57,12 +43,7 @@ def gradcon_section(folders: list[Path], report: Any) -> Section:
             runs.append(load_anomaly_run(f))
         except GradTrustError as exc:
             section.problems.append(LoadProblem(str(f), str(exc)))
-    names: dict[str, int] = {}
-    for run in runs:
-        k = names.get(run.name, 0)
-        names[run.name] = k + 1
-        if k:
-            run.name = f"{run.name} #{k + 1}"
+    number_clashes(runs)
     rs, out_dir = max(report.resamples, 0), report.out_dir
     for run in runs:
         frame = run.frame
@@ -81,11 +62,9 @@ def gradcon_section(folders: list[Path], report: Any) -> Section:
         section.add_failures(run.name, run.source, run.manifest)
         for kind, draw in (("hist", _histogram_figure), ("recon", _reconstruction_figure)) if report.draw else ():
             name = f"anomaly/{slugify(run.name)}_{kind}.png"
-            try:
+            with drawing(section.problems, f"figures/{name}"):
                 if draw(run, out_dir / "figures" / name) is not None:
                     section.figures[f"anomaly/{kind}/{run.name}"] = out_dir / "figures" / name
-            except Exception as exc:  # noqa: BLE001 - one figure never stops the report
-                section.problems.append(LoadProblem(f"figures/{name}", f"could not be drawn: {exc!r}"))
     if section.runs:
         _write_files(section, out_dir, _legend(rs, report.confidence, report.seed))
     return section
@@ -126,9 +105,6 @@ def _write_files(section: Section, out_dir: Path, legend: str) -> None:
         if imgs:
             out.append(f"<details{' open' if i == 0 else ''}><summary>{e(r['run'])}</summary>{imgs}</details>")
     section.html, section.links = "\n".join(out), [("anomaly", "anomaly detection (GradCON)")]
-
-
-# --------------------------------------------------------------------------------------------- figures
 
 
 def _histogram_figure(run: Any, path: Path) -> Path:
@@ -191,8 +167,12 @@ def _reconstruction_figure(run: Any, path: Path) -> Path | None:
     mosaic = np.ones((height, ncols * (w + pad), 3))
     names = run.class_names
     labels: list[tuple[float, float, str, str]] = []
-    for g, (_, idx) in enumerate(groups):
+    ticks: list[float] = []
+    tick_labels: list[str] = []
+    for g, (title, idx) in enumerate(groups):
         top = g * (2 * (h + pad) + gap)
+        ticks += [top + h / 2, top + h + pad + h / 2]
+        tick_labels += [f"{title}: input", "reconstruction"]
         for col, i in enumerate(idx):
             x0 = col * (w + pad)
             mosaic[top:top + h, x0:x0 + w] = _tile(rec["input"][i])
@@ -206,11 +186,6 @@ def _reconstruction_figure(run: Any, path: Path) -> Path | None:
     ax.imshow(mosaic, interpolation="nearest")
     for x, y, text, colour in labels:
         ax.text(x, y, text, ha="center", va="bottom", fontsize=6.5, color=colour)
-    ticks, tick_labels = [], []
-    for g, (title, _) in enumerate(groups):
-        top = g * (2 * (h + pad) + gap)
-        ticks += [top + h / 2, top + h + pad + h / 2]
-        tick_labels += [f"{title}: input", "reconstruction"]
     ax.set_yticks(ticks, tick_labels, fontsize=7)
     ax.set_xticks([])
     for spine in ax.spines.values():

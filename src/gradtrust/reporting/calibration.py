@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from gradtrust.evaluation import calibration as cal
-from gradtrust.evaluation.bootstrap import bootstrap_indices
+from gradtrust.evaluation.bootstrap import bootstrap_indices, percentile_interval
 from gradtrust.reporting.runs import Run
+from gradtrust.reporting.tables import ci_text
 
-__all__ = ["CALIBRATION_LEGEND", "CalibrationRow", "calibration_markdown", "calibration_rows",
+__all__ = ["CALIBRATION_LEGEND", "CalibrationRow", "calibration_markdown",
            "reliability_figure", "run_logits"]
 
 LOGITS_FILE = "logits.parquet"
@@ -80,13 +81,7 @@ def run_logits(run: Run) -> np.ndarray | None:
 def _bootstrap(stat, n: int, resamples: int, seed: int, confidence: float) -> tuple[float, float]:
     if resamples <= 0 or n < 2:
         return (float("nan"), float("nan"))
-    values = np.array([stat(idx) for idx in bootstrap_indices(n, resamples, seed)])
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return (float("nan"), float("nan"))
-    alpha = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(values, [alpha, 100.0 - alpha])
-    return (float(low), float(high))
+    return percentile_interval(np.array([stat(idx) for idx in bootstrap_indices(n, resamples, seed)]), confidence)
 
 
 def _halves_temperature(logits: np.ndarray, labels: np.ndarray, seed: int):
@@ -162,20 +157,8 @@ def calibration_row(run: Run, name: str | None = None, *, resamples: int = 1000,
     return row
 
 
-def calibration_rows(runs: Sequence[Run], *, resamples: int = 1000, seed: int = 0,
-                     confidence: float = 0.95) -> list[CalibrationRow]:
-    return [calibration_row(r, resamples=resamples, seed=seed, confidence=confidence) for r in runs]
-
-
 def _cell(row: CalibrationRow, key: str, scale: float, digits: int) -> str:
-    value = row.values.get(key, float("nan"))
-    if math.isnan(value):
-        return "n/a"
-    low, high = row.intervals.get(key, (float("nan"), float("nan")))
-    text = f"{scale * value:.{digits}f}"
-    if not math.isnan(low):
-        text += f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
-    return text
+    return ci_text(row.values.get(key), *row.intervals.get(key, (None, None)), scale=scale, digits=digits)
 
 
 def calibration_cells(rows: Sequence[CalibrationRow]) -> tuple[list[str], list[list[str]], list[str]]:

@@ -50,17 +50,14 @@ def dataset_fields(dataset: Any) -> dict:
         inner = flat.get(key)
         if isinstance(inner, dict):
             flat.pop(key)
-            for k, v in inner.items():
-                flat.setdefault(k, v)
+            flat.update({k: v for k, v in inner.items() if k not in flat})
         elif key == "spec" and isinstance(inner, str):
             parsed = _parse_builtin_spec(inner)
             if parsed:
-                for k, v in parsed.items():
-                    flat.setdefault(k, v)
+                flat.update({k: v for k, v in parsed.items() if k not in flat})
     if isinstance(flat.get("dataset"), dict):
         inner = flat.pop("dataset")
-        for k, v in inner.items():
-            flat.setdefault(k, v)
+        flat.update({k: v for k, v in inner.items() if k not in flat})
     return flat
 
 

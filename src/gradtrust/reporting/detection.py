@@ -1,10 +1,5 @@
-"""The report's detection section (``gradtrust detect`` runs): AUROC with bootstrap CIs per challenge and method,
-FPR@95%TPR and detection error, and the figures the run drew (ROC curves, per-layer gradient profiles).
-
-Read from the run folder without torch: ``table.csv`` (one row per model, challenge and method; columns of
-:func:`gradtrust.detection.metrics.evaluate_detection`), ``manifest.json`` and the PNGs ``gradtrust detect``
-drew (``roc_<model>.png``, ``profile_<model>.png``). The printed table of ``gradtrust detect`` is
-:func:`format_text_table`, here so that the report and the command read one definition.
+"""The report's detection section (``gradtrust detect`` runs, read from ``table.csv``, ``manifest.json`` and the
+PNGs the run drew), and :func:`format_text_table`, the table ``gradtrust detect`` prints.
 """
 
 from __future__ import annotations
@@ -13,11 +8,10 @@ import html
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gradtrust.reporting.html import img_html, table_html
 from gradtrust.reporting.kinds import DATA_FILES, Section, read_manifest, register_section
 from gradtrust.reporting.runs import LoadProblem
+from gradtrust.reporting.tables import ci_text
 
 __all__ = ["auroc_table", "detect_section", "format_text_table"]
 
@@ -57,13 +51,7 @@ def format_text_table(table: Any) -> str:
 
 
 def _cell(row: Any, name: str) -> str:
-    """``value [low, high]`` ×100, or ``n/a``."""
-    value = row.get(name, np.nan)
-    if value is None or not np.isfinite(value):
-        return "n/a"
-    low, high = row.get(f"{name}_low", np.nan), row.get(f"{name}_high", np.nan)
-    ci = f" [{100 * low:.1f}, {100 * high:.1f}]" if np.isfinite(low) and np.isfinite(high) else ""
-    return f"{100 * value:.1f}{ci}"
+    return ci_text(row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high"), digits=1)
 
 
 @register_section("detect", "detect run")

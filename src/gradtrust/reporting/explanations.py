@@ -1,9 +1,5 @@
-"""The explanation gallery of a score run: when ``gradtrust explain`` wrote ``explanations.parquet`` into the run's
-``explanations/`` sub-folder, one row per chosen sample — image | Why P? | What if not P? | Why P, not Q? |
-VOICE uncertainty — for the most and least trusted right and wrong predictions (``docs/explanations.md``).
-
-An explain run on its own (``gradtrust explain --out DIR``) gets the same gallery, its samples ranked by VOICE's
-SNR when it has one, and a row in the explain section's summary table (:func:`explain_section`).
+"""The explanation gallery of a score run (``gradtrust explain`` into its ``explanations/`` sub-folder) or of an
+explain run on its own, and the explain section (``docs/explanations.md``).
 
 The maps are read at the layer's resolution and upsampled over the picture as stored; for inputs the model saw
 centre-cropped, the overlay covers the whole picture, so it is aligned only approximately. Nothing is re-run.
@@ -18,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gradtrust.reporting.datasets import dataset_identity
-from gradtrust.reporting.kinds import DATA_FILES, Section, mapping, register_section
+from gradtrust.reporting.kinds import DATA_FILES, Section, drawing, mapping, register_section
 from gradtrust.reporting.runs import LoadProblem, Run, slugify
 
 EXPLANATIONS_FILE = DATA_FILES["explain"]
@@ -151,7 +147,7 @@ def explain_section(folders: list[Path], report: Any) -> Section:
     gallery (:func:`gallery_figure`); a run inside a score run of the report shows that run's gallery."""
     import pyarrow.parquet as pq
 
-    from gradtrust.reporting.html import img_html, table_html
+    from gradtrust.reporting.html import figure_details, table_html
     from gradtrust.reporting.kinds import read_manifest
 
     e = html.escape
@@ -180,13 +176,11 @@ def explain_section(folders: list[Path], report: Any) -> Section:
         owner = scored.get(folder.parent.resolve())
         path = report.figures.get(f"explanations/{owner.name}") if owner is not None else None
         name = f"explanations/{slugify(run.name)}.png"
-        try:
+        with drawing(section.problems, f"figures/{name}"):
             if path is None and report.draw and gallery_figure(run, report.out_dir / "figures" / name) is not None:
                 path = section.figures[f"explanations/{run.name}"] = report.out_dir / "figures" / name
-        except Exception as exc:  # noqa: BLE001 - one figure never stops the report
-            section.problems.append(LoadProblem(f"figures/{name}", f"could not be drawn: {exc!r}"))
         if path is not None:
-            galleries.append(f"<details open><summary>{e(run.name)}</summary>{img_html(path, run.name)}</details>")
+            galleries.append(figure_details(run.name, path, run.name))
     if rows:
         section.html = "\n".join([
             '<h2 id="explain">Explanations (gradtrust explain)</h2>',

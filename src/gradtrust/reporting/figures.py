@@ -1,13 +1,5 @@
-"""The report's figures (PNG, drawn with matplotlib's Agg canvas; pyplot's global state is never touched).
-
-* :func:`curves_figure`: accuracy (or macro F1) vs. percentile, one panel per run, one line per method,
-  with the random and oracle references on the accuracy panels.
-* :func:`scatter_figure`: the paper's concept figure: GradTrust on x, softmax on y, one point per sample,
-  green = correct, red = wrong, split at the medians with the wrong predictions counted per quadrant.
-* :func:`qualitative_figure`: wrong predictions with a high softmax (top quartile of the run's softmax),
-  in ascending GradTrust (the lowest first), each with its predicted (red) and true (blue) class name.
-  Images come from the stored paths (PIL) or, for the built-in digits (``digits/<split>/<tag>/<index>``),
-  from the digits arrays with the corruption settings of the run's manifest.
+"""The report's figures (PNG, drawn with matplotlib's Agg canvas; pyplot's global state is never touched):
+the curves, the concept scatter and the qualitative grid of each run.
 """
 
 from __future__ import annotations
@@ -28,7 +20,7 @@ from gradtrust.reporting.layout import fit_canvas
 from gradtrust.reporting.results import RunResult
 from gradtrust.reporting.runs import Run
 
-__all__ = ["Quadrants", "curves_figure", "load_sample_image", "qualitative_figure", "scatter_figure"]
+__all__ = ["Quadrants", "draw_curves", "load_sample_image", "qualitative_figure", "scatter_figure"]
 
 _DPI = 110
 _DIGITS_PATH = re.compile(r"^digits/(train|test)/([A-Za-z_]+)/(\d+)$")
@@ -68,16 +60,9 @@ def method_style(method: str) -> dict[str, Any]:
     return {"color": cmap(k % 20), "linewidth": 1.2, "zorder": 3}
 
 
-# ------------------------------------------------------------------------------------------- curves
-
-
-def curves_figure(results: Sequence[RunResult], path: Path, kind: str = "accuracy") -> Path:
-    """Accuracy (``kind="accuracy"``) or macro-F1 (``kind="f1"``) vs. percentile: one panel per run."""
-    return save_png(draw_curves(results, kind), path)
-
-
 def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
-    """The figure of :func:`curves_figure`, sized from its content (legend and title included)."""
+    """Accuracy (``kind="accuracy"``) or macro-F1 (``kind="f1"``) vs. percentile, one panel per run: the figure,
+    sized from its content (legend and title included)."""
     if kind not in ("accuracy", "f1"):
         raise UnknownNameError(f"kind must be 'accuracy' or 'f1', got {kind!r}")
     n = len(results)
@@ -133,9 +118,6 @@ def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
     fig.set_size_inches(width, 2.9 * nrows + extra + 0.5, forward=False)
     fit_canvas(fig, relayout)
     return fig
-
-
-# ------------------------------------------------------------------------------------------ scatter
 
 
 @dataclass
@@ -209,9 +191,6 @@ def scatter_figure(result: RunResult, path: Path, x_method: str = "gradtrust",
     fig.tight_layout()
     save_png(fig, path)
     return quad
-
-
-# -------------------------------------------------------------------------------------- qualitative
 
 
 class DigitsCache:

@@ -18,7 +18,7 @@ from gradtrust.reporting.tables import (
     summary_cells,
 )
 
-__all__ = ["data_uri", "img_html", "render_html", "score_html", "table_html"]
+__all__ = ["figure_details", "img_html", "render_html", "score_html", "table_html"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em auto; max-width: 1500px;
@@ -39,11 +39,6 @@ details { margin: .3em 0; } summary { cursor: pointer; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: 12px; }
 .claim { font-size: 15px; background: #eef6ff; border: 1px solid #9cc3ee; padding: .5em 1em; }
 """
-
-
-def data_uri(path: Path) -> str:
-    """A PNG file as a ``data:image/png;base64,…`` URI."""
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
@@ -68,7 +63,13 @@ def _notes(notes: Sequence[str]) -> str:
 def img_html(path: Path | None, alt: str) -> str:
     if path is None or not Path(path).is_file():
         return ""
-    return f'<p><img src="{data_uri(path)}" alt="{html.escape(alt)}"></p>'
+    uri = "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<p><img src="{uri}" alt="{html.escape(alt)}"></p>'
+
+
+def figure_details(name: str, path: Path, alt: str) -> str:
+    """The figure at ``path`` in an open ``<details>`` headed ``name``."""
+    return f"<details open><summary>{html.escape(name)}</summary>{img_html(path, alt)}</details>"
 
 
 #: Failed files listed per run on the page (the rest are counted; all are in the run's manifest.json).
@@ -123,7 +124,6 @@ def score_html(report: Report) -> str:
     out: list[str] = []
     if not report.results:
         return ""
-    # The paper's table.
     out.append('<h2 id="table">Quantitative results (AUAC / AUFC)</h2>')
     out.append(f'<p class="legend">{_md_bold_to_html(PAPER_LEGEND)}</p>')
     for g in report.groups:
@@ -133,7 +133,6 @@ def score_html(report: Report) -> str:
         out.append(table_html(header, rows, "paper"))
         out.append(_notes(notes))
 
-    # Summary.
     out.append('<h2 id="summary">Summary: which trust score wins</h2>')
     for line in report.summary_lines:
         out.append(f'<p class="claim">{e(line)}</p>')
@@ -142,7 +141,6 @@ def score_html(report: Report) -> str:
     header, rows = summary_cells(report.summary)
     out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 
-    # Selective table.
     out.append('<h2 id="selective">Selective classification (AURC, AUGRC, AUROC, FPR@95)</h2>')
     out.append(f'<p class="legend">{_md_bold_to_html(selective_legend(report.resamples, report.seed, report.confidence))}</p>')
     for g in report.groups:
@@ -156,7 +154,6 @@ def score_html(report: Report) -> str:
             out.append(_notes(notes))
             out.append("</details>")
 
-    # Calibration.
     if report.calibration:
         from gradtrust.reporting.calibration import CALIBRATION_LEGEND, calibration_cells
 
@@ -167,7 +164,6 @@ def score_html(report: Report) -> str:
         out.append(_notes(notes))
         out.append(img_html(report.figures.get("reliability"), "reliability diagrams"))
 
-    # Figures.
     out.append('<h2 id="figures">Figures</h2>')
     figs = report.figures
     if not figs:
@@ -185,7 +181,7 @@ def score_html(report: Report) -> str:
             if path is None:
                 out.append(f"<p>{e(r.name)}: no concept figure (needs both gradtrust and softmax).</p>")
             else:
-                out.append(f"<details open><summary>{e(r.name)}</summary>{img_html(path, 'scatter ' + r.name)}</details>")
+                out.append(figure_details(r.name, path, "scatter " + r.name))
         out.append("<h3>Qualitative grid: confident mistakes, lowest GradTrust first</h3>")
         for r in report.results:
             path = figs.get(f"qualitative/{r.name}")
@@ -193,16 +189,14 @@ def score_html(report: Report) -> str:
                 why = report.qualitative_notes.get(r.name, "")
                 out.append(f"<p>{e(r.name)}: no grid{': ' + e(why) if why else ''}.</p>")
             else:
-                out.append(f"<details open><summary>{e(r.name)}</summary>"
-                           f"{img_html(path, 'qualitative ' + r.name)}</details>")
+                out.append(figure_details(r.name, path, "qualitative " + r.name))
 
     galleries = [(r, figs[f"explanations/{r.name}"]) for r in report.results if f"explanations/{r.name}" in figs]
     if galleries:  # written by gradtrust.reporting.explanations (docs/explanations.md)
         out.append("<h3>Explanations: Why P? What if not P? Why P, rather than Q? VOICE uncertainty</h3>")
         for r, path in galleries:
-            out.append(f"<details open><summary>{e(r.name)}</summary>{img_html(path, 'explanations ' + r.name)}</details>")
+            out.append(figure_details(r.name, path, "explanations " + r.name))
 
-    # Manifests.
     out.append('<h2 id="manifests">Runs and their manifests</h2>')
     for r in report.results:
         run = r.run

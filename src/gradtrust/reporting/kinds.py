@@ -1,23 +1,18 @@
-"""Which run folders the report's inputs hold, of which kind, and the registry of the sections that render them.
-
-A run folder's kind is its manifest's ``"kind"`` (``score``, ``explain``, ``detect``, ``introspect``,
-``gradcon``) when its data file (:data:`DATA_FILES`) is there. Folders written before manifests carried a kind
-are recognised by that data file alone (the fallback; a detection folder by ``table.csv`` beside a manifest
-that lists ``challenges``). Each kind's section is one builder registered with :func:`register_section`: a new
-capability adds a kind here and one builder function.
-"""
+"""Which run folders the report's inputs hold, of which kind (:func:`kind_of`), and the registry of the sections
+that render them (:func:`register_section`): a new capability adds a kind here and one builder function."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gradtrust import schema
 
-__all__ = ["DATA_FILES", "KINDS", "SECTIONS", "LoadProblem", "Section", "discover_runs", "kind_of", "mapping",
+__all__ = ["DATA_FILES", "KINDS", "SECTIONS", "LoadProblem", "Section", "discover_runs", "drawing", "kind_of", "mapping",
            "read_manifest", "register_section"]
 
 #: The kinds in the order of the page, with the file that holds each kind's results.
@@ -39,6 +34,16 @@ class LoadProblem:
 
     def __str__(self) -> str:
         return f"{self.source}: {self.message}"
+
+
+@contextmanager
+def drawing(problems: list[LoadProblem], name: str) -> Iterator[None]:
+    """Run the block that draws figure ``name``; an exception becomes a problem (one figure never stops the
+    report)."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - whatever the drawing raised
+        problems.append(LoadProblem(name, f"could not be drawn: {exc!r}"))
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

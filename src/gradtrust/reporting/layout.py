@@ -1,10 +1,6 @@
-"""Figures sized from their content: grow the canvas until every artist (titles, legends, labels) is on it.
-
-matplotlib lays a figure out inside a canvas of a fixed size; a legend with many entries or a long title
-that does not fit is simply cut off at the edge. :func:`fit_canvas` measures the drawn artists with the
-canvas renderer (``Figure.get_tightbbox``) and enlarges the figure (in inches, keeping the DPI) until
-they fit with a margin; :func:`artists_outside` lists what would still be clipped (used by the tests).
-"""
+"""Figures sized from their content: :func:`fit_canvas` grows the canvas until every artist (titles, legends,
+labels) is on it, instead of matplotlib cutting it off at the edge; :func:`artists_outside` lists what would
+still be clipped (used by the tests)."""
 
 from __future__ import annotations
 

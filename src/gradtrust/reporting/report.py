@@ -1,12 +1,7 @@
 """Building a whole report: load the runs, evaluate them, write the tables, figures and the HTML page.
 
->>> from gradtrust.reporting import build_report
->>> report = build_report(["runs/resnet18", "runs/alexnet"], "report/")
->>> print(report.table_markdown); report.files["html"]
-
 Never raises for a bad input file: it becomes a problem in ``report.problems`` (and on the page), and the
-rest is written. ``report.ok`` is False only when no run at all could be read. Each run kind's section is a
-builder registered in :mod:`gradtrust.reporting.kinds` (the score runs' is :func:`score_section`, here).
+rest is written. Each run kind's section is a builder registered in :mod:`gradtrust.reporting.kinds`.
 """
 
 from __future__ import annotations
@@ -24,18 +19,14 @@ from typing import Any
 from gradtrust._version import __version__
 from gradtrust.errors import GradTrustError, InputError
 from gradtrust.reporting import anomaly, detection, explanations, introspection  # noqa: F401 - register sections
-from gradtrust.reporting.kinds import KINDS, SECTIONS, Section, discover_runs, register_section
-from gradtrust.reporting.results import Report
+from gradtrust.reporting.kinds import KINDS, SECTIONS, Section, discover_runs, drawing, register_section
+from gradtrust.reporting.results import Group, Report, evaluate_run, group_runs, summarise
 from gradtrust.reporting.runs import LoadProblem, load_runs, slugify
 from gradtrust.reporting.tables import (
-    Group,
-    evaluate_run,
-    group_runs,
     paper_table_frame,
     paper_table_markdown,
     selective_frame,
     selective_markdown,
-    summarise,
     summary_markdown,
 )
 
@@ -71,15 +62,8 @@ def build_report(
     whole or not at all. A folder holding a report of other inputs is replaced only with ``force``; a
     non-empty folder that holds no report is never replaced.
 
-    Args:
-        results: the inputs: run folders, score parquet files, or folders holding runs.
-        out_dir: output folder (created).
-        resamples: bootstrap resamples for the CIs (0 = no CIs); seeded by ``seed``.
-        confidence: the CIs' level.
-        figures: draw the PNG figures.
-        max_images: most images in each run's qualitative grid.
-        title: the page title.
-        force: replace a report of other inputs.
+    ``results`` are run folders, score parquet files or folders holding runs; ``resamples`` bootstrap
+    resamples (0 = no CIs, seeded by ``seed``) at level ``confidence``; ``max_images`` per qualitative grid.
 
     Raises:
         InputError: ``out_dir`` holds a report of other inputs (without ``force``) or something else.
@@ -217,8 +201,8 @@ def _write_calibration(report: Report) -> None:
     """``calibration.md`` / ``calibration.csv`` (:mod:`gradtrust.reporting.calibration`)."""
     from gradtrust.reporting import calibration as C
 
-    report.calibration = C.calibration_rows([r.run for r in report.results], resamples=report.resamples,
-                                            seed=report.seed, confidence=report.confidence)
+    report.calibration = [C.calibration_row(r.run, resamples=report.resamples, seed=report.seed,
+                                            confidence=report.confidence) for r in report.results]
     out = report.out_dir
     (out / "calibration.md").write_text(
         C.calibration_markdown(report.calibration, resamples=report.resamples, confidence=report.confidence),
@@ -232,18 +216,14 @@ def _draw_figures(report: Report, max_images: int) -> None:
 
     fig_dir = report.out_dir / "figures"
     for kind, name in (("accuracy", "accuracy_curves"), ("f1", "f1_curves")):
-        try:
-            report.figures[name] = F.curves_figure(report.results, fig_dir / f"{name}.png", kind)
-        except Exception as exc:  # noqa: BLE001 - one figure never stops the report
-            report.problems.append(LoadProblem(f"figures/{name}.png", f"could not be drawn: {exc!r}"))
-    try:
+        with drawing(report.problems, f"figures/{name}.png"):
+            report.figures[name] = F.save_png(F.draw_curves(report.results, kind), fig_dir / f"{name}.png")
+    with drawing(report.problems, "figures/reliability.png"):
         from gradtrust.reporting.calibration import reliability_figure
 
         reliability = reliability_figure(report.calibration, fig_dir / "reliability.png")
         if reliability is not None:
             report.figures["reliability"] = reliability
-    except Exception as exc:  # noqa: BLE001
-        report.problems.append(LoadProblem("figures/reliability.png", f"could not be drawn: {exc!r}"))
     cache = F.DigitsCache()
     used: set[str] = set()
     for r in report.results:
@@ -251,14 +231,12 @@ def _draw_figures(report: Report, max_images: int) -> None:
         while slug in used:
             slug += "_"
         used.add(slug)
-        try:
+        with drawing(report.problems, f"figures/scatter/{slug}.png"):
             path = fig_dir / "scatter" / f"{slug}.png"
             quad = F.scatter_figure(r, path)
             if quad is not None:
                 report.figures[f"scatter/{r.name}"] = path
                 report.quadrants[r.name] = quad.as_dict()
-        except Exception as exc:  # noqa: BLE001
-            report.problems.append(LoadProblem(f"figures/scatter/{slug}.png", f"could not be drawn: {exc!r}"))
         try:
             path = fig_dir / "qualitative" / f"{slug}.png"
             drawn = F.qualitative_figure(r, path, max_images=max_images, cache=cache)
@@ -275,14 +253,12 @@ def _draw_figures(report: Report, max_images: int) -> None:
         except Exception as exc:  # noqa: BLE001
             report.qualitative_notes[r.name] = f"could not be drawn ({type(exc).__name__}: {exc})"
             report.problems.append(LoadProblem(f"figures/qualitative/{slug}.png", f"could not be drawn: {exc!r}"))
-        try:  # the explanation gallery, when `gradtrust explain` wrote into the run's explanations/ folder
+        with drawing(report.problems, f"figures/explanations/{slug}.png"):  # when `gradtrust explain` wrote into it
             from gradtrust.reporting.explanations import gallery_figure
 
             path = fig_dir / "explanations" / f"{slug}.png"
             if gallery_figure(r.run, path, cache=cache) is not None:
                 report.figures[f"explanations/{r.name}"] = path
-        except Exception as exc:  # noqa: BLE001
-            report.problems.append(LoadProblem(f"figures/explanations/{slug}.png", f"could not be drawn: {exc!r}"))
 
 
 def _write_json(report: Report) -> None:

@@ -1,15 +1,6 @@
-"""The numbers of the report: every metric of every method of every run, grouped as the tables show them.
-
-* :func:`evaluate_run` computes, for one run, :func:`gradtrust.evaluation.evaluate` per method, the
-  accuracy / F1 percentile curves, the random and oracle references, and seeded bootstrap CIs of the
-  selective metrics (:func:`gradtrust.evaluation.bootstrap_cis`); undefined values are NaN with the reason
-  in words.
-* :func:`group_runs` puts runs of one dataset together (see :data:`.datasets.CONDITION_KEYS`),
-  ordered by accuracy, ascending, as the paper's table.
-* :func:`top_two`, :func:`rank_of` and :func:`summarise`: who wins each (run, metric) cell.
-
-Rendering (markdown, CSV frames, HTML cells) is in :mod:`gradtrust.reporting.tables`; the methods' order
-and display names come from the method registry (:mod:`gradtrust.scores.registry`).
+"""The numbers of the report: every metric of every method of every run (:func:`evaluate_run`), the runs
+grouped by dataset (:func:`group_runs`), and who wins each (run, metric) cell (:func:`summarise`). Rendering is
+in :mod:`gradtrust.reporting.tables`.
 """
 
 from __future__ import annotations
@@ -49,9 +40,6 @@ SUMMARY_METRICS = ("auac", "aufc") + SELECTIVE_METRICS
 HIGHER_IS_BETTER = {"auac": True, "aufc": True, "aurc": False, "eaurc": False, "augrc": False,
                     "auroc": True, "fpr_at_95tpr": False}
 ALL_METRICS = ("auac", "aufc", "aurc", "eaurc", "augrc", "auroc", "fpr_at_95tpr")
-
-
-# ------------------------------------------------------------------------------------------ metrics
 
 
 @dataclass
@@ -111,8 +99,7 @@ def selective_cis(scores: np.ndarray, correct: np.ndarray, metrics: Sequence[str
                          seed=seed)
 
 
-def evaluate_run(run: Run, *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-                 curves: bool = True) -> RunResult:
+def evaluate_run(run: Run, *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> RunResult:
     """All metrics, curves and references of one run. ``resamples=0`` skips the bootstrap CIs."""
     y, p, c = run.labels, run.predictions, run.correct
     methods: dict[str, MethodResult] = {}
@@ -145,9 +132,8 @@ def evaluate_run(run: Run, *, resamples: int = 1000, confidence: float = 0.95, s
                     f"trustworthy{': ' + why if why else ''}.")
             notes.append(note)
         methods[method] = MethodResult(values, reasons, note)
-        if curves:
-            acc_curves[method] = accuracy_curve(s, c)
-            f1c[method] = f1_curve(s, y, p)
+        acc_curves[method] = accuracy_curve(s, c)
+        f1c[method] = f1_curve(s, y, p)
     if run.n_wrong == 0:
         notes.append("no wrong predictions: AUROC and FPR@95 are undefined (n/a); every AUAC is 100.")
     elif run.n_wrong == run.n:
@@ -158,9 +144,6 @@ def evaluate_run(run: Run, *, resamples: int = 1000, confidence: float = 0.95, s
 def is_missing(v: Any) -> bool:
     """Whether a table value is absent: None or a float NaN."""
     return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-# ------------------------------------------------------------------------------------------- groups
 
 
 @dataclass
@@ -195,16 +178,9 @@ def group_runs(results: Sequence[RunResult]) -> list[Group]:
 def top_two(values: dict[str, float], higher: bool = True) -> tuple[set[str], bool]:
     """Methods with fewer than two strictly better (NaN ignored); and whether the whole row is one tie."""
     finite = {m: v for m, v in values.items() if not is_missing(v)}
-    if not finite:
-        return set(), False
     if len(finite) > 1 and len(set(finite.values())) == 1:
         return set(), True
-    out = set()
-    for m, v in finite.items():
-        better = sum(1 for w in finite.values() if (w > v if higher else w < v))
-        if better < 2:
-            out.add(m)
-    return out, False
+    return {m for m in finite if rank_of(m, finite, higher) in (1, 2)}, False
 
 
 def rank_of(method: str, values: dict[str, float], higher: bool = True) -> int | None:
@@ -217,12 +193,6 @@ def rank_of(method: str, values: dict[str, float], higher: bool = True) -> int |
 
 def row_values(result: RunResult, methods: Sequence[str], metric: str) -> dict[str, float]:
     return {m: result.value(m, metric) for m in methods if m in result.methods}
-
-
-# ------------------------------------------------------------------------------------- paper table
-
-
-# ------------------------------------------------------------------------------------------ summary
 
 
 @dataclass
@@ -290,10 +260,9 @@ def summarise(groups: Sequence[Group], method: str = "gradtrust") -> Summary:
                         wins[m] = wins.get(m, 0) + 1
                 else:
                     winners[(r.name, metric)] = []
-                ranks[(r.name, metric)] = rank_of(method, vals, higher) if method in vals else None
+                rank = ranks[(r.name, metric)] = rank_of(method, vals, higher) if method in vals else None
                 if method in finite:
                     rows[metric] += 1
-                    rank = rank_of(method, vals, higher)  # never None: the method's value is finite here
                     if rank is not None and rank <= 2:
                         top2[metric] += 1
                     paper_vals = {m: v for m, v in vals.items() if m in in_paper or m == method}
@@ -305,20 +274,10 @@ def summarise(groups: Sequence[Group], method: str = "gradtrust") -> Summary:
 
 @dataclass
 class Report:
-    """What :func:`build_report` produced.
-
-    Attributes:
-        out_dir: where it was written.
-        results: one :class:`~gradtrust.reporting.tables.RunResult` per readable run.
-        groups: the runs by dataset, each ordered by accuracy (ascending).
-        problems: inputs that could not be used (file and reason), and figures that could not be drawn.
-        warnings: things the reader must know (several datasets in one report…).
-        summary: winners per (run, metric) and GradTrust's top-2 counts.
-        files: ``{"table_md", "table_csv", "selective_md", "selective_csv", "summary_md", "html",
-            "json"}`` → path; figures in ``figures`` (``accuracy_curves``, ``f1_curves``,
-            ``scatter/<run>``, ``qualitative/<run>``).
-        table_markdown: the content of ``table.md``.
-    """
+    """What :func:`build_report` produced: the readable score runs (``results``; ``groups``: by dataset, each
+    ordered by accuracy ascending), the inputs that could not be used and figures not drawn (``problems``),
+    ``warnings`` the reader must know, the ``summary``, each kind's section, and the files and figures written
+    (name → path)."""
 
     out_dir: Path
     title: str

@@ -1,14 +1,6 @@
-"""Loading and validating score runs (``scores.parquet`` + ``manifest.json``) for the report.
-
-A *run* is one scored (model, dataset) pair: a folder holding ``scores.parquet`` and ``manifest.json``
-(what :func:`gradtrust.runs.score_dataset` writes), or a bare parquet file (its manifest is read from a
-``manifest.json`` beside it when there is one). Everything here is tolerant: a file that cannot be read
-becomes a :class:`LoadProblem` naming the file and the reason, never an exception, so one bad input never
-stops the rest of a report.
-
-The manifest is read defensively: only the fields the report shows are looked up (model spec and class
-names, dataset identity and condition), each with fallbacks, so runs written by older or foreign tools
-still load (with less to show).
+"""Loading and validating score runs (``scores.parquet`` + ``manifest.json``, or a bare parquet file) for the
+report. A file that cannot be used becomes a :class:`LoadProblem` naming it and the reason, never an exception.
+The manifest is read defensively (each field with fallbacks), so runs of older or foreign tools still load.
 """
 
 from __future__ import annotations
@@ -34,7 +26,7 @@ __all__ = [
     "load_runs",
 ]
 
-SCORES_FILE, MANIFEST_FILE, REQUIRED_COLUMNS = schema.SCORES_FILE, schema.MANIFEST_FILE, schema.REQUIRED_COLUMNS
+SCORES_FILE, MANIFEST_FILE = schema.SCORES_FILE, schema.MANIFEST_FILE
 
 
 class ReportInputError(Exception):
@@ -43,24 +35,11 @@ class ReportInputError(Exception):
 
 @dataclass
 class Run:
-    """One loaded, validated run.
-
-    Attributes:
-        source: the folder (or parquet file) it was read from.
-        scores_path: the parquet file.
-        frame: the results table, restricted to rows with a known label (``label >= 0``), ``correct``
-            recomputed as ``label == prediction``.
-        manifest: the parsed ``manifest.json`` (``{}`` when there is none).
-        methods: the score columns (float columns that are not reserved), in file order.
-        model: the model's name for the table (its spec, e.g. ``digits:digits_cnn``).
-        condition: the data condition (``clean``, ``gaussian_noise/1``…).
-        dataset_key: the dataset identity (see :data:`.datasets.CONDITION_KEYS`); runs with equal keys share a table.
-        dataset_label: the dataset in words.
-        class_names: one name per class index, or ``None`` when the manifest has none.
-        n_unlabeled: rows left out because their label is unknown (< 0).
-        notes: things worth saying about this run (missing manifest, inconsistent ``correct``…).
-        name: the row label (``model · condition``), made unique by :func:`load_runs`.
-    """
+    """One loaded, validated run (from ``source``, a folder or a parquet file). ``frame`` holds only the rows
+    with a known label (``label >= 0``; the others are counted in ``n_unlabeled``), ``correct`` recomputed as
+    ``label == prediction``; ``methods`` are its score columns in file order; ``manifest`` is ``{}`` without
+    one; runs with equal ``dataset_key`` (:data:`.datasets.CONDITION_KEYS`) share a table; ``notes`` are worth
+    saying (missing manifest…); ``name`` (``model · condition``) is made unique by :func:`load_runs`."""
 
     source: Path
     scores_path: Path
@@ -119,18 +98,11 @@ class Run:
             return str(self.class_names[int(index)])
         return str(index)
 
-    @property
-    def slug(self) -> str:
-        return slugify(self.name or self.model)
-
 
 def slugify(text: str) -> str:
     """A file-name-safe version of a run name."""
     out = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
     return out or "run"
-
-
-# ------------------------------------------------------------------------------------------- loading
 
 
 def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[LoadProblem]]:
@@ -144,24 +116,24 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[LoadProblem]
             runs.append(load_run(f))
         except ReportInputError as exc:
             problems.append(LoadProblem(str(f), str(exc)))
-    _unique_names(runs)
-    return runs, problems
-
-
-def _unique_names(runs: list[Run]) -> None:
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.name] = counts.get(run.name, 0) + 1
     for run in runs:
         if counts[run.name] > 1:
             run.name = f"{run.name} [{_short_source(run.source)}]"
-    # Still clashing (same folder name twice): number them.
+    number_clashes(runs)  # still clashing: the same folder name twice
+    return runs, problems
+
+
+def number_clashes(items: Iterable[Any]) -> None:
+    """Rename each item whose ``name`` an earlier one has to ``name #2``, ``name #3``…"""
     seen: dict[str, int] = {}
-    for run in runs:
-        k = seen.get(run.name, 0)
-        seen[run.name] = k + 1
+    for item in items:
+        k = seen.get(item.name, 0)
+        seen[item.name] = k + 1
         if k:
-            run.name = f"{run.name} #{k + 1}"
+            item.name = f"{item.name} #{k + 1}"
 
 
 def _short_source(source: Path) -> str:
@@ -260,9 +232,6 @@ def _read_manifest(scores_path: Path) -> tuple[dict, str]:
                 return {}, f"its manifest {cand} is not a JSON object; model and dataset identity unknown."
             return data, ""
     return {}, "no manifest.json beside it: model and dataset identity unknown."
-
-
-# ------------------------------------------------------------------------------- manifest read-outs
 
 
 def _model_name(manifest: dict, source: Path) -> str:

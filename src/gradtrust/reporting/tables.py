@@ -1,17 +1,14 @@
-"""Rendering of the report's numbers (:mod:`gradtrust.reporting.results`): the paper's table
-(:func:`paper_table_markdown`, :func:`paper_table_frame`), the selective table (:func:`selective_markdown`,
-:func:`selective_frame`) and the summary (:func:`summary_markdown`), as markdown, CSV-ready frames and
-HTML cells.
+"""Rendering of the report's numbers (:mod:`gradtrust.reporting.results`) as Markdown, CSV-ready frames and
+HTML cells: the paper's table, the selective table and the summary.
 
 Bold = top two of a row, per metric, by the exact (unrounded) values: a method is bold when fewer than two
 methods are strictly better. A row where every method has the same value bolds none (it says so).
-Column order and names come from the method catalogue (:func:`gradtrust.catalogue.order_methods`,
-:func:`gradtrust.catalogue.display_name`), the registry's facts without torch.
 """
 
 from __future__ import annotations
 
 import html as _html
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,44 +20,19 @@ from gradtrust.reporting.results import (
     SELECTIVE_METRICS,
     SUMMARY_METRICS,
     Group,
-    MethodResult,
     RunResult,
     Summary,
-    evaluate_run,
-    group_runs,
     is_missing,
-    rank_of,
     row_values,
     selective_cis,
     summarise,
     top_two,
 )
 
-__all__ = [
-    "ALL_METRICS",
-    "HIGHER_IS_BETTER",
-    "METRIC_NAMES",
-    "SELECTIVE_METRICS",
-    "SUMMARY_METRICS",
-    "Group",
-    "MethodResult",
-    "RunResult",
-    "Summary",
-    "display_name",
-    "evaluate_run",
-    "group_runs",
-    "order_methods",
-    "paper_table_frame",
-    "paper_table_markdown",
-    "rank_of",
-    "row_values",
-    "selective_cis",
-    "selective_frame",
-    "selective_markdown",
-    "summarise",
-    "summary_markdown",
-    "top_two",
-]
+# display_name, SELECTIVE_METRICS, selective_cis and top_two are also imported from here (tests).
+__all__ = ["PAPER_LEGEND", "SELECTIVE_METRICS", "ci_text", "display_name", "paper_cells", "paper_table_frame",
+           "paper_table_markdown", "selective_cells", "selective_cis", "selective_frame", "selective_legend",
+           "selective_markdown", "summary_cells", "summary_markdown", "top_two"]
 
 
 def _fmt(v: float, digits: int = 2) -> str:
@@ -130,6 +102,14 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _md_head(title: str, warnings: Sequence[str]) -> list[str]:
+    """The lines of a Markdown file's title and its warnings."""
+    out = [f"# {title}", ""]
+    for w in warnings:
+        out += [f"> **Warning:** {w}", ""]
+    return out
+
+
 PAPER_LEGEND = (
     "Cells: AUAC / AUFC (area under the accuracy / macro-F1 vs. percentile curve, ×100, higher is better). "
     "In each row the top two methods of each metric are **bold**. Rows: runs ordered by accuracy, ascending. "
@@ -141,10 +121,7 @@ PAPER_LEGEND = (
 
 def paper_table_markdown(groups: Sequence[Group], warnings: Sequence[str] = ()) -> str:
     """``table.md``: the paper's table, one section per dataset."""
-    out = ["# Quantitative results (AUAC / AUFC)", ""]
-    for w in warnings:
-        out += [f"> **Warning:** {w}", ""]
-    out += [PAPER_LEGEND, ""]
+    out = _md_head("Quantitative results (AUAC / AUFC)", warnings) + [PAPER_LEGEND, ""]
     for g in groups:
         header, rows, notes = paper_cells(g)
         if len(groups) > 1:
@@ -183,9 +160,6 @@ def paper_table_frame(groups: Sequence[Group]):
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------------- selective table
-
-
 def selective_legend(resamples: int, seed: int, confidence: float = 0.95) -> str:
     """The explanation printed above the selective table."""
     if resamples:
@@ -203,13 +177,16 @@ def selective_legend(resamples: int, seed: int, confidence: float = 0.95) -> str
     )
 
 
-def _ci_cell(v: float, lo: float | None, hi: float | None) -> str:
-    if is_missing(v):
+def ci_text(value: Any, low: Any = None, high: Any = None, *, scale: float = 100.0, digits: int = 2) -> str:
+    """``value [low, high]``, each × ``scale`` with ``digits`` decimals: ``n/a`` for a missing (None or not
+    finite) value, no interval unless both ends are finite."""
+    def finite(v: Any) -> bool:
+        return v is not None and math.isfinite(v)
+
+    if not finite(value):
         return "n/a"
-    base = f"{100 * v:.2f}"
-    if lo is None or hi is None or is_missing(lo) or is_missing(hi):
-        return base
-    return f"{base} [{100 * lo:.2f}, {100 * hi:.2f}]"
+    ci = f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]" if finite(low) and finite(high) else ""
+    return f"{scale * value:.{digits}f}{ci}"
 
 
 def selective_cells(result: RunResult, methods: Sequence[str], html: bool = False
@@ -232,7 +209,7 @@ def selective_cells(result: RunResult, methods: Sequence[str], html: bool = Fals
         mr = result.methods[m]
         cells = [esc(display_name(m))]
         for metric in SELECTIVE_METRICS:
-            text = _ci_cell(mr.get(metric), mr.values.get(f"{metric}_low"), mr.values.get(f"{metric}_high"))
+            text = ci_text(mr.get(metric), mr.values.get(f"{metric}_low"), mr.values.get(f"{metric}_high"))
             if text != "n/a" and m in best[metric]:
                 head, _, rest = text.partition(" ")
                 text = _bold(head, True, html) + (f" {rest}" if rest else "")
@@ -243,7 +220,7 @@ def selective_cells(result: RunResult, methods: Sequence[str], html: bool = Fals
         rows.append(cells)
     for ref_name, ref in (("random (reference)", result.random), ("oracle (reference)", result.oracle)):
         rows.append([f"*{ref_name}*" if not html else f"<em>{ref_name}</em>"]
-                    + [_ci_cell(ref.get(metric, float("nan")), None, None) for metric in SELECTIVE_METRICS]
+                    + [ci_text(ref.get(metric)) for metric in SELECTIVE_METRICS]
                     + ["–"])
     return header, rows, list(dict.fromkeys(notes))
 
@@ -251,9 +228,7 @@ def selective_cells(result: RunResult, methods: Sequence[str], html: bool = Fals
 def selective_markdown(groups: Sequence[Group], *, resamples: int, seed: int, confidence: float = 0.95,
                        warnings: Sequence[str] = ()) -> str:
     """``selective.md``: AURC / AUGRC / AUROC / FPR@95 (×100) with CIs, one table per run."""
-    out = ["# Selective classification (AURC, AUGRC, AUROC, FPR@95)", ""]
-    for w in warnings:
-        out += [f"> **Warning:** {w}", ""]
+    out = _md_head("Selective classification (AURC, AUGRC, AUROC, FPR@95)", warnings)
     out += [selective_legend(resamples, seed, confidence), ""]
     for g in groups:
         if len(groups) > 1:
@@ -320,13 +295,10 @@ def summary_cells(summary: Summary) -> tuple[list[str], list[list[str]]]:
 
 def summary_markdown(summary: Summary, groups: Sequence[Group], warnings: Sequence[str] = ()) -> str:
     """``summary.md``: the winner of each (run, metric), GradTrust's rank, and the top-2 count."""
-    out = ["# Summary: which trust score wins", ""]
-    for w in warnings:
-        out += [f"> **Warning:** {w}", ""]
-    out += [f"- {summary.claim_line()}",
-            f"- Over all six metrics ({', '.join(METRIC_NAMES[m] for m in SUMMARY_METRICS)}): "
-            + summary.claim_line(SUMMARY_METRICS).split(" (The paper")[0],
-            ]
+    out = _md_head("Summary: which trust score wins", warnings) + [
+        f"- {summary.claim_line()}",
+        f"- Over all six metrics ({', '.join(METRIC_NAMES[m] for m in SUMMARY_METRICS)}): "
+        + summary.claim_line(SUMMARY_METRICS).split(" (The paper")[0]]
     if "gradtrust_topk" in {m for g in groups for m in g.methods} and summary.method == "gradtrust":
         alt = summarise(groups, "gradtrust_topk")
         out.append(f"- {alt.claim_line()}".replace(" (The paper claims top-2 in 37 of 38 cells on "
