@@ -15,17 +15,8 @@ from torch import nn
 
 from gradtrust.errors import ModelError
 from gradtrust.models.base import LoadedModel
-from gradtrust.models.specs import (
-    first_line,
-    is_existing_file,
-)
-from gradtrust.models.state_dict import (
-    align_keys,
-    file_sha256,
-    is_torchscript_file,
-    load_state,
-    read_state_dict,
-)
+from gradtrust.models.specs import first_line, is_existing_file
+from gradtrust.models.state_dict import file_sha256, is_torchscript_file, load_state, read_weights_file
 
 TRUST_HINT = ("If you trust the file, opt in with --trust-model-file (load_model(..., trust_model_file=True)); "
               "safer: save TorchScript (torch.jit.script/trace(model).save(path)) or the state dict "
@@ -152,14 +143,9 @@ def wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: 
                 f"weights for a model file or module must be a local state dict file, got {weights!r}"
                 + (" (file not found)" if isinstance(weights, str) else "")
             )
-        path = Path(weights).resolve()
-        state, info = read_state_dict(path)
-        state, align = align_keys(state, set(module.state_dict()))
-        meta.update(info, **align)
-        weights_str = str(path)
-        sha = file_sha256(path)
-        load_state(module, state, meta.get("model_file", meta.get("module_class", "the model")), weights_str)
-        meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
+        what = meta.get("model_file", meta.get("module_class", "the model"))
+        state, weights_str, sha = read_weights_file(weights, meta, set(module.state_dict()))
+        load_state(module, state, what, weights_str)
     inferred = _last_linear_outputs(module)
     if num_classes is not None:
         classes: int | None = num_classes

@@ -69,6 +69,7 @@ from gradtrust.models.specs import (
     looks_like_path,
     normalise_weights_arg,
     spec_message,
+    std_meta,
 )
 from gradtrust.models.state_dict import file_sha256, read_state_dict
 from gradtrust.models.torchvision_models import hub_checkpoint_path
@@ -213,8 +214,7 @@ def _set_preprocessing(loaded: LoadedModel, preprocessing: Preprocessing | str |
     loaded.transform = pre.transform()
     loaded.input_kind = "image"
     loaded.meta["preprocessing"] = pre.describe()
-    if pre.std is not None:
-        loaded.meta["normalization_std"] = list(pre.std)
+    loaded.meta.update(std_meta(pre.std))
 
 
 def _base_preprocessing(loaded: LoadedModel, borrow: str | None, options: Mapping[str, Any]) -> Preprocessing | None:
