@@ -58,10 +58,9 @@ class IntrospectivePrediction:
 
     def trust_scores(self, methods=LOGIT_SCORES, *, feed_forward: bool = False) -> dict[str, torch.Tensor]:
         """Trust scores of ``H``'s logits (or of ``f``'s, ``feed_forward=True``) through
-        :mod:`gradtrust.functional`: ``{name: (B,) float64}``, higher = more trustworthy, for the scores that
-        are functions of the logits alone (``softmax``, ``entropy``, ``max_logit``, ``margin``, ``brier``,
-        ``logit_margin``, ``energy``, ``doctor``, ``maxlogit_pnorm``). For the others (GradTrust on ``H``'s
-        layer, ODIN…) run :func:`gradtrust.score` on :meth:`Introspective.module`."""
+        :mod:`gradtrust.functional`: ``{name: (B,) float64}``, higher = more trustworthy, for the scores of
+        :data:`LOGIT_SCORES`. For the others (GradTrust on ``H``'s layer, ODIN…) run :func:`gradtrust.score` on
+        :meth:`Introspective.module`."""
         from gradtrust import functional
 
         logits = self.feed_forward_logits if feed_forward else self.logits
