@@ -37,8 +37,7 @@ from gradtrust.models.state_dict import (
 
 def hub_checkpoint_path(weights_enum: Any) -> Path:
     """Where torchvision caches the file of a weights enum: ``torch.hub.get_dir()/checkpoints/<name>``."""
-    filename = os.path.basename(urllib.parse.urlparse(weights_enum.url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(weights_enum.url).path)
 
 
 def torchvision_names() -> tuple[list[str], set[str]]:
@@ -258,7 +257,7 @@ def _enum_for_filename(enum_cls: Any, filename: str) -> Any:
     if enum_cls is None:
         return None
     for member in enum_cls:
-        if member.meta.get("categories") and os.path.basename(urllib.parse.urlparse(member.url).path) == filename:
+        if member.meta.get("categories") and hub_checkpoint_path(member).name == filename:
             return member
     return None
 
@@ -269,7 +268,7 @@ def _check_official_hash(enum: Any, path: Path, sha: str) -> dict[str, Any]:
     A file whose hash disagrees is still loaded (it may be a re-saved copy), with a warning, and the
     manifest records it: its results are not those of the official weights.
     """
-    found = _HASH_IN_NAME.search(os.path.basename(urllib.parse.urlparse(enum.url).path))
+    found = _HASH_IN_NAME.search(hub_checkpoint_path(enum).name)
     if found is None or not found.group(1):
         return {}
     matches = sha.startswith(found.group(1))
