@@ -186,10 +186,7 @@ class Introspective(Estimator):
                 ys.append(y.cpu())
         if not parts:
             raise InputError("the training set is empty: introspective learning needs labelled training samples.")
-        a = torch.cat([p.a for p in parts]).cpu()
-        h = torch.cat([p.h for p in parts]).cpu()
-        logits = torch.cat([p.logits for p in parts]).cpu()
-        valid = torch.cat([p.valid for p in parts]).cpu()
+        logits, a, h, valid = (torch.cat(field).cpu() for field in zip(*parts, strict=True))
         y = torch.cat(ys)
         self.layer = extractor.layer
         self.info_: dict[str, Any] = {**getattr(self, "info_", {}), "closed_form": bool(extractor.closed_form)}
