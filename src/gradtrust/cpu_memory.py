@@ -4,13 +4,7 @@
 >>> gradtrust.keep_freed_memory()      # True on Linux with glibc; False where it cannot apply
 True
 
-Why: with glibc's defaults a large tensor (over the mmap threshold, 128 KiB rising to at most 32 MiB) is
-served by ``mmap`` and given back with ``munmap`` when freed, and the top of the heap is trimmed once more
-than 128 KiB of it is free. The next batch then touches fresh pages, and the kernel zeroes each one on its
-first touch (a minor page fault). A gradient pass allocates and frees many large buffers per batch: a
-Purview pass on mobilenet_v3_small at batch 8 page-faulted 5,000-20,000 times per batch (see
-``docs/performance.md``, "Large batches and glibc"). Keeping freed memory in the heap lets the next batch
-reuse pages that are already mapped.
+Why, and the price: see :func:`keep_freed_memory` and ``docs/performance.md`` ("Large batches and glibc").
 
 Only the standard library is imported here: the setting does not need torch.
 """

@@ -190,7 +190,6 @@ class FlatImageDataset(ImageFileDataset):
                     "'ILSVRC2012_val_00000001,n01751748 1 1 499 499' (Kaggle's LOC_val_solution.csv)")
         by_id: dict[str, int] = {}
         bad: list[str] = []
-        n_bad = 0
         try:
             with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.reader(f)
@@ -220,13 +219,12 @@ class FlatImageDataset(ImageFileDataset):
                         else:
                             by_id[image_id] = class_index[tokens[0]]
                     if problem:
-                        n_bad += 1
-                        if len(bad) < _MAX_BAD:
-                            bad.append(f"line {line}: {problem} ({','.join(row)[:80]!r})")
+                        bad.append(f"line {line}: {problem} ({','.join(row)[:80]!r})")
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DataError(f"Malformed labels CSV {path}: {exc}; {expected}.") from None
-        if n_bad:
-            raise DataError(f"Malformed labels CSV {path}: {n_bad} bad rows, e.g. {'; '.join(bad)}. {expected}.")
+        if bad:
+            raise DataError(f"Malformed labels CSV {path}: {len(bad)} bad rows, e.g. {'; '.join(bad[:_MAX_BAD])}. "
+                            f"{expected}.")
         if not by_id:
             raise DataError(f"Labels CSV {path} has a header but no rows; {expected}.")
 
@@ -283,7 +281,6 @@ class FlatImageDataset(ImageFileDataset):
         n_classes = len(class_index)
         labels: list[int] = []
         bad: list[str] = []
-        n_bad = 0
         saw_top = False
         for number, (text, name) in enumerate(zip(lines, files, strict=False), start=1):
             label: int | None = None
@@ -313,15 +310,13 @@ class FlatImageDataset(ImageFileDataset):
                             problem = f"class index {label} out of range 0..{n_classes - 1}"
                             label = None
             if problem:
-                n_bad += 1
-                if len(bad) < _MAX_BAD:
-                    bad.append(f"line {number} ({name}): {problem}")
+                bad.append(f"line {number} ({name}): {problem}")
             else:
                 labels.append(int(label))  # type: ignore[arg-type]
-        if n_bad:
+        if bad:
             hint = f" {devkit_hint}" if saw_top and devkit is None and self._imagenet else ""
             raise DataError(
-                f"Labels file {path}: {n_bad} bad lines, e.g. {'; '.join(bad)}. Each line must be a "
+                f"Labels file {path}: {len(bad)} bad lines, e.g. {'; '.join(bad[:_MAX_BAD])}. Each line must be a "
                 f"{'WordNet ID or a ' if self._imagenet else 'class name or a '}0-based class index.{hint}"
             )
         return labels

@@ -21,9 +21,8 @@ explicit). Images and clips go through the model's own transform (``LoadedModel.
 without one (a model file, a ``digits:`` network) gets float ``[0, 1]`` tensors.
 
 The returned :class:`OpenedDataset` behaves as the dataset it wraps (``len``, indexing, ``classes``, every
-attribute) and adds :meth:`OpenedDataset.describe`, the dataset's identity for a run manifest: its kind and
-root, the number of samples, the classes and a fingerprint of the sorted relative paths, file sizes and
-labels (so that a run refuses to resume over a folder whose content changed).
+attribute) and adds :meth:`OpenedDataset.describe`, the dataset's identity for a run manifest
+(:func:`describe_dataset`), so that a run refuses to resume over a folder whose content changed.
 """
 
 from __future__ import annotations

@@ -91,10 +91,6 @@ IMAGENET_C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "
               "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate")
 
 
-def _corruption_names() -> list[str]:
-    return list(SMALL_CORRUPTIONS) + [n for n in IMAGENET_C if n not in SMALL_CORRUPTIONS]
-
-
 def parse_challenges(text: str | Sequence[str]) -> list[Challenge]:
     """``"fgsm,pgd,noise:3,blur,ood=DIR,ood=mnist"`` → challenges (a corruption without a level: 1–5).
 
@@ -119,7 +115,7 @@ def parse_challenges(text: str | Sequence[str]) -> list[Challenge]:
                 raise InputError(f"{item!r}: attacks take no level (set their strength with eps).")
             out.append(Challenge("attack", name))
             continue
-        known = _corruption_names()
+        known = list(SMALL_CORRUPTIONS) + [n for n in IMAGENET_C if n not in SMALL_CORRUPTIONS]
         if name not in known:
             raise UnknownNameError(f"unknown challenge {item!r}; attacks: {', '.join(ATTACKS)}; corruptions: "
                                    f"{', '.join(known)} (aliases {', '.join(ALIASES)}); OOD: ood=<folder> or "

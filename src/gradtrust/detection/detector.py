@@ -23,8 +23,7 @@ _EPS = 1e-30
 
 
 class Detector(Estimator):
-    """A scikit-learn-style detector: ``fit(known, challenge)`` then ``score_samples(x)`` (higher = more like
-    known; ``score`` is its old name, kept for one release).
+    """A scikit-learn-style detector: ``fit(known, challenge)`` then ``score_samples(x)`` (higher = more like known).
 
     Args:
         kind: ``"mlp"`` (hidden layers ``hidden``, Adam, early stopping off, ``max_iter`` epochs) or

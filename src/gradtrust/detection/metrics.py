@@ -23,33 +23,31 @@ METRICS = ("auroc", "fpr_at_95tpr", "detection_error")
 
 def detection_error(scores: Any, is_known: Any) -> float:
     """``min_δ ½ P_known(s < δ) + ½ P_challenge(s ≥ δ)`` (ties at δ accepted together); NaN if a class is empty."""
-    s = np.asarray(scores, dtype=np.float64)
     k = np.asarray(is_known, dtype=bool)
     n_known, n_chal = int(k.sum()), int((~k).sum())
     if n_known == 0 or n_chal == 0:
         return float("nan")
-    s = np.where(np.isnan(s), -np.inf, s)
-    order = np.argsort(-s, kind="stable")
-    s_sorted, k_sorted = s[order], k[order]
-    # accept everything at or above a distinct score value, from the highest down; plus "accept none"
-    last_of_group = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-    known_accepted = np.cumsum(k_sorted)[last_of_group]
-    chal_accepted = np.cumsum(~k_sorted)[last_of_group]
+    known_accepted, chal_accepted = _accepted(scores, k)
     errors = 0.5 * (1 - known_accepted / n_known) + 0.5 * chal_accepted / n_chal
-    return float(min(errors.min(), 0.5))
+    return float(min(errors.min(), 0.5))  # 0.5: "accept none"
 
 
 def roc_points(scores: Any, is_known: Any) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, TPR) of accepting ``s ≥ δ`` for every distinct δ, from (0, 0) to (1, 1)."""
-    s = np.asarray(scores, dtype=np.float64)
     k = np.asarray(is_known, dtype=bool)
+    known_accepted, chal_accepted = _accepted(scores, k)
+    return np.r_[0.0, chal_accepted / max((~k).sum(), 1)], np.r_[0.0, known_accepted / max(k.sum(), 1)]
+
+
+def _accepted(scores: Any, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many known and challenge samples ``s ≥ δ`` accepts, for every distinct δ from the highest score down
+    (NaN scores lowest)."""
+    s = np.asarray(scores, dtype=np.float64)
     s = np.where(np.isnan(s), -np.inf, s)
     order = np.argsort(-s, kind="stable")
     s_sorted, k_sorted = s[order], k[order]
-    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-    tpr = np.r_[0.0, np.cumsum(k_sorted)[last] / max(k.sum(), 1)]
-    fpr = np.r_[0.0, np.cumsum(~k_sorted)[last] / max((~k).sum(), 1)]
-    return fpr, tpr
+    last_of_group = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    return np.cumsum(k_sorted)[last_of_group], np.cumsum(~k_sorted)[last_of_group]
 
 
 def evaluate_detection(scores: Any, is_known: Any, n_resamples: int = 200, seed: int = 0) -> dict[str, float]:

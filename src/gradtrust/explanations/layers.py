@@ -79,14 +79,14 @@ def _probe(module: nn.Module, sample: torch.Tensor, layer: str | None) -> LayerS
     if isinstance(module, torch.jit.ScriptModule):  # register_forward_hook raises on ScriptModules
         raise ModelError("this is a TorchScript model: its compiled forward runs its layers in the TorchScript "
                          "interpreter, which never calls the Python forward hooks that read a layer's activations")
+    records, logits = _record_outputs(module, sample)
+    head, head_in = _final_linear(module, records, logits.shape[-1])
     if layer is not None:
         try:
             module.get_submodule(layer)
         except AttributeError:
             raise UnknownNameError(f"layer={layer!r} is not a module of this model. "
-                                   f"{_candidates_text(module, sample)}") from None
-    records, logits = _record_outputs(module, sample)
-    head, head_in = _final_linear(module, records, logits.shape[-1])
+                                   f"{_candidates_from(records, head_in, module)}") from None
     prefix, grid_hint = _token_info(module)
 
     if layer is None:
@@ -192,9 +192,3 @@ def _record_outputs(module: nn.Module, sample: torch.Tensor) -> tuple[list[Layer
     with recording(hooked) as records, torch.no_grad():
         logits = run_model(module, sample)
     return records, logits
-
-
-def _candidates_text(module: nn.Module, sample: torch.Tensor) -> str:
-    records, logits = _record_outputs(module, sample)
-    _, head_in = _final_linear(module, records, logits.shape[-1])
-    return _candidates_from(records, head_in, module)

@@ -19,10 +19,8 @@ from torch.nn import functional as F
 
 
 def weighted_map(alpha: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-    """``Σ_k α_k A_k`` before the ReLU: α (B, K) or (B, c, K), A (B, K, *spatial) → (B, [c,] h, w) float32.
-
-    A 3-D (video) map is averaged over time: ``mean_t Σ_k α_k A_k(t)``.
-    """
+    """``Σ_k α_k A_k`` before the ReLU (time-averaged for video, see the module docstring): α (B, K) or
+    (B, c, K), A (B, K, *spatial) → (B, [c,] h, w) float32."""
     acts = acts.float()
     if acts.dim() == 5:
         acts = acts.mean(2)

@@ -22,11 +22,8 @@ def _normalise(m: torch.Tensor) -> torch.Tensor:
 
 def reference_map(module: nn.Module, image: torch.Tensor, spec: LayerSpec, method: str, target: int,
                   contrast: int | None = None) -> torch.Tensor:
-    """One layer-resolution map (h, w) of one image ``(C, H, W)``/``(C, T, H, W)`` by hooks and ``.backward()``.
-
-    ``gradcam``: ``S = z_P``, ``ReLU(Σ α_k A_k)``; ``counterfactual``: ``S = z_P``, ``ReLU(−Σ α_k A_k)``;
-    ``contrast``: ``S = CE(z, Q)``, ``ReLU(Σ α_k A_k)``; ``α_k = mean_{ij} ∂S/∂A_k(i,j)``; video maps are averaged
-    over time before the ReLU.
+    """One layer-resolution map (h, w) of one image ``(C, H, W)``/``(C, T, H, W)`` by hooks and ``.backward()``:
+    the objectives and maps of :mod:`gradtrust.explanations.cams`; video maps are averaged over time before the ReLU.
     """
     layer = module.get_submodule(spec.name)
     store: dict[str, torch.Tensor] = {}
@@ -73,8 +70,7 @@ def reference_voice(module: nn.Module, image: torch.Tensor, spec: LayerSpec, tar
                     threshold: float = 0.1) -> tuple[torch.Tensor, float, float]:
     """VOICE of one image by the loop over all ``C − 1`` contrast classes at input resolution (float64).
 
-    Returns ``(U (H, W), SNR, IoU)``: ``U`` = min-max normalised unbiased variance of the normalised
-    Contrast-CAM maps of every ``Q ≠ P``; ``SNR = mean(U)/std(U)``; ``IoU`` of ``U > τ`` and ``E > τ``.
+    Returns ``(U (H, W), SNR, IoU)`` as defined in :mod:`gradtrust.explanations.uncertainty`.
     """
     with scoring_state(module), torch.no_grad():
         num_classes = model_logits(module, image[None]).shape[1]

@@ -13,11 +13,10 @@ the two statistics lets ``gradtrust score``/``gradtrust benchmark`` measure it. 
   are the contested ones.
 
 Both read one VOICE computation per batch (the pass's per-batch memo) and need a spatial layer (the default one
-of :func:`gradtrust.explain`); models without one skip them with the reason. Cost: one extra forward pass on GAP
-heads (closed form), otherwise a forward pass with a graph from the layer on and batched backward passes over
-every class — only up to ``voice_max_backward_classes`` classes
-(default 100), so that scoring a non-GAP ImageNet network with every method does not cost ~30 extra forward
-passes; above it the scores are NaN with the reason (raise the option to compute them).
+of :func:`gradtrust.explain`); models without one skip them with the reason. Cost: that of
+:func:`gradtrust.voice`, but without the closed form only up to ``voice_max_backward_classes`` classes (default
+100), so that scoring a non-GAP ImageNet network with every method does not cost ~30 extra forward passes; above
+it the scores are NaN with the reason (raise the option to compute them).
 """
 
 from __future__ import annotations

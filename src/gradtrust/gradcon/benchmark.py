@@ -61,15 +61,6 @@ def _delta_cell(value: float, ci: tuple[float, float]) -> str:
     return f"{100 * value:+.2f} [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
 
 
-def _interval(dist: np.ndarray, confidence: float) -> tuple[float, float]:
-    finite = dist[np.isfinite(dist)]
-    if finite.size == 0:
-        return (float("nan"), float("nan"))
-    alpha = 100 * (1 - confidence) / 2
-    low, high = np.percentile(finite, [alpha, 100 - alpha])
-    return float(low), float(high)
-
-
 def run_gradcon_benchmark(out_dir: str | Path = "gradcon-benchmark", *, classes: list[int] | None = None,
                           epochs: int = DEFAULT_EPOCHS, beta: float = 0.03, gamma: float = 0.12, seed: int = 0,
                           resamples: int = 1000, confidence: float = 0.95, device: str = "cpu",
@@ -98,6 +89,7 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
 
     from gradtrust.errors import InputError
     from gradtrust.evaluation import auroc, bootstrap_distribution, fpr_at_95tpr
+    from gradtrust.evaluation.bootstrap import percentile_interval
     from gradtrust.gradcon.data import load_labelled
     from gradtrust.gradcon.estimator import GradCON
     from gradtrust.gradcon.scoring import score_to_run
@@ -144,20 +136,20 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
             dist = bootstrap_distribution("auroc", scores[m], is_inlier, n_resamples=resamples, seed=seed)
             dists[m].append(dist)
             row[f"auroc_{m}"] = auroc(scores[m], is_inlier)
-            row[f"auroc_{m}_ci"] = _interval(dist, confidence)
+            row[f"auroc_{m}_ci"] = percentile_interval(dist, confidence)
             row[f"fpr95_{m}"] = fpr_at_95tpr(scores[m], is_inlier)
         diff = dists["gradcon"][-1] - dists["autoencoder"][-1]
         row["delta"] = row["auroc_gradcon"] - row["auroc_autoencoder"]
-        row["delta_ci"] = _interval(diff, confidence)
+        row["delta_ci"] = percentile_interval(diff, confidence)
         rows.append(row)
 
     mean: dict[str, Any] = {"class": "mean", "n_train": None, "n_test_inliers": None, "n_test": n}
     for m in METHODS:
         mean[f"auroc_{m}"] = float(np.mean([r[f"auroc_{m}"] for r in rows]))
-        mean[f"auroc_{m}_ci"] = _interval(np.mean(dists[m], axis=0), confidence)
+        mean[f"auroc_{m}_ci"] = percentile_interval(np.mean(dists[m], axis=0), confidence)
         mean[f"fpr95_{m}"] = float(np.mean([r[f"fpr95_{m}"] for r in rows]))
     mean["delta"] = mean["auroc_gradcon"] - mean["auroc_autoencoder"]
-    mean["delta_ci"] = _interval(np.mean(dists["gradcon"], axis=0) - np.mean(dists["autoencoder"], axis=0),
+    mean["delta_ci"] = percentile_interval(np.mean(dists["gradcon"], axis=0) - np.mean(dists["autoencoder"], axis=0),
                                  confidence)
     rows.append(mean)
 

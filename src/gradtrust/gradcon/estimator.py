@@ -76,8 +76,6 @@ class GradCON(Estimator):
     >>> det.score_samples(test_images)                       # (M,) float64, higher = more normal
     >>> det.save("model/"); GradCON.load("model/")
 
-    ``score`` is the old name of ``score_samples``, kept for one release.
-
     Fitted attributes: ``model_`` (:class:`GradConAE`), ``reference_`` (the ``ḡ_i``), ``steps_`` (training
     steps the running mean covers), ``in_channels_``, ``input_size_`` (the training images' ``(H, W)``),
     ``n_train_``, ``history_`` (mean loss, MSE and gradient loss per epoch).

@@ -36,11 +36,6 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dot / (a2.norm(dim=1) * b1.norm()).clamp_min(COS_EPS)
 
 
-def _decoder_weights(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    params = dict(model.named_parameters())
-    return {n: params[n].detach() for n in names}
-
-
 def per_sample_terms(
     model: nn.Module,
     images: torch.Tensor,
@@ -59,6 +54,7 @@ def per_sample_terms(
     from torch.func import functional_call, grad, vmap
 
     others = {n: p.detach() for n, p in model.named_parameters() if n not in weight_names}
+    weights = {n: p.detach() for n, p in model.named_parameters() if n in weight_names}
     buffers = dict(model.named_buffers())
 
     def loss(weights: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +64,6 @@ def per_sample_terms(
         return mse, mse.detach()
 
     per_sample = vmap(grad(loss, has_aux=True), in_dims=(None, 0))
-    weights = _decoder_weights(model, weight_names)
     mses: list[torch.Tensor] = []
     coss: list[torch.Tensor] = []
     for start in range(0, images.shape[0], chunk_size):

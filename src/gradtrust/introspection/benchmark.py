@@ -25,6 +25,7 @@ import torch
 
 from gradtrust.evaluation import auroc, bootstrap_indices
 from gradtrust.evaluation import calibration as cal
+from gradtrust.evaluation.bootstrap import percentile_interval
 
 __all__ = ["BenchmarkResult", "CONDITIONS", "run_benchmark"]
 
@@ -39,14 +40,6 @@ class BenchmarkResult:
     markdown: str
     files: dict[str, Path] = field(default_factory=dict)
     elapsed_s: float = 0.0
-
-
-def _interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return (float("nan"), float("nan"))
-    low, high = np.percentile(values, [50 * (1 - confidence), 100 - 50 * (1 - confidence)])
-    return float(low), float(high)
 
 
 def _metrics(logits: np.ndarray, prediction: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> dict[str, Any]:
@@ -140,10 +133,10 @@ def run_benchmark(names: list[str] | None, out_dir: Path, *, hidden: int = 64, e
                 for tag, m in (("ff", ff), ("intro", it), ("control", ct)):
                     row[f"{key}_{tag}"] = m[key]
                     row[f"{key}_{tag}_low"], row[f"{key}_{tag}_high"] = (
-                        _interval(m["dist"][key]) if "dist" in m else (float("nan"), float("nan")))
+                        percentile_interval(m["dist"][key], 0.95) if "dist" in m else (float("nan"), float("nan")))
             row["delta_accuracy"] = it["accuracy"] - ff["accuracy"]
             diff = it["correct"][idx].mean(axis=1) - ff["correct"][idx].mean(axis=1) if idx.shape[0] else np.zeros(0)
-            row["delta_accuracy_low"], row["delta_accuracy_high"] = _interval(diff) if diff.size else (np.nan, np.nan)
+            row["delta_accuracy_low"], row["delta_accuracy_high"] = percentile_interval(diff, 0.95)
             rows.append(row)
     frame = pd.DataFrame(rows)
     markdown = benchmark_markdown(frame, hidden=hidden, epochs=epochs, seed=seed, resamples=resamples)

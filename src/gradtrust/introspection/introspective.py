@@ -58,10 +58,9 @@ class IntrospectivePrediction:
 
     def trust_scores(self, methods=LOGIT_SCORES, *, feed_forward: bool = False) -> dict[str, torch.Tensor]:
         """Trust scores of ``H``'s logits (or of ``f``'s, ``feed_forward=True``) through
-        :mod:`gradtrust.functional`: ``{name: (B,) float64}``, higher = more trustworthy, for the scores that
-        are functions of the logits alone (``softmax``, ``entropy``, ``max_logit``, ``margin``, ``brier``,
-        ``logit_margin``, ``energy``, ``doctor``, ``maxlogit_pnorm``). For the others (GradTrust on ``H``'s
-        layer, ODIN…) run :func:`gradtrust.score` on :meth:`Introspective.module`."""
+        :mod:`gradtrust.functional`: ``{name: (B,) float64}``, higher = more trustworthy, for the scores of
+        :data:`LOGIT_SCORES`. For the others (GradTrust on ``H``'s layer, ODIN…) run :func:`gradtrust.score` on
+        :meth:`Introspective.module`."""
         from gradtrust import functional
 
         logits = self.feed_forward_logits if feed_forward else self.logits
@@ -187,10 +186,7 @@ class Introspective(Estimator):
                 ys.append(y.cpu())
         if not parts:
             raise InputError("the training set is empty: introspective learning needs labelled training samples.")
-        a = torch.cat([p.a for p in parts]).cpu()
-        h = torch.cat([p.h for p in parts]).cpu()
-        logits = torch.cat([p.logits for p in parts]).cpu()
-        valid = torch.cat([p.valid for p in parts]).cpu()
+        logits, a, h, valid = (torch.cat(field).cpu() for field in zip(*parts, strict=True))
         y = torch.cat(ys)
         self.layer = extractor.layer
         self.info_: dict[str, Any] = {**getattr(self, "info_", {}), "closed_form": bool(extractor.closed_form)}

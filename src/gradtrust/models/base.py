@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +63,7 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         """Device of the module's first parameter or buffer (CPU for a module with neither)."""
-        for tensor in _first_tensors(self.module):
+        for tensor in itertools.chain(self.module.parameters(), self.module.buffers()):
             return tensor.device
         return torch.device("cpu")
 
@@ -76,21 +77,12 @@ class LoadedModel:
             "class_names": list(self.class_names),
             "input_kind": self.input_kind,
             "clip_len": self.clip_len,
-            "transform": None if self.transform is None else _one_line(repr(self.transform)),
+            "transform": None if self.transform is None else " ".join(repr(self.transform).split()),
             "module_class": type(self.module).__name__,
             "num_parameters": sum(p.numel() for p in self.module.parameters()),
             "device": str(self.device),
             "meta": _json_safe(self.meta),
         }
-
-
-def _first_tensors(module: nn.Module):
-    yield from module.parameters()
-    yield from module.buffers()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _json_safe(value: Any) -> Any:

@@ -4,27 +4,20 @@ bundled or file weights."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.models import digits
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.specs import (
-    WEIGHTS_SUFFIXES,
     ModelSource,
     is_existing_file,
-    looks_like_path,
     random_meta,
+    refuse_missing_weights_file,
     register_source,
     unknown_message,
 )
-from gradtrust.models.state_dict import (
-    align_keys,
-    file_sha256,
-    load_state,
-    read_state_dict,
-)
+from gradtrust.models.state_dict import load_state, read_weights_file
 
 
 def load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
@@ -45,24 +38,15 @@ def load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedModel
         module = digits.build_digits_model(name, pretrained=True)
         weights_str = "bundled"
         meta.update(weights_kind="bundled", pretrained=True)
-        ref = getattr(digits, "digits_weights_file", None)
-        if ref is not None:
-            ref = ref(name)
-            sha = hashlib.sha256(ref.read_bytes()).hexdigest()
-            meta["weights_file"] = str(ref)
+        ref = digits.digits_weights_file(name)
+        sha = hashlib.sha256(ref.read_bytes()).hexdigest()
+        meta["weights_file"] = str(ref)
     elif is_existing_file(weights):
-        path = Path(weights).resolve()
         module = digits.build_digits_model(name, pretrained=False)
-        state, info = read_state_dict(path)
-        state, align = align_keys(state, set(module.state_dict()))
-        meta.update(info, **align)
-        weights_str = str(path)
-        sha = file_sha256(path)
+        state, weights_str, sha = read_weights_file(weights, meta, set(module.state_dict()))
         load_state(module, state, f"digits:{name}", weights_str)
-        meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
     else:
-        if isinstance(weights, str) and looks_like_path(weights, WEIGHTS_SUFFIXES):
-            raise ModelError(f"weights file not found: {weights}")
+        refuse_missing_weights_file(weights)
         raise UnknownNameError(
             f"unknown weights {weights!r} for digits:{name}; valid: None (random), 'DEFAULT' or 'bundled' "
             "(the shipped weights), or a local .pth/.safetensors file"

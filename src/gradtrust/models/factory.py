@@ -67,11 +67,7 @@ def load_factory(spec: str, weights: Any, num_classes: int | None) -> LoadedMode
         raise ModelError(f"{spec} returned a {type(built).__name__}, not a torch.nn.Module")
     meta = {"family": "factory", "factory": spec,
             "module_class": f"{type(built).__module__}.{type(built).__qualname__}"}
-    loaded = wrap_module(built, weights, num_classes, meta)
-    loaded.spec = spec
-    if loaded.weights is None:
-        loaded.meta.update(weights_kind="as built by the factory", pretrained=None)
-    return loaded
+    return wrap_module(built, weights, num_classes, meta, spec, "as built by the factory")
 
 
 def _accepts(fn: Any, name: str) -> bool:

@@ -15,17 +15,8 @@ from torch import nn
 
 from gradtrust.errors import ModelError
 from gradtrust.models.base import LoadedModel
-from gradtrust.models.specs import (
-    first_line,
-    is_existing_file,
-)
-from gradtrust.models.state_dict import (
-    align_keys,
-    file_sha256,
-    is_torchscript_file,
-    load_state,
-    read_state_dict,
-)
+from gradtrust.models.specs import first_line, is_existing_file
+from gradtrust.models.state_dict import file_sha256, is_torchscript_file, load_state, read_weights_file
 
 TRUST_HINT = ("If you trust the file, opt in with --trust-model-file (load_model(..., trust_model_file=True)); "
               "safer: save TorchScript (torch.jit.script/trace(model).save(path)) or the state dict "
@@ -71,8 +62,7 @@ def load_model_file(spec: str, weights: Any, num_classes: int | None, trust_mode
         meta["family"] = "pickle"
         meta["security_note"] = ("loaded with torch.load(weights_only=False) because trust_model_file=True "
                                  "(--trust-model-file) was given")
-    loaded = wrap_module(module, weights, num_classes, meta)
-    loaded.spec = spec
+    loaded = wrap_module(module, weights, num_classes, meta, spec)
     if loaded.weights_sha256 is None:  # the weights live in the model file itself
         loaded.weights_sha256 = file_sha256(path)
         loaded.meta.update(weights_kind="model file", pretrained=True)
@@ -134,16 +124,14 @@ def _read_model_object(path: Path, trust_model_file: bool) -> Any:
 def load_module_object(module: nn.Module, weights: Any, num_classes: int | None) -> LoadedModel:
     """An ``nn.Module`` given to the Python API, used as is (with ``weights`` loaded into it when given)."""
     meta = {"family": "module", "module_class": f"{type(module).__module__}.{type(module).__qualname__}"}
-    loaded = wrap_module(module, weights, num_classes, meta)
-    loaded.spec = f"module:{type(module).__qualname__}"
-    if loaded.weights is None:
-        loaded.meta.update(weights_kind="as given", pretrained=None)
-    return loaded
+    return wrap_module(module, weights, num_classes, meta, f"module:{type(module).__qualname__}", "as given")
 
 
-def wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: dict[str, Any]) -> LoadedModel:
-    """A `LoadedModel` around a built ``module``: ``weights`` (a file) loaded into it, its number of classes
-    from the last ``nn.Linear`` unless ``num_classes`` is given, ``meta`` completed."""
+def wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: dict[str, Any], spec: str,
+                unweighted_kind: str | None = None) -> LoadedModel:
+    """A `LoadedModel` ``spec`` around a built ``module``: ``weights`` (a file) loaded into it, its number of
+    classes from the last ``nn.Linear`` unless ``num_classes`` is given, ``meta`` completed (without
+    ``weights``, ``weights_kind=unweighted_kind`` and ``pretrained=None`` when that is given)."""
     sha = None
     weights_str = None
     if weights is not None:
@@ -152,14 +140,9 @@ def wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: 
                 f"weights for a model file or module must be a local state dict file, got {weights!r}"
                 + (" (file not found)" if isinstance(weights, str) else "")
             )
-        path = Path(weights).resolve()
-        state, info = read_state_dict(path)
-        state, align = align_keys(state, set(module.state_dict()))
-        meta.update(info, **align)
-        weights_str = str(path)
-        sha = file_sha256(path)
-        load_state(module, state, meta.get("model_file", meta.get("module_class", "the model")), weights_str)
-        meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
+        what = meta.get("model_file", meta.get("module_class", "the model"))
+        state, weights_str, sha = read_weights_file(weights, meta, set(module.state_dict()))
+        load_state(module, state, what, weights_str)
     inferred = _last_linear_outputs(module)
     if num_classes is not None:
         classes: int | None = num_classes
@@ -171,12 +154,14 @@ def wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: 
         meta["num_classes_source"] = "last linear layer" if inferred is not None else "unknown"
     meta["class_names_source"] = "indices"
     meta["preprocessing"] = "none: inputs must already be model-ready tensors"
+    if weights is None and unweighted_kind is not None:
+        meta.update(weights_kind=unweighted_kind, pretrained=None)
     return LoadedModel(
         module=module,
         transform=None,
         class_names=[str(i) for i in range(classes)] if classes is not None else [],
         num_classes=classes,
-        spec="",
+        spec=spec,
         weights=weights_str,
         weights_sha256=sha,
         input_kind="tensor",

@@ -20,7 +20,7 @@ import torch
 
 from gradtrust.errors import ModelError
 from gradtrust.models.base import LoadedModel
-from gradtrust.models.specs import first_line
+from gradtrust.models.specs import first_line, std_meta
 from gradtrust.models.state_dict import file_sha256
 
 __all__ = ["HFImageTransform", "load_hf_folder"]
@@ -114,7 +114,7 @@ def load_hf_folder(folder: str, weights: Any, num_classes: int | None) -> Loaded
         meta["preprocessing"] = {"source": f"{type(processor).__name__} of the folder", **summary}
         if summary.get("do_normalize") and summary.get("image_std") is not None:
             std = summary["image_std"]
-            meta["normalization_std"] = [float(s) for s in (std if isinstance(std, list) else [std] * 3)]
+            meta.update(std_meta(std if isinstance(std, list) else [std] * 3))
     else:
         meta["preprocessing"] = "none: the folder has no preprocessor_config.json; give --input-size/--mean/--std"
     weight_file = next((path / name for name in _WEIGHT_FILES if (path / name).is_file()), None)

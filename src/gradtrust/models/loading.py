@@ -33,11 +33,8 @@ Weights
                             own number of classes is inferred from the file when ``num_classes`` is not
                             given.
 
-Security: a state dict is read with ``weights_only=True`` and a ``.safetensors`` file cannot run code, so
-weights files are safe to load. A *pickled model file* (a whole ``nn.Module``) can only be read with
-``torch.load(weights_only=False)``, which can execute arbitrary code hidden in the file: GradTrust refuses
-it unless ``trust_model_file=True`` (``--trust-model-file``). Prefer TorchScript, or a state dict plus an
-architecture spec (``torchvision:``, ``timm:`` or ``package.module:factory``).
+Security: weights files are read without running code; a pickled model file only with
+``trust_model_file=True`` (see :func:`gradtrust.models.files.load_model_file`).
 """
 
 from __future__ import annotations
@@ -69,6 +66,7 @@ from gradtrust.models.specs import (
     looks_like_path,
     normalise_weights_arg,
     spec_message,
+    std_meta,
 )
 from gradtrust.models.state_dict import file_sha256, read_state_dict
 from gradtrust.models.torchvision_models import hub_checkpoint_path
@@ -213,8 +211,7 @@ def _set_preprocessing(loaded: LoadedModel, preprocessing: Preprocessing | str |
     loaded.transform = pre.transform()
     loaded.input_kind = "image"
     loaded.meta["preprocessing"] = pre.describe()
-    if pre.std is not None:
-        loaded.meta["normalization_std"] = list(pre.std)
+    loaded.meta.update(std_meta(pre.std))
 
 
 def _base_preprocessing(loaded: LoadedModel, borrow: str | None, options: Mapping[str, Any]) -> Preprocessing | None:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from gradtrust.errors import ModelError, UnknownNameError
+from gradtrust.models.specs import unknown_message
 
 __all__ = ["INTERPOLATIONS", "Preprocessing", "PreprocessTransform", "borrow_preprocessing", "preprocessing_of"]
 
@@ -185,15 +186,11 @@ def borrow_preprocessing(spec: str) -> Preprocessing:
     if family == "torchvision":
         import torchvision.models as tvm
 
-        from gradtrust.models.torchvision_models import torchvision_names
+        from gradtrust.models.torchvision_models import reference_enum, torchvision_names
 
         names = torchvision_names()[0]
         if name not in names:
-            from gradtrust.models.specs import unknown_message
-
             raise UnknownNameError(unknown_message("torchvision model", name, names, prefix="torchvision:"))
-        from gradtrust.models.torchvision_models import reference_enum
-
         enum = reference_enum(name, tvm.get_model_weights(name))
         t = enum.transforms()
         if not hasattr(t, "crop_size") or (found := preprocessing_of(t)) is None:

@@ -103,6 +103,17 @@ def is_existing_file(weights: Any) -> bool:
     return isinstance(weights, str) and os.path.isfile(weights)
 
 
+def refuse_missing_weights_file(weights: Any) -> None:
+    """A `ModelError` when ``weights`` is a string meant as a weights file path (see `looks_like_path`)."""
+    if isinstance(weights, str) and looks_like_path(weights, WEIGHTS_SUFFIXES):
+        raise ModelError(f"weights file not found: {weights}")
+
+
+def std_meta(std: Any) -> dict[str, Any]:
+    """The ``normalization_std`` meta entry (for ODIN's ε in pixel units); empty without a std."""
+    return {} if std is None else {"normalization_std": [float(s) for s in std]}
+
+
 def looks_like_path(text: str, suffixes: tuple[str, ...]) -> bool:
     """Whether ``text`` was meant as a path: it has a separator or ends with one of ``suffixes``."""
     return "/" in text or "\\" in text or text.lower().endswith(suffixes)

@@ -84,6 +84,20 @@ def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
     return _unwrap_state_dict(obj, path)
 
 
+def read_weights_file(weights: PathLike, meta: dict[str, Any],
+                      model_keys: set[str] | None = None) -> tuple[dict[str, torch.Tensor], str, str]:
+    """`read_state_dict` of a local weights file, its prefixes aligned to ``model_keys`` when given (`align_keys`),
+    recorded in ``meta`` (``weights_kind="file"``); returns the state, the resolved path and its SHA-256."""
+    path = Path(weights).resolve()
+    state, info = read_state_dict(path)
+    align: dict[str, Any] = {}
+    if model_keys is not None:
+        state, align = align_keys(state, model_keys)
+    meta.update(info, **align)
+    meta.update(weights_kind="file", pretrained=True, weights_file=str(path))
+    return state, str(path), file_sha256(path)
+
+
 def _check_torch_file(path: Path) -> None:
     """A ``torch.save`` file is a zip archive (``PK``) or, in the legacy format, a pickle (protocol byte 0x80).
     Anything else is not a weights file, whatever ``torch.load`` would make of it ("pop from empty list"…)."""

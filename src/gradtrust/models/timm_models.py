@@ -3,7 +3,6 @@ preprocessing (``resolve_data_config`` + ``create_transform``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, cast
 
 from torch import nn
@@ -11,21 +10,15 @@ from torch import nn
 from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.specs import (
-    WEIGHTS_SUFFIXES,
     ModelSource,
     did_you_mean,
     is_existing_file,
-    looks_like_path,
     random_meta,
+    refuse_missing_weights_file,
     register_source,
+    std_meta,
 )
-from gradtrust.models.state_dict import (
-    build_on_meta,
-    file_sha256,
-    fit_num_classes,
-    load_state,
-    read_state_dict,
-)
+from gradtrust.models.state_dict import build_on_meta, fit_num_classes, load_state, read_weights_file
 
 
 def import_timm():
@@ -63,8 +56,7 @@ def load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
         module = build(num_classes)
         meta["num_classes_source"] = "argument" if num_classes is not None else "default"
     elif not is_existing_file(weights):
-        if isinstance(weights, str) and looks_like_path(weights, WEIGHTS_SUFFIXES):
-            raise ModelError(f"weights file not found: {weights}")
+        refuse_missing_weights_file(weights)
         hub_id = _timm_hub_id(timm, name)
         where = (
             f" The weights of {hub_id} are at https://huggingface.co/{hub_id} (model.safetensors)."
@@ -75,12 +67,7 @@ def load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
             f"GradTrust never downloads anything.{where}"
         )
     else:
-        path = Path(weights).resolve()
-        state, info = read_state_dict(path)
-        meta.update(info)
-        sha = file_sha256(path)
-        weights_str = str(path)
-        meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
+        state, weights_str, sha = read_weights_file(weights, meta)
         probe: Any = build_on_meta(lambda: build(None))  # timm models carry num_classes
         default_classes = int(probe.num_classes)
         classes, state, align = fit_num_classes(build, state, num_classes, default_classes, f"timm:{name}")
@@ -93,8 +80,7 @@ def load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
     transform = timm.data.create_transform(**data_config)
     meta["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
     meta["preprocessing"] = "timm resolve_data_config(use_test_size=True) + create_transform"
-    if data_config.get("std") is not None:  # for ODIN's ε in pixel units
-        meta["normalization_std"] = [float(s) for s in data_config["std"]]
+    meta.update(std_meta(data_config.get("std")))
     class_names, source = _timm_class_names(timm, module, classes)
     meta["class_names_source"] = source
     return LoadedModel(

@@ -16,13 +16,13 @@ from torch import nn
 from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.specs import (
-    WEIGHTS_SUFFIXES,
     ModelSource,
     did_you_mean,
     is_existing_file,
-    looks_like_path,
     random_meta,
+    refuse_missing_weights_file,
     register_source,
+    std_meta,
     unknown_message,
 )
 from gradtrust.models.state_dict import (
@@ -31,13 +31,13 @@ from gradtrust.models.state_dict import (
     fit_num_classes,
     load_state,
     read_state_dict,
+    read_weights_file,
 )
 
 
 def hub_checkpoint_path(weights_enum: Any) -> Path:
     """Where torchvision caches the file of a weights enum: ``torch.hub.get_dir()/checkpoints/<name>``."""
-    filename = os.path.basename(urllib.parse.urlparse(weights_enum.url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(weights_enum.url).path)
 
 
 def torchvision_names() -> tuple[list[str], set[str]]:
@@ -82,8 +82,7 @@ def load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loaded
         ref = reference_enum(name, enum_cls)
         meta.update(random_meta())
     elif isinstance(weights, WeightsEnum) or not is_existing_file(weights):
-        if isinstance(weights, str) and looks_like_path(weights, WEIGHTS_SUFFIXES):
-            raise ModelError(f"weights file not found: {weights}")
+        refuse_missing_weights_file(weights)
         if enum_cls is None:
             raise ModelError(f"torchvision:{name} has no weights enum; pass a local weights file instead")
         enum = _resolve_enum(name, enum_cls, weights)
@@ -105,14 +104,10 @@ def load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loaded
                     weights_url=enum.url, weights_file=str(path))
         meta.update(_check_official_hash(enum, path, sha))
     else:
-        path = Path(weights).resolve()
-        state, info = read_state_dict(path)
-        meta.update(info)
-        sha = file_sha256(path)
-        weights_str = str(path)
+        state, weights_str, sha = read_weights_file(weights, meta)
+        path = Path(weights_str)
         enum = _enum_for_filename(enum_cls, path.name)  # a copy of an official checkpoint
         ref = enum if enum is not None else reference_enum(name, enum_cls)
-        meta.update(weights_kind="file", pretrained=True, weights_file=weights_str)
         if enum is not None:
             meta.update(weights_enum=_enum_full_name(enum), weights_url=enum.url)
             meta.update(_check_official_hash(enum, path, sha))
@@ -151,8 +146,7 @@ def load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loaded
     transform = ref.transforms() if ref is not None else None
     if ref is not None:
         meta["preprocessing"] = f"transforms of {_enum_full_name(ref)}"
-        if getattr(transform, "std", None) is not None:  # for ODIN's ε in pixel units
-            meta["normalization_std"] = [float(s) for s in getattr(transform, "std", ())]
+        meta.update(std_meta(getattr(transform, "std", None)))
 
     clip_len = _clip_len(ref) if is_video else None
     return LoadedModel(
@@ -232,7 +226,7 @@ def _resolve_enum(name: str, enum_cls: Any, weights: Any) -> Any:
             )
     else:
         member = text
-    members = {m.lower(): m for m in ["DEFAULT", *(e.name for e in enum_cls)]}
+    members = {m.lower(): m for m in _enum_names(enum_cls)}
     if member.lower() not in members:
         raise UnknownNameError(
             f"unknown weights {text!r} for torchvision:{name}; valid: {', '.join(_enum_names(enum_cls))}, "
@@ -263,7 +257,7 @@ def _enum_for_filename(enum_cls: Any, filename: str) -> Any:
     if enum_cls is None:
         return None
     for member in enum_cls:
-        if member.meta.get("categories") and os.path.basename(urllib.parse.urlparse(member.url).path) == filename:
+        if member.meta.get("categories") and hub_checkpoint_path(member).name == filename:
             return member
     return None
 
@@ -274,7 +268,7 @@ def _check_official_hash(enum: Any, path: Path, sha: str) -> dict[str, Any]:
     A file whose hash disagrees is still loaded (it may be a re-saved copy), with a warning, and the
     manifest records it: its results are not those of the official weights.
     """
-    found = _HASH_IN_NAME.search(os.path.basename(urllib.parse.urlparse(enum.url).path))
+    found = _HASH_IN_NAME.search(hub_checkpoint_path(enum).name)
     if found is None or not found.group(1):
         return {}
     matches = sha.startswith(found.group(1))
