@@ -142,23 +142,21 @@ class JobOutcome:
 def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: int = 0, force: bool = False,
              echo=click.echo) -> list[JobOutcome]:
     """Score every job not already complete; a failing job is recorded, never fatal."""
-    from gradtrust.errors import GradTrustError
+    import torch
 
+    from gradtrust.data.open import open_dataset
+    from gradtrust.errors import GradTrustError
+    from gradtrust.models import load_model
+    from gradtrust.runs import score_dataset
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     outcomes: list[JobOutcome] = []
     models: dict[tuple, Any] = {}
-    total = len(jobs)
     for k, job in enumerate(jobs, 1):
-        prefix = f"[{k}/{total}] {job.name}"
+        prefix = f"[{k}/{len(jobs)}] {job.name}"
         t0 = time.perf_counter()
         try:
-            import torch
-
-            from gradtrust.data.open import open_dataset
-            from gradtrust.models import load_model
-            from gradtrust.runs import score_dataset
-
-            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            key = (job.model, job.weights, dev)
+            key = (job.model, job.weights)
             if key not in models:
                 torch.manual_seed(RANDOM_INIT_SEED)  # random weights: the same network every time
                 models.clear()  # one model in memory at a time

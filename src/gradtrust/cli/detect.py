@@ -91,7 +91,7 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
                      for spec, weights in models]
     for _, loaded in loaded_models:
         echo_preprocessing(loaded, load_options or {})
-    tables, figures, failures = [], [], []
+    tables, failures = [], []
     for spec, loaded in loaded_models:
         started = time.perf_counter()
         known_spec = data or ("digits:test" if spec.startswith("digits:") else None)
@@ -117,9 +117,9 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
             layer_of_column = list(feature_layout(loaded.module, grouping="layer").columns)
         modules = dict(loaded.module.named_modules())
         layer_of_column = [f"{n} ({type(modules[n]).__name__})" if n in modules else n for n in layer_of_column]
-        figures.append(profile_figure(result.sets, layer_of_column, out_dir / f"profile_{name}.png",
-                                      f"{spec}: gradient features per layer (evaluation samples)"))
-        figures.append(roc_figure(result.curves, result.table, out_dir / f"roc_{name}.png", f"{spec}: ROC, known = positive"))
+        profile_figure(result.sets, layer_of_column, out_dir / f"profile_{name}.png",
+                       f"{spec}: gradient features per layer (evaluation samples)")
+        roc_figure(result.curves, result.table, out_dir / f"roc_{name}.png", f"{spec}: ROC, known = positive")
         echo(f"{spec}: {len(parsed)} challenge sets, {known.x.shape[0]} known samples, "
              f"{time.perf_counter() - started:.1f} s")
     if env_rank() != 0:

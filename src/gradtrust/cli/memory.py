@@ -35,7 +35,7 @@ def runs_on_cpu(device: Any) -> bool:
 def keep_freed_memory_option(command: F) -> F:
     """Add ``--keep-freed-memory/--no-keep-freed-memory`` (default on) to a click command callback: on, and the
     command's ``device`` the CPU (no ``device`` parameter: the CPU), it calls
-    :func:`gradtrust.cpu_memory.keep_freed_memory` before the command runs. Place it right under ``@...command(...)``."""
+    :func:`gradtrust.cpu_memory.keep_freed_memory` before the command runs. Place it under ``@...command(...)``."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

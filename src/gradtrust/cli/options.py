@@ -264,10 +264,6 @@ def _handled(callback: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _with_context(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {**kwargs, "context_settings": {**CONTEXT, **(kwargs.get("context_settings") or {})}}
-
-
 def _format_sections(command: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> None:
     """The options under the headings of :data:`SECTIONS` (``--help`` last, under "Run")."""
     sections: dict[str, list[tuple[str, str]]] = {name: [] for name in SECTIONS}
@@ -287,7 +283,8 @@ class Command(click.Command):
     :class:`~gradtrust.errors.GradTrustError` or an ``OSError``) → one line that says what to do and exit code 2."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **_with_context(kwargs))
+        kwargs["context_settings"] = {**CONTEXT, **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
         self.callback = None if self.callback is None else _handled(self.callback)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

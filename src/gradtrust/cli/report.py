@@ -35,7 +35,8 @@ def echo_report(report, *, print_table: bool = False) -> None:
         for line in report.summary_lines[:2]:
             click.echo(line)
         click.echo(f"Report of {len(report.results)} run(s) written to {report.out_dir} ({report.elapsed_s:.1f} s): "
-                   "table.md, table.csv, selective.md, selective.csv, summary.md, calibration.md, figures/, report.json")
+                   "table.md, table.csv, selective.md, selective.csv, summary.md, calibration.md, figures/, "
+                   "report.json")
     click.echo(f"HTML page: {report.files['html'].resolve()}")
 
 
