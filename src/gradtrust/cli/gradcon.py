@@ -1,11 +1,4 @@
-"""``gradtrust gradcon``: train, score and benchmark the GradCON anomaly detector (``docs/gradcon.md``).
-
-* ``gradtrust gradcon fit --data DIR|digits:train --inlier CLASS --out MODEL``
-* ``gradtrust gradcon score --gradcon MODEL --data DIR|digits:test --out RUN``  (then ``gradtrust report RUN``)
-* ``gradtrust gradcon benchmark`` (also ``gradtrust gradcon`` alone): the built-in digits benchmark.
-
-Heavy imports (torch) happen inside the commands, so ``gradtrust --help`` stays fast.
-"""
+"""``gradtrust gradcon fit | score | benchmark``: the GradCON anomaly detector (``docs/gradcon.md``)."""
 
 from __future__ import annotations
 
@@ -15,6 +8,7 @@ import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
 from gradtrust.cli.options import Group, alias, device_of, shared
+from gradtrust.errors import InputError
 
 __all__ = ["gradcon_command"]
 
@@ -69,9 +63,8 @@ def fit_command(data, inlier, beta, gamma, epochs, lr, grayscale, out_dir, batch
     det.fit(train)
     det.save(out_dir, metadata={"inlier": {"label": label, "name": images.classes[label]}, "data": data,
                                 "grayscale": grayscale, "classes": images.classes}, overwrite=force)
-    last = det.history_[-1]
     click.echo(f"GradCON fitted on {len(train)} images of class {images.classes[label]!r} "
-               f"({epochs} epochs, final MSE {last['mse']:.5f}); saved to {out_dir}")
+               f"({epochs} epochs, final MSE {det.history_[-1]['mse']:.5f}); saved to {out_dir}")
 
 
 @gradcon_command.command("score")
@@ -90,7 +83,6 @@ def fit_command(data, inlier, beta, gamma, epochs, lr, grayscale, out_dir, batch
 def score_command(model_dir, data, inlier, gamma, grayscale, out_dir, device, workers, resamples, force,
                   no_progress):
     """Score every image of --data (higher = more normal) and write a run folder for `gradtrust report`."""
-    from gradtrust.errors import InputError
     from gradtrust.gradcon.data import load_labelled, resolve_class
     from gradtrust.gradcon.estimator import GradCON
     from gradtrust.gradcon.scoring import score_to_run
@@ -131,11 +123,10 @@ def score_command(model_dir, data, inlier, gamma, grayscale, out_dir, device, wo
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
 @shared("out_dir", default=Path("gradcon-benchmark"), show_default=True)
 @shared("seed", "resamples", "device", "no_progress")
-def benchmark_command(epochs=None, classes=None, beta=0.03, gamma=0.12, threads=1, no_report=False,
-                      out_dir=Path("gradcon-benchmark"), seed=0, resamples=1000, device=None, no_progress=False):
+def benchmark_command(epochs, classes, beta, gamma, threads, no_report, out_dir, seed, resamples, device,
+                      no_progress):
     """One GradCON and one plain autoencoder per digit class on the bundled digits (nothing downloaded);
     prints the AUROC table (inliers positive) with bootstrap CIs and writes it, the runs and a report."""
-    from gradtrust.errors import InputError
     from gradtrust.gradcon.benchmark import DEFAULT_EPOCHS, run_gradcon_benchmark
 
     try:
@@ -143,10 +134,8 @@ def benchmark_command(epochs=None, classes=None, beta=0.03, gamma=0.12, threads=
     except ValueError:
         raise InputError(f"--classes takes comma-separated digits 0..9, got {classes!r}") from None
     result = run_gradcon_benchmark(out_dir, classes=wanted, epochs=epochs or DEFAULT_EPOCHS, beta=beta,
-                                   gamma=gamma, seed=seed, resamples=resamples,
-                                   device=str(device_of(device)),
-                                   progress=not no_progress, threads=threads,
-                                   echo=None if no_progress else click.echo)
+                                   gamma=gamma, seed=seed, resamples=resamples, device=str(device_of(device)),
+                                   progress=not no_progress, threads=threads, echo=None if no_progress else click.echo)
     if not no_report:
         from gradtrust.reporting.report import build_report
 

@@ -1,7 +1,4 @@
-"""``gradtrust introspect``: fit the introspective network ``H`` of a model (``fit``), score a dataset with both
-``f`` and ``H`` (``score``: two score runs ``RUN/feed_forward/``, ``RUN/introspective/`` and
-``RUN/introspection.parquet``, both predictions and logits per sample, which ``gradtrust report RUN`` compares),
-and the built-in digits comparison (``benchmark``); see ``docs/introspection.md``."""
+"""``gradtrust introspect fit | score | benchmark``: introspective learning (``docs/introspection.md``)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ from pathlib import Path
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.cli.options import Group, alias, device_of, echo_preprocessing, model_options, shared
+from gradtrust.cli.options import RANDOM_INIT_SEED, Group, alias, device_of, load_cli_model, model_options, shared
 from gradtrust.errors import GradTrustError, InputError
 
 __all__ = ["introspect_command"]
@@ -56,15 +53,12 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
     The features are written to DIR/features/ in atomic chunks first: an interrupted fit run again with
     the same command computes only the missing chunks. Writes DIR/estimator.json + weights.safetensors.
     """
-    import torch
-
-    from gradtrust.cli.score import RANDOM_INIT_SEED, weights_arg
     from gradtrust.data.classes import resolve_class_indices
     from gradtrust.data.open import describe_dataset, open_dataset
     from gradtrust.estimator import CONFIG_FILE, WEIGHTS_FILE
     from gradtrust.introspection.cache import cached_features
     from gradtrust.introspection.introspective import Introspective
-    from gradtrust.models import file_sha256, load_model
+    from gradtrust.models import file_sha256
     from gradtrust.runs.folder import RunFolder
     from gradtrust.runs.identity import dataset_identity, model_identity
     from gradtrust.runs.task import env_rank
@@ -72,27 +66,24 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
     if data is None:
         raise InputError("--data is required: the training data (a class-folder DIR, or digits:train).")
     dev = device_of(device)
-    torch.manual_seed(RANDOM_INIT_SEED)
-    model = load_model(model_spec, weights_arg(model_spec, weights), num_classes, device=dev, **load_options)
-    echo_preprocessing(model, load_options)
+    model = load_cli_model(model_spec, weights, num_classes, dev, load_options)
     dataset = open_dataset(data, model, labels)
     if len(dataset) == 0:
         raise InputError("the training set is empty.")
     if not model.num_classes:
         raise InputError(f"the number of outputs of {model.spec} is unknown; pass --num-classes.")
     class_map = resolve_class_indices(dataset.classes, model.class_names, model.num_classes)
-    out = Path(out_dir)
-    fit = RunFolder(out, "introspect", "gradtrust.introspective/1",
+    fit = RunFolder(out_dir, "introspect", "gradtrust.introspective/1",
                     {"model": model_identity(model, model.describe()), "train": dataset_identity(dataset),
                      "settings": {"hidden": hidden, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                                   "seed": seed, "layer": layer}},
                     outputs=("features", WEIGHTS_FILE, CONFIG_FILE))
     if env_rank() == 0:
         fit.claim(force)
-    feats = cached_features(model, dataset, class_map, out / "features", layer=layer, chunk_size=chunk_size,
+    feats = cached_features(model, dataset, class_map, out_dir / "features", layer=layer, chunk_size=chunk_size,
                             num_workers=workers, progress=not no_progress)
     if feats["resumed_chunks"]:
-        click.echo(f"resumed: {feats['resumed_chunks']} chunk(s) of features read from {out / 'features'}")
+        click.echo(f"resumed: {feats['resumed_chunks']} chunk(s) of features read from {out_dir / 'features'}")
     intro = Introspective(hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                           layer=feats["layer"], progress=not no_progress)
     intro.info_ = {"closed_form": feats["closed_form"]}
@@ -105,14 +96,14 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
              "train": describe_dataset(dataset)}
     if env_rank() != 0:  # under torchrun every rank fits the same H; rank 0 writes it
         return
-    intro.save(out, extra, overwrite=force)
+    intro.save(out_dir, extra, overwrite=force)
     info = intro.info_
     click.echo(f"H fitted on {info['train_samples']} samples ({info['num_classes']} classes x "
                f"{info['num_features']} features at layer {info['layer']!r}, "
                f"{'closed form' if info['closed_form'] else 'autograd'}) in {info['fit_seconds']:.1f} s; "
                f"train accuracy f {info['train_accuracy_feed_forward']:.4f}, H {info['train_accuracy']:.4f}")
-    click.echo(f"  written: {out / WEIGHTS_FILE} ({file_sha256(out / WEIGHTS_FILE)[:12]}…), "
-               f"{out / CONFIG_FILE}")
+    click.echo(f"  written: {out_dir / WEIGHTS_FILE} ({file_sha256(out_dir / WEIGHTS_FILE)[:12]}…), "
+               f"{out_dir / CONFIG_FILE}")
 
 
 def introspective_loaded_model(model, intro, folder: Path):
@@ -157,7 +148,7 @@ def write_introspection_table(out: Path) -> Path:
 
 @introspect_command.command("score")
 @keep_freed_memory_option
-@click.option("--introspective", "folder", required=True, type=click.Path(file_okay=False, exists=True),
+@click.option("--introspective", "folder", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
               metavar="DIR", help="A folder written by `gradtrust introspect fit`.")
 @shared("data", required=True)
 @shared("labels")
@@ -174,13 +165,11 @@ def score_command(folder, data, labels, methods, out_dir, force, batch_size, wor
     """
     import torch
 
-    from gradtrust.cli.score import RANDOM_INIT_SEED
     from gradtrust.data.open import open_dataset
     from gradtrust.introspection.introspective import Introspective
     from gradtrust.models import load_model
     from gradtrust.runs.score import score_dataset
 
-    folder = Path(folder)
     intro = Introspective.load(folder)
     spec = intro.metadata_.get("model") or {}
     if not spec.get("spec"):
@@ -193,19 +182,18 @@ def score_command(folder, data, labels, methods, out_dir, force, batch_size, wor
         raise InputError(f"the weights of {spec['spec']} ({model.weights}) differ from those H was fitted on "
                          f"(SHA-256 {spec['weights_sha256'][:12]}…): fit H again for these weights.")
     intro.check_fitted().to(dev)
-    out = Path(out_dir)
     dataset = open_dataset(data, model, labels)
     kwargs = dict(methods=methods, batch_size=batch_size, num_workers=workers, device=str(dev), force=force,
                   progress=not no_progress)
-    ff = score_dataset(model, dataset, out / "feed_forward", **kwargs)
+    ff = score_dataset(model, dataset, out_dir / "feed_forward", **kwargs)
     both = introspective_loaded_model(model, intro, folder)
-    it = score_dataset(both, open_dataset(data, both, labels), out / "introspective", **kwargs)
-    path = write_introspection_table(out)
+    it = score_dataset(both, open_dataset(data, both, labels), out_dir / "introspective", **kwargs)
+    path = write_introspection_table(out_dir)
     acc = [("n/a" if s.accuracy is None else f"{s.accuracy:.4f}") for s in (ff, it)]
     click.echo(f"{model.spec} on {data}: {ff.num_scored} samples; accuracy feed-forward {acc[0]}, "
                f"introspective {acc[1]}")
-    click.echo(f"  runs: {out / 'feed_forward'}, {out / 'introspective'}; both predictions: {path}")
-    click.echo(f"  compare: gradtrust report {out} --out {out / 'report'}")
+    click.echo(f"  runs: {out_dir / 'feed_forward'}, {out_dir / 'introspective'}; both predictions: {path}")
+    click.echo(f"  compare: gradtrust report {out_dir} --out {out_dir / 'report'}")
 
 
 @introspect_command.command("benchmark")

@@ -1,10 +1,6 @@
-"""``--keep-freed-memory/--no-keep-freed-memory``: the command line's CPU memory policy, one decorator for every
-command that runs a model.
-
-A library call must not change the process's allocator behind its caller's back; an application may. The
-``gradtrust`` commands are that application: when a command runs on the CPU it calls
-:func:`gradtrust.cpu_memory.keep_freed_memory` first (on by default), and ``--no-keep-freed-memory`` leaves
-glibc's defaults. Why and at what price: :mod:`gradtrust.cpu_memory` and ``docs/performance.md``.
+"""``--keep-freed-memory/--no-keep-freed-memory``: the command line's CPU memory policy. A library call must not
+change the process's allocator behind its caller's back; an application (the ``gradtrust`` commands) may. Why and
+at what price: :mod:`gradtrust.cpu_memory` and ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -37,13 +33,12 @@ def runs_on_cpu(device: Any) -> bool:
 
 
 def keep_freed_memory_option(command: F) -> F:
-    """Add ``--keep-freed-memory/--no-keep-freed-memory`` (default on) to a click command callback and apply it
-    before the command runs, when the command's ``device`` is the CPU (no ``device`` parameter: the CPU).
-    Place it right under ``@...command(...)``."""
+    """Add ``--keep-freed-memory/--no-keep-freed-memory`` (default on) to a click command callback: on, and the
+    command's ``device`` the CPU (no ``device`` parameter: the CPU), it calls
+    :func:`gradtrust.cpu_memory.keep_freed_memory` before the command runs. Place it under ``@...command(...)``."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        # A command without --device (introspect benchmark) runs on the CPU.
         if kwargs.pop(OPTION_NAME) and runs_on_cpu(kwargs.get("device", "cpu")):
             from gradtrust.cpu_memory import keep_freed_memory
 

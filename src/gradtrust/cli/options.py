@@ -1,13 +1,7 @@
-"""One command-line convention for every ``gradtrust`` command: the shared options, one error handler, one help layout.
-
-* Each shared option (``--model``, ``--weights``, ``--input-size``, ``--data``, ``--out``, ``--device`` …) is
-  declared once in :data:`DEFINITIONS` and added to a command with :func:`shared`, so the same flag has the same
-  type, help and meaning everywhere; a command may change only its default, whether it is required, or whether it
-  repeats (:data:`PER_COMMAND`). ``tests/test_cli_options.py`` walks every command and checks it.
-* :class:`Command` / :class:`Group` (``@click.command(cls=Command)``): every user error — a
-  :class:`~gradtrust.errors.GradTrustError` or an ``OSError`` — ends the command with exit code 2 and one line that
-  says what to do; ``--help`` shows usage, the description, then the options in the sections of :data:`SECTIONS`.
-* An old spelling stays as a hidden, deprecated alias (:func:`alias`) that fills the same parameter.
+"""One command-line convention for every ``gradtrust`` command: each shared option declared once in
+:data:`DEFINITIONS` (added with :func:`shared`; ``tests/test_cli_options.py`` walks every command and checks it),
+one error handler and one help layout (:class:`Command`), old spellings as hidden aliases (:func:`alias`), and the
+steps every command repeats (:func:`load_cli_model`, :func:`data_or_digits`).
 """
 
 from __future__ import annotations
@@ -21,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from gradtrust.errors import GradTrustError
+from gradtrust.errors import GradTrustError, InputError
 
 __all__ = ["DEFINITIONS", "SECTIONS", "Command", "Group", "SharedOption", "alias", "device_of", "model_options",
            "shared", "user_error_line"]
@@ -32,6 +26,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 SECTIONS = ("Model", "Data", "Options", "Output", "Run")
 #: What one command may set differently for a shared option; type, help and flag stay the definition's.
 PER_COMMAND = frozenset({"default", "required", "multiple", "show_default"})
+RANDOM_INIT_SEED = 0  # random-weight models are initialised from torch.manual_seed(0): every run, every rank
 
 def _option(section: str, decls: str, help: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # noqa: A002
     return section, {"param_decls": decls.split(), "help": help, **kwargs}
@@ -179,12 +174,53 @@ def device_of(device: str | None) -> Any:
     return resolve_device(device, default)
 
 
+def rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def weights_arg(spec: str, weights: str | None) -> str | None:
+    """The ``--weights`` option as `load_model` takes it: ``random``/``none``/``null`` mean random
+    initialisation (None); no option means the bundled weights for ``digits:`` models."""
+    if weights is not None and weights.strip().lower() in ("random", "none", "null"):
+        return None
+    if weights is None and spec.startswith("digits:"):
+        return "DEFAULT"  # the bundled, trained weights
+    return weights
+
+
+def load_cli_model(spec: str, weights: str | None, num_classes: int | None, device: Any,
+                   load_options: dict[str, Any]) -> Any:
+    """The model of ``--model``/``--weights`` (:func:`weights_arg`) and the shared loading options on ``device``,
+    random weights drawn from ``torch.manual_seed(RANDOM_INIT_SEED)`` (the same network on every run and rank);
+    its preprocessing echoed (:func:`echo_preprocessing`)."""
+    import torch
+
+    from gradtrust.models import load_model
+
+    torch.manual_seed(RANDOM_INIT_SEED)
+    model = load_model(spec, weights_arg(spec, weights), num_classes, device=device, **load_options)
+    echo_preprocessing(model, load_options)
+    return model
+
+
 def echo_preprocessing(model: Any, load_options: dict[str, Any]) -> None:
     """Print, once at the start, the preprocessing the user's options produced (the manifest records it too)."""
     used = model.meta.get("preprocessing")
-    if load_options.get("preprocessing") and isinstance(used, dict) and int(os.environ.get("RANK", "0") or 0) == 0:
+    if load_options.get("preprocessing") and isinstance(used, dict) and rank() == 0:
         fields = ", ".join(f"{k} {v}" for k, v in used.items() if k != "source" and v is not None)
         click.echo(f"preprocessing: {fields} ({used.get('source')})", err=True)
+
+
+def data_or_digits(model_spec: str, data: str | None, labels: str | None) -> str:
+    """``--data``, checked with ``--labels``: a ``digits:`` model without ``--data`` reads the built-in digits."""
+    if labels is not None and not os.path.isfile(labels):
+        raise InputError(f"labels file {os.path.abspath(labels)} does not exist.")
+    if data is None:
+        if not model_spec.startswith("digits:"):
+            raise InputError("--data is required with this --model (a dataset folder).")
+        data = "digits"
+    return data
 
 
 _NO_SPACE, _NO_WRITE = "free space on that disk or choose another --out", "choose a folder you may write to (--out)"
@@ -213,7 +249,7 @@ def _handled(callback: F) -> F:
             return callback(*args, **kwargs)
         except (GradTrustError, OSError) as exc:
             # Under torchrun the failing rank reports the cause; the others (PeerError) stay quiet.
-            if type(exc).__name__ != "PeerError" or int(os.environ.get("RANK", "0") or 0) == 0:
+            if type(exc).__name__ != "PeerError" or rank() == 0:
                 click.echo(f"Error: {user_error_line(exc)}", err=True)
             raise click.exceptions.Exit(2) from None
         except KeyboardInterrupt:
@@ -226,10 +262,6 @@ def _handled(callback: F) -> F:
             raise click.exceptions.Exit(2) from None
 
     return run  # type: ignore[return-value]
-
-
-def _with_context(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {**kwargs, "context_settings": {**CONTEXT, **(kwargs.get("context_settings") or {})}}
 
 
 def _format_sections(command: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -247,24 +279,22 @@ def _format_sections(command: click.Command, ctx: click.Context, formatter: clic
 
 
 class Command(click.Command):
-    """A ``gradtrust`` command: the help layout of :data:`SECTIONS`; user errors → one line and exit code 2."""
+    """A ``gradtrust`` command: the help layout of :data:`SECTIONS`; every user error (a
+    :class:`~gradtrust.errors.GradTrustError` or an ``OSError``) → one line that says what to do and exit code 2."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **_with_context(kwargs))
+        kwargs["context_settings"] = {**CONTEXT, **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
         self.callback = None if self.callback is None else _handled(self.callback)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _format_sections(self, ctx, formatter)
 
 
-class Group(click.Group):
+class Group(Command, click.Group):
     """A ``gradtrust`` command group with the layout and error handling of :class:`Command`."""
 
     command_class = Command
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **_with_context(kwargs))
-        self.callback = None if self.callback is None else _handled(self.callback)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _format_sections(self, ctx, formatter)

@@ -29,16 +29,14 @@ def echo_report(report, *, print_table: bool = False) -> None:
         if print_table:
             click.echo(report.files["anomaly_md"].read_text(encoding="utf-8"))
         click.echo(f"{len(gradcon.runs)} GradCON anomaly run(s): anomaly.md, anomaly.csv, figures/anomaly/")
-    if not report.results:
-        click.echo(f"HTML page: {report.files['html'].resolve()}")
-        return
-    if print_table:
-        click.echo(report.table_markdown)
-    for line in report.summary_lines[:2]:
-        click.echo(line)
-    click.echo(f"Report of {len(report.results)} run(s) written to {report.out_dir} "
-               f"({report.elapsed_s:.1f} s): table.md, table.csv, selective.md, selective.csv, summary.md, calibration.md, "
-               f"figures/, report.json")
+    if report.results:
+        if print_table:
+            click.echo(report.table_markdown)
+        for line in report.summary_lines[:2]:
+            click.echo(line)
+        click.echo(f"Report of {len(report.results)} run(s) written to {report.out_dir} ({report.elapsed_s:.1f} s): "
+                   "table.md, table.csv, selective.md, selective.csv, summary.md, calibration.md, figures/, "
+                   "report.json")
     click.echo(f"HTML page: {report.files['html'].resolve()}")
 
 

@@ -12,14 +12,13 @@ from typing import Any
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.cli.options import Command, device_of, echo_preprocessing, model_options, shared
+from gradtrust.cli.options import Command, data_or_digits, device_of, load_cli_model, model_options, rank, shared
 from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.scores import available_methods
 
 __all__ = ["parse_option_pairs", "score_command"]
 
 DEFAULT_DIGITS_OUT = "runs/digits"
-RANDOM_INIT_SEED = 0  # random-weight models are initialised from torch.manual_seed(0): every run, every rank
 
 
 def _epilog() -> str:
@@ -83,16 +82,6 @@ def parse_option_pairs(pairs: typing.Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def weights_arg(spec: str, weights: str | None) -> str | None:
-    """The ``--weights`` option as `load_model` takes it: ``random``/``none``/``null`` mean random
-    initialisation (None); no option means the bundled weights for ``digits:`` models."""
-    if weights is not None and weights.strip().lower() in ("random", "none", "null"):
-        return None
-    if weights is None and spec.startswith("digits:"):
-        return "DEFAULT"  # the bundled, trained weights
-    return weights
-
-
 def _echo_summary(summary, spec: str) -> None:
     acc = "n/a (no labels)" if summary.accuracy is None else f"{summary.accuracy:.4f}"
     click.echo(f"{spec}: scored {summary.num_scored} of {summary.num_samples} samples, {summary.num_failed} failed; "
@@ -127,9 +116,71 @@ def score_command(model_spec, weights, num_classes, load_options, data, labels, 
     processes and machines with torchrun. Without --model: every bundled digits network on the digits,
     into --out (default runs/digits)/<network>.
     """
-    rank = int(os.environ.get("RANK", "0") or 0)
-    _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device,
-         chunk_size, option_pairs, force, not no_progress, rank, load_options)
+    from gradtrust.data.open import open_dataset
+    from gradtrust.models import available_digits_models
+    from gradtrust.runs.distributed import distributed_session
+    from gradtrust.runs.score import check_score_options, score_dataset
+    from gradtrust.scores.engine import resolve_methods
+
+    # Everything that can be checked cheaply is checked before a model is built.
+    options = parse_option_pairs(option_pairs)
+    pending_std = options.get("odin_epsilon_space") == "pixel" and options.get("odin_input_std") is None
+    check_score_options({**options, "odin_input_std": "1"} if pending_std else options)  # the std comes with the model
+    resolve_methods(methods)
+    if labels is not None and not os.path.isfile(labels):
+        raise InputError(f"labels file {os.path.abspath(labels)} does not exist.")
+
+    jobs: list[tuple[str, str | None, Path]]  # (model spec, --weights, output folder)
+    if model_spec is None:
+        data = data or "digits"
+        if not data.startswith("digits") or os.path.isdir(data):
+            raise InputError("--model is required with --data DIR (only the built-in digits data can be scored "
+                             "without --model, by every bundled digits network).")
+        if weights is not None or num_classes is not None:
+            raise InputError("--weights and --num-classes need --model.")
+        if load_options:
+            raise InputError("--preprocessing, --input-size, --resize, --crop, --mean, --std, --interpolation, "
+                             "--class-names, --trust-model-file and --output-index need --model.")
+        jobs = [(f"digits:{name}", "DEFAULT", Path(out_dir or DEFAULT_DIGITS_OUT) / name)
+                for name in available_digits_models()]
+    else:
+        data = data_or_digits(model_spec, data, labels)
+        if out_dir is None:
+            raise InputError("--out is required: the folder for scores.parquet and manifest.json.")
+        jobs = [(model_spec, weights, Path(out_dir))]
+
+    dev = device_of(device)
+    summaries = []
+    with distributed_session(dev):
+        for spec, spec_weights, out in jobs:
+            model = load_cli_model(spec, spec_weights, num_classes, dev, load_options)
+            if rank() == 0:
+                if model.meta.get("weights_kind") == "random":
+                    click.echo(f"note: {spec} has random weights (an untrained network); pass --weights DEFAULT "
+                               "or a weights file for a trained one.", err=True)
+                _warn_no_preprocessing(model, data)
+            run_options = _odin_pixel_options(options, model)
+            dataset = open_dataset(data, model, labels)
+            try:
+                summary = score_dataset(model, dataset, out, methods=methods, options=run_options,
+                                        batch_size=batch_size, num_workers=workers, device=str(dev), force=force,
+                                        progress=not no_progress, chunk_size=chunk_size)
+            except InputError as exc:
+                if model.transform is None and model.input_kind == "tensor" and os.path.isdir(data):
+                    raise InputError(f"{exc} {MISSING_PREPROCESSING[0].upper()}{MISSING_PREPROCESSING[1:]}.") from exc
+                raise
+            summaries.append((spec, summary))
+            if rank() == 0:
+                _echo_summary(summary, spec)
+                _echo_notes(summary.manifest_path)
+    if rank() == 0 and len(summaries) > 1:
+        click.echo("")
+        click.echo(f"{'network':28s} {'scored':>7s} {'failed':>7s} {'accuracy':>9s}")
+        for spec, s in summaries:
+            acc = "n/a" if s.accuracy is None else f"{s.accuracy:.4f}"
+            click.echo(f"{spec:28s} {s.num_scored:7d} {s.num_failed:7d} {acc:>9s}")
+        click.echo(f"results in {Path(jobs[0][2]).parent.resolve()}/<network>/")
+    sys.stdout.flush()
 
 
 MISSING_PREPROCESSING = ("pass the model's preprocessing: --input-size S (or --resize R --crop C), --mean and --std "
@@ -166,79 +217,3 @@ def _odin_pixel_options(options: dict, model) -> dict:
         raise InputError(f"odin_epsilon_space=pixel needs the model's normalisation std, which is not known for "
                          f"{model.spec}: give --std (with --mean), or --option odin_input_std=S,S,S.")
     return {**options, "odin_input_std": ",".join(str(float(s)) for s in std)}
-
-
-def _run(model_spec, weights, num_classes, data, labels, out_dir, methods, batch_size, workers, device, chunk_size,
-         option_pairs, force, progress, rank, model_options: dict | None = None) -> None:
-    import torch
-
-    from gradtrust.data.open import open_dataset
-    from gradtrust.models import available_digits_models, load_model
-    from gradtrust.runs.distributed import distributed_session
-    from gradtrust.runs.score import check_score_options, score_dataset
-    from gradtrust.scores.engine import resolve_methods
-
-    # Everything that can be checked cheaply is checked before a model is built.
-    options = parse_option_pairs(option_pairs)
-    pending_std = options.get("odin_epsilon_space") == "pixel" and options.get("odin_input_std") is None
-    check_score_options({**options, "odin_input_std": "1"} if pending_std else options)  # the std comes with the model
-    resolve_methods(methods)
-    if labels is not None and not os.path.isfile(labels):
-        raise InputError(f"labels file {os.path.abspath(labels)} does not exist.")
-
-    jobs: list[tuple[str, str | None, Path]]  # (model spec, weights argument, output folder)
-    if model_spec is None:
-        data = data or "digits"
-        if not data.startswith("digits") or os.path.isdir(data):
-            raise InputError("--model is required with --data DIR (only the built-in digits data can be scored "
-                             "without --model, by every bundled digits network).")
-        if weights is not None or num_classes is not None:
-            raise InputError("--weights and --num-classes need --model.")
-        if any(v is not None and v is not False for v in (model_options or {}).values()):
-            raise InputError("--preprocessing, --input-size, --resize, --crop, --mean, --std, --interpolation, "
-                             "--class-names, --trust-model-file and --output-index need --model.")
-        jobs = [(f"digits:{name}", "DEFAULT", Path(out_dir or DEFAULT_DIGITS_OUT) / name)
-                for name in available_digits_models()]
-    else:
-        if data is None:
-            if not model_spec.startswith("digits:"):
-                raise InputError("--data is required with this --model (a dataset folder).")
-            data = "digits"
-        if out_dir is None:
-            raise InputError("--out is required: the folder for scores.parquet and manifest.json.")
-        jobs = [(model_spec, weights_arg(model_spec, weights), Path(out_dir))]
-
-    dev = device_of(device)
-    summaries = []
-    with distributed_session(dev):
-        for spec, spec_weights, out in jobs:
-            torch.manual_seed(RANDOM_INIT_SEED)  # random weights: the same network on every run and rank
-            model = load_model(spec, spec_weights, num_classes, device=dev, **(model_options or {}))
-            echo_preprocessing(model, model_options or {})
-            if rank == 0 and model.meta.get("weights_kind") == "random":
-                click.echo(f"note: {spec} has random weights (an untrained network); pass --weights DEFAULT or "
-                           "a weights file for a trained one.", err=True)
-            if rank == 0:
-                _warn_no_preprocessing(model, data)
-            run_options = _odin_pixel_options(options, model)
-            dataset = open_dataset(data, model, labels)
-            try:
-                summary = score_dataset(model, dataset, out, methods=methods, options=run_options,
-                                        batch_size=batch_size, num_workers=workers, device=str(dev), force=force,
-                                        progress=progress, chunk_size=chunk_size)
-            except InputError as exc:
-                if model.transform is None and model.input_kind == "tensor" and os.path.isdir(data):
-                    raise InputError(f"{exc} {MISSING_PREPROCESSING[0].upper()}{MISSING_PREPROCESSING[1:]}.") from exc
-                raise
-            summaries.append((spec, summary))
-            if rank == 0:
-                _echo_summary(summary, spec)
-                _echo_notes(summary.manifest_path)
-    if rank == 0 and len(summaries) > 1:
-        click.echo("")
-        click.echo(f"{'network':28s} {'scored':>7s} {'failed':>7s} {'accuracy':>9s}")
-        for spec, s in summaries:
-            acc = "n/a" if s.accuracy is None else f"{s.accuracy:.4f}"
-            click.echo(f"{spec:28s} {s.num_scored:7d} {s.num_failed:7d} {acc:>9s}")
-        click.echo(f"results in {Path(jobs[0][2]).parent.resolve()}/<network>/")
-    sys.stdout.flush()
