@@ -28,7 +28,7 @@ from gradtrust.errors import DataError, GradTrustError, InputError, ModelError
 from gradtrust.estimator import check_int
 from gradtrust.runs import chunks as ch
 from gradtrust.runs.distributed import resolve_device
-from gradtrust.runs.folder import RUN_FILE, RunFolder, now
+from gradtrust.runs.folder import RUN_FILE, RunConflictError, RunFolder, now
 from gradtrust.runs.identity import (
     FORMAT_VERSION,
     dataset_identity,
@@ -36,12 +36,12 @@ from gradtrust.runs.identity import (
     model_identity,
     options_identity,
 )
-from gradtrust.runs.task import default_chunk_size, model_labels, run_task
+from gradtrust.runs.task import PeerError, default_chunk_size, model_labels, run_task
 from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
 from gradtrust.scores.options import ScoreOptions, builtin_param_names
 
-__all__ = ["RunSummary", "ScoreTask", "score_dataset"]
+__all__ = ["PeerError", "RunConflictError", "RunSummary", "ScoreTask", "default_chunk_size", "score_dataset"]
 
 SCORES_FILE, MANIFEST_FILE = schema.SCORES_FILE, schema.MANIFEST_FILE
 LOGITS_FILE = "logits.parquet"
