@@ -45,12 +45,10 @@ class AnomalyRun:
 
     @property
     def inlier_name(self) -> str:
-        """The inlier class's name from the manifest (``"?"`` when absent)."""
         return str(self.manifest.get("inlier", {}).get("name", "?"))
 
     @property
     def class_names(self) -> list[str]:
-        """The dataset's class names from the manifest."""
         return [str(c) for c in self.manifest.get("classes", [])]
 
 

@@ -83,7 +83,8 @@ def check_channels_first(shape: tuple[int, ...], what: str) -> None:
                          "np.transpose(x, (0, 3, 1, 2)) (NumPy).")
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: so that a rename inside it survives a crash)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -104,14 +105,14 @@ def write_files_atomically(folder: Path, files: dict[str, bytes]) -> None:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-        _fsync(tmp)
+        fsync_path(tmp)
         if folder.exists():
             for name in files:
                 os.replace(tmp / name, folder / name)
         else:
             os.rename(tmp, folder)
-        _fsync(folder)
-        _fsync(folder.parent)
+        fsync_path(folder)
+        fsync_path(folder.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -136,8 +136,7 @@ def compute_set(module: nn.Module, x: torch.Tensor, settings: DetectionSettings)
     for start in range(0, x.shape[0], settings.batch_size):
         xb = x[start:start + settings.batch_size]
         values = {"grad": gradient_features(module, xb, label=settings.label, grouping=settings.grouping).numpy()}
-        h, z = _penultimate_and_logits(module, xb)
-        values["pen"], values["logits"] = h, z
+        values["pen"], values["logits"] = _penultimate_and_logits(module, xb)
         reuse = _purview_from_features(values["grad"], scalar, settings)
         values.update(reuse)
         rest = [name for name in scalar if f"score.{name}" not in reuse]

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from gradtrust.data.classes import resolve_class_indices
 from gradtrust.errors import InputError, ModelError
+from gradtrust.estimator import check_int
 from gradtrust.explanations.cams import (
     METHODS,
     Session,
@@ -46,7 +47,7 @@ from gradtrust.runs import chunks as ch
 from gradtrust.runs.distributed import resolve_device
 from gradtrust.runs.folder import RunFolder
 from gradtrust.runs.identity import dataset_identity, library_versions, model_identity
-from gradtrust.runs.task import model_labels, positive_int, run_task
+from gradtrust.runs.task import model_labels, run_task
 
 EXPLANATIONS_FILE = "explanations.parquet"
 IMAGES_DIR = "images"
@@ -79,8 +80,8 @@ def explain_dataset(model, dataset, out_dir, *, methods=METHODS, layer: str | No
     """
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold must be in [0, 1], got {threshold}.")
-    batch_size = positive_int(batch_size, "batch_size")
-    save_images = positive_int(save_images, "save_images", 0)
+    batch_size = check_int("batch_size", batch_size)
+    save_images = check_int("save_images", save_images, 0)
     module = getattr(model, "module", None)
     if not isinstance(module, torch.nn.Module) or not model.num_classes:
         raise ModelError("explain_dataset takes a gradtrust LoadedModel with a known number of classes.")

@@ -1,12 +1,9 @@
 """Training features on disk, in resumable atomic chunks (what ``gradtrust introspect fit`` uses).
 
-An :class:`IntrospectFeatures` task run by :func:`gradtrust.runs.task.run_task` into ``<fit>/features/``: the
-dataset positions are cut into the engine's fixed chunks, each written atomically once all its samples are
-done, so a fit stopped at any point and started again computes only the missing chunks (the long part of
-fitting on a large training set is these forward passes of ``f``), and ``torchrun`` shares the chunks between
-processes. ``run.json`` holds the identity of what is cached (model and its weights, the training files'
-content, layer, label map, chunk layout); a cache of another identity is replaced (it is a cache: the fit's
-own folder is what refuses other results).
+An :class:`IntrospectFeatures` task run by :func:`gradtrust.runs.task.run_task` into ``<fit>/features/``, so a
+fit stopped at any point computes only the missing chunks when started again (the long part of fitting on a
+large training set is these forward passes of ``f``). A cache of another identity is replaced (it is a cache:
+the fit's own folder is what refuses other results).
 
 Per chunk, for its readable samples: ``a`` (n, C) and ``h`` (n, D) float32 (the unit factors of
 ``r = vec(a hᵀ)``: ``C + D`` numbers per sample), ``y`` model class indices, ``logits`` (n, C) and ``valid``.
@@ -91,9 +88,8 @@ def cached_features(model: Any, dataset: Any, class_map: list[int], folder: str 
     Raises DataError for unlabelled samples, and the errors of :func:`check_features`.
     """
     task = IntrospectFeatures(model, dataset, class_map, layer)
-    device = device_of(model.module)
     done = run_task(task, dataset, folder, batch_size=batch_size, chunk_size=chunk_size, num_workers=num_workers,
-                    device=device, replace=True, progress=progress)  # a cache of other features is replaced
+                    device=device_of(model.module), replace=True, progress=progress)  # a cache of other features is replaced
     layout = ch.ChunkLayout(len(dataset), chunk_size, batch_size)
     arrays: dict[str, list[np.ndarray]] = {key: [] for key in ("a", "h", "y", "logits", "valid")}
     for k in range(layout.num_chunks):

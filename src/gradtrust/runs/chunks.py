@@ -2,9 +2,7 @@
 
 The dataset positions ``0 … N−1`` are cut into fixed ranges of ``chunk_size`` positions; chunk ``k`` covers
 ``[k·chunk_size, min((k+1)·chunk_size, N))`` and is stored, once every sample of it has been scored, as
-``chunks/chunk-<first position:09d>.parquet``. The file is written to a temporary name in the same folder,
-fsync'ed and renamed over the final name (``os.replace``, atomic on POSIX), so a chunk file is either
-absent or complete, whatever kills the process.
+``chunks/chunk-<first position:09d>.parquet``, atomically (:func:`atomic_write`).
 
 Besides the task's rows, a chunk file carries in its Parquet key-value metadata (key ``gradtrust``) a JSON
 object: the run's identity hash, the range, the **failures** of the range (``[index, path, reason]``) and
@@ -25,12 +23,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gradtrust.estimator import fsync_path
+
 META_KEY = b"gradtrust"
 CHUNK_DIR = "chunks"
 _TMP_MARK = ".tmp-"
-
-
-# --------------------------------------------------------------------------- atomic writes
 
 
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
@@ -48,11 +45,7 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     with contextlib.suppress(OSError):  # platforms without directory handles
-        fd = os.open(str(path.parent), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path.parent)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
@@ -78,9 +71,6 @@ def remove_temporary_files(folder: Path) -> None:
         if entry.name.startswith(".") and _TMP_MARK in entry.name:
             with contextlib.suppress(OSError):
                 entry.unlink()
-
-
-# --------------------------------------------------------------------------- layout
 
 
 @dataclass(frozen=True)
@@ -132,9 +122,6 @@ class ChunkBatchSampler:
 
     def __len__(self) -> int:
         return sum(self.layout.num_batches(k) for k in self.chunks)
-
-
-# --------------------------------------------------------------------------- chunk files
 
 
 def write_chunk(path: Path, table: pa.Table, meta: dict) -> None:

@@ -69,7 +69,6 @@ class DistContext:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     active: bool = False
 
     @property
@@ -93,10 +92,9 @@ def distributed_session(device: torch.device | None = None) -> Iterator[DistCont
 
     if dist.is_available() and dist.is_initialized():
         world = dist.get_world_size()
-        _, _, local_rank = env_world()
-        yield DistContext(rank=dist.get_rank(), world_size=world, local_rank=local_rank, active=world > 1)
+        yield DistContext(rank=dist.get_rank(), world_size=world, active=world > 1)
         return
-    world, rank, local_rank = env_world()
+    world, rank, _ = env_world()
     if world <= 1:
         yield DistContext()
         return
@@ -116,6 +114,6 @@ def distributed_session(device: torch.device | None = None) -> Iterator[DistCont
             "torchrun (it sets MASTER_ADDR, MASTER_PORT, RANK, LOCAL_RANK, WORLD_SIZE)."
         ) from None
     try:
-        yield DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, active=True)
+        yield DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), active=True)
     finally:
         dist.destroy_process_group()

@@ -45,11 +45,6 @@ def sha256_of(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
-def state_dict_sha256(module: torch.nn.Module) -> str:
-    """SHA-256 of every tensor of ``module.state_dict()`` (names, dtypes, shapes and bytes, in order)."""
-    return tensors_sha256(module.state_dict())
-
-
 def tensors_sha256(named: dict) -> str:
     """SHA-256 of named tensors: each name, dtype, shape and bytes, in order (other values by ``repr``)."""
     digest = hashlib.sha256()
@@ -71,7 +66,7 @@ def model_identity(model: Any, description: dict) -> dict:
     names = out.get("class_names") or []
     if len(names) > 50:  # keep run.json readable: the names' hash identifies them as well
         out["class_names"] = {"count": len(names), "sha256": sha256_of(names)}
-    out["parameters_sha256"] = state_dict_sha256(model.module)
+    out["parameters_sha256"] = tensors_sha256(model.module.state_dict())
     return out
 
 

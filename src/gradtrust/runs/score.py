@@ -25,6 +25,7 @@ from gradtrust import schema
 from gradtrust.cpu_memory import freed_memory_kept
 from gradtrust.data.classes import resolve_class_indices
 from gradtrust.errors import DataError, GradTrustError, InputError, ModelError
+from gradtrust.estimator import check_int
 from gradtrust.runs import chunks as ch
 from gradtrust.runs.distributed import resolve_device
 from gradtrust.runs.folder import RUN_FILE, RunConflictError, RunFolder, now
@@ -35,7 +36,7 @@ from gradtrust.runs.identity import (
     model_identity,
     options_identity,
 )
-from gradtrust.runs.task import PeerError, default_chunk_size, model_labels, positive_int, run_task
+from gradtrust.runs.task import PeerError, default_chunk_size, model_labels, run_task
 from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
 from gradtrust.scores.options import ScoreOptions, builtin_param_names
@@ -62,7 +63,6 @@ class RunSummary:
     methods: list[str]
 
 
-
 def adjusted_options(options: dict, parameters: dict[str, dict]) -> list[str]:
     """Notes for options a method used with another value than given (``topk`` is at most ``C − 1``)."""
     notes = []
@@ -73,90 +73,6 @@ def adjusted_options(options: dict, parameters: dict[str, dict]) -> list[str]:
                 why = " (at most C − 1 counterfactual classes)" if key == "topk" else ""
                 notes.append(f"{method}: {key}={given} was clamped to {used}{why}")
     return notes
-
-
-def finish_run(task: Any, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict],
-               execution: dict) -> RunSummary:
-    """Merge the chunks of a :class:`gradtrust.runs.score.ScoreTask` into ``scores.parquet`` (streamed,
-    chunk by chunk) and write ``manifest.json``, whose ``method_info`` holds each method's display name and
-    ``in_paper``."""
-    out = folder.out
-    methods: list[str] = []
-    for meta in metas:
-        methods += [m for m in meta["methods"] if m not in methods]
-    nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
-    table_schema = schema.arrow_schema(methods, nan_reasons)
-
-    def write(handle) -> None:
-        with pq.ParquetWriter(handle, table_schema, compression="zstd") as writer:
-            for k, meta in enumerate(metas):
-                if not meta["rows"]:
-                    continue
-                table = ch.read_chunk_table(layout.path(out, k))
-                columns = []
-                for field in table_schema:
-                    if field.name in table.column_names:
-                        columns.append(table[field.name])
-                    elif schema.is_reason_column(field.name):
-                        columns.append(pa.array([""] * table.num_rows, pa.string()))
-                    else:
-                        raise GradTrustError(f"chunk {layout.path(out, k)} has no column {field.name!r}; "
-                                             "rerun with --force.")
-                writer.write_table(pa.Table.from_arrays(columns, schema=table_schema))
-
-    scores_path = out / SCORES_FILE
-    ch.atomic_write(scores_path, write)
-    has_logits = write_logits(out, layout, metas)
-
-    scored = sum(m["rows"] for m in metas)
-    labelled = sum(m["labelled"] for m in metas)
-    correct = sum(m["correct"] for m in metas)
-    failures = [{"index": i, "path": p, "reason": r} for m in metas for i, p, r in m["failures"]]
-    sample_notes = [{"index": i, "path": p, "note": n} for m in metas for i, p, n in m.get("notes", [])]
-    first = next((m for m in metas if m["rows"]), metas[0])
-    accuracy = correct / labelled if labelled else None
-    from gradtrust.data.open import describe_dataset
-
-    identity = folder.identity
-    dataset_section = describe_dataset(task.dataset)
-    if task.dataset_info:
-        dataset_section["info"] = task.dataset_info
-    if "content_sha256" in identity["dataset"]:
-        dataset_section["content_sha256"] = identity["dataset"]["content_sha256"]
-    model = task.model
-    model_section = model.describe()
-    model_section["parameters_sha256"] = identity["model"]["parameters_sha256"]
-    options = task.full_options
-    manifest = {
-        "files": {"scores": SCORES_FILE, "run": RUN_FILE, "chunks": f"{ch.CHUNK_DIR}/chunk-<first index>.parquet",
-                  **({"logits": LOGITS_FILE} if has_logits else {})},
-        "model": model_section,
-        "weights_sha256": model.weights_sha256,
-        "dataset": dataset_section,
-        "class_map": task.class_map,
-        "methods_requested": task.method_names if task.explicit else "all",
-        "methods": {name: first["parameters"].get(name, {}) for name in methods},
-        "method_info": {name: task.described[name] for name in methods if name in task.described},
-        "skipped": first["skipped"],
-        "notes": adjusted_options(options, {name: first["parameters"].get(name, {}) for name in methods}),
-        "score_info": first["info"],
-        "options": options,
-        "columns": table_schema.names,
-        "counts": {"samples": layout.num_samples, "scored": scored, "failed": len(failures),
-                   "labelled": labelled, "correct": correct},
-        "accuracy": accuracy,
-        "failures": failures,
-        "sample_notes": sample_notes,
-        "layout": {"chunk_size": layout.chunk_size, "batch_size": layout.batch_size,
-                   "num_chunks": layout.num_chunks},
-        "versions": library_versions(),
-        "execution": {**execution, "run_created_at": folder.created_at(), "finished_at": now()},
-    }
-    manifest_path = folder.write_manifest(manifest)
-    return RunSummary(out_dir=out, scores_path=scores_path, manifest_path=manifest_path,
-                      num_samples=layout.num_samples, num_scored=scored, num_failed=len(failures),
-                      accuracy=accuracy, resumed_chunks=int(execution["resumed_chunks"]), elapsed_s=0.0,
-                      methods=methods)
 
 
 def write_logits(out: Path, layout: ch.ChunkLayout, metas: list[dict]) -> bool:
@@ -281,9 +197,87 @@ class ScoreTask:
             "logits": num_logits}
 
     def finish(self, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict], execution: dict) -> RunSummary:
+        """Merge the chunks into ``scores.parquet`` (streamed, chunk by chunk) and write ``manifest.json``, whose
+        ``method_info`` holds each method's display name and ``in_paper``."""
         # rank 0's allocator setting (gradtrust.keep_freed_memory; the CLI's default on a CPU)
         execution = {**execution, "keep_freed_memory": freed_memory_kept()}
-        return finish_run(self, folder, layout, metas, execution)
+        out = folder.out
+        methods: list[str] = []
+        for meta in metas:
+            methods += [m for m in meta["methods"] if m not in methods]
+        nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
+        table_schema = schema.arrow_schema(methods, nan_reasons)
+
+        def write(handle) -> None:
+            with pq.ParquetWriter(handle, table_schema, compression="zstd") as writer:
+                for k, meta in enumerate(metas):
+                    if not meta["rows"]:
+                        continue
+                    table = ch.read_chunk_table(layout.path(out, k))
+                    columns = []
+                    for field in table_schema:
+                        if field.name in table.column_names:
+                            columns.append(table[field.name])
+                        elif schema.is_reason_column(field.name):
+                            columns.append(pa.array([""] * table.num_rows, pa.string()))
+                        else:
+                            raise GradTrustError(f"chunk {layout.path(out, k)} has no column {field.name!r}; "
+                                                 "rerun with --force.")
+                    writer.write_table(pa.Table.from_arrays(columns, schema=table_schema))
+
+        scores_path = out / SCORES_FILE
+        ch.atomic_write(scores_path, write)
+        has_logits = write_logits(out, layout, metas)
+
+        scored = sum(m["rows"] for m in metas)
+        labelled = sum(m["labelled"] for m in metas)
+        correct = sum(m["correct"] for m in metas)
+        failures = [{"index": i, "path": p, "reason": r} for m in metas for i, p, r in m["failures"]]
+        sample_notes = [{"index": i, "path": p, "note": n} for m in metas for i, p, n in m.get("notes", [])]
+        first = next((m for m in metas if m["rows"]), metas[0])
+        accuracy = correct / labelled if labelled else None
+        from gradtrust.data.open import describe_dataset
+
+        identity = folder.identity
+        dataset_section = describe_dataset(self.dataset)
+        if self.dataset_info:
+            dataset_section["info"] = self.dataset_info
+        if "content_sha256" in identity["dataset"]:
+            dataset_section["content_sha256"] = identity["dataset"]["content_sha256"]
+        model = self.model
+        model_section = model.describe()
+        model_section["parameters_sha256"] = identity["model"]["parameters_sha256"]
+        options = self.full_options
+        manifest = {
+            "files": {"scores": SCORES_FILE, "run": RUN_FILE, "chunks": f"{ch.CHUNK_DIR}/chunk-<first index>.parquet",
+                      **({"logits": LOGITS_FILE} if has_logits else {})},
+            "model": model_section,
+            "weights_sha256": model.weights_sha256,
+            "dataset": dataset_section,
+            "class_map": self.class_map,
+            "methods_requested": self.method_names if self.explicit else "all",
+            "methods": {name: first["parameters"].get(name, {}) for name in methods},
+            "method_info": {name: self.described[name] for name in methods if name in self.described},
+            "skipped": first["skipped"],
+            "notes": adjusted_options(options, {name: first["parameters"].get(name, {}) for name in methods}),
+            "score_info": first["info"],
+            "options": options,
+            "columns": table_schema.names,
+            "counts": {"samples": layout.num_samples, "scored": scored, "failed": len(failures),
+                       "labelled": labelled, "correct": correct},
+            "accuracy": accuracy,
+            "failures": failures,
+            "sample_notes": sample_notes,
+            "layout": {"chunk_size": layout.chunk_size, "batch_size": layout.batch_size,
+                       "num_chunks": layout.num_chunks},
+            "versions": library_versions(),
+            "execution": {**execution, "run_created_at": folder.created_at(), "finished_at": now()},
+        }
+        manifest_path = folder.write_manifest(manifest)
+        return RunSummary(out_dir=out, scores_path=scores_path, manifest_path=manifest_path,
+                          num_samples=layout.num_samples, num_scored=scored, num_failed=len(failures),
+                          accuracy=accuracy, resumed_chunks=int(execution["resumed_chunks"]), elapsed_s=0.0,
+                          methods=methods)
 
 
 def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None = None,
@@ -320,15 +314,14 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
             method that does not apply, inputs the model cannot take…
     """
     t0 = time.perf_counter()
-    batch_size = positive_int(batch_size, "batch_size")
-    num_workers = positive_int(num_workers, "num_workers", 0)
-    chunk_size = default_chunk_size(batch_size) if chunk_size is None else positive_int(chunk_size, "chunk_size")
+    batch_size = check_int("batch_size", batch_size)
+    num_workers = check_int("num_workers", num_workers, 0)
+    chunk_size = default_chunk_size(batch_size) if chunk_size is None else check_int("chunk_size", chunk_size)
     task = ScoreTask(model, dataset, methods, options, dataset_info)
     dev = resolve_device(device, model.device)
     if model.device != dev:
         model.module.to(dev)
-    shared = run_task(task, dataset, out_dir, batch_size=batch_size, chunk_size=chunk_size, num_workers=num_workers,
-                      device=dev, force=force, progress=progress)
-    summary: RunSummary = shared
+    summary: RunSummary = run_task(task, dataset, out_dir, batch_size=batch_size, chunk_size=chunk_size,
+                                   num_workers=num_workers, device=dev, force=force, progress=progress)
     summary.elapsed_s = time.perf_counter() - t0
     return summary

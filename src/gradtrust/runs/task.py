@@ -255,17 +255,6 @@ def model_labels(labels: torch.Tensor, class_map: list[int]) -> torch.Tensor:
     return torch.where(labels >= 0, to_model[labels.clamp(min=0, max=len(class_map) - 1)], torch.full_like(labels, -1))
 
 
-def positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an int ≥ ``minimum`` (bools refused), else :class:`gradtrust.errors.InputError`."""
-    import numpy as np
-
-    from gradtrust.errors import InputError
-
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def env_rank() -> int:
     """This process's rank under torchrun (0 otherwise)."""
     return int(os.environ.get("RANK", "0") or 0)
