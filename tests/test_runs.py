@@ -232,6 +232,14 @@ def test_explain_introspect_detect_gradcon_resume_equal_to_uninterrupted(tmp_pat
     det_whole, det_resumed = tmp_path / "det-whole", tmp_path / "det-resumed"
     for out in (det_whole, det_resumed):
         assert _cli(*_detect_args(tmp_path, spec, weights, data, "--out", str(out))).exit_code == 0
+    from gradtrust.detection import experiment
+
+    def made_again(*args, **kwargs):
+        raise AssertionError("a finished challenge set was made again")
+
+    with monkeypatch.context() as patched:  # a finished set is read back: its inputs (attacks…) are not made again
+        patched.setattr(experiment, "make_challenge", made_again)
+        assert _cli(*_detect_args(tmp_path, spec, weights, data, "--out", str(det_whole))).exit_code == 0
     sets = sorted((det_resumed / "build" / "sets").iterdir())
     assert [s.name for s in sets] == ["gaussian_noise_1", "known"]
     for set_dir in sets:

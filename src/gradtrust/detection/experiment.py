@@ -284,8 +284,7 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
 
     from gradtrust.nn.model import device_of
     from gradtrust.runs.chunks import read_chunk_meta
-    from gradtrust.runs.folder import RunFolder
-    from gradtrust.runs.task import TensorSamples, run_task
+    from gradtrust.runs.task import TensorSamples, run_task, task_folder
 
     settings.validate()
     module = as_module(loaded)
@@ -316,8 +315,9 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
     sets: dict[str, dict[str, np.ndarray]] = {}
     for stream, ch in enumerate([None, *settings.challenges]):
         key = "known" if ch is None else ch.key
-        folder = RunFolder(out_dir / "sets" / _file_name(key), DetectSet.kind, DetectSet.format,
-                           {**base_identity, "set": key})
+        # The set's fit flags and labels come with its inputs; its identity (hence its folder) does not need them.
+        task = DetectSet(module, settings, {**base_identity, "set": key}, columns, np.empty(0, bool), np.empty(0))
+        folder = task_folder(task, out_dir / "sets" / _file_name(key), settings.batch_size, chunk_size)
         path = folder.out / SET_FILE
         if folder.differences() == [] and (read_chunk_meta(path) or {}).get("run") == folder.run_id:
             sets[key] = _unframe(pq.read_table(path).to_pandas())  # computed by an earlier run
@@ -332,7 +332,7 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
             else:
                 fit = split_positions(x.shape[0], settings.fit_fraction, settings.seed, stream=stream)
                 labels = np.full(x.shape[0], -1, dtype=np.int64)
-        task = DetectSet(module, settings, {**base_identity, "set": key}, columns, fit, labels)
+        task.fit, task.labels = fit, labels
         run_task(task, TensorSamples(x.detach().cpu()), folder.out, batch_size=settings.batch_size,
                  chunk_size=chunk_size, device=device_of(module), force=force, progress=show_progress, echo=echo)
         sets[key] = _unframe(pq.read_table(path).to_pandas())
