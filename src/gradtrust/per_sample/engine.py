@@ -57,8 +57,8 @@ class NormRecorder(LayerCapture):
     """
 
     def __init__(self, model: nn.Module, chunk_bytes: int = DEFAULT_CHUNK_BYTES, conv_strategy: str | None = None,
-                 params: Sequence[str] | None = None):
-        self.plan = plan = plan_parameters(model, params)
+                 params: Sequence[str] | None = None, structure: tuple[int, ...] | None = None):
+        self.plan = plan = plan_parameters(model, params, structure)
         super().__init__(plan.layers)
         self.chunk_bytes, self.conv_strategy = chunk_bytes, conv_strategy
         # units and rule modules must run exactly once per forward pass (a second call would overwrite the first)

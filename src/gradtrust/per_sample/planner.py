@@ -49,14 +49,16 @@ class Plan:
     columns: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def plan_parameters(model: nn.Module, params: Sequence[str] | None = None) -> Plan:
+def plan_parameters(model: nn.Module, params: Sequence[str] | None = None,
+                    structure: tuple[int, ...] | None = None) -> Plan:
     """Assign every parameter of ``model`` (or only those named in ``params``) to a layer, a rule or a unit,
-    kept in :mod:`gradtrust.nn.cache` (namespace :data:`PLANS`) while the model's structure stays. Raises
+    kept in :mod:`gradtrust.nn.cache` (namespace :data:`PLANS`) while the model's structure stays (``structure``:
+    its :func:`~gradtrust.nn.cache.structure_key` when the caller has it already). Raises
     :class:`UnsupportedForHooks` when some planned parameter could only be covered by the whole model, and for
     TorchScript modules (their compiled forward never calls the Python hooks the plan relies on).
     """
     key = None if params is None else tuple(dict.fromkeys(params))
-    return cached(model, PLANS, key, lambda: _plan(model, key))
+    return cached(model, PLANS, key, lambda: _plan(model, key), structure)
 
 
 def _plan(model: nn.Module, params: tuple[str, ...] | None) -> Plan:

@@ -116,10 +116,11 @@ class BatchPasses:
         model, options = self.model, self.options
         if record_graph:
             self._freeze()
+        structure = structure_key(model)  # one walk over the model for the Purview plan and the final layer
         norms: NormRecorder | None = None
         if record_graph and Pass.PARAMETER_GRADIENTS in self.needs and options.purview_backend in ("auto", "hooks"):
             try:
-                norms = NormRecorder(model, options.chunk_bytes, options.conv_strategy)
+                norms = NormRecorder(model, options.chunk_bytes, options.conv_strategy, structure=structure)
             except UnsupportedForHooks as exc:
                 self._purview_hooks_error = str(exc)
         layer = {options.layer: self.layer_module} if record_graph and options.layer is not None else {}
@@ -132,7 +133,6 @@ class BatchPasses:
         roots: list[torch.Tensor] = [] if cut else [x]
         # prepended, so that the captures' own hooks see (and hook) the new leaf
         handles = start_graph_hooks(graph_starts, rule_entries, roots) if cut else []
-        structure = structure_key(model)  # one walk over the model for both look-ups of its final layer
         try:
             # while the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (eval_backward)
             with (recording(final_layer_candidates(model, structure)) as seen, capture, norms or contextlib.nullcontext(),
