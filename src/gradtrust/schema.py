@@ -9,7 +9,7 @@ column                      type       meaning
 ``path``                    string     where the sample came from (file path, or a built-in id)
 ``label``                   int64      the true class in the model's class order; −1 when unknown
 ``prediction``              int64      ``ŷ = argmax_c z_c``
-``correct``                 bool       ``label == prediction`` (False where the label is unknown)
+``correct``                 bool       ``label == prediction``; null where the label is unknown (−1)
 ``<method>``                float64    one column per trust score, higher = more trustworthy, NaN if undefined
 ``nan_reason_<method>``     string     why the value is NaN ("" where defined); only for methods with NaNs
 ==========================  =========  ===================================================================
@@ -87,6 +87,8 @@ def read_results(path: str | Path) -> Any:
         check_frame(frame)
     except DataError as exc:
         raise DataError(f"{scores_path} {exc}") from None
+    if "correct" in frame.columns and frame["correct"].dtype == object:  # nulls: rows without a label
+        frame["correct"] = frame["correct"].astype("boolean")
     return frame
 
 

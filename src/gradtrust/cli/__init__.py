@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "Detect adversarial, corrupted and OOD inputs from gradient features (default: bundled digits)."),
     "introspect": ("gradtrust.cli.introspect:introspect_command",
                    "Introspective learning: fit H on f's gradient features, score with both, the digits comparison."),
+    "gate": ("gradtrust.cli.gate:gate_command",
+             "Decide which predictions to refuse: fit a threshold with a guaranteed selective risk, apply it."),
     "methods": ("gradtrust.cli:methods_command", "List the trust-score methods, with their formula and source."),
     "models": ("gradtrust.cli:models_command", "List the model specs --model accepts."),
 }

@@ -65,12 +65,19 @@ DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
                             "which one holds the logits (0, ...).", metavar="I"),
     "data": _option("Data", "--data", "The dataset: class-folder images (DIR/<class>/<img>) or the built-in "
                     "digits[:SPLIT[:CORRUPTION[:SEVERITY]]]; where a model reads it, also a flat image folder with "
-                    "--labels or Kinetics-style videos (DIR/<class>/<clip>.mp4).", metavar="DIR|digits[:...]"),
+                    "--labels or Kinetics-style videos (DIR/<class>/<clip>.mp4). Without labels (label -1): one "
+                    "image, a flat image folder, a quoted glob ('DIR/**/*.jpg') or a .txt list of image paths.",
+                    metavar="DIR|digits[:...]"),
     "labels": _option("Data", "--labels", "Labels of a flat image folder (ImageNet validation layout): "
                       "LOC_val_solution.csv or one label (WordNet ID or class index) per line in sorted file order.",
                       type=_FILE, metavar="FILE"),
     "out_dir": _option("Output", "--out out_dir", "Output folder (created).", metavar="DIR",
                        type=click.Path(file_okay=False, path_type=Path)),
+    "out_file": _option("Output", "--out out_file", "Output file (its folder is created).", metavar="FILE",
+                        type=click.Path(dir_okay=False, path_type=Path)),
+    "gate": _option("Options", "--gate", "A gate file (gradtrust gate fit): accept or refuse each prediction; "
+                    "writes decisions.parquet (an accept column) and decisions.json beside the scores.",
+                    type=_FILE, metavar="GATE.json"),
     "force": _option("Output", "--force", "Discard results in --out that this run would otherwise refuse to "
                      "replace (benchmark: score every run again).", is_flag=True),
     "device": _option("Run", "--device", "cpu, cuda, cuda:1 ... (default: cuda when available, else cpu; under "

@@ -101,13 +101,14 @@ def _echo_summary(summary, spec: str) -> None:
                    "'all' skips them with the reason.")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="A scoring option, repeatable (see below).")
+@shared("gate")
 @shared("out_dir", "force")
 @click.option("--chunk-size", type=click.IntRange(min=1), metavar="N",
               help="Samples per resumable chunk file (default: smallest multiple of --batch-size >= 1024).")
 @shared("batch_size", default=64)
 @shared("workers", "device", "no_progress")
-def score_command(model_spec, weights, num_classes, load_options, data, labels, methods, option_pairs, out_dir,
-                  force, chunk_size, batch_size, workers, device, no_progress) -> None:
+def score_command(model_spec, weights, num_classes, load_options, data, labels, methods, option_pairs, gate,
+                  out_dir, force, chunk_size, batch_size, workers, device, no_progress) -> None:
     """Score every sample of a dataset with trust scores -> scores.parquet + manifest.json.
 
     One row per sample: index, path, label (model class index, -1 if unknown), prediction, correct, one
@@ -126,7 +127,8 @@ def score_command(model_spec, weights, num_classes, load_options, data, labels, 
     options = parse_option_pairs(option_pairs)
     pending_std = options.get("odin_epsilon_space") == "pixel" and options.get("odin_input_std") is None
     check_score_options({**options, "odin_input_std": "1"} if pending_std else options)  # the std comes with the model
-    resolve_methods(methods)
+    chosen, explicit = resolve_methods(methods)
+    gate = _load_gate(gate, [m.name for m in chosen] if explicit else None)
     if labels is not None and not os.path.isfile(labels):
         raise InputError(f"labels file {os.path.abspath(labels)} does not exist.")
 
@@ -164,7 +166,7 @@ def score_command(model_spec, weights, num_classes, load_options, data, labels, 
             try:
                 summary = score_dataset(model, dataset, out, methods=methods, options=run_options,
                                         batch_size=batch_size, num_workers=workers, device=str(dev), force=force,
-                                        progress=not no_progress, chunk_size=chunk_size)
+                                        progress=not no_progress, chunk_size=chunk_size, gate=gate)
             except InputError as exc:
                 if model.transform is None and model.input_kind == "tensor" and os.path.isdir(data):
                     raise InputError(f"{exc} {MISSING_PREPROCESSING[0].upper()}{MISSING_PREPROCESSING[1:]}.") from exc
@@ -173,6 +175,8 @@ def score_command(model_spec, weights, num_classes, load_options, data, labels, 
             if rank() == 0:
                 _echo_summary(summary, spec)
                 _echo_notes(summary.manifest_path)
+                if gate is not None:
+                    _echo_decisions(summary.out_dir)
     if rank() == 0 and len(summaries) > 1:
         click.echo("")
         click.echo(f"{'network':28s} {'scored':>7s} {'failed':>7s} {'accuracy':>9s}")
@@ -187,7 +191,30 @@ MISSING_PREPROCESSING = ("pass the model's preprocessing: --input-size S (or --r
                          "(and --interpolation), or borrow a known one with --preprocessing torchvision:<name>")
 
 
+def _load_gate(path: str | None, methods: list[str] | None):
+    """The ``--gate`` file, checked before any work: its score must be among the methods asked for."""
+    if path is None:
+        return None
+    from gradtrust.selective import Gate
+
+    gate = Gate.load(path)
+    if methods is not None and gate.score not in methods:
+        raise InputError(f"the gate {path} thresholds {gate.score!r}, which --methods leaves out; add it.")
+    return gate
+
+
+def _echo_decisions(out_dir: Path) -> None:
+    import json
+
+    from gradtrust.runs.decisions import DECISIONS_FILE, DECISIONS_JSON
+
+    summary = json.loads((Path(out_dir) / DECISIONS_JSON).read_text("utf-8"))
+    click.echo(f"  gate:     accepts {summary['accepted']} of {summary['rows']} -> {Path(out_dir) / DECISIONS_FILE}")
+
+
 def _warn_no_preprocessing(model, data: str) -> None:
+    if model.meta.get("family") == "digits":  # image files are read as digits images (gradtrust.data.unlabelled)
+        return
     if model.transform is None and model.input_kind == "tensor" and os.path.isdir(data):
         click.echo(f"warning: {model.spec} has no preprocessing: images go in as [0, 1] RGB tensors at their own "
                    f"size, without resize or normalisation. If the model expects otherwise, {MISSING_PREPROCESSING}.",

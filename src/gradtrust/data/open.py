@@ -14,6 +14,8 @@
 ``digits:<split>``                     ``train`` or ``test``
 ``digits:<split>:<corruption>[:<s>]``  a corruption (``gaussian_noise``, ``blur``, ``contrast``, or
                                        ``clean``) at severity ``s`` (1, 2, 3; default 1)
+``IMG`` / flat ``DIR`` / glob / .txt   images without labels (:func:`open_unlabelled`,
+                                       :mod:`gradtrust.data.unlabelled`): ``label = −1`` for every sample
 =====================================  ===========================================================
 
 An existing folder always wins over the built-in spec of the same name (use ``digits:test`` to be
@@ -36,7 +38,7 @@ from torch.utils.data import Dataset
 
 from gradtrust.errors import DataError, UnknownNameError
 
-__all__ = ["OpenedDataset", "describe_dataset", "open_dataset", "parse_digits_spec"]
+__all__ = ["OpenedDataset", "describe_dataset", "open_dataset", "open_unlabelled", "parse_digits_spec"]
 
 _DIGITS_SPEC = re.compile(r"^digits(?::[^:]*){0,3}$")
 
@@ -119,14 +121,18 @@ def open_dataset(data: Any, model: Any, labels: str | os.PathLike | None = None)
         kwargs = parse_digits_spec(text)
         return OpenedDataset(DigitsDataset(**kwargs), text)
 
+    unlabelled = open_unlabelled(text, model) if labels is None and input_kind != "video" else None
+    if unlabelled is not None:
+        return unlabelled
+
     root = os.path.abspath(text)
     if not os.path.exists(root):
         hint = " (for the built-in digits use 'digits' or 'digits:<split>[:<corruption>[:<severity>]]')" \
             if text.startswith("digits") else ""
         raise DataError(f"Dataset folder {root} does not exist{hint}.")
     if not os.path.isdir(root):
-        raise DataError(f"Dataset path {root} is a file, not a folder; --data takes a folder "
-                        "(the label file of a flat layout goes to --labels).")
+        raise DataError(f"Dataset path {root} is a file, not a folder, an image or a .txt list of images; --data "
+                        "takes one of those, or a glob (the label file of a flat layout goes to --labels).")
     if not any(not e.startswith(".") for e in os.listdir(root)):
         raise DataError(f"Dataset folder {root} is empty.")
 
@@ -156,6 +162,27 @@ def open_dataset(data: Any, model: Any, labels: str | os.PathLike | None = None)
             raise DataError(str(exc).replace("use FlatImageDataset", "pass the label file with --labels")) from None
         raise
     return OpenedDataset(folder, text)
+
+
+def open_unlabelled(data: str, model: Any) -> OpenedDataset | None:
+    """Images without labels — one image file, a flat folder, a glob, a ``.txt`` list
+    (:func:`gradtrust.data.unlabelled.unlabelled_paths`) — as an :class:`UnlabelledImageDataset` whose classes are
+    the model's; ``None`` when ``data`` is none of these forms."""
+    from gradtrust.data.unlabelled import UnlabelledImageDataset, digits_file_transform, unlabelled_paths
+
+    paths = unlabelled_paths(data)
+    if paths is None:
+        return None
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    classes = list(getattr(model, "class_names", None) or [str(i) for i in range(num_classes)])
+    transform = getattr(model, "transform", None)
+    if transform is None and mapping_get(getattr(model, "meta", None), "family") == "digits":
+        transform = digits_file_transform
+    return OpenedDataset(UnlabelledImageDataset(paths, classes, transform), str(data), {"labelled": False})
+
+
+def mapping_get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
 
 
 # --------------------------------------------------------------------------- identity

@@ -5,7 +5,7 @@
 Resume: run the same command again; batches are always cut the same way inside a chunk, so the merged
 ``scores.parquet`` is identical to that of an uninterrupted run (on the same device type and thread settings).
 Labels: ``label`` is the *model's* output index of the sample's class (:func:`gradtrust.data.resolve_class_indices`),
-``−1`` when unknown (``correct`` is then ``False``; ``accuracy`` is over labelled samples, ``None`` when there is
+``−1`` when unknown (``correct`` is then null; ``accuracy`` is over labelled samples, ``None`` when there is
 none). Unreadable samples get no row: they are listed, with the reason, under ``failures`` in ``manifest.json``.
 """
 
@@ -27,6 +27,7 @@ from gradtrust.data.classes import resolve_class_indices
 from gradtrust.errors import DataError, GradTrustError, InputError, ModelError
 from gradtrust.estimator import check_int
 from gradtrust.runs import chunks as ch
+from gradtrust.runs.decisions import apply_gate
 from gradtrust.runs.distributed import resolve_device
 from gradtrust.runs.folder import RUN_FILE, RunConflictError, RunFolder, now
 from gradtrust.runs.identity import (
@@ -36,10 +37,11 @@ from gradtrust.runs.identity import (
     model_identity,
     options_identity,
 )
-from gradtrust.runs.task import PeerError, default_chunk_size, model_labels, run_task
+from gradtrust.runs.task import PeerError, default_chunk_size, env_rank, model_labels, run_task
 from gradtrust.scores.engine import resolve_methods
 from gradtrust.scores.engine import score as score_batch
 from gradtrust.scores.options import ScoreOptions, builtin_param_names
+from gradtrust.selective import Gate
 
 __all__ = ["PeerError", "RunConflictError", "RunSummary", "ScoreTask", "default_chunk_size", "score_dataset"]
 
@@ -173,8 +175,10 @@ class ScoreTask:
             return np.concatenate([p[i] for p in parts]).astype(dtype) if parts else np.zeros(0, dtype)
 
         index, label, prediction = cat(0, np.int64), cat(2, np.int64), cat(3, np.int64)
+        known = label >= 0  # an unknown label (−1) has no correctness: null, not False
         columns: dict[str, Any] = {"index": index, "path": [x for p in parts for x in p[1]], "label": label,
-                                   "prediction": prediction, "correct": (label >= 0) & (label == prediction)}
+                                   "prediction": prediction,
+                                   "correct": pa.array(known & (label == prediction), pa.bool_(), mask=~known)}
         methods = list(parts[0][5]) if parts else []
         reasons = {name: [r for p in parts for r in p[6][name]] for name in methods}
         for name in methods:
@@ -192,7 +196,7 @@ class ScoreTask:
             fields = fields.append(pa.field("logits", pa.list_(pa.float32(), num_logits)))
         parameters, skipped, info = parts[0][7] if parts else ({}, {}, {})
         return pa.table(columns, schema=fields), {
-            "labelled": int((label >= 0).sum()), "correct": int(columns["correct"].sum()), "methods": methods,
+            "labelled": int(known.sum()), "correct": int((known & (label == prediction)).sum()), "methods": methods,
             "nan_reasons": nan_reasons, "parameters": parameters, "skipped": skipped, "info": info,
             "logits": num_logits}
 
@@ -283,7 +287,7 @@ class ScoreTask:
 def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None = None,
                   batch_size: int = 64, num_workers: int = 0, device: str | None = None, force: bool = False,
                   progress: bool = True, chunk_size: int | None = None,
-                  dataset_info: dict | None = None) -> RunSummary:
+                  dataset_info: dict | None = None, gate: Any = None) -> RunSummary:
     """Score every sample of ``dataset`` with ``model`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -304,6 +308,9 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
         chunk_size: samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024).
         dataset_info: extra JSON-serialisable facts about the dataset for the manifest (not part of the
             run's identity).
+        gate: a :class:`gradtrust.selective.Gate` (or the path of its JSON file): its decisions are written
+            beside the scores (``decisions.parquet`` with an ``accept`` column, ``decisions.json``;
+            :mod:`gradtrust.runs.decisions`). Not part of the run's identity.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) chunk ``k`` is scored by rank ``k mod WORLD_SIZE``; rank 0
     merges and writes ``scores.parquet`` and ``manifest.json``; every rank returns the same summary.
@@ -317,11 +324,15 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
     batch_size = check_int("batch_size", batch_size)
     num_workers = check_int("num_workers", num_workers, 0)
     chunk_size = default_chunk_size(batch_size) if chunk_size is None else check_int("chunk_size", chunk_size)
+    if gate is not None and not isinstance(gate, Gate):
+        gate = Gate.load(gate)  # checked before any work
     task = ScoreTask(model, dataset, methods, options, dataset_info)
     dev = resolve_device(device, model.device)
     if model.device != dev:
         model.module.to(dev)
     summary: RunSummary = run_task(task, dataset, out_dir, batch_size=batch_size, chunk_size=chunk_size,
                                    num_workers=num_workers, device=dev, force=force, progress=progress)
+    if gate is not None and env_rank() == 0:
+        apply_gate(gate, summary.out_dir)
     summary.elapsed_s = time.perf_counter() - t0
     return summary
