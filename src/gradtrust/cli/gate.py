@@ -24,24 +24,60 @@ def gate_command() -> None:
 
 @gate_command.command("fit")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--score", "score_name", default="auto", show_default=True, metavar="NAME|auto",
-              help="The score column to threshold; 'auto' chooses among every score of the run so that the "
-                   "guarantee holds after the choice (--choose).")
-@click.option("--risk", type=_LEVEL, default=None, metavar="R",
-              help="Target selective risk r*: the most permissive threshold with P(risk <= r*) >= 1 - delta.")
-@click.option("--coverage", type=_LEVEL, default=None, metavar="C",
-              help="Target coverage c*: alone, keep at least c* of the inputs (with a risk bound there); with "
-                   "--risk, fail when the certified threshold keeps less than c*.")
-@click.option("--delta", type=_LEVEL, default=0.05, show_default=True, metavar="D",
-              help="Probability that the bound fails over the calibration draw.")
-@click.option("--method", type=click.Choice(["sgr", "ltt"]), default="sgr", show_default=True,
-              help="sgr: Selection with Guaranteed Risk (Geifman & El-Yaniv 2017); ltt: Learn-then-Test "
-                   "(Angelopoulos et al. 2021).")
-@click.option("--p-value", type=click.Choice(["clopper-pearson", "hoeffding-bentkus"]), default="clopper-pearson",
-              show_default=True, help="Learn-then-Test's p-value.")
-@click.option("--choose", type=click.Choice(["split", "family"]), default=None,
-              help="With --score auto: choose on a random half and fit on the other (split; default for sgr), or "
-                   "test every (score, threshold) pair in one Learn-then-Test family (family; default for ltt).")
+@click.option(
+    "--score",
+    "score_name",
+    default="auto",
+    show_default=True,
+    metavar="NAME|auto",
+    help="The score column to threshold; 'auto' chooses among every score of the run so that the "
+    "guarantee holds after the choice (--choose).",
+)
+@click.option(
+    "--risk",
+    type=_LEVEL,
+    default=None,
+    metavar="R",
+    help="Target selective risk r*: the most permissive threshold with P(risk <= r*) >= 1 - delta.",
+)
+@click.option(
+    "--coverage",
+    type=_LEVEL,
+    default=None,
+    metavar="C",
+    help="Target coverage c*: alone, keep at least c* of the inputs (with a risk bound there); with "
+    "--risk, fail when the certified threshold keeps less than c*.",
+)
+@click.option(
+    "--delta",
+    type=_LEVEL,
+    default=0.05,
+    show_default=True,
+    metavar="D",
+    help="Probability that the bound fails over the calibration draw.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["sgr", "ltt"]),
+    default="sgr",
+    show_default=True,
+    help="sgr: Selection with Guaranteed Risk (Geifman & El-Yaniv 2017); ltt: Learn-then-Test "
+    "(Angelopoulos et al. 2021).",
+)
+@click.option(
+    "--p-value",
+    type=click.Choice(["clopper-pearson", "hoeffding-bentkus"]),
+    default="clopper-pearson",
+    show_default=True,
+    help="Learn-then-Test's p-value.",
+)
+@click.option(
+    "--choose",
+    type=click.Choice(["split", "family"]),
+    default=None,
+    help="With --score auto: choose on a random half and fit on the other (split; default for sgr), or "
+    "test every (score, threshold) pair in one Learn-then-Test family (family; default for ltt).",
+)
 @shared("out_file", required=True)
 @shared("seed")
 def fit_command(run, score_name, risk, coverage, delta, method, p_value, choose, out_file, seed) -> None:
@@ -54,8 +90,10 @@ def fit_command(run, score_name, risk, coverage, delta, method, p_value, choose,
     frame = schema.read_results(run)
     labelled = frame["label"].to_numpy() >= 0
     if not labelled.any():
-        raise InputError(f"{run} has no labelled row: a gate is fitted on a labelled calibration run (score one with "
-                         "labels, e.g. a class-folder dataset or digits:test).")
+        raise InputError(
+            f"{run} has no labelled row: a gate is fitted on a labelled calibration run (score one with "
+            "labels, e.g. a class-folder dataset or digits:test)."
+        )
     if not labelled.all():
         click.echo(f"note: {int((~labelled).sum())} row(s) of {run} without a label are left out of the fit.", err=True)
     frame = frame.loc[labelled]
@@ -66,14 +104,28 @@ def fit_command(run, score_name, risk, coverage, delta, method, p_value, choose,
     elif score_name in methods:
         scores = frame[score_name].to_numpy(dtype=float)
     else:
-        raise InputError(f"--score {score_name!r} is not a score column of {run}; it has: {', '.join(methods)} "
-                         "(or use --score auto).")
-    gate = fit_gate(scores, correct, risk=risk, coverage=coverage, delta=delta, method=method, p_value=p_value,
-                    score=None if score_name == "auto" else score_name, choose=choose, seed=seed)
+        raise InputError(
+            f"--score {score_name!r} is not a score column of {run}; it has: {', '.join(methods)} "
+            "(or use --score auto)."
+        )
+    gate = fit_gate(
+        scores,
+        correct,
+        risk=risk,
+        coverage=coverage,
+        delta=delta,
+        method=method,
+        p_value=p_value,
+        score=None if score_name == "auto" else score_name,
+        choose=choose,
+        seed=seed,
+    )
     gate.save(out_file)
     if gate.selection.get("how") in ("split", "family"):
-        click.echo(f"chose {gate.score!r} among {len(gate.selection['candidates'])} scores "
-                   f"({gate.selection['how']}: {gate.selection['criterion']})")
+        click.echo(
+            f"chose {gate.score!r} among {len(gate.selection['candidates'])} scores "
+            f"({gate.selection['how']}: {gate.selection['criterion']})"
+        )
     click.echo(gate.describe())
     click.echo(f"saved: {out_file}")
 
@@ -90,13 +142,17 @@ def apply_command(gate_file, runs) -> None:
     gate = Gate.load(gate_file)
     for run in runs:
         summary = apply_gate(gate, run)
-        line = (f"{run}: accepts {summary['accepted']} of {summary['rows']} ({summary['coverage']:.4f}) with "
-                f"{gate.score} >= {gate.threshold:.6g}")
+        line = (
+            f"{run}: accepts {summary['accepted']} of {summary['rows']} ({summary['coverage']:.4f}) with "
+            f"{gate.score} >= {gate.threshold:.6g}"
+        )
         real = summary["realised"]
         if real is not None:
-            line += (f"; on {real['n']} labelled rows: coverage {real['coverage']:.4f} [{real['coverage_ci'][0]:.4f}, "
-                     f"{real['coverage_ci'][1]:.4f}], selective risk {real['risk']:.4f} [{real['risk_ci'][0]:.4f}, "
-                     f"{real['risk_ci'][1]:.4f}] (bound {gate.risk_bound:.4f})")
+            line += (
+                f"; on {real['n']} labelled rows: coverage {real['coverage']:.4f} [{real['coverage_ci'][0]:.4f}, "
+                f"{real['coverage_ci'][1]:.4f}], selective risk {real['risk']:.4f} [{real['risk_ci'][0]:.4f}, "
+                f"{real['risk_ci'][1]:.4f}] (bound {gate.risk_bound:.4f})"
+            )
         click.echo(line)
         click.echo(f"  decisions: {Path(run) / DECISIONS_FILE}")
     click.echo(f"note: {SHIFT_NOTE}.")

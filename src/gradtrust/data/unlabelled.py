@@ -70,8 +70,10 @@ def unlabelled_paths(data: str) -> list[str] | None:
         images = _images(matched)
         if not images:
             others = f" (it matches {list_examples(matched)}, none an image file)" if matched else ""
-            raise DataError(f"the pattern {data!r} matches no image file{others}; quote it so that the shell does "
-                            f"not expand it, e.g. --data 'photos/**/*.jpg'. Image endings: {', '.join(IMAGE_EXTENSIONS)}.")
+            raise DataError(
+                f"the pattern {data!r} matches no image file{others}; quote it so that the shell does "
+                f"not expand it, e.g. --data 'photos/**/*.jpg'. Image endings: {', '.join(IMAGE_EXTENSIONS)}."
+            )
         return images
     if os.path.isfile(text):
         path = os.path.abspath(text)
@@ -108,8 +110,14 @@ class UnlabelledImageDataset(ImageFileDataset):
         alpha: ``"white"`` (default) or ``"drop"``: how transparency is removed.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], classes: Sequence[str],
-                 transform: Callable[[Image.Image], Any] | None = None, *, alpha: str = "white") -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        classes: Sequence[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        *,
+        alpha: str = "white",
+    ) -> None:
         absolute = [os.path.abspath(os.fspath(p)) for p in paths]
         if not absolute:
             raise DataError("no image to score: the unlabelled dataset is empty.")

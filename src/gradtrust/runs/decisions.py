@@ -35,8 +35,10 @@ def gate_scores(frame: Any, gate: Gate, source: Any = "") -> np.ndarray:
         raise DataError("the gate names no score column; fit it with `gradtrust gate fit RUN --score NAME`.")
     if gate.score not in frame.columns:
         methods = ", ".join(schema.method_columns(frame))
-        raise DataError(f"{source}: the gate's score {gate.score!r} is not a column of this run (it has {methods}); "
-                        "score the run with that method, or fit a gate on a score the run has.")
+        raise DataError(
+            f"{source}: the gate's score {gate.score!r} is not a column of this run (it has {methods}); "
+            "score the run with that method, or fit a gate on a score the run has."
+        )
     return frame[gate.score].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
@@ -51,15 +53,26 @@ def apply_gate(gate: Gate, run_dir: str | Path) -> dict[str, Any]:
     known = labels >= 0
     predictions = frame["prediction"].to_numpy(dtype=np.int64)
     correct = known & (labels == predictions)
-    table = pa.table({
-        "index": pa.array(frame["index"].to_numpy(dtype=np.int64)), "path": pa.array(frame["path"].astype(str)),
-        "label": pa.array(labels), "prediction": pa.array(predictions),
-        "correct": pa.array(correct, pa.bool_(), mask=~known), "score": pa.array(scores),
-        "accept": pa.array(accept)})
+    table = pa.table(
+        {
+            "index": pa.array(frame["index"].to_numpy(dtype=np.int64)),
+            "path": pa.array(frame["path"].astype(str)),
+            "label": pa.array(labels),
+            "prediction": pa.array(predictions),
+            "correct": pa.array(correct, pa.bool_(), mask=~known),
+            "score": pa.array(scores),
+            "accept": pa.array(accept),
+        }
+    )
     ch.atomic_write(run_dir / DECISIONS_FILE, lambda handle: pq.write_table(table, handle, compression="zstd"))
     summary: dict[str, Any] = {
-        "gate": gate.to_dict(), "rows": int(len(frame)), "accepted": int(accept.sum()),
-        "coverage": float(accept.mean()) if len(frame) else None, "labelled": int(known.sum()),
-        "realised": gate.evaluate(scores[known], correct[known]) if known.any() else None, "note": SHIFT_NOTE}
+        "gate": gate.to_dict(),
+        "rows": int(len(frame)),
+        "accepted": int(accept.sum()),
+        "coverage": float(accept.mean()) if len(frame) else None,
+        "labelled": int(known.sum()),
+        "realised": gate.evaluate(scores[known], correct[known]) if known.any() else None,
+        "note": SHIFT_NOTE,
+    }
     ch.atomic_write_json(run_dir / DECISIONS_JSON, summary)
     return summary
