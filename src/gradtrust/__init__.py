@@ -41,6 +41,9 @@ _LAZY: dict[str, str] = {
     "VoiceResult": "gradtrust.explanations",
     "keep_freed_memory": "gradtrust.cpu_memory",
     "NotFittedError": "gradtrust.errors",
+    "TrustedClassifier": "gradtrust.trusted",
+    "TrustedOutput": "gradtrust.trusted",
+    "selective": "gradtrust.selective",
 }
 
 __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "Introspective", "LoadedModel",
@@ -49,9 +52,10 @@ __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "
            "gradient_features", "load_model", "register_method", "register_pass", "score"]
 __all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.explanations
 __all__ += ["keep_freed_memory"]  # gradtrust.cpu_memory
+__all__ += ["TrustedClassifier", "TrustedOutput", "selective"]  # gradtrust.trusted, gradtrust.selective
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from gradtrust import functional
+    from gradtrust import functional, selective
     from gradtrust.cpu_memory import keep_freed_memory
     from gradtrust.detection import Detector, gradient_features
     from gradtrust.errors import NotFittedError
@@ -71,6 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         register_pass,
         score,
     )
+    from gradtrust.trusted import TrustedClassifier, TrustedOutput
 
 
 def __getattr__(name: str) -> Any:
