@@ -76,6 +76,8 @@ class TrustedClassifier(nn.Module):
         options: further options of an eager (non-forward-pass) score, as :func:`gradtrust.score` takes them.
     """
 
+    threshold: torch.Tensor  # a buffer: float64, −inf without a gate or threshold
+
     def __init__(
         self,
         model: Any,
