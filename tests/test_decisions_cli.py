@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -166,3 +167,23 @@ def test_unlabelled_forms_that_find_nothing_say_so(tmp_path):
     (tmp_path / "notes.csv").write_text("x")
     with pytest.raises(DataError, match="is a file"):
         open_dataset(str(tmp_path / "notes.csv"), model)
+
+
+def test_report_shows_operating_points_and_unlabelled_distributions_without_label_metrics(workspace):
+    _run("gate", "apply", str(workspace / "gate.json"), str(workspace / "cal"))
+    unlabelled = workspace / "unlabelled-report"
+    _run("score", "--model", "digits:digits_cnn", "--data", str(workspace / "images"), "--methods", METHODS,
+         "--gate", str(workspace / "gate.json"), "--out", str(unlabelled), "--no-progress", "--device", "cpu")
+    out = workspace / "report"
+    _run("report", str(workspace / "cal"), str(unlabelled), "--out", str(out), "--resamples", "20")
+    data = json.loads((out / "report.json").read_text())
+    decisions = {Path(r["source"]).name: r for r in data["kinds"]["decisions"]}
+    assert set(decisions) == {"cal", "unlabelled-report"}
+    assert decisions["unlabelled-report"]["labelled"] == 0 and decisions["cal"]["gate"]["score"] == "softmax"
+    assert [r["name"] for r in data["runs"]] == [data["kinds"]["score"][0]["name"]]  # the unlabelled run: no metrics
+    assert not data["problems"]
+    figures = sorted(p.name for p in (out / "figures" / "decisions").glob("*.png"))
+    assert len(figures) == 2
+    page = (out / "index.html").read_text()
+    assert 'id="decisions"' in page and "n/a (no labels)" in page and "distribution shift" in page
+    assert "Recommended score for" in (out / "summary.md").read_text()

@@ -119,7 +119,7 @@ def test_kinds_come_from_the_manifest_and_fall_back_to_the_file_layout(runs, tmp
     found, problems = discover_runs(runs.values())
     assert not problems
     assert {k: len(v) for k, v in found.items()} == {"score": 3, "explain": 1, "detect": 1, "introspect": 1,
-                                                    "gradcon": 1}  # introspect's feed_forward/ and introspective/
+                                                    "gradcon": 1, "decisions": 0}  # introspect's feed_forward/ and introspective/
     both = tmp_path / "both"
     shutil.copytree(runs["explain"], both)
     shutil.copy(runs["score"] / "scores.parquet", both / "scores.parquet")

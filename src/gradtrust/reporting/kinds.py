@@ -13,11 +13,12 @@ from typing import Any
 from gradtrust import schema
 
 __all__ = ["DATA_FILES", "KINDS", "SECTIONS", "LoadProblem", "Section", "discover_runs", "drawing", "kind_of", "mapping",
-           "read_manifest", "register_section"]
+           "read_manifest", "register_section", "unlabelled_run"]
 
 #: The kinds in the order of the page, with the file that holds each kind's results.
 DATA_FILES = {"score": schema.SCORES_FILE, "explain": "explanations.parquet", "detect": "table.csv",
-              "introspect": "introspection.parquet", "gradcon": "anomaly_scores.parquet"}
+              "introspect": "introspection.parquet", "gradcon": "anomaly_scores.parquet",
+              "decisions": "decisions.json"}
 KINDS = tuple(DATA_FILES)
 #: How far below a folder given on the command line run folders are looked for.
 SEARCH_DEPTH = 5
@@ -68,10 +69,20 @@ def kind_of(folder: Path) -> str | None:
     return None
 
 
+def unlabelled_run(folder: Path) -> bool:
+    """Whether the score run in ``folder`` has no labelled row (its manifest's ``counts.labelled`` is 0)."""
+    return mapping(read_manifest(folder).get("counts")).get("labelled") == 0
+
+
 def _walk(folder: Path, depth: int) -> Iterable[tuple[str, Path]]:
     kind = kind_of(folder)
+    if kind == "score" and unlabelled_run(folder):  # nothing to evaluate: the decisions section shows it
+        yield "decisions", folder
+        return
     if kind is not None:
         yield kind, folder
+        if kind == "score" and (folder / DATA_FILES["decisions"]).is_file():  # a gate applied to it
+            yield "decisions", folder
         if kind == "score":  # a score run holds no other run but its explanations
             if (folder / "explanations").is_dir() and kind_of(folder / "explanations") == "explain":
                 yield "explain", folder / "explanations"
@@ -93,7 +104,7 @@ def discover_runs(inputs: Iterable[str | Path]) -> tuple[dict[str, list[Path]], 
     a few levels deep. Inputs that do not exist or hold no run become problems.
     """
     found: dict[str, list[Path]] = {kind: [] for kind in KINDS}
-    seen: set[Path] = set()
+    seen: set[tuple[str, Path]] = set()
     problems: list[LoadProblem] = []
     for raw in inputs:
         p = Path(raw)
@@ -110,8 +121,8 @@ def discover_runs(inputs: Iterable[str | Path]) -> tuple[dict[str, list[Path]], 
                 f"(a manifest.json with a \"kind\", or one of {', '.join(DATA_FILES.values())}): nothing to "
                 "report. Give folders written by gradtrust score, explain, detect, introspect or gradcon score.")))
         for kind, hit in hits:
-            if hit.resolve() not in seen:
-                seen.add(hit.resolve())
+            if (kind, hit.resolve()) not in seen:  # a score run with a gate applied is also a decisions run
+                seen.add((kind, hit.resolve()))
                 found[kind].append(hit)
     return found, problems
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from gradtrust._version import __version__
 from gradtrust.errors import GradTrustError, InputError
-from gradtrust.reporting import anomaly, detection, explanations, introspection  # noqa: F401 - register sections
+from gradtrust.reporting import anomaly, decisions, detection, explanations, introspection  # noqa: F401 - register sections
 from gradtrust.reporting.kinds import KINDS, SECTIONS, Section, discover_runs, drawing, register_section
 from gradtrust.reporting.results import Group, Report, evaluate_run, group_runs, summarise
 from gradtrust.reporting.runs import LoadProblem, load_runs, slugify

@@ -307,8 +307,27 @@ def summary_markdown(summary: Summary, groups: Sequence[Group], warnings: Sequen
         ranked = sorted(summary.wins.items(), key=lambda kv: (-kv[1], kv[0]))
         out.append("- Wins per method (cells where it is best, ties counted for each): "
                    + ", ".join(f"{display_name(m)} {k}" for m, k in ranked) + ".")
+    out += recommendation_lines(groups)
     out += ["", f"Winner of each (run, metric) cell; in brackets {display_name(summary.method)}'s rank "
             "when it does not win (↑ higher is better, ↓ lower is better).", ""]
     header, rows = summary_cells(summary)
     out += [_md_table(header, rows), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def recommendation_lines(groups: Sequence[Group]) -> list[str]:
+    """Per run, taken as calibration data: the score with the lowest AURC (the risk–coverage area that a gate
+    trades along), with its bootstrap CI, and the command that turns it into a gate (docs/decisions.md)."""
+    lines = []
+    for result in (r for g in groups for r in g.results):
+        ranked = sorted((r.get("aurc"), m) for m, r in result.methods.items() if math.isfinite(r.get("aurc")))
+        if not ranked:
+            continue
+        value, method = ranked[0]
+        low, high = result.value(method, "aurc_low"), result.value(method, "aurc_high")
+        ci = f" [{100 * low:.2f}, {100 * high:.2f}]" if math.isfinite(low) and math.isfinite(high) else ""
+        lines.append(f"- Recommended score for {result.name} (as calibration data): **{display_name(method)}**, the "
+                     f"lowest AURC {100 * value:.2f}{ci} (%, bootstrap CI). Turn it into a gate with a guaranteed "
+                     f"risk: `gradtrust gate fit {result.run.source} --score {method} --risk R` (or `--score auto`, "
+                     "which keeps the guarantee after choosing the score).")
+    return lines
