@@ -4,10 +4,10 @@
         [--repeats 15] [--device cpu|cuda] [--scores softmax,energy,gradtrust,gradtrust_topk,gradnorm]
 
 For each score: the plain ``model(x)`` and ``TrustedClassifier(model, score)(x)`` (eager, and the
-``torch.export`` program) are timed interleaved (GPU: wall time; CPU: process CPU time on ``--threads`` threads) — one call of each per round, ``--repeats`` rounds after a
-warm-up — under ``torch.inference_mode``; the ratio is of the minima (the least disturbed call of each), so that
-load on the machine moves both alike. torchvision models get random weights (nothing is downloaded);
-``digits`` is the bundled digits CNN.
+``torch.export`` program) are timed interleaved — one call of each per round, ``--repeats`` rounds after a
+warm-up — under ``torch.inference_mode`` (GPU: wall time; CPU: the process's CPU time on ``--threads`` threads);
+the ratio is of the minima (the least disturbed call of each), so that load on the machine moves both alike.
+torchvision models get random weights (nothing is downloaded); ``digits`` is the bundled digits CNN.
 """
 
 from __future__ import annotations
