@@ -115,3 +115,14 @@ def test_gradient_scores_run_eagerly_and_refuse_export(digits):
         trusted.export(x[:6])
     with pytest.raises(ModelError, match="eager mode only"):
         trusted.to_torchscript(x[:6])
+
+
+def test_a_saved_exported_program_loads_and_returns_the_named_tuple(digits, tmp_path):
+    model, x, _ = digits
+    trusted = TrustedClassifier(model, "gradtrust", threshold=5.0).eval()
+    with torch.no_grad():
+        eager = trusted(x)
+    torch.export.save(trusted.export(x), tmp_path / "trusted.pt2")
+    loaded = torch.export.load(tmp_path / "trusted.pt2").module()(x)
+    assert isinstance(loaded, TrustedOutput)
+    _assert_same(eager, loaded)

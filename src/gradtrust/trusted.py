@@ -41,6 +41,11 @@ class TrustedOutput(NamedTuple):
     accept: torch.Tensor
 
 
+# A saved ExportedProgram (torch.export.save) records its output's type by name: register it so that the named
+# tuple survives a save and load (torch has no public call for named tuples yet).
+torch.utils._pytree._register_namedtuple(TrustedOutput, serialized_type_name="gradtrust.trusted.TrustedOutput")
+
+
 def _logit_score(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
     return lambda logits, features, options: fn(logits)
 
