@@ -158,8 +158,6 @@ class FlatImageDataset(ImageFileDataset):
         """Readable class names (ImageNet names for the default classes, else ``classes``)."""
         return load_imagenet_class_names() if self._imagenet else list(self.classes)
 
-    # ------------------------------------------------------------------ files
-
     @staticmethod
     def _list_images(root: str, exts: tuple[str, ...]) -> list[str]:
         entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
@@ -180,8 +178,6 @@ class FlatImageDataset(ImageFileDataset):
                 f"folder, e.g. {os.path.join(root, 'ILSVRC2012_val_00000001.JPEG')}.{hint}"
             )
         return files
-
-    # ------------------------------------------------------------------ CSV
 
     def _labels_from_csv(
         self, path: str, files: list[str], class_index: dict[str, int], allow_unused: bool
@@ -251,8 +247,6 @@ class FlatImageDataset(ImageFileDataset):
                 "Pass allow_unused_labels=True to score only the images present."
             )
         return [by_id[os.path.splitext(name)[0]] for name in files]
-
-    # ------------------------------------------------------------------ one label per line
 
     def _labels_from_lines(
         self, path: str, files: list[str], class_index: dict[str, int], devkit: dict[int, str] | None

@@ -78,9 +78,6 @@ def default_image_transform(image: Image.Image) -> torch.Tensor:
     return pil_to_tensor(image).float().div_(255.0)
 
 
-# --------------------------------------------------------------------------- mode conversion
-
-
 def _scale_16bit(values: np.ndarray) -> np.ndarray:
     """0..65535 → 0..255, rounded (65535 → 255, 257 → 1, 128 → 0)."""
     v = values.astype(np.uint32)
@@ -177,9 +174,6 @@ def read_rgb_image(path: str | os.PathLike, alpha: str = "white") -> Image.Image
         raise DataError(f"truncated or corrupt image: {text}") from None
 
 
-# --------------------------------------------------------------------------- compact path storage
-
-
 class _StringTable:
     """A read-only list of strings stored as one UTF-8 byte buffer plus offsets.
 
@@ -203,9 +197,6 @@ class _StringTable:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
-
-
-# --------------------------------------------------------------------------- folder scanning
 
 
 def normalize_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
@@ -333,9 +324,6 @@ def scan_class_folders(
             stacklevel=3,
         )
     return classes, paths, labels
-
-
-# --------------------------------------------------------------------------- datasets
 
 
 class ImageFileDataset(Dataset):

@@ -158,9 +158,6 @@ def open_dataset(data: Any, model: Any, labels: str | os.PathLike | None = None)
     return OpenedDataset(folder, text)
 
 
-# --------------------------------------------------------------------------- identity
-
-
 def describe_dataset(dataset: Any) -> dict[str, Any]:
     """A JSON-serialisable identity of any GradTrust dataset (or of an :class:`OpenedDataset`).
 

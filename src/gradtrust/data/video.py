@@ -111,9 +111,6 @@ def video_clip_settings(model_name: str) -> VideoClipSettings:
     return VIDEO_MODELS[key]
 
 
-# --------------------------------------------------------------------------- sampling
-
-
 def _as_fraction(x: float | int | Fraction) -> Fraction:
     return x if isinstance(x, Fraction) else Fraction(x).limit_denominator(1_000_000)
 
@@ -140,9 +137,6 @@ def clip_frame_indices(num_frames: int, clip_len: int, step: float | Fraction = 
         k = min(max(first + j, 0), positions - 1)
         out.append(min(k * s.numerator // s.denominator, num_frames - 1))
     return out
-
-
-# --------------------------------------------------------------------------- decoding
 
 
 def _video_step(stream: Any, frame_stride: int, frame_rate: float | None) -> Fraction:
@@ -267,9 +261,6 @@ def read_video_clip(
         raise DataError(f"cannot decode video: {type(exc).__name__}: {exc}") from None
     clip = np.stack([kept[i] for i in indices])  # (T, H, W, 3)
     return torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous()
-
-
-# --------------------------------------------------------------------------- dataset
 
 
 class VideoFolderDataset(ImageFileDataset):
