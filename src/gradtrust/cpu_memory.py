@@ -82,14 +82,9 @@ def keep_freed_memory(enable: bool = True) -> bool:
     threshold (which otherwise rises towards 32 MiB as large blocks are freed), so afterwards the mmap
     threshold stays where it was, and blocks over it are mapped again.
 
-    Calling it again with the same ``enable`` changes nothing (idempotent).
-
-    Args:
-        enable: ``True`` to keep freed memory, ``False`` to set glibc's defaults back.
-
-    Returns:
-        ``True`` when the setting was applied; ``False`` where it cannot apply: not Linux or not glibc
-        (nothing is changed), or ``mallopt`` refused a value (the other one may have been set).
+    Calling it again with the same ``enable`` changes nothing (idempotent). Returns ``True`` when the setting
+    was applied; ``False`` where it cannot apply: not Linux or not glibc (nothing is changed), or ``mallopt``
+    refused a value (the other one may have been set).
     """
     global _kept
     mallopt = glibc_mallopt()

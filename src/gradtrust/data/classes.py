@@ -118,10 +118,7 @@ def resolve_class_indices(
        some dataset classes carry model class names at *other* positions, which means the order is wrong;
     4. otherwise :class:`DataError` naming both sides (counts and a few examples).
 
-    Args:
-        dataset_classes: the dataset's ``classes`` (label order).
-        model_class_names: one name per model output, or ``None``/empty when unknown.
-        num_outputs: the model's number of outputs.
+    ``model_class_names``: one name per model output, or ``None``/empty when unknown.
     """
     classes = [str(c) for c in dataset_classes]
     names = [str(n) for n in model_class_names] if model_class_names else []

@@ -94,21 +94,14 @@ def _looks_like_csv(path: str) -> bool:
 class FlatImageDataset(ImageFileDataset):
     """All images in one folder (e.g. ``ILSVRC2012_val_00000001.JPEG`` …), labels from a file.
 
-    Args:
-        root: the image folder (not searched recursively); images are sorted by file name, and ``index``
-            is the position in that order.
-        labels_file: a ``ImageId,PredictionString`` CSV or a one-label-per-line text file (module doc).
-        transform: applied to the RGB PIL image; default float ``(3, H, W)`` in ``[0, 1]``.
-        classes: the class list labels refer to; default the 1000 ImageNet-1k WordNet IDs in output order
-            (then :attr:`class_names` gives their readable names). Text labels are looked up in it,
-            integer labels index it.
-        label_offset: added to every integer label (e.g. ``-1`` for 1-based indices in sorted-wnid order).
-        devkit_meta: the devkit's ``meta.mat`` (or devkit folder): integer labels are then devkit
-            ``ILSVRC2012_ID``\\ s, translated to WordNet IDs (for ``ILSVRC2012_validation_ground_truth.txt``).
-        allow_unused_labels: with a CSV, ignore labels whose image is not in ``root`` (score a subset of
-            the validation set) instead of raising :class:`DataError`.
-        extensions: file endings taken as images, default :data:`~gradtrust.data.images.IMAGE_EXTENSIONS`.
-        alpha: ``"white"`` (default) or ``"drop"``: how transparency is removed.
+    ``root`` is not searched recursively; images are sorted by file name, ``index`` is the position in that
+    order. ``labels_file``: a ``ImageId,PredictionString`` CSV or a one-label-per-line text file (module doc).
+    ``classes``: the class list labels refer to (text labels are looked up in it, integer labels index it);
+    default the 1000 ImageNet-1k WordNet IDs in output order, whose readable names :attr:`class_names` gives.
+    ``label_offset`` is added to every integer label; with ``devkit_meta`` (the devkit's ``meta.mat`` or
+    folder) integer labels are devkit ``ILSVRC2012_ID``\\ s, translated to WordNet IDs.
+    ``allow_unused_labels``: with a CSV, ignore labels whose image is not in ``root`` (score a subset of the
+    validation set) instead of raising. ``transform``, ``extensions``, ``alpha``: as :class:`ImageFolderDataset`.
 
     Raises :class:`DataError` (listing a few examples) for: an image without a label, a label without an
     image, a malformed CSV row, a line count that differs from the image count, an unknown class, an

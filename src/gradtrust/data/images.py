@@ -404,15 +404,10 @@ class ImageFileDataset(Dataset):
 
 
 class ImageFolderDataset(ImageFileDataset):
-    """Images in ``root/<class_name>/…``: class index = position of the folder in sorted order.
-
-    Args:
-        root: the dataset folder. Each non-hidden sub-folder is a class (searched recursively);
-            ``classes`` are the folder names in sorted order.
-        transform: applied to the RGB PIL image; default :func:`default_image_transform` (float
-            ``(3, H, W)`` in ``[0, 1]``).
-        extensions: file endings taken as images (case-insensitive), default :data:`IMAGE_EXTENSIONS`.
-        alpha: ``"white"`` (composite transparent images on white, default) or ``"drop"``.
+    """Images in ``root/<class_name>/…``: each non-hidden sub-folder is a class (searched recursively), its
+    index the folder's position in sorted order. ``transform`` gets the RGB PIL image (default
+    :func:`default_image_transform`); ``extensions`` are case-insensitive; ``alpha``: ``"white"`` composites
+    transparent images on white, ``"drop"`` drops the alpha channel.
 
     Files are sorted by their path within ``root``, so ``index`` is the same on every run and machine.
     A class folder without images keeps its index (with a warning); no class folder or no image at all

@@ -266,17 +266,12 @@ def read_video_clip(
 class VideoFolderDataset(ImageFileDataset):
     """Videos in ``root/<class_name>/<clip>.<ext>`` (Kinetics layout); one centred clip per video.
 
-    Args:
-        root: the dataset folder; each non-hidden sub-folder is a class (sorted order = class index).
-        transform: applied to the uint8 ``(T, C, H, W)`` clip, e.g. ``R3D_18_Weights.KINETICS400_V1.transforms()``
-            (→ float ``(C, T, H, W)``); ``None`` returns the uint8 clip unchanged.
-        clip_len: frames per clip.
-        frame_stride: step between sampled source frames (used when ``frame_rate`` is ``None`` or a video
-            does not state its frame rate).
-        frame_rate: sample at this many frames per second of video instead (step ``fps / frame_rate``
-            per video, as torchvision's reference evaluation does).
-        extensions: file endings taken as videos, default :data:`VIDEO_EXTENSIONS`.
-        decode_threads: FFmpeg decoding threads per video (keep 1 when DataLoader workers run in parallel).
+    Each non-hidden sub-folder is a class (sorted order = class index). ``transform`` gets the uint8
+    ``(T, C, H, W)`` clip, e.g. ``R3D_18_Weights.KINETICS400_V1.transforms()`` (→ float ``(C, T, H, W)``).
+    ``frame_stride``: step between sampled source frames, used when ``frame_rate`` is ``None`` or a video does
+    not state its frame rate; ``frame_rate``: sample at this many frames per second instead (step ``fps /
+    frame_rate`` per video, as torchvision's reference evaluation does). ``decode_threads``: FFmpeg threads
+    per video (keep 1 when DataLoader workers run in parallel).
 
     Use :meth:`for_model` for the settings of a torchvision video model's Kinetics-400 weights.
     """
