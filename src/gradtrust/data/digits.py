@@ -155,13 +155,8 @@ def _gaussian_kernel_matrix(sigma: float, size: int = 8) -> np.ndarray:
     radius = max(1, int(math.ceil(3 * sigma)))
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
-    b = np.zeros((size, size), dtype=np.float64)
-    for i in range(size):
-        for k, w in zip(range(-radius, radius + 1), taps, strict=False):
-            j = i + k
-            if 0 <= j < size:
-                b[i, j] = w
-    return b
+    offset = np.arange(size)[None, :] - np.arange(size)[:, None]  # b[i, j] = taps[j − i] inside the window
+    return np.where(np.abs(offset) <= radius, taps[np.clip(offset + radius, 0, 2 * radius)], 0.0)
 
 
 def apply_corruption(image: np.ndarray, corruption: str | None, severity: int = 1, seed: int = 0,

@@ -380,8 +380,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         i = self._position(index)
-        path = os.path.join(self.root, self._files[i])
-        label = int(self._labels[i])
+        path, label = self.path(i), self.label(i)
         # PIL warns (DecompressionBombWarning) for images over ~89 megapixels; the warning would leak to the
         # console once per file, so it is caught here and recorded with the sample (manifest: sample_notes).
         with warnings.catch_warnings(record=True) as caught:

@@ -319,8 +319,7 @@ class VideoFolderDataset(ImageFileDataset):
 
     def __getitem__(self, index: int) -> Sample:
         i = self._position(index)
-        path = os.path.join(self.root, self._files[i])
-        label = int(self._labels[i])
+        path, label = self.path(i), self.label(i)
         try:
             clip = read_video_clip(path, self.clip_len, self.frame_stride, self.frame_rate, self.decode_threads)
         except DataError as exc:

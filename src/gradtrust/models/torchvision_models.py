@@ -319,9 +319,7 @@ def _clip_len(enum: Any) -> int:
     if enum is None:
         return 16
     match = re.search(r"clip_len=(\d+)", enum.meta.get("_docs", ""))
-    if match:
-        return int(match.group(1))
-    return int(enum.meta.get("min_temporal_size", 16))
+    return int(match.group(1)) if match else int(enum.meta.get("min_temporal_size", 16))
 
 
 register_source(ModelSource("torchvision", load_torchvision, lambda: torchvision_names()[0]))

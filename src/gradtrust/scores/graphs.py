@@ -60,8 +60,7 @@ def capturable(method: MethodSpec, passes: BatchPasses) -> bool:
 
 def use_graphs(passes: BatchPasses) -> bool:
     """Whether this batch's capturable methods go through a CUDA graph: on a GPU, unless turned off."""
-    logits = passes.forward_logits
-    return (passes.options.cuda_graphs and logits.is_cuda and not torch.cuda.is_current_stream_capturing())
+    return passes.options.cuda_graphs and passes.forward_logits.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
 def run_captured(passes: BatchPasses, methods: list[MethodSpec]) -> tuple[torch.Tensor, Layout] | None:
