@@ -296,8 +296,7 @@ def scan_class_folders(
                 chosen[real] = (label, rel)
     keep_paths = {rel for _, rel in chosen.values()}
     for label, (cls, rels) in enumerate(zip(classes, per_class, strict=True)):
-        unique = [rel for rel in rels if rel in keep_paths and chosen[os.path.realpath(os.path.join(root, rel))][0]
-                  == label]
+        unique = [rel for rel in rels if rel in keep_paths]  # a path lies in one class folder: its label is this
         duplicates.extend(rel for rel in rels if rel not in unique)
         if not unique:
             empty_classes.append(cls)
