@@ -132,22 +132,15 @@ def clip_frame_indices(num_frames: int, clip_len: int, step: float | Fraction = 
         raise DataError("step must be positive")
     positions = -(-num_frames * s.denominator // s.numerator)  # ceil(num_frames / s): grid points in the video
     first = (positions - clip_len) // 2  # floor: may be negative for a short video
-    out = []
-    for j in range(clip_len):
-        k = min(max(first + j, 0), positions - 1)
-        out.append(min(k * s.numerator // s.denominator, num_frames - 1))
-    return out
+    grid = (min(max(first + j, 0), positions - 1) for j in range(clip_len))
+    return [min(k * s.numerator // s.denominator, num_frames - 1) for k in grid]
 
 
 def _video_step(stream: Any, frame_stride: int, frame_rate: float | None) -> Fraction:
     if frame_rate is None:
         return Fraction(frame_stride)
-    fps = None
-    for attr in ("average_rate", "guessed_rate", "base_rate"):
-        rate = getattr(stream, attr, None)
-        if rate:
-            fps = Fraction(rate)
-            break
+    rates = (getattr(stream, attr, None) for attr in ("average_rate", "guessed_rate", "base_rate"))
+    fps = next((Fraction(rate) for rate in rates if rate), None)
     if not fps or fps <= 0:
         return Fraction(frame_stride)  # unknown frame rate: fall back to the fixed stride
     return fps / _as_fraction(frame_rate)
