@@ -297,11 +297,7 @@ def _missing_checkpoint_message(name: str, enum: Any, path: Path) -> str:
 def _fix_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Old DenseNet checkpoints (the official ones) name layers ``norm.1`` instead of ``norm1``."""
     pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-    fixed = {}
-    for key, value in state.items():
-        match = pattern.match(key)
-        fixed[match.group(1) + match.group(2) if match else key] = value
-    return fixed
+    return {pattern.sub(r"\1\2", key): value for key, value in state.items()}
 
 
 def _drop_aux_heads(name: str, module: nn.Module) -> None:
