@@ -260,10 +260,8 @@ def digits_image(sample_input: torch.Tensor | np.ndarray) -> np.ndarray:
     sklearn's digits are white-on-black in this encoding (ink = high values); draw with ``cmap="gray_r"``
     for dark ink on white paper.
     """
-    if isinstance(sample_input, torch.Tensor):
-        arr = sample_input.detach().to("cpu", torch.float64).numpy()
-    else:
-        arr = np.asarray(sample_input, dtype=np.float64)
+    arr = (sample_input.detach().to("cpu", torch.float64).numpy() if isinstance(sample_input, torch.Tensor)
+           else np.asarray(sample_input, dtype=np.float64))
     if arr.size != 64:
         raise DataError(f"a digits input has 64 pixels (shape (1, 8, 8) or (8, 8)), got shape {arr.shape}")
     return np.rint(np.clip(arr.reshape(8, 8), 0.0, 1.0) * 255.0).astype(np.uint8)

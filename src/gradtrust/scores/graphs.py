@@ -53,9 +53,8 @@ def _graphs_of(model: nn.Module) -> OrderedDict[Hashable, object]:
 
 def capturable(method: MethodSpec, passes: BatchPasses) -> bool:
     """Whether ``method`` may run inside a captured graph on this batch (see the module docstring)."""
-    if not method.cuda_graph_safe:
-        return False
-    return Pass.COUNTERFACTUAL_GRADIENTS not in method.needs or not passes.uses_autograd_path
+    return method.cuda_graph_safe and (Pass.COUNTERFACTUAL_GRADIENTS not in method.needs
+                                       or not passes.uses_autograd_path)
 
 
 def use_graphs(passes: BatchPasses) -> bool:
