@@ -80,7 +80,8 @@ _STREAM = {"gaussian_noise": 1}
 
 
 @functools.lru_cache(maxsize=1)
-def _load() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All of ``load_digits()``: read-only ``images`` (1797, 8, 8) float64 in 0..16 and ``labels`` (1797,)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -91,14 +92,9 @@ def _load() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """All of ``load_digits()``: read-only ``images`` (1797, 8, 8) float64 in 0..16 and ``labels`` (1797,)."""
-    return _load()
-
-
 @functools.lru_cache(maxsize=1)
 def _split_indices() -> dict[str, np.ndarray]:
-    _, labels = _load()
+    _, labels = digits_arrays()
     rng = np.random.RandomState(SPLIT_SEED)
     test: list[np.ndarray] = []
     train: list[np.ndarray] = []
@@ -203,7 +199,7 @@ class DigitsDataset(Dataset):
         self.seed = _check_seed(seed)
         self.classes = list(DIGITS_CLASSES)
         self.source_indices = digits_split_indices(split)  # load_digits() row of each position
-        images, labels = _load()
+        images, labels = digits_arrays()
         self._images = images[self.source_indices] / 16.0
         self._labels = labels[self.source_indices]
         self._tag = self.corruption or "clean"
