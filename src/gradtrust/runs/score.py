@@ -177,11 +177,9 @@ class ScoreTask:
                                    "prediction": prediction, "correct": (label >= 0) & (label == prediction)}
         methods = list(parts[0][5]) if parts else []
         reasons = {name: [r for p in parts for r in p[6][name]] for name in methods}
-        for name in methods:
-            columns[name] = np.concatenate([p[5][name] for p in parts]).astype(np.float64)
+        columns.update({name: np.concatenate([p[5][name] for p in parts]).astype(np.float64) for name in methods})
         nan_reasons = [name for name in methods if any(reasons[name])]
-        for name in nan_reasons:
-            columns[schema.reason_column(name)] = reasons[name]
+        columns.update({schema.reason_column(name): reasons[name] for name in nan_reasons})
         fields = schema.arrow_schema(methods, nan_reasons)
         # The logits travel in the chunk (last column) and go to logits.parquet at the end; scores.parquet
         # keeps its columns.
@@ -202,9 +200,7 @@ class ScoreTask:
         # rank 0's allocator setting (gradtrust.keep_freed_memory; the CLI's default on a CPU)
         execution = {**execution, "keep_freed_memory": freed_memory_kept()}
         out = folder.out
-        methods: list[str] = []
-        for meta in metas:
-            methods += [m for m in meta["methods"] if m not in methods]
+        methods = list(dict.fromkeys(m for meta in metas for m in meta["methods"]))
         nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
         table_schema = schema.arrow_schema(methods, nan_reasons)
 
