@@ -151,8 +151,7 @@ def wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: 
     else:
         classes = inferred
         meta["num_classes_source"] = "last linear layer" if inferred is not None else "unknown"
-    meta["class_names_source"] = "indices"
-    meta["preprocessing"] = "none: inputs must already be model-ready tensors"
+    meta.update(class_names_source="indices", preprocessing="none: inputs must already be model-ready tensors")
     if weights is None and unweighted_kind is not None:
         meta.update(weights_kind=unweighted_kind, pretrained=None)
     return LoadedModel(

@@ -93,8 +93,7 @@ def read_weights_file(weights: PathLike, meta: dict[str, Any],
     align: dict[str, Any] = {}
     if model_keys is not None:
         state, align = align_keys(state, model_keys)
-    meta.update(info, **align)
-    meta.update(weights_kind="file", pretrained=True, weights_file=str(path))
+    meta.update(info, **align, weights_kind="file", pretrained=True, weights_file=str(path))
     return state, str(path), file_sha256(path)
 
 

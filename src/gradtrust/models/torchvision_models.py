@@ -101,16 +101,14 @@ def load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loaded
         sha = file_sha256(path)
         weights_str = _enum_full_name(enum)
         meta.update(weights_kind="torchvision enum", pretrained=True, weights_enum=weights_str,
-                    weights_url=enum.url, weights_file=str(path))
-        meta.update(_check_official_hash(enum, path, sha))
+                    weights_url=enum.url, weights_file=str(path), **_check_official_hash(enum, path, sha))
     else:
         state, weights_str, sha = read_weights_file(weights, meta)
         path = Path(weights_str)
         enum = _enum_for_filename(enum_cls, path.name)  # a copy of an official checkpoint
         ref = enum if enum is not None else reference_enum(name, enum_cls)
         if enum is not None:
-            meta.update(weights_enum=_enum_full_name(enum), weights_url=enum.url)
-            meta.update(_check_official_hash(enum, path, sha))
+            meta.update(weights_enum=_enum_full_name(enum), weights_url=enum.url, **_check_official_hash(enum, path, sha))
 
     ref_classes = len(ref.meta["categories"]) if ref is not None else 1000
 
