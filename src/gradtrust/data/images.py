@@ -251,13 +251,9 @@ def scan_class_folders(
             found, hint = "nothing (the folder is empty)", ""
         raise DataError(f"No class sub-folders in {root}: found {found}. Expected {layout}.{hint}")
 
-    paths: list[str] = []
-    labels: list[int] = []
-    empty_classes: list[str] = []
     other_files: list[str] = []
     per_class: list[list[str]] = []
     real_root = os.path.realpath(root)
-    duplicates: list[str] = []
     loops: list[str] = []
     for cls in classes:
         found_here: list[str] = []
@@ -287,21 +283,18 @@ def scan_class_folders(
         per_class.append(sorted(found_here))
     # One file reached through several paths is listed once: under its own (link-free) path when that is one
     # of them (so a link from one class folder into another does not relabel the files), else its first path.
-    chosen: dict[str, tuple[int, str]] = {}
-    for label, rels in enumerate(per_class):
-        for rel in rels:
-            real = os.path.realpath(os.path.join(root, rel))
-            direct = os.path.join(real_root, rel) == real
-            if real not in chosen or (direct and os.path.join(real_root, chosen[real][1]) != real):
-                chosen[real] = (label, rel)
-    keep_paths = {rel for _, rel in chosen.values()}
-    for label, (cls, rels) in enumerate(zip(classes, per_class, strict=True)):
-        unique = [rel for rel in rels if rel in keep_paths]  # a path lies in one class folder: its label is this
-        duplicates.extend(rel for rel in rels if rel not in unique)
-        if not unique:
-            empty_classes.append(cls)
-        paths.extend(unique)
-        labels.extend([label] * len(unique))
+    chosen: dict[str, str] = {}  # real path → the relative path it is listed under
+    for rel in (rel for rels in per_class for rel in rels):
+        real = os.path.realpath(os.path.join(root, rel))
+        direct = os.path.join(real_root, rel) == real
+        if real not in chosen or (direct and os.path.join(real_root, chosen[real]) != real):
+            chosen[real] = rel
+    keep_paths = set(chosen.values())
+    kept = [[rel for rel in rels if rel in keep_paths] for rels in per_class]  # per class, in sorted order
+    duplicates = [rel for rels in per_class for rel in rels if rel not in keep_paths]
+    empty_classes = [cls for cls, rels in zip(classes, kept, strict=True) if not rels]
+    paths = [rel for rels in kept for rel in rels]
+    labels = [label for label, rels in enumerate(kept) for _ in rels]
     if loops or duplicates:
         warnings.warn(
             f"{root}: symbolic links reach {len(loops)} already-visited folder(s) ({list_examples(loops)}) and "
