@@ -257,7 +257,8 @@ def test_api_unknown_labels_chunks_and_in_process_resume(tmp_path):
     assert summary.methods[:2] == ["softmax", "entropy"] and "mc_dropout" in summary.methods
     frame = pd.read_parquet(summary.scores_path)
     labelled = frame[frame["label"] >= 0]
-    assert (frame.loc[frame["label"] < 0, "correct"] == False).all()  # noqa: E712 - unknown label: not correct
+    assert frame.loc[frame["label"] < 0, "correct"].isna().all()  # unknown label: no correctness (null)
+    assert frame.loc[frame["label"] >= 0, "correct"].notna().all()
     assert summary.accuracy == pytest.approx((labelled["label"] == labelled["prediction"]).mean())
     manifest = json.loads(summary.manifest_path.read_text())
     assert manifest["counts"]["labelled"] == len(labelled)
