@@ -15,6 +15,7 @@ from gradtrust.data.digits import CORRUPTIONS, DIGITS_CLASSES, SEVERITIES, Digit
 from gradtrust.data.imagenet import FlatImageDataset, read_devkit_meta
 from gradtrust.data.images import IMAGE_EXTENSIONS, ImageFolderDataset, default_image_transform, read_rgb_image, to_rgb
 from gradtrust.data.samples import Batch, Sample, collate_samples
+from gradtrust.data.unlabelled import UnlabelledImageDataset
 from gradtrust.data.video import (
                                     VIDEO_EXTENSIONS,
                                     VIDEO_MODELS,
@@ -33,3 +34,4 @@ __all__ = [
     "load_imagenet_wnids", "read_devkit_meta", "read_rgb_image", "resolve_class_indices", "to_rgb",
     "read_video_clip", "video_clip_settings",
 ]
+__all__ += ["UnlabelledImageDataset"]  # images without labels (gradtrust.data.unlabelled)
