@@ -78,16 +78,19 @@ def test_open_dataset_errors(tmp_path):
     image_model.input_kind = "image"
     with pytest.raises(DataError, match="does not exist"):
         open_dataset(tmp_path / "missing", digits_model)
-    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "file.csv").write_text("x")
     with pytest.raises(DataError, match="is a file"):
+        open_dataset(tmp_path / "file.csv", digits_model)
+    (tmp_path / "file.txt").write_text("x")  # a .txt file lists images (issue 23)
+    with pytest.raises(DataError, match="do not exist"):
         open_dataset(tmp_path / "file.txt", digits_model)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty"):
         open_dataset(tmp_path / "empty", digits_model)
     (tmp_path / "flat").mkdir()
     write_jpeg(tmp_path / "flat" / "a.jpg", 0)
-    with pytest.raises(DataError, match="--labels"):
-        open_dataset(tmp_path / "flat", digits_model)
+    flat = open_dataset(tmp_path / "flat", digits_model)  # a flat folder without --labels: unlabelled (issue 23)
+    assert len(flat) == 1 and flat[0].label == -1 and flat.describe()["kind"] == "UnlabelledImageDataset"
     with pytest.raises(DataError, match="unknown digits split"):
         open_dataset("digits:val", digits_model)
     with pytest.raises(DataError, match="unknown digits corruption"):
