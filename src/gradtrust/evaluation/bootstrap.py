@@ -185,14 +185,10 @@ def bootstrap_distribution(
 ) -> np.ndarray:
     """The metric on each of ``n_resamples`` bootstrap resamples: a float64 array (n_resamples,).
 
-    Args:
-        metric: a function of this package (``auac``, ``aurc``, …), its name, or any callable taking the
-            resampled ``arrays`` and returning a float.
-        *arrays: the per-sample arrays the metric takes, resampled jointly (same indices for all).
-        n_resamples: number of resamples.
-        seed: seed of ``np.random.default_rng``; the same seed gives the same resamples.
-        vectorised: ``None`` (default) uses the vectorised path when the metric has one; ``False`` forces
-            the loop (for checking); ``True`` requires the vectorised path (error if there is none).
+    ``metric``: a function of this package (``auac``, ``aurc``, …), its name, or any callable taking the
+    ``arrays`` (resampled jointly, same indices for all) and returning a float; ``seed`` seeds
+    ``np.random.default_rng``. ``vectorised``: ``None`` uses the vectorised path when the metric has one;
+    ``False`` forces the loop (for checking); ``True`` requires the vectorised path (error if there is none).
     """
     n_resamples = check_settings(n_resamples)
     if not arrays:
