@@ -38,14 +38,9 @@ __all__ = ["GradCON", "GradConScores"]
 
 @dataclass
 class GradConScores:
-    """Per-image terms of the GradCON score (NumPy float64).
-
-    Attributes:
-        score: ``−mse + γ · cos.mean(axis=1)`` (higher = more normal).
-        mse: reconstruction error, mean over the pixels of the 28x28 working-size image.
-        cos: ``(N, 4)`` cosine between the image's decoder-weight gradient and the training mean ``ḡ_i``.
-        gamma: the γ the score used.
-    """
+    """Per-image terms of the GradCON score (NumPy float64): ``score = −mse + γ · cos.mean(axis=1)`` (higher =
+    more normal); ``mse``: reconstruction error, mean over the pixels of the 28x28 working-size image; ``cos``
+    ``(N, 4)``: cosine between the image's decoder-weight gradient and the training mean ``ḡ_i``."""
 
     score: np.ndarray
     mse: np.ndarray
@@ -61,16 +56,10 @@ class GradConScores:
 class GradCON(Estimator):
     """One-class anomaly detector: a convolutional autoencoder trained with a gradient constraint.
 
-    Args:
-        beta: weight of the gradient-alignment loss in training (0.03 in the release; 0 = plain autoencoder).
-        gamma: weight of the gradient cosine in the score (0.12 in the release; 0 = reconstruction error).
-        epochs: passes over the training images.
-        batch_size: training batch size (64 in the release).
-        lr: Adam learning rate (1e-3 in the release).
-        seed: seeds the weight initialisation and the shuffling (the global RNG is left as it was).
-        device: where to train and score (``"cpu"``, ``"cuda"``, a ``torch.device``).
-        chunk_size: images per batched per-sample-gradient call when scoring (memory: ~0.5 MB per image).
-        progress: show tqdm progress bars.
+    ``beta``: weight of the gradient-alignment loss in training (0 = plain autoencoder); ``gamma``: weight of
+    the gradient cosine in the score (0 = reconstruction error); ``beta``, ``gamma``, ``batch_size`` and ``lr``
+    default to the release's. ``seed`` seeds the initialisation and the shuffling (the global RNG is left as
+    it was); ``chunk_size``: images per batched per-sample-gradient call when scoring (~0.5 MB per image).
 
     >>> det = GradCON(epochs=20).fit(inlier_images)          # (N, C, H, W) in [0, 1], or a DataLoader
     >>> det.score_samples(test_images)                       # (M,) float64, higher = more normal
@@ -116,10 +105,8 @@ class GradCON(Estimator):
 
     def fit(self, data: Any) -> GradCON:
         """Train on inlier images only (a tensor ``(N, C, H, W)`` in ``[0, 1]``, a list of images or a
-        ``DataLoader``; all are collected, resized to 28x28 and kept in memory). Returns ``self``.
-
-        Raises:
-            InputError: fewer than 2 images, mixed sizes, values outside ``[0, 1]``… (before training starts).
+        ``DataLoader``; all are collected, resized to 28x28 and kept in memory). Returns ``self``. An
+        ``InputError`` before training starts for fewer than 2 images, mixed sizes, values outside ``[0, 1]``…
         """
         device = self._check_params()
         images = collect_images(data, "training images")

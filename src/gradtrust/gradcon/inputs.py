@@ -81,12 +81,9 @@ def _batch_shape_error(shape: tuple[int, ...], what: str) -> InputError:
 
 def collect_images(data: Any, what: str = "images") -> torch.Tensor:
     """All images of ``data`` as one float tensor ``(N, C, H, W)`` in ``[0, 1]`` (on the CPU unless ``data``
-    is a single tensor elsewhere).
-
-    Raises:
-        InputError: no image at all; not 4-D (a single ``(C, H, W)`` image included: the message shows
-            how to make it a batch); images of different sizes or channel counts; values outside ``[0, 1]``;
-            NaN or infinite values.
+    is a single tensor elsewhere). An ``InputError`` for no image at all; not 4-D (for a single ``(C, H, W)``
+    image the message shows how to make it a batch); mixed sizes or channel counts; values outside ``[0, 1]``,
+    NaN or infinite.
     """
     if data is None:
         raise InputError(f"no {what} given (got None)")
