@@ -217,13 +217,9 @@ class DetectSet:
 
 def _unframe(frame: Any) -> dict[str, np.ndarray]:
     cols = list(frame.columns)
-    out = {
-        "grad": frame[[c for c in cols if c.startswith("g:")]].to_numpy(np.float64),
-        "pen": frame[[c for c in cols if c.startswith("h:")]].to_numpy(np.float64),
-        "logits": frame[[c for c in cols if c.startswith("z:")]].to_numpy(np.float64),
-        "fit": frame["fit"].to_numpy(bool),
-        "label": frame["label"].to_numpy(np.int64),
-    }
+    out = {key: frame[[c for c in cols if c.startswith(prefix)]].to_numpy(np.float64)
+           for key, prefix in (("grad", "g:"), ("pen", "h:"), ("logits", "z:"))}
+    out.update(fit=frame["fit"].to_numpy(bool), label=frame["label"].to_numpy(np.int64))
     out.update({c: frame[c].to_numpy(np.float64) for c in cols if c.startswith("score.")})
     return out
 
