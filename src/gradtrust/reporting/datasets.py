@@ -86,8 +86,7 @@ def dataset_identity(dataset: Any, manifest: dict) -> tuple[str, str]:
     name = (ident.get("dataset") or ident.get("name") or ident.get("root") or ident.get("path")
             or ident.get("kind") or ident.get("spec") or "dataset")
     extras = [f"{k}={ident[k]}" for k in ("split",) if ident.get(k) not in (None, "")]
-    label = str(name) + (f" ({', '.join(extras)})" if extras else "")
-    return key, label
+    return key, str(name) + (f" ({', '.join(extras)})" if extras else "")
 
 
 def _is_path_list(v: Any) -> bool:

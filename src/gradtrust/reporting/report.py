@@ -64,10 +64,8 @@ def build_report(
 
     ``results`` are run folders, score parquet files or folders holding runs; ``resamples`` bootstrap
     resamples (0 = no CIs, seeded by ``seed``) at level ``confidence``; ``max_images`` per qualitative grid.
-
-    Raises:
-        InputError: ``out_dir`` holds a report of other inputs (without ``force``) or something else.
-        GradTrustError: the report cannot be written (read-only folder, full disk…); nothing is left behind.
+    ``InputError`` when ``out_dir`` holds a report of other inputs (without ``force``) or something else;
+    ``GradTrustError`` when the report cannot be written (read-only folder, full disk…): nothing is left behind.
     """
     t0 = time.perf_counter()
     out, results = Path(out_dir), list(results)
@@ -187,8 +185,7 @@ def _write_tables(report: Report) -> None:
         selective_markdown(groups, resamples=report.resamples, seed=report.seed, confidence=report.confidence,
                            warnings=warnings), encoding="utf-8")
     selective_frame(groups).to_csv(out / "selective.csv", index=False)
-    if report.summary is None:  # write_report summarises whenever there are results
-        raise InputError("the report has results but no summary; build it with summarise(groups)")
+    assert report.summary is not None  # score_section summarises whenever there are results
     text = summary_markdown(report.summary, groups, warnings)
     (out / "summary.md").write_text(text, encoding="utf-8")
     report.summary_lines = [line[2:] for line in text.splitlines() if line.startswith("- ")]

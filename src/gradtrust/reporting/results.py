@@ -6,6 +6,7 @@ in :mod:`gradtrust.reporting.tables`.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,9 +165,7 @@ def group_runs(results: Sequence[RunResult]) -> list[Group]:
         by_key.setdefault(r.run.dataset_key, []).append(r)
         labels.setdefault(r.run.dataset_key, r.run.dataset_label)
     groups = []
-    label_count: dict[str, int] = {}
-    for lab in labels.values():
-        label_count[lab] = label_count.get(lab, 0) + 1
+    label_count = Counter(labels.values())
     for i, (key, rs) in enumerate(by_key.items()):
         rs = sorted(rs, key=lambda r: (r.accuracy, r.name))
         methods = order_methods(m for r in rs for m in r.run.methods)

@@ -54,8 +54,7 @@ def paper_cells(group: Group, html: bool = False) -> tuple[list[str], list[list[
     for r in group.results:
         bold = {}
         for metric in ("auac", "aufc"):
-            winners, tie = top_two(row_values(r, group.methods, metric), True)
-            bold[metric] = winners
+            bold[metric], tie = top_two(row_values(r, group.methods, metric), True)
             if tie:
                 notes.append(f"{r.name}: every method has the same {METRIC_NAMES[metric]}; nothing bold.")
         cells = [esc(r.name), f"{100 * r.accuracy:.2f}", str(r.run.n)]
