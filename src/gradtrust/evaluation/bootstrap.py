@@ -24,6 +24,7 @@ out of the quantiles; if all are NaN the interval is (NaN, NaN).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
@@ -222,6 +223,18 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, f
     alpha = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(finite, [alpha, 100.0 - alpha])
     return (float(low), float(high))
+
+
+def ci_text(value: Any, low: Any = None, high: Any = None, *, scale: float = 100.0, digits: int = 2) -> str:
+    """``value [low, high]``, each × ``scale`` with ``digits`` decimals: ``n/a`` for a missing (None or not
+    finite) value, no interval unless both ends are finite."""
+    def finite(v: Any) -> bool:
+        return v is not None and math.isfinite(v)
+
+    if not finite(value):
+        return "n/a"
+    ci = f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]" if finite(low) and finite(high) else ""
+    return f"{scale * value:.{digits}f}{ci}"
 
 
 def bootstrap_ci(

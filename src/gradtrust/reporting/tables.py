@@ -8,11 +8,11 @@ methods are strictly better. A row where every method has the same value bolds n
 from __future__ import annotations
 
 import html as _html
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from gradtrust.catalogue import display_name, order_methods
+from gradtrust.evaluation.bootstrap import ci_text
 from gradtrust.reporting.results import (
     ALL_METRICS,
     HIGHER_IS_BETTER,
@@ -174,18 +174,6 @@ def selective_legend(resamples: int, seed: int, confidence: float = 0.95) -> str
         "rejected together). Best method of each run per metric in **bold**. The random and oracle rows "
         "are references (expected value of a random score; a perfect score), not methods."
     )
-
-
-def ci_text(value: Any, low: Any = None, high: Any = None, *, scale: float = 100.0, digits: int = 2) -> str:
-    """``value [low, high]``, each × ``scale`` with ``digits`` decimals: ``n/a`` for a missing (None or not
-    finite) value, no interval unless both ends are finite."""
-    def finite(v: Any) -> bool:
-        return v is not None and math.isfinite(v)
-
-    if not finite(value):
-        return "n/a"
-    ci = f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]" if finite(low) and finite(high) else ""
-    return f"{scale * value:.{digits}f}{ci}"
 
 
 def selective_cells(result: RunResult, methods: Sequence[str], html: bool = False
