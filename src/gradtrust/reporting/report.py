@@ -18,6 +18,7 @@ from typing import Any
 
 from gradtrust._version import __version__
 from gradtrust.errors import GradTrustError, InputError
+from gradtrust.estimator import fsync_path
 from gradtrust.reporting import anomaly, detection, explanations, introspection  # noqa: F401 - register sections
 from gradtrust.reporting.kinds import KINDS, SECTIONS, Section, discover_runs, drawing, register_section
 from gradtrust.reporting.results import Group, Report, evaluate_run, group_runs, summarise
@@ -113,25 +114,17 @@ def check_replaceable(out: Path, inputs: list[str], force: bool) -> None:
                          "or choose another --out.")
 
 
-def _fsync(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, out: Path) -> None:
     """fsync every file and folder of ``tmp``, rename it to ``out`` (an old ``out`` renamed aside first, removed
     after), fsync the parent: a crash leaves the old report or the new one, never a part."""
     for folder, _, names in os.walk(tmp):
         for name in [*names, "."]:
-            _fsync(os.path.join(folder, name))
+            fsync_path(Path(folder, name))
     old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
-    _fsync(out.absolute().parent)
+    fsync_path(out.absolute().parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
