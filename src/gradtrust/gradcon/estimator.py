@@ -158,10 +158,7 @@ class GradCON(Estimator):
             bar.update(1)
             bar.set_postfix(mse=f"{totals[1]:.4g}")
         bar.close()
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.model_ = model
+        self.model_ = model.eval().requires_grad_(False)
         self.reference_ = [r.detach() for r in reference]
         self.steps_ = steps
         return self
@@ -228,10 +225,7 @@ class GradCON(Estimator):
         model = GradConAE(int(state["in_channels"]))
         model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()
                                if not k.startswith("reference.")})
-        model.to(device).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.model_ = model
+        self.model_ = model.to(device).eval().requires_grad_(False)
         self.reference_ = [torch.from_numpy(arrays[f"reference.{i}"].copy()).to(device)
                            for i in range(len(model.decoder_layers))]
         self.in_channels_ = int(state["in_channels"])

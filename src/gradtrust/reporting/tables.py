@@ -184,11 +184,8 @@ def selective_cells(result: RunResult, methods: Sequence[str], html: bool = Fals
     for metric in SELECTIVE_METRICS:
         vals = row_values(result, methods, metric)
         finite = [v for v in vals.values() if not is_missing(v)]
-        if finite and len(set(finite)) > 1:
-            target = max(finite) if HIGHER_IS_BETTER[metric] else min(finite)
-            best[metric] = {m for m, v in vals.items() if v == target}
-        else:
-            best[metric] = set()
+        target = (max if HIGHER_IS_BETTER[metric] else min)(finite) if len(set(finite)) > 1 else None
+        best[metric] = {m for m, v in vals.items() if v == target}
     rows, notes = [], []
     for m in methods:
         if m not in result.methods:
@@ -252,10 +249,7 @@ def selective_frame(groups: Sequence[Group]):
                 row["undefined"] = "; ".join(f"{k}: {v}" for k, v in mr.reasons.items())
                 rows.append(row)
             for ref_name, ref in (("random_reference", r.random), ("oracle_reference", r.oracle)):
-                row = dict(base, method=ref_name, n_nan=0)
-                for metric in ALL_METRICS:
-                    row[metric] = ref.get(metric, float("nan"))
-                rows.append(row)
+                rows.append(dict(base, method=ref_name, n_nan=0, **{m: ref.get(m, float("nan")) for m in ALL_METRICS}))
     return pd.DataFrame(rows)
 
 
