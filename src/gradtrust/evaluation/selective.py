@@ -57,11 +57,6 @@ __all__ = ["PERCENTILES", "accuracy_curve", "f1_curve", "auac", "aufc"]
 PERCENTILES = np.arange(100)
 
 
-def _percentile_positions(n: int) -> np.ndarray:
-    """``⌈q (n − 1) / 100⌉`` for q = 0..99, exactly (0-based positions in ascending score order)."""
-    return -((-PERCENTILES * (n - 1)) // 100)
-
-
 def _percentile_groups(g: Groups) -> np.ndarray:
     """For each row, the tie group (descending index) that ``t_q`` falls in: ``R_q`` = groups ``0..k[:, q]``.
 
@@ -73,7 +68,7 @@ def _percentile_groups(g: Groups) -> np.ndarray:
     acc = g.accepted
     b, m = acc.shape
     n = int(acc[0, -1])
-    target = n - _percentile_positions(n)  # in 1..n
+    target = n + (-PERCENTILES * (n - 1)) // 100  # n − ⌈q(n−1)/100⌉, exactly: in 1..n
     off = np.arange(b, dtype=np.int64)[:, None] * (n + 1)
     k = np.searchsorted((acc + off).ravel(), (target[None, :] + off).ravel(), side="left")
     return k.reshape(b, 100) - np.arange(b, dtype=np.int64)[:, None] * m

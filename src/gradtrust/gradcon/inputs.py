@@ -69,13 +69,9 @@ def _check_values(t: torch.Tensor, what: str) -> None:
 
 
 def _batch_shape_error(shape: tuple[int, ...], what: str) -> InputError:
-    if len(shape) == 3:
-        hint = (f" For one image of shape {shape} pass images[None] (or .unsqueeze(0)); for a batch of grey "
-                "images of shape (N, H, W) pass images[:, None].")
-    elif len(shape) == 2:
-        hint = " For one grey image pass images[None, None]."
-    else:
-        hint = ""
+    hint = {3: f" For one image of shape {shape} pass images[None] (or .unsqueeze(0)); for a batch of grey "
+               "images of shape (N, H, W) pass images[:, None].",
+            2: " For one grey image pass images[None, None]."}.get(len(shape), "")
     return InputError(f"{what} must be a batch of shape (N, C, H, W), got shape {shape}.{hint}")
 
 

@@ -119,7 +119,7 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[LoadProblem]
     counts = Counter(run.name for run in runs)
     for run in runs:
         if counts[run.name] > 1:
-            run.name = f"{run.name} [{_short_source(run.source)}]"
+            run.name = f"{run.name} [{'/'.join(run.source.resolve().parts[-2:])}]"
     number_clashes(runs)  # still clashing: the same folder name twice
     return runs, problems
 
@@ -132,11 +132,6 @@ def number_clashes(items: Iterable[Any]) -> None:
         seen[item.name] = k + 1
         if k:
             item.name = f"{item.name} #{k + 1}"
-
-
-def _short_source(source: Path) -> str:
-    parts = source.resolve().parts
-    return "/".join(parts[-2:]) if len(parts) >= 2 else str(source)
 
 
 def load_run(path: str | Path) -> Run:
