@@ -42,6 +42,7 @@ import numpy as np
 
 from gradtrust.evaluation._inputs import (
     Groups,
+    Ranked,
     as_labels,
     as_scores,
     check_lengths,
@@ -174,15 +175,20 @@ def f1_curve(scores: Any, labels: Any, predictions: Any) -> np.ndarray:
     percentiles at once from per-class TP/FP/FN counts accumulated down the score order. Classes may be any
     comparable values (ints, strings); NaN scores rank least trustworthy. 100 fractions in [0, 1].
     """
-    s = as_scores(scores)
-    y = as_labels(labels, "labels")
-    p = as_labels(predictions, "predictions")
+    return _classified(scores, labels, predictions)[-1]
+
+
+def _classified(scores: Any, labels: Any, predictions: Any) -> tuple[tuple, Ranked, np.ndarray, Groups, np.ndarray]:
+    """The checked ``(scores, labels, predictions)``, their rank encoding, whether each prediction is right, the
+    tie-group counts and ``f1(q)``: what :func:`f1_curve` and :func:`gradtrust.evaluation.evaluate` share."""
+    s, y, p = as_scores(scores), as_labels(labels, "labels"), as_labels(predictions, "predictions")
     check_lengths(scores=s, labels=y, predictions=p)
     ranked = rank_codes(s)
     yi, pi, k = encode_classes(y, p)
     m = ranked.values.shape[0]
     g = Groups(*group_counts(ranked.codes, yi == pi, m))
-    return _f1_curves(_percentile_groups(g), (m - 1) - ranked.codes, _f1_events(yi, pi, k), k, m)[0]
+    f1 = _f1_curves(_percentile_groups(g), (m - 1) - ranked.codes, _f1_events(yi, pi, k), k, m)[0]
+    return (s, y, p), ranked, yi == pi, g, f1
 
 
 def aufc(scores: Any, labels: Any, predictions: Any) -> float:

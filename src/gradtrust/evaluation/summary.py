@@ -12,15 +12,7 @@ from gradtrust import schema
 from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.evaluation import risk as _risk
 from gradtrust.evaluation import selective as _sel
-from gradtrust.evaluation._inputs import (
-    Groups,
-    as_labels,
-    as_scores,
-    check_lengths,
-    encode_classes,
-    group_counts,
-    rank_codes,
-)
+from gradtrust.evaluation._inputs import as_labels, as_scores, check_lengths
 from gradtrust.evaluation.bootstrap import bootstrap_ci, check_settings, percentile_interval, vectorised_bootstrap
 from gradtrust.evaluation.references import oracle_reference, random_reference
 
@@ -52,22 +44,11 @@ def evaluate(
     when all predictions are correct or all wrong), and the intervals if ``ci``. An ``InputError`` for empty
     input, different lengths or undefined labels.
     """
-    s = as_scores(scores)
-    y = as_labels(labels, "labels")
-    p = as_labels(predictions, "predictions")
-    n = check_lengths(scores=s, labels=y, predictions=p)
+    (s, y, p), ranked, c, g, f1 = _sel._classified(scores, labels, predictions)
     if ci:
         check_settings(n_resamples, confidence)
-    ranked = rank_codes(s)
-    m = ranked.values.shape[0]
-    yi, pi, k = encode_classes(y, p)
-    c = yi == pi
-    g = Groups(*group_counts(ranked.codes, c, m))
-    f1 = _sel._f1_curves(
-        _sel._percentile_groups(g), (m - 1) - ranked.codes, _sel._f1_events(yi, pi, k), k, m
-    )
     out: dict[str, float] = {
-        "n": n,
+        "n": len(s),
         "n_nan": ranked.n_nan,
         "accuracy": float(c.mean()),
         "auac": float(100.0 * _sel._accuracy_curve_groups(g).mean()),
