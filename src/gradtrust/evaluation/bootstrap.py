@@ -90,11 +90,8 @@ def _index_blocks(n: int, n_resamples: int, seed: int | None, width: int) -> Ite
     """Blocks (b, n) of the resample indices, in order; the rows do not depend on the block size."""
     b = max(1, min(n_resamples, _BLOCK_ELEMENTS // max(width, 1)))
     rows = _index_rows(n, n_resamples, seed)
-    done = 0
-    while done < n_resamples:
-        k = min(b, n_resamples - done)
-        yield np.stack([next(rows) for _ in range(k)])
-        done += k
+    for done in range(0, n_resamples, b):
+        yield np.stack([next(rows) for _ in range(min(b, n_resamples - done))])
 
 
 def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int | None = 0) -> np.ndarray:
@@ -159,8 +156,7 @@ def vectorised_bootstrap(
     for idx in _index_blocks(n, n_resamples, seed, max(n, 2 * m)):
         b = idx.shape[0]
         rows = np.arange(b, dtype=np.int64)[:, None]
-        counts = np.bincount((key[idx] + rows * (2 * m)).ravel(), minlength=b * 2 * m)
-        counts = counts.reshape(b, 2, m)
+        counts = np.bincount((key[idx] + rows * (2 * m)).ravel(), minlength=b * 2 * m).reshape(b, 2, m)
         g = Groups(counts[:, 1], counts[:, 0])
         for nm in rank_names:
             out[nm][start : start + b] = _GROUP_CORES[nm](g)
@@ -169,8 +165,7 @@ def vectorised_bootstrap(
             for lo in range(0, b, aufc_rows):
                 sub = idx[lo : lo + aufc_rows]
                 r = np.arange(sub.shape[0], dtype=np.int64)[:, None]
-                w = np.bincount((sub + r * n).ravel(), minlength=sub.shape[0] * n)
-                w = w.reshape(sub.shape[0], n).astype(np.float64)
+                w = np.bincount((sub + r * n).ravel(), minlength=sub.shape[0] * n).reshape(-1, n).astype(np.float64)
                 f1 = _sel._f1_curves(kq[lo : lo + aufc_rows], down, events, k, m, weights=w)
                 out["aufc"][start + lo : start + lo + sub.shape[0]] = 100.0 * f1.mean(axis=1)
         start += b

@@ -151,8 +151,7 @@ class GradCON(Estimator):
                     s += g.detach().double()
                     r.copy_(s / steps)
                 optimizer.step()
-                n = x.shape[0]
-                totals += n * np.array([loss.item(), mse.item(), grad_loss.item()])
+                totals += x.shape[0] * np.array([loss.item(), mse.item(), grad_loss.item()])
             totals /= x_all.shape[0]
             self.history_.append({"loss": float(totals[0]), "mse": float(totals[1]), "grad_loss": float(totals[2])})
             bar.update(1)
