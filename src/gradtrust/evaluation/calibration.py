@@ -210,8 +210,7 @@ def classwise_calibration_error(probs: Any, labels: Any, n_bins: int = DEFAULT_B
     n, k = p.shape
     y = _labels(labels, n, k)
     n_bins = check_int("n_bins", n_bins)
-    onehot = np.zeros_like(p)
-    onehot[np.arange(n), y] = 1.0
+    onehot = (np.arange(k) == y[:, None]).astype(p.dtype)
     bins = _uniform_bins(p, n_bins) + n_bins * np.arange(k)[None, :]  # one block of bins per class
     gap = np.bincount(bins.ravel(), weights=(onehot - p).ravel(), minlength=n_bins * k)
     return float(np.abs(gap).sum() / (n * k))
@@ -224,8 +223,7 @@ def brier_score(probs: Any, labels: Any) -> float:
     """
     p = _probabilities(probs)
     y = _labels(labels, *p.shape)
-    onehot = np.zeros_like(p)
-    onehot[np.arange(p.shape[0]), y] = 1.0
+    onehot = (np.arange(p.shape[1]) == y[:, None]).astype(p.dtype)
     return float(np.square(p - onehot).sum(axis=1).mean())
 
 

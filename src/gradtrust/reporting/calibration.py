@@ -137,8 +137,7 @@ def calibration_row(run: Run, name: str | None = None, *, resamples: int = 1000,
         row.diagram = cal.reliability_diagram(c, k)
     if logits is not None:
         probs = cal.softmax(logits)
-        onehot = np.zeros_like(probs)
-        onehot[np.arange(n), labels] = 1.0
+        onehot = (np.arange(probs.shape[1]) == labels[:, None]).astype(probs.dtype)
         brier = np.square(probs - onehot).sum(axis=1)  # per sample: the bootstrap is a resampled mean
         row.values.update(classwise_ece=cal.classwise_calibration_error(probs, labels),
                           brier=float(brier.mean()), nll=cal.negative_log_likelihood(logits, labels))
