@@ -172,8 +172,22 @@ def test_unlabelled_forms_that_find_nothing_say_so(tmp_path):
 def test_report_shows_operating_points_and_unlabelled_distributions_without_label_metrics(workspace):
     _run("gate", "apply", str(workspace / "gate.json"), str(workspace / "cal"))
     unlabelled = workspace / "unlabelled-report"
-    _run("score", "--model", "digits:digits_cnn", "--data", str(workspace / "images"), "--methods", METHODS,
-         "--gate", str(workspace / "gate.json"), "--out", str(unlabelled), "--no-progress", "--device", "cpu")
+    _run(
+        "score",
+        "--model",
+        "digits:digits_cnn",
+        "--data",
+        str(workspace / "images"),
+        "--methods",
+        METHODS,
+        "--gate",
+        str(workspace / "gate.json"),
+        "--out",
+        str(unlabelled),
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     out = workspace / "report"
     _run("report", str(workspace / "cal"), str(unlabelled), "--out", str(out), "--resamples", "20")
     data = json.loads((out / "report.json").read_text())
