@@ -310,6 +310,6 @@ def recommendation_lines(groups: Sequence[Group]) -> list[str]:
         ci = f" [{100 * low:.2f}, {100 * high:.2f}]" if math.isfinite(low) and math.isfinite(high) else ""
         lines.append(f"- Recommended score for {result.name} (as calibration data): **{display_name(method)}**, the "
                      f"lowest AURC {100 * value:.2f}{ci} (%, bootstrap CI). Turn it into a gate with a guaranteed "
-                     f"risk: `gradtrust gate fit {result.run.source} --score {method} --risk R` (or `--score auto`, "
+                     f"risk: `gradtrust gate fit RUN --score {method} --risk R` on this run (or `--score auto`, "
                      "which keeps the guarantee after choosing the score).")
     return lines
