@@ -59,8 +59,15 @@ def explain_command(model_spec, weights, num_classes, load_options, data, labels
                    f"({summary.num_failed} failed) at layer {summary.layer}; {summary.elapsed_s:.1f} s")
         click.echo(f"  explanations: {summary.explanations_path}")
         click.echo(f"  manifest:     {summary.manifest_path}")
-        if summary.images:
-            click.echo(f"  images:       {len(summary.images)} in {summary.out_dir / 'images'}")
+        if summary.num_no_prediction:
+            click.echo(f"  note:         {summary.num_no_prediction} sample(s) have non-finite logits: prediction -1, "
+                       "VOICE NaN (nan_reason_voice_snr / nan_reason_voice_iou), maps all zero")
+        if save_images or summary.images:
+            fewer = ""
+            if len(summary.images) < save_images:
+                fewer = (f" (--save-images {save_images} asked for more: the dataset has {summary.num_samples} "
+                         f"sample(s), {summary.num_failed} unreadable)")
+            click.echo(f"  images:       {len(summary.images)} in {summary.out_dir / 'images'}{fewer}")
 
 
 def _contrast(value: str | None, class_names: list[str]) -> int | None:

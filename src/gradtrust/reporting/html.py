@@ -148,8 +148,9 @@ def score_html(report: Report) -> str:
             out.append(f"<h3>Dataset: {e(g.label)}</h3>")
         for i, r in enumerate(g.results):
             header, rows, notes = selective_cells(r, g.methods, html=True)
+            missing = f", {r.run.n_no_prediction} without prediction (non-finite logits)" if r.run.n_no_prediction else ""
             out.append(f"<details{' open' if i == 0 else ''}><summary><strong>{e(r.name)}</strong> — accuracy "
-                       f"{100 * r.accuracy:.2f}%, n = {r.run.n}</summary>")
+                       f"{100 * r.accuracy:.2f}%, n = {r.run.n}{missing}</summary>")
             out.append(table_html(header, rows, "selective"))
             out.append(_notes(notes))
             out.append("</details>")

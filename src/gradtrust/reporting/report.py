@@ -42,6 +42,14 @@ def dataset_warnings(groups: Sequence[Group]) -> list[str]:
             "gets its own table (and the CSV files a `dataset` column); compare rows only within a table."]
 
 
+def no_prediction_warnings(results: Sequence[Any]) -> list[str]:
+    """One warning per run with samples that have no prediction (non-finite logits), shown on the page."""
+    return [f"{r.name}: {r.run.n_no_prediction} of {r.run.n} sample(s) have non-finite logits (NaN or inf): no "
+            "prediction (−1, nan_reason_prediction in scores.parquet). They count as wrong in the accuracy and "
+            "every metric, and their scores are NaN (ranked least trustworthy)."
+            for r in results if r.run.n_no_prediction]
+
+
 def build_report(
     results: Iterable[str | Path],
     out_dir: str | Path,
@@ -159,7 +167,7 @@ def score_section(folders: list[Path], report: Report) -> Section:
     groups = group_runs([evaluate_run(r, resamples=report.resamples, confidence=report.confidence,
                                       seed=report.seed) for r in runs])
     report.groups, report.results = groups, [r for g in groups for r in g.results]
-    report.warnings = dataset_warnings(groups)
+    report.warnings = dataset_warnings(groups) + no_prediction_warnings(report.results)
     if report.results:
         report.summary = summarise(groups)
         _write_tables(report)
@@ -275,7 +283,8 @@ def _write_json(report: Report) -> None:
                    for g in report.groups],
         "runs": [{"name": r.name, "source": str(r.run.source), "model": r.run.model,
                   "condition": r.run.condition, "dataset": r.run.dataset_label, "n": r.run.n,
-                  "n_wrong": r.run.n_wrong, "accuracy": r.accuracy, "methods": r.run.methods,
+                  "n_wrong": r.run.n_wrong, "no_prediction": r.run.n_no_prediction, "accuracy": r.accuracy,
+                  "methods": r.run.methods,
                   "notes": r.notes, "quadrants": report.quadrants.get(r.name)} for r in report.results],
         "summary": None if s is None else {
             "top2": s.top2, "top2_paper_methods": s.top2_paper, "rows": s.rows, "wins": s.wins,
