@@ -26,6 +26,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 SECTIONS = ("Model", "Data", "Options", "Output", "Run")
 #: What one command may set differently for a shared option; type, help and flag stay the definition's.
 PER_COMMAND = frozenset({"default", "required", "multiple", "show_default"})
+_TYPED = "gradtrust.typed_options"  # ctx.meta: the option spellings on the command line
 RANDOM_INIT_SEED = 0  # random-weight models are initialised from torch.manual_seed(0): every run, every rank
 
 def _option(section: str, decls: str, help: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # noqa: A002
@@ -101,6 +102,17 @@ class SharedOption(click.Option):
     @property
     def human_readable_name(self) -> str:  # an old spelling is named as typed, not by the parameter it fills
         return self.opts[0] if self.deprecated else super().human_readable_name
+
+    def handle_parse_result(self, ctx: click.Context, opts: Any, args: list[str]) -> Any:
+        """An old spelling warns only when it was typed: it shares its parameter with the new option, whose
+        value click would otherwise take for the old one's (and warn whenever the new spelling is used)."""
+        deprecated = self.deprecated
+        if deprecated and not set(self.opts) & ctx.meta.get(_TYPED, set()):
+            self.deprecated = False
+        try:
+            return super().handle_parse_result(ctx, opts, args)
+        finally:
+            self.deprecated = deprecated
 
 
 def _add(command: Callable[..., Any], option: click.Option) -> None:
@@ -286,6 +298,10 @@ class Command(click.Command):
         kwargs["context_settings"] = {**CONTEXT, **(kwargs.get("context_settings") or {})}
         super().__init__(*args, **kwargs)
         self.callback = None if self.callback is None else _handled(self.callback)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_TYPED] = {arg.split("=", 1)[0] for arg in args if arg.startswith("-")}  # see SharedOption
+        return super().parse_args(ctx, args)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _format_sections(self, ctx, formatter)
