@@ -183,7 +183,7 @@ def fitted_model(recorded: dict, folder: Path, device, model_spec: str | None, w
                              "weights H was fitted on, or pass --trust-model-file if you trust this folder.")
         torch.manual_seed(RANDOM_INIT_SEED)
         model = load_model(spec, recorded.get("weights"), recorded.get("num_classes"), device=device,
-                           **options, **({"trust_model_file": True} if trusted else {}))
+                           trust_model_file=trusted, **options)
     if recorded.get("parameters_sha256"):
         if tensors_sha256(model.module.state_dict()) != recorded["parameters_sha256"]:
             raise InputError(f"the parameters of {model.spec} ({model.weights or 'random weights'}) differ from "
