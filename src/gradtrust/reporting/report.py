@@ -50,6 +50,17 @@ def no_prediction_warnings(results: Sequence[Any]) -> list[str]:
             for r in results if r.run.n_no_prediction]
 
 
+def outside_image_warnings(images: Any) -> list[str]:
+    """One warning per run whose sample images were not read because they lie outside its data root."""
+    out = []
+    for name, paths in (getattr(images, "refused", None) or {}).items():
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        out.append(f"{name}: {len(paths)} image file(s) were not read, because their paths lie outside the run's "
+                   f"data root and folder ({shown}); the figures show them as missing. If you trust these results, "
+                   "pass --allow-outside-images (build_report(..., allow_outside_images=True)) to show them.")
+    return out
+
+
 def build_report(
     results: Iterable[str | Path],
     out_dir: str | Path,
@@ -61,6 +72,7 @@ def build_report(
     max_images: int = 16,
     title: str = "GradTrust report",
     force: bool = False,
+    allow_outside_images: bool = False,
 ) -> Report:
     """Write the report of the given runs into ``out_dir``: one page with a section per run kind (score, explain,
     detect, introspect, GradCON; :mod:`gradtrust.reporting.kinds`), the score runs' tables and figures, and
@@ -72,6 +84,9 @@ def build_report(
 
     ``results`` are run folders, score parquet files or folders holding runs; ``resamples`` bootstrap
     resamples (0 = no CIs, seeded by ``seed``) at level ``confidence``; ``max_images`` per qualitative grid.
+    The figures read sample images only inside each run's data root or folder (the results may be someone
+    else's): paths leading elsewhere are left out and named in a warning on the page, unless
+    ``allow_outside_images``.
 
     Raises:
         InputError: ``out_dir`` holds a report of other inputs (without ``force``) or something else.
@@ -90,6 +105,9 @@ def build_report(
                         summary=None, resamples=resamples, confidence=confidence, seed=seed, inputs=inputs,
                         draw=figures, max_images=max_images, final_dir=out, version=__version__,
                         created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+        from gradtrust.reporting.figures import DigitsCache
+
+        report.images = DigitsCache(allow_outside=allow_outside_images)
         _write_sections(report, found)
         report.elapsed_s = time.perf_counter() - t0
         _write_json(report)
@@ -155,6 +173,7 @@ def _write_sections(report: Report, found: dict[str, list[Path]]) -> None:
             report.problems += section.problems
             report.files.update(section.files)
             report.figures.update(section.figures)
+    report.warnings += outside_image_warnings(report.images)
     (report.out_dir / "index.html").write_text(render_html(report), encoding="utf-8")
     report.files["html"] = report.out_dir / "index.html"
 
@@ -232,7 +251,7 @@ def _draw_figures(report: Report, max_images: int) -> None:
         reliability = reliability_figure(report.calibration, fig_dir / "reliability.png")
         if reliability is not None:
             report.figures["reliability"] = reliability
-    cache = F.DigitsCache()
+    cache = report.images if report.images is not None else F.DigitsCache()
     used: set[str] = set()
     for r in report.results:
         slug = slugify(r.name)

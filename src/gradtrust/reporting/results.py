@@ -304,6 +304,7 @@ class Report:
     draw: bool = True  # draw the figures
     max_images: int = 16
     final_dir: Path | None = None  # where out_dir is renamed to once written
+    images: Any = None  # the figures' picture reader (gradtrust.reporting.figures.DigitsCache): which files it read
 
     @property
     def ok(self) -> bool:
