@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.memory import check_batch_memory, keep_freed_memory_option
 from gradtrust.cli.options import Command, alias, device_of, echo_preprocessing, model_options, shared, weights_arg
 from gradtrust.errors import InputError
 
@@ -91,6 +91,7 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
                      for spec, weights in models]
     for _, loaded in loaded_models:
         echo_preprocessing(loaded, load_options or {})
+        check_batch_memory(loaded, batch_size)
     tables, failures = [], []
     for spec, loaded in loaded_models:
         started = time.perf_counter()

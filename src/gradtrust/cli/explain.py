@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.memory import check_batch_memory, keep_freed_memory_option
 from gradtrust.cli.options import Command, data_or_digits, device_of, load_cli_model, model_options, rank, shared
 from gradtrust.errors import InputError
 
@@ -49,6 +49,7 @@ def explain_command(model_spec, weights, num_classes, load_options, data, labels
     data = data_or_digits(model_spec, data, labels)
     dev = device_of(device)
     model = load_cli_model(model_spec, weights, num_classes, dev, load_options)
+    check_batch_memory(model, batch_size)
     contrast = _contrast(contrast_arg, model.class_names)
     dataset = open_dataset(data, model, labels)
     summary = explain_dataset(model, dataset, out_dir, methods=methods, layer=layer, contrast=contrast, voice=voice,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.memory import check_batch_memory, keep_freed_memory_option
 from gradtrust.cli.options import RANDOM_INIT_SEED, Group, alias, device_of, load_cli_model, model_options, shared
 from gradtrust.errors import GradTrustError, InputError
 
@@ -67,6 +67,7 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
         raise InputError("--data is required: the training data (a class-folder DIR, or digits:train).")
     dev = device_of(device)
     model = load_cli_model(model_spec, weights, num_classes, dev, load_options)
+    check_batch_memory(model, batch_size)
     dataset = open_dataset(data, model, labels)
     if len(dataset) == 0:
         raise InputError("the training set is empty.")
@@ -228,6 +229,7 @@ def score_command(folder, model_spec, weights, num_classes, load_options, data, 
     dev = device_of(device)
     model = fitted_model(intro.metadata_.get("model") or {}, folder, dev, model_spec, weights, num_classes,
                          load_options)
+    check_batch_memory(model, batch_size)
     intro.check_fitted().to(dev)
     dataset = open_dataset(data, model, labels)
     kwargs = dict(methods=methods, batch_size=batch_size, num_workers=workers, device=str(dev), force=force,

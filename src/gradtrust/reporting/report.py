@@ -113,16 +113,31 @@ def build_report(
         _write_json(report)
         _publish(tmp, out)
     except BaseException as exc:
+        # a failed write() names no file: the one being written is the newest in the temporary folder
+        where = None
+        if isinstance(exc, OSError):
+            newest = _newest_file(tmp) if tmp is not None and not exc.filename else None
+            where = exc.filename or (str(out / Path(newest).relative_to(tmp)) if newest and tmp else None)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise GradTrustError(f"cannot write the report into {out}: {exc}. Free space or choose a writable "
+            what = f"{exc.strerror or exc} ({where})" if where else str(exc)
+            raise GradTrustError(f"cannot write the report into {out}: {what}. Free space or choose a writable "
                                  "--out; an earlier report there is left as it was.") from None
         raise
     report.out_dir = out
     report.files = {k: out / Path(v).relative_to(tmp) for k, v in report.files.items()}
     report.figures = {k: out / Path(v).relative_to(tmp) for k, v in report.figures.items()}
     return report
+
+
+def _newest_file(folder: Path) -> str | None:
+    """The file of ``folder`` (recursively) modified last; None if none."""
+    try:
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        return str(max(files, key=lambda p: p.stat().st_mtime_ns)) if files else None
+    except OSError:
+        return None
 
 
 def check_replaceable(out: Path, inputs: list[str], force: bool) -> None:
