@@ -244,3 +244,29 @@ def test_introspect_fit_into_a_read_only_folder_is_one_line(tmp_path, monkeypatc
     )
     assert "Read-only file system" in line and str(tmp_path / "h" / "run.json") in line
     assert json.dumps(line)  # one plain line
+
+
+def test_explain_says_what_it_did_with_save_images(tmp_path, monkeypatch):
+    spec, weights, data = setup(tmp_path, monkeypatch)
+    args = [
+        "explain",
+        "--model",
+        spec,
+        "--weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    out = tmp_path / "e"
+    first = _invoke(*args, "--out", str(out), "--save-images", "4")
+    assert first.exit_code == 0 and "images:       4 in" in first.output, first.output
+    # more images asked of the finished run: refused, naming the setting (images come with the explanations)
+    line = _one_error_line(_invoke(*args, "--out", str(out), "--save-images", "80"))
+    assert "settings.save_images: 4 → 80" in line and "--force" in line
+    # more than the dataset holds: it says how many it saved, and why not more
+    more = _invoke(*args, "--out", str(tmp_path / "f"), "--save-images", "80")
+    assert more.exit_code == 0, more.output
+    assert "images:       8 in" in more.output and "--save-images 80 asked for more: the dataset has 8" in more.output
