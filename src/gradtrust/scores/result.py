@@ -83,10 +83,8 @@ class ScoreResult(Mapping):
         (pandas is imported lazily)."""
         import pandas as pd
 
-        data = {"prediction": self.prediction.numpy()}
-        for name, values in self.scores.items():
-            data[name] = values.numpy()
-        frame = pd.DataFrame(data)
+        frame = pd.DataFrame({"prediction": self.prediction.numpy(),
+                              **{name: values.numpy() for name, values in self.scores.items()}})
         if reasons and any(self.prediction_reasons):
             frame[reason_column("prediction")] = self.prediction_reasons
         if reasons:
