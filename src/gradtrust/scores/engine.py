@@ -54,6 +54,9 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             defaults; :class:`gradtrust.scores.options.ScoreOptions`), e.g. ``odin_temperature``, ``layer``,
             ``micro_batch`` (score a large batch in slices: bounds the gradient passes' memory).
 
+    A sample whose logits are not finite has no prediction (``result.prediction`` −1, the reason in
+    ``result.prediction_reasons``) and every score NaN with the reason ``"non-finite logits"``.
+
     Cost: the forward-pass scores (softmax, entropy, max_logit, margin, brier, logit_margin, energy, doctor,
     maxlogit_pnorm, gradtrust, gradtrust_topk, gradnorm) share one forward pass; ODIN adds an input-gradient
     pass and a forward; Purview a backward with per-sample parameter gradients; MC dropout ``T`` forwards.
