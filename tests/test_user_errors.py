@@ -132,7 +132,7 @@ def test_detect_on_a_model_with_nan_logits_is_one_line(tmp_path, monkeypatch):
             str(tmp_path / "d"),
         )
     )
-    assert "NaN" in line
+    assert "non-finite logits (NaN or inf)" in line and "known images" in line
 
 
 def test_a_corrupt_run_json_is_named(tmp_path, monkeypatch):

@@ -335,6 +335,11 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
 
     rows = []
     known_set = sets["known"]
+    bad = ~np.isfinite(known_set["logits"]).all(axis=1)
+    if bad.any():  # fitting on them would fail deep in a detector (NaN features, a non-converging eigensolver)
+        raise ModelError(f"the model gives non-finite logits (NaN or inf) for {int(bad.sum())} of the "
+                         f"{bad.size} known images: detection fits on their features, which are then undefined. "
+                         "Check the model and its preprocessing (--input-size, --mean/--std) first.")
     maha = None
     if "mahalanobis" in settings.baselines:
         maha = MahalanobisDetector().fit(known_set["pen"][known_set["fit"]], known_set["label"][known_set["fit"]])
