@@ -270,3 +270,12 @@ def test_explain_says_what_it_did_with_save_images(tmp_path, monkeypatch):
     more = _invoke(*args, "--out", str(tmp_path / "f"), "--save-images", "80")
     assert more.exit_code == 0, more.output
     assert "images:       8 in" in more.output and "--save-images 80 asked for more: the dataset has 8" in more.output
+
+
+def test_an_old_spelling_warns_only_when_typed(capsys):
+    from gradtrust.cli.gradcon import score_command
+
+    params = score_command.make_context("gradcon score", ["--gradcon", "m", "--data", "d", "--out", "o"]).params
+    assert str(params["model_dir"]) == "m" and "deprecated" not in capsys.readouterr().err
+    params = score_command.make_context("gradcon score", ["--model", "m", "--data", "d", "--out", "o"]).params
+    assert str(params["model_dir"]) == "m" and "The option '--model' is deprecated" in capsys.readouterr().err
