@@ -84,6 +84,10 @@ DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "seed": _option("Run", "--seed", "Seed of everything random the command draws (initialisation, sample order "
                     "and subsets, bootstrap).", type=click.IntRange(min=0), default=0, show_default=True, metavar="N"),
     "no_progress": _option("Run", "--no-progress", "No progress bars.", is_flag=True),
+    "threads": _option("Run", "--threads", "CPU threads of torch's operators (torch.set_num_threads); default: "
+                       "$GRADTRUST_THREADS, else torch's own (one per core). Set it below the core count when other "
+                       "jobs share the cores. Recorded in the manifest.", type=_N, envvar="GRADTRUST_THREADS",
+                       metavar="N"),
 }
 #: The options that say how a model is loaded, as ``load_model`` keyword arguments (see :func:`model_options`).
 PREPROCESSING = ("input_size", "resize", "crop", "mean", "std", "interpolation")
