@@ -10,14 +10,14 @@ import click
 
 from gradtrust.benchmark import DEFAULT_OUT, run_benchmark
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.cli.options import Command, shared
+from gradtrust.cli.options import MODEL_SPEC_FORMS, Command, shared
 
 
 @click.command("benchmark", cls=Command)
 @keep_freed_memory_option
 @click.option("--models", "models", multiple=True, metavar="SPEC[,SPEC…]",
-              help="Model specs (repeatable or comma-separated): torchvision:<name>, timm:<name>, digits:<name>, "
-                   "a model file. Default: every bundled digits network.")
+              help=f"Model specs (repeatable or comma-separated): {MODEL_SPEC_FORMS}. Default: every bundled "
+                   "digits network.")
 @shared("weights")
 @shared("data", multiple=True)
 @shared("labels")
