@@ -248,6 +248,7 @@ def reliability_figure(rows: Sequence[CalibrationRow], path: Path) -> Path | Non
     if not drawn:
         return None
     from gradtrust.reporting.figures import new_figure, save_png
+    from gradtrust.reporting.layout import fit_canvas
 
     cols = min(4, len(drawn))
     nrows = -(-len(drawn) // cols)
@@ -279,7 +280,7 @@ def reliability_figure(rows: Sequence[CalibrationRow], path: Path) -> Path | Non
             ax.set_xlabel("confidence (top label)", fontsize=8)
         if k == 0:
             ax.legend(fontsize=6, loc="upper left")
-    fig.suptitle("Reliability diagrams (15 equal-width bins; grey: share of samples per bin, right axis)",
-                 fontsize=9)
-    fig.tight_layout()
+    title = "Reliability diagram" + ("s" if len(drawn) > 1 else "")
+    fig.suptitle(f"{title} (15 equal-width bins)\ngrey: share of samples per bin, right axis", fontsize=9)
+    fit_canvas(fig, lambda f: f.tight_layout())  # one 3.4-inch panel is narrower than the title
     return save_png(fig, path)
