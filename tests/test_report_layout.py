@@ -138,3 +138,24 @@ def test_every_figure_kind_fits_its_canvas(tmp_path, monkeypatch, runs):
     assert not rep.qualitative_notes, rep.qualitative_notes
     assert {"accuracy_curves.png", "f1_curves.png", "reliability.png", "scatter", "qualitative"} <= set(drawn)
     assert {name: outside for name, outside in drawn.items() if outside} == {}
+
+
+def test_curves_legend_is_mappable_and_each_panel_names_its_best(two_runs, tmp_path):
+    """~13 methods in one legend: every entry a distinct (colour, line style) pair, GradTrust first; each panel
+    names its best method and draws it thick."""
+    from matplotlib.colors import to_rgba
+
+    rep = build_report([two_runs[0]], tmp_path / "one", resamples=0, figures=False)
+    fig = draw_curves(rep.results, "accuracy")
+    handles = fig.legends[0].legend_handles
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[0] == "GradTrust"
+    styles = [(to_rgba(h.get_color()), h.get_linestyle()) for h in handles]
+    assert len(set(styles)) == len(styles), labels
+    ax = fig.axes[0]
+    result = rep.results[0]
+    best = max(METHODS, key=lambda m: result.value(m, "auac"))
+    text = [t.get_text() for t in ax.texts if t.get_text().startswith("best here:")]
+    assert text and gradtrust.catalogue.display_name(best) in text[0]
+    line = next(ln for ln in ax.lines if ln.get_label() == gradtrust.catalogue.display_name(best))
+    assert line.get_linewidth() >= 2.4
