@@ -17,8 +17,8 @@ import click
 
 from gradtrust.errors import GradTrustError, InputError
 
-__all__ = ["DEFINITIONS", "MODEL_SPEC_FORMS", "SECTIONS", "Command", "Group", "SharedOption", "alias", "device_of", "model_options",
-           "shared", "user_error_line"]
+__all__ = ["DEFINITIONS", "MODEL_SPEC_FORMS", "SECTIONS", "Command", "Group", "SharedOption", "alias", "device_of",
+           "model_options", "shared", "user_error_line"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
