@@ -197,42 +197,45 @@ def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int
     return [s for s in found if s != "shift" or "matmul" not in found]
 
 
-#: Rule version: recorded in a run's identity with ``conv_strategy="auto"`` (a new rule may round differently).
-RULE = 2
-
 #: ``per_sample`` (the native weight-gradient kernel once per sample) instead of ``grouped`` where a one-group
-#: layer has at least this many weights per kernel position (C_in·O) and each sample's gradient at least
-#: :data:`PER_SAMPLE_WORK` multiply-adds: oneDNN's grouped kernel slows down with many channels per group
-#: (resnet18 at batch 32: 128→128 3×3 at 28², 71 ms against 121 ms), while a per-sample call costs more than
-#: small layers take (CIFAR ResNet-20, batch 128: 3× slower).
+#: layer has at least this many weights per kernel position (C_in·O), each sample's gradient at least
+#: :data:`PER_SAMPLE_WORK` multiply-adds and the batch at least :data:`PER_SAMPLE_BATCH` samples: oneDNN's
+#: grouped kernel (the batch folded into the groups) slows down with many channels per group and many groups
+#: (resnet18 at batch 32, 128→128 3×3 at 28²: 71 ms against 121 ms), while at batch 4–8 it held its own and
+#: on small layers a call per sample costs more than the layer (CIFAR ResNet-20 at batch 128: 3× slower).
 PER_SAMPLE_CHANNELS = 8192
 PER_SAMPLE_WORK = 2**25
+PER_SAMPLE_BATCH = 16
 
 
 def choose(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
            reduce: Reduce | None = None) -> str:
     """The strategy of this layer for these shapes, one of :func:`candidates`: a fixed function of the inputs'
-    shapes and the layer's configuration (no timing). With ``T`` output positions, ``K = C_g·|k|`` and ``O``
-    output channels:
+    shapes and the layer's configuration (no timing). With ``B`` samples, ``T`` output positions,
+    ``K = C_g·|k|`` and ``O`` output channels:
 
-    1. ``gram`` where it applies and ``T(K + O) ≤ K·O`` (the Gram products are at most the gradient's work:
-       late layers, few positions and many channels; resnet18's layer3 and layer4);
+    1. ``gram`` where it applies and its products ``T²(K + O)`` are at most the gradient's ``T·K·O`` (half of
+       it for a pointwise layer, whose ``matmul`` reads no patches): late layers, few positions and many
+       channels (resnet18's layer3 and layer4: 55 ms against 87 ms grouped at batch 32);
     2. ``correlate`` for a depthwise layer of stride 1 (ConvNeXt's 7×7: 3.5 ms against 250 ms grouped);
     3. ``matmul`` for a pointwise layer (a batched ``g_i a_iᵀ``);
-    4. ``per_sample`` for a one-group layer with ``C_in·O ≥`` :data:`PER_SAMPLE_CHANNELS` and
-       ``T·K·O ≥`` :data:`PER_SAMPLE_WORK`;
+    4. ``per_sample`` for a one-group layer with ``C_in·O ≥`` :data:`PER_SAMPLE_CHANNELS`,
+       ``T·K·O ≥`` :data:`PER_SAMPLE_WORK` and ``B ≥`` :data:`PER_SAMPLE_BATCH`;
     5. else ``grouped`` (which always applies).
+
+    The thresholds come from per-layer timings of every strategy on the paper's networks on a 2-core CPU
+    (docs/per_sample.md); timings that close are noisy, and a misjudged layer costs speed, never exactness.
     """
     found = candidates(conv, a, g, chunk_bytes, reduce)
     t, k, o = _positions(g), conv.weight[0].numel(), conv.out_channels
-    if "gram" in found and t * (k + o) <= k * o:
+    if "gram" in found and (2 if is_pointwise(conv) else 1) * t * (k + o) <= k * o:
         return "gram"
     if "correlate" in found and all(s == 1 for s in conv.stride):
         return "correlate"
     if "matmul" in found:
         return "matmul"
     if (conv.groups == 1 and "per_sample" in found and conv.in_channels * o >= PER_SAMPLE_CHANNELS
-            and t * k * o >= PER_SAMPLE_WORK):
+            and t * k * o >= PER_SAMPLE_WORK and a.shape[0] >= PER_SAMPLE_BATCH):
         return "per_sample"
     return "grouped"
 
