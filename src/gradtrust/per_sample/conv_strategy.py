@@ -197,6 +197,10 @@ def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int
     return [s for s in found if s != "shift" or "matmul" not in found]
 
 
+#: The version of :func:`choose`: a run's identity records it beside ``conv_strategy="auto"``, since another rule
+#: may round differently (a run started under another rule, or under the timed choice before it, is not resumed).
+RULE = 1
+
 #: ``per_sample`` (the native weight-gradient kernel once per sample) instead of ``grouped`` where a one-group
 #: layer has at least this many weights per kernel position (C_in·O), each sample's gradient at least
 #: :data:`PER_SAMPLE_WORK` multiply-adds and the batch at least :data:`PER_SAMPLE_BATCH` samples: oneDNN's
