@@ -199,9 +199,11 @@ def indistinguishable_leaders(result: RunResult, methods: Sequence[str]) -> dict
         if len(ranked) < 2:
             continue
         (_, first), (_, second) = ranked[:2]
-        lows = [result.methods[m].values.get(f"{metric}_low") for m in (first, second)]
-        highs = [result.methods[m].values.get(f"{metric}_high") for m in (first, second)]
-        if all(v is not None and not is_missing(v) for v in lows + highs) and max(lows) <= min(highs):
+        ends = [result.methods[m].values.get(f"{metric}_{end}") for end in ("low", "high") for m in (first, second)]
+        if any(v is None or is_missing(v) for v in ends):
+            continue
+        low_a, low_b, high_a, high_b = (float(v) for v in ends)  # type: ignore[arg-type]
+        if max(low_a, low_b) <= min(high_a, high_b):
             out[metric] = (first, second)
     return out
 
