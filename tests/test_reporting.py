@@ -475,7 +475,9 @@ def test_selective_page_warns_when_the_best_two_are_within_their_intervals(repor
         a, b = (result.methods[m].values for m in (first, second))
         assert max(a[f"{metric}_low"], b[f"{metric}_low"]) <= min(a[f"{metric}_high"], b[f"{metric}_high"])
     assert "Warning: the best two methods are within each other's intervals" in rep.files["selective_md"].read_text()
-    assert '<li class="warn">Warning: the best two' in rep.files["html"].read_text()
+    page = rep.files["html"].read_text()
+    assert '<li class="warn">Warning: the best two' in page
+    assert "td:first-child { position: sticky; left: 0;" in page  # wide tables keep the run column in view
     # the same run with its intervals narrowed to the points: distinguishable, so no warning
     for mr in result.methods.values():
         for metric in ("aurc", "augrc", "auroc", "fpr_at_95tpr"):
