@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from gradtrust.evaluation.bootstrap import ci_text
+
 __all__ = ["DEFAULT_EPOCHS", "GradconBenchmark", "run_gradcon_benchmark"]
 
 #: Epochs per model on the ~90 training images of one digit class (2 batches of 64 per epoch).
@@ -49,16 +51,7 @@ class GradconBenchmark:
 
 
 def _cell(value: float, ci: tuple[float, float] | None) -> str:
-    if not np.isfinite(value):
-        return "n/a"
-    text = f"{100 * value:.2f}"
-    if ci is not None and np.all(np.isfinite(ci)):
-        text += f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
-    return text
-
-
-def _delta_cell(value: float, ci: tuple[float, float]) -> str:
-    return f"{100 * value:+.2f} [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+    return ci_text(value, *(ci or (None, None)))
 
 
 def run_gradcon_benchmark(out_dir: str | Path = "gradcon-benchmark", *, classes: list[int] | None = None,
@@ -190,6 +183,7 @@ def _markdown(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {count} | "
             f"{_cell(r['auroc_autoencoder'], r['auroc_autoencoder_ci'])} | "
-            f"{_cell(r['auroc_gradcon'], r['auroc_gradcon_ci'])} | {_delta_cell(r['delta'], r['delta_ci'])} | "
+            f"{_cell(r['auroc_gradcon'], r['auroc_gradcon_ci'])} | "
+            f"{100 * r['delta']:+.2f} [{100 * r['delta_ci'][0]:+.2f}, {100 * r['delta_ci'][1]:+.2f}] | "
             f"{_cell(r['auroc_gradcon_gamma0'], r['auroc_gradcon_gamma0_ci'])} |")
     return "\n".join(lines) + "\n"

@@ -6,7 +6,6 @@ else one batched backward pass through the shared graph (``layer=``, ``gradient_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,8 +116,7 @@ def autograd_rows(ctx: BatchPasses, loss_fn, want_l1: bool) -> GradientRows:
             raise ModelError("the logits do not depend differentiably on the model's input, so per-sample "
                              "layer gradients cannot be taken; use the closed form (gradient_path='auto').")
         (g,) = torch.autograd.grad(loss, out, retain_graph=True)
-        energy, l1 = rows_from_grads(module, a.detach(), g, ctx.options.chunk_bytes, want_l1)
-        return GradientRows(row_energy=energy, l1=l1)
+        return GradientRows(*rows_from_grads(module, a.detach(), g, ctx.options.chunk_bytes, want_l1))
     name, module = ctx.options.layer, ctx.layer_module
     capture = forward.capture
     if capture.calls.get(name) != 1:
@@ -139,8 +137,7 @@ def autograd_rows(ctx: BatchPasses, loss_fn, want_l1: bool) -> GradientRows:
         zeros = torch.zeros(batch, layer_weight(module).shape[0], dtype=torch.float64,
                             device=ctx.inputs.device)
         return GradientRows(row_energy=zeros, l1=zeros[:, 0].clone())
-    energy, l1 = collected["rows"]
-    return GradientRows(row_energy=energy, l1=l1)
+    return GradientRows(*collected["rows"])
 
 
 def rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
@@ -159,14 +156,6 @@ def rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_b
     return torch.cat(energies), (torch.cat(l1s) if want_l1 else None)
 
 
-def _no_gradient_layer(ctx: BatchPasses) -> str | None:
-    return ctx.no_final_linear_message() if ctx.options.layer is None and ctx.final_layer_name is None else None
-
-
-def _records_graph(options: Any) -> bool:
-    return options.layer is not None or options.gradient_path == "autograd"
-
-
 COUNTERFACTUAL_GRADIENTS = PassSpec(
     "COUNTERFACTUAL_GRADIENTS",
     provides={"mse_gradient_rows": mse_gradient_rows, "uniform_ce_grad_l1": uniform_ce_grad_l1,
@@ -179,4 +168,7 @@ COUNTERFACTUAL_GRADIENTS = PassSpec(
               "'closed_form', or 'autograd' (per-sample autograd even on the final layer)",
               choices=("auto", "closed_form", "autograd")),
     ),
-    needs_graph=_records_graph, unavailable=_no_gradient_layer, module=__name__)
+    needs_graph=lambda options: options.layer is not None or options.gradient_path == "autograd",
+    unavailable=lambda ctx: (ctx.no_final_linear_message() if ctx.options.layer is None and ctx.final_layer_name is None
+                             else None),
+    module=__name__)
