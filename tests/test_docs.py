@@ -12,8 +12,12 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 def test_docs_cite_no_spec_sections():
     """``SPEC §n`` points into the developers' contract, which a user of the package does not have."""
-    cited = [f"{page.name}:{n}" for page in PAGES for n, line in enumerate(page.read_text("utf-8").splitlines(), 1)
-             if re.search(r"SPEC\s*§", line)]
+    cited = [
+        f"{page.name}:{n}"
+        for page in PAGES
+        for n, line in enumerate(page.read_text("utf-8").splitlines(), 1)
+        if re.search(r"SPEC\s*§", line)
+    ]
     assert cited == []
 
 
