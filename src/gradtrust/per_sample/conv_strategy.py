@@ -38,7 +38,7 @@ def squared_norm(grads: torch.Tensor) -> torch.Tensor:
     """``‖∂L_i/∂W‖²_F`` of each sample's gradient in a block (b, …) → (b,)."""
     return grads.flatten(1).square().sum(1)
 
-#: Every strategy :func:`sq_norms` knows, in the order ties are broken.
+#: Every strategy :func:`sq_norms` knows, in the order :func:`candidates` lists them.
 STRATEGIES = ("gram", "grouped", "correlate", "shift", "matmul", "per_sample", "unfold")
 
 #: Samples are processed in blocks whose working set stays under this many bytes (or ``chunk_bytes`` if
