@@ -295,11 +295,11 @@ def _make_like(module: nn.Module) -> nn.Module:
     (nn.Conv2d(192, 192, 7, padding=3, groups=192), 8, 28, "correlate"),  # ConvNeXt's depthwise 7×7
     (nn.Conv2d(96, 96, 3, stride=2, padding=1, groups=96), 8, 28, "grouped"),  # depthwise, stride 2
     (nn.Conv2d(128, 128, 3, padding=1, groups=32), 4, 28, "grouped"),  # ResNeXt's grouped 3×3
-    (nn.Conv2d(128, 128, 3, padding=1), 32, 28, "per_sample"),     # resnet18 layer2: many channels
-    (nn.Conv2d(128, 128, 3, padding=1), 4, 28, "grouped"),         # the same at batch 4
+    (nn.Conv2d(128, 128, 3, padding=1), 32, 28, "grouped"),        # resnet18 layer2
     (nn.Conv2d(576, 96, 1), 8, 7, "matmul"),                       # mobilenet's pointwise: the Gram form loses
     (nn.Conv2d(64, 64, 3, padding=1), 128, 8, "grouped"),          # CIFAR ResNet-20: small layers
-    (nn.Conv2d(3, 64, 7, stride=2, padding=3), 32, 224, "grouped"),  # a stem
+    (nn.Conv2d(3, 64, 7, stride=2, padding=3), 32, 224, "per_sample"),  # a stem: 3 input channels
+    (nn.Conv2d(3, 16, 3, padding=1), 128, 32, "grouped"),          # a CIFAR stem: few positions
 ])
 def test_the_rule_chooses_by_shape(layer, batch, size, expected):
     """What :func:`conv_strategy.choose` picks for the layers its thresholds were drawn from (shapes only:

@@ -201,15 +201,14 @@ def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int
 #: may round differently (a run started under another rule, or under the timed choice before it, is not resumed).
 RULE = 1
 
-#: ``per_sample`` (the native weight-gradient kernel once per sample) instead of ``grouped`` where a one-group
-#: layer has at least this many weights per kernel position (C_in·O), each sample's gradient at least
-#: :data:`PER_SAMPLE_WORK` multiply-adds and the batch at least :data:`PER_SAMPLE_BATCH` samples: oneDNN's
-#: grouped kernel (the batch folded into the groups) slows down with many channels per group and many groups
-#: (resnet18 at batch 32, 128→128 3×3 at 28²: 71 ms against 121 ms), while at batch 4–8 it held its own and
-#: on small layers a call per sample costs more than the layer (CIFAR ResNet-20 at batch 128: 3× slower).
-PER_SAMPLE_CHANNELS = 8192
-PER_SAMPLE_WORK = 2**25
-PER_SAMPLE_BATCH = 16
+#: ``per_sample`` (the native weight-gradient kernel once per sample) instead of ``grouped`` for a one-group
+#: layer with at most :data:`STEM_CHANNELS` input channels and at least :data:`STEM_POSITIONS` output
+#: positions: an ImageNet stem, where the grouped kernel's batch-folded input is thin and long (resnet50's
+#: 7×7 stem at batch 4: 24 ms against 38 ms; convnext_tiny's 4×4: 307 against 584; the timing picked it on
+#: resnet18's and mobilenet_v3_small's stems every time on an idle machine). A CIFAR stem (32², batch 128)
+#: is 5× faster grouped: a call per sample costs more than its 1,024 positions.
+STEM_CHANNELS = 4
+STEM_POSITIONS = 4096
 
 
 def choose(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
@@ -223,12 +222,12 @@ def choose(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
        channels (resnet18's layer3 and layer4: 55 ms against 87 ms grouped at batch 32);
     2. ``correlate`` for a depthwise layer of stride 1 (ConvNeXt's 7×7: 3.5 ms against 250 ms grouped);
     3. ``matmul`` for a pointwise layer (a batched ``g_i a_iᵀ``);
-    4. ``per_sample`` for a one-group layer with ``C_in·O ≥`` :data:`PER_SAMPLE_CHANNELS`,
-       ``T·K·O ≥`` :data:`PER_SAMPLE_WORK` and ``B ≥`` :data:`PER_SAMPLE_BATCH`;
+    4. ``per_sample`` for a one-group stem (``C_in ≤`` :data:`STEM_CHANNELS`, ``T ≥`` :data:`STEM_POSITIONS`);
     5. else ``grouped`` (which always applies).
 
-    The thresholds come from per-layer timings of every strategy on the paper's networks on a 2-core CPU
-    (docs/per_sample.md); timings that close are noisy, and a misjudged layer costs speed, never exactness.
+    The rules come from per-layer timings of every strategy on the paper's networks on a 2-core CPU and from
+    what the timed choice this rule replaced picked on an idle one (docs/per_sample.md); a misjudged layer
+    costs speed, never exactness.
     """
     found = candidates(conv, a, g, chunk_bytes, reduce)
     t, k, o = _positions(g), conv.weight[0].numel(), conv.out_channels
@@ -238,8 +237,7 @@ def choose(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
         return "correlate"
     if "matmul" in found:
         return "matmul"
-    if (conv.groups == 1 and "per_sample" in found and conv.in_channels * o >= PER_SAMPLE_CHANNELS
-            and t * k * o >= PER_SAMPLE_WORK and a.shape[0] >= PER_SAMPLE_BATCH):
+    if conv.groups == 1 and "per_sample" in found and conv.in_channels <= STEM_CHANNELS and t >= STEM_POSITIONS:
         return "per_sample"
     return "grouped"
 
