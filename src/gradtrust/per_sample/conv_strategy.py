@@ -208,7 +208,7 @@ RULE = 1
 #: resnet18's and mobilenet_v3_small's stems every time on an idle machine). A CIFAR stem (32², batch 128)
 #: is 5× faster grouped: a call per sample costs more than its 1,024 positions.
 STEM_CHANNELS = 4
-STEM_POSITIONS = 4096
+STEM_POSITIONS = 2048
 
 
 def choose(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
