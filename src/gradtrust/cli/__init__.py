@@ -89,10 +89,11 @@ def methods_command() -> None:
 
 
 @click.command("models", cls=Command)
-@click.option("--family", type=click.Choice(["torchvision", "digits", "timm"]), default=None,
+@click.option("--family", type=click.Choice(["torchvision", "digits", "cifar", "timm"]), default=None,
               help="Only this family of model specs.")
 def models_command(family: str | None) -> None:
-    """List the model specs `--model` accepts (torchvision:<name>, digits:<name>, timm:<name>, or a file)."""
+    """List the model specs `--model` accepts (torchvision:<name>, digits:<name>, cifar:<name>, timm:<name>, or a
+    file)."""
     from gradtrust.models import available_models
 
     for spec in available_models(family):
