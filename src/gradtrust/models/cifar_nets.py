@@ -23,8 +23,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["CifarVGG", "RepVGG", "RepVGGBlock", "ZeroPadBlock", "ZeroPadResNet", "ZeroPadShortcut",
-           "conv_shortcut_resnet", "cifar_mobilenet_v2", "cifar_shufflenet_v2", "VGG_LAYOUTS"]
+__all__ = [
+    "CifarVGG",
+    "RepVGG",
+    "RepVGGBlock",
+    "ZeroPadBlock",
+    "ZeroPadResNet",
+    "ZeroPadShortcut",
+    "conv_shortcut_resnet",
+    "cifar_mobilenet_v2",
+    "cifar_shufflenet_v2",
+    "VGG_LAYOUTS",
+]
 
 
 class ZeroPadShortcut(nn.Module):
@@ -48,8 +58,7 @@ class ZeroPadBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = (ZeroPadShortcut(planes) if stride != 1 or in_planes != planes
-                                    else nn.Identity())
+        self.shortcut: nn.Module = ZeroPadShortcut(planes) if stride != 1 or in_planes != planes else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -68,8 +77,10 @@ class ZeroPadResNet(nn.Module):
         stages = []
         in_planes = 16
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks = [ZeroPadBlock(in_planes if i == 0 else planes, planes, stride if i == 0 else 1)
-                      for i in range(blocks_per_stage)]
+            blocks = [
+                ZeroPadBlock(in_planes if i == 0 else planes, planes, stride if i == 0 else 1)
+                for i in range(blocks_per_stage)
+            ]
             stages.append(nn.Sequential(*blocks))
             in_planes = planes
         self.layer1, self.layer2, self.layer3 = stages
@@ -97,8 +108,9 @@ class ConvShortcutResNet(nn.Module):
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             downsample = None
             if stride != 1 or in_planes != planes:
-                downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                           nn.BatchNorm2d(planes))
+                downsample = nn.Sequential(
+                    nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+                )
             blocks = [BasicBlock(in_planes, planes, stride, downsample)]
             blocks += [BasicBlock(planes, planes) for _ in range(blocks_per_stage - 1)]
             stages.append(nn.Sequential(*blocks))
@@ -124,8 +136,7 @@ VGG_LAYOUTS: dict[str, list[int | str]] = {
     "vgg11_bn": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13_bn": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16_bn": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19_bn": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-                 512, 512, 512, 512, "M"],
+    "vgg19_bn": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 
 
@@ -144,9 +155,15 @@ class CifarVGG(nn.Module):
                 layers += [nn.Conv2d(channels, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
                 channels = int(v)
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
-                                        nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
-                                        nn.Linear(512, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(512, 512),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(512, 512),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(512, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -157,8 +174,15 @@ def cifar_mobilenet_v2(width_mult: float, num_classes: int = 10) -> nn.Module:
     bottleneck stage (``t=6, c=24, n=2, s=1``), as chenyaofo/pytorch-cifar-models trains it."""
     from torchvision.models import MobileNetV2
 
-    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
-               [6, 320, 1, 1]]
+    setting = [
+        [1, 16, 1, 1],
+        [6, 24, 2, 1],
+        [6, 32, 3, 2],
+        [6, 64, 4, 2],
+        [6, 96, 3, 1],
+        [6, 160, 3, 2],
+        [6, 320, 1, 1],
+    ]
     model = MobileNetV2(num_classes=num_classes, width_mult=width_mult, inverted_residual_setting=setting)
     model.features[0][0].stride = (1, 1)
     return model
@@ -177,8 +201,7 @@ def cifar_shufflenet_v2(stage_channels: Sequence[int], num_classes: int = 10) ->
 
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
     branch = nn.Sequential()
-    branch.add_module("conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
-                                        bias=False))
+    branch.add_module("conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False))
     branch.add_module("bn", nn.BatchNorm2d(out_channels))
     return branch
 
@@ -190,8 +213,7 @@ class RepVGGBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         self.nonlinearity = nn.ReLU()
-        self.rbr_identity = (nn.BatchNorm2d(in_channels) if in_channels == out_channels and stride == 1
-                             else None)
+        self.rbr_identity = nn.BatchNorm2d(in_channels) if in_channels == out_channels and stride == 1 else None
         self.rbr_dense = _conv_bn(in_channels, out_channels, 3, stride)
         self.rbr_1x1 = _conv_bn(in_channels, out_channels, 1, stride)
 
@@ -212,8 +234,12 @@ class RepVGG(nn.Module):
         in_planes = min(64, int(64 * a))
         self.stage0 = RepVGGBlock(3, in_planes, stride=1)
         stages = []
-        for planes, blocks, stride in ((int(64 * a), 2, 1), (int(128 * a), 4, 2), (int(256 * a), 14, 2),
-                                       (int(512 * b), 1, 2)):
+        for planes, blocks, stride in (
+            (int(64 * a), 2, 1),
+            (int(128 * a), 4, 2),
+            (int(256 * a), 14, 2),
+            (int(512 * b), 1, 2),
+        ):
             stage = []
             for i in range(blocks):
                 stage.append(RepVGGBlock(in_planes, planes, stride if i == 0 else 1))

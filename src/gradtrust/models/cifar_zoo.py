@@ -46,8 +46,14 @@ from gradtrust.models.specs import (
 )
 from gradtrust.models.state_dict import build_on_meta, fit_num_classes, load_state, read_weights_file
 
-__all__ = ["CIFAR10_CLASSES", "CIFAR100_CLASSES", "CifarCheckpoint", "available_cifar_models", "cifar_checkpoint",
-           "load_cifar"]
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR100_CLASSES",
+    "CifarCheckpoint",
+    "available_cifar_models",
+    "cifar_checkpoint",
+    "load_cifar",
+]
 
 #: CIFAR-10's classes in label order (``batches.meta``'s ``label_names``).
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -96,27 +102,48 @@ class CifarCheckpoint:
 # chenyaofo's architectures: builder and the published file's hash suffix per data set (from the
 # ``cifar10_pretrained_weight_urls`` / ``cifar100_pretrained_weight_urls`` tables of each module).
 _RESNET_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
-_MOBILENET_WIDTHS = {"mobilenetv2_x0_5": 0.5, "mobilenetv2_x0_75": 0.75, "mobilenetv2_x1_0": 1.0,
-                     "mobilenetv2_x1_4": 1.4}
-_SHUFFLENET_CHANNELS = {"shufflenetv2_x0_5": (24, 48, 96, 192, 1024), "shufflenetv2_x1_0": (24, 116, 232, 464, 1024),
-                        "shufflenetv2_x1_5": (24, 176, 352, 704, 1024),
-                        "shufflenetv2_x2_0": (24, 244, 488, 976, 2048)}
+_MOBILENET_WIDTHS = {
+    "mobilenetv2_x0_5": 0.5,
+    "mobilenetv2_x0_75": 0.75,
+    "mobilenetv2_x1_0": 1.0,
+    "mobilenetv2_x1_4": 1.4,
+}
+_SHUFFLENET_CHANNELS = {
+    "shufflenetv2_x0_5": (24, 48, 96, 192, 1024),
+    "shufflenetv2_x1_0": (24, 116, 232, 464, 1024),
+    "shufflenetv2_x1_5": (24, 176, 352, 704, 1024),
+    "shufflenetv2_x2_0": (24, 244, 488, 976, 2048),
+}
 _REPVGG_WIDTHS = {"repvgg_a0": (0.75, 2.5), "repvgg_a1": (1.0, 2.5), "repvgg_a2": (1.5, 2.75)}
 _CHENYAOFO_HASHES = {
-    "resnet20": ("4118986f", "23dac2f1"), "resnet32": ("ef93fc4d", "84213ce6"),
-    "resnet44": ("2a3cabcb", "ffe32858"), "resnet56": ("187c023a", "f2eff4c8"),
-    "vgg11_bn": ("eaeebf42", "57d0759e"), "vgg13_bn": ("c01e4a43", "5ebe5778"),
-    "vgg16_bn": ("6ee7ea24", "7d8c4031"), "vgg19_bn": ("57191229", "b98f7bd7"),
-    "mobilenetv2_x0_5": ("ca14ced9", "9f915757"), "mobilenetv2_x0_75": ("a53c314e", "d7891e60"),
-    "mobilenetv2_x1_0": ("fe6a5b48", "1311f9ff"), "mobilenetv2_x1_4": ("3bbbd6e2", "8a269f5e"),
-    "shufflenetv2_x0_5": ("1308b4e9", "1977720f"), "shufflenetv2_x1_0": ("98807be3", "9ae22beb"),
-    "shufflenetv2_x1_5": ("296694dd", "e2c85ad8"), "shufflenetv2_x2_0": ("ec31611c", "e7e584cd"),
-    "repvgg_a0": ("ef08a50e", "2df1edd0"), "repvgg_a1": ("38d2431b", "c06b21a7"),
+    "resnet20": ("4118986f", "23dac2f1"),
+    "resnet32": ("ef93fc4d", "84213ce6"),
+    "resnet44": ("2a3cabcb", "ffe32858"),
+    "resnet56": ("187c023a", "f2eff4c8"),
+    "vgg11_bn": ("eaeebf42", "57d0759e"),
+    "vgg13_bn": ("c01e4a43", "5ebe5778"),
+    "vgg16_bn": ("6ee7ea24", "7d8c4031"),
+    "vgg19_bn": ("57191229", "b98f7bd7"),
+    "mobilenetv2_x0_5": ("ca14ced9", "9f915757"),
+    "mobilenetv2_x0_75": ("a53c314e", "d7891e60"),
+    "mobilenetv2_x1_0": ("fe6a5b48", "1311f9ff"),
+    "mobilenetv2_x1_4": ("3bbbd6e2", "8a269f5e"),
+    "shufflenetv2_x0_5": ("1308b4e9", "1977720f"),
+    "shufflenetv2_x1_0": ("98807be3", "9ae22beb"),
+    "shufflenetv2_x1_5": ("296694dd", "e2c85ad8"),
+    "shufflenetv2_x2_0": ("ec31611c", "e7e584cd"),
+    "repvgg_a0": ("ef08a50e", "2df1edd0"),
+    "repvgg_a1": ("38d2431b", "c06b21a7"),
     "repvgg_a2": ("09488915", "8e71b1f8"),
 }
 # akamaster's ResNets: blocks per stage and the published file's hash suffix (README, pretrained_models/).
-_AKAMASTER = {"resnet20": (3, "12fca82f"), "resnet32": (5, "d509ac18"), "resnet44": (7, "014dd654"),
-              "resnet56": (9, "4bfd9763"), "resnet110": (18, "1d1ed7c2")}
+_AKAMASTER = {
+    "resnet20": (3, "12fca82f"),
+    "resnet32": (5, "d509ac18"),
+    "resnet44": (7, "014dd654"),
+    "resnet56": (9, "4bfd9763"),
+    "resnet110": (18, "1d1ed7c2"),
+}
 
 
 def _chenyaofo_builder(arch: str):
@@ -137,18 +164,33 @@ def _catalogue() -> dict[str, CifarCheckpoint]:
     for arch, (blocks, digest) in _AKAMASTER.items():
         file_name = f"{arch}-{digest}.th"
         entries[arch] = CifarCheckpoint(
-            arch, f"{arch} (option-A shortcuts)", lambda c, n=blocks: cifar_nets.ZeroPadResNet(n, c),
-            tuple(CIFAR10_CLASSES), *_IMAGENET_NORM, file_name, _AKAMASTER_URL + file_name,
-            "akamaster/pytorch_resnet_cifar10")
-    for dataset, classes, norm, column in (("cifar10", CIFAR10_CLASSES, _CIFAR10_NORM, 0),
-                                           ("cifar100", CIFAR100_CLASSES, _CIFAR100_NORM, 1)):
+            arch,
+            f"{arch} (option-A shortcuts)",
+            lambda c, n=blocks: cifar_nets.ZeroPadResNet(n, c),
+            tuple(CIFAR10_CLASSES),
+            *_IMAGENET_NORM,
+            file_name,
+            _AKAMASTER_URL + file_name,
+            "akamaster/pytorch_resnet_cifar10",
+        )
+    for dataset, classes, norm, column in (
+        ("cifar10", CIFAR10_CLASSES, _CIFAR10_NORM, 0),
+        ("cifar100", CIFAR100_CLASSES, _CIFAR100_NORM, 1),
+    ):
         for arch, digests in _CHENYAOFO_HASHES.items():
             name = f"{dataset}_{arch}"
             file_name = f"{name}-{digests[column]}.pt"
             release = next(r for r in ("resnet", "vgg", "mobilenetv2", "shufflenetv2", "repvgg") if arch.startswith(r))
             entries[name] = CifarCheckpoint(
-                name, arch, _chenyaofo_builder(arch), tuple(classes), *norm, file_name,
-                f"{_CHENYAOFO_URL}{release}/{file_name}", "chenyaofo/pytorch-cifar-models")
+                name,
+                arch,
+                _chenyaofo_builder(arch),
+                tuple(classes),
+                *norm,
+                file_name,
+                f"{_CHENYAOFO_URL}{release}/{file_name}",
+                "chenyaofo/pytorch-cifar-models",
+            )
     return entries
 
 
@@ -190,16 +232,22 @@ def load_cifar(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
         if not spec_file:
             raise ModelError(f"cifar:{name}: the spec ends with ':' but names no weights file")
         if weights is not None and os.path.abspath(str(weights)) != os.path.abspath(spec_file):
-            raise ModelError(f"cifar:{name}:{spec_file} names its weights file in the spec, and the weights "
-                             f"{weights!r} were given too: give one of them")
+            raise ModelError(
+                f"cifar:{name}:{spec_file} names its weights file in the spec, and the weights "
+                f"{weights!r} were given too: give one of them"
+            )
         if not os.path.isfile(spec_file):
             raise ModelError(f"weights file not found: {spec_file} (from the spec cifar:{name}:{spec_file})")
         weights = spec_file
     entry = cifar_checkpoint(name.strip())
-    meta: dict[str, Any] = {"family": "cifar", "architecture": entry.architecture, "collection": entry.collection,
-                            "published_file": entry.file_name, "published_url": entry.url,
-                            "class_names_source": f"{'CIFAR-100' if len(entry.classes) == 100 else 'CIFAR-10'} "
-                                                  "label order"}
+    meta: dict[str, Any] = {
+        "family": "cifar",
+        "architecture": entry.architecture,
+        "collection": entry.collection,
+        "published_file": entry.file_name,
+        "published_url": entry.url,
+        "class_names_source": f"{'CIFAR-100' if len(entry.classes) == 100 else 'CIFAR-10'} label order",
+    }
     default_classes = len(entry.classes)
     sha = None
     weights_str = None
@@ -219,7 +267,8 @@ def load_cifar(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
             refuse_missing_weights_file(weights)
             raise UnknownNameError(
                 f"unknown weights {weights!r} for cifar:{entry.name}; valid: None (random), 'DEFAULT' (the published "
-                f"file {entry.file_name} in the torch hub cache), or a local weights file")
+                f"file {entry.file_name} in the torch hub cache), or a local weights file"
+            )
         probe_keys = set(build_on_meta(lambda: entry.build(default_classes)).state_dict())
         state, weights_str, sha = read_weights_file(weights, meta, probe_keys)
         meta["sha256_matches_published_name"] = sha.startswith(entry.file_name.rsplit("-", 1)[1].split(".")[0])
@@ -230,12 +279,22 @@ def load_cifar(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
     class_names = list(entry.classes) if classes == default_classes else [str(i) for i in range(classes)]
     if classes != default_classes:
         meta["class_names_source"] = "indices"
-    pre = Preprocessing.from_options(input_size=32, mean=entry.mean, std=entry.std,
-                                     source=f"the training normalisation of {entry.collection}")
+    pre = Preprocessing.from_options(
+        input_size=32, mean=entry.mean, std=entry.std, source=f"the training normalisation of {entry.collection}"
+    )
     meta["preprocessing"] = pre.source
     meta.update(std_meta(entry.std))
-    return LoadedModel(module=module, transform=pre.transform(), class_names=class_names, num_classes=classes,
-                       spec=f"cifar:{name}", weights=weights_str, weights_sha256=sha, input_kind="image", meta=meta)
+    return LoadedModel(
+        module=module,
+        transform=pre.transform(),
+        class_names=class_names,
+        num_classes=classes,
+        spec=f"cifar:{name}",
+        weights=weights_str,
+        weights_sha256=sha,
+        input_kind="image",
+        meta=meta,
+    )
 
 
 register_source(ModelSource("cifar", load_cifar, available_cifar_models))
