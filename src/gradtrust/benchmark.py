@@ -121,6 +121,9 @@ def is_complete(job: BenchmarkJob, model: Any = None, dataset: Any = None) -> bo
         from gradtrust.data.open import open_dataset
 
         dataset = open_dataset(job.data, model, job.labels)
+    from gradtrust.models import model_for_dataset
+
+    model = model_for_dataset(model, dataset)
     d = job.out_dir
     folder = task_folder(ScoreTask(model, dataset, job.request["methods"]), d, job.request["batch_size"])
     if not folder.is_complete() or not (d / "scores.parquet").is_file():
@@ -146,7 +149,7 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: in
 
     from gradtrust.data.open import open_dataset
     from gradtrust.errors import GradTrustError
-    from gradtrust.models import load_model
+    from gradtrust.models import load_model, model_for_dataset
     from gradtrust.runs import score_dataset
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -163,6 +166,7 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: in
                 models[key] = load_model(job.model, job.weights, device=dev)
             model = models[key]
             dataset = open_dataset(job.data, model, job.labels)
+            model = model_for_dataset(model, dataset)  # ImageNet-A/R/O: the subset's logits
             if not force and is_complete(job, model, dataset):
                 outcomes.append(JobOutcome(job, "skipped", "already complete"))
                 echo(f"{prefix}: skipped (already complete in {job.out_dir})")

@@ -130,7 +130,8 @@ def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chun
     t0 = time.perf_counter()
     if len(dataset) == 0:
         raise DataError("the dataset holds no samples.")
-    chunk_size = chunk_size or default_chunk_size(batch_size)
+    # A dataset stored in shards says how many samples a shard holds: chunks at shard borders (whole shards per rank).
+    chunk_size = chunk_size or getattr(dataset, "preferred_chunk_size", None) or default_chunk_size(batch_size)
     layout = ch.ChunkLayout(len(dataset), chunk_size, batch_size)
     folder = task_folder(task, out, batch_size, chunk_size)
     with distributed_session(device) as ctx:
