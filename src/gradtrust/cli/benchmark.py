@@ -8,7 +8,7 @@ import time
 
 import click
 
-from gradtrust.benchmark import DEFAULT_OUT, run_benchmark
+from gradtrust.benchmark import DEFAULT_OUT, SUITES, run_benchmark
 from gradtrust.cli.memory import keep_freed_memory_option
 from gradtrust.cli.options import Command, shared
 
@@ -17,25 +17,34 @@ from gradtrust.cli.options import Command, shared
 @keep_freed_memory_option
 @click.option("--models", "models", multiple=True, metavar="SPEC[,SPEC…]",
               help="Model specs (repeatable or comma-separated): torchvision:<name>, timm:<name>, digits:<name>, "
-                   "a model file. Default: every bundled digits network.")
+                   "cifar:<name>, a model file. Default: every bundled digits network.")
 @shared("weights")
 @shared("data", multiple=True)
 @shared("labels")
 @click.option("--methods", default=None, metavar="a,b,c|all",
               help="Comma-separated trust scores; default all that apply to each model.")
-@click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the report's figures.")
+@click.option("--suite", type=click.Choice(list(SUITES)), default=None,
+              help="A corruption protocol: the clean test split + every corruption x severity (1 + 19 x 5 runs per "
+                   "model); --data says where the files are (cifar10:DIR and cifar10c:DIR, or one DIR holding both).")
+@click.option("--corruptions", default=None, metavar="a,b", help="With --suite: only these corruptions.")
+@click.option("--severities", default=None, metavar="1,2", help="With --suite: only these severities.")
+@click.option("--figures/--no-figures", default=None,
+              help="Draw the report's figures (default: yes, except with --suite: two per run).")
 @shared("out_dir", default=DEFAULT_OUT, show_default=True)
 @shared("force")
 @shared("batch_size", default=64)
 @shared("device", "workers", "resamples", "seed")
-def benchmark_command(models, weights, data, labels, methods, figures, out_dir, force, batch_size, device, workers,
-                      resamples, seed):
+def benchmark_command(models, weights, data, labels, methods, suite, corruptions, severities, figures, out_dir, force,
+                      batch_size, device, workers, resamples, seed):
     """Score every model on every dataset (runs already complete in --out are skipped), then write the report
     to <out>/report/ and print its table.
 
     --data: repeatable or comma-separated (default: the digits test split and two corrupted copies). With no
     arguments: every bundled digits network on the clean digits test split and on its
     gaussian_noise and blur copies (severity 1): twelve runs on the CPU in about a minute.
+
+    --suite cifar10c: every model on CIFAR-10's test split and on CIFAR-10-C (19 corruptions x severities 1-5),
+    then the report with the accuracy and trust-score tables per severity (severity.md).
     """
     from gradtrust.cli.report import echo_report
 
@@ -50,11 +59,15 @@ def benchmark_command(models, weights, data, labels, methods, figures, out_dir, 
         except GradTrustError as exc:
             raise click.BadParameter(str(exc), param_hint="--methods") from None
     t0 = time.perf_counter()
+    draw = suite is None if figures is None else figures
     outcomes, report = run_benchmark(models, data, out_dir, weights=weights, labels=labels, methods=methods,
                                      batch_size=batch_size, device=device, workers=workers, force=force,
-                                     resamples=resamples, seed=seed, figures=figures)
+                                     resamples=resamples, seed=seed, figures=draw, suite=suite,
+                                     corruptions=corruptions, severities=severities)
     click.echo("")
     echo_report(report, print_table=True)
+    if suite is not None and "severity_md" in report.files:
+        click.echo(report.files["severity_md"].read_text(encoding="utf-8"))
     scored = sum(o.status == "scored" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]

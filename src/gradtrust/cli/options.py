@@ -36,7 +36,7 @@ _SIZE, _FILE, _N = "S|H,W", click.Path(dir_okay=False), click.IntRange(min=1)
 #: name → (help section, click.Option arguments). The name is the parameter the command's callback receives.
 DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "model_spec": _option("Model", "--model model_spec", "torchvision:<name>, timm:<name>, digits:<name>, "
-                          "hf:<folder>, package.module:factory, or a TorchScript/pickled model file (`gradtrust "
+                          "cifar:<name>, hf:<folder>, package.module:factory, or a TorchScript/pickled model file (`gradtrust "
                           "models` lists them).", metavar="SPEC"),
     "weights": _option("Model", "--weights", "DEFAULT or a torchvision enum name (from the torch hub cache; never "
                        "downloaded), a local .pth/.safetensors file, or 'random'. Default: the bundled weights for "

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradtrust.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
 from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.models import cifar_nets
 from gradtrust.models.base import LoadedModel
@@ -47,26 +48,11 @@ from gradtrust.models.specs import (
 from gradtrust.models.state_dict import build_on_meta, fit_num_classes, load_state, read_weights_file
 
 __all__ = [
-    "CIFAR10_CLASSES",
-    "CIFAR100_CLASSES",
     "CifarCheckpoint",
     "available_cifar_models",
     "cifar_checkpoint",
     "load_cifar",
 ]
-
-#: CIFAR-10's classes in label order (``batches.meta``'s ``label_names``).
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-#: CIFAR-100's fine classes in label order (``meta``'s ``fine_label_names``: alphabetical).
-CIFAR100_CLASSES = (
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
-    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
-    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
-    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
-    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
-    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
-    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"
-).split()
 
 # The normalisation each collection trained with.
 # akamaster/pytorch_resnet_cifar10, trainer.py: transforms.Normalize(mean=[0.485, 0.456, 0.406],

@@ -78,7 +78,8 @@ def dataset_identity(dataset: Any, manifest: dict) -> tuple[str, str]:
     flat = dataset_fields(dataset)
     if not flat:
         return "unknown", "unknown dataset (no manifest)" if not manifest else "unknown dataset"
-    dropped = CONDITION_KEYS | (FINGERPRINT_KEYS if "corruption" in flat else frozenset())
+    # a corrupted copy's fingerprint and files (CIFAR-10-C's <corruption>.npy) differ by design
+    dropped = CONDITION_KEYS | (FINGERPRINT_KEYS | {"files"} if "corruption" in flat else frozenset())
     ident = {k: v for k, v in flat.items() if k not in dropped and not _is_path_list(v)}
     if not ident:  # only a spec string we could not parse: the spec is the identity
         ident = {"spec": flat.get("spec")}
