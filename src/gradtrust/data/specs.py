@@ -115,9 +115,9 @@ def split_data_spec(text: str) -> tuple[DataSpec, list[str], dict[str, str]]:
     options: dict[str, str] = {}
     for part in rest.split(":") if rest else []:
         key, eq, value = part.partition("=")
-        if eq and key in spec.options:
+        if eq and args and key in spec.options:  # the first field is the path, whatever it holds
             options[key] = value
-        elif eq and key.isidentifier() and not args:
+        elif eq and args and key.isidentifier():
             raise DataError(
                 f"{name}: unknown option {key!r}; {spec.name} takes "
                 f"{', '.join(spec.options) or 'no options'} ({spec.usage})"
