@@ -13,13 +13,13 @@ import pickle
 import sys
 import tarfile
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+
 from data_formats import (
     CORRUPTIONS_19,
     dump_py2,
@@ -32,7 +32,6 @@ from data_formats import (
     write_wds,
     write_wnid_folders,
 )
-
 from gradtrust.cli import main
 from gradtrust.data import (
     COMMON_CORRUPTIONS,
