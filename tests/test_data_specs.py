@@ -565,3 +565,72 @@ def test_score_cli_errors_for_specs(tmp_path, nets):
         score(*base, "--data", f"cifar10:{tmp_path}", "--labels", str(labels)),
         "--labels applies to a flat image folder",
     )
+
+
+def test_benchmark_takes_specs_and_reports_corruptions_of_one_data_set_in_one_table(tmp_path, nets, monkeypatch):
+    from gradtrust.benchmark import plan_jobs
+    from gradtrust.cli.benchmark import benchmark_command
+
+    write_cifar_c(tmp_path / "data", per_severity=4, corruptions=("fog", "snow"))
+    monkeypatch.chdir(tmp_path)
+    data = ["cifar10c:data:fog:1", "cifar10c:data:snow:2"]
+    jobs = plan_jobs(nets, data, tmp_path / "bench", weights="random")
+    assert [j.request["data"] for j in jobs] == [
+        f"cifar10c:{tmp_path / 'data'}:fog:1",
+        f"cifar10c:{tmp_path / 'data'}:snow:2",
+    ]
+    assert jobs[0].out_dir.name.startswith("cifar10c-fog-1-") and jobs[1].out_dir.name.startswith("cifar10c-snow-2-")
+    args = [
+        "--models",
+        nets,
+        "--weights",
+        "random",
+        "--out",
+        str(tmp_path / "bench"),
+        "--methods",
+        "softmax,gradtrust",
+        "--resamples",
+        "0",
+        "--no-figures",
+        "--batch-size",
+        "4",
+    ]
+    for d in data:
+        args += ["--data", d]
+    result = CliRunner().invoke(benchmark_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "bench" / "report" / "table.csv")
+    assert set(table["condition"]) == {"fog/1", "snow/2"} and table["dataset"].nunique() == 1
+    again = CliRunner().invoke(benchmark_command, args, catch_exceptions=False)
+    assert "0 scored, 2 skipped" in again.output, again.output
+
+
+def test_gradcon_and_explain_read_specs(tmp_path, nets):
+    from gradtrust.gradcon.data import load_labelled
+
+    written = write_mnist(tmp_path / "mnist")
+    data = load_labelled(f"mnist:{tmp_path / 'mnist'}:train", grayscale=True)
+    assert tuple(data.images.shape) == (6, 1, 28, 28) and data.labels.tolist() == written["train"][1].tolist()
+    np.testing.assert_array_equal((data.images[2, 0] * 255).round().byte().numpy(), written["train"][0][2])
+    assert data.description["kind"] == "mnist" and data.classes == [str(d) for d in range(10)]
+
+    write_cifar10(tmp_path / "c")
+    out = tmp_path / "explain"
+    result = CliRunner().invoke(
+        main,
+        [
+            "explain",
+            "--model",
+            nets,
+            "--num-classes",
+            "10",
+            "--data",
+            f"cifar10:{tmp_path / 'c'}",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "explained 4 of 4 samples" in result.output

@@ -132,10 +132,11 @@ class ArrayImageDataset(Dataset):
             size = os.path.getsize(f) if os.path.exists(f) else -1
             digest.update(f"{os.path.basename(f)}\t{size}\n".encode())
         digest.update(self.labels.tobytes())
+        # The files are not listed: the settings name them (a corruption is a file of CIFAR-C), and a report
+        # groups the conditions of one data set by what is left once the condition is set aside.
         return {
             "kind": self.kind,
             "root": self.root,
-            "files": [os.path.relpath(f, self.root) for f in self.files],
             **self.settings,
             "image_shape": list(self.images.shape[1:]),
             "fingerprint": digest.hexdigest(),
