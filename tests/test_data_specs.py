@@ -41,6 +41,7 @@ from gradtrust.data import (
     expand_braces,
     open_data_spec,
 )
+from gradtrust.data.arrays import image_to_tensor
 from gradtrust.data.open import open_dataset
 from gradtrust.errors import DataError, UnknownNameError
 from gradtrust.models import LoadedModel, model_for_dataset, restrict_outputs
@@ -148,6 +149,7 @@ def test_cifar10_pickle_batches_read_back_pixels_labels_and_names(tmp_path, insi
         for i in (0, n - 1):
             np.testing.assert_array_equal(pixels(ds[i]), images[i])
             assert ds[i].input.dtype == torch.float32 and ds[i].input.shape == (3, 32, 32)
+            assert torch.equal(image_to_tensor(ds.image(i)), ds[i].input)  # the PIL image a transform gets
     train = open_data_spec(f"cifar10:{root}:train")
     assert train.path(5).endswith(os.path.join("cifar-10-batches-py", "data_batch_2") + "#1")
     assert open_data_spec(f"cifar10:{root}").settings == {"split": "test"}
@@ -262,6 +264,7 @@ def test_mnist_idx_gzipped_or_raw(tmp_path, gz):
         np.testing.assert_array_equal(pixels(ds[1])[..., 0], images[1])
     rgb = open_data_spec(f"mnist:{tmp_path / 'MNIST' / 'raw'}:test:rgb=1")
     assert rgb[0].input.shape == (3, 28, 28) and torch.equal(rgb[0].input[0], rgb[0].input[2])
+    assert rgb.image(0).mode == "RGB" and torch.equal(image_to_tensor(rgb.image(0)), rgb[0].input)
 
 
 def test_mnist_errors_name_the_files(tmp_path):
