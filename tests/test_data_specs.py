@@ -445,6 +445,30 @@ def test_restricted_model_gives_the_subsets_logits_and_scores_on_them(tmp_path, 
     assert frame["prediction"].tolist() == full[:, idx].argmax(1).tolist()
 
 
+def test_score_cli_scores_imagenet_o_on_the_subsets_logits(tmp_path, nets):
+    write_wnid_folders(tmp_path / "o", KNOWN_INDICES)
+    out = tmp_path / "run"
+    result = score(
+        "--model",
+        nets,
+        "--num-classes",
+        "1000",
+        "--data",
+        f"imagenet-o:{tmp_path / 'o'}",
+        "--out",
+        str(out),
+        "--methods",
+        "softmax,gradtrust",
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["num_classes"] == 8
+    assert manifest["model"]["meta"]["output_subset"]["indices"] == [KNOWN_INDICES[w] for w in sorted(KNOWN_INDICES)]
+    frame = pd.read_parquet(out / "scores.parquet")
+    assert frame["label"].tolist() == [-1] * 16 and frame["prediction"].between(0, 7).all()
+    assert frame["gradtrust"].notna().all()
+
+
 def test_imagenet_c_folders_and_errors(tmp_path):
     write_wnid_folders(tmp_path / "fog" / "3", ["n01440764", "n15075141"])
     ds = open_data_spec(f"imagenet-c:{tmp_path}:fog:3")
