@@ -68,35 +68,22 @@ def _split(values) -> list[str]:
 
 
 def _is_builtin(data: str) -> bool:
-    return data.split(":")[0] == "digits" and not os.path.isdir(data)
-
-
-def _is_data_spec(data: str) -> bool:
-    """A registered data spec (``cifar10c:DIR:fog:3``, ``svhn:FILE.mat`` …; ``gradtrust datasets``)."""
+    """The built-in digits, or a data spec (``cifar10c:DIR:fog:3``): not a folder of the user's."""
     from gradtrust.data.specs import is_data_spec
 
-    return is_data_spec(data) and not os.path.exists(data)
+    return (data.split(":")[0] == "digits" or is_data_spec(data)) and not os.path.exists(data)
 
 
 def _data_slug(data: str) -> str:
+    if _is_builtin(data) and data.split(":")[0] != "digits":  # name, settings and a digest of the whole spec
+        fields = data.split(":")
+        digest = hashlib.sha256(data.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        return slugify("-".join([fields[0], *fields[2:]])) + f"-{digest}"
     if _is_builtin(data):
         return slugify(data.replace(":", "-"))
-    if _is_data_spec(data):  # the kind and its settings, then the folder's hash: cifar10c-fog-3-<hash>
-        name, _, rest = data.partition(":")
-        path, _, settings = rest.partition(":")
-        digest = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-        return f"{slugify('-'.join(filter(None, [name, *settings.split(':')])))}-{digest}"
     path = os.path.abspath(data)
     digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{slugify(os.path.basename(path.rstrip(os.sep)) or 'data')}-{digest}"
-
-
-def _absolute_data(data: str) -> str:
-    if _is_data_spec(data):
-        from gradtrust.data.specs import absolute_data_spec
-
-        return absolute_data_spec(data)
-    return os.path.abspath(data)
 
 
 def _model_slug(spec: str, weights: str | None) -> str:
@@ -115,9 +102,8 @@ def plan_jobs(models, data, out: Path, *, weights: str | None = None, labels: st
     jobs = []
     for spec in models:
         for d in data:
-            lab = None if _is_builtin(d) or _is_data_spec(d) else labels
-            where = d if _is_builtin(d) else _absolute_data(d)
-            request = {"model": spec, "weights": w, "data": where,
+            lab = None if _is_builtin(d) else labels
+            request = {"model": spec, "weights": w, "data": d if _is_builtin(d) else os.path.abspath(d),
                        "labels": os.path.abspath(lab) if lab else None, "methods": methods or "all",
                        "batch_size": batch_size}
             jobs.append(BenchmarkJob(spec, w, d, lab, out / "runs" / _model_slug(spec, w) / _data_slug(d), request))

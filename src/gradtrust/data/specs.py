@@ -12,7 +12,6 @@ options, the others are positional arguments (``cifar10:/data/cifar:test``,
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,6 @@ __all__ = [
     "available_datasets",
     "data_spec",
     "data_specs",
-    "absolute_data_spec",
     "is_data_spec",
     "open_data_spec",
     "register_data_spec",
@@ -131,14 +129,6 @@ def split_data_spec(text: str) -> tuple[DataSpec, list[str], dict[str, str]]:
     if not args or not args[0]:
         raise DataError(f"{name}: no path given; expected {spec.usage}")
     return spec, args, options
-
-
-def absolute_data_spec(text: str) -> str:
-    """The spec with its path made absolute (``cifar10:data/c:test`` → ``cifar10:/home/me/data/c:test``), so that
-    it means the same from any working folder."""
-    name, _, rest = text.partition(":")
-    path, sep, tail = rest.partition(":")
-    return f"{name}:{os.path.abspath(path)}{sep}{tail}" if path else text
 
 
 def open_data_spec(text: str, transform: Callable[[Any], Any] | None = None, *, model: Any = None) -> Any:
