@@ -129,6 +129,31 @@ def test_spec_fields_options_and_errors(tmp_path):
         open_data_spec("svhn:")
 
 
+def test_a_registered_spec_is_known_to_open_dataset_and_the_cli(tmp_path, monkeypatch):
+    from gradtrust.data import specs
+
+    monkeypatch.setattr(specs, "_REGISTRY", dict(specs._REGISTRY))  # noqa: SLF001 - undone after the test
+    write_cifar10(tmp_path)
+    spec = specs.DataSpec(
+        "mycifar",
+        "mycifar:DIR",
+        "CIFAR-10 by another name",
+        "DIR/cifar-10-batches-py/…",
+        "gradtrust.data.cifar:open_cifar10",
+        1,
+        2,
+    )
+    specs.register_data_spec(spec)
+    assert specs.register_data_spec(spec) is spec  # the same declaration again is fine
+    with pytest.raises(DataError, match="already registered"):
+        specs.register_data_spec(specs.DataSpec("mycifar", "x", "y", "z", "gradtrust.data.cifar:open_cifar100"))
+    with pytest.raises(DataError, match="other than 'digits'"):
+        specs.register_data_spec(specs.DataSpec("digits", "x", "y", "z", "m:f"))
+    assert "mycifar" in available_datasets()
+    assert len(open_dataset(f"mycifar:{tmp_path}", None)) == 4
+    assert CliRunner().invoke(main, ["datasets", "mycifar"]).output.startswith("mycifar:DIR")
+
+
 def test_the_nineteen_corruptions_are_the_releases_file_names():
     assert COMMON_CORRUPTIONS == CORRUPTIONS_19
     assert len(set(COMMON_CORRUPTIONS)) == 19
