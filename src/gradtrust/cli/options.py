@@ -63,9 +63,11 @@ DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
                                 "and state dicts need no such flag).", is_flag=True),
     "output_index": _option("Model", "--output-index", "For a model returning several outputs (a tuple or dict): "
                             "which one holds the logits (0, ...).", metavar="I"),
-    "data": _option("Data", "--data", "The dataset: class-folder images (DIR/<class>/<img>) or the built-in "
-                    "digits[:SPLIT[:CORRUPTION[:SEVERITY]]]; where a model reads it, also a flat image folder with "
-                    "--labels or Kinetics-style videos (DIR/<class>/<clip>.mp4).", metavar="DIR|digits[:...]"),
+    "data": _option("Data", "--data", "The dataset: class-folder images (DIR/<class>/<img>), the built-in "
+                    "digits[:SPLIT[:CORRUPTION[:SEVERITY]]], or a data set in its distributed format "
+                    "(cifar10:DIR:test, cifar10c:DIR:fog:3, svhn:FILE.mat, mnist:DIR, imagenet-r:DIR, wds:PATTERN, "
+                    "...: see `gradtrust datasets`); where a model reads it, also a flat image folder with "
+                    "--labels or Kinetics-style videos (DIR/<class>/<clip>.mp4).", metavar="DIR|SPEC"),
     "labels": _option("Data", "--labels", "Labels of a flat image folder (ImageNet validation layout): "
                       "LOC_val_solution.csv or one label (WordNet ID or class index) per line in sorted file order.",
                       type=_FILE, metavar="FILE"),

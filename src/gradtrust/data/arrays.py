@@ -22,7 +22,15 @@ from torch.utils.data import Dataset
 from gradtrust.data.samples import Sample
 from gradtrust.errors import DataError
 
-__all__ = ["ArrayImageDataset", "find_folder", "missing_files_error"]
+__all__ = ["ArrayImageDataset", "find_folder", "image_to_tensor", "missing_files_error"]
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image (``RGB`` or ``L``) → float ``(C, H, W)`` in ``[0, 1]``; NumPy, not torchvision (whose import
+    costs seconds, once per DataLoader worker)."""
+    array = np.array(image, dtype=np.uint8)  # a writable copy
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
 
 
 def missing_files_error(what: str, where: str, expected: Sequence[str], layout: str) -> DataError:
@@ -110,11 +118,12 @@ class ArrayImageDataset(Dataset):
         i = int(index) + (n if int(index) < 0 else 0)
         if not 0 <= i < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} samples")
-        image = self.image(i)
         if self.transform is not None:
-            value = self.transform(image)
-        else:
-            array = np.array(image, dtype=np.uint8)  # a writable copy
+            value = self.transform(self.image(i))
+        else:  # straight from the array: what image_to_tensor(self.image(i)) gives, without PIL
+            array = np.array(self.images[i], dtype=np.uint8)
+            if array.ndim == 2 and self.rgb:
+                array = np.repeat(array[..., None], 3, axis=2)
             array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
             value = torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
         return Sample(input=value, label=int(self.labels[i]), index=i, path=self.path(i))
@@ -132,10 +141,11 @@ class ArrayImageDataset(Dataset):
             size = os.path.getsize(f) if os.path.exists(f) else -1
             digest.update(f"{os.path.basename(f)}\t{size}\n".encode())
         digest.update(self.labels.tobytes())
+        # The files are not listed: the settings name them (a corruption is a file of CIFAR-C), and a report
+        # groups the conditions of one data set by what is left once the condition is set aside.
         return {
             "kind": self.kind,
             "root": self.root,
-            "files": [os.path.relpath(f, self.root) for f in self.files],
             **self.settings,
             "image_shape": list(self.images.shape[1:]),
             "fingerprint": digest.hexdigest(),

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from gradtrust.data.images import ALPHA_MODES, decode_rgb_image, default_image_transform
+from gradtrust.data.arrays import image_to_tensor
+from gradtrust.data.images import ALPHA_MODES, decode_rgb_image
 from gradtrust.data.samples import Sample
 from gradtrust.errors import DataError
 
@@ -76,8 +77,8 @@ class EncodedImageDataset(Dataset):
             return Sample(input=None, label=label, index=i, path=path, error=str(exc))
         except OSError as exc:
             return Sample(input=None, label=label, index=i, path=path, error=f"cannot read file: {exc}")
-        transform = self.transform if self.transform is not None else default_image_transform
-        return Sample(input=transform(image), label=label, index=i, path=path)
+        value = self.transform(image) if self.transform is not None else image_to_tensor(image)
+        return Sample(input=value, label=label, index=i, path=path)
 
     def source_files(self) -> list[str]:
         """The files holding the images (the run engine hashes their content for the run identity)."""

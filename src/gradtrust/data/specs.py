@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gradtrust.errors import DataError, UnknownNameError
@@ -60,7 +60,6 @@ class DataSpec:
     min_args: int = 1
     max_args: int = 1
     options: tuple[str, ...] = ()
-    examples: tuple[str, ...] = field(default_factory=tuple)
 
     def open(self, args: list[str], options: dict[str, str], context: OpenContext) -> Any:
         if not self.min_args <= len(args) <= self.max_args:
@@ -76,6 +75,11 @@ _REGISTRY: dict[str, DataSpec] = {}
 
 def register_data_spec(spec: DataSpec) -> DataSpec:
     """Add a data spec (a new name; registering one name twice is an error)."""
+    if not spec.name or ":" in spec.name or spec.name == "digits" or ":" not in spec.opener:
+        raise DataError(
+            f"a data spec needs a name without ':' other than 'digits' and an opener 'module:function'; "
+            f"got {spec.name!r}, {spec.opener!r}"
+        )
     if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
         raise DataError(f"the data spec {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
@@ -115,9 +119,9 @@ def split_data_spec(text: str) -> tuple[DataSpec, list[str], dict[str, str]]:
     options: dict[str, str] = {}
     for part in rest.split(":") if rest else []:
         key, eq, value = part.partition("=")
-        if eq and key in spec.options:
+        if eq and args and key in spec.options:  # the first field is the path, whatever it holds
             options[key] = value
-        elif eq and key.isidentifier() and not args:
+        elif eq and args and key.isidentifier():
             raise DataError(
                 f"{name}: unknown option {key!r}; {spec.name} takes "
                 f"{', '.join(spec.options) or 'no options'} ({spec.usage})"

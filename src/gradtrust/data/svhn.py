@@ -31,6 +31,7 @@ class SVHNDataset(ArrayImageDataset):
         if not os.path.isfile(path):
             raise missing_files_error("svhn", os.path.dirname(path), [os.path.basename(path)], _LAYOUT)
         from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
 
         try:
             mat = loadmat(path, variable_names=["X", "y"])
@@ -39,7 +40,7 @@ class SVHNDataset(ArrayImageDataset):
                 f"svhn: {path} is a MATLAB v7.3 (HDF5) file; the SVHN release is MATLAB v5 "
                 "(scipy.io.loadmat). Expected " + _LAYOUT
             ) from None
-        except (ValueError, OSError, TypeError) as exc:
+        except (MatReadError, ValueError, OSError, TypeError) as exc:
             raise DataError(f"svhn: {path} is not a MATLAB .mat file: {exc}. Expected {_LAYOUT}") from None
         x, y = mat.get("X"), mat.get("y")
         if x is None or y is None or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:

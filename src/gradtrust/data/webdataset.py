@@ -85,16 +85,17 @@ class WebDatasetShards(EncodedImageDataset):
         per_shard = []
         for s, shard in enumerate(shards):
             count = 0
-            for key, fields in _samples(shard):
-                image = _pick_image(fields, image_ext)
-                if image is None:
-                    continue
-                shard_of.append(s)
-                offsets.append(image[0])
-                sizes.append(image[1])
-                labels.append(_label(shard, key, fields, label_ext, label_key))
-                keys.append(key)
-                count += 1
+            with open(shard, "rb") as handle:  # one handle per shard for the small label members
+                for key, fields in _samples(shard):
+                    image = _pick_image(fields, image_ext)
+                    if image is None:
+                        continue
+                    shard_of.append(s)
+                    offsets.append(image[0])
+                    sizes.append(image[1])
+                    labels.append(_label(handle, shard, key, fields, label_ext, label_key))
+                    keys.append(key)
+                    count += 1
             per_shard.append(count)
         if not keys:
             raise DataError(
@@ -173,13 +174,12 @@ def _pick_image(fields: dict, image_ext: str | None) -> tuple[int, int] | None:
     return None
 
 
-def _label(shard: str, key: str, fields: dict, label_ext: str, label_key: str) -> int:
+def _label(handle: Any, shard: str, key: str, fields: dict, label_ext: str, label_key: str) -> int:
     member = fields.get(label_ext)
     if member is None:
         return -1
-    with open(shard, "rb") as f:
-        f.seek(member.offset_data)
-        text = f.read(member.size).decode("utf-8", "replace").strip()
+    handle.seek(member.offset_data)
+    text = handle.read(member.size).decode("utf-8", "replace").strip()
     try:
         value: Any = json.loads(text)[label_key] if label_ext == "json" else int(text)
         return int(value)

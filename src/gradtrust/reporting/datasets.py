@@ -16,7 +16,7 @@ CONDITION_KEYS = frozenset({
     "transform", "clip_len", "frame_stride", "frame_rate", "alpha", "repr",
 })
 #: Content fingerprints: part of the identity, except for a corrupted copy (its pixels differ by design).
-FINGERPRINT_KEYS = frozenset({"fingerprint", "data_fingerprint", "sha256"})
+FINGERPRINT_KEYS = frozenset({"fingerprint", "data_fingerprint", "sha256", "content_sha256"})
 
 
 def dataset_description(manifest: dict) -> Any:

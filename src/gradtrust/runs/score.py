@@ -301,7 +301,8 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
             ``cuda:LOCAL_RANK`` when CUDA is available, else CPU).
         force: discard the results of a different run already in ``out_dir`` instead of refusing.
         progress: show a progress bar (samples/s and ETA) on stderr (rank 0 only).
-        chunk_size: samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024).
+        chunk_size: samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024; a sharded
+            dataset's shard size).
         dataset_info: extra JSON-serialisable facts about the dataset for the manifest (not part of the
             run's identity).
 
@@ -316,7 +317,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
     t0 = time.perf_counter()
     batch_size = check_int("batch_size", batch_size)
     num_workers = check_int("num_workers", num_workers, 0)
-    chunk_size = default_chunk_size(batch_size) if chunk_size is None else check_int("chunk_size", chunk_size)
+    chunk_size = default_chunk_size(batch_size, dataset) if chunk_size is None else check_int("chunk_size", chunk_size)
     task = ScoreTask(model, dataset, methods, options, dataset_info)
     dev = resolve_device(device, model.device)
     if model.device != dev:
