@@ -95,36 +95,113 @@ def main() -> None:
             out = root / f"suite-{model.replace(':', '-')}"
             jobs = plan_jobs([model], suite_data("cifar10c", [str(root)], "fog", "1"), out, weights="random")
             score_s = timed(lambda jobs=jobs: run_jobs(jobs, device="cpu", echo=lambda *a, **k: None))
-            report_s = timed(lambda out=out, jobs=jobs: build_report([j.out_dir for j in jobs], out / "report",
-                                                                     figures=False, force=True))
+            report_s = timed(
+                lambda out=out, jobs=jobs: build_report(
+                    [j.out_dir for j in jobs], out / "report", figures=False, force=True
+                )
+            )
             full_images = (1 + CORRUPTIONS * SEVERITIES) * 10_000
-            rows.append((f"benchmark --suite cifar10c, {model}: scoring (all methods)", score_s / (2 * n),
-                         score_s / (2 * n) * full_images / 3600))
-            rows.append((f"benchmark --suite cifar10c, {model}: report (1000 bootstrap resamples)",
-                         report_s / (2 * n), report_s / (2 * n) * full_images / 3600))
+            rows.append(
+                (
+                    f"benchmark --suite cifar10c, {model}: scoring (all methods)",
+                    score_s / (2 * n),
+                    score_s / (2 * n) * full_images / 3600,
+                )
+            )
+            rows.append(
+                (
+                    f"benchmark --suite cifar10c, {model}: report (1000 bootstrap resamples)",
+                    report_s / (2 * n),
+                    report_s / (2 * n) * full_images / 3600,
+                )
+            )
         model = args.models.split(",")[0]
-        detect_s = timed(lambda: cli("detect", "--model", model, "--data", f"cifar10:{root}:test", "--challenge",
-                                     f"ood=cifar10c:{root}:fog:1", "--detectors", "logistic", "--baselines",
-                                     "softmax,energy", "--resamples", "200", "--out", str(root / "detect")))
+        detect_s = timed(
+            lambda: cli(
+                "detect",
+                "--model",
+                model,
+                "--data",
+                f"cifar10:{root}:test",
+                "--challenge",
+                f"ood=cifar10c:{root}:fog:1",
+                "--detectors",
+                "logistic",
+                "--baselines",
+                "softmax,energy",
+                "--resamples",
+                "200",
+                "--out",
+                str(root / "detect"),
+            )
+        )
         per = detect_s / (2 * n)
-        rows.append((f"detect, {model}: known + CIFAR-10-C sets + SVHN", per,
-                     per * (10_000 + CORRUPTIONS * SEVERITIES * 10_000 + 26_032) / 3600))
-        fit_s = timed(lambda: cli("introspect", "fit", "--model", model, "--data", f"cifar10:{root}:train", "--out",
-                                  str(root / "intro"), "--no-progress"))
-        score_s = timed(lambda: cli("introspect", "score", "--introspective", str(root / "intro"), "--data",
-                                    f"cifar10c:{root}:fog:1", "--out", str(root / "intro-score"), "--no-progress"))
+        rows.append(
+            (
+                f"detect, {model}: known + CIFAR-10-C sets + SVHN",
+                per,
+                per * (10_000 + CORRUPTIONS * SEVERITIES * 10_000 + 26_032) / 3600,
+            )
+        )
+        fit_s = timed(
+            lambda: cli(
+                "introspect",
+                "fit",
+                "--model",
+                model,
+                "--data",
+                f"cifar10:{root}:train",
+                "--out",
+                str(root / "intro"),
+                "--no-progress",
+            )
+        )
+        score_s = timed(
+            lambda: cli(
+                "introspect",
+                "score",
+                "--introspective",
+                str(root / "intro"),
+                "--data",
+                f"cifar10c:{root}:fog:1",
+                "--out",
+                str(root / "intro-score"),
+                "--no-progress",
+            )
+        )
         rows.append((f"introspect fit on CIFAR-10 train, {model}", fit_s / (5 * n), fit_s / (5 * n) * 50_000 / 3600))
-        rows.append((f"introspect score on CIFAR-10-C, {model}", score_s / n,
-                     score_s / n * CORRUPTIONS * SEVERITIES * 10_000 / 3600))
+        rows.append(
+            (
+                f"introspect score on CIFAR-10-C, {model}",
+                score_s / n,
+                score_s / n * CORRUPTIONS * SEVERITIES * 10_000 / 3600,
+            )
+        )
         for data, train_per_class in ((f"cifar10:{root}", 5_000), (f"mnist:{root / 'mnist'}", 6_000)):
-            t = timed(lambda data=data: cli("gradcon", "benchmark", "--data", data, "--classes", "0", "--epochs",
-                                            str(args.epochs), "--resamples", "200", "--no-progress", "--no-report",
-                                            "--out", str(root / f"gc-{data.split(':')[0]}")))
+            t = timed(
+                lambda data=data: cli(
+                    "gradcon",
+                    "benchmark",
+                    "--data",
+                    data,
+                    "--classes",
+                    "0",
+                    "--epochs",
+                    str(args.epochs),
+                    "--resamples",
+                    "200",
+                    "--no-progress",
+                    "--no-report",
+                    "--out",
+                    str(root / f"gc-{data.split(':')[0]}"),
+                )
+            )
             train = (5 * n if data.startswith("cifar10") else n) // 10  # one class of the slice's train split
             units = 2 * (train * args.epochs + n)  # two models: image-epochs of fitting + scored images
             full = 10 * 2 * (train_per_class * 40 + 10_000)
-            rows.append((f"gradcon benchmark --data {data.split(':')[0]} (per image-epoch)", t / units,
-                         t / units * full / 3600))
+            rows.append(
+                (f"gradcon benchmark --data {data.split(':')[0]} (per image-epoch)", t / units, t / units * full / 3600)
+            )
     print(f"| protocol (slice: {n} images a set, {args.threads} threads) | s / image | full run, hours |")
     print("| --- | ---: | ---: |")
     for what, per_image, hours in rows:
