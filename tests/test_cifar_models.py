@@ -167,7 +167,7 @@ def test_published_layout_loads_back_from_a_file_and_the_hub_cache(name, tmp_pat
     hub_dir.mkdir(parents=True)
     (hub_dir / entry.file_name).write_bytes((tmp_path / entry.file_name).read_bytes())
     from_hub = load_model(f"cifar:{name}", "DEFAULT")
-    in_spec = load_model(f"cifar:{name}:{tmp_path / entry.file_name}")
+    in_spec = load_model(f"cifar:{name}:{tmp_path / entry.file_name}", "DEFAULT")  # as `benchmark --models` passes
     for loaded in (from_file, from_hub, in_spec):
         state = loaded.module.state_dict()
         assert state.keys() == saved.keys()

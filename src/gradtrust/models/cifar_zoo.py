@@ -217,7 +217,8 @@ def load_cifar(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
         spec_file = spec_file.strip()
         if not spec_file:
             raise ModelError(f"cifar:{name}: the spec ends with ':' but names no weights file")
-        if weights is not None and os.path.abspath(str(weights)) != os.path.abspath(spec_file):
+        given_file = weights is not None and not (isinstance(weights, str) and weights.lower() == "default")
+        if given_file and os.path.abspath(str(weights)) != os.path.abspath(spec_file):  # DEFAULT: the spec's file
             raise ModelError(
                 f"cifar:{name}:{spec_file} names its weights file in the spec, and the weights "
                 f"{weights!r} were given too: give one of them"
