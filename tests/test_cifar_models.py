@@ -205,6 +205,8 @@ def test_spec_and_weights_errors(tmp_path):
         load_model(f"cifar:resnet20:{tmp_path / 'absent.th'}")
     with pytest.raises(ModelError, match="weights file not found"):
         load_model("cifar:resnet20", str(tmp_path / "absent.th"))
+    with pytest.raises(ModelError, match="weights file not found: resnet20-12fca82f.th"):  # akamaster's suffix
+        load_model("cifar:resnet20", "resnet20-12fca82f.th")
     with pytest.raises(UnknownNameError, match="DEFAULT"):
         load_model("cifar:resnet20", "IMAGENET1K_V1")
     save_published("resnet20", tmp_path / "a.th")

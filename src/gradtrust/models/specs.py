@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from gradtrust.models.base import LoadedModel
 
 SPEC_FAMILIES = ("torchvision", "timm", "digits", "cifar")
-WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".tar", ".pkl")
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".ckpt", ".safetensors", ".tar", ".pkl")
 MODEL_FILE_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".pkl", ".torchscript")
 MAX_LISTED = 8
 

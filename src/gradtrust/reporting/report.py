@@ -207,6 +207,7 @@ def _write_severity(report: Report) -> None:
     frame = severity_frame(report.results)
     if frame is None:
         return
+    report.severity = frame
     (report.out_dir / "severity.md").write_text(severity_markdown(frame), encoding="utf-8")
     frame.to_csv(report.out_dir / "severity.csv", index=False)
     report.files.update(severity_md=report.out_dir / "severity.md", severity_csv=report.out_dir / "severity.csv")

@@ -18,7 +18,14 @@ from gradtrust.catalogue import display_name, order_methods
 from gradtrust.reporting.datasets import dataset_description, dataset_fields
 from gradtrust.reporting.results import RunResult
 
-__all__ = ["SEVERITY_METRICS", "severity_frame", "severity_markdown", "severity_of"]
+__all__ = [
+    "SEVERITY_LEGEND",
+    "SEVERITY_METRICS",
+    "severity_frame",
+    "severity_markdown",
+    "severity_of",
+    "severity_tables",
+]
 
 #: The trust-score metrics tabulated per severity: the paper's AUAC and misclassification AUROC.
 SEVERITY_METRICS = ("auac", "auroc")
@@ -86,33 +93,41 @@ def _cell(value: float, quantity: str) -> str:
     return "n/a" if not np.isfinite(value) else f"{_SCALE[quantity] * value:.2f}"
 
 
-def severity_markdown(frame) -> str:
-    """The tables of :func:`severity_frame`: accuracy per model, then each metric per model (methods as rows)."""
+SEVERITY_LEGEND = (
+    "Each severity's cell: the mean over the corruptions at that severity; `clean`: the model's run "
+    "without a corruption. n/a: no run (or the score is undefined on every run)."
+)
+
+
+def severity_tables(frame) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The tables of :func:`severity_frame` as (title, header, rows) with formatted cells: accuracy per model,
+    then each metric of :data:`SEVERITY_METRICS` per model, methods as rows."""
     columns = list(dict.fromkeys(frame["severity"]))
-    head = "| {} | " + " | ".join("clean" if c == "clean" else f"severity {c}" for c in columns) + " |"
-    rule = "| --- |" + " ---: |" * len(columns)
-    lines = [
-        "# Accuracy and trust scores per corruption severity",
-        "",
-        "Each severity's cell: the mean over the corruptions at that severity; `clean`: the model's run "
-        "without a corruption. n/a: no run (or the score is undefined on every run).",
-        "",
-        "## Accuracy (%)",
-        "",
-        head.format("model"),
-        rule,
-    ]
-    for model, part in frame[frame["quantity"] == "accuracy"].groupby("model", sort=False):
+    names = ["clean" if c == "clean" else f"severity {c}" for c in columns]
+
+    def cells(part, quantity: str) -> list[str]:
         by = dict(zip(part["severity"], part["value"], strict=True))
-        lines.append(f"| {model} | " + " | ".join(_cell(by.get(c, float("nan")), "accuracy") for c in columns) + " |")
+        return [_cell(by.get(c, float("nan")), quantity) for c in columns]
+
+    accuracy = frame[frame["quantity"] == "accuracy"]
+    tables = [
+        (
+            "Accuracy (%)",
+            ["model", *names],
+            [[str(model), *cells(part, "accuracy")] for model, part in accuracy.groupby("model", sort=False)],
+        )
+    ]
     for metric in SEVERITY_METRICS:
         for model, part in frame[frame["quantity"] == metric].groupby("model", sort=False):
-            lines += ["", f"## {_METRIC_TITLES[metric]}: {model}", "", head.format("method"), rule]
-            for method, rows in part.groupby("method", sort=False):
-                by = dict(zip(rows["severity"], rows["value"], strict=True))
-                lines.append(
-                    f"| {display_name(method)} | "
-                    + " | ".join(_cell(by.get(c, float("nan")), metric) for c in columns)
-                    + " |"
-                )
+            rows = [[display_name(method), *cells(r, metric)] for method, r in part.groupby("method", sort=False)]
+            tables.append((f"{_METRIC_TITLES[metric]}: {model}", ["method", *names], rows))
+    return tables
+
+
+def severity_markdown(frame) -> str:
+    """:func:`severity_tables` as Markdown under a title and the legend."""
+    lines = ["# Accuracy and trust scores per corruption severity", "", SEVERITY_LEGEND]
+    for title, header, rows in severity_tables(frame):
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
