@@ -39,8 +39,9 @@ DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
                           "cifar:<name>, hf:<folder>, package.module:factory, or a TorchScript/pickled model file (`gradtrust "
                           "models` lists them).", metavar="SPEC"),
     "weights": _option("Model", "--weights", "DEFAULT or a torchvision enum name (from the torch hub cache, as is a "
-                       "cifar: model's published file; never downloaded), a local .pth/.safetensors file, or 'random'. "
-                       "Default: the bundled weights for digits:*; random initialisation (seed 0) otherwise (`benchmark`: DEFAULT).", metavar="W"),
+                       "cifar: model's published file; never downloaded), a local .pth/.safetensors file, or "
+                       "'random'. Default: the bundled weights for digits:*; random initialisation (seed 0) otherwise "
+                       "(`benchmark`: DEFAULT).", metavar="W"),
     "num_classes": _option("Model", "--num-classes", "Outputs of a fine-tuned head (inferred from a weights file "
                            "when omitted).", type=_N, metavar="N"),
     "borrow": _option("Model", "--preprocessing borrow", "Borrow the preprocessing of a known model "
