@@ -160,3 +160,41 @@ def test_suite_without_models_or_data_is_a_one_line_error(cifar_root, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "cifar10c:DIR" in result.output
+
+
+def _fake_result(model: str, corruption: str | None, severity: int | None, accuracy: float, auac: float):
+    """What :func:`severity_frame` reads of an evaluated run: the model, the manifest's dataset, the methods."""
+    from types import SimpleNamespace
+
+    dataset = {"kind": "cifar10c", "corruption": corruption, "severity": severity} if corruption else {"kind": "x"}
+    run = SimpleNamespace(model=model, manifest={"dataset": dataset}, methods=["gradtrust"])
+    values = {"auac": auac, "auroc": float("nan")}
+    return SimpleNamespace(
+        run=run, accuracy=accuracy, methods={"gradtrust": None}, value=lambda method, metric: values[metric]
+    )
+
+
+def test_severity_tables_average_the_corruptions_by_hand():
+    from gradtrust.reporting.severity import severity_frame, severity_markdown
+
+    results = [
+        _fake_result("m", None, None, 0.9, 80.0),
+        _fake_result("m", "fog", 1, 0.5, 40.0),
+        _fake_result("m", "snow", 1, 0.7, 60.0),
+        _fake_result("m", "fog", 2, 0.3, 20.0),
+        _fake_result("other", None, None, 0.8, 70.0),
+    ]  # no corrupted run: not in the tables
+    frame = severity_frame(results)
+    acc = frame[frame["quantity"] == "accuracy"].set_index("severity")
+    assert list(acc.index) == ["clean", "1", "2"] and set(frame["model"]) == {"m"}
+    assert acc["value"].to_dict() == pytest.approx({"clean": 0.9, "1": 0.6, "2": 0.3})
+    assert acc["runs"].to_dict() == {"clean": 1, "1": 2, "2": 1}
+    auac = frame[frame["quantity"] == "auac"].set_index("severity")["value"].to_dict()
+    assert auac == pytest.approx({"clean": 80.0, "1": 50.0, "2": 20.0})
+    text = severity_markdown(frame)
+    assert "| m | 90.00 | 60.00 | 30.00 |" in text and "| GradTrust | 80.00 | 50.00 | 20.00 |" in text
+    assert "| GradTrust | n/a | n/a | n/a |" in text  # AUROC undefined on every run
+    two_clean = severity_frame([*results, _fake_result("m", None, None, 0.1, 1.0)])
+    clean = two_clean[(two_clean["quantity"] == "accuracy") & (two_clean["severity"] == "clean")]
+    assert np.isnan(clean["value"].iloc[0])  # which clean run is the baseline is ambiguous: n/a
+    assert severity_frame([_fake_result("m", None, None, 0.9, 80.0)]) is None
