@@ -266,6 +266,8 @@ def test_svhn_mat_label_10_is_digit_0(tmp_path):
     assert ds.labels.tolist() == digits.tolist() and 0 in digits
     np.testing.assert_array_equal(pixels(ds[2]), images[2])
     assert ds.classes == [str(d) for d in range(10)]
+    with pytest.raises(DataError, match=r"takes the .mat file, not the folder .*holds test_32x32.mat"):
+        open_data_spec(f"svhn:{tmp_path}")
     with pytest.raises(DataError, match=r"svhn: .* does not hold train_32x32.mat"):
         open_data_spec(f"svhn:{tmp_path / 'train_32x32.mat'}")
     from scipy.io import savemat
