@@ -127,6 +127,10 @@ def test_spec_fields_options_and_errors(tmp_path):
         open_data_spec(f"mnist:{tmp_path}:colour=1")
     with pytest.raises(DataError, match="no path given"):
         open_data_spec("svhn:")
+    from types import SimpleNamespace
+
+    with pytest.raises(DataError, match="holds images, but the model r3d takes videos"):
+        open_data_spec(f"cifar10:{tmp_path}", model=SimpleNamespace(input_kind="video", spec="r3d"))
 
 
 def test_a_registered_spec_is_known_to_open_dataset_and_the_cli(tmp_path, monkeypatch):
