@@ -127,6 +127,10 @@ def test_spec_fields_options_and_errors(tmp_path):
         open_data_spec(f"mnist:{tmp_path}:colour=1")
     with pytest.raises(DataError, match="no path given"):
         open_data_spec("svhn:")
+    from types import SimpleNamespace
+
+    with pytest.raises(DataError, match="holds images, but the model r3d takes videos"):
+        open_data_spec(f"cifar10:{tmp_path}", model=SimpleNamespace(input_kind="video", spec="r3d"))
 
 
 def test_a_registered_spec_is_known_to_open_dataset_and_the_cli(tmp_path, monkeypatch):
@@ -266,6 +270,8 @@ def test_svhn_mat_label_10_is_digit_0(tmp_path):
     assert ds.labels.tolist() == digits.tolist() and 0 in digits
     np.testing.assert_array_equal(pixels(ds[2]), images[2])
     assert ds.classes == [str(d) for d in range(10)]
+    with pytest.raises(DataError, match=r"takes the .mat file, not the folder .*holds test_32x32.mat"):
+        open_data_spec(f"svhn:{tmp_path}")
     with pytest.raises(DataError, match=r"svhn: .* does not hold train_32x32.mat"):
         open_data_spec(f"svhn:{tmp_path / 'train_32x32.mat'}")
     from scipy.io import savemat
@@ -683,3 +689,78 @@ def test_gradcon_and_explain_read_specs(tmp_path, nets):
     )
     assert result.exit_code == 0, result.output
     assert "explained 4 of 4 samples" in result.output
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_take_whole_shards(tmp_path, nets):
+    import subprocess
+
+    import torch.distributed as dist
+
+    from gradtrust.runs.chunks import read_chunk_meta
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    write_wds(tmp_path / "shards", shards=4, per_shard=3)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
+    args = [
+        "-m",
+        "gradtrust",
+        "score",
+        "--model",
+        nets,
+        "--num-classes",
+        "3",
+        "--data",
+        f"wds:{tmp_path}/shards/shard-{{000000..000003}}.tar",
+        "--methods",
+        "softmax,gradtrust",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+    ]
+    one = subprocess.run(
+        [sys.executable, *args, str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            *args,
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    chunks = sorted((tmp_path / "two" / "chunks").glob("chunk-*.parquet"))
+    metas = [read_chunk_meta(c) for c in chunks]
+    # chunk k = shard k (samples 3k … 3k + 2), written by rank k mod 2
+    assert [(m["start"], m["stop"], m["written_by"]["rank"]) for m in metas] == [
+        (0, 3, 0),
+        (3, 6, 1),
+        (6, 9, 0),
+        (9, 12, 1),
+    ]
+    assert (tmp_path / "one" / "scores.parquet").read_bytes() == (tmp_path / "two" / "scores.parquet").read_bytes()

@@ -28,6 +28,12 @@ class SVHNDataset(ArrayImageDataset):
 
     def __init__(self, file: str | os.PathLike, transform: Any = None) -> None:
         path = os.path.abspath(os.fspath(file))
+        if os.path.isdir(path):
+            found = sorted(f for f in os.listdir(path) if f.endswith(".mat"))
+            raise DataError(
+                f"svhn: takes the .mat file, not the folder {path} (it holds "
+                f"{', '.join(found) or 'no .mat file'}); e.g. svhn:{os.path.join(path, 'test_32x32.mat')}"
+            )
         if not os.path.isfile(path):
             raise missing_files_error("svhn", os.path.dirname(path), [os.path.basename(path)], _LAYOUT)
         from scipy.io import loadmat
