@@ -101,8 +101,10 @@ def test_suite_scores_one_run_each_and_reports_per_severity(suite_run):
     assert (report / "severity.md").is_file() and (report / "severity.csv").is_file()
     assert not (report / "figures").exists()  # a suite draws no figures unless asked (two per run)
     assert "Per corruption severity" in (report / "index.html").read_text()
-    assert "# Accuracy and trust scores per corruption severity" in result.output
-    assert "| model | clean | severity 1 | severity 3 |" in result.output
+    assert f"Per corruption severity: {(report / 'severity.md').resolve()}" in result.output
+    text = (report / "severity.md").read_text()
+    assert "# Accuracy and trust scores per corruption severity" in text
+    assert "| model | clean | severity 1 | severity 3 |" in text
 
     # Each severity's accuracy is the mean over the corruptions of the runs' accuracies, read here from the files.
     frame = pd.read_csv(report / "severity.csv", dtype={"severity": str})
