@@ -72,7 +72,7 @@ def benchmark_command(models, weights, data, labels, methods, suite, corruptions
     for o in failed:
         click.echo(f"failed: {o.job.name}: {o.message}", err=True)
     echo_summary(report)
-    if "severity_md" in report.files:
+    if suite is not None and "severity_md" in report.files:
         click.echo(f"Per corruption severity: {report.files['severity_md'].resolve()} (accuracy, AUAC, AUROC; + .csv)")
     if failed or not report.ok:
         sys.exit(1)
