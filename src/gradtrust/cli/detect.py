@@ -149,7 +149,8 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
 @click.option("--challenge", "challenges", default=None,
               help="Comma-separated: attacks fgsm,bim,pgd,cw,ll; corruptions NAME[:LEVEL] (no level = 1-5; "
                    "noise, blur, impulse, contrast, brightness; ImageNet-C names for images >= 32 px); "
-                   f"ood=FOLDER, ood=mnist, ood=patches. Default: {BUILTIN_CHALLENGES}.")
+                   f"ood=FOLDER, ood=SPEC (a data spec: ood=svhn:FILE.mat, ood=cifar10c:DIR:fog:3), ood=mnist, "
+                   f"ood=patches. Default: {BUILTIN_CHALLENGES}.")
 @click.option("--eps", type=float, default=None,
               help="L-inf attack budget in [0,1] pixel units (default 0.1 for digits, 8/255 otherwise).")
 @click.option("--fit-fraction", type=float, default=0.5, show_default=True,

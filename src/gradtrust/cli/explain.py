@@ -44,14 +44,16 @@ def explain_command(model_spec, weights, num_classes, load_options, data, labels
     from gradtrust.data.open import open_dataset
     from gradtrust.explanations.cams import parse_methods
     from gradtrust.explanations.run import explain_dataset
+    from gradtrust.models import model_for_dataset
 
     parse_methods(methods)
     data = data_or_digits(model_spec, data, labels)
     dev = device_of(device)
     model = load_cli_model(model_spec, weights, num_classes, dev, load_options)
     check_batch_memory(model, batch_size)
-    contrast = _contrast(contrast_arg, model.class_names)
     dataset = open_dataset(data, model, labels)
+    model = model_for_dataset(model, dataset)  # ImageNet-A/R/O: the subset's logits, as their papers
+    contrast = _contrast(contrast_arg, model.class_names)
     summary = explain_dataset(model, dataset, out_dir, methods=methods, layer=layer, contrast=contrast, voice=voice,
                               threshold=threshold, save_images=save_images, batch_size=batch_size,
                               num_workers=workers, device=str(dev), force=force, progress=not no_progress)

@@ -35,14 +35,15 @@ def _option(section: str, decls: str, help: str, **kwargs: Any) -> tuple[str, di
 
 _SIZE, _FILE, _N = "S|H,W", click.Path(dir_okay=False), click.IntRange(min=1)
 #: Every form a model spec takes, for the help of each option that reads one (``--model``, ``--models``).
-MODEL_SPEC_FORMS = ("torchvision:<name>, timm:<name>, digits:<name>, hf:<folder>, package.module:factory, or a "
-                    "TorchScript/pickled model file (`gradtrust models` lists them)")
+MODEL_SPEC_FORMS = ("torchvision:<name>, timm:<name>, digits:<name>, cifar:<name>, hf:<folder>, package.module:factory, "
+                    "or a TorchScript/pickled model file (`gradtrust models` lists them)")
 #: name → (help section, click.Option arguments). The name is the parameter the command's callback receives.
 DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "model_spec": _option("Model", "--model model_spec", MODEL_SPEC_FORMS + ".", metavar="SPEC"),
-    "weights": _option("Model", "--weights", "DEFAULT or a torchvision enum name (from the torch hub cache; never "
-                       "downloaded), a local .pth/.safetensors file, or 'random'. Default: the bundled weights for "
-                       "digits:*; random initialisation (seed 0) otherwise (`benchmark`: DEFAULT).", metavar="W"),
+    "weights": _option("Model", "--weights", "DEFAULT or a torchvision enum name (from the torch hub cache, as is a "
+                       "cifar: model's published file; never downloaded), a local .pth/.safetensors file, or "
+                       "'random'. Default: the bundled weights for digits:*; random initialisation (seed 0) otherwise "
+                       "(`benchmark`: DEFAULT).", metavar="W"),
     "num_classes": _option("Model", "--num-classes", "Outputs of a fine-tuned head (inferred from a weights file "
                            "when omitted).", type=_N, metavar="N"),
     "borrow": _option("Model", "--preprocessing borrow", "Borrow the preprocessing of a known model "
@@ -65,9 +66,11 @@ DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
                                 "and state dicts need no such flag).", is_flag=True),
     "output_index": _option("Model", "--output-index", "For a model returning several outputs (a tuple or dict): "
                             "which one holds the logits (0, ...).", metavar="I"),
-    "data": _option("Data", "--data", "The dataset: class-folder images (DIR/<class>/<img>) or the built-in "
-                    "digits[:SPLIT[:CORRUPTION[:SEVERITY]]]; where a model reads it, also a flat image folder with "
-                    "--labels or Kinetics-style videos (DIR/<class>/<clip>.mp4).", metavar="DIR|digits[:...]"),
+    "data": _option("Data", "--data", "The dataset: class-folder images (DIR/<class>/<img>), the built-in "
+                    "digits[:SPLIT[:CORRUPTION[:SEVERITY]]], or a data set in its distributed format "
+                    "(cifar10:DIR:test, cifar10c:DIR:fog:3, svhn:FILE.mat, mnist:DIR, imagenet-r:DIR, wds:PATTERN, "
+                    "...: see `gradtrust datasets`); where a model reads it, also a flat image folder with "
+                    "--labels or Kinetics-style videos (DIR/<class>/<clip>.mp4).", metavar="DIR|SPEC"),
     "labels": _option("Data", "--labels", "Labels of a flat image folder (ImageNet validation layout): "
                       "LOC_val_solution.csv or one label (WordNet ID or class index) per line in sorted file order.",
                       type=_FILE, metavar="FILE"),

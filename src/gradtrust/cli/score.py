@@ -117,7 +117,7 @@ def score_command(model_spec, weights, num_classes, load_options, data, labels, 
     into --out (default runs/digits)/<network>.
     """
     from gradtrust.data.open import open_dataset
-    from gradtrust.models import available_digits_models
+    from gradtrust.models import available_digits_models, model_for_dataset
     from gradtrust.runs.distributed import distributed_session
     from gradtrust.runs.score import check_score_options, score_dataset
     from gradtrust.scores.engine import resolve_methods
@@ -162,6 +162,7 @@ def score_command(model_spec, weights, num_classes, load_options, data, labels, 
                 _warn_no_preprocessing(model, data)
             run_options = _odin_pixel_options(options, model)
             dataset = open_dataset(data, model, labels)
+            model = model_for_dataset(model, dataset)  # ImageNet-A/R/O: the subset's logits, as their papers
             try:
                 summary = score_dataset(model, dataset, out, methods=methods, options=run_options,
                                         batch_size=batch_size, num_workers=workers, device=str(dev), force=force,

@@ -143,6 +143,15 @@ def score_html(report: Report) -> str:
     header, rows = summary_cells(report.summary)
     out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 
+    if report.severity is not None:  # a corruption benchmark: the tables per severity (severity.md)
+        from gradtrust.reporting.severity import SEVERITY_LEGEND, severity_tables
+
+        out.append('<h2 id="severity">Per corruption severity</h2>')
+        out.append(f'<p class="legend">{e(SEVERITY_LEGEND)}</p>')
+        for title, header, rows in severity_tables(report.severity):
+            out.append(f"<h3>{e(title)}</h3>")
+            out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "severity"))
+
     out.append('<h2 id="selective">Selective classification (AURC, AUGRC, AUROC, FPR@95)</h2>')
     out.append(f'<p class="legend">{_md_bold_to_html(selective_legend(report.resamples, report.seed, report.confidence))}</p>')
     for g in report.groups:

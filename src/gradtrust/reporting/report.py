@@ -196,6 +196,7 @@ def score_section(folders: list[Path], report: Report) -> Section:
     if report.results:
         report.summary = summarise(groups)
         _write_tables(report)
+        _write_severity(report)
         _write_calibration(report)
         if report.draw:
             _draw_figures(report, report.max_images)
@@ -205,9 +206,11 @@ def score_section(folders: list[Path], report: Report) -> Section:
     from gradtrust.reporting.html import score_html
 
     section.html = score_html(report)
-    links = [("table", "quantitative results"), ("summary", "summary"), ("selective", "selective classification"),
+    links = [("table", "quantitative results"), ("summary", "summary"), ("severity", "per severity"),
+             ("selective", "selective classification"),
              ("calibration", "calibration"), ("figures", "figures"), ("manifests", "manifests")]
-    section.links = [(a, w) for a, w in links if report.results and (a != "calibration" or report.calibration)]
+    section.links = [(a, w) for a, w in links if report.results and (a != "calibration" or report.calibration)
+                     and (a != "severity" or "severity_md" in report.files)]
     return section
 
 
@@ -227,6 +230,19 @@ def _write_tables(report: Report) -> None:
     report.files.update(table_md=out / "table.md", table_csv=out / "table.csv",
                         selective_md=out / "selective.md", selective_csv=out / "selective.csv",
                         summary_md=out / "summary.md")
+
+
+def _write_severity(report: Report) -> None:
+    """``severity.md``/``.csv`` when some runs are corrupted copies at a severity (:mod:`.severity`)."""
+    from gradtrust.reporting.severity import severity_frame, severity_markdown
+
+    frame = severity_frame(report.results)
+    if frame is None:
+        return
+    report.severity = frame
+    (report.out_dir / "severity.md").write_text(severity_markdown(frame), encoding="utf-8")
+    frame.to_csv(report.out_dir / "severity.csv", index=False)
+    report.files.update(severity_md=report.out_dir / "severity.md", severity_csv=report.out_dir / "severity.csv")
 
 
 def _write_calibration(report: Report) -> None:

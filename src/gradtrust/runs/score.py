@@ -301,8 +301,9 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
     :class:`gradtrust.ScoreOptions`. ``device``: ``None`` = the model's device (under torchrun:
     ``cuda:LOCAL_RANK`` when CUDA is available, else CPU). ``force``: discard the results of a different run
     already in ``out_dir`` instead of refusing. ``progress``: a bar on stderr (rank 0 only). ``chunk_size``:
-    samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024). ``dataset_info``: extra
-    JSON-serialisable facts about the dataset for the manifest (not part of the run's identity).
+    samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024; a sharded dataset's shard
+    size). ``dataset_info``: extra JSON-serialisable facts about the dataset for the manifest (not part of the
+    run's identity).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) chunk ``k`` is scored by rank ``k mod WORLD_SIZE``; rank 0
     merges and writes ``scores.parquet`` and ``manifest.json``; every rank returns the same summary.
@@ -314,7 +315,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
     t0 = time.perf_counter()
     batch_size = check_int("batch_size", batch_size)
     num_workers = check_int("num_workers", num_workers, 0)
-    chunk_size = default_chunk_size(batch_size) if chunk_size is None else check_int("chunk_size", chunk_size)
+    chunk_size = default_chunk_size(batch_size, dataset) if chunk_size is None else check_int("chunk_size", chunk_size)
     task = ScoreTask(model, dataset, methods, options, dataset_info)
     dev = resolve_device(device, model.device)
     if model.device != dev:

@@ -73,14 +73,19 @@ class Task(Protocol):
     def finish(self, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict], execution: dict) -> Any: ...
 
 
-def default_chunk_size(batch_size: int) -> int:
-    """The smallest multiple of ``batch_size`` that is at least 1024 samples."""
+def default_chunk_size(batch_size: int, dataset: Any = None) -> int:
+    """The smallest multiple of ``batch_size`` that is at least 1024 samples — or, for a dataset stored in shards
+    of one size (``dataset.preferred_chunk_size``: WebDataset tar shards), the shard size, so that chunks end at
+    shard borders and each ``torchrun`` rank reads whole shards."""
+    preferred = getattr(dataset, "preferred_chunk_size", None)
+    if isinstance(preferred, int) and preferred > 0:
+        return preferred
     return batch_size * max(1, -(-DEFAULT_CHUNK_SAMPLES // batch_size))
 
 
 def task_folder(task: Task, out: str | Path, batch_size: int, chunk_size: int | None = None) -> RunFolder:
     """The run folder ``out`` of ``task`` with this layout: its identity is ``task.identity()`` + the layout."""
-    chunk_size = chunk_size or default_chunk_size(batch_size)
+    chunk_size = chunk_size or default_chunk_size(batch_size, getattr(task, "dataset", None))
     return RunFolder(out, task.kind, task.format,
                      {**task.identity(), "layout": {"chunk_size": chunk_size, "batch_size": batch_size}},
                      outputs=(ch.CHUNK_DIR, *task.outputs))
@@ -137,7 +142,7 @@ def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chun
     t0 = time.perf_counter()
     if len(dataset) == 0:
         raise DataError("the dataset holds no samples.")
-    chunk_size = chunk_size or default_chunk_size(batch_size)
+    chunk_size = chunk_size or default_chunk_size(batch_size, dataset)
     layout = ch.ChunkLayout(len(dataset), chunk_size, batch_size)
     folder = task_folder(task, out, batch_size, chunk_size)
     with distributed_session(device) as ctx:
