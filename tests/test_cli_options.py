@@ -110,6 +110,18 @@ def test_help_has_one_layout(path):
         assert "--model" not in result.output and "--gradcon DIR" in result.output
 
 
+@pytest.mark.parametrize("path", [p for p, c in ALL if p != "introspect benchmark"  # its --models: digits names
+                                  and any(o in ("--model", "--models") for prm in c.params
+                                          if not getattr(prm, "hidden", False) for o in prm.opts)])
+def test_every_model_option_help_lists_every_spec_form(path):
+    """``--model`` (and benchmark's ``--models``) name every form a spec takes, as the loader knows them."""
+    from gradtrust.models.specs import SOURCES
+
+    text = " ".join(CliRunner().invoke(main, [*path.split(), "--help"], terminal_width=400).output.split())
+    for form in [f"{prefix}:" for prefix in SOURCES] + ["hf:", "package.module:factory", "TorchScript"]:
+        assert form in text, (path, form)
+
+
 @pytest.mark.parametrize("path, args, new_value", [
     ("detect", ["--bootstrap", "7"], ("resamples", 7)),
     ("introspect fit", ["--model", "digits:digits_linear", "--train", "digits:train", "--out", "h"],
@@ -308,9 +320,9 @@ def test_introspect_fit_an_own_model_over_mixed_sizes_then_score(own_model, fold
     saved = json.loads((tmp_path / "h" / "estimator.json").read_text())
     assert saved["metadata"]["model"]["load_options"]["preprocessing"] == {"input_size": "16", "mean": "0.5,0.5,0.5",
                                                                "std": "0.25,0.25,0.25"}
-    score = CliRunner().invoke(main, ["introspect", "score", "--introspective", str(tmp_path / "h"), "--data",
-                                      str(folder), "--out", str(tmp_path / "run"), "--methods", "softmax",
-                                      "--device", "cpu", "--no-progress"])  # f is reloaded with its preprocessing
+    score = CliRunner().invoke(main, ["introspect", "score", "--introspective", str(tmp_path / "h"), "--model",
+                                      own_model, "--data", str(folder), "--out", str(tmp_path / "run"), "--methods",
+                                      "softmax", "--device", "cpu", "--no-progress"])  # f with its preprocessing
     assert score.exit_code == 0, score.output
     assert len(pd.read_parquet(tmp_path / "run" / "introspection.parquet")) == 12
 

@@ -28,11 +28,14 @@ table { border-collapse: collapse; font-size: 12.5px; margin: .5em 0 1em; }
 th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; position: sticky; top: 0; }
 td:first-child, th:first-child { text-align: left; }
+td:first-child { position: sticky; left: 0; background: #fff; z-index: 1; }
+th:first-child { left: 0; z-index: 2; }
 tr:nth-child(even) td { background: #fafafa; }
 .scroll { overflow-x: auto; }
 .warning { background: #fff4ce; border: 1px solid #e0b400; padding: .5em 1em; margin: .6em 0; }
 .problem { background: #fde7e9; border: 1px solid #d13438; padding: .5em 1em; margin: .6em 0; }
 .legend, .notes { font-size: 13px; color: #444; }
+.notes li.warn { color: #8a5300; font-weight: 600; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 details { margin: .3em 0; } summary { cursor: pointer; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: 12px; }
@@ -55,7 +58,8 @@ def _md_bold_to_html(text: str) -> str:
 def _notes(notes: Sequence[str]) -> str:
     if not notes:
         return ""
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in dict.fromkeys(notes))
+    items = "".join(f'<li class="warn">{html.escape(n)}</li>' if n.startswith("Warning:") else f"<li>{html.escape(n)}</li>"
+                    for n in dict.fromkeys(notes))
     return f'<ul class="notes">{items}</ul>'
 
 
@@ -139,6 +143,15 @@ def score_html(report: Report) -> str:
     header, rows = summary_cells(report.summary)
     out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 
+    if report.severity is not None:  # a corruption benchmark: the tables per severity (severity.md)
+        from gradtrust.reporting.severity import SEVERITY_LEGEND, severity_tables
+
+        out.append('<h2 id="severity">Per corruption severity</h2>')
+        out.append(f'<p class="legend">{e(SEVERITY_LEGEND)}</p>')
+        for title, header, rows in severity_tables(report.severity):
+            out.append(f"<h3>{e(title)}</h3>")
+            out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "severity"))
+
     out.append('<h2 id="selective">Selective classification (AURC, AUGRC, AUROC, FPR@95)</h2>')
     out.append(f'<p class="legend">{_md_bold_to_html(selective_legend(report.resamples, report.seed, report.confidence))}</p>')
     for g in report.groups:
@@ -146,8 +159,9 @@ def score_html(report: Report) -> str:
             out.append(f"<h3>Dataset: {e(g.label)}</h3>")
         for i, r in enumerate(g.results):
             header, rows, notes = selective_cells(r, g.methods, html=True)
+            missing = f", {r.run.n_no_prediction} without prediction (non-finite logits)" if r.run.n_no_prediction else ""
             out.append(f"<details{' open' if i == 0 else ''}><summary><strong>{e(r.name)}</strong> — accuracy "
-                       f"{100 * r.accuracy:.2f}%, n = {r.run.n}</summary>")
+                       f"{100 * r.accuracy:.2f}%, n = {r.run.n}{missing}</summary>")
             out.append(table_html(header, rows, "selective"))
             out.append(_notes(notes))
             out.append("</details>")

@@ -72,13 +72,16 @@ def model_identity(model: Any, description: dict) -> dict:
 
 def dataset_identity(dataset: Any) -> dict:
     """The dataset's description (:func:`gradtrust.data.open.describe_dataset`, less the command-line
-    spelling) and, for a dataset of files (``dataset.path(i)``), ``content_sha256``: the SHA-256 of every
-    file's SHA-256 in dataset order (:func:`files_sha256`)."""
+    spelling) and ``content_sha256``: the SHA-256 of every file's SHA-256 (:func:`files_sha256`) — the files of
+    ``dataset.source_files()`` for a dataset whose samples live inside a few files, else of ``dataset.path(i)``
+    in dataset order."""
     from gradtrust.data.open import describe_dataset
 
     out = {k: v for k, v in describe_dataset(dataset).items() if k not in _DATASET_VOLATILE}
-    path = getattr(dataset, "path", None)
-    if callable(path):
+    source_files, path = getattr(dataset, "source_files", None), getattr(dataset, "path", None)
+    if callable(source_files):  # samples stored inside a few files (pickles, .npy, .mat, Arrow, tar shards)
+        out["content_sha256"] = files_sha256(source_files())
+    elif callable(path):
         out["content_sha256"] = files_sha256(path(i) for i in range(len(dataset)))
     return out
 
@@ -131,7 +134,14 @@ def files_sha256(paths: Iterable[str]) -> str:
 
 
 def options_identity(options: dict) -> dict:
-    return {k: v for k, v in options.items() if k not in _OPTIONS_VOLATILE}
+    """The options that change a value; with ``conv_strategy="auto"`` also the version of the rule that picks
+    each convolution's strategy (``conv_strategy_rule``): strategies differ in the last bits."""
+    out = {k: v for k, v in options.items() if k not in _OPTIONS_VOLATILE}
+    if out.get("conv_strategy") == "auto":
+        from gradtrust.per_sample.conv_strategy import RULE
+
+        out["conv_strategy_rule"] = RULE
+    return out
 
 
 def identity_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
