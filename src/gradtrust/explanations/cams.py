@@ -24,15 +24,21 @@ from torch import nn
 
 from gradtrust.errors import InputError
 from gradtrust.explanations.forward import Captured, capture
-from gradtrust.explanations.layers import LayerSpec, model_signature, resolve_layer
+from gradtrust.explanations.layers import LayerSpec, model_signature, resolve_layer, run_model
 from gradtrust.explanations.maps import minmax, upsample, weighted_map
+from gradtrust.explanations.perturbation import PERTURBATION_METHODS, PerturbationOptions, perturbation_maps
 from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES, ChannelWeights, find_closed_form_head
 from gradtrust.nn.cache import cached
 from gradtrust.nn.model import as_module, prepare_inputs
 from gradtrust.nn.state import scoring_state
 
-METHODS = ("gradcam", "counterfactual", "contrast")
-QUESTIONS = {"gradcam": "Why P?", "counterfactual": "What if not P?", "contrast": "Why P, rather than Q?"}
+#: the gradient maps (one forward and at most one batched backward per batch; the default of :func:`explain`)
+CAM_METHODS = ("gradcam", "counterfactual", "contrast")
+#: every explanation method, in display order: the gradient maps, then the interventions (many masked passes)
+METHODS = CAM_METHODS + PERTURBATION_METHODS
+QUESTIONS = {"gradcam": "Why P?", "counterfactual": "What if not P?", "contrast": "Why P, rather than Q?",
+             "occlusion": "Where does hiding a patch lower P?", "rise": "Which random views keep P?",
+             "shape": "Which removals lower P?"}
 
 
 @dataclass
@@ -40,13 +46,15 @@ class Explanation:
     """The maps of one batch.
 
     ``layer_maps[m]``: (B, h, w) float32 ReLU'd maps at the layer's resolution, before upsampling and
-    normalisation (``contrast`` is (B, C, h, w) with ``contrast="all"``). ``ex[m]``: the same upsampled to the
+    normalisation (``contrast`` is (B, C, h, w) with ``contrast="all"``); the interventions (``occlusion``,
+    ``rise``, ``shape``) are signed (B, H, W) maps at input resolution. ``ex[m]``: the same upsampled to the
     input size and min-max normalised per image into [0, 1], computed on first access (with
     ``contrast="all"`` that is B·C·H·W floats: 6.4 GB for 32 ImageNet images at 224², so upsample the classes
     you need from ``layer_maps`` with :func:`gradtrust.explanations.maps.upsample` and ``minmax`` instead). ``target`` (P) and
     ``contrast`` (Q) are the classes actually used, (B,) int64 (``contrast`` is ``None`` without a contrast
     map or with ``contrast="all"``). ``valid`` is False for samples whose logits are not finite: their maps
-    are zeros. ``closed_form`` says whether the weights came from the GAP + linear closed form.
+    are zeros. ``closed_form`` says whether the weights came from the GAP + linear closed form. ``layer`` is
+    ``""`` when only interventions ran (they read no layer).
     """
 
     layer_maps: dict[str, torch.Tensor]
@@ -153,17 +161,19 @@ class Session:
         return torch.where(ok, maps, torch.zeros_like(maps))
 
 
-def explain(model, images, methods: str | Iterable[str] = METHODS, layer: str | None = None, target=None,
+def explain(model, images, methods: str | Iterable[str] = CAM_METHODS, layer: str | None = None, target=None,
             contrast=None, *, gradient_path: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-            output_index: int | str | None = None) -> Explanation:
-    """Grad-CAM ("Why P?"), Counterfactual-CAM ("What if not P?") and Contrast-CAM ("Why P, rather than Q?").
+            output_index: int | str | None = None, perturbation: PerturbationOptions | None = None,
+            progress: bool = False) -> Explanation:
+    """Grad-CAM ("Why P?"), Counterfactual-CAM ("What if not P?"), Contrast-CAM ("Why P, rather than Q?") and the
+    interventions occlusion, RISE and SHAPE (:mod:`gradtrust.explanations.perturbation`).
 
     Args:
         model: a classifier ``nn.Module`` or a :class:`gradtrust.LoadedModel`; run in eval mode with frozen
             parameters and left exactly as found.
         images: a preprocessed float batch (B, C, H, W) or video (B, C, T, H, W), moved to the model's device
             and dtype.
-        methods: any of ``"gradcam"``, ``"counterfactual"``, ``"contrast"`` (a list or comma-separated string).
+        methods: any of :data:`METHODS` (a list or comma-separated string); default the three gradient maps.
         layer: the module whose output is explained (default: the last spatial layer before global pooling;
             for class-token ViTs the last block's first LayerNorm — see ``docs/explanations.md``).
         target: P — ``None`` (the prediction), an int, or (B,) class ids.
@@ -175,18 +185,50 @@ def explain(model, images, methods: str | Iterable[str] = METHODS, layer: str | 
         chunk_bytes: memory bound of one chunk of classes (``contrast="all"`` on the general path).
         output_index: for a model returning several outputs, the one holding the logits
             (:func:`gradtrust.nn.outputs.logits_of`).
+        perturbation: :class:`PerturbationOptions` of occlusion, RISE and SHAPE (masks, grid, patch, stride,
+            seed, memory bound); default ``PerturbationOptions()``.
+        progress: a progress bar over the masked passes.
 
     Cost: one forward pass with the closed form; otherwise one forward pass with a graph from the layer on
-    and one batched backward (over two cotangents, or over chunks of classes for ``contrast="all"``).
+    and one batched backward (over two cotangents, or over chunks of classes for ``contrast="all"``). The
+    interventions add ``B·K`` masked single-image passes (``K`` = patches or masks), packed into large batches.
     """
     wanted = parse_methods(methods)
     if isinstance(contrast, str) and contrast != "all":
         raise InputError(f"contrast must be None, class ids or 'all', got {contrast!r}.")
+    options = perturbation if perturbation is not None else PerturbationOptions()
+    if not isinstance(options, PerturbationOptions):
+        raise InputError(f"perturbation must be a PerturbationOptions, got {type(options).__name__}.")
     module = as_module(model)
     x = prepare_images(module, images)
     with scoring_state(module, output_index=output_index):
-        s = Session(module, x, layer, gradient_path, chunk_bytes)
-        return explain_session(s, x, wanted, target, contrast)
+        return explain_batch(module, x, wanted, layer, target, contrast, gradient_path=gradient_path,
+                             chunk_bytes=chunk_bytes, perturbation=options, progress=progress)
+
+
+def explain_batch(module: nn.Module, x: torch.Tensor, wanted: list[str], layer: str | None = None, target=None,
+                  contrast=None, *, gradient_path: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                  perturbation: PerturbationOptions | None = None, progress: bool = False) -> Explanation:
+    """:func:`explain` on a prepared batch of a module already in its scoring state (the run's entry point)."""
+    cams = [m for m in wanted if m in CAM_METHODS]
+    if cams:
+        ex = explain_session(Session(module, x, layer, gradient_path, chunk_bytes), x, cams, target, contrast)
+    else:  # interventions only: no layer, one plain forward pass for P
+        with torch.no_grad():
+            logits = run_model(module, x).detach()
+        valid = torch.isfinite(logits).all(1)
+        p = logits.argmax(1) if target is None else class_ids(target, x.shape[0], logits.shape[1], "target",
+                                                                logits.device)
+        ex = Explanation(layer_maps={}, layer="", target=p, contrast=None, logits=logits.float(),
+                         input_size=(x.shape[-2], x.shape[-1]), closed_form=False, valid=valid)
+    interventions = [m for m in wanted if m in PERTURBATION_METHODS]
+    if interventions:
+        maps = perturbation_maps(module, x, ex.logits, ex.target, interventions,
+                                 perturbation or PerturbationOptions(), progress)
+        ok = ex.valid[:, None, None]
+        ex.layer_maps.update({m: torch.where(ok & torch.isfinite(v), v, torch.zeros_like(v)) for m, v in maps.items()})
+    ex.layer_maps = {m: ex.layer_maps[m] for m in wanted}
+    return ex
 
 
 def parse_methods(methods: str | Iterable[str]) -> list[str]:
