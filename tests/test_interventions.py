@@ -234,7 +234,11 @@ def test_noisy_linear_imputation_solves_the_neighbour_equations():
     keep = np.ones((6, 5), bool)
     keep[2:4, 1:4] = False
     keep[0, 0] = False  # a corner: three in-image neighbours
-    out = noisy_linear_imputation(image, keep, 0.0, torch.Generator())
+    out = noisy_linear_imputation(image[None], keep[None], 0.0, torch.Generator())[0]
+    pair = noisy_linear_imputation(
+        np.stack([image, image[::-1].copy()]), np.stack([keep, keep]), 0.0, torch.Generator()
+    )
+    np.testing.assert_allclose(pair[0], out, atol=1e-6)  # a stack solves each image on its own
     assert np.array_equal(out[:, keep], image[:, keep])
     weights = {
         (1, 1): 1 / 12,
@@ -250,7 +254,7 @@ def test_noisy_linear_imputation_solves_the_neighbour_equations():
         near = [(w, out[:, r + dr, c + dc]) for (dr, dc), w in weights.items() if 0 <= r + dr < 6 and 0 <= c + dc < 5]
         mean = sum(w * v for w, v in near) / sum(w for w, _ in near)
         np.testing.assert_allclose(out[:, r, c], mean, atol=1e-5)
-    noisy = noisy_linear_imputation(image, keep, 0.01, torch.Generator().manual_seed(0))
+    noisy = noisy_linear_imputation(image[None], keep[None], 0.01, torch.Generator().manual_seed(0))[0]
     assert 0 < np.abs(noisy - out).max() < 0.1 and np.array_equal(noisy[:, keep], image[:, keep])
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gradtrust.errors import InputError
+from gradtrust.errors import InputError, ModelError
 from gradtrust.explanations.forward import Captured, capture
 from gradtrust.explanations.layers import LayerSpec, model_signature, resolve_layer, run_model
 from gradtrust.explanations.maps import minmax, upsample, weighted_map
@@ -146,6 +146,8 @@ class Session:
                 known[key] = head is not None
         if head is None:
             cap = capture(module, x, self.spec, graph=True)
+            if not cap.logits.requires_grad:
+                raise ModelError(no_gradient_reason(self.spec.name))
         assert cap is not None
         self.cap = cap
         self.weights = ChannelWeights(cap, head, chunk_bytes=chunk_bytes, spec=self.spec)
@@ -159,6 +161,20 @@ class Session:
         shape = (-1,) + (1,) * (maps.dim() - 1)
         ok = self.valid.reshape(shape) & torch.isfinite(maps)
         return torch.where(ok, maps, torch.zeros_like(maps))
+
+
+def no_gradient_reason(layer: str) -> str:
+    return (f"the logits do not depend on layer {layer!r} through autograd (the model computes its output from "
+            "that layer without a gradient: a detach, torch.no_grad or a non-differentiable step after it), so no "
+            "gradient map exists there; choose another layer= or explain the network whose features it reads")
+
+
+def gradient_reaches_logits(module: nn.Module, x: torch.Tensor, layer: str | None) -> bool:
+    """Whether the logits are differentiable with respect to ``layer``'s output (one single-sample forward with a
+    graph, kept in the per-model cache per layer and input shape)."""
+    spec = resolve_layer(module, x, layer)
+    return cached(module, "explanation_gradient_reaches", (spec.name, *model_signature(x)),
+                  lambda: bool(capture(module, x[:1], spec, graph=True).logits.requires_grad))
 
 
 def explain(model, images, methods: str | Iterable[str] = CAM_METHODS, layer: str | None = None, target=None,
@@ -213,22 +229,31 @@ def explain_batch(module: nn.Module, x: torch.Tensor, wanted: list[str], layer: 
     cams = [m for m in wanted if m in CAM_METHODS]
     if cams:
         ex = explain_session(Session(module, x, layer, gradient_path, chunk_bytes), x, cams, target, contrast)
-    else:  # interventions only: no layer, one plain forward pass for P
-        with torch.no_grad():
-            logits = run_model(module, x).detach()
-        valid = torch.isfinite(logits).all(1)
-        p = logits.argmax(1) if target is None else class_ids(target, x.shape[0], logits.shape[1], "target",
-                                                                logits.device)
-        ex = Explanation(layer_maps={}, layer="", target=p, contrast=None, logits=logits.float(),
-                         input_size=(x.shape[-2], x.shape[-1]), closed_form=False, valid=valid)
-    interventions = [m for m in wanted if m in PERTURBATION_METHODS]
-    if interventions:
-        maps = perturbation_maps(module, x, ex.logits, ex.target, interventions,
-                                 perturbation or PerturbationOptions(), progress)
-        ok = ex.valid[:, None, None]
-        ex.layer_maps.update({m: torch.where(ok & torch.isfinite(v), v, torch.zeros_like(v)) for m, v in maps.items()})
+    else:
+        ex = forward_explanation(module, x, target)
+    add_interventions(module, x, ex, wanted, perturbation or PerturbationOptions(), progress)
     ex.layer_maps = {m: ex.layer_maps[m] for m in wanted}
     return ex
+
+
+def forward_explanation(module: nn.Module, x: torch.Tensor, target=None) -> Explanation:
+    """An :class:`Explanation` with no map yet from one plain forward pass (interventions only: no layer)."""
+    with torch.no_grad():
+        logits = run_model(module, x).detach()
+    p = logits.argmax(1) if target is None else class_ids(target, x.shape[0], logits.shape[1], "target", logits.device)
+    return Explanation(layer_maps={}, layer="", target=p, contrast=None, logits=logits.float(),
+                       input_size=(x.shape[-2], x.shape[-1]), closed_form=False, valid=torch.isfinite(logits).all(1))
+
+
+def add_interventions(module: nn.Module, x: torch.Tensor, ex: Explanation, wanted: list[str],
+                      options: PerturbationOptions, progress: bool = False) -> None:
+    """Add the intervention maps of ``wanted`` (for ``ex.target``) to ``ex``; non-finite samples get zeros."""
+    interventions = [m for m in wanted if m in PERTURBATION_METHODS]
+    if not interventions:
+        return
+    maps = perturbation_maps(module, x, ex.logits, ex.target, interventions, options, progress)
+    ok = ex.valid[:, None, None]
+    ex.layer_maps.update({m: torch.where(ok & torch.isfinite(v), v, torch.zeros_like(v)) for m, v in maps.items()})
 
 
 def parse_methods(methods: str | Iterable[str]) -> list[str]:

@@ -306,8 +306,8 @@ def evaluate_map(
         out["increase_in_confidence"] = list((100 * (o > p0).double()).numpy())
     if "road" in groups:
         morf, lerf = road_scores(module, x, e, t, road_fractions, road_noise, generator, batch_bytes)
-        p0 = base.double().cpu().numpy()
-        out["road_morf"], out["road_lerf"] = list(morf - p0), list(lerf - p0)
+        start = base.double().cpu().numpy()
+        out["road_morf"], out["road_lerf"] = list(morf - start), list(lerf - start)
     if "variance" in groups:
         levels = [float(f) for f in variance_levels]
         if not levels or not all(0 < f <= 1 for f in levels):
@@ -329,22 +329,24 @@ def road_keep_masks(e: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndar
 
 
 def noisy_linear_imputation(
-    image: np.ndarray, keep: np.ndarray, noise: float, generator: torch.Generator
+    images: np.ndarray, keep: np.ndarray, noise: float, generator: torch.Generator
 ) -> np.ndarray:
-    """ROAD's imputation (Rong et al. 2022): every removed pixel ``i`` (``keep == False``) solves
-    ``Σ_n w_n (v_i − v_n) = 0`` over its in-image neighbours ``n`` (known ``v_n`` = the image), one sparse system
-    for all channels; then ``noise·N(0, 1)`` is added to the imputed values. ``image`` (C, H, W), ``keep`` (H, W)."""
+    """ROAD's imputation (Rong et al. 2022) of a stack of images: every removed pixel ``i`` (``keep == False``)
+    solves ``Σ_n w_n (v_i − v_n) = 0`` over its in-image neighbours ``n`` (known ``v_n`` = the image), one sparse
+    system for all images and channels (block diagonal: images never see each other); then ``noise·N(0, 1)`` is
+    added to the imputed values. ``images`` (N, C, H, W), ``keep`` (N, H, W) boolean."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import spsolve
 
-    c, h, w = image.shape
-    missing = np.flatnonzero(~keep.reshape(-1))
+    n, c, h, w = images.shape
+    missing = np.flatnonzero(~keep.reshape(-1))  # global pixel ids image·HW + row·W + col
     if missing.size == 0:
-        return image.copy()
-    var = np.full(h * w, -1)
+        return images.copy()
+    var = np.full(n * h * w, -1)
     var[missing] = np.arange(missing.size)
-    rows0, cols0 = np.divmod(missing, w)
-    flat = image.reshape(c, -1).astype(np.float64)
+    image_of, within = np.divmod(missing, h * w)
+    rows0, cols0 = np.divmod(within, w)
+    flat = images.transpose(1, 0, 2, 3).reshape(c, -1).astype(np.float64)  # (C, N·H·W)
     diag = np.zeros(missing.size)
     rhs = np.zeros((missing.size, c))
     ri, ci, vals = [], [], []
@@ -352,7 +354,7 @@ def noisy_linear_imputation(
         r, cc = rows0 + dr, cols0 + dc
         inside = (r >= 0) & (r < h) & (cc >= 0) & (cc < w)
         diag[inside] += weight
-        neighbour = r[inside] * w + cc[inside]
+        neighbour = image_of[inside] * h * w + r[inside] * w + cc[inside]
         eq = np.flatnonzero(inside)
         unknown = var[neighbour] >= 0
         ri.append(eq[unknown])
@@ -368,7 +370,11 @@ def noisy_linear_imputation(
     solved = np.asarray(spsolve(a, rhs)).reshape(missing.size, c)
     out = flat.copy()
     out[:, missing] = solved.T + noise * torch.randn(c, missing.size, generator=generator, dtype=torch.float64).numpy()
-    return out.reshape(c, h, w).astype(image.dtype)
+    return out.reshape(c, n, h, w).transpose(1, 0, 2, 3).astype(images.dtype)
+
+
+#: the most removed pixels one sparse solve of ROAD's imputation takes (copies are grouped up to it)
+MAX_UNKNOWNS = 250_000
 
 
 def road_scores(
@@ -391,12 +397,21 @@ def road_scores(
     group = max(1, per_forward // (2 * len(fractions)))
     morf, lerf = np.zeros(x.shape[0]), np.zeros(x.shape[0])
     for s0 in range(0, x.shape[0], group):
-        copies = []
+        owners, keeps = [], []
         for j in range(s0, min(x.shape[0], s0 + group)):
             for f in fractions:
                 for keep in road_keep_masks(maps[j], f):
-                    copies.append(noisy_linear_imputation(images[j], keep, noise, generator))
-        batch = torch.from_numpy(np.stack(copies)).to(device=x.device, dtype=x.dtype)
+                    owners.append(j)
+                    keeps.append(keep)
+        copies, first, removed = [], 0, 0
+        for k, keep in enumerate(keeps + [None]):  # solve groups of copies with at most MAX_UNKNOWNS removed pixels
+            more = 0 if keep is None else int((~keep).sum())
+            if keep is None or (removed + more > MAX_UNKNOWNS and k > first):
+                chosen = np.stack(keeps[first:k])
+                copies.append(noisy_linear_imputation(images[owners[first:k]], chosen, noise, generator))
+                first, removed = k, 0
+            removed += more
+        batch = torch.from_numpy(np.concatenate(copies)).to(device=x.device, dtype=x.dtype)
         n = batch.shape[0] // (2 * len(fractions))
         probs = target_probability(run_model(module, batch), t[s0 : s0 + n].repeat_interleave(2 * len(fractions)))
         probs = probs.double().cpu().numpy().reshape(n, len(fractions), 2).mean(1)

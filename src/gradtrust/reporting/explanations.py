@@ -19,6 +19,7 @@ from gradtrust.reporting.runs import LoadProblem, Run, slugify
 
 EXPLANATIONS_FILE = DATA_FILES["explain"]
 COLUMNS = (("gradcam", "Why {p}?"), ("counterfactual", "What if not {p}?"), ("contrast", "Why {p}, not {q}?"),
+           ("occlusion", "Occlusion: {p}"), ("rise", "RISE: {p}"), ("shape", "SHAPE: {p}"),
            ("voice", "VOICE uncertainty"))
 
 
@@ -87,8 +88,10 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
         size = (64, 64) if picture is None else picture.shape[:2]
         head = f"{group}\n{trust} {run.scores(trust)[row]:.3g}" if trust else group
         _panel(row_axes[0], picture, None, f"{head}\ntrue {_short(run.class_name(int(sample['label'])))}")
-        h, w = int(info["map_height"]), int(info["map_width"])
         for ax, (method, title) in zip(row_axes[1:], methods, strict=True):
+            own = f"map_height_{method}" in ex.columns  # interventions: stored at input resolution
+            h = int(info[f"map_height_{method}" if own else "map_height"])
+            w = int(info[f"map_width_{method}" if own else "map_width"])
             layer_map = torch.tensor(np.array(info[f"map_{method}"], dtype=np.float32)).reshape(1, 1, h, w)
             up = F.interpolate(layer_map, size=size, mode="bilinear", align_corners=False)[0, 0]
             lo, hi = float(up.min()), float(up.max())
@@ -166,7 +169,7 @@ def explain_section(folders: list[Path], report: Any) -> Section:
         labelled = table["label"] >= 0
         snr = table["voice_snr"].mean() if "voice_snr" in table.columns else float("nan")
         iou = table["voice_iou"].mean() if "voice_iou" in table.columns else float("nan")
-        methods = [c[4:] for c in table.columns if c.startswith("map_") and c not in ("map_height", "map_width")]
+        methods = [c[4:] for c in table.columns if c.startswith("map_") and not c.startswith(("map_height", "map_width"))]
         rows.append([e(run.name), e(run.model), e(str(manifest.get("layer", "?"))), e(", ".join(methods)),
                      str(counts.get("samples", len(table))), str(len(table)), str(counts.get("failed", 0)),
                      f"{100 * table.loc[labelled, 'correct'].mean():.2f}" if labelled.any() else "n/a",
