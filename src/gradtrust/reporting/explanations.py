@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gradtrust.reporting.datasets import dataset_identity
+from gradtrust.reporting.explanation_scores import curves_figure, evaluation_html, read_summary
 from gradtrust.reporting.kinds import DATA_FILES, Section, drawing, mapping, register_section
 from gradtrust.reporting.runs import LoadProblem, Run, slugify
 
@@ -155,7 +156,7 @@ def explain_section(folders: list[Path], report: Any) -> Section:
 
     e = html.escape
     section = Section("explain")
-    rows, galleries = [], []
+    rows, galleries, evaluations = [], [], []
     scored = {r.run.source.resolve(): r for r in report.results}
     for folder in folders:
         manifest = read_manifest(folder)
@@ -184,6 +185,14 @@ def explain_section(folders: list[Path], report: Any) -> Section:
                 path = section.figures[f"explanations/{run.name}"] = report.out_dir / "figures" / name
         if path is not None:
             galleries.append(figure_details(run.name, path, run.name))
+        summary = read_summary(folder)
+        if summary is not None:
+            curves = None
+            name = f"explanations/{slugify(run.name)}-curves.png"
+            with drawing(section.problems, f"figures/{name}"):
+                if report.draw and curves_figure(folder, report.out_dir / "figures" / name) is not None:
+                    curves = section.figures[f"explanations/{run.name}/curves"] = report.out_dir / "figures" / name
+            evaluations.append(evaluation_html(run.name, summary, curves))
     if rows:
         section.html = "\n".join([
             '<h2 id="explain">Explanations (gradtrust explain)</h2>',
@@ -192,5 +201,15 @@ def explain_section(folders: list[Path], report: Any) -> Section:
             "The gallery: the most and least trusted right and wrong predictions with their maps.</p>",
             table_html(["run", "model", "layer", "maps", "samples", "explained", "failed", "accuracy", "VOICE SNR",
                         "VOICE IoU"], rows, "explain"), *galleries])
+        if evaluations:
+            section.html += "\n" + "\n".join([
+                '<p class="legend">Runs with <code>--evaluate</code>: every map judged by masking the input and '
+                "reading the model (mean over samples, 95% bootstrap CI in brackets; ↓/↑ = lower/higher is better). "
+                "Deletion fills the most relevant pixels first, insertion puts them back into a blurred copy; Average "
+                "Drop and Increase in Confidence read the image multiplied by the map; ROAD removes with noisy linear "
+                "imputation; V[E(y|S)] and E[V(y|S)] (×1000) split the variance of the model's answer over the kept "
+                "subsets S. <em>random</em> and <em>centre</em> are baseline maps; “deletion − random” is the "
+                "paired difference (negative = the map finds what the model needs faster than chance).</p>",
+                *evaluations])
         section.links = [("explain", "explanations")]
     return section
