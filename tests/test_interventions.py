@@ -304,3 +304,15 @@ def test_gradcam_deletes_faster_than_a_random_map_on_digits_cnn():
         summarise_interventions(table, n_resamples=500).set_index(["method", "metric"]).loc[("gradcam", "deletion_auc")]
     )
     assert row["vs_random_high"] < 0  # lower deletion AUC than the random map, the whole 95% interval
+
+
+def test_road_gives_the_same_values_whatever_the_solve_grouping(monkeypatch):
+    from gradtrust.explanations import evaluate
+
+    model, x = _model(), _images(3)
+    maps = torch.rand(3, 12, 10, generator=torch.Generator().manual_seed(6))
+    whole = gradtrust.evaluate_explanations(model, x, maps, metrics="road", road_noise=0.0, baselines=False)
+    monkeypatch.setattr(evaluate, "MAX_UNKNOWNS", 30)  # a solve per copy or two
+    split = gradtrust.evaluate_explanations(model, x, maps, metrics="road", road_noise=0.0, baselines=False)
+    np.testing.assert_allclose(split["road_morf"], whole["road_morf"], atol=1e-6)
+    np.testing.assert_allclose(split["road_lerf"], whole["road_lerf"], atol=1e-6)

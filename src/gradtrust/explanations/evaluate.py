@@ -403,14 +403,20 @@ def road_scores(
                 for keep in road_keep_masks(maps[j], f):
                     owners.append(j)
                     keeps.append(keep)
-        copies, first, removed = [], 0, 0
-        for k, keep in enumerate(keeps + [None]):  # solve groups of copies with at most MAX_UNKNOWNS removed pixels
-            more = 0 if keep is None else int((~keep).sum())
-            if keep is None or (removed + more > MAX_UNKNOWNS and k > first):
-                chosen = np.stack(keeps[first:k])
-                copies.append(noisy_linear_imputation(images[owners[first:k]], chosen, noise, generator))
-                first, removed = k, 0
-            removed += more
+        # one sparse solve per group of consecutive copies with at most MAX_UNKNOWNS removed pixels
+        removed = np.array([int((~keep).sum()) for keep in keeps])
+        starts = [0]
+        total = 0
+        for k, more in enumerate(removed):
+            if total + more > MAX_UNKNOWNS and k > starts[-1]:
+                starts.append(k)
+                total = 0
+            total += more
+        bounds = [*starts, len(keeps)]
+        copies = [
+            noisy_linear_imputation(images[owners[a:b]], np.stack(keeps[a:b]), noise, generator)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
         batch = torch.from_numpy(np.concatenate(copies)).to(device=x.device, dtype=x.dtype)
         n = batch.shape[0] // (2 * len(fractions))
         probs = target_probability(run_model(module, batch), t[s0 : s0 + n].repeat_interleave(2 * len(fractions)))
