@@ -17,32 +17,18 @@ from gradtrust._version import __version__
 from gradtrust.errors import DataError, GradTrustError, InputError, ModelError, OptionError, UnknownNameError
 
 #: public name → the module that defines it (imported lazily by ``__getattr__``).
-_LAZY: dict[str, str] = {
-    "score": "gradtrust.scores",
-    "ScoreOptions": "gradtrust.scores",
-    "ScoreResult": "gradtrust.scores",
-    "available_methods": "gradtrust.scores",
-    "get_method": "gradtrust.scores",
-    "register_method": "gradtrust.scores",
-    "register_pass": "gradtrust.scores",
-    "MethodSpec": "gradtrust.scores",
-    "Pass": "gradtrust.scores",
-    "PassSpec": "gradtrust.scores",
-    "functional": "gradtrust.functional",
-    "Introspective": "gradtrust.introspection",
-    "load_model": "gradtrust.models",
-    "gradient_features": "gradtrust.detection",
-    "Detector": "gradtrust.detection",
-    "LoadedModel": "gradtrust.models",
-    "GradCON": "gradtrust.gradcon",
-    "explain": "gradtrust.explanations",
-    "voice": "gradtrust.explanations",
-    "Explanation": "gradtrust.explanations",
-    "evaluate_explanations": "gradtrust.explanations",
-    "VoiceResult": "gradtrust.explanations",
-    "keep_freed_memory": "gradtrust.cpu_memory",
-    "NotFittedError": "gradtrust.errors",
-}
+_LAZY: dict[str, str] = {name: module for module, names in {
+    "gradtrust.scores": ("score", "ScoreOptions", "ScoreResult", "available_methods", "get_method", "register_method",
+                         "register_pass", "MethodSpec", "Pass", "PassSpec"),
+    "gradtrust.functional": ("functional",),
+    "gradtrust.introspection": ("Introspective",),
+    "gradtrust.models": ("load_model", "LoadedModel"),
+    "gradtrust.detection": ("gradient_features", "Detector"),
+    "gradtrust.gradcon": ("GradCON",),
+    "gradtrust.explanations": ("explain", "voice", "Explanation", "VoiceResult", "evaluate_explanations"),
+    "gradtrust.cpu_memory": ("keep_freed_memory",),
+    "gradtrust.errors": ("NotFittedError",),
+}.items() for name in names}
 
 __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "Introspective", "LoadedModel",
            "MethodSpec", "ModelError", "NotFittedError", "OptionError", "Pass", "PassSpec", "ScoreOptions",

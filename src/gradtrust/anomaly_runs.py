@@ -81,10 +81,8 @@ def load_anomaly_run(path: str | Path) -> AnomalyRun:
         with np.load(folder / RECON_FILE) as data:
             recon = {k: data[k] for k in data.files}
     params = manifest.get("params", {})
-    if params.get("beta", 0) or params.get("gamma", 0):
-        method = f"GradCON β={params.get('beta')} γ={params.get('gamma')}"
-    else:
-        method = "AE (β=γ=0)"
+    method = (f"GradCON β={params.get('beta')} γ={params.get('gamma')}" if params.get("beta", 0) or params.get("gamma", 0)
+              else "AE (β=γ=0)")
     inlier = manifest.get("inlier", {}).get("name", "?")
     data_spec = manifest.get("dataset", {}).get("spec", folder.name)
     return AnomalyRun(source=folder, frame=frame, manifest=manifest, reconstructions=recon,

@@ -59,37 +59,24 @@ def glibc_mallopt() -> Callable[[int, int], int] | None:
 def keep_freed_memory(enable: bool = True) -> bool:
     """Keep freed memory in this process's heap for reuse, instead of giving it back to the kernel.
 
-    What it does (Linux with glibc): ``mallopt(M_MMAP_MAX, 0)`` — no allocation is served by ``mmap``, so
-    large tensors come from the heap too — and ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)`` — the heap's free
-    top is never returned with ``sbrk``. Same effect as
-    ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``, but set from Python.
+    What it does (Linux with glibc): ``mallopt(M_MMAP_MAX, 0)`` — no allocation is served by ``mmap`` — and
+    ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)`` — the heap's free top is never returned with ``sbrk``; the same as
+    ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``, set from Python.
 
-    Why: memory given back and mapped again arrives as fresh pages that the kernel zeroes on their first
-    touch (one minor page fault per 4 KiB page). A gradient pass on a CPU frees and re-allocates many
-    large buffers every batch; with this setting the next batch reuses pages that are already mapped.
-    Measured: Purview on torchvision's mobilenet_v3_small at batch 8 went from ~4.9 to ~4.2 forward
-    passes, all methods but MC dropout from ~9.1 to ~6.7 (``docs/performance.md``).
+    Why: a gradient pass on a CPU frees and re-allocates many large buffers every batch, and memory given back
+    arrives again as fresh pages the kernel zeroes on first touch; with this setting the next batch reuses
+    pages already mapped (Purview on mobilenet_v3_small at batch 8: ~4.9 → ~4.2 forward passes;
+    ``docs/performance.md``, "Large batches and glibc", which also gives the alternatives).
 
-    The price: the process keeps its peak heap size until it exits (freed memory is reused by this process
-    but not returned to the system), and memory can fragment instead of being unmapped. The setting is
-    process-wide — it affects every allocation of every library in the process — which is why gradtrust's
-    functions never call this on their own; the ``gradtrust`` command line does, for CPU runs, unless
-    given ``--no-keep-freed-memory``. Alternatives that need no code: the ``GLIBC_TUNABLES`` variable above,
-    or preloading jemalloc/tcmalloc (``LD_PRELOAD``), as PyTorch's CPU performance guide recommends.
+    The price: the process keeps its peak heap size until it exits, and memory can fragment. The setting is
+    process-wide, which is why gradtrust's functions never call this on their own; the ``gradtrust`` command
+    line does, for CPU runs, unless given ``--no-keep-freed-memory``.
 
-    ``enable=False`` sets glibc's documented defaults back (``M_MMAP_MAX`` 65536, ``M_TRIM_THRESHOLD``
-    128 KiB). It is not an exact undo: any ``mallopt`` of these parameters turns off glibc's dynamic mmap
-    threshold (which otherwise rises towards 32 MiB as large blocks are freed), so afterwards the mmap
-    threshold stays where it was, and blocks over it are mapped again.
-
-    Calling it again with the same ``enable`` changes nothing (idempotent).
-
-    Args:
-        enable: ``True`` to keep freed memory, ``False`` to set glibc's defaults back.
-
-    Returns:
-        ``True`` when the setting was applied; ``False`` where it cannot apply: not Linux or not glibc
-        (nothing is changed), or ``mallopt`` refused a value (the other one may have been set).
+    ``enable=False`` sets glibc's documented defaults back (``M_MMAP_MAX`` 65536, ``M_TRIM_THRESHOLD`` 128 KiB),
+    not an exact undo: any ``mallopt`` of these parameters turns off glibc's dynamic mmap threshold, so blocks
+    over the current threshold are mapped again. Calling it again with the same ``enable`` changes nothing.
+    Returns ``True`` when the setting was applied; ``False`` where it cannot apply: not Linux or not glibc
+    (nothing is changed), or ``mallopt`` refused a value (the other one may have been set).
     """
     global _kept
     mallopt = glibc_mallopt()

@@ -110,11 +110,9 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
         tables.append(result.table)
         if env_rank() != 0:
             continue
-        if grouping == "tensor":
-            layout = feature_layout(loaded.module, grouping="tensor")
-            layer_of_column = [layout.owners[t][0] or "<root>" for t in layout.tensors]
-        else:
-            layer_of_column = list(feature_layout(loaded.module, grouping="layer").columns)
+        layout = feature_layout(loaded.module, grouping=grouping)
+        layer_of_column = ([layout.owners[t][0] or "<root>" for t in layout.tensors] if grouping == "tensor"
+                           else list(layout.columns))
         modules = dict(loaded.module.named_modules())
         layer_of_column = [f"{n} ({type(modules[n]).__name__})" if n in modules else n for n in layer_of_column]
         profile_figure(result.sets, layer_of_column, out_dir / f"profile_{name}.png",
@@ -182,10 +180,10 @@ def detect_command(model_spec: tuple[str, ...], weights: str | None, num_classes
     if out_dir is None and not builtin:
         raise InputError("--out is required with --model: the folder for the tables, figures and report/.")
     specs = list(model_spec) or list(BUILTIN_MODELS)
-    chosen_weights = weights if weights is not None else ("bundled" if all(s.startswith("digits:") for s in specs)
-                                                          else None)
+    digits = all(s.startswith("digits:") for s in specs)
+    chosen_weights = weights if weights is not None else ("bundled" if digits else None)
     if eps is None:
-        eps = BUILTIN_EPS if all(s.startswith("digits:") for s in specs) else 8 / 255
+        eps = BUILTIN_EPS if digits else 8 / 255
     from gradtrust.runs.distributed import distributed_session
 
     dev = device_of(device)

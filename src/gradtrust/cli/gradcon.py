@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.cli.options import Group, alias, device_of, shared
+from gradtrust.cli.options import Group, alias, device_of, rank, shared
 from gradtrust.errors import InputError
 
 __all__ = ["gradcon_command"]
@@ -86,7 +86,6 @@ def score_command(model_dir, data, inlier, gamma, grayscale, out_dir, device, wo
     from gradtrust.gradcon.data import load_labelled, resolve_class
     from gradtrust.gradcon.estimator import GradCON
     from gradtrust.gradcon.scoring import score_to_run
-    from gradtrust.runs.task import env_rank
 
     if model_dir is None:
         raise InputError("--gradcon DIR is required: a folder written by `gradtrust gradcon fit`.")
@@ -101,7 +100,7 @@ def score_command(model_dir, data, inlier, gamma, grayscale, out_dir, device, wo
     label = resolve_class(wanted, images.classes)
     summary = score_to_run(det, images, label, out_dir, model_source=str(model_dir), resamples=resamples,
                            force=force, progress=not no_progress)
-    if env_rank() != 0:
+    if rank() != 0:
         return
     ci = summary.get("auroc_ci")
     ci_text = f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""

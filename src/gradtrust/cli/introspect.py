@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.cli.options import RANDOM_INIT_SEED, Group, alias, device_of, load_cli_model, model_options, shared
+from gradtrust.cli.options import RANDOM_INIT_SEED, Group, alias, device_of, load_cli_model, model_options, rank, shared
 from gradtrust.errors import GradTrustError, InputError
 
 __all__ = ["introspect_command"]
@@ -61,7 +61,6 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
     from gradtrust.models import file_sha256
     from gradtrust.runs.folder import RunFolder
     from gradtrust.runs.identity import dataset_identity, model_identity
-    from gradtrust.runs.task import env_rank
 
     if data is None:
         raise InputError("--data is required: the training data (a class-folder DIR, or digits:train).")
@@ -78,7 +77,7 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
                      "settings": {"hidden": hidden, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                                   "seed": seed, "layer": layer}},
                     outputs=("features", WEIGHTS_FILE, CONFIG_FILE))
-    if env_rank() == 0:
+    if rank() == 0:
         fit.claim(force)
     feats = cached_features(model, dataset, class_map, out_dir / "features", layer=layer, chunk_size=chunk_size,
                             num_workers=workers, progress=not no_progress)
@@ -94,7 +93,7 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
                        "num_classes": model.num_classes, "class_names": list(model.class_names),
                        **({"load_options": saved_options} if saved_options else {})},
              "train": describe_dataset(dataset)}
-    if env_rank() != 0:  # under torchrun every rank fits the same H; rank 0 writes it
+    if rank() != 0:  # under torchrun every rank fits the same H; rank 0 writes it
         return
     intro.save(out_dir, extra, overwrite=force)
     info = intro.info_

@@ -264,20 +264,6 @@ def _handled(callback: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _format_sections(command: click.Command, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-    """The options under the headings of :data:`SECTIONS` (``--help`` last, under "Run")."""
-    sections: dict[str, list[tuple[str, str]]] = {name: [] for name in SECTIONS}
-    for param in command.get_params(ctx):
-        record = param.get_help_record(ctx)
-        if record is not None:
-            section = "Run" if param is command.get_help_option(ctx) else getattr(param, "section", "Options")
-            sections[section].append(record)
-    for name, rows in sections.items():
-        if rows:
-            with formatter.section(name):
-                formatter.write_dl(rows)
-
-
 class Command(click.Command):
     """A ``gradtrust`` command: the help layout of :data:`SECTIONS`; every user error (a
     :class:`~gradtrust.errors.GradTrustError` or an ``OSError``) → one line that says what to do and exit code 2."""
@@ -288,7 +274,17 @@ class Command(click.Command):
         self.callback = None if self.callback is None else _handled(self.callback)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        _format_sections(self, ctx, formatter)
+        """The options under the headings of :data:`SECTIONS` (``--help`` last, under "Run")."""
+        sections: dict[str, list[tuple[str, str]]] = {name: [] for name in SECTIONS}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                section = "Run" if param is self.get_help_option(ctx) else getattr(param, "section", "Options")
+                sections[section].append(record)
+        for name, rows in sections.items():
+            if rows:
+                with formatter.section(name):
+                    formatter.write_dl(rows)
 
 
 class Group(Command, click.Group):
@@ -297,5 +293,5 @@ class Group(Command, click.Group):
     command_class = Command
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        _format_sections(self, ctx, formatter)
+        super().format_options(ctx, formatter)
         self.format_commands(ctx, formatter)

@@ -196,12 +196,9 @@ def _warn_no_preprocessing(model, data: str) -> None:
 
 def _echo_notes(manifest_path: Path) -> None:
     """Say what the console would otherwise hide: skipped methods with their reasons, adjusted options."""
-    import json
+    from gradtrust.reporting.kinds import read_manifest
 
-    try:
-        manifest = json.loads(Path(manifest_path).read_text("utf-8"))
-    except (OSError, ValueError):
-        return
+    manifest = read_manifest(Path(manifest_path).parent)
     for name, reason in (manifest.get("skipped") or {}).items():
         click.echo(f"  skipped:  {name}: {reason}")
     for note in manifest.get("notes") or []:

@@ -39,14 +39,8 @@ def is_wnid(name: str) -> bool:
 @functools.lru_cache(maxsize=1)
 def _imagenet_synsets() -> tuple[tuple[str, ...], tuple[str, ...]]:
     text = resources.files("gradtrust.data").joinpath("resources/imagenet_wnids.txt").read_text("utf-8")
-    wnids: list[str] = []
-    names: list[str] = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        wnid, _, name = line.partition("\t")
-        wnids.append(wnid.strip())
-        names.append(name.strip())
+    rows = [line.partition("\t") for line in text.splitlines() if line.strip()]  # wnid, tab, name
+    wnids, names = [wnid.strip() for wnid, _, _ in rows], [name.strip() for _, _, name in rows]
     if (len(wnids) != IMAGENET_NUM_CLASSES or len(set(wnids)) != IMAGENET_NUM_CLASSES
             or wnids != sorted(wnids) or not all(map(is_wnid, wnids))):
         raise DataError("gradtrust/data/resources/imagenet_wnids.txt is damaged: expected 1000 unique, "
@@ -118,10 +112,7 @@ def resolve_class_indices(
        some dataset classes carry model class names at *other* positions, which means the order is wrong;
     4. otherwise :class:`DataError` naming both sides (counts and a few examples).
 
-    Args:
-        dataset_classes: the dataset's ``classes`` (label order).
-        model_class_names: one name per model output, or ``None``/empty when unknown.
-        num_outputs: the model's number of outputs.
+    ``model_class_names``: one name per model output, or ``None``/empty when unknown.
     """
     classes = [str(c) for c in dataset_classes]
     names = [str(n) for n in model_class_names] if model_class_names else []

@@ -80,7 +80,8 @@ _STREAM = {"gaussian_noise": 1}
 
 
 @functools.lru_cache(maxsize=1)
-def _load() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All of ``load_digits()``: read-only ``images`` (1797, 8, 8) float64 in 0..16 and ``labels`` (1797,)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -91,14 +92,9 @@ def _load() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """All of ``load_digits()``: read-only ``images`` (1797, 8, 8) float64 in 0..16 and ``labels`` (1797,)."""
-    return _load()
-
-
 @functools.lru_cache(maxsize=1)
 def _split_indices() -> dict[str, np.ndarray]:
-    _, labels = _load()
+    _, labels = digits_arrays()
     rng = np.random.RandomState(SPLIT_SEED)
     test: list[np.ndarray] = []
     train: list[np.ndarray] = []
@@ -155,13 +151,8 @@ def _gaussian_kernel_matrix(sigma: float, size: int = 8) -> np.ndarray:
     radius = max(1, int(math.ceil(3 * sigma)))
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
-    b = np.zeros((size, size), dtype=np.float64)
-    for i in range(size):
-        for k, w in zip(range(-radius, radius + 1), taps, strict=False):
-            j = i + k
-            if 0 <= j < size:
-                b[i, j] = w
-    return b
+    offset = np.arange(size)[None, :] - np.arange(size)[:, None]  # b[i, j] = taps[j − i] inside the window
+    return np.where(np.abs(offset) <= radius, taps[np.clip(offset + radius, 0, 2 * radius)], 0.0)
 
 
 def apply_corruption(image: np.ndarray, corruption: str | None, severity: int = 1, seed: int = 0,
@@ -208,7 +199,7 @@ class DigitsDataset(Dataset):
         self.seed = _check_seed(seed)
         self.classes = list(DIGITS_CLASSES)
         self.source_indices = digits_split_indices(split)  # load_digits() row of each position
-        images, labels = _load()
+        images, labels = digits_arrays()
         self._images = images[self.source_indices] / 16.0
         self._labels = labels[self.source_indices]
         self._tag = self.corruption or "clean"
@@ -265,10 +256,8 @@ def digits_image(sample_input: torch.Tensor | np.ndarray) -> np.ndarray:
     sklearn's digits are white-on-black in this encoding (ink = high values); draw with ``cmap="gray_r"``
     for dark ink on white paper.
     """
-    if isinstance(sample_input, torch.Tensor):
-        arr = sample_input.detach().to("cpu", torch.float64).numpy()
-    else:
-        arr = np.asarray(sample_input, dtype=np.float64)
+    arr = (sample_input.detach().to("cpu", torch.float64).numpy() if isinstance(sample_input, torch.Tensor)
+           else np.asarray(sample_input, dtype=np.float64))
     if arr.size != 64:
         raise DataError(f"a digits input has 64 pixels (shape (1, 8, 8) or (8, 8)), got shape {arr.shape}")
     return np.rint(np.clip(arr.reshape(8, 8), 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -94,21 +94,14 @@ def _looks_like_csv(path: str) -> bool:
 class FlatImageDataset(ImageFileDataset):
     """All images in one folder (e.g. ``ILSVRC2012_val_00000001.JPEG`` …), labels from a file.
 
-    Args:
-        root: the image folder (not searched recursively); images are sorted by file name, and ``index``
-            is the position in that order.
-        labels_file: a ``ImageId,PredictionString`` CSV or a one-label-per-line text file (module doc).
-        transform: applied to the RGB PIL image; default float ``(3, H, W)`` in ``[0, 1]``.
-        classes: the class list labels refer to; default the 1000 ImageNet-1k WordNet IDs in output order
-            (then :attr:`class_names` gives their readable names). Text labels are looked up in it,
-            integer labels index it.
-        label_offset: added to every integer label (e.g. ``-1`` for 1-based indices in sorted-wnid order).
-        devkit_meta: the devkit's ``meta.mat`` (or devkit folder): integer labels are then devkit
-            ``ILSVRC2012_ID``\\ s, translated to WordNet IDs (for ``ILSVRC2012_validation_ground_truth.txt``).
-        allow_unused_labels: with a CSV, ignore labels whose image is not in ``root`` (score a subset of
-            the validation set) instead of raising :class:`DataError`.
-        extensions: file endings taken as images, default :data:`~gradtrust.data.images.IMAGE_EXTENSIONS`.
-        alpha: ``"white"`` (default) or ``"drop"``: how transparency is removed.
+    ``root`` is not searched recursively; images are sorted by file name, ``index`` is the position in that
+    order. ``labels_file``: a ``ImageId,PredictionString`` CSV or a one-label-per-line text file (module doc).
+    ``classes``: the class list labels refer to (text labels are looked up in it, integer labels index it);
+    default the 1000 ImageNet-1k WordNet IDs in output order, whose readable names :attr:`class_names` gives.
+    ``label_offset`` is added to every integer label; with ``devkit_meta`` (the devkit's ``meta.mat`` or
+    folder) integer labels are devkit ``ILSVRC2012_ID``\\ s, translated to WordNet IDs.
+    ``allow_unused_labels``: with a CSV, ignore labels whose image is not in ``root`` (score a subset of the
+    validation set) instead of raising. ``transform``, ``extensions``, ``alpha``: as :class:`ImageFolderDataset`.
 
     Raises :class:`DataError` (listing a few examples) for: an image without a label, a label without an
     image, a malformed CSV row, a line count that differs from the image count, an unknown class, an
@@ -158,8 +151,6 @@ class FlatImageDataset(ImageFileDataset):
         """Readable class names (ImageNet names for the default classes, else ``classes``)."""
         return load_imagenet_class_names() if self._imagenet else list(self.classes)
 
-    # ------------------------------------------------------------------ files
-
     @staticmethod
     def _list_images(root: str, exts: tuple[str, ...]) -> list[str]:
         entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
@@ -180,8 +171,6 @@ class FlatImageDataset(ImageFileDataset):
                 f"folder, e.g. {os.path.join(root, 'ILSVRC2012_val_00000001.JPEG')}.{hint}"
             )
         return files
-
-    # ------------------------------------------------------------------ CSV
 
     def _labels_from_csv(
         self, path: str, files: list[str], class_index: dict[str, int], allow_unused: bool
@@ -251,8 +240,6 @@ class FlatImageDataset(ImageFileDataset):
                 "Pass allow_unused_labels=True to score only the images present."
             )
         return [by_id[os.path.splitext(name)[0]] for name in files]
-
-    # ------------------------------------------------------------------ one label per line
 
     def _labels_from_lines(
         self, path: str, files: list[str], class_index: dict[str, int], devkit: dict[int, str] | None

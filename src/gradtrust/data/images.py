@@ -78,9 +78,6 @@ def default_image_transform(image: Image.Image) -> torch.Tensor:
     return pil_to_tensor(image).float().div_(255.0)
 
 
-# --------------------------------------------------------------------------- mode conversion
-
-
 def _scale_16bit(values: np.ndarray) -> np.ndarray:
     """0..65535 → 0..255, rounded (65535 → 255, 257 → 1, 128 → 0)."""
     v = values.astype(np.uint32)
@@ -177,9 +174,6 @@ def read_rgb_image(path: str | os.PathLike, alpha: str = "white") -> Image.Image
         raise DataError(f"truncated or corrupt image: {text}") from None
 
 
-# --------------------------------------------------------------------------- compact path storage
-
-
 class _StringTable:
     """A read-only list of strings stored as one UTF-8 byte buffer plus offsets.
 
@@ -203,9 +197,6 @@ class _StringTable:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
-
-
-# --------------------------------------------------------------------------- folder scanning
 
 
 def normalize_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
@@ -260,13 +251,9 @@ def scan_class_folders(
             found, hint = "nothing (the folder is empty)", ""
         raise DataError(f"No class sub-folders in {root}: found {found}. Expected {layout}.{hint}")
 
-    paths: list[str] = []
-    labels: list[int] = []
-    empty_classes: list[str] = []
     other_files: list[str] = []
     per_class: list[list[str]] = []
     real_root = os.path.realpath(root)
-    duplicates: list[str] = []
     loops: list[str] = []
     for cls in classes:
         found_here: list[str] = []
@@ -296,22 +283,18 @@ def scan_class_folders(
         per_class.append(sorted(found_here))
     # One file reached through several paths is listed once: under its own (link-free) path when that is one
     # of them (so a link from one class folder into another does not relabel the files), else its first path.
-    chosen: dict[str, tuple[int, str]] = {}
-    for label, rels in enumerate(per_class):
-        for rel in rels:
-            real = os.path.realpath(os.path.join(root, rel))
-            direct = os.path.join(real_root, rel) == real
-            if real not in chosen or (direct and os.path.join(real_root, chosen[real][1]) != real):
-                chosen[real] = (label, rel)
-    keep_paths = {rel for _, rel in chosen.values()}
-    for label, (cls, rels) in enumerate(zip(classes, per_class, strict=True)):
-        unique = [rel for rel in rels if rel in keep_paths and chosen[os.path.realpath(os.path.join(root, rel))][0]
-                  == label]
-        duplicates.extend(rel for rel in rels if rel not in unique)
-        if not unique:
-            empty_classes.append(cls)
-        paths.extend(unique)
-        labels.extend([label] * len(unique))
+    chosen: dict[str, str] = {}  # real path → the relative path it is listed under
+    for rel in (rel for rels in per_class for rel in rels):
+        real = os.path.realpath(os.path.join(root, rel))
+        direct = os.path.join(real_root, rel) == real
+        if real not in chosen or (direct and os.path.join(real_root, chosen[real]) != real):
+            chosen[real] = rel
+    keep_paths = set(chosen.values())
+    kept = [[rel for rel in rels if rel in keep_paths] for rels in per_class]  # per class, in sorted order
+    duplicates = [rel for rels in per_class for rel in rels if rel not in keep_paths]
+    empty_classes = [cls for cls, rels in zip(classes, kept, strict=True) if not rels]
+    paths = [rel for rels in kept for rel in rels]
+    labels = [label for label, rels in enumerate(kept) for _ in rels]
     if loops or duplicates:
         warnings.warn(
             f"{root}: symbolic links reach {len(loops)} already-visited folder(s) ({list_examples(loops)}) and "
@@ -333,9 +316,6 @@ def scan_class_folders(
             stacklevel=3,
         )
     return classes, paths, labels
-
-
-# --------------------------------------------------------------------------- datasets
 
 
 class ImageFileDataset(Dataset):
@@ -392,8 +372,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         i = self._position(index)
-        path = os.path.join(self.root, self._files[i])
-        label = int(self._labels[i])
+        path, label = self.path(i), self.label(i)
         # PIL warns (DecompressionBombWarning) for images over ~89 megapixels; the warning would leak to the
         # console once per file, so it is caught here and recorded with the sample (manifest: sample_notes).
         with warnings.catch_warnings(record=True) as caught:
@@ -416,15 +395,10 @@ class ImageFileDataset(Dataset):
 
 
 class ImageFolderDataset(ImageFileDataset):
-    """Images in ``root/<class_name>/…``: class index = position of the folder in sorted order.
-
-    Args:
-        root: the dataset folder. Each non-hidden sub-folder is a class (searched recursively);
-            ``classes`` are the folder names in sorted order.
-        transform: applied to the RGB PIL image; default :func:`default_image_transform` (float
-            ``(3, H, W)`` in ``[0, 1]``).
-        extensions: file endings taken as images (case-insensitive), default :data:`IMAGE_EXTENSIONS`.
-        alpha: ``"white"`` (composite transparent images on white, default) or ``"drop"``.
+    """Images in ``root/<class_name>/…``: each non-hidden sub-folder is a class (searched recursively), its
+    index the folder's position in sorted order. ``transform`` gets the RGB PIL image (default
+    :func:`default_image_transform`); ``extensions`` are case-insensitive; ``alpha``: ``"white"`` composites
+    transparent images on white, ``"drop"`` drops the alpha channel.
 
     Files are sorted by their path within ``root``, so ``index`` is the same on every run and machine.
     A class folder without images keeps its index (with a warning); no class folder or no image at all

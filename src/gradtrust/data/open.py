@@ -65,10 +65,7 @@ class OpenedDataset(Dataset):
 
     def describe(self) -> dict[str, Any]:
         """The dataset's identity: kind, root, samples, classes, fingerprint (see the module docstring)."""
-        info = describe_dataset(self.dataset)
-        info["spec"] = self.spec
-        info.update(self.extra)
-        return info
+        return {**describe_dataset(self.dataset), "spec": self.spec, **self.extra}
 
     def __repr__(self) -> str:
         return f"OpenedDataset({self.spec!r}, {self.dataset!r})"
@@ -116,8 +113,7 @@ def open_dataset(data: Any, model: Any, labels: str | os.PathLike | None = None)
             )
         from gradtrust.data.digits import DigitsDataset
 
-        kwargs = parse_digits_spec(text)
-        return OpenedDataset(DigitsDataset(**kwargs), text)
+        return OpenedDataset(DigitsDataset(**parse_digits_spec(text)), text)
 
     root = os.path.abspath(text)
     if not os.path.exists(root):
@@ -158,9 +154,6 @@ def open_dataset(data: Any, model: Any, labels: str | os.PathLike | None = None)
     return OpenedDataset(folder, text)
 
 
-# --------------------------------------------------------------------------- identity
-
-
 def describe_dataset(dataset: Any) -> dict[str, Any]:
     """A JSON-serialisable identity of any GradTrust dataset (or of an :class:`OpenedDataset`).
 
@@ -181,10 +174,8 @@ def describe_dataset(dataset: Any) -> dict[str, Any]:
     if isinstance(dataset, DigitsDataset):
         info["kind"] = "digits"
         info.update({k: v for k, v in dataset.spec.items() if k not in ("dataset", "samples")})
-        digest = hashlib.sha256()
-        digest.update(repr(sorted(dataset.spec.items())).encode())
-        digest.update(dataset.labels.tobytes())
-        info["fingerprint"] = digest.hexdigest()
+        info["fingerprint"] = hashlib.sha256(repr(sorted(dataset.spec.items())).encode()
+                                             + dataset.labels.tobytes()).hexdigest()
         return info
     if isinstance(dataset, ImageFileDataset):
         info["root"] = dataset.root

@@ -111,9 +111,6 @@ def video_clip_settings(model_name: str) -> VideoClipSettings:
     return VIDEO_MODELS[key]
 
 
-# --------------------------------------------------------------------------- sampling
-
-
 def _as_fraction(x: float | int | Fraction) -> Fraction:
     return x if isinstance(x, Fraction) else Fraction(x).limit_denominator(1_000_000)
 
@@ -135,25 +132,15 @@ def clip_frame_indices(num_frames: int, clip_len: int, step: float | Fraction = 
         raise DataError("step must be positive")
     positions = -(-num_frames * s.denominator // s.numerator)  # ceil(num_frames / s): grid points in the video
     first = (positions - clip_len) // 2  # floor: may be negative for a short video
-    out = []
-    for j in range(clip_len):
-        k = min(max(first + j, 0), positions - 1)
-        out.append(min(k * s.numerator // s.denominator, num_frames - 1))
-    return out
-
-
-# --------------------------------------------------------------------------- decoding
+    grid = (min(max(first + j, 0), positions - 1) for j in range(clip_len))
+    return [min(k * s.numerator // s.denominator, num_frames - 1) for k in grid]
 
 
 def _video_step(stream: Any, frame_stride: int, frame_rate: float | None) -> Fraction:
     if frame_rate is None:
         return Fraction(frame_stride)
-    fps = None
-    for attr in ("average_rate", "guessed_rate", "base_rate"):
-        rate = getattr(stream, attr, None)
-        if rate:
-            fps = Fraction(rate)
-            break
+    rates = (getattr(stream, attr, None) for attr in ("average_rate", "guessed_rate", "base_rate"))
+    fps = next((Fraction(rate) for rate in rates if rate), None)
     if not fps or fps <= 0:
         return Fraction(frame_stride)  # unknown frame rate: fall back to the fixed stride
     return fps / _as_fraction(frame_rate)
@@ -269,23 +256,15 @@ def read_video_clip(
     return torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous()
 
 
-# --------------------------------------------------------------------------- dataset
-
-
 class VideoFolderDataset(ImageFileDataset):
     """Videos in ``root/<class_name>/<clip>.<ext>`` (Kinetics layout); one centred clip per video.
 
-    Args:
-        root: the dataset folder; each non-hidden sub-folder is a class (sorted order = class index).
-        transform: applied to the uint8 ``(T, C, H, W)`` clip, e.g. ``R3D_18_Weights.KINETICS400_V1.transforms()``
-            (→ float ``(C, T, H, W)``); ``None`` returns the uint8 clip unchanged.
-        clip_len: frames per clip.
-        frame_stride: step between sampled source frames (used when ``frame_rate`` is ``None`` or a video
-            does not state its frame rate).
-        frame_rate: sample at this many frames per second of video instead (step ``fps / frame_rate``
-            per video, as torchvision's reference evaluation does).
-        extensions: file endings taken as videos, default :data:`VIDEO_EXTENSIONS`.
-        decode_threads: FFmpeg decoding threads per video (keep 1 when DataLoader workers run in parallel).
+    Each non-hidden sub-folder is a class (sorted order = class index). ``transform`` gets the uint8
+    ``(T, C, H, W)`` clip, e.g. ``R3D_18_Weights.KINETICS400_V1.transforms()`` (→ float ``(C, T, H, W)``).
+    ``frame_stride``: step between sampled source frames, used when ``frame_rate`` is ``None`` or a video does
+    not state its frame rate; ``frame_rate``: sample at this many frames per second instead (step ``fps /
+    frame_rate`` per video, as torchvision's reference evaluation does). ``decode_threads``: FFmpeg threads
+    per video (keep 1 when DataLoader workers run in parallel).
 
     Use :meth:`for_model` for the settings of a torchvision video model's Kinetics-400 weights.
     """
@@ -333,8 +312,7 @@ class VideoFolderDataset(ImageFileDataset):
 
     def __getitem__(self, index: int) -> Sample:
         i = self._position(index)
-        path = os.path.join(self.root, self._files[i])
-        label = int(self._labels[i])
+        path, label = self.path(i), self.label(i)
         try:
             clip = read_video_clip(path, self.clip_len, self.frame_stride, self.frame_rate, self.decode_threads)
         except DataError as exc:

@@ -25,11 +25,9 @@ _EPS = 1e-30
 class Detector(Estimator):
     """A scikit-learn-style detector: ``fit(known, challenge)`` then ``score_samples(x)`` (higher = more like known).
 
-    Args:
-        kind: ``"mlp"`` (hidden layers ``hidden``, Adam, early stopping off, ``max_iter`` epochs) or
-            ``"logistic"`` (L2-regularised logistic regression, ``C``).
-        log_features: take ``log(1e-30 + d)`` of the (non-negative) features before standardising.
-        seed: the random state of the classifier (weight initialisation, shuffling).
+    ``kind``: ``"mlp"`` (hidden layers ``hidden``, Adam, early stopping off, ``max_iter`` epochs) or ``"logistic"``
+    (L2-regularised logistic regression, ``C``); ``log_features``: take ``log(1e-30 + d)`` of the (non-negative)
+    features before standardising; ``seed``: the classifier's random state (initialisation, shuffling).
     """
 
     format_name = "gradtrust.detector"

@@ -217,13 +217,9 @@ class DetectSet:
 
 def _unframe(frame: Any) -> dict[str, np.ndarray]:
     cols = list(frame.columns)
-    out = {
-        "grad": frame[[c for c in cols if c.startswith("g:")]].to_numpy(np.float64),
-        "pen": frame[[c for c in cols if c.startswith("h:")]].to_numpy(np.float64),
-        "logits": frame[[c for c in cols if c.startswith("z:")]].to_numpy(np.float64),
-        "fit": frame["fit"].to_numpy(bool),
-        "label": frame["label"].to_numpy(np.int64),
-    }
+    out = {key: frame[[c for c in cols if c.startswith(prefix)]].to_numpy(np.float64)
+           for key, prefix in (("grad", "g:"), ("pen", "h:"), ("logits", "z:"))}
+    out.update(fit=frame["fit"].to_numpy(bool), label=frame["label"].to_numpy(np.int64))
     out.update({c: frame[c].to_numpy(np.float64) for c in cols if c.startswith("score.")})
     return out
 
@@ -371,9 +367,9 @@ def evaluate_challenge(known: dict[str, np.ndarray], chal: dict[str, np.ndarray]
         raise InputError(f"challenge {ch.key}: too few samples to split into fitting and evaluation parts.")
     is_known = np.r_[np.ones(int(ke.sum()), bool), np.zeros(int(ce.sum()), bool)]
     scores: dict[str, tuple[str, np.ndarray]] = {}
-    if ch.kind != "ood":  # derived sets: no evaluated image may have any version in the fitting data
-        if chal["fit"].shape != kf.shape or bool((ce & kf).any()) or bool((cf & ke).any()):
-            raise SplitError(f"{ch.key}: a challenge image and its source image are in different parts.")
+    # derived sets: no evaluated image may have any version in the fitting data
+    if ch.kind != "ood" and (chal["fit"].shape != kf.shape or bool((ce & kf).any()) or bool((cf & ke).any())):
+        raise SplitError(f"{ch.key}: a challenge image and its source image are in different parts.")
     evaluated = np.r_[known["grad"][ke], chal["grad"][ce]]
     for kind in settings.detectors:
         det = Detector(kind=kind, seed=settings.seed).fit(known["grad"][kf], chal["grad"][cf])

@@ -62,8 +62,7 @@ class FeatureLayout:
                 raise UnknownNameError(f"layers {unknown} are not modules of this model; modules that own "
                                        f"parameters: {', '.join(candidates[:12])}{' …' if len(candidates) > 12 else ''}.")
             prefixes = tuple(name + "." for name in layers if name)
-            take_all = "" in layers
-            chosen = [n for n in names if take_all or owners[n][0] in layers or owners[n][0].startswith(prefixes)]
+            chosen = [n for n in names if "" in layers or owners[n][0] in layers or owners[n][0].startswith(prefixes)]
             if not chosen:
                 raise ModelError(f"layers {list(layers)} own no parameters, so they have no gradient features.")
         self.tensors: list[str] = chosen

@@ -44,9 +44,7 @@ class MahalanobisDetector(Estimator):
         means = np.stack([h[y == c].mean(0) for c in classes])
         centred = h - means[np.searchsorted(classes, y)]
         cov = centred.T @ centred / h.shape[0]
-        self.classes_ = classes
-        self.means_ = means
-        self.precision_ = np.linalg.pinv(cov, hermitian=True)
+        self.classes_, self.means_, self.precision_ = classes, means, np.linalg.pinv(cov, hermitian=True)
         return self
 
     def distances(self, features: Any) -> np.ndarray:

@@ -58,6 +58,5 @@ def evaluate_detection(scores: Any, is_known: Any, n_resamples: int = 200, seed:
     for name, fn in (("auroc", auroc), ("fpr_at_95tpr", fpr_at_95tpr), ("detection_error", detection_error)):
         out[name] = fn(s, k)
         if n_resamples > 0:
-            low, high = bootstrap_ci(fn, s, k, n_resamples=n_resamples, seed=seed)
-            out[f"{name}_low"], out[f"{name}_high"] = low, high
+            out[f"{name}_low"], out[f"{name}_high"] = bootstrap_ci(fn, s, k, n_resamples=n_resamples, seed=seed)
     return out

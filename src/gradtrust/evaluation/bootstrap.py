@@ -24,6 +24,7 @@ out of the quantiles; if all are NaN the interval is (NaN, NaN).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
@@ -89,11 +90,8 @@ def _index_blocks(n: int, n_resamples: int, seed: int | None, width: int) -> Ite
     """Blocks (b, n) of the resample indices, in order; the rows do not depend on the block size."""
     b = max(1, min(n_resamples, _BLOCK_ELEMENTS // max(width, 1)))
     rows = _index_rows(n, n_resamples, seed)
-    done = 0
-    while done < n_resamples:
-        k = min(b, n_resamples - done)
-        yield np.stack([next(rows) for _ in range(k)])
-        done += k
+    for done in range(0, n_resamples, b):
+        yield np.stack([next(rows) for _ in range(min(b, n_resamples - done))])
 
 
 def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int | None = 0) -> np.ndarray:
@@ -158,8 +156,7 @@ def vectorised_bootstrap(
     for idx in _index_blocks(n, n_resamples, seed, max(n, 2 * m)):
         b = idx.shape[0]
         rows = np.arange(b, dtype=np.int64)[:, None]
-        counts = np.bincount((key[idx] + rows * (2 * m)).ravel(), minlength=b * 2 * m)
-        counts = counts.reshape(b, 2, m)
+        counts = np.bincount((key[idx] + rows * (2 * m)).ravel(), minlength=b * 2 * m).reshape(b, 2, m)
         g = Groups(counts[:, 1], counts[:, 0])
         for nm in rank_names:
             out[nm][start : start + b] = _GROUP_CORES[nm](g)
@@ -168,8 +165,7 @@ def vectorised_bootstrap(
             for lo in range(0, b, aufc_rows):
                 sub = idx[lo : lo + aufc_rows]
                 r = np.arange(sub.shape[0], dtype=np.int64)[:, None]
-                w = np.bincount((sub + r * n).ravel(), minlength=sub.shape[0] * n)
-                w = w.reshape(sub.shape[0], n).astype(np.float64)
+                w = np.bincount((sub + r * n).ravel(), minlength=sub.shape[0] * n).reshape(-1, n).astype(np.float64)
                 f1 = _sel._f1_curves(kq[lo : lo + aufc_rows], down, events, k, m, weights=w)
                 out["aufc"][start + lo : start + lo + sub.shape[0]] = 100.0 * f1.mean(axis=1)
         start += b
@@ -185,14 +181,10 @@ def bootstrap_distribution(
 ) -> np.ndarray:
     """The metric on each of ``n_resamples`` bootstrap resamples: a float64 array (n_resamples,).
 
-    Args:
-        metric: a function of this package (``auac``, ``aurc``, …), its name, or any callable taking the
-            resampled ``arrays`` and returning a float.
-        *arrays: the per-sample arrays the metric takes, resampled jointly (same indices for all).
-        n_resamples: number of resamples.
-        seed: seed of ``np.random.default_rng``; the same seed gives the same resamples.
-        vectorised: ``None`` (default) uses the vectorised path when the metric has one; ``False`` forces
-            the loop (for checking); ``True`` requires the vectorised path (error if there is none).
+    ``metric``: a function of this package (``auac``, ``aurc``, …), its name, or any callable taking the
+    ``arrays`` (resampled jointly, same indices for all) and returning a float; ``seed`` seeds
+    ``np.random.default_rng``. ``vectorised``: ``None`` uses the vectorised path when the metric has one;
+    ``False`` forces the loop (for checking); ``True`` requires the vectorised path (error if there is none).
     """
     n_resamples = check_settings(n_resamples)
     if not arrays:
@@ -226,6 +218,18 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, f
     alpha = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(finite, [alpha, 100.0 - alpha])
     return (float(low), float(high))
+
+
+def ci_text(value: Any, low: Any = None, high: Any = None, *, scale: float = 100.0, digits: int = 2) -> str:
+    """``value [low, high]``, each × ``scale`` with ``digits`` decimals: ``n/a`` for a missing (None or not
+    finite) value, no interval unless both ends are finite."""
+    def finite(v: Any) -> bool:
+        return v is not None and math.isfinite(v)
+
+    if not finite(value):
+        return "n/a"
+    ci = f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]" if finite(low) and finite(high) else ""
+    return f"{scale * value:.{digits}f}{ci}"
 
 
 def bootstrap_ci(

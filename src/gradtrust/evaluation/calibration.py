@@ -103,11 +103,6 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 def top_label(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(conf_i, c_i)``: the top-label confidence ``max_c p_ic`` and whether ``argmax_c p_ic`` (the first
     maximum when several classes tie) equals the label."""
@@ -215,8 +210,7 @@ def classwise_calibration_error(probs: Any, labels: Any, n_bins: int = DEFAULT_B
     n, k = p.shape
     y = _labels(labels, n, k)
     n_bins = check_int("n_bins", n_bins)
-    onehot = np.zeros_like(p)
-    onehot[np.arange(n), y] = 1.0
+    onehot = (np.arange(k) == y[:, None]).astype(p.dtype)
     bins = _uniform_bins(p, n_bins) + n_bins * np.arange(k)[None, :]  # one block of bins per class
     gap = np.bincount(bins.ravel(), weights=(onehot - p).ravel(), minlength=n_bins * k)
     return float(np.abs(gap).sum() / (n * k))
@@ -229,8 +223,7 @@ def brier_score(probs: Any, labels: Any) -> float:
     """
     p = _probabilities(probs)
     y = _labels(labels, *p.shape)
-    onehot = np.zeros_like(p)
-    onehot[np.arange(p.shape[0]), y] = 1.0
+    onehot = (np.arange(p.shape[1]) == y[:, None]).astype(p.dtype)
     return float(np.square(p - onehot).sum(axis=1).mean())
 
 
@@ -243,7 +236,9 @@ def negative_log_likelihood(logits: Any, labels: Any, temperature: float = 1.0) 
         raise InputError(f"temperature must be > 0, got {temperature!r}.")
     z = as_matrix(logits, "logits", "classes")
     y = _labels(labels, *z.shape)
-    return float(-_log_softmax(z / float(temperature))[np.arange(z.shape[0]), y].mean())
+    z = z / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)  # log softmax, shifted so that it never overflows
+    return float(-(z[np.arange(z.shape[0]), y] - np.log(np.exp(z).sum(axis=1))).mean())
 
 
 def fit_temperature(logits: Any, labels: Any, *, max_iter: int = 100, tol: float = 1e-10) -> float:

@@ -16,6 +16,7 @@ coverage 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,10 @@ def _groups(scores: Any, correct: Any) -> tuple[Groups, Any]:
     return Groups(*group_counts(ranked.codes, c, ranked.values.shape[0])), ranked
 
 
+def _scalar(core: Callable[[Groups], np.ndarray], scores: Any, correct: Any) -> float:
+    return float(core(_groups(scores, correct)[0])[0])
+
+
 def optimal_aurc(error_rate: Any) -> Any:
     """The oracle's AURC at error rate ``e``: ``e + (1 − e) ln(1 − e)`` (docs/methods.md; Geifman et al., ICLR 2019).
 
@@ -116,12 +121,10 @@ def risk_coverage_curve(scores: Any, correct: Any) -> tuple[np.ndarray, np.ndarr
     For each distinct score value ``τ`` (descending), the accepted set is ``A_τ = {i : s_i ≥ τ}``;
     ``coverage = |A_τ| / n`` and ``selective_risk = #{i ∈ A_τ : c_i = 0} / |A_τ|``. Ties are accepted or
     rejected together (as fd-shifts does). NaN scores form the last group (``τ = NaN`` means "accept every
-    sample"), so the last point always has coverage 1 and risk = the error rate.
-
-    Returns:
-        ``(coverage, selective_risk, thresholds)``: three float64 arrays of length m (the number of distinct
-        score values, NaN counted as one), coverage ascending, thresholds descending. :func:`aurc`
-        integrates these points plus the end point ``(0, selective_risk[0])`` (see there).
+    sample"), so the last point always has coverage 1 and risk = the error rate. Returns ``(coverage,
+    selective_risk, thresholds)``: float64 arrays of length m (the distinct score values, NaN counted as one),
+    coverage ascending, thresholds descending. :func:`aurc` integrates these points plus the end point
+    ``(0, selective_risk[0])`` (see there).
     """
     g, ranked = _groups(scores, correct)
     acc = g.accepted[0]
@@ -138,8 +141,7 @@ def aurc(scores: Any, correct: Any) -> float:
     divided by its display scale 1000. Lower is better; a random score gives ≈ the error rate ``e``, a
     perfect one ≈ ``e + (1 − e) ln(1 − e)``. All wrong → 1, all correct → 0, one sample → its error.
     """
-    g, _ = _groups(scores, correct)
-    return float(_aurc_groups(g)[0])
+    return _scalar(_aurc_groups, scores, correct)
 
 
 def eaurc(scores: Any, correct: Any) -> float:
@@ -149,8 +151,7 @@ def eaurc(scores: Any, correct: Any) -> float:
     for binary residuals), not the discrete optimum of this sample: with few samples or a tied score the
     trapezoid AURC can fall slightly below it, so E-AURC can be slightly negative.
     """
-    g, _ = _groups(scores, correct)
-    return float(_eaurc_groups(g)[0])
+    return _scalar(_eaurc_groups, scores, correct)
 
 
 def augrc(scores: Any, correct: Any) -> float:
@@ -161,8 +162,7 @@ def augrc(scores: Any, correct: Any) -> float:
     :func:`risk_coverage_curve` (coverage, generalised risk) plus the end point ``(0, 0)``, as fd-shifts.
     Lower is better; a random score gives ≈ ``e/2``, a perfect one ≈ ``e²/2``.
     """
-    g, _ = _groups(scores, correct)
-    return float(_augrc_groups(g)[0])
+    return _scalar(_augrc_groups, scores, correct)
 
 
 def auroc(scores: Any, correct: Any) -> float:
@@ -176,8 +176,7 @@ def auroc(scores: Any, correct: Any) -> float:
     Returns NaN — not an error, so that a report goes on — when it is undefined: all predictions correct or
     all wrong (one of the two classes is empty).
     """
-    g, _ = _groups(scores, correct)
-    return float(_auroc_groups(g)[0])
+    return _scalar(_auroc_groups, scores, correct)
 
 
 def fpr_at_95tpr(scores: Any, correct: Any) -> float:
@@ -189,5 +188,4 @@ def fpr_at_95tpr(scores: Any, correct: Any) -> float:
     ``#wrong accepted / #wrong``. Lower is better. NaN (not an error) when undefined: no correct or no wrong
     prediction.
     """
-    g, _ = _groups(scores, correct)
-    return float(_fpr95_groups(g)[0])
+    return _scalar(_fpr95_groups, scores, correct)

@@ -42,6 +42,7 @@ import numpy as np
 
 from gradtrust.evaluation._inputs import (
     Groups,
+    Ranked,
     as_labels,
     as_scores,
     check_lengths,
@@ -57,11 +58,6 @@ __all__ = ["PERCENTILES", "accuracy_curve", "f1_curve", "auac", "aufc"]
 PERCENTILES = np.arange(100)
 
 
-def _percentile_positions(n: int) -> np.ndarray:
-    """``⌈q (n − 1) / 100⌉`` for q = 0..99, exactly (0-based positions in ascending score order)."""
-    return -((-PERCENTILES * (n - 1)) // 100)
-
-
 def _percentile_groups(g: Groups) -> np.ndarray:
     """For each row, the tie group (descending index) that ``t_q`` falls in: ``R_q`` = groups ``0..k[:, q]``.
 
@@ -73,7 +69,7 @@ def _percentile_groups(g: Groups) -> np.ndarray:
     acc = g.accepted
     b, m = acc.shape
     n = int(acc[0, -1])
-    target = n - _percentile_positions(n)  # in 1..n
+    target = n + (-PERCENTILES * (n - 1)) // 100  # n − ⌈q(n−1)/100⌉, exactly: in 1..n
     off = np.arange(b, dtype=np.int64)[:, None] * (n + 1)
     k = np.searchsorted((acc + off).ravel(), (target[None, :] + off).ravel(), side="left")
     return k.reshape(b, 100) - np.arange(b, dtype=np.int64)[:, None] * m
@@ -107,15 +103,9 @@ def _f1_curves(
     m: int,
     weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Macro F1 above each percentile, shape (b, 100), for b rows at once.
-
-    Args:
-        kq: (b, 100) percentile groups from :func:`_percentile_groups` (descending group indices).
-        down: (n,) descending group index of each sample, in 0..m-1.
-        events: :func:`_f1_events`.
-        k: number of classes.
-        m: number of tie groups.
-        weights: (b, n) multiplicity of each sample in each row (bootstrap), or None for b = 1, all ones.
+    """Macro F1 above each percentile, shape (b, 100), for b rows at once, from the (b, 100) percentile groups
+    ``kq`` (:func:`_percentile_groups`), each sample's descending group index ``down`` (in 0..m-1), ``k`` classes,
+    ``m`` tie groups and ``weights``: (b, n) multiplicity of each sample in each row (bootstrap), or None.
 
     Sample i is in ``R_q`` for the ``Q_i = #{q : kq ≥ down_i}`` smallest q (``R_q`` shrinks as q grows);
     ``Q`` is tabulated per group (a histogram of ``kq`` summed from the top) and looked up per sample.
@@ -159,17 +149,8 @@ def _f1_curves(
 def accuracy_curve(scores: Any, correct: Any) -> np.ndarray:
     """Selective accuracy above each score percentile: ``acc(q)`` for q = 0, 1, …, 99 (docs/methods.md, "Evaluation protocol").
 
-    ``acc(q) = mean_{i ∈ R_q} c_i`` with ``R_q = {i : s_i ≥ s_(⌈q(n−1)/100⌉)}`` as in the module docstring.
-
-    Args:
-        scores: (n,) trust scores, higher = more trustworthy; NaN allowed (ranked least trustworthy).
-        correct: (n,) bool or 0/1, ``1[y_i = ŷ_i]``.
-
-    Returns:
-        float64 array of 100 fractions in [0, 1].
-
-    Raises:
-        gradtrust.errors.InputError: empty input, different lengths, non-binary ``correct``.
+    ``acc(q) = mean_{i ∈ R_q} c_i`` with ``R_q = {i : s_i ≥ s_(⌈q(n−1)/100⌉)}`` as in the module docstring;
+    ``correct`` is bool or 0/1, ``1[y_i = ŷ_i]``; NaN scores rank least trustworthy. 100 fractions in [0, 1].
     """
     _, c, ranked = prepare(scores, correct)
     return _accuracy_curve_groups(Groups(*group_counts(ranked.codes, c, ranked.values.shape[0])))[0]
@@ -191,25 +172,23 @@ def f1_curve(scores: Any, labels: Any, predictions: Any) -> np.ndarray:
     :func:`accuracy_curve`): per class ``F1_c = 2·TP_c / (2·TP_c + FP_c + FN_c)``, averaged over the classes
     present in either ``y`` or ``ŷ`` restricted to ``R_q``; a zero division gives 0. This equals
     ``sklearn.metrics.f1_score(y[R_q], ŷ[R_q], average="macro", zero_division=0)``, computed for all 100
-    percentiles at once from per-class TP/FP/FN counts accumulated down the score order.
-
-    Args:
-        scores: (n,) trust scores; NaN allowed (ranked least trustworthy).
-        labels: (n,) true classes (any comparable values: ints, strings).
-        predictions: (n,) predicted classes, same kind of values.
-
-    Returns:
-        float64 array of 100 fractions in [0, 1].
+    percentiles at once from per-class TP/FP/FN counts accumulated down the score order. Classes may be any
+    comparable values (ints, strings); NaN scores rank least trustworthy. 100 fractions in [0, 1].
     """
-    s = as_scores(scores)
-    y = as_labels(labels, "labels")
-    p = as_labels(predictions, "predictions")
+    return _classified(scores, labels, predictions)[-1]
+
+
+def _classified(scores: Any, labels: Any, predictions: Any) -> tuple[tuple, Ranked, np.ndarray, Groups, np.ndarray]:
+    """The checked ``(scores, labels, predictions)``, their rank encoding, whether each prediction is right, the
+    tie-group counts and ``f1(q)``: what :func:`f1_curve` and :func:`gradtrust.evaluation.evaluate` share."""
+    s, y, p = as_scores(scores), as_labels(labels, "labels"), as_labels(predictions, "predictions")
     check_lengths(scores=s, labels=y, predictions=p)
     ranked = rank_codes(s)
     yi, pi, k = encode_classes(y, p)
     m = ranked.values.shape[0]
     g = Groups(*group_counts(ranked.codes, yi == pi, m))
-    return _f1_curves(_percentile_groups(g), (m - 1) - ranked.codes, _f1_events(yi, pi, k), k, m)[0]
+    f1 = _f1_curves(_percentile_groups(g), (m - 1) - ranked.codes, _f1_events(yi, pi, k), k, m)[0]
+    return (s, y, p), ranked, yi == pi, g, f1
 
 
 def aufc(scores: Any, labels: Any, predictions: Any) -> float:

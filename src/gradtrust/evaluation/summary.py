@@ -12,15 +12,7 @@ from gradtrust import schema
 from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.evaluation import risk as _risk
 from gradtrust.evaluation import selective as _sel
-from gradtrust.evaluation._inputs import (
-    Groups,
-    as_labels,
-    as_scores,
-    check_lengths,
-    encode_classes,
-    group_counts,
-    rank_codes,
-)
+from gradtrust.evaluation._inputs import as_labels, as_scores, check_lengths
 from gradtrust.evaluation.bootstrap import bootstrap_ci, check_settings, percentile_interval, vectorised_bootstrap
 from gradtrust.evaluation.references import oracle_reference, random_reference
 
@@ -42,39 +34,21 @@ def evaluate(
 ) -> dict[str, float]:
     """Every metric of docs/methods.md ("Evaluation protocol") for one trust score.
 
-    Args:
-        scores: (n,) trust scores, higher = more trustworthy; NaN = undefined (counted in ``n_nan`` and
-            ranked least trustworthy by every metric).
-        labels: (n,) true classes.
-        predictions: (n,) predicted classes; ``correct = labels == predictions``.
-        ci: add bootstrap percentile intervals ``<metric>_low`` / ``<metric>_high`` for every metric
-            (:func:`gradtrust.evaluation.bootstrap_ci`, all metrics on the same resamples).
-        n_resamples, confidence, seed: bootstrap settings.
+    ``scores``: higher = more trustworthy; NaN = undefined (counted in ``n_nan``, ranked least trustworthy by
+    every metric); ``correct = labels == predictions``. ``ci`` adds bootstrap percentile intervals
+    ``<metric>_low`` / ``<metric>_high`` for every metric (:func:`gradtrust.evaluation.bootstrap_ci`, all
+    metrics on the same resamples of ``n_resamples``, ``confidence``, ``seed``).
 
-    Returns:
-        dict: ``n`` (samples), ``n_nan`` (NaN scores), ``accuracy``, then ``auac``, ``aufc`` (in [0, 100]),
-        ``aurc``, ``eaurc``, ``augrc``, ``auroc``, ``fpr_at_95tpr`` (fractions; ``auroc`` and
-        ``fpr_at_95tpr`` NaN when all predictions are correct or all wrong), and the intervals if ``ci``.
-
-    Raises:
-        gradtrust.errors.InputError: empty input, different lengths, undefined labels.
+    Returns ``n`` (samples), ``n_nan`` (NaN scores), ``accuracy``, then ``auac``, ``aufc`` (in [0, 100]),
+    ``aurc``, ``eaurc``, ``augrc``, ``auroc``, ``fpr_at_95tpr`` (fractions; ``auroc`` and ``fpr_at_95tpr`` NaN
+    when all predictions are correct or all wrong), and the intervals if ``ci``. An ``InputError`` for empty
+    input, different lengths or undefined labels.
     """
-    s = as_scores(scores)
-    y = as_labels(labels, "labels")
-    p = as_labels(predictions, "predictions")
-    n = check_lengths(scores=s, labels=y, predictions=p)
+    (s, y, p), ranked, c, g, f1 = _sel._classified(scores, labels, predictions)
     if ci:
         check_settings(n_resamples, confidence)
-    ranked = rank_codes(s)
-    m = ranked.values.shape[0]
-    yi, pi, k = encode_classes(y, p)
-    c = yi == pi
-    g = Groups(*group_counts(ranked.codes, c, m))
-    f1 = _sel._f1_curves(
-        _sel._percentile_groups(g), (m - 1) - ranked.codes, _sel._f1_events(yi, pi, k), k, m
-    )
     out: dict[str, float] = {
-        "n": n,
+        "n": len(s),
         "n_nan": ranked.n_nan,
         "accuracy": float(c.mean()),
         "auac": float(100.0 * _sel._accuracy_curve_groups(g).mean()),
@@ -114,19 +88,16 @@ def evaluate_frame(
 ) -> Any:
     """Every metric for every method of a results table: a pandas DataFrame, one row per method.
 
-    Args:
-        df: a results DataFrame (``scores.parquet``): columns ``label``, ``prediction`` and one float column
-            per method (higher = more trustworthy, NaN when undefined).
-        methods: the score columns to evaluate, in row order; default every float column other than
-            ``index``, ``path``, ``label``, ``prediction``, ``correct`` and ``nan_reason_*``.
-        ci, n_resamples, confidence, seed: bootstrap intervals, as in :func:`evaluate`.
-        references: append the rows ``random_reference`` and ``oracle_reference``
-            (:mod:`gradtrust.evaluation.references`; NaN where a reference does not define a metric).
+    ``df``: a results DataFrame (``scores.parquet``): ``label``, ``prediction`` and one float column per method
+    (higher = more trustworthy, NaN when undefined). ``methods``: the score columns to evaluate, in row order;
+    default every float column other than ``index``, ``path``, ``label``, ``prediction``, ``correct`` and
+    ``nan_reason_*``. ``ci``, ``n_resamples``, ``confidence``, ``seed``: as in :func:`evaluate`.
+    ``references`` appends the rows ``random_reference`` and ``oracle_reference``
+    (:mod:`gradtrust.evaluation.references`; NaN where a reference does not define a metric).
 
-    Returns:
-        DataFrame indexed by ``method`` with the columns of :func:`evaluate` plus ``n_unlabeled``: rows with
-        an unknown label (``label < 0``, the dataset convention) are left out of every metric and counted.
-        ``correct`` is recomputed as ``label == prediction``.
+    The result is indexed by ``method``, with the columns of :func:`evaluate` plus ``n_unlabeled``: rows with an
+    unknown label (``label < 0``, the dataset convention) are left out of every metric and counted.
+    ``correct`` is recomputed as ``label == prediction``.
     """
     import pandas as pd
 

@@ -184,26 +184,18 @@ def explain(model, images, methods: str | Iterable[str] = CAM_METHODS, layer: st
     """Grad-CAM ("Why P?"), Counterfactual-CAM ("What if not P?"), Contrast-CAM ("Why P, rather than Q?") and the
     interventions occlusion, RISE and SHAPE (:mod:`gradtrust.explanations.perturbation`).
 
-    Args:
-        model: a classifier ``nn.Module`` or a :class:`gradtrust.LoadedModel`; run in eval mode with frozen
-            parameters and left exactly as found.
-        images: a preprocessed float batch (B, C, H, W) or video (B, C, T, H, W), moved to the model's device
-            and dtype.
-        methods: any of :data:`METHODS` (a list or comma-separated string); default the three gradient maps.
-        layer: the module whose output is explained (default: the last spatial layer before global pooling;
-            for class-token ViTs the last block's first LayerNorm — see ``docs/explanations.md``).
-        target: P — ``None`` (the prediction), an int, or (B,) class ids.
-        contrast: Q — ``None`` (the highest logit other than P), an int, (B,) class ids, or ``"all"`` for the
-            Contrast-CAM of every class (``layer_maps["contrast"]`` is then (B, C, h, w)).
-        gradient_path: ``"auto"`` (the closed form when the layer feeds GAP + the final linear layer, verified
-            on the batch; batched autograd otherwise), ``"closed_form"`` (error when it does not apply) or
-            ``"autograd"``.
-        chunk_bytes: memory bound of one chunk of classes (``contrast="all"`` on the general path).
-        output_index: for a model returning several outputs, the one holding the logits
-            (:func:`gradtrust.nn.outputs.logits_of`).
-        perturbation: :class:`PerturbationOptions` of occlusion, RISE and SHAPE (masks, grid, patch, stride,
-            seed, memory bound); default ``PerturbationOptions()``.
-        progress: a progress bar over the masked passes.
+    The model (an ``nn.Module`` or a :class:`gradtrust.LoadedModel`) runs in eval mode with frozen parameters
+    and is left exactly as found; ``images``: a preprocessed batch (B, C, H, W) or video (B, C, T, H, W).
+    ``methods``: any of :data:`METHODS` (a list or comma-separated string; default the three gradient maps).
+    ``layer``: the module whose output is explained (default: the last spatial layer before global pooling;
+    for class-token ViTs the last block's first LayerNorm — see ``docs/explanations.md``). ``target`` (P):
+    ``None`` (the prediction), an int, or (B,) class ids. ``contrast`` (Q): ``None`` (the highest logit other
+    than P), an int, (B,) class ids, or ``"all"`` for the Contrast-CAM of every class (``layer_maps["contrast"]``
+    is then (B, C, h, w)). ``gradient_path``: ``"auto"`` (the closed form when the layer feeds GAP + the final
+    linear layer, verified on the batch; batched autograd otherwise), ``"closed_form"`` (error when it does not
+    apply) or ``"autograd"``. ``chunk_bytes`` bounds one chunk of classes (``contrast="all"``, general path).
+    ``perturbation``: the :class:`PerturbationOptions` of occlusion, RISE and SHAPE (masks, grid, patch, stride,
+    seed, memory bound; default ``PerturbationOptions()``); ``progress``: a bar over the masked passes.
 
     Cost: one forward pass with the closed form; otherwise one forward pass with a graph from the layer on
     and one batched backward (over two cotangents, or over chunks of classes for ``contrast="all"``). The

@@ -62,11 +62,9 @@ def run_ends(matrix: torch.Tensor) -> torch.Tensor:
     last = matrix.shape[1] - 1 - nonzero.flip(1).int().argmax(1)
     sig = first * matrix.shape[1] + last
     n = sig.shape[0]
-    change_prev = torch.ones(n, dtype=torch.bool, device=matrix.device)
-    change_next = torch.ones(n, dtype=torch.bool, device=matrix.device)
-    change_prev[1:] = sig[1:] != sig[:-1]
-    change_next[:-1] = sig[:-1] != sig[1:]
-    return torch.nonzero(change_prev | change_next).flatten()
+    change = torch.ones(n + 1, dtype=torch.bool, device=matrix.device)  # change[i]: row i starts a run (i = n: end)
+    change[1:-1] = sig[1:] != sig[:-1]
+    return torch.nonzero(change[:-1] | change[1:]).flatten()
 
 
 class Upsampler:

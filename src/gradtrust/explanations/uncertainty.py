@@ -67,10 +67,8 @@ def voice(model, images, layer: str | None = None, threshold: float = 0.1, *, ta
           output_index: int | str | None = None) -> VoiceResult:
     """VOICE uncertainty maps and their SNR and IoU for a batch (see the module docstring for the formulas).
 
-    Args:
-        model, images, layer, gradient_path, chunk_bytes, output_index: as :func:`gradtrust.explain`.
-        threshold: ``τ`` of the IoU, in [0, 1].
-        target: the explained class P (default: the prediction).
+    ``threshold``: ``τ`` of the IoU, in [0, 1]; ``target``: the explained class P (default: the prediction);
+    the other arguments as :func:`gradtrust.explain`.
 
     Cost on GAP heads: one forward pass (closed form); otherwise one forward pass and batched backwards over
     every class in chunks.

@@ -73,10 +73,7 @@ class ChannelWeights:
 
     def __init__(self, cap: Captured, head: nn.Linear | None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  spec: LayerSpec | None = None):
-        self.cap = cap
-        self.head = head
-        self.spec = spec
-        self.chunk_bytes = chunk_bytes
+        self.cap, self.head, self.spec, self.chunk_bytes = cap, head, spec, chunk_bytes
         acts = cap.activations
         self.batch, self.channels = acts.shape[0], acts.shape[1]
         self.positions = acts.shape[2:].numel()  # h·w (or t·h·w)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from gradtrust.evaluation.bootstrap import ci_text
+
 __all__ = ["DEFAULT_EPOCHS", "GradconBenchmark", "run_gradcon_benchmark"]
 
 #: Epochs per model on the ~90 training images of one digit class (2 batches of 64 per epoch).
@@ -49,12 +51,7 @@ class GradconBenchmark:
 
 
 def _cell(value: float, ci: tuple[float, float] | None) -> str:
-    if not np.isfinite(value):
-        return "n/a"
-    text = f"{100 * value:.2f}"
-    if ci is not None and np.all(np.isfinite(ci)):
-        text += f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
-    return text
+    return ci_text(value, *(ci or (None, None)))
 
 
 def _delta_cell(value: float, ci: tuple[float, float]) -> str:

@@ -91,10 +91,7 @@ def load_labelled(data: str, *, grayscale: bool = False, workers: int = 0, progr
     reader = SimpleNamespace(input_kind="tensor", transform=_FolderTransform(grayscale), spec="gradcon")
     dataset = open_dataset(data, reader)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
-    images: list[torch.Tensor] = []
-    labels: list[int] = []
-    indices: list[int] = []
-    paths: list[str] = []
+    kept: list[Any] = []
     failures: list[tuple[int, str, str]] = []
     iterator: Any = loader
     if progress:
@@ -104,14 +101,12 @@ def load_labelled(data: str, *, grayscale: bool = False, workers: int = 0, progr
     for sample in iterator:
         if sample.input is None or sample.error:
             failures.append((int(sample.index), str(sample.path), sample.error or "unreadable"))
-            continue
-        images.append(sample.input)
-        labels.append(int(sample.label))
-        indices.append(int(sample.index))
-        paths.append(str(sample.path))
-    if not images:
+        else:
+            kept.append(sample)
+    if not kept:
         raise DataError(f"no readable image in {data} ({len(failures)} unreadable)")
-    return LabelledImages(images=collect_images(images, f"the images of {data}"),
-                          labels=np.asarray(labels, dtype=np.int64), indices=np.asarray(indices, dtype=np.int64),
-                          paths=paths, classes=[str(c) for c in dataset.classes], failures=failures,
-                          description=dataset.describe())
+    return LabelledImages(images=collect_images([s.input for s in kept], f"the images of {data}"),
+                          labels=np.asarray([int(s.label) for s in kept], dtype=np.int64),
+                          indices=np.asarray([int(s.index) for s in kept], dtype=np.int64),
+                          paths=[str(s.path) for s in kept], classes=[str(c) for c in dataset.classes],
+                          failures=failures, description=dataset.describe())

@@ -38,14 +38,9 @@ __all__ = ["GradCON", "GradConScores"]
 
 @dataclass
 class GradConScores:
-    """Per-image terms of the GradCON score (NumPy float64).
-
-    Attributes:
-        score: ``−mse + γ · cos.mean(axis=1)`` (higher = more normal).
-        mse: reconstruction error, mean over the pixels of the 28x28 working-size image.
-        cos: ``(N, 4)`` cosine between the image's decoder-weight gradient and the training mean ``ḡ_i``.
-        gamma: the γ the score used.
-    """
+    """Per-image terms of the GradCON score (NumPy float64): ``score = −mse + γ · cos.mean(axis=1)`` (higher =
+    more normal); ``mse``: reconstruction error, mean over the pixels of the 28x28 working-size image; ``cos``
+    ``(N, 4)``: cosine between the image's decoder-weight gradient and the training mean ``ḡ_i``."""
 
     score: np.ndarray
     mse: np.ndarray
@@ -61,16 +56,10 @@ class GradConScores:
 class GradCON(Estimator):
     """One-class anomaly detector: a convolutional autoencoder trained with a gradient constraint.
 
-    Args:
-        beta: weight of the gradient-alignment loss in training (0.03 in the release; 0 = plain autoencoder).
-        gamma: weight of the gradient cosine in the score (0.12 in the release; 0 = reconstruction error).
-        epochs: passes over the training images.
-        batch_size: training batch size (64 in the release).
-        lr: Adam learning rate (1e-3 in the release).
-        seed: seeds the weight initialisation and the shuffling (the global RNG is left as it was).
-        device: where to train and score (``"cpu"``, ``"cuda"``, a ``torch.device``).
-        chunk_size: images per batched per-sample-gradient call when scoring (memory: ~0.5 MB per image).
-        progress: show tqdm progress bars.
+    ``beta``: weight of the gradient-alignment loss in training (0 = plain autoencoder); ``gamma``: weight of
+    the gradient cosine in the score (0 = reconstruction error); ``beta``, ``gamma``, ``batch_size`` and ``lr``
+    default to the release's. ``seed`` seeds the initialisation and the shuffling (the global RNG is left as
+    it was); ``chunk_size``: images per batched per-sample-gradient call when scoring (~0.5 MB per image).
 
     >>> det = GradCON(epochs=20).fit(inlier_images)          # (N, C, H, W) in [0, 1], or a DataLoader
     >>> det.score_samples(test_images)                       # (M,) float64, higher = more normal
@@ -116,10 +105,8 @@ class GradCON(Estimator):
 
     def fit(self, data: Any) -> GradCON:
         """Train on inlier images only (a tensor ``(N, C, H, W)`` in ``[0, 1]``, a list of images or a
-        ``DataLoader``; all are collected, resized to 28x28 and kept in memory). Returns ``self``.
-
-        Raises:
-            InputError: fewer than 2 images, mixed sizes, values outside ``[0, 1]``… (before training starts).
+        ``DataLoader``; all are collected, resized to 28x28 and kept in memory). Returns ``self``. An
+        ``InputError`` before training starts for fewer than 2 images, mixed sizes, values outside ``[0, 1]``…
         """
         device = self._check_params()
         images = collect_images(data, "training images")
@@ -164,17 +151,13 @@ class GradCON(Estimator):
                     s += g.detach().double()
                     r.copy_(s / steps)
                 optimizer.step()
-                n = x.shape[0]
-                totals += n * np.array([loss.item(), mse.item(), grad_loss.item()])
+                totals += x.shape[0] * np.array([loss.item(), mse.item(), grad_loss.item()])
             totals /= x_all.shape[0]
             self.history_.append({"loss": float(totals[0]), "mse": float(totals[1]), "grad_loss": float(totals[2])})
             bar.update(1)
             bar.set_postfix(mse=f"{totals[1]:.4g}")
         bar.close()
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.model_ = model
+        self.model_ = model.eval().requires_grad_(False)
         self.reference_ = [r.detach() for r in reference]
         self.steps_ = steps
         return self
@@ -241,10 +224,7 @@ class GradCON(Estimator):
         model = GradConAE(int(state["in_channels"]))
         model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()
                                if not k.startswith("reference.")})
-        model.to(device).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.model_ = model
+        self.model_ = model.to(device).eval().requires_grad_(False)
         self.reference_ = [torch.from_numpy(arrays[f"reference.{i}"].copy()).to(device)
                            for i in range(len(model.decoder_layers))]
         self.in_channels_ = int(state["in_channels"])

@@ -69,24 +69,17 @@ def _check_values(t: torch.Tensor, what: str) -> None:
 
 
 def _batch_shape_error(shape: tuple[int, ...], what: str) -> InputError:
-    if len(shape) == 3:
-        hint = (f" For one image of shape {shape} pass images[None] (or .unsqueeze(0)); for a batch of grey "
-                "images of shape (N, H, W) pass images[:, None].")
-    elif len(shape) == 2:
-        hint = " For one grey image pass images[None, None]."
-    else:
-        hint = ""
+    hint = {3: f" For one image of shape {shape} pass images[None] (or .unsqueeze(0)); for a batch of grey "
+               "images of shape (N, H, W) pass images[:, None].",
+            2: " For one grey image pass images[None, None]."}.get(len(shape), "")
     return InputError(f"{what} must be a batch of shape (N, C, H, W), got shape {shape}.{hint}")
 
 
 def collect_images(data: Any, what: str = "images") -> torch.Tensor:
     """All images of ``data`` as one float tensor ``(N, C, H, W)`` in ``[0, 1]`` (on the CPU unless ``data``
-    is a single tensor elsewhere).
-
-    Raises:
-        InputError: no image at all; not 4-D (a single ``(C, H, W)`` image included: the message shows
-            how to make it a batch); images of different sizes or channel counts; values outside ``[0, 1]``;
-            NaN or infinite values.
+    is a single tensor elsewhere). An ``InputError`` for no image at all; not 4-D (for a single ``(C, H, W)``
+    image the message shows how to make it a batch); mixed sizes or channel counts; values outside ``[0, 1]``,
+    NaN or infinite.
     """
     if data is None:
         raise InputError(f"no {what} given (got None)")

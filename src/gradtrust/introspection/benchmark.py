@@ -25,7 +25,7 @@ import torch
 
 from gradtrust.evaluation import auroc, bootstrap_indices
 from gradtrust.evaluation import calibration as cal
-from gradtrust.evaluation.bootstrap import percentile_interval
+from gradtrust.evaluation.bootstrap import ci_text, percentile_interval
 
 __all__ = ["BenchmarkResult", "CONDITIONS", "run_benchmark"]
 
@@ -148,14 +148,8 @@ def run_benchmark(names: list[str] | None, out_dir: Path, *, hidden: int = 64, e
                            time.perf_counter() - t0)
 
 
-def _cell(row, key: str, scale: float = 100.0, digits: int = 1) -> str:
-    value, low, high = row[key], row[f"{key}_low"], row[f"{key}_high"]
-    if np.isnan(value):
-        return "n/a"
-    text = f"{scale * value:.{digits}f}"
-    if not np.isnan(low):
-        text += f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
-    return text
+def _cell(row, key: str) -> str:
+    return ci_text(row[key], row[f"{key}_low"], row[f"{key}_high"], digits=1)
 
 
 def benchmark_markdown(frame, *, hidden: int, epochs: int, seed: int, resamples: int) -> str:

@@ -42,26 +42,19 @@ class IntrospectiveFeatures(NamedTuple):
 
 
 class FeatureExtractor:
-    """Runs the network ``f`` once per batch and returns :class:`IntrospectiveFeatures`.
+    """Runs the network ``f`` (in eval mode) once per batch and returns :class:`IntrospectiveFeatures`.
 
-    Args:
-        model: the classifier (``nn.Module`` in eval mode).
-        layer: the ``nn.Linear`` whose weight gradient is the feature (its name in ``named_modules()``);
-            ``None`` = the final ``nn.Linear`` (the last one to run with one output per class).
-        path: ``"auto"`` (closed form where the layer's output is the logits, autograd otherwise),
-            ``"closed_form"`` or ``"autograd"`` (forced; for checking one against the other).
-        output_index: for a model returning several outputs, the one holding the logits
-            (:func:`gradtrust.nn.outputs.logits_of`).
+    ``layer``: the ``nn.Linear`` whose weight gradient is the feature (its name in ``named_modules()``); ``None``
+    = the final ``nn.Linear`` (the last one to run with one output per class). ``path``: ``"auto"`` (closed
+    form where the layer's output is the logits, autograd otherwise), ``"closed_form"`` or ``"autograd"``
+    (forced; for checking one against the other). ``output_index``: see :func:`gradtrust.nn.outputs.logits_of`.
     """
 
     def __init__(self, model: nn.Module, layer: str | None = None, path: str = "auto",
                  output_index: int | str | None = None) -> None:
         if path not in ("auto", "closed_form", "autograd"):
             raise InputError(f"path must be 'auto', 'closed_form' or 'autograd', got {path!r}")
-        self.model = model
-        self.layer = layer
-        self.path = path
-        self.output_index = output_index
+        self.model, self.layer, self.path, self.output_index = model, layer, path, output_index
         self._module: nn.Module | None = None
         self._closed: bool | None = None
         if layer is not None:
@@ -102,10 +95,6 @@ class FeatureExtractor:
     def closed_form(self) -> bool | None:
         """Whether the closed form is used (None before the first batch)."""
         return None if self._closed is None else self._closed and self.path != "autograd"
-
-    @property
-    def layer_module(self) -> nn.Module | None:
-        return self._module
 
     def __call__(self, x: torch.Tensor) -> IntrospectiveFeatures:
         if self._closed is None:

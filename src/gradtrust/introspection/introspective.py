@@ -126,18 +126,10 @@ def check_features(y: torch.Tensor, num_classes: int, valid: torch.Tensor) -> No
 class Introspective(Estimator):
     """Introspective learning: fit ``H`` on the introspective features of ``f`` (see the module docstring).
 
-    ``f`` is never saved with ``H``: every method takes it as its first argument.
-
-    Args:
-        hidden: width of ``H``'s hidden layer.
-        epochs: passes over the training features.
-        lr: Adam's learning rate; ``weight_decay``: its L2 penalty; ``batch_size``: samples per step.
-        seed: seeds ``H``'s initialisation and the order of the training samples.
-        layer: the ``nn.Linear`` of ``f`` the features come from (default: the final one; any other goes
-            through autograd).
-        progress: show a progress bar while extracting features and training.
-        output_index: for an ``f`` returning several outputs, the one holding the logits
-            (:func:`gradtrust.nn.outputs.logits_of`); saved with ``H``.
+    ``f`` is never saved with ``H``: every method takes it as its first argument. ``hidden``: width of ``H``'s
+    hidden layer; ``lr``, ``weight_decay``: Adam's; ``seed``: ``H``'s initialisation and the order of the
+    training samples; ``layer``: the ``nn.Linear`` of ``f`` the features come from (default: the final one; any
+    other goes through autograd); ``output_index`` (:func:`gradtrust.nn.outputs.logits_of`) is saved with ``H``.
     """
 
     format_name = "gradtrust.introspective"
@@ -314,8 +306,7 @@ class IntrospectiveModel(nn.Module):
     def __init__(self, model: nn.Module, head: IntrospectiveHead, layer: str | None = None,
                  output_index: int | str | None = None) -> None:
         super().__init__()
-        self.model = model
-        self.head = head
+        self.model, self.head = model, head
         self._extractor = FeatureExtractor(model, layer, output_index=output_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,14 +28,12 @@ class LoadedModel:
         class_names: one name per output, ``["0", "1", …]`` when unknown; empty only when the
             number of outputs is unknown (a user model file whose head could not be found).
         num_classes: number of outputs (``None`` only when it could not be determined).
-        spec: the model spec as given (``"torchvision:resnet18"``, ``"timm:resnet10t"``,
-            ``"digits:<name>"`` or a file path).
+        spec: the model spec as given (``"torchvision:resnet18"``, a file path…).
         weights: the weights as given, resolved: a full enum name such as
             ``"ResNet18_Weights.IMAGENET1K_V1"``, an absolute file path, ``"bundled"``, or ``None``
             for random initialisation.
         weights_sha256: SHA-256 (hex) of the file the weights were read from (for a TorchScript or
             pickled model file: that file), ``None`` for random initialisation.
-        input_kind: ``"image"``, ``"video"`` or ``"tensor"``.
         clip_len: frames per clip the model expects (video models only).
         meta: JSON-serialisable extras for the run manifest (family, architecture, weights kind,
             weights enum/URL/file, where ``num_classes`` came from, library versions, …).

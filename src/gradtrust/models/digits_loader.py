@@ -29,8 +29,7 @@ def load_digits(name: str, weights: Any, num_classes: int | None) -> LoadedModel
     if num_classes is not None and num_classes != len(class_names):
         raise ModelError(f"digits:{name} has {len(class_names)} classes, not num_classes={num_classes}")
     meta: dict[str, Any] = {"family": "digits", "architecture": name, "class_names_source": "DIGITS_CLASSES"}
-    sha = None
-    weights_str = None
+    sha = weights_str = None
     if weights is None:
         module = digits.build_digits_model(name, pretrained=False)
         meta.update(random_meta())

@@ -132,8 +132,7 @@ def wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: 
     """A `LoadedModel` ``spec`` around a built ``module``: ``weights`` (a file) loaded into it, its number of
     classes from the last ``nn.Linear`` unless ``num_classes`` is given, ``meta`` completed (without
     ``weights``, ``weights_kind=unweighted_kind`` and ``pretrained=None`` when that is given)."""
-    sha = None
-    weights_str = None
+    sha = weights_str = None
     if weights is not None:
         if not is_existing_file(weights):
             raise ModelError(
@@ -152,8 +151,7 @@ def wrap_module(module: nn.Module, weights: Any, num_classes: int | None, meta: 
     else:
         classes = inferred
         meta["num_classes_source"] = "last linear layer" if inferred is not None else "unknown"
-    meta["class_names_source"] = "indices"
-    meta["preprocessing"] = "none: inputs must already be model-ready tensors"
+    meta.update(class_names_source="indices", preprocessing="none: inputs must already be model-ready tensors")
     if weights is None and unweighted_kind is not None:
         meta.update(weights_kind=unweighted_kind, pretrained=None)
     return LoadedModel(

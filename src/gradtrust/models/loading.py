@@ -95,10 +95,7 @@ def load_model(
     """Build a classifier from ``spec`` and ``weights`` (see the module docstring); never downloads.
 
     Args:
-        spec: ``"torchvision:<name>"``, ``"timm:<name>"``, ``"digits:<name>"``, a TorchScript or pickled
-            model file, or an ``nn.Module``.
-        weights: ``None`` (random initialisation), ``"DEFAULT"`` or a torchvision weights enum name
-            (looked up in the torch hub cache only), or a local ``.pth``/``.pt``/``.safetensors`` file.
+        spec, weights: the forms of the module docstring's tables.
         num_classes: number of outputs of a fine-tuned head; inferred from a weights file when omitted.
         device: where to put the module (``cpu``, ``cuda``, ``cuda:1``…; not ``meta``).
         preprocessing: how an image becomes the model's input, for a model that has none (a model file, a
@@ -114,13 +111,10 @@ def load_model(
             (``0`` for ``(logits, features)``, or a dict key); the module is wrapped in
             :class:`~gradtrust.nn.outputs.SelectOutput`.
 
-    Returns:
-        a `LoadedModel` with the module in eval mode on ``device``.
-
-    Raises:
-        UnknownNameError: unknown model family, model name or weights enum name (with close matches).
-        ModelError: weights missing from the hub cache (with the path and URL), unreadable file, weights
-            that do not fit the architecture (first mismatching keys and shapes), bad device…
+    Returns a `LoadedModel` with the module in eval mode on ``device``. Raises `UnknownNameError` for an
+    unknown model family, model name or weights enum name (with close matches), `ModelError` for weights
+    missing from the hub cache (with the path and URL), an unreadable file, weights that do not fit the
+    architecture (first mismatching keys and shapes), a bad device…
     """
     num_classes = check_num_classes(num_classes)
     weights = normalise_weights_arg(weights)

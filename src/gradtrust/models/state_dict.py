@@ -93,8 +93,7 @@ def read_weights_file(weights: PathLike, meta: dict[str, Any],
     align: dict[str, Any] = {}
     if model_keys is not None:
         state, align = align_keys(state, model_keys)
-    meta.update(info, **align)
-    meta.update(weights_kind="file", pretrained=True, weights_file=str(path))
+    meta.update(info, **align, weights_kind="file", pretrained=True, weights_file=str(path))
     return state, str(path), file_sha256(path)
 
 
@@ -257,12 +256,9 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, sou
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise ModelError(f"cannot load the weights {source} into {what}: {first_line(exc)}") from exc
-    if result.missing_keys or result.unexpected_keys:
-        parts = []
-        if result.missing_keys:
-            parts.append(f"{len(result.missing_keys)} missing keys ({short_list(result.missing_keys)})")
-        if result.unexpected_keys:
-            parts.append(f"{len(result.unexpected_keys)} unexpected keys ({short_list(result.unexpected_keys)})")
+    parts = [f"{len(keys)} {kind} keys ({short_list(keys)})" for kind, keys in
+             (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)) if keys]
+    if parts:
         raise ModelError(
             f"the weights {source} do not match {what}: {' and '.join(parts)}. Are they for this "
             f"architecture? The model's keys start with {short_list(list(own), 3)}; the file's with "

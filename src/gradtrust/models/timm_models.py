@@ -49,8 +49,7 @@ def load_timm(name: str, weights: Any, num_classes: int | None) -> LoadedModel:
         kwargs = {} if c is None else {"num_classes": c}
         return timm.create_model(name, pretrained=False, **kwargs)
 
-    sha = None
-    weights_str = None
+    sha = weights_str = None
     if weights is None:
         meta.update(random_meta())
         module = build(num_classes)

@@ -101,16 +101,14 @@ def load_torchvision(name: str, weights: Any, num_classes: int | None) -> Loaded
         sha = file_sha256(path)
         weights_str = _enum_full_name(enum)
         meta.update(weights_kind="torchvision enum", pretrained=True, weights_enum=weights_str,
-                    weights_url=enum.url, weights_file=str(path))
-        meta.update(_check_official_hash(enum, path, sha))
+                    weights_url=enum.url, weights_file=str(path), **_check_official_hash(enum, path, sha))
     else:
         state, weights_str, sha = read_weights_file(weights, meta)
         path = Path(weights_str)
         enum = _enum_for_filename(enum_cls, path.name)  # a copy of an official checkpoint
         ref = enum if enum is not None else reference_enum(name, enum_cls)
         if enum is not None:
-            meta.update(weights_enum=_enum_full_name(enum), weights_url=enum.url)
-            meta.update(_check_official_hash(enum, path, sha))
+            meta.update(weights_enum=_enum_full_name(enum), weights_url=enum.url, **_check_official_hash(enum, path, sha))
 
     ref_classes = len(ref.meta["categories"]) if ref is not None else 1000
 
@@ -297,11 +295,7 @@ def _missing_checkpoint_message(name: str, enum: Any, path: Path) -> str:
 def _fix_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Old DenseNet checkpoints (the official ones) name layers ``norm.1`` instead of ``norm1``."""
     pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-    fixed = {}
-    for key, value in state.items():
-        match = pattern.match(key)
-        fixed[match.group(1) + match.group(2) if match else key] = value
-    return fixed
+    return {pattern.sub(r"\1\2", key): value for key, value in state.items()}
 
 
 def _drop_aux_heads(name: str, module: nn.Module) -> None:
@@ -319,9 +313,7 @@ def _clip_len(enum: Any) -> int:
     if enum is None:
         return 16
     match = re.search(r"clip_len=(\d+)", enum.meta.get("_docs", ""))
-    if match:
-        return int(match.group(1))
-    return int(enum.meta.get("min_temporal_size", 16))
+    return int(match.group(1)) if match else int(enum.meta.get("min_temporal_size", 16))
 
 
 register_source(ModelSource("torchvision", load_torchvision, lambda: torchvision_names()[0]))

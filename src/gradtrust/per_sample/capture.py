@@ -33,8 +33,7 @@ class LayerCapture:
         self._handles: list = []
 
     def __enter__(self) -> LayerCapture:
-        for name, module in self.layers.items():
-            self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+        self._handles += [module.register_forward_hook(self._forward_hook(name)) for name, module in self.layers.items()]
         return self
 
     def __exit__(self, *exc) -> None:

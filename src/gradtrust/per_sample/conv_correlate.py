@@ -41,12 +41,9 @@ def _phases(kernel: int, stride: int, dilation: int) -> list[tuple[int, int, int
     Offsets ``k0, k0 + step, …`` (``count`` of them) read ``a[(t + u0 + m·D)·s + r]`` for the ``m``-th of
     them, ``D = d / gcd(s, d)``: a correlation of the phase ``a[r::s]`` from ``u0``, strided by ``D``.
     """
-    step = stride // math.gcd(stride, dilation)
-    plans = []
-    for k0 in range(min(step, kernel)):  # offsets k0 + m·step share the phase (k0·d) mod s
-        r, u0 = (k0 * dilation) % stride, (k0 * dilation) // stride
-        plans.append((r, k0, step, u0, len(range(k0, kernel, step))))
-    return plans
+    step = stride // math.gcd(stride, dilation)  # offsets k0 + m·step share the phase (k0·d) mod s
+    return [((k0 * dilation) % stride, k0, step, (k0 * dilation) // stride, len(range(k0, kernel, step)))
+            for k0 in range(min(step, kernel))]
 
 
 def correlate_weight_grads(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -59,11 +59,9 @@ def sq_norms_by_vmap(model: nn.Module, inputs: torch.Tensor, loss_fn: Callable[[
         return loss_fn(logits).sum()
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0))
-    rows = []
-    for start in range(0, inputs.shape[0], chunk_size):
-        grads = per_sample(params, inputs[start:start + chunk_size])
-        rows.append(torch.stack([grads[n].float().flatten(1).square().sum(1) for n in params], dim=1))
-    return torch.cat(rows)
+    chunks = (per_sample(params, inputs[start:start + chunk_size]) for start in range(0, inputs.shape[0], chunk_size))
+    return torch.cat([torch.stack([grads[n].float().flatten(1).square().sum(1) for n in params], dim=1)
+                      for grads in chunks])
 
 
 def vmap_chunk_size(model: nn.Module, chunk_bytes: int = 4 * DEFAULT_CHUNK_BYTES) -> int:

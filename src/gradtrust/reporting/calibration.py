@@ -131,17 +131,13 @@ def calibration_row(run: Run, name: str | None = None, *, resamples: int = 1000,
     n = row.n
     if conf is not None:
         c, k = conf, correct
-        row.values["ece"] = cal.expected_calibration_error(c, k)
-        row.values["adaptive_ece"] = cal.adaptive_calibration_error(c, k)
-        row.intervals["ece"] = _bootstrap(lambda i: cal.expected_calibration_error(c[i], k[i]), n, resamples, seed,
-                                          confidence)
-        row.intervals["adaptive_ece"] = _bootstrap(lambda i: cal.adaptive_calibration_error(c[i], k[i]), n,
-                                                   resamples, seed, confidence)
+        for key, metric in (("ece", cal.expected_calibration_error), ("adaptive_ece", cal.adaptive_calibration_error)):
+            row.values[key] = metric(c, k)
+            row.intervals[key] = _bootstrap(lambda i, f=metric: f(c[i], k[i]), n, resamples, seed, confidence)
         row.diagram = cal.reliability_diagram(c, k)
     if logits is not None:
         probs = cal.softmax(logits)
-        onehot = np.zeros_like(probs)
-        onehot[np.arange(n), labels] = 1.0
+        onehot = (np.arange(probs.shape[1]) == labels[:, None]).astype(probs.dtype)
         brier = np.square(probs - onehot).sum(axis=1)  # per sample: the bootstrap is a resampled mean
         row.values.update(classwise_ece=cal.classwise_calibration_error(probs, labels),
                           brier=float(brier.mean()), nll=cal.negative_log_likelihood(logits, labels))
@@ -192,8 +188,7 @@ def calibration_frame(rows: Sequence[CalibrationRow]):
         rec: dict = {"run": r.name, "n": r.n, "accuracy": r.accuracy}
         for key in _COLUMNS:
             rec[key] = r.values.get(key, float("nan"))
-            low, high = r.intervals.get(key, (float("nan"), float("nan")))
-            rec[f"{key}_low"], rec[f"{key}_high"] = low, high
+            rec[f"{key}_low"], rec[f"{key}_high"] = r.intervals.get(key, (float("nan"), float("nan")))
         rec["temperature_half_a"], rec["temperature_half_b"] = r.temperatures or (float("nan"), float("nan"))
         rec["ece_after_temperature"] = r.ece_scaled
         records.append(rec)

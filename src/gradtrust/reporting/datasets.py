@@ -79,19 +79,15 @@ def dataset_identity(dataset: Any, manifest: dict) -> tuple[str, str]:
     if not flat:
         return "unknown", "unknown dataset (no manifest)" if not manifest else "unknown dataset"
     dropped = CONDITION_KEYS | (FINGERPRINT_KEYS if "corruption" in flat else frozenset())
-    ident = {k: v for k, v in flat.items() if k not in dropped and not _is_path_list(v)}
+    # long per-sample lists are never identity
+    ident = {k: v for k, v in flat.items() if k not in dropped and not (isinstance(v, list) and len(v) > 200)}
     if not ident:  # only a spec string we could not parse: the spec is the identity
         ident = {"spec": flat.get("spec")}
     key = json.dumps(_jsonable(ident), sort_keys=True, default=str)
     name = (ident.get("dataset") or ident.get("name") or ident.get("root") or ident.get("path")
             or ident.get("kind") or ident.get("spec") or "dataset")
     extras = [f"{k}={ident[k]}" for k in ("split",) if ident.get(k) not in (None, "")]
-    label = str(name) + (f" ({', '.join(extras)})" if extras else "")
-    return key, label
-
-
-def _is_path_list(v: Any) -> bool:
-    return isinstance(v, list) and len(v) > 200  # long per-sample lists are never identity
+    return key, str(name) + (f" ({', '.join(extras)})" if extras else "")
 
 
 def _jsonable(v: Any) -> Any:

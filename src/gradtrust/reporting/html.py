@@ -8,7 +8,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from gradtrust.errors import InputError
 from gradtrust.reporting.results import Report
 from gradtrust.reporting.tables import (
     PAPER_LEGEND,
@@ -136,8 +135,7 @@ def score_html(report: Report) -> str:
     out.append('<h2 id="summary">Summary: which trust score wins</h2>')
     for line in report.summary_lines:
         out.append(f'<p class="claim">{e(line)}</p>')
-    if report.summary is None:  # write_report summarises whenever there are results
-        raise InputError("the report has results but no summary; build it with write_report or summarise(groups)")
+    assert report.summary is not None  # score_section summarises whenever there are results
     header, rows = summary_cells(report.summary)
     out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 

@@ -27,8 +27,7 @@ def fit_canvas(fig: Any, relayout: Any = None, max_rounds: int = 4) -> None:
         width, height = fig.get_size_inches()
         need_w = max(width, box.width + 2 * _MARGIN_IN)
         need_h = max(height, box.height + 2 * _MARGIN_IN)
-        outside = box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height
-        if not outside:
+        if not (box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height):  # nothing outside
             return
         if need_w <= width + 1e-3 and need_h <= height + 1e-3:  # it fits, but is misplaced: grow a little
             need_w, need_h = width + 2 * _MARGIN_IN, height + 2 * _MARGIN_IN

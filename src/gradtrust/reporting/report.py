@@ -18,6 +18,7 @@ from typing import Any
 
 from gradtrust._version import __version__
 from gradtrust.errors import GradTrustError, InputError
+from gradtrust.estimator import fsync_path
 from gradtrust.reporting import anomaly, detection, explanations, introspection  # noqa: F401 - register sections
 from gradtrust.reporting.kinds import KINDS, SECTIONS, Section, discover_runs, drawing, register_section
 from gradtrust.reporting.results import Group, Report, evaluate_run, group_runs, summarise
@@ -64,10 +65,8 @@ def build_report(
 
     ``results`` are run folders, score parquet files or folders holding runs; ``resamples`` bootstrap
     resamples (0 = no CIs, seeded by ``seed``) at level ``confidence``; ``max_images`` per qualitative grid.
-
-    Raises:
-        InputError: ``out_dir`` holds a report of other inputs (without ``force``) or something else.
-        GradTrustError: the report cannot be written (read-only folder, full disk…); nothing is left behind.
+    ``InputError`` when ``out_dir`` holds a report of other inputs (without ``force``) or something else;
+    ``GradTrustError`` when the report cannot be written (read-only folder, full disk…): nothing is left behind.
     """
     t0 = time.perf_counter()
     out, results = Path(out_dir), list(results)
@@ -115,25 +114,17 @@ def check_replaceable(out: Path, inputs: list[str], force: bool) -> None:
                          "or choose another --out.")
 
 
-def _fsync(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, out: Path) -> None:
     """fsync every file and folder of ``tmp``, rename it to ``out`` (an old ``out`` renamed aside first, removed
     after), fsync the parent: a crash leaves the old report or the new one, never a part."""
     for folder, _, names in os.walk(tmp):
         for name in [*names, "."]:
-            _fsync(os.path.join(folder, name))
+            fsync_path(Path(folder, name))
     old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
-    _fsync(out.absolute().parent)
+    fsync_path(out.absolute().parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -187,8 +178,7 @@ def _write_tables(report: Report) -> None:
         selective_markdown(groups, resamples=report.resamples, seed=report.seed, confidence=report.confidence,
                            warnings=warnings), encoding="utf-8")
     selective_frame(groups).to_csv(out / "selective.csv", index=False)
-    if report.summary is None:  # write_report summarises whenever there are results
-        raise InputError("the report has results but no summary; build it with summarise(groups)")
+    assert report.summary is not None  # score_section summarises whenever there are results
     text = summary_markdown(report.summary, groups, warnings)
     (out / "summary.md").write_text(text, encoding="utf-8")
     report.summary_lines = [line[2:] for line in text.splitlines() if line.startswith("- ")]

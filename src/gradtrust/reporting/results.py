@@ -6,6 +6,7 @@ in :mod:`gradtrust.reporting.tables`.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,9 +165,7 @@ def group_runs(results: Sequence[RunResult]) -> list[Group]:
         by_key.setdefault(r.run.dataset_key, []).append(r)
         labels.setdefault(r.run.dataset_key, r.run.dataset_label)
     groups = []
-    label_count: dict[str, int] = {}
-    for lab in labels.values():
-        label_count[lab] = label_count.get(lab, 0) + 1
+    label_count = Counter(labels.values())
     for i, (key, rs) in enumerate(by_key.items()):
         rs = sorted(rs, key=lambda r: (r.accuracy, r.name))
         methods = order_methods(m for r in rs for m in r.run.methods)
@@ -248,18 +247,13 @@ def summarise(groups: Sequence[Group], method: str = "gradtrust") -> Summary:
                 vals = row_values(r, g.methods, metric)
                 finite = {m: v for m, v in vals.items() if not is_missing(v)}
                 if len(finite) > 1 and len(set(finite.values())) == 1:  # every method ties: nobody's cell
-                    winners[(r.name, metric)] = []
-                    ranks[(r.name, metric)] = None
+                    winners[(r.name, metric)], ranks[(r.name, metric)] = [], None
                     ties[metric] += 1
                     continue
-                if finite:
-                    target = max(finite.values()) if higher else min(finite.values())
-                    best = [m for m, v in finite.items() if v == target]
-                    winners[(r.name, metric)] = best if len(best) < len(finite) or len(finite) == 1 else []
-                    for m in winners[(r.name, metric)]:
-                        wins[m] = wins.get(m, 0) + 1
-                else:
-                    winners[(r.name, metric)] = []
+                target = (max if higher else min)(finite.values(), default=None)
+                winners[(r.name, metric)] = [m for m, v in finite.items() if v == target]
+                for m in winners[(r.name, metric)]:
+                    wins[m] = wins.get(m, 0) + 1
                 rank = ranks[(r.name, metric)] = rank_of(method, vals, higher) if method in vals else None
                 if method in finite:
                     rows[metric] += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,19 +110,16 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[LoadProblem]
     """Load every score run the inputs name (:func:`gradtrust.reporting.kinds.discover_runs`); the unusable ones
     become problems. Run names are made unique."""
     found, problems = discover_runs(paths)
-    files = found["score"]
     runs: list[Run] = []
-    for f in files:
+    for f in found["score"]:
         try:
             runs.append(load_run(f))
         except ReportInputError as exc:
             problems.append(LoadProblem(str(f), str(exc)))
-    counts: dict[str, int] = {}
-    for run in runs:
-        counts[run.name] = counts.get(run.name, 0) + 1
+    counts = Counter(run.name for run in runs)
     for run in runs:
         if counts[run.name] > 1:
-            run.name = f"{run.name} [{_short_source(run.source)}]"
+            run.name = f"{run.name} [{'/'.join(run.source.resolve().parts[-2:])}]"
     number_clashes(runs)  # still clashing: the same folder name twice
     return runs, problems
 
@@ -134,11 +132,6 @@ def number_clashes(items: Iterable[Any]) -> None:
         seen[item.name] = k + 1
         if k:
             item.name = f"{item.name} #{k + 1}"
-
-
-def _short_source(source: Path) -> str:
-    parts = source.resolve().parts
-    return "/".join(parts[-2:]) if len(parts) >= 2 else str(source)
 
 
 def load_run(path: str | Path) -> Run:
@@ -249,8 +242,7 @@ def _model_name(manifest: dict, source: Path) -> str:
 
 
 def _class_names(manifest: dict) -> list[str] | None:
-    places = [manifest.get("model"), manifest, manifest.get("dataset")]
-    for place in places:
+    for place in (manifest.get("model"), manifest, manifest.get("dataset")):
         if isinstance(place, dict):
             for key in ("class_names", "classes"):
                 names = place.get(key)

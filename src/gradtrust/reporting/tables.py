@@ -8,11 +8,11 @@ methods are strictly better. A row where every method has the same value bolds n
 from __future__ import annotations
 
 import html as _html
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from gradtrust.catalogue import display_name, order_methods
+from gradtrust.evaluation.bootstrap import ci_text
 from gradtrust.reporting.results import (
     ALL_METRICS,
     HIGHER_IS_BETTER,
@@ -54,8 +54,7 @@ def paper_cells(group: Group, html: bool = False) -> tuple[list[str], list[list[
     for r in group.results:
         bold = {}
         for metric in ("auac", "aufc"):
-            winners, tie = top_two(row_values(r, group.methods, metric), True)
-            bold[metric] = winners
+            bold[metric], tie = top_two(row_values(r, group.methods, metric), True)
             if tie:
                 notes.append(f"{r.name}: every method has the same {METRIC_NAMES[metric]}; nothing bold.")
         cells = [esc(r.name), f"{100 * r.accuracy:.2f}", str(r.run.n)]
@@ -177,18 +176,6 @@ def selective_legend(resamples: int, seed: int, confidence: float = 0.95) -> str
     )
 
 
-def ci_text(value: Any, low: Any = None, high: Any = None, *, scale: float = 100.0, digits: int = 2) -> str:
-    """``value [low, high]``, each × ``scale`` with ``digits`` decimals: ``n/a`` for a missing (None or not
-    finite) value, no interval unless both ends are finite."""
-    def finite(v: Any) -> bool:
-        return v is not None and math.isfinite(v)
-
-    if not finite(value):
-        return "n/a"
-    ci = f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]" if finite(low) and finite(high) else ""
-    return f"{scale * value:.{digits}f}{ci}"
-
-
 def selective_cells(result: RunResult, methods: Sequence[str], html: bool = False
                     ) -> tuple[list[str], list[list[str]], list[str]]:
     esc = _html.escape if html else (lambda t: t)
@@ -197,11 +184,8 @@ def selective_cells(result: RunResult, methods: Sequence[str], html: bool = Fals
     for metric in SELECTIVE_METRICS:
         vals = row_values(result, methods, metric)
         finite = [v for v in vals.values() if not is_missing(v)]
-        if finite and len(set(finite)) > 1:
-            target = max(finite) if HIGHER_IS_BETTER[metric] else min(finite)
-            best[metric] = {m for m, v in vals.items() if v == target}
-        else:
-            best[metric] = set()
+        target = (max if HIGHER_IS_BETTER[metric] else min)(finite) if len(set(finite)) > 1 else None
+        best[metric] = {m for m, v in vals.items() if v == target}
     rows, notes = [], []
     for m in methods:
         if m not in result.methods:
@@ -265,10 +249,7 @@ def selective_frame(groups: Sequence[Group]):
                 row["undefined"] = "; ".join(f"{k}: {v}" for k, v in mr.reasons.items())
                 rows.append(row)
             for ref_name, ref in (("random_reference", r.random), ("oracle_reference", r.oracle)):
-                row = dict(base, method=ref_name, n_nan=0)
-                for metric in ALL_METRICS:
-                    row[metric] = ref.get(metric, float("nan"))
-                rows.append(row)
+                rows.append(dict(base, method=ref_name, n_nan=0, **{m: ref.get(m, float("nan")) for m in ALL_METRICS}))
     return pd.DataFrame(rows)
 
 

@@ -177,11 +177,9 @@ class ScoreTask:
                                    "prediction": prediction, "correct": (label >= 0) & (label == prediction)}
         methods = list(parts[0][5]) if parts else []
         reasons = {name: [r for p in parts for r in p[6][name]] for name in methods}
-        for name in methods:
-            columns[name] = np.concatenate([p[5][name] for p in parts]).astype(np.float64)
+        columns.update({name: np.concatenate([p[5][name] for p in parts]).astype(np.float64) for name in methods})
         nan_reasons = [name for name in methods if any(reasons[name])]
-        for name in nan_reasons:
-            columns[schema.reason_column(name)] = reasons[name]
+        columns.update({schema.reason_column(name): reasons[name] for name in nan_reasons})
         fields = schema.arrow_schema(methods, nan_reasons)
         # The logits travel in the chunk (last column) and go to logits.parquet at the end; scores.parquet
         # keeps its columns.
@@ -202,9 +200,7 @@ class ScoreTask:
         # rank 0's allocator setting (gradtrust.keep_freed_memory; the CLI's default on a CPU)
         execution = {**execution, "keep_freed_memory": freed_memory_kept()}
         out = folder.out
-        methods: list[str] = []
-        for meta in metas:
-            methods += [m for m in meta["methods"] if m not in methods]
+        methods = list(dict.fromkeys(m for meta in metas for m in meta["methods"]))
         nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
         table_schema = schema.arrow_schema(methods, nan_reasons)
 
@@ -286,32 +282,22 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
                   dataset_info: dict | None = None) -> RunSummary:
     """Score every sample of ``dataset`` with ``model`` into ``out_dir`` (see the module docstring).
 
-    Args:
-        model: a :class:`gradtrust.models.LoadedModel` (moved to ``device`` when one is given).
-        dataset: a GradTrust dataset (``Sample`` items, ``classes``), e.g. from
-            :func:`gradtrust.data.open.open_dataset`.
-        out_dir: the output folder (created).
-        methods: ``None``/``"all"`` (every method that applies; the others are recorded as skipped), or
-            names (list or comma-separated): explicitly named methods that cannot apply raise.
-        options: scoring options (:class:`gradtrust.ScoreOptions` fields: ``odin_temperature``,
-            ``mc_samples``, ``topk``, ``layer``, ``seed``, ``pnorm_p``…).
-        batch_size: samples per forward pass.
-        num_workers: DataLoader worker processes that read and transform the samples.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``None`` = the model's device (under torchrun:
-            ``cuda:LOCAL_RANK`` when CUDA is available, else CPU).
-        force: discard the results of a different run already in ``out_dir`` instead of refusing.
-        progress: show a progress bar (samples/s and ETA) on stderr (rank 0 only).
-        chunk_size: samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024).
-        dataset_info: extra JSON-serialisable facts about the dataset for the manifest (not part of the
-            run's identity).
+    ``model``: a :class:`gradtrust.models.LoadedModel` (moved to ``device`` when one is given); ``dataset``: a
+    GradTrust dataset (``Sample`` items, ``classes``), e.g. from :func:`gradtrust.data.open.open_dataset`.
+    ``methods``: ``None``/``"all"`` (every method that applies; the others are recorded as skipped), or names
+    (list or comma-separated): explicitly named methods that cannot apply raise. ``options``: the fields of
+    :class:`gradtrust.ScoreOptions`. ``device``: ``None`` = the model's device (under torchrun:
+    ``cuda:LOCAL_RANK`` when CUDA is available, else CPU). ``force``: discard the results of a different run
+    already in ``out_dir`` instead of refusing. ``progress``: a bar on stderr (rank 0 only). ``chunk_size``:
+    samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024). ``dataset_info``: extra
+    JSON-serialisable facts about the dataset for the manifest (not part of the run's identity).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) chunk ``k`` is scored by rank ``k mod WORLD_SIZE``; rank 0
     merges and writes ``scores.parquet`` and ``manifest.json``; every rank returns the same summary.
 
-    Raises:
-        DataError: an empty dataset, classes that do not match the model's outputs (before anything is
-            written); RunConflictError: ``out_dir`` holds another run; ModelError/InputError: an explicit
-            method that does not apply, inputs the model cannot take…
+    Raises DataError for an empty dataset or classes that do not match the model's outputs (before anything
+    is written), RunConflictError when ``out_dir`` holds another run, ModelError/InputError for an explicit
+    method that does not apply, inputs the model cannot take…
     """
     t0 = time.perf_counter()
     batch_size = check_int("batch_size", batch_size)

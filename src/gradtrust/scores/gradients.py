@@ -117,8 +117,7 @@ def autograd_rows(ctx: BatchPasses, loss_fn, want_l1: bool) -> GradientRows:
             raise ModelError("the logits do not depend differentiably on the model's input, so per-sample "
                              "layer gradients cannot be taken; use the closed form (gradient_path='auto').")
         (g,) = torch.autograd.grad(loss, out, retain_graph=True)
-        energy, l1 = rows_from_grads(module, a.detach(), g, ctx.options.chunk_bytes, want_l1)
-        return GradientRows(row_energy=energy, l1=l1)
+        return GradientRows(*rows_from_grads(module, a.detach(), g, ctx.options.chunk_bytes, want_l1))
     name, module = ctx.options.layer, ctx.layer_module
     capture = forward.capture
     if capture.calls.get(name) != 1:
@@ -139,8 +138,7 @@ def autograd_rows(ctx: BatchPasses, loss_fn, want_l1: bool) -> GradientRows:
         zeros = torch.zeros(batch, layer_weight(module).shape[0], dtype=torch.float64,
                             device=ctx.inputs.device)
         return GradientRows(row_energy=zeros, l1=zeros[:, 0].clone())
-    energy, l1 = collected["rows"]
-    return GradientRows(row_energy=energy, l1=l1)
+    return GradientRows(*collected["rows"])
 
 
 def rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,

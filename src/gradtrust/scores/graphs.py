@@ -53,15 +53,13 @@ def _graphs_of(model: nn.Module) -> OrderedDict[Hashable, object]:
 
 def capturable(method: MethodSpec, passes: BatchPasses) -> bool:
     """Whether ``method`` may run inside a captured graph on this batch (see the module docstring)."""
-    if not method.cuda_graph_safe:
-        return False
-    return Pass.COUNTERFACTUAL_GRADIENTS not in method.needs or not passes.uses_autograd_path
+    return method.cuda_graph_safe and (Pass.COUNTERFACTUAL_GRADIENTS not in method.needs
+                                       or not passes.uses_autograd_path)
 
 
 def use_graphs(passes: BatchPasses) -> bool:
     """Whether this batch's capturable methods go through a CUDA graph: on a GPU, unless turned off."""
-    logits = passes.forward_logits
-    return (passes.options.cuda_graphs and logits.is_cuda and not torch.cuda.is_current_stream_capturing())
+    return passes.options.cuda_graphs and passes.forward_logits.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
 def run_captured(passes: BatchPasses, methods: list[MethodSpec]) -> tuple[torch.Tensor, Layout] | None:

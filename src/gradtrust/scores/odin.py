@@ -24,10 +24,9 @@ def odin_logits(ctx: BatchPasses) -> torch.Tensor:
     z = forward.logits.float()
     log_p = F.log_softmax(z / ctx.options.odin_temperature, dim=1)
     loss = -log_p.gather(1, ctx.prediction.to(z.device).unsqueeze(1)).sum()
+    grad = None  # stays None where the logits do not depend differentiably on the input: ODIN does not move it
     if loss.requires_grad:
         (grad,) = torch.autograd.grad(loss, forward.x, retain_graph=True, allow_unused=True)
-    else:  # the logits do not depend differentiably on the input: ODIN does not move it
-        grad = None
     grad = torch.zeros_like(forward.x) if grad is None else grad
     perturbed = (forward.x.detach() - odin_step(ctx, forward.x) * grad.sign()).to(ctx.inputs.dtype)
     with torch.no_grad():

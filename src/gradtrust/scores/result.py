@@ -76,10 +76,8 @@ class ScoreResult(Mapping):
         a NaN, a ``nan_reason_<method>`` column (pandas is imported lazily)."""
         import pandas as pd
 
-        data = {"prediction": self.prediction.numpy()}
-        for name, values in self.scores.items():
-            data[name] = values.numpy()
-        frame = pd.DataFrame(data)
+        frame = pd.DataFrame({"prediction": self.prediction.numpy(),
+                              **{name: values.numpy() for name, values in self.scores.items()}})
         if reasons:
             for name, why in self.reasons.items():
                 if any(why):

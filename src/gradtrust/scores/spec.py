@@ -53,10 +53,8 @@ class Param:
         if text.lower() == "none" and self.default is None:
             return None
         if self.type is bool:
-            if text.lower() in ("1", "true", "yes"):
-                return True
-            if text.lower() in ("0", "false", "no"):
-                return False
+            if text.lower() in ("1", "true", "yes", "0", "false", "no"):
+                return text.lower() in ("1", "true", "yes")
             raise OptionError(f"option {self.name} must be true or false, got {text!r}")
         try:
             value = self.type(text)

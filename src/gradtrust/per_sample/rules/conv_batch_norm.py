@@ -45,13 +45,9 @@ from gradtrust.per_sample.registry import (
 def _pairs(sequential: nn.Sequential) -> list[tuple[str, str]]:
     """(convolution, BatchNorm) child names of ``sequential`` that follow each other and qualify."""
     children = list(sequential.named_children())
-    found = []
-    for (conv_name, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
-        if (is_plain_conv(conv) and supports_hooks(conv)
-                and isinstance(bn, BATCH_NORM_TYPES) and supports_hooks(bn)
-                and bn.affine and bn.num_features == conv.out_channels):
-            found.append((conv_name, bn_name))
-    return found
+    return [(conv_name, bn_name) for (conv_name, conv), (bn_name, bn) in zip(children, children[1:], strict=False)
+            if is_plain_conv(conv) and supports_hooks(conv) and isinstance(bn, BATCH_NORM_TYPES)
+            and supports_hooks(bn) and bn.affine and bn.num_features == conv.out_channels]
 
 
 @register_rule(nn.Sequential, subclasses=True)

@@ -57,10 +57,8 @@ def _forward(module: Any, x: torch.Tensor, put, gate) -> torch.Tensor:
     heads, head_dim = module.n_heads, module.head_dim
 
     qkv = module.to_qkv(x)  # the nn.Linear modules themselves: their layer hooks own them
-    q, k, v = torch.chunk(qkv, 3, dim=-1)
-    q = q.reshape(batch, groups, tokens, heads, head_dim).permute(0, 1, 3, 2, 4)
-    k = k.reshape(batch, groups, tokens, heads, head_dim).permute(0, 1, 3, 2, 4)
-    v = v.reshape(batch, groups, tokens, heads, head_dim).permute(0, 1, 3, 2, 4)
+    q, k, v = (t.reshape(batch, groups, tokens, heads, head_dim).permute(0, 1, 3, 2, 4)
+               for t in torch.chunk(qkv, 3, dim=-1))
     k = k * module.scale_factor
     dot_prod = torch.einsum("B G H I D, B G H J D -> B G H I J", q, k)
     pos_bias = module.get_relative_positional_bias()

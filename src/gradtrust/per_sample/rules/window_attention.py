@@ -24,7 +24,7 @@ per-sample autograd as a unit.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from itertools import chain, product
 from typing import Any
 
 import torch
@@ -112,20 +112,14 @@ class WindowAttention(Rule):
         batch, channels = x.shape[0], x.shape[-1]
         size = list(x.shape[1:-1])
         window, shift, pad, rel_bias = self._geometry(module, x)
-        padding = [0, 0]
-        for i in reversed(range(d)):
-            padding += [0, pad[i]]
-        h = F.pad(x, tuple(padding))
+        h = F.pad(x, (0, 0, *chain.from_iterable((0, p) for p in reversed(pad))))
         padded = list(h.shape[1:-1])
         shifted = sum(shift) > 0
         if shifted:
             h = torch.roll(h, shifts=tuple(-s for s in shift), dims=tuple(range(1, d + 1)))
         counts = [padded[i] // window[i] for i in range(d)]
         num_windows, tokens = math.prod(counts), math.prod(window)
-        split = [batch]
-        for i in range(d):
-            split += [counts[i], window[i]]
-        h = h.view(*split, channels)
+        h = h.view(batch, *chain.from_iterable(zip(counts, window, strict=True)), channels)
         h = h.permute(0, *[1 + 2 * i for i in range(d)], *[2 + 2 * i for i in range(d)], 2 * d + 1)
         xw = h.reshape(batch * num_windows, tokens, channels)
 
@@ -160,10 +154,8 @@ class WindowAttention(Rule):
         out = F.dropout(y, p=module.dropout, training=False)
 
         out = out.view(batch, *counts, *window, channels)
-        order = [0]
-        for i in range(d):
-            order += [1 + i, 1 + d + i]
-        out = out.permute(*order, 2 * d + 1).reshape(batch, *padded, channels)
+        out = out.permute(0, *chain.from_iterable((1 + i, 1 + d + i) for i in range(d)), 2 * d + 1)
+        out = out.reshape(batch, *padded, channels)
         if shifted:
             out = torch.roll(out, shifts=tuple(shift), dims=tuple(range(1, d + 1)))
         crop = (slice(None),) + tuple(slice(0, s) for s in size)
@@ -274,22 +266,10 @@ def _shift_mask(like: torch.Tensor, padded: list[int], window: list[int], shift:
     d = len(padded)
     mask = like.new_zeros(padded)
     slices = [((0, -window[i]), (-window[i], -shift[i]), (-shift[i], None)) for i in range(d)]
-    count = 0
-    for region in _product(slices):
+    for count, region in enumerate(product(*slices)):  # torchvision's loop order: the first dimension outermost
         mask[tuple(slice(a, b) for a, b in region)] = count
-        count += 1
-    split: list[int] = []
-    for i in range(d):
-        split += [padded[i] // window[i], window[i]]
+    split = list(chain.from_iterable((padded[i] // window[i], window[i]) for i in range(d)))
     mask = mask.view(*split).permute(*[2 * i for i in range(d)], *[2 * i + 1 for i in range(d)])
     mask = mask.reshape(math.prod(split[0::2]), math.prod(window))
     mask = mask.unsqueeze(1) - mask.unsqueeze(2)
     return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
-
-
-def _product(slices: Sequence[Sequence[tuple[int, int | None]]]) -> list[tuple[tuple[int, int | None], ...]]:
-    """The regions in torchvision's loop order (the first dimension outermost)."""
-    regions: list[tuple[tuple[int, int | None], ...]] = [()]
-    for options in slices:
-        regions = [r + (o,) for r in regions for o in options]
-    return regions
