@@ -316,3 +316,14 @@ def test_road_gives_the_same_values_whatever_the_solve_grouping(monkeypatch):
     split = gradtrust.evaluate_explanations(model, x, maps, metrics="road", road_noise=0.0, baselines=False)
     np.testing.assert_allclose(split["road_morf"], whole["road_morf"], atol=1e-6)
     np.testing.assert_allclose(split["road_lerf"], whole["road_lerf"], atol=1e-6)
+
+
+def test_summary_without_resamples_has_means_and_no_intervals():
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {"method": ["a", "a", "random", "random"], "sample": [0, 1, 0, 1], "deletion_auc": [0.1, 0.3, 0.5, 0.7]}
+    )
+    row = summarise_interventions(table, n_resamples=0).set_index(["method", "metric"]).loc[("a", "deletion_auc")]
+    assert row["mean"] == pytest.approx(0.2) and row["vs_random"] == pytest.approx(-0.4)
+    assert np.isnan(row["ci_low"]) and np.isnan(row["vs_random_high"])

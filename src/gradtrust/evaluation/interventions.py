@@ -108,7 +108,10 @@ def summarise_interventions(
     methods = list(dict.fromkeys(table["method"]))
     samples = np.array(sorted(set(table["sample"])))
     wide = {m: table[table["method"] == m].set_index("sample").reindex(samples) for m in methods}
-    resamples = bootstrap_indices(len(samples), n_resamples, seed) if len(samples) else np.zeros((0, 0), int)
+    # n_resamples = 0: means and differences without CIs (as ``--resamples 0`` everywhere)
+    resamples = (
+        bootstrap_indices(len(samples), n_resamples, seed) if len(samples) and n_resamples else np.zeros((0, 0), int)
+    )
     vs = f"vs_{reference}"
     rows = []
     for method in methods:

@@ -35,20 +35,19 @@ def read_summary(folder: Path) -> Any:
 
 
 def _cell(row: Any, metric: str) -> str:
-    """``mean [low, high]``: percentages with 1 decimal, variances ×1000, the rest with 3 decimals."""
+    """``mean [low, high]``: percentages with 1 decimal, the rest with 3 decimals."""
     if row is None or not np.isfinite(row["mean"]):
         return "—"
-    scale = 1000.0 if metric.startswith("variance") else 1.0
     digits = 1 if metric in ("average_drop", "increase_in_confidence") else 3
-    text = f"{row['mean'] * scale:.{digits}f}"
+    text = f"{row['mean']:.{digits}f}"
     if np.isfinite(row["ci_low"]):
-        text += f" <small>[{row['ci_low'] * scale:.{digits}f}, {row['ci_high'] * scale:.{digits}f}]</small>"
+        text += f" <small>[{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]</small>"
     return text
 
 
 def summary_table(summary: Any) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per map (baselines last, in italics), each metric ``mean [CI]``; the deletion AUC's
-    paired difference to the random map with its CI in its own column. Variances are ×1000."""
+    paired difference to the random map with its CI in its own column."""
     present = [c for c in COLUMNS if c[0] in set(summary["metric"])]
     header = ["map"] + [f"{h} {b}".strip() for _, h, b in present]
     if "deletion_auc" in set(summary["metric"]) and "vs_random" in summary.columns:

@@ -207,7 +207,7 @@ def explain_section(folders: list[Path], report: Any) -> Section:
                 "reading the model (mean over samples, 95% bootstrap CI in brackets; ↓/↑ = lower/higher is better). "
                 "Deletion fills the most relevant pixels first, insertion puts them back into a blurred copy; Average "
                 "Drop and Increase in Confidence read the image multiplied by the map; ROAD removes with noisy linear "
-                "imputation; V[E(y|S)] and E[V(y|S)] (×1000) split the variance of the model's answer over the kept "
+                "imputation; V[E(y|S)] and E[V(y|S)] split the variance of the model's answer over the kept "
                 "subsets S. <em>random</em> and <em>centre</em> are baseline maps; “deletion − random” is the "
                 "paired difference (negative = the map finds what the model needs faster than chance).</p>",
                 *evaluations])
