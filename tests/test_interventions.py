@@ -327,3 +327,12 @@ def test_summary_without_resamples_has_means_and_no_intervals():
     row = summarise_interventions(table, n_resamples=0).set_index(["method", "metric"]).loc[("a", "deletion_auc")]
     assert row["mean"] == pytest.approx(0.2) and row["vs_random"] == pytest.approx(-0.4)
     assert np.isnan(row["ci_low"]) and np.isnan(row["vs_random_high"])
+
+
+def test_doctests_of_the_interventions_layer_pass():
+    import doctest
+
+    from gradtrust.evaluation import interventions
+
+    failures, tried = doctest.testmod(interventions, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert failures == 0 and tried >= 2
