@@ -7,7 +7,7 @@ Prints, each against a plain batched forward pass (``torch.no_grad``) of the sam
 1. Grad-CAM + Counterfactual-CAM + Contrast-CAM for P and one Q (resnet18: GAP head, closed form; target ≤ 1.3);
 2. VOICE over all 1000 classes (resnet18; target ≤ 2);
 3. the same two on vgg11 (no GAP: one forward with a graph from the layer on + batched backwards);
-4. the straightforward per-image loop (one forward + one backward per map, ``gradtrust.explanations.reference``)
+4. the straightforward per-image loop (one forward + one backward per map, ``tests/reference_explanations.py``)
    ÷ the batched call: for the three maps, and for VOICE (the loop over the 999 contrast classes is timed on a
    few classes of a few images and extrapolated to 999 classes per image).
 Timings are minima over repeats, interleaved with the plain forward so that drifts in machine load hit both.
@@ -16,14 +16,18 @@ Timings are minima over repeats, interleaved with the plain forward so that drif
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision
 
 import gradtrust
 from gradtrust.explanations import resolve_layer
-from gradtrust.explanations.reference import reference_map
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' oracle
+from reference_explanations import reference_map
 
 
 def _sync(device: torch.device) -> None:

@@ -8,7 +8,7 @@ Prints, each figure against a plain batched forward pass (``torch.no_grad``) tim
 2. cost of every method except mc_dropout, in plain forward passes (target ≤ 7);
 3. cost of Purview alone, in plain forward passes (target ≤ 3.5);
 4. the straightforward way (one image at a time, one autograd pass per method:
-   ``gradtrust.scores.reference``) ÷ ``gradtrust.score`` on the same images;
+   ``tests/reference_scores.py``) ÷ ``gradtrust.score`` on the same images;
 5. the two VOICE explanation-uncertainty scores, in plain forward passes.
 Timings are minima over repeats (the least-disturbed run), interleaved with the plain forward so drifts in
 machine load hit both alike. ``--keep-freed-memory`` first calls ``gradtrust.keep_freed_memory()`` (glibc
@@ -19,14 +19,18 @@ allocator behaviour is measured. The header line says which.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision
 
 import gradtrust
 import gradtrust.scores
-from gradtrust.scores.reference import reference_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' oracle
+from reference_scores import reference_score
 
 FORWARD_GROUP = ["softmax", "entropy", "max_logit", "margin", "brier", "logit_margin", "energy", "doctor",
                  "maxlogit_pnorm", "gradtrust", "gradtrust_topk", "gradnorm"]

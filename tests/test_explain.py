@@ -13,7 +13,7 @@ import gradtrust
 from gradtrust.errors import InputError, ModelError, UnknownNameError
 from gradtrust.explanations import explain, resolve_layer, voice
 from gradtrust.explanations.maps import Upsampler, interpolation_matrix, minmax, upsample
-from gradtrust.explanations.reference import reference_map, reference_voice, upsample_normalise
+from reference_explanations import reference_map, reference_voice, upsample_normalise
 
 CLASSES = 10
 

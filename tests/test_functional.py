@@ -14,7 +14,7 @@ from torch import nn
 
 import gradtrust
 from gradtrust import functional as F
-from gradtrust.scores.reference import reference_score
+from reference_scores import reference_score
 
 LOGIT_ONLY = ["softmax", "entropy", "max_logit", "margin", "brier", "logit_margin", "energy", "doctor",
               "maxlogit_pnorm"]

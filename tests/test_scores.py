@@ -10,7 +10,7 @@ from torch import nn
 import gradtrust
 from gradtrust.errors import InputError, ModelError, UnknownNameError
 from gradtrust.scores import Pass, get_method, method_specs
-from gradtrust.scores.reference import reference_score
+from reference_scores import reference_score
 
 SPEC_METHODS = ["softmax", "entropy", "max_logit", "margin", "odin", "mc_dropout", "gradnorm", "purview_initial",
                 "purview_final", "gradtrust", "gradtrust_topk", "brier", "logit_margin", "energy", "doctor"]

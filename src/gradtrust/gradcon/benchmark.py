@@ -54,10 +54,6 @@ def _cell(value: float, ci: tuple[float, float] | None) -> str:
     return ci_text(value, *(ci or (None, None)))
 
 
-def _delta_cell(value: float, ci: tuple[float, float]) -> str:
-    return f"{100 * value:+.2f} [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
-
-
 def run_gradcon_benchmark(out_dir: str | Path = "gradcon-benchmark", *, classes: list[int] | None = None,
                           epochs: int = DEFAULT_EPOCHS, beta: float = 0.03, gamma: float = 0.12, seed: int = 0,
                           resamples: int = 1000, confidence: float = 0.95, device: str = "cpu",
@@ -187,6 +183,7 @@ def _markdown(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {count} | "
             f"{_cell(r['auroc_autoencoder'], r['auroc_autoencoder_ci'])} | "
-            f"{_cell(r['auroc_gradcon'], r['auroc_gradcon_ci'])} | {_delta_cell(r['delta'], r['delta_ci'])} | "
+            f"{_cell(r['auroc_gradcon'], r['auroc_gradcon_ci'])} | "
+            f"{100 * r['delta']:+.2f} [{100 * r['delta_ci'][0]:+.2f}, {100 * r['delta_ci'][1]:+.2f}] | "
             f"{_cell(r['auroc_gradcon_gamma0'], r['auroc_gradcon_gamma0_ci'])} |")
     return "\n".join(lines) + "\n"

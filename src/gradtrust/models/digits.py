@@ -45,35 +45,6 @@ __all__ = [
 ]
 
 
-def _tiny() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Tanh(), nn.Linear(3, 10))
-
-
-def _linear() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-
-
-def _mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 10))
-
-
-def _cnn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 64),
-        nn.ReLU(),
-        nn.Dropout(0.3),
-        nn.Linear(64, 10),
-    )
-
-
 @dataclass(frozen=True)
 class _Recipe:
     build: Callable[[], nn.Module]
@@ -85,10 +56,16 @@ class _Recipe:
 
 # Changing a recipe changes the shipped weights: re-run scripts/train_digits.py afterwards.
 _RECIPES: dict[str, _Recipe] = {
-    "digits_tiny": _Recipe(_tiny, epochs=40, lr=2e-2),
-    "digits_linear": _Recipe(_linear, epochs=3, lr=1e-2),
-    "digits_mlp": _Recipe(_mlp, epochs=20, lr=3e-3, weight_decay=1e-4),
-    "digits_cnn": _Recipe(_cnn, epochs=10, lr=3e-3, weight_decay=1e-4),
+    "digits_tiny": _Recipe(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Tanh(), nn.Linear(3, 10)),
+                           epochs=40, lr=2e-2),
+    "digits_linear": _Recipe(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), epochs=3, lr=1e-2),
+    "digits_mlp": _Recipe(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.3),
+                                                nn.Linear(64, 10)), epochs=20, lr=3e-3, weight_decay=1e-4),
+    "digits_cnn": _Recipe(lambda: nn.Sequential(
+        nn.Conv2d(1, 16, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 10),
+    ), epochs=10, lr=3e-3, weight_decay=1e-4),
 }
 
 _WEIGHTS_DIR = "models/weights"

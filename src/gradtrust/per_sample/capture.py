@@ -7,7 +7,8 @@ backward pass instead of ``B``. Units (:mod:`.planner`) get theirs by per-sample
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -66,11 +67,12 @@ class LayerCapture:
         return hook
 
 
+@contextlib.contextmanager
 def start_graph_hooks(outputs_of: Iterable[nn.Module], inputs_of: Iterable[nn.Module],
-                      roots: list[torch.Tensor]) -> list[Any]:
-    """Forward hooks (prepended: later hooks see the new tensors) that start the recorded graph, by
+                      roots: list[torch.Tensor]) -> Iterator[None]:
+    """While inside, forward hooks (prepended: later hooks see the new tensors) start the recorded graph, by
     :func:`gradtrust.nn.hooks.graph_root` appended to ``roots``, at the output of each module of ``outputs_of``
-    and at the input of each module of ``inputs_of`` whose input is not in the graph yet. Returns the handles.
+    and at the input of each module of ``inputs_of`` whose input is not in the graph yet. They go on exit.
 
     When nothing needs ``∂/∂x``, this skips the backward into the layers before the first parameter that
     matters (resnet18's 7×7 convolution on the image: 0.19 forward passes at 224², batch 32, CPU). Every such
@@ -89,8 +91,13 @@ def start_graph_hooks(outputs_of: Iterable[nn.Module], inputs_of: Iterable[nn.Mo
             return tuple(start if a is first else a for a in args)  # keeps ``query is key is value``
         return None
 
-    return ([m.register_forward_hook(start_graph, prepend=True) for m in outputs_of]
-            + [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in inputs_of])
+    handles = ([m.register_forward_hook(start_graph, prepend=True) for m in outputs_of]
+               + [m.register_forward_pre_hook(start_graph_at_input, prepend=True) for m in inputs_of])
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def first_tensor(output: Any) -> torch.Tensor:

@@ -197,14 +197,10 @@ def _sq_norms_by_hooks(model: nn.Module, x: torch.Tensor, loss: Loss, targets: t
                        params: Sequence[str] | None) -> tuple[torch.Tensor, dict[str, str]]:
     recorder = NormRecorder(model, chunk_bytes, conv_strategy, params)
     roots: list[torch.Tensor] = []
-    handles = start_graph_hooks(recorder.graph_starts, recorder.rule_entries, roots)
-    try:  # on a CPU eval-mode BatchNorm gets a one-multiply backward, as in Purview's pass (eval_backward)
-        with recorder, torch.enable_grad(), (cheap_batch_norm(model) if x.device.type == "cpu"
-                                             else contextlib.nullcontext()):
-            logits = model_logits(model, x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    # on a CPU eval-mode BatchNorm gets a one-multiply backward, as in Purview's pass (eval_backward)
+    with (start_graph_hooks(recorder.graph_starts, recorder.rule_entries, roots), recorder, torch.enable_grad(),
+          cheap_batch_norm(model) if x.device.type == "cpu" else contextlib.nullcontext()):
+        logits = model_logits(model, x)
     if not roots or not logits.requires_grad:
         raise UnsupportedForHooks("the logits do not depend differentiably on the captured layers")
     total = (loss(logits) if targets is None else loss(logits, targets)).sum()

@@ -6,7 +6,6 @@ else one batched backward pass through the shared graph (``layer=``, ``gradient_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -157,14 +156,6 @@ def rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_b
     return torch.cat(energies), (torch.cat(l1s) if want_l1 else None)
 
 
-def _no_gradient_layer(ctx: BatchPasses) -> str | None:
-    return ctx.no_final_linear_message() if ctx.options.layer is None and ctx.final_layer_name is None else None
-
-
-def _records_graph(options: Any) -> bool:
-    return options.layer is not None or options.gradient_path == "autograd"
-
-
 COUNTERFACTUAL_GRADIENTS = PassSpec(
     "COUNTERFACTUAL_GRADIENTS",
     provides={"mse_gradient_rows": mse_gradient_rows, "uniform_ce_grad_l1": uniform_ce_grad_l1,
@@ -177,4 +168,7 @@ COUNTERFACTUAL_GRADIENTS = PassSpec(
               "'closed_form', or 'autograd' (per-sample autograd even on the final layer)",
               choices=("auto", "closed_form", "autograd")),
     ),
-    needs_graph=_records_graph, unavailable=_no_gradient_layer, module=__name__)
+    needs_graph=lambda options: options.layer is not None or options.gradient_path == "autograd",
+    unavailable=lambda ctx: (ctx.no_final_linear_message() if ctx.options.layer is None and ctx.final_layer_name is None
+                             else None),
+    module=__name__)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -53,24 +51,17 @@ def odin_step(ctx: BatchPasses, x: torch.Tensor) -> torch.Tensor | float:
     return step.reshape(1, -1, *([1] * (x.dim() - 2))) if x.dim() >= 2 else step
 
 
-def _non_negative(value: Any) -> str | None:
-    return None if value >= 0 else "must be >= 0"
-
-
-def _stds_check(value: Any) -> str | None:
-    return None if parse_stds(value) is not None else "must be positive numbers, one per input channel"
-
-
 ODIN = PassSpec(
     "ODIN", provides={"odin_logits": odin_logits},
     params=(
         Param("odin_temperature", float, 100.0, "ODIN's temperature T", positive),
         Param("odin_epsilon", float, 0.0014, "ODIN's perturbation size ε, in the units of odin_epsilon_space",
-              _non_negative),
+              lambda value: None if value >= 0 else "must be >= 0"),
         Param("odin_epsilon_space", str, "input", "'input': ε is a step on the tensor the model receives (the "
               "GradTrust release); 'pixel': ε in [0, 1] pixel units, the step on channel c is ε / σ_c "
               "(Liang et al.'s code, OpenOOD; needs odin_input_std)", choices=("input", "pixel")),
         Param("odin_input_std", str, None, "the normalisation std σ per channel ('0.229,0.224,0.225') for "
-              "odin_epsilon_space='pixel'; gradtrust score fills it from the model's preprocessing", _stds_check),
+              "odin_epsilon_space='pixel'; gradtrust score fills it from the model's preprocessing",
+              lambda value: None if parse_stds(value) is not None else "must be positive numbers, one per input channel"),
     ),
     needs_graph=True, module=__name__)

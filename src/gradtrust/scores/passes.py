@@ -132,16 +132,12 @@ class BatchPasses:
         x = self.inputs.detach().requires_grad_(record_graph and not cut)
         roots: list[torch.Tensor] = [] if cut else [x]
         # prepended, so that the captures' own hooks see (and hook) the new leaf
-        handles = start_graph_hooks(graph_starts, rule_entries, roots) if cut else []
-        try:
-            # while the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (eval_backward)
-            with (recording(final_layer_candidates(model, structure)) as seen, capture, norms or contextlib.nullcontext(),
-                  torch.set_grad_enabled(record_graph),
-                  cheap_batch_norm(model) if record_graph and x.device.type == "cpu" else contextlib.nullcontext()):
-                logits = model_logits(model, x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        # while the graph is recorded, eval-mode BatchNorm gets a one-multiply backward (eval_backward)
+        with (start_graph_hooks(graph_starts, rule_entries, roots) if cut else contextlib.nullcontext(),
+              recording(final_layer_candidates(model, structure)) as seen, capture, norms or contextlib.nullcontext(),
+              torch.set_grad_enabled(record_graph),
+              cheap_batch_norm(model) if record_graph and x.device.type == "cpu" else contextlib.nullcontext()):
+            logits = model_logits(model, x)
         return ForwardRecord(x=x, roots=roots, graph=record_graph, logits=logits,
                              final=final_linear(model, seen, logits.shape[1], structure),
                              capture=capture, norms=norms)
