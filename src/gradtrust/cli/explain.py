@@ -88,7 +88,9 @@ def explain_command(model_spec, weights, num_classes, load_options, data, labels
                               seed=seed, resamples=resamples)
     if rank() == 0:
         click.echo(f"{model_spec}: explained {summary.num_explained} of {summary.num_samples} samples "
-                   f"({summary.num_failed} failed) at layer {summary.layer}; {summary.elapsed_s:.1f} s")
+                   f"({summary.num_failed} failed) "
+                   f"{f'at layer {summary.layer}' if summary.layer else '(interventions: no layer)'}; "
+                   f"{summary.elapsed_s:.1f} s")
         click.echo(f"  explanations: {summary.explanations_path}")
         click.echo(f"  manifest:     {summary.manifest_path}")
         if evaluate:
