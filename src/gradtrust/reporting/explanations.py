@@ -171,7 +171,7 @@ def explain_section(folders: list[Path], report: Any) -> Section:
         snr = table["voice_snr"].mean() if "voice_snr" in table.columns else float("nan")
         iou = table["voice_iou"].mean() if "voice_iou" in table.columns else float("nan")
         methods = [c[4:] for c in table.columns if c.startswith("map_") and not c.startswith(("map_height", "map_width"))]
-        rows.append([e(run.name), e(run.model), e(str(manifest.get("layer") or "— (interventions)")), e(", ".join(methods)),
+        rows.append([e(run.name), e(run.model), e(str(manifest.get("layer", "?") or "— (interventions)")), e(", ".join(methods)),
                      str(counts.get("samples", len(table))), str(len(table)), str(counts.get("failed", 0)),
                      f"{100 * table.loc[labelled, 'correct'].mean():.2f}" if labelled.any() else "n/a",
                      f"{snr:.3f}" if np.isfinite(snr) else "—", f"{iou:.3f}" if np.isfinite(iou) else "—"])
