@@ -49,11 +49,32 @@ def test_benchmark_scores_every_pair_and_reports(first_run):
     assert set(table["condition"]) == {"clean", "gaussian_noise/1"}
     assert table["dataset"].nunique() == 1  # clean and corrupted copies share one table
     assert {f"{m}_auac" for m in METHODS.split(",")} <= set(table.columns)
-    # Printed: the Markdown table, where the page is, the tally.
+    # Printed: one line per job, then a short summary: the tally, the headline, each distinct note once with
+    # its count, where the files are. No table (it is in the files).
     out_text = result.output
-    assert "| run | accuracy (%) |" in out_text and "digits:digits_linear · gaussian_noise/1" in out_text
+    assert "| run |" not in out_text
     assert f"HTML page: {(report / 'index.html').resolve()}" in out_text
     assert "4 scored, 0 skipped" in out_text
+
+
+
+def test_the_console_summary_is_short_and_names_each_note_once(tmp_path):
+    """Every method that applies, on two runs of a network too small for Purview's initial group: the note the
+    table writes for each run is printed once, with its count and without the run's name; the whole output
+    is a fixed number of lines (no table)."""
+    data = ["--data", "digits:test", "--data", "digits:test:gaussian_noise:1"]
+    result = CliRunner().invoke(benchmark_command, ["--models", "digits:digits_linear", "--out", str(tmp_path),
+                                                    "--resamples", "0", "--no-figures", *data],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    notes = [line for line in lines if line.startswith("  ")]
+    assert len(notes) == 1 and notes[0].startswith("  2× Purview (initial): AUAC and AUFC n/a")
+    assert "digits:" not in notes[0]
+    table_md = (tmp_path / "report" / "table.md").read_text()
+    assert table_md.count("Purview (initial): AUAC and AUFC n/a") == 2  # the files keep every note
+    assert "|" not in result.output
+    assert len(lines) == 2 + 1 + 1 + 1 + 1 + 2  # jobs, tally, headline, notes' header and note, the files
 
 
 def test_second_invocation_skips_complete_runs(first_run):

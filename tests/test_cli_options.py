@@ -107,6 +107,18 @@ def test_help_has_one_layout(path):
         assert "--model" not in result.output and "--gradcon DIR" in result.output
 
 
+@pytest.mark.parametrize("path", [p for p, c in ALL if p != "introspect benchmark"  # its --models: digits names
+                                  and any(o in ("--model", "--models") for prm in c.params
+                                          if not getattr(prm, "hidden", False) for o in prm.opts)])
+def test_every_model_option_help_lists_every_spec_form(path):
+    """``--model`` (and benchmark's ``--models``) name every form a spec takes, as the loader knows them."""
+    from gradtrust.models.specs import SOURCES
+
+    text = " ".join(CliRunner().invoke(main, [*path.split(), "--help"], terminal_width=400).output.split())
+    for form in [f"{prefix}:" for prefix in SOURCES] + ["hf:", "package.module:factory", "TorchScript"]:
+        assert form in text, (path, form)
+
+
 @pytest.mark.parametrize("path, args, new_value", [
     ("detect", ["--bootstrap", "7"], ("resamples", 7)),
     ("introspect fit", ["--model", "digits:digits_linear", "--train", "digits:train", "--out", "h"],

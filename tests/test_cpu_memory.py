@@ -204,6 +204,8 @@ def test_every_command_that_runs_a_model_has_the_flag(path):
         command = found
     option = next(p for p in command.params if p.name == OPTION_NAME)
     assert option.default is True and "--no-keep-freed-memory" in option.secondary_opts
+    threads = next(p for p in command.params if p.name == "threads")
+    assert threads.envvar == "GRADTRUST_THREADS" and getattr(threads, "definition", None) == "threads"
 
 
 @pytest.mark.parametrize("flag", [[], ["--no-keep-freed-memory"]])
@@ -223,6 +225,25 @@ def test_score_records_the_setting_in_the_manifest(recorded, tmp_path, flag):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["execution"]["keep_freed_memory"] is (not flag)
     assert recorded == ([] if flag else [True])
+
+
+@pytest.mark.parametrize(("args", "env"), [(["--threads", "1"], {}), ([], {"GRADTRUST_THREADS": "1"})])
+def test_threads_option_and_variable_set_torch_threads_and_the_manifest_records_them(recorded, tmp_path, args, env):
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "run"
+    try:
+        result = CliRunner().invoke(main, ["score", "--model", "digits:digits_mlp", "--device", "cpu", "--out",
+                                           str(out), "--methods", "softmax", "--batch-size", "512",
+                                           "--no-progress", *args], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((out / "manifest.json").read_text())["execution"]["threads"] == 1
+    bad = CliRunner().invoke(main, ["score", "--model", "digits:digits_mlp", "--threads", "0"])
+    assert bad.exit_code == 2 and "--threads" in bad.output
 
 
 def test_the_lazy_export():

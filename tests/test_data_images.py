@@ -490,6 +490,19 @@ def test_class_mismatch_between_folder_dataset_and_model(folder):
         resolve_class_indices(ds.classes, [str(i) for i in range(10)], 10)
 
 
+def test_a_1000_class_model_on_three_folders_says_to_pass_num_classes(folder):
+    """timm/torchvision ImageNet heads have 1000 outputs; a 3-folder dataset needs a 3-class head: say how."""
+    from gradtrust.data.classes import load_imagenet_class_names
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = ImageFolderDataset(folder)
+    with pytest.raises(DataError, match=r"pass --num-classes 3 .*num_classes=3"):
+        resolve_class_indices(ds.classes, load_imagenet_class_names(), 1000)
+    with pytest.raises(DataError, match=r"pass --num-classes 3 "):
+        resolve_class_indices(ds.classes, None, 1000)
+
+
 def test_non_ascii_paths_round_trip(tmp_path):
     root = tmp_path / "données"
     (root / "café").mkdir(parents=True)

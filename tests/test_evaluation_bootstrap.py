@@ -162,3 +162,44 @@ def test_bootstrap_cis_equals_one_bootstrap_ci_per_metric():
         bootstrap_cis(["aufc"], s, labels=y, n_resamples=30)
     with pytest.raises(KeyError, match="Unknown metric"):
         bootstrap_cis(["nope"], s, c)
+
+
+def test_bca_and_basic_intervals_match_scipy_on_the_same_resamples():
+    """``bca_interval`` / ``basic_interval`` against ``scipy.stats.bootstrap(method="BCa"/"basic")`` with
+    the same generator: scipy draws ``rng.integers(0, n, (R, n))``, the rows of ``bootstrap_indices``."""
+    from scipy import stats
+
+    from gradtrust.evaluation.bootstrap import basic_interval, bca_interval
+
+    x = np.random.default_rng(3).exponential(size=60) ** 2  # skewed: z0 and the acceleration are not 0
+    values = np.array([x[i].mean() for i in bootstrap_indices(x.size, 2000, seed=5)])
+    jackknife = (x.sum() - x) / (x.size - 1)
+    for method, ours in (("BCa", bca_interval(values, x.mean(), jackknife, 0.9)),
+                         ("basic", basic_interval(values, x.mean(), 0.9))):
+        theirs = stats.bootstrap((x,), np.mean, n_resamples=2000, confidence_level=0.9, method=method,
+                                 rng=np.random.default_rng(5)).confidence_interval
+        np.testing.assert_allclose(ours, (theirs.low, theirs.high), rtol=1e-12)
+    percentile = np.percentile(values, [5, 95])
+    assert not np.allclose(bca_interval(values, x.mean(), jackknife, 0.9), percentile)  # the correction acts
+
+
+def test_corrected_ece_interval_contains_its_estimate_where_the_percentile_one_did_not():
+    """The reported failure ("2.36 [2.57, 3.14]"): on few, well-calibrated samples the plug-in ECE lies below
+    its percentile interval; the bias-corrected estimate lies in its basic interval."""
+    from gradtrust.evaluation import calibration as cal
+    from gradtrust.evaluation.bootstrap import percentile_interval
+    from gradtrust.reporting.calibration import corrected_interval
+
+    rng = np.random.default_rng(17)
+    conf = rng.uniform(0.6, 1.0, 400)
+    correct = rng.random(400) < conf  # calibrated by construction: the true ECE is 0
+    plug_in = cal.expected_calibration_error(conf, correct)
+
+    def stat(i):
+        return cal.expected_calibration_error(conf[i], correct[i])
+
+    low, high = percentile_interval(np.array([stat(i) for i in bootstrap_indices(400, 1000, 0)]), 0.95)
+    assert not low <= plug_in <= high  # the old interval excludes its own estimate
+    corrected, (low, high) = corrected_interval(stat, plug_in, 400, 1000, 0, 0.95)
+    assert 0.0 <= low <= corrected <= high
+    assert corrected < plug_in  # the bias points upwards

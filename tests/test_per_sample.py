@@ -192,38 +192,42 @@ def test_every_convolution_strategy_gives_the_autograd_norms(name, factory, shap
                 got = conv_strategy.sq_norms(strategy, module, x, g, chunk_bytes)
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, s=strategy: f"{s}: {m}")
     assert {"grouped", "per_sample"} <= set(tried)
-    norms = per_sample.parameter_sq_norms(module, x, g)  # CPU: measured once, then the choice is reused
+    norms = per_sample.parameter_sq_norms(module, x, g)  # CPU: the rule's choice
     torch.testing.assert_close(norms["weight"], want, rtol=1e-4, atol=1e-5)
-    key = conv_strategy._key(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, False)
-    assert conv_strategy.chosen_strategies()[key] in conv_strategy.candidates(module, x, g,
-                                                                               per_sample.DEFAULT_CHUNK_BYTES)
-    torch.testing.assert_close(per_sample.parameter_sq_norms(module, x, g)["weight"], want, rtol=1e-4, atol=1e-5)
+    chosen = conv_strategy.choose(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    assert chosen in conv_strategy.candidates(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    assert torch.equal(per_sample.parameter_sq_norms(module, x, g)["weight"], norms["weight"])
     if module.bias is not None:
         torch.testing.assert_close(norms["bias"], expected["bias"].flatten(1).square().sum(1), rtol=1e-4, atol=1e-5)
 
 
-def test_strategy_choice_is_measured_once_and_can_be_forced(monkeypatch):
+def test_strategy_choice_is_a_rule_without_timing_and_can_be_forced(monkeypatch):
+    """The automatic choice is a function of the shapes: one strategy runs (no candidates are tried), no clock
+    is read, and the same inputs give the same bits; a forced strategy that does not apply leaves the layer
+    to the rule, never to a timed choice."""
+    import time
+
     from gradtrust.errors import InputError, UnknownNameError
     from gradtrust.per_sample import conv_strategy
 
     module, x, g, expected = _conv_case(lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (2, 4, 6, 6))
     want = expected["weight"].flatten(1).square().sum(1)
-    conv_strategy.clear_choices()
     calls: list[str] = []
     real = conv_strategy.sq_norms
     monkeypatch.setattr(conv_strategy, "sq_norms", lambda s, *args: calls.append(s) or real(s, *args))
+    for clock in ("perf_counter", "perf_counter_ns", "monotonic", "time", "process_time"):
+        monkeypatch.setattr(time, clock, lambda: pytest.fail("the choice read a clock"))
     first = conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
-    measured = len(calls)
-    assert set(calls) == set(conv_strategy.candidates(module, x, g, per_sample.DEFAULT_CHUNK_BYTES))
+    rule = conv_strategy.choose(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
+    assert calls == [rule] == ["correlate"]  # depthwise, stride 1
     again = conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
-    assert len(calls) == measured + 1 and calls[-1] == next(iter(conv_strategy.chosen_strategies().values()))
-    assert torch.equal(first, again)  # the measuring call returned the chosen way's result
-    got = conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, strategy="correlate")
-    assert calls[-1] == "correlate"
+    assert calls == [rule, rule] and torch.equal(first, again)
+    got = conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, strategy="grouped")
+    assert calls[-1] == "grouped"
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    # a forced strategy that does not apply (unfold needs one group) leaves that layer to the measured choice
+    # a forced strategy that does not apply (unfold needs one group) leaves that layer to the rule
     conv_weight_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES, strategy="unfold")
-    assert calls[-1] != "unfold"
+    assert calls[-1] == rule
     with pytest.raises(InputError, match="does not apply"):
         conv_strategy.sq_norms("unfold", module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
     with pytest.raises(UnknownNameError, match="known"):
@@ -283,18 +287,26 @@ def _make_like(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).cpu().double()
 
 
-@pytest.mark.parametrize("speedup, expected", [(1.1, "prior"), (2.0, "per_sample")])
-def test_a_measured_strategy_must_beat_the_prior_by_the_margin(monkeypatch, speedup, expected):
-    """Timings (faked here) move a layer off its prior strategy only when clearly faster."""
+@pytest.mark.parametrize("layer, batch, size, expected", [
+    (nn.Conv2d(512, 512, 3, padding=1), 32, 7, "gram"),            # resnet18 layer4: few positions
+    (nn.Conv2d(256, 256, 3, padding=1), 32, 14, "gram"),           # layer3: the Gram form is under the work
+    (nn.Conv2d(256, 512, 1, stride=2), 32, 14, "gram"),            # layer4's downsample
+    (nn.Conv2d(64, 256, 1), 4, 56, "matmul"),                      # resnet50's pointwise, many positions
+    (nn.Conv2d(192, 192, 7, padding=3, groups=192), 8, 28, "correlate"),  # ConvNeXt's depthwise 7×7
+    (nn.Conv2d(96, 96, 3, stride=2, padding=1, groups=96), 8, 28, "grouped"),  # depthwise, stride 2
+    (nn.Conv2d(128, 128, 3, padding=1, groups=32), 4, 28, "grouped"),  # ResNeXt's grouped 3×3
+    (nn.Conv2d(128, 128, 3, padding=1), 32, 28, "grouped"),        # resnet18 layer2
+    (nn.Conv2d(576, 96, 1), 8, 7, "matmul"),                       # mobilenet's pointwise: the Gram form loses
+    (nn.Conv2d(64, 64, 3, padding=1), 128, 8, "grouped"),          # CIFAR ResNet-20: small layers
+    (nn.Conv2d(3, 64, 7, stride=2, padding=3), 32, 224, "per_sample"),  # a stem: 3 input channels
+    (nn.Conv2d(3, 16, 3, padding=1), 128, 32, "grouped"),          # a CIFAR stem: few positions
+])
+def test_the_rule_chooses_by_shape(layer, batch, size, expected):
+    """What :func:`conv_strategy.choose` picks for the layers its thresholds were drawn from (shapes only:
+    meta tensors, nothing computed)."""
     from gradtrust.per_sample import conv_strategy
 
-    module, x, g, expected_grads = _conv_case(lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 6, 6))
-    found = conv_strategy.candidates(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
-    prior = conv_strategy.prior(module, x, g, found)
-    assert prior == "grouped" and "per_sample" in found
-    fake = {s: 1.0 for s in found} | {"per_sample": 1.0 / speedup}
-    monkeypatch.setattr(conv_strategy, "_timed", lambda s, *args: fake[s])
-    conv_strategy.clear_choices()
-    norms = conv_strategy.auto_sq_norms(module, x, g, per_sample.DEFAULT_CHUNK_BYTES)
-    assert next(iter(conv_strategy.chosen_strategies().values())) == (prior if expected == "prior" else expected)
-    torch.testing.assert_close(norms, expected_grads["weight"].flatten(1).square().sum(1), rtol=1e-4, atol=1e-5)
+    a = torch.empty(batch, layer.in_channels, size, size, device="meta")
+    with torch.device("meta"):
+        g = torch.empty(batch, layer.out_channels, *layer(a[:1]).shape[2:])
+    assert conv_strategy.choose(layer, a, g, per_sample.DEFAULT_CHUNK_BYTES) == expected

@@ -17,7 +17,7 @@ from gradtrust.detection import features as features_module
 from gradtrust.errors import GradTrustError, ModelError, UnknownNameError
 from gradtrust.nn import cache
 from gradtrust.nn.state import scoring_state
-from gradtrust.per_sample import conv_strategy, registry
+from gradtrust.per_sample import registry
 from gradtrust.per_sample.planner import PLANS, plan_parameters
 from gradtrust.scores.options import ScoreOptions
 from gradtrust.scores.passes import BatchPasses
@@ -185,28 +185,12 @@ def test_registrations_match_exact_classes_names_and_subclasses_keeping_forward(
     assert registry.rule_for(nn.Sequential(nn.Linear(2, 2))) is None  # Sequential, but no pair
 
 
-def test_clear_forgets_plans_and_measured_convolution_strategies():
+def test_clear_forgets_plans():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 36, 2)).eval()
     x = torch.randn(2, 3, 6, 6)
     per_sample.sq_norms(model, x, lambda z: z.square().sum(1))
-    assert any(ns == PLANS for ns, _ in cache.cached_entries(model)) and conv_strategy.chosen_strategies()
+    assert any(ns == PLANS for ns, _ in cache.cached_entries(model))
     first = plan_parameters(model)
     per_sample.clear()
-    assert not cache.cached_entries(model) and not conv_strategy.chosen_strategies()
+    assert not cache.cached_entries(model)
     assert plan_parameters(model) is not first
-
-
-def test_measured_strategies_are_bounded(monkeypatch):
-    monkeypatch.setattr(conv_strategy, "MAX_CHOICES", 2)
-    conv_strategy.clear_choices()
-    conv = nn.Conv2d(2, 3, 3, padding=1)
-    for size in (4, 5, 6):
-        a = torch.randn(2, 2, size, size)
-        g = torch.randn(2, 3, size, size)
-        want = torch.stack([torch.autograd.grad((conv(a[i:i + 1]) * g[i:i + 1]).sum(), conv.weight)[0].square().sum()
-                            for i in range(2)])
-        torch.testing.assert_close(conv_strategy.auto_sq_norms(conv, a, g, 2**20), want.detach(), rtol=1e-4,
-                                   atol=1e-6)
-    kept = conv_strategy.chosen_strategies()
-    assert len(kept) == 2 and {key[9] for key in kept} == {(2, 2, 5, 5), (2, 2, 6, 6)}  # the oldest forgotten
-    conv_strategy.clear_choices()

@@ -53,12 +53,16 @@ def test_report_calibration_section_and_old_runs(scored, tmp_path):
     assert row.values["nll"] == pytest.approx(cal.negative_log_likelihood(logits, run.labels))
     low, high = row.intervals["nll"]
     assert low <= row.values["nll"] <= high
+    for key in ("ece", "adaptive_ece", "classwise_ece"):  # bias-corrected, inside their (basic) intervals
+        low, high = row.intervals[key]
+        assert low <= row.corrected[key] <= high
     assert row.temperatures is not None and all(t > 0 for t in row.temperatures)
 
     new = build_report([out], tmp_path / "new", resamples=20, figures=False)
     text = (tmp_path / "new" / "calibration.md").read_text()
     assert f"{100 * row.values['ece']:.2f}" in text and "n/a" not in text.split("\n| ---")[1].split("\n")[1]
     assert "calibration" in (tmp_path / "new" / "index.html").read_text()
+    assert "bias-corrected estimate" in text and "BCa" in text  # the page says which intervals it shows
 
     # the same run without logits (as written before they were stored): same tables, ECE from softmax
     old = tmp_path / "old"

@@ -105,3 +105,57 @@ def test_qualitative_grid_missing_says_why(two_runs, tmp_path):
     note = rep.qualitative_notes[rep.results[0].name]
     assert "every prediction is right" in note
     assert "every prediction is right" in rep.files["html"].read_text()
+
+
+@pytest.mark.slow  # two whole reports with every figure (~30 s on a shared machine)
+@pytest.mark.parametrize("runs", [1, 12])
+def test_every_figure_kind_fits_its_canvas(tmp_path, monkeypatch, runs):
+    """Every figure the score report draws (curves, reliability diagrams, scatter, qualitative tiles), for 1
+    and 12 runs: no text beyond the canvas (each artist's tight bounding box within the figure's)."""
+    import shutil
+
+    import gradtrust.reporting.figures as F
+
+    base = make_run(tmp_path / "base", n=901)  # every test digit: wrong predictions with a high softmax exist
+    folders = []
+    for k in range(runs):
+        folder = tmp_path / f"run_{k:02d}_with_a_longer_name"
+        shutil.copytree(base, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["dataset"]["corruption"] = f"variant_{k}" if k else None
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        folders.append(folder)
+    drawn: dict[str, list[str]] = {}
+    original = F.save_png
+
+    def check(fig, path):
+        drawn[path.name if path.parent.name == "figures" else path.parent.name] = artists_outside(fig)
+        return original(fig, path)
+
+    monkeypatch.setattr(F, "save_png", check)
+    rep = build_report(folders, tmp_path / "report", resamples=0, max_images=4)
+    assert not rep.problems, rep.problems
+    assert not rep.qualitative_notes, rep.qualitative_notes
+    assert {"accuracy_curves.png", "f1_curves.png", "reliability.png", "scatter", "qualitative"} <= set(drawn)
+    assert {name: outside for name, outside in drawn.items() if outside} == {}
+
+
+def test_curves_legend_is_mappable_and_each_panel_names_its_best(two_runs, tmp_path):
+    """~13 methods in one legend: every entry a distinct (colour, line style) pair, GradTrust first; each panel
+    names its best method and draws it thick."""
+    from matplotlib.colors import to_rgba
+
+    rep = build_report([two_runs[0]], tmp_path / "one", resamples=0, figures=False)
+    fig = draw_curves(rep.results, "accuracy")
+    handles = fig.legends[0].legend_handles
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[0] == "GradTrust"
+    styles = [(to_rgba(h.get_color()), h.get_linestyle()) for h in handles]
+    assert len(set(styles)) == len(styles), labels
+    ax = fig.axes[0]
+    result = rep.results[0]
+    best = max(METHODS, key=lambda m: result.value(m, "auac"))
+    text = [t.get_text() for t in ax.texts if t.get_text().startswith("best here:")]
+    assert text and gradtrust.catalogue.display_name(best) in text[0]
+    line = next(ln for ln in ax.lines if ln.get_label() == gradtrust.catalogue.display_name(best))
+    assert line.get_linewidth() >= 2.4

@@ -191,9 +191,13 @@ def test_selective_csv_matches_direct_evaluation_and_bootstrap(report, runs):
         row = sel[(sel["run"] == run_name) & (sel["method"] == method)].iloc[0]
         s = df[method].to_numpy()
         for metric, fn in (("aurc", aurc), ("augrc", augrc), ("auroc", auroc), ("fpr_at_95tpr", fpr_at_95tpr)):
-            assert row[metric] == pytest.approx(fn(s, c), abs=1e-12)
+            assert row[f"{metric}_pct"] == pytest.approx(100 * fn(s, c), abs=1e-10)
             lo, hi = bootstrap_ci(metric, s, c, n_resamples=RESAMPLES, seed=3)
-            assert (row[f"{metric}_low"], row[f"{metric}_high"]) == pytest.approx((lo, hi), abs=1e-12)
+            assert (row[f"{metric}_low_pct"], row[f"{metric}_high_pct"]) == pytest.approx((100 * lo, 100 * hi),
+                                                                                            abs=1e-10)
+        assert row["auac_pct"] == pytest.approx(auac(s, c), abs=1e-10)  # one scale: percent, in every column
+    assert all(c.endswith("_pct") for c in sel.columns if c.split("_")[0] in {"auac", "aufc", "aurc", "eaurc",
+                                                                             "augrc", "auroc", "fpr", "accuracy"})
     refs = sel[(sel["run"] == run_name) & sel["method"].str.endswith("_reference")]
     assert set(refs["method"]) == {"random_reference", "oracle_reference"}
     text = report.files["selective_md"].read_text()
@@ -377,8 +381,8 @@ def test_run_without_wrong_predictions(runs, tmp_path):
     sel = rep.files["selective_md"].read_text()
     assert "n/a" in sel and "no wrong predictions" in sel
     selc = pd.read_csv(rep.files["selective_csv"])
-    r = selc[(selc["accuracy"] == 1.0) & (selc["method"] == "softmax")].iloc[0]
-    assert math.isnan(r["auroc"]) and math.isnan(r["fpr_at_95tpr"]) and r["aurc"] == 0
+    r = selc[(selc["accuracy_pct"] == 100.0) & (selc["method"] == "softmax")].iloc[0]
+    assert math.isnan(r["auroc_pct"]) and math.isnan(r["fpr_at_95tpr_pct"]) and r["aurc_pct"] == 0
     assert "no wrong predictions" in r["undefined"]
     md = rep.files["table_md"].read_text()
     assert "every method has the same AUAC; nothing bold" in md
@@ -455,3 +459,28 @@ def test_cli_report_exit_codes(runs, tmp_path):
 def test_folder_of_runs_is_searched(runs, tmp_path):
     rep = build_report([runs["tiny_clean"].parent], tmp_path / "out", resamples=0, figures=False)
     assert len(rep.results) == 3
+
+
+def test_selective_page_warns_when_the_best_two_are_within_their_intervals(report, runs, tmp_path):
+    """A ranking on few samples says when its top two cannot be told apart (their CIs overlap), and says
+    nothing where they can."""
+    from gradtrust.reporting.tables import indistinguishable_leaders
+
+    small = make_run(tmp_path / "small", "digits_tiny", "gaussian_noise", ["softmax", "energy", "margin"], n=39)
+    rep = build_report([small], tmp_path / "out", resamples=50, seed=0, figures=False)
+    result = rep.groups[0].results[0]
+    close = indistinguishable_leaders(result, ["softmax", "energy", "margin"])
+    assert close  # three forward-pass scores on 39 samples: not separable
+    for metric, (first, second) in close.items():
+        a, b = (result.methods[m].values for m in (first, second))
+        assert max(a[f"{metric}_low"], b[f"{metric}_low"]) <= min(a[f"{metric}_high"], b[f"{metric}_high"])
+    assert "Warning: the best two methods are within each other's intervals" in rep.files["selective_md"].read_text()
+    page = rep.files["html"].read_text()
+    assert '<li class="warn">Warning: the best two' in page
+    assert "td:first-child { position: sticky; left: 0;" in page  # wide tables keep the run column in view
+    # the same run with its intervals narrowed to the points: distinguishable, so no warning
+    for mr in result.methods.values():
+        for metric in ("aurc", "augrc", "auroc", "fpr_at_95tpr"):
+            mr.values[f"{metric}_low"] = mr.values[f"{metric}_high"] = mr.values[metric]
+    for metric, pair in indistinguishable_leaders(result, list(result.methods)).items():
+        assert len({result.methods[m].values[metric] for m in pair}) == 1  # only exact ties remain

@@ -364,3 +364,21 @@ def test_resume_after_kill_9_gives_identical_scores(tmp_path):
     assert without_execution(got_manifest) == without_execution(want_manifest)
     assert got_manifest["execution"]["resumed_chunks"] >= done
     assert got_manifest["counts"]["failed"] == 1
+
+
+@pytest.mark.slow  # two processes scoring 12 small images with every method (~20 s on a shared machine)
+def test_the_same_score_command_twice_gives_the_same_bytes(tmp_path):
+    """The README's promise: the same command, run twice in separate processes, writes a byte-identical
+    scores.parquet. A random-weight resnet18 (every convolution kind: stem, 3×3, strided, 1×1 downsample) with
+    every method; per-layer convolution strategies timed at run time made purview_* differ in the last bits."""
+    root = image_folder(tmp_path / "imgs", ["a", "b", "c"], 4, size=40)
+    outs = [tmp_path / "first", tmp_path / "second"]
+    for out in outs:
+        done = subprocess.run([sys.executable, "-m", "gradtrust", "score", "--model", "torchvision:resnet18",
+                               "--weights", "random", "--num-classes", "3", "--input-size", "32", "--data",
+                               str(root), "--out", str(out), "--batch-size", "6", "--no-progress"],
+                              capture_output=True, text=True, env=subprocess_env(), timeout=600)
+        assert done.returncode == 0, done.stderr
+    first, second = ((out / "scores.parquet").read_bytes() for out in outs)
+    assert "purview_final" in pd.read_parquet(outs[0] / "scores.parquet").columns
+    assert first == second

@@ -265,3 +265,16 @@ def test_explain_introspect_detect_gradcon_resume_equal_to_uninterrupted(tmp_pat
                                   pd.read_parquet(tmp_path / "g-resumed" / "anomaly_scores.parquet"), check_exact=True)
     assert np.array_equal(np.load(tmp_path / "g-whole" / "reconstructions.npz")["reconstruction"],
                           np.load(tmp_path / "g-resumed" / "reconstructions.npz")["reconstruction"])
+
+
+def test_the_identity_names_the_convolution_rule_with_auto():
+    """``conv_strategy="auto"`` is a fixed rule: its version is part of a run's identity (another rule may round
+    differently); a forced strategy needs no rule."""
+    from gradtrust.per_sample import conv_strategy
+    from gradtrust.runs.identity import identity_differences, options_identity
+
+    auto = options_identity({"conv_strategy": "auto", "chunk_bytes": 1})
+    assert auto == {"conv_strategy": "auto", "conv_strategy_rule": conv_strategy.RULE}
+    assert options_identity({"conv_strategy": "gram"}) == {"conv_strategy": "gram"}
+    assert identity_differences({**auto, "conv_strategy_rule": conv_strategy.RULE + 1}, auto) == [
+        f"conv_strategy_rule: {conv_strategy.RULE + 1} → {conv_strategy.RULE}"]

@@ -244,6 +244,19 @@ def test_mc_dropout_without_dropout_is_refused():
     assert "mc_dropout" in gradtrust.score(model, x, purview_backend="hooks").skipped
 
 
+def test_mc_dropout_on_torchscript_says_why_it_is_skipped():
+    """A scripted model with dropout: the reason is TorchScript (its layers cannot be switched), not "no dropout"."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Dropout(0.3),
+                              torch.nn.Linear(8, 3)).eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(2, 3, 2, 2)
+    with pytest.raises(ModelError, match="TorchScript: its 1 dropout layer") as raised:
+        gradtrust.score(scripted, x, ["mc_dropout"])
+    assert "no dropout" not in str(raised.value)
+    assert "TorchScript" in gradtrust.score(scripted, x, mc_samples=2).skipped["mc_dropout"]  # all methods
+    assert "mc_dropout" in gradtrust.score(net, x, ["mc_dropout"], mc_samples=2)  # the eager model has it
+
+
 def test_mc_dropout_masks_are_per_sample_and_deterministic():
     from gradtrust.scores.dropout import keep_mask
 

@@ -10,14 +10,14 @@ import click
 
 from gradtrust.benchmark import DEFAULT_OUT, run_benchmark
 from gradtrust.cli.memory import keep_freed_memory_option
-from gradtrust.cli.options import Command, shared
+from gradtrust.cli.options import MODEL_SPEC_FORMS, Command, shared
 
 
 @click.command("benchmark", cls=Command)
 @keep_freed_memory_option
 @click.option("--models", "models", multiple=True, metavar="SPEC[,SPEC…]",
-              help="Model specs (repeatable or comma-separated): torchvision:<name>, timm:<name>, digits:<name>, "
-                   "a model file. Default: every bundled digits network.")
+              help=f"Model specs (repeatable or comma-separated): {MODEL_SPEC_FORMS}. Default: every bundled "
+                   "digits network.")
 @shared("weights")
 @shared("data", multiple=True)
 @shared("labels")
@@ -31,14 +31,13 @@ from gradtrust.cli.options import Command, shared
 def benchmark_command(models, weights, data, labels, methods, figures, out_dir, force, batch_size, device, workers,
                       resamples, seed):
     """Score every model on every dataset (runs already complete in --out are skipped), then write the report
-    to <out>/report/ and print its table.
+    to <out>/report/ and print a short summary: the tally, the headline, each distinct note once with the
+    number of runs it concerns, and where the files are (the tables are in the files, not on the console).
 
     --data: repeatable or comma-separated (default: the digits test split and two corrupted copies). With no
     arguments: every bundled digits network on the clean digits test split and on its
     gaussian_noise and blur copies (severity 1): twelve runs on the CPU in about a minute.
     """
-    from gradtrust.cli.report import echo_report
-
     if labels is not None and not os.path.isfile(labels):
         raise click.BadParameter(f"labels file {os.path.abspath(labels)} does not exist.", param_hint="--labels")
     if methods is not None:
@@ -53,14 +52,51 @@ def benchmark_command(models, weights, data, labels, methods, figures, out_dir, 
     outcomes, report = run_benchmark(models, data, out_dir, weights=weights, labels=labels, methods=methods,
                                      batch_size=batch_size, device=device, workers=workers, force=force,
                                      resamples=resamples, seed=seed, figures=figures)
-    click.echo("")
-    echo_report(report, print_table=True)
     scored = sum(o.status == "scored" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
+    click.echo("")
     click.echo(f"Benchmark: {len(outcomes)} run(s): {scored} scored, {skipped} skipped (already complete), "
                f"{len(failed)} failed; {time.perf_counter() - t0:.1f} s in all.")
     for o in failed:
         click.echo(f"failed: {o.job.name}: {o.message}", err=True)
+    echo_summary(report)
     if failed or not report.ok:
         sys.exit(1)
+
+
+def distinct_notes(report) -> list[tuple[str, int]]:
+    """The report's notes on its score runs (the table's, the warnings, the problems), each once with how many
+    runs it was written for: ``[(note without the run's name, count)]`` in order of first appearance."""
+    from gradtrust.reporting.tables import paper_cells
+
+    counts: dict[str, int] = {}
+    names = sorted((r.name for r in report.results), key=len, reverse=True)
+    notes = [f"warning: {w}" for w in report.warnings] + [f"error: {p}" for p in report.problems]
+    for group in report.groups:
+        notes += paper_cells(group)[2]
+    for note in notes:
+        for name in names:  # "<run>: …" and "<run>, <method>: …" lose the run's name
+            if note.startswith((f"{name}: ", f"{name}, ")):
+                note = note[len(name) + 2:]
+                break
+        counts[note] = counts.get(note, 0) + 1
+    return list(counts.items())
+
+
+def echo_summary(report) -> None:
+    """The console's end of ``gradtrust benchmark``: headline, distinct notes with counts, where the files are."""
+    if not report.ok:
+        for p in report.problems:
+            click.echo(f"error: {p}", err=True)
+        return
+    if report.summary_lines:
+        click.echo(report.summary_lines[0])
+    notes = distinct_notes(report)
+    if notes:
+        click.echo(f"{len(notes)} distinct note(s), each with the number of times it occurs (in full: table.md):")
+        for note, count in notes:
+            click.echo(f"  {count}× {note}")
+    click.echo(f"Report written to {report.out_dir}: table.md, selective.md, summary.md, calibration.md (+ .csv), "
+               "figures/")
+    click.echo(f"HTML page: {report.files['html'].resolve()}")

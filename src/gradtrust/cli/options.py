@@ -17,8 +17,8 @@ import click
 
 from gradtrust.errors import GradTrustError, InputError
 
-__all__ = ["DEFINITIONS", "SECTIONS", "Command", "Group", "SharedOption", "alias", "device_of", "model_options",
-           "shared", "user_error_line"]
+__all__ = ["DEFINITIONS", "MODEL_SPEC_FORMS", "SECTIONS", "Command", "Group", "SharedOption", "alias", "device_of",
+           "model_options", "shared", "user_error_line"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -33,11 +33,12 @@ def _option(section: str, decls: str, help: str, **kwargs: Any) -> tuple[str, di
 
 
 _SIZE, _FILE, _N = "S|H,W", click.Path(dir_okay=False), click.IntRange(min=1)
+#: Every form a model spec takes, for the help of each option that reads one (``--model``, ``--models``).
+MODEL_SPEC_FORMS = ("torchvision:<name>, timm:<name>, digits:<name>, hf:<folder>, package.module:factory, or a "
+                    "TorchScript/pickled model file (`gradtrust models` lists them)")
 #: name → (help section, click.Option arguments). The name is the parameter the command's callback receives.
 DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "model_spec": _option("Model", "--model model_spec", "torchvision:<name>, timm:<name>, digits:<name>, "
-                          "hf:<folder>, package.module:factory, or a TorchScript/pickled model file (`gradtrust "
-                          "models` lists them).", metavar="SPEC"),
+    "model_spec": _option("Model", "--model model_spec", MODEL_SPEC_FORMS + ".", metavar="SPEC"),
     "weights": _option("Model", "--weights", "DEFAULT or a torchvision enum name (from the torch hub cache; never "
                        "downloaded), a local .pth/.safetensors file, or 'random'. Default: the bundled weights for "
                        "digits:*; random initialisation (seed 0) otherwise (`benchmark`: DEFAULT).", metavar="W"),
@@ -84,6 +85,10 @@ DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "seed": _option("Run", "--seed", "Seed of everything random the command draws (initialisation, sample order "
                     "and subsets, bootstrap).", type=click.IntRange(min=0), default=0, show_default=True, metavar="N"),
     "no_progress": _option("Run", "--no-progress", "No progress bars.", is_flag=True),
+    "threads": _option("Run", "--threads", "CPU threads of torch's operators (torch.set_num_threads); default: "
+                       "$GRADTRUST_THREADS, else torch's own (one per core). Set it below the core count when other "
+                       "jobs share the cores. Recorded in the manifest.", type=_N, envvar="GRADTRUST_THREADS",
+                       metavar="N"),
 }
 #: The options that say how a model is loaded, as ``load_model`` keyword arguments (see :func:`model_options`).
 PREPROCESSING = ("input_size", "resize", "crop", "mean", "std", "interpolation")

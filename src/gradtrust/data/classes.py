@@ -174,5 +174,6 @@ def resolve_class_indices(
     raise DataError(
         f"the dataset's classes do not match the model's outputs: {sides()}.{detail} Use class folders "
         "named after the model's classes (or ImageNet WordNet IDs for a 1000-class ImageNet model), or a "
-        "model with as many outputs as the dataset has classes."
+        f"model with as many outputs as the dataset has classes: pass --num-classes {len(classes)} (with the "
+        f"weights of that head, --weights FILE), or load_model(..., num_classes={len(classes)}) from Python."
     )

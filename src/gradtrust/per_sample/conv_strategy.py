@@ -6,20 +6,17 @@ form the gradients (:func:`conv_weight_grads`); ``matmul`` is ``g_i a_iᵀ`` for
 is ``⟨g_iᵀ g_i, U_iᵀ U_i⟩`` without the gradient (the "ghost norm", Goodfellow 2015; Bu et al. 2022);
 ``correlate`` (:mod:`.conv_correlate`) and ``shift`` (:mod:`.conv_shift`) serve depthwise and grouped layers.
 
-:func:`auto_sq_norms` times the strategies that apply on the layer's actual input the first time it sees a
-(layer configuration, shapes, dtype, device), as ``torch.backends.cudnn.benchmark`` does, and keeps the fastest
-in a bounded table (:func:`clear_choices`). The first call returns the chosen strategy's result from the
-measuring run, so all calls in a process agree to the last bit (strategies differ in float rounding). A
-measured choice must beat a fixed :func:`prior` by 15%, so that noise alone rarely moves a layer off a sound
-default; a wrong choice would only cost speed. docs/per_sample.md.
+:func:`auto_sq_norms` takes the strategy :func:`choose` names: a fixed rule on the layer's configuration and
+shapes (channels, kernel, stride, groups, positions, batch), drawn from per-layer timings of every strategy
+on the paper's networks (docs/per_sample.md). Nothing is timed at run time, so the choice, and with it the
+float rounding of the norms (strategies differ in the last bits), is the same in every process and on every
+load: the same inputs give the same bits. A rule that misjudges a layer costs speed, never exactness.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import torch
@@ -41,18 +38,8 @@ def squared_norm(grads: torch.Tensor) -> torch.Tensor:
     """``‖∂L_i/∂W‖²_F`` of each sample's gradient in a block (b, …) → (b,)."""
     return grads.flatten(1).square().sum(1)
 
-#: Every strategy :func:`sq_norms` knows, in the order ties are broken.
+#: Every strategy :func:`sq_norms` knows, in the order :func:`candidates` lists them.
 STRATEGIES = ("gram", "grouped", "correlate", "shift", "matmul", "per_sample", "unfold")
-
-#: Timed repeats of each candidate (after a first, untimed run that gives the first call's result).
-REPEATS = 3
-
-#: Candidates slower than this many times the fastest in the first round are not timed again.
-PRUNE_FACTOR = 3.0
-
-#: A measured strategy replaces the :func:`prior` one only if its minimum time is below this fraction of
-#: the prior's: under heavy load the timings of one round scatter by more than 10%, never the prior's way.
-MARGIN = 0.85
 
 #: Samples are processed in blocks whose working set stays under this many bytes (or ``chunk_bytes`` if
 #: smaller): large blocks leave the caches, and blocks over glibc's mmap threshold (32 MiB) are mapped and
@@ -60,14 +47,6 @@ MARGIN = 0.85
 #: faster on resnet56's 64-channel 3×3 layers at batch 256, ``correlate`` 2.4× on ConvNeXt's depthwise 7×7
 #: at batch 8, ``shift`` 3× on ResNeXt's grouped 3×3 (8 MiB and 16 MiB were within noise of 4 MiB).
 BLOCK_BYTES = 4 * 2**20
-
-#: At most this many choices are kept (the oldest is forgotten first; every network measured has < 200).
-MAX_CHOICES = 4096
-
-# (layer configuration, input shape, output-gradient shape, dtype, device) → chosen strategy: keyed by shapes,
-# not by model, so that equal layers of any model share one measurement (and round alike).
-_CHOSEN: OrderedDict[tuple, str] = OrderedDict()
-
 
 #: The convolution classes the kernel covers (and their subclasses that keep the forward).
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -206,7 +185,7 @@ def applies(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chun
 
 def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                reduce: Reduce | None = None) -> list[str]:
-    """The strategies worth timing on this layer, in :data:`STRATEGIES` order (which breaks ties).
+    """The strategies :func:`choose` picks among on this layer, in :data:`STRATEGIES` order.
 
     ``correlate`` only for depthwise layers: with 4 or more channels per group (ResNeXt) the grouped kernel
     was 1.5–10× faster in every layer measured (docs/per_sample.md); ``shift`` only where neither that
@@ -218,16 +197,49 @@ def candidates(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int
     return [s for s in found if s != "shift" or "matmul" not in found]
 
 
-def prior(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, found: list[str]) -> str:
-    """The strategy a layer keeps unless another measures clearly faster (one of ``found``): the Gram form
-    where it is at most half the work of the gradient, ``correlate`` for a depthwise layer of stride 1,
-    ``matmul`` for a pointwise one, else the grouped kernel (which always applies)."""
+#: The version of :func:`choose`: a run's identity records it beside ``conv_strategy="auto"``, since another rule
+#: may round differently (a run started under another rule, or under the timed choice before it, is not resumed).
+RULE = 1
+
+#: ``per_sample`` (the native weight-gradient kernel once per sample) instead of ``grouped`` for a one-group
+#: layer with at most :data:`STEM_CHANNELS` input channels and at least :data:`STEM_POSITIONS` output
+#: positions: an ImageNet stem, where the grouped kernel's batch-folded input is thin and long (resnet50's
+#: 7×7 stem at batch 4: 24 ms against 38 ms; convnext_tiny's 4×4: 307 against 584; the timing picked it on
+#: resnet18's and mobilenet_v3_small's stems every time on an idle machine). A CIFAR stem (32², batch 128)
+#: is 5× faster grouped: a call per sample costs more than its 1,024 positions.
+STEM_CHANNELS = 4
+STEM_POSITIONS = 2048
+
+
+def choose(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
+           reduce: Reduce | None = None) -> str:
+    """The strategy of this layer for these shapes, one of :func:`candidates`: a fixed function of the inputs'
+    shapes and the layer's configuration (no timing). With ``B`` samples, ``T`` output positions,
+    ``K = C_g·|k|`` and ``O`` output channels:
+
+    1. ``gram`` where it applies and its products ``T²(K + O)`` are at most the gradient's ``T·K·O`` (half of
+       it for a pointwise layer, whose ``matmul`` reads no patches): late layers, few positions and many
+       channels (resnet18's layer3 and layer4: 55 ms against 87 ms grouped at batch 32);
+    2. ``correlate`` for a depthwise layer of stride 1 (ConvNeXt's 7×7: 3.5 ms against 250 ms grouped);
+    3. ``matmul`` for a pointwise layer (a batched ``g_i a_iᵀ``);
+    4. ``per_sample`` for a one-group stem (``C_in ≤`` :data:`STEM_CHANNELS`, ``T ≥`` :data:`STEM_POSITIONS`);
+    5. else ``grouped`` (which always applies).
+
+    The rules come from per-layer timings of every strategy on the paper's networks on a 2-core CPU and from
+    what the timed choice this rule replaced picked on an idle one (docs/per_sample.md); a misjudged layer
+    costs speed, never exactness.
+    """
+    found = candidates(conv, a, g, chunk_bytes, reduce)
     t, k, o = _positions(g), conv.weight[0].numel(), conv.out_channels
-    if "gram" in found and 2 * t * t * (k + o) <= t * k * o:
+    if "gram" in found and (2 if is_pointwise(conv) else 1) * t * (k + o) <= k * o:
         return "gram"
     if "correlate" in found and all(s == 1 for s in conv.stride):
         return "correlate"
-    return "matmul" if "matmul" in found else "grouped"
+    if "matmul" in found:
+        return "matmul"
+    if conv.groups == 1 and "per_sample" in found and conv.in_channels <= STEM_CHANNELS and t >= STEM_POSITIONS:
+        return "per_sample"
+    return "grouped"
 
 
 def _blocks(batch: int, per_sample_bytes: int, chunk_bytes: int) -> range:
@@ -304,59 +316,8 @@ def sq_norms(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chu
     return _KERNELS[strategy](conv, a.float(), g.float(), block, reduce or squared_norm)
 
 
-def _key(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int, formed: bool) -> tuple:
-    return (formed, type(conv).__name__, conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
-            tuple(conv.padding), tuple(conv.dilation), conv.groups, tuple(a.shape), tuple(g.shape), a.dtype, g.dtype,
-            str(a.device), chunk_bytes)
-
-
-def _timed(strategy: str, conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
-           reduce: Reduce | None) -> float:
-    start = time.perf_counter()
-    sq_norms(strategy, conv, a, g, chunk_bytes, reduce)
-    return time.perf_counter() - start
-
-
 def auto_sq_norms(conv: _ConvNd, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                   reduce: Reduce | None = None) -> torch.Tensor:
-    """``‖∂L_i/∂W‖²_F`` per sample (with ``reduce``: that reduction of the per-sample gradients) by the fastest
-    strategy for this layer and shape, measured once: every candidate runs once untimed, then :data:`REPEATS`
-    interleaved timed rounds (after the first, those :data:`PRUNE_FACTOR` times slower than the fastest drop
-    out); the fastest minimum replaces the :func:`prior` choice if it beats it by :data:`MARGIN`.
-    """
-    key = _key(conv, a, g, chunk_bytes, reduce is not None)
-    chosen = _CHOSEN.get(key)
-    if chosen is not None:
-        _CHOSEN.move_to_end(key)
-        return sq_norms(chosen, conv, a, g, chunk_bytes, reduce)
-    # untimed first runs: they pay for allocations and oneDNN/BLAS setting up kernels of new shapes
-    found = candidates(conv, a, g, chunk_bytes, reduce)
-    results = {strategy: sq_norms(strategy, conv, a, g, chunk_bytes, reduce) for strategy in found}
-    default = prior(conv, a, g, found)
-    times: dict[str, list[float]] = {strategy: [] for strategy in results}
-    contenders = found if len(found) > 1 else []
-    for repeat in range(REPEATS):
-        for strategy in contenders:
-            times[strategy].append(_timed(strategy, conv, a, g, chunk_bytes, reduce))
-        if repeat == 0 and contenders:
-            fastest = min(times[s][0] for s in contenders)
-            contenders = [s for s in contenders if s == default or times[s][0] <= PRUNE_FACTOR * fastest]
-    chosen = default
-    if contenders:
-        best = min(contenders, key=lambda s: min(times[s]))
-        chosen = best if min(times[best]) < MARGIN * min(times[default]) else default
-    _CHOSEN[key] = chosen
-    while len(_CHOSEN) > MAX_CHOICES:
-        _CHOSEN.popitem(last=False)
-    return results[chosen]  # the chosen way's result from the start: later calls round the same way
-
-
-def chosen_strategies() -> dict[tuple, str]:
-    """A copy of the choices made so far: {(layer configuration and shapes…): strategy}."""
-    return dict(_CHOSEN)
-
-
-def clear_choices() -> None:
-    """Forget every choice (the next call of each layer measures again); :func:`gradtrust.per_sample.clear`
-    calls it."""
-    _CHOSEN.clear()
+    """``‖∂L_i/∂W‖²_F`` per sample (with ``reduce``: that reduction of the per-sample gradients) by the strategy
+    :func:`choose` names for this layer and these shapes."""
+    return sq_norms(choose(conv, a, g, chunk_bytes, reduce), conv, a, g, chunk_bytes, reduce)

@@ -25,7 +25,6 @@ from gradtrust.errors import ModelError, UnknownNameError
 from gradtrust.nn import cache
 from gradtrust.nn.outputs import model_logits
 from gradtrust.nn.state import scoring_state
-from gradtrust.per_sample import conv_strategy as conv_choices
 from gradtrust.per_sample import layers as whole_model
 from gradtrust.per_sample.capture import LayerCapture, first_tensor, start_graph_hooks, unit_sq_norms
 from gradtrust.per_sample.eval_backward import cheap_batch_norm
@@ -245,8 +244,5 @@ def _by_vmap(model: nn.Module, x: torch.Tensor, loss: Loss, targets: torch.Tenso
 
 def clear(model: nn.Module | None = None) -> None:
     """Forget what per-sample norms learnt: the plans of ``model`` (of every model when None) in
-    :mod:`gradtrust.nn.cache`, and, with no model, every measured convolution strategy
-    (:func:`gradtrust.per_sample.conv_strategy.clear_choices`: they are keyed by layer shape, not by model)."""
+    :mod:`gradtrust.nn.cache`. (Convolution strategies are a fixed rule on shapes: nothing to forget.)"""
     cache.clear(model, PLANS)
-    if model is None:
-        conv_choices.clear_choices()

@@ -47,17 +47,24 @@ def save_png(fig, path: Path) -> Path:
 
 
 def method_style(method: str) -> dict[str, Any]:
-    """A stable colour per method (tab20 by registry order); GradTrust thick black."""
+    """A stable style per method: GradTrust thick black, its top-k variant dashed grey; the others thin,
+    each a distinct (colour, line style) pair: tab10's ten colours, then again dashed, dash-dotted, dotted
+    (by registry order), so that a legend of ~18 methods stays mappable."""
     import matplotlib
 
     if method == "gradtrust":
         return {"color": "black", "linewidth": 2.4, "zorder": 5}
     if method == "gradtrust_topk":
         return {"color": "0.35", "linewidth": 1.8, "linestyle": "--", "zorder": 4}
-    cmap = matplotlib.colormaps["tab20"]
+    cmap = matplotlib.colormaps["tab10"]
     others = [m for m in known_methods() if m not in ("gradtrust", "gradtrust_topk")]
     k = others.index(method) if method in others else len(others) + (hash(method) % 6)
-    return {"color": cmap(k % 20), "linewidth": 1.2, "zorder": 3}
+    return {"color": cmap(k % 10), "linestyle": ("-", "--", "-.", ":")[(k // 10) % 4], "linewidth": 1.1,
+            "alpha": 0.85, "zorder": 3}
+
+
+#: How the best method of a panel is drawn over its own style (and named in the panel).
+BEST_STYLE = {"linewidth": 2.6, "alpha": 1.0, "zorder": 6}
 
 
 def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
@@ -73,13 +80,24 @@ def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
     width = max(3.6 * ncols, 6.8)
     fig = new_figure(width, 2.9 * nrows + 0.9)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    from matplotlib.lines import Line2D
+
     q = np.arange(100)
     seen: dict[str, Any] = {}
     for ax, r in zip(axes, results, strict=False):
         curves = r.accuracy_curves if kind == "accuracy" else r.f1_curves
-        for method in sorted(curves, key=lambda m: m == "gradtrust"):  # GradTrust drawn last
-            (line,) = ax.plot(q, 100 * curves[method], label=display_name(method), **method_style(method))
-            seen.setdefault(display_name(method), line)
+        metric = "auac" if kind == "accuracy" else "aufc"
+        areas = {m: r.value(m, metric) for m in curves if np.isfinite(r.value(m, metric))}
+        best = max(areas, key=lambda m: areas[m]) if areas else None
+        for method in sorted(curves, key=lambda m: (m == best, m == "gradtrust")):  # the best, GradTrust last
+            style = method_style(method) | (BEST_STYLE if method == best and method != "gradtrust" else {})
+            ax.plot(q, 100 * curves[method], label=display_name(method), **style)
+            # the legend shows each method's own style (a proxy), not the thick line of a panel's best
+            seen.setdefault(display_name(method), Line2D([], [], **method_style(method)))
+        if best is not None:  # named in the panel; thick in its own colour
+            ax.text(0.02, 0.03, f"best here: {display_name(best)} ({metric.upper()} {areas[best]:.1f})",
+                    transform=ax.transAxes, fontsize=7, fontweight="bold", va="bottom",
+                    color=method_style(best)["color"], bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
         if kind == "accuracy" and r.run.n:
             a = r.accuracy
             (rl,) = ax.plot(q, np.full(100, 100 * a), color="0.5", linestyle=":", linewidth=1.2,
@@ -101,7 +119,10 @@ def draw_curves(results: Sequence[RunResult], kind: str = "accuracy") -> Any:
     title = "Accuracy" if kind == "accuracy" else "Macro F1"
     fig.suptitle(f"{title} vs. percentile (area under the curve = {'AUAC' if kind == 'accuracy' else 'AUFC'})",
                  fontsize=11)
-    legend = fig.legend(list(seen.values()), list(seen.keys()), loc="lower center",
+    registry = {display_name(m): k for k, m in enumerate(known_methods())}  # GradTrust, then registry order
+    order = sorted(seen, key=lambda name: (name != display_name("gradtrust"), "reference" in name,
+                                           registry.get(name, len(registry))))
+    legend = fig.legend([seen[name] for name in order], order, loc="lower center",
                         ncol=max(1, min(6, len(seen), int(width // 1.7))), fontsize=7.5, frameon=False,
                         bbox_to_anchor=(0.5, 0.0))
 
@@ -281,9 +302,9 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
     cache = cache or DigitsCache()
     ncols = min(8, rows.size)
     nrows = math.ceil(rows.size / ncols)
-    # Fixed geometry (inches): each image 1.5 tall, 0.5 above it for the class names, 0.3 below for the
-    # scores, 0.7 at the top for the title. tight_layout would ignore the texts placed above the axes.
-    cell_h, above, below, head = 1.5, 0.5, 0.3, 0.75
+    # Fixed geometry (inches): each image 1.5 tall, 0.5 above it for the class names, 0.45 below for the
+    # two scores (named in full), 0.7 at the top for the title. tight_layout would ignore the texts above the axes.
+    cell_h, above, below, head = 1.5, 0.5, 0.45, 0.75
     height = nrows * (cell_h + above + below) + head
     width = max(1.7 * ncols, 5.6)
     fig = new_figure(width, height)
@@ -311,7 +332,7 @@ def qualitative_figure(result: RunResult, path: Path, *, max_images: int = 16, q
         ax.text(0.5, 1.02, f"true: {_short(true)}", color="#1f77b4", ha="center", va="bottom", fontsize=7.5,
                 transform=ax.transAxes)
         gt, sm = run.scores("gradtrust")[i], run.scores("softmax")[i]
-        ax.set_xlabel(f"GT {gt:.3g} · SM {sm:.2f}", fontsize=6.5)
+        ax.set_xlabel(f"{display_name('gradtrust')} {gt:.3g}\n{display_name('softmax')} {sm:.2f}", fontsize=6.5)
     for ax in axes[rows.size:]:
         ax.set_visible(False)
     fig.suptitle(f"{run.name}: wrong predictions with softmax ≥ {threshold:.3f} (top {100 * (1 - quantile):g}% "

@@ -28,11 +28,14 @@ table { border-collapse: collapse; font-size: 12.5px; margin: .5em 0 1em; }
 th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; position: sticky; top: 0; }
 td:first-child, th:first-child { text-align: left; }
+td:first-child { position: sticky; left: 0; background: #fff; z-index: 1; }
+th:first-child { left: 0; z-index: 2; }
 tr:nth-child(even) td { background: #fafafa; }
 .scroll { overflow-x: auto; }
 .warning { background: #fff4ce; border: 1px solid #e0b400; padding: .5em 1em; margin: .6em 0; }
 .problem { background: #fde7e9; border: 1px solid #d13438; padding: .5em 1em; margin: .6em 0; }
 .legend, .notes { font-size: 13px; color: #444; }
+.notes li.warn { color: #8a5300; font-weight: 600; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 details { margin: .3em 0; } summary { cursor: pointer; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: 12px; }
@@ -55,7 +58,8 @@ def _md_bold_to_html(text: str) -> str:
 def _notes(notes: Sequence[str]) -> str:
     if not notes:
         return ""
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in dict.fromkeys(notes))
+    items = "".join(f'<li class="warn">{html.escape(n)}</li>' if n.startswith("Warning:") else f"<li>{html.escape(n)}</li>"
+                    for n in dict.fromkeys(notes))
     return f'<ul class="notes">{items}</ul>'
 
 

@@ -32,7 +32,7 @@ from gradtrust.reporting.results import (
 # display_name, SELECTIVE_METRICS, selective_cis and top_two are also imported from here (tests).
 __all__ = ["PAPER_LEGEND", "SELECTIVE_METRICS", "ci_text", "display_name", "paper_cells", "paper_table_frame",
            "paper_table_markdown", "selective_cells", "selective_cis", "selective_frame", "selective_legend",
-           "selective_markdown", "summary_cells", "summary_markdown", "top_two"]
+           "selective_markdown", "indistinguishable_leaders", "summary_cells", "summary_markdown", "top_two"]
 
 
 def _fmt(v: float, digits: int = 2) -> str:
@@ -176,6 +176,25 @@ def selective_legend(resamples: int, seed: int, confidence: float = 0.95) -> str
     )
 
 
+def indistinguishable_leaders(result: RunResult, methods: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{metric: (best, second)}`` for each selective metric whose two best methods (by the exact values)
+    have overlapping bootstrap intervals: on this run the data cannot tell them apart."""
+    out = {}
+    for metric in SELECTIVE_METRICS:
+        ranked = sorted(((v, m) for m, v in row_values(result, methods, metric).items() if not is_missing(v)),
+                        reverse=HIGHER_IS_BETTER[metric])
+        if len(ranked) < 2:
+            continue
+        (_, first), (_, second) = ranked[:2]
+        ends = [result.methods[m].values.get(f"{metric}_{end}") for end in ("low", "high") for m in (first, second)]
+        if any(v is None or is_missing(v) for v in ends):
+            continue
+        low_a, low_b, high_a, high_b = (float(v) for v in ends)  # type: ignore[arg-type]
+        if max(low_a, low_b) <= min(high_a, high_b):
+            out[metric] = (first, second)
+    return out
+
+
 def selective_cells(result: RunResult, methods: Sequence[str], html: bool = False
                     ) -> tuple[list[str], list[list[str]], list[str]]:
     esc = _html.escape if html else (lambda t: t)
@@ -187,6 +206,11 @@ def selective_cells(result: RunResult, methods: Sequence[str], html: bool = Fals
         target = (max if HIGHER_IS_BETTER[metric] else min)(finite) if len(set(finite)) > 1 else None
         best[metric] = {m for m, v in vals.items() if v == target}
     rows, notes = [], []
+    close = indistinguishable_leaders(result, methods)
+    if close:
+        pairs = "; ".join(f"{METRIC_NAMES[k]}: {display_name(a)} and {display_name(b)}" for k, (a, b) in close.items())
+        notes.append(f"Warning: the best two methods are within each other's intervals ({pairs}) on n = "
+                     f"{result.run.n} samples: their order here is not distinguishable from chance.")
     for m in methods:
         if m not in result.methods:
             continue
@@ -227,29 +251,34 @@ def selective_markdown(groups: Sequence[Group], *, resamples: int, seed: int, co
 
 
 def selective_frame(groups: Sequence[Group]):
-    """``selective.csv``: one row per (run, method) plus the two reference rows per run; fractions (AUAC and
-    AUFC in [0, 100] as everywhere), ``<metric>_low``/``_high`` the bootstrap interval."""
+    """``selective.csv``: one row per (run, method) plus the two reference rows per run; every rate in
+    percent, as on the page and in ``table.csv``, the scale in each column's name (``aurc_pct``,
+    ``aurc_low_pct``/``aurc_high_pct`` the bootstrap interval, ``accuracy_pct``)."""
     import pandas as pd
+
+    def pct(metric: str, value: float) -> float:  # AUAC and AUFC are percentages already
+        return value if metric in ("auac", "aufc") else 100.0 * value
 
     rows = []
     for g in groups:
         for r in g.results:
             base = {"dataset": g.label, "run": r.name, "model": r.run.model, "condition": r.run.condition,
-                    "n": r.run.n, "accuracy": r.accuracy}
+                    "n": r.run.n, "accuracy_pct": 100.0 * r.accuracy}
             for m in g.methods:
                 if m not in r.methods:
                     continue
                 mr = r.methods[m]
                 row = dict(base, method=m, n_nan=int(mr.values.get("n_nan", 0)))
                 for metric in ALL_METRICS:
-                    row[metric] = mr.get(metric)
+                    row[f"{metric}_pct"] = pct(metric, mr.get(metric))
                     if metric in SELECTIVE_METRICS:
-                        row[f"{metric}_low"] = mr.values.get(f"{metric}_low", float("nan"))
-                        row[f"{metric}_high"] = mr.values.get(f"{metric}_high", float("nan"))
+                        for end in ("low", "high"):
+                            row[f"{metric}_{end}_pct"] = pct(metric, mr.values.get(f"{metric}_{end}", float("nan")))
                 row["undefined"] = "; ".join(f"{k}: {v}" for k, v in mr.reasons.items())
                 rows.append(row)
             for ref_name, ref in (("random_reference", r.random), ("oracle_reference", r.oracle)):
-                rows.append(dict(base, method=ref_name, n_nan=0, **{m: ref.get(m, float("nan")) for m in ALL_METRICS}))
+                rows.append(dict(base, method=ref_name, n_nan=0,
+                                 **{f"{m}_pct": pct(m, ref.get(m, float("nan"))) for m in ALL_METRICS}))
     return pd.DataFrame(rows)
 
 

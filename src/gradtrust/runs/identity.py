@@ -131,7 +131,14 @@ def files_sha256(paths: Iterable[str]) -> str:
 
 
 def options_identity(options: dict) -> dict:
-    return {k: v for k, v in options.items() if k not in _OPTIONS_VOLATILE}
+    """The options that change a value; with ``conv_strategy="auto"`` also the version of the rule that picks
+    each convolution's strategy (``conv_strategy_rule``): strategies differ in the last bits."""
+    out = {k: v for k, v in options.items() if k not in _OPTIONS_VOLATILE}
+    if out.get("conv_strategy") == "auto":
+        from gradtrust.per_sample.conv_strategy import RULE
+
+        out["conv_strategy_rule"] = RULE
+    return out
 
 
 def identity_differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -160,7 +160,7 @@ def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chun
         _shared(ctx, lambda: _work(task, dataset, folder, layout, pending, device, num_workers,
                                    progress and ctx.is_main, ctx), "computing the chunks")
         execution = {"device": str(device), "world_size": ctx.world_size, "num_workers": num_workers,
-                     "resumed_chunks": resumed, "started_at": started_at}
+                     "threads": torch.get_num_threads(), "resumed_chunks": resumed, "started_at": started_at}
         return _shared(ctx, lambda: task.finish(folder, layout, chunk_metas(folder, layout),
                                                 {**execution, "elapsed_s": round(time.perf_counter() - t0, 3)}),
                        "finishing the run", main_only=True)

@@ -99,9 +99,23 @@ def mc_mean_probabilities(ctx: BatchPasses) -> torch.Tensor:
     return total / ctx.options.mc_samples
 
 
+def scripted_dropout_layers(model: nn.Module) -> int:
+    """How many dropout layers a TorchScript model holds (by their original class names): a scripted module's
+    forward is compiled, so MC dropout cannot switch them on per layer as it does in an eager model."""
+    if not isinstance(model, torch.jit.ScriptModule):
+        return 0
+    names = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")
+    return sum(getattr(m, "original_name", "") in names for m in model.modules())
+
+
 def _no_dropout(ctx: BatchPasses) -> str | None:
     if ctx.dropout_layers:
         return None
+    scripted = scripted_dropout_layers(ctx.model)
+    if scripted:
+        return (f"the model is TorchScript: its {scripted} dropout layer(s) run compiled code that MC dropout cannot "
+                "switch on layer by layer; load the eager nn.Module (a pickled model or a factory with a weights "
+                "file) for MC dropout, or leave mc_dropout out of the methods.")
     return ("the model has no dropout layer with p > 0 (nn.Dropout / Dropout1d/2d/3d), so MC dropout is "
             "undefined; leave mc_dropout out of the methods.")
 

@@ -46,7 +46,7 @@ ENGINE_PARAMS: tuple[Param, ...] = (
     Param("cuda_graphs", bool, True, "on a GPU, replay the forward-pass scores as one captured CUDA graph per "
           "batch shape (the same numbers, one launch instead of ~150); false runs them op by op"),
     Param("conv_strategy", str, "auto", "how per-sample convolution weight norms are computed (all exact): 'auto' "
-          "(on a CPU the fastest, measured once per layer and shape), or one strategy wherever it applies",
+          "(on a CPU a fixed rule on each layer's shapes, conv_strategy.choose), or one strategy wherever it applies",
           choices=("auto", *CONV_STRATEGIES)),
 )
 

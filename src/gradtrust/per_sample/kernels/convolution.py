@@ -20,7 +20,8 @@ from gradtrust.per_sample.registry import Kernel, register_kernel
 def conv_weight_sq_norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int,
                          strategy: str | None = None) -> torch.Tensor:
     """``‖∂L_i/∂W‖²_F`` per sample for a ``ConvNd``, (B,) float32, by the cheapest of the exact ways of
-    :mod:`.conv_strategy` (measured per layer on a CPU). ``strategy`` forces one wherever it applies.
+    :mod:`.conv_strategy` (a fixed rule on the shapes, on a CPU). ``strategy`` forces one wherever it applies;
+    elsewhere the rule chooses (never a timing).
 
     On a GPU: the Gram form ``⟨g_iᵀ g_i, U_iᵀ U_i⟩`` (Goodfellow 2015; Bu et al. 2022) costs ``T²(K + O)``, the
     gradient ``g_i U_iᵀ`` itself ``T·K·O``; late layers of a CNN have few positions and many channels, where

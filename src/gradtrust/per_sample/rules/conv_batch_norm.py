@@ -107,8 +107,7 @@ def _fused_applies(conv: _ConvNd, a: torch.Tensor, out: torch.Tensor, ctx: RuleC
     later 3×3×3 layers)."""
     if a.device.type != "cpu" or ctx.conv_strategy == "gram" or conv.weight[0].numel() > out[0, 0].numel():
         return False
-    found = conv_strategy.candidates(conv, a, out, min(ctx.chunk_bytes, conv_strategy.BLOCK_BYTES))
-    return conv_strategy.prior(conv, a, out, found) != "gram"
+    return conv_strategy.choose(conv, a, out, min(ctx.chunk_bytes, conv_strategy.BLOCK_BYTES)) != "gram"
 
 
 class ConvBatchNorm(Rule):
