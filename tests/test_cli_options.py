@@ -317,9 +317,9 @@ def test_introspect_fit_an_own_model_over_mixed_sizes_then_score(own_model, fold
     saved = json.loads((tmp_path / "h" / "estimator.json").read_text())
     assert saved["metadata"]["model"]["load_options"]["preprocessing"] == {"input_size": "16", "mean": "0.5,0.5,0.5",
                                                                "std": "0.25,0.25,0.25"}
-    score = CliRunner().invoke(main, ["introspect", "score", "--introspective", str(tmp_path / "h"), "--data",
-                                      str(folder), "--out", str(tmp_path / "run"), "--methods", "softmax",
-                                      "--device", "cpu", "--no-progress"])  # f is reloaded with its preprocessing
+    score = CliRunner().invoke(main, ["introspect", "score", "--introspective", str(tmp_path / "h"), "--model",
+                                      own_model, "--data", str(folder), "--out", str(tmp_path / "run"), "--methods",
+                                      "softmax", "--device", "cpu", "--no-progress"])  # f with its preprocessing
     assert score.exit_code == 0, score.output
     assert len(pd.read_parquet(tmp_path / "run" / "introspection.parquet")) == 12
 

@@ -63,7 +63,7 @@ def test_digits_default_every_network(tmp_path):
         assert manifest["model"]["weights"] == "bundled" and len(manifest["weights_sha256"]) == 64
         assert manifest["dataset"]["kind"] == "digits" and manifest["dataset"]["samples"] == 901
         assert manifest["counts"] == {"samples": 901, "scored": 901, "failed": 0, "labelled": 901,
-                                      "correct": int(frame["correct"].sum())}
+                                      "correct": int(frame["correct"].sum()), "no_prediction": 0}
         assert manifest["accuracy"] == pytest.approx(frame["correct"].mean())
         assert set(manifest["methods"]) == set(CHEAP.split(","))
         assert manifest["methods"]["odin"] == {"odin_temperature": 100.0, "odin_epsilon": 0.0014,

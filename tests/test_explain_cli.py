@@ -52,7 +52,8 @@ def test_explain_digits_cnn_stores_what_the_api_computes(tmp_path):
     assert frame["contrast"][:6].tolist() == ex.contrast.tolist()
     assert frame["target"][:6].tolist() == frame["prediction"][:6].tolist()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"samples": 901, "explained": 901, "failed": 0} and manifest["layer"] == "6"
+    assert manifest["counts"] == {"samples": 901, "explained": 901, "failed": 0, "no_prediction": 0}
+    assert manifest["layer"] == "6"
 
     chunk = next((out / "chunks").iterdir())
     mtime = chunk.stat().st_mtime_ns

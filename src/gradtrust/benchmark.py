@@ -7,6 +7,10 @@
 
 A complete run is skipped (:func:`is_complete`), an interrupted one resumed by the run engine; a (model, data)
 pair that cannot be scored is reported and skipped, and the report covers the rest.
+
+Suites (``--suite``, :data:`SUITES`) are the tutorials' protocols as data lists: ``cifar10c`` = the CIFAR-10 test
+split and every CIFAR-10-C corruption at every severity (1 + 19 × 5 runs per model), ``cifar100c`` the same for
+CIFAR-100; the report then adds the tables per severity (``severity.md``).
 """
 
 from __future__ import annotations
@@ -24,13 +28,69 @@ import click
 
 from gradtrust.reporting.runs import slugify
 
-__all__ = ["BenchmarkJob", "DEFAULT_DATA", "default_models", "plan_jobs", "run_benchmark"]
+__all__ = ["BenchmarkJob", "DEFAULT_DATA", "SUITES", "Suite", "default_models", "plan_jobs", "run_benchmark",
+           "suite_data"]
 
 #: The built-in conditions: the clean digits test split and two corrupted copies (severity 1, seed 0).
 DEFAULT_DATA = ("digits:test", "digits:test:gaussian_noise:1", "digits:test:blur:1")
 DEFAULT_OUT = "gradtrust-benchmark"
 REQUEST_FILE = "benchmark.json"
 RANDOM_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A corruption protocol: the ``clean`` data spec's test split, then the ``corrupted`` release (a data spec
+    ``<corrupted>:DIR:<corruption>:<severity>``) at every corruption and severity."""
+
+    name: str
+    clean: str
+    corrupted: str
+    summary: str
+
+
+SUITES = {s.name: s for s in (
+    Suite("cifar10c", "cifar10", "cifar10c", "CIFAR-10 test + CIFAR-10-C, 19 corruptions x severities 1-5"),
+    Suite("cifar100c", "cifar100", "cifar100c", "CIFAR-100 test + CIFAR-100-C, 19 corruptions x severities 1-5"),
+)}
+
+
+def suite_data(name: str, data, corruptions=None, severities=None) -> list[str]:
+    """The data specs of suite ``name``: ``<clean>:DIR:test``, then ``<corrupted>:DIR:<c>:<s>`` for every corruption
+    (default: all 19 of the release) and severity (default 1-5), corruption-major. ``data`` says where the files
+    are: ``<clean>:DIR`` and ``<corrupted>:DIR`` (each once), or one folder holding both."""
+    from gradtrust.data.cifar import COMMON_CORRUPTIONS, SEVERITY_LEVELS
+    from gradtrust.errors import InputError, UnknownNameError
+
+    if name not in SUITES:
+        raise UnknownNameError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
+    suite = SUITES[name]
+    roots: dict[str, str] = {}
+    for d in _split(data):
+        family, sep, rest = d.partition(":")
+        if sep and family in (suite.clean, suite.corrupted) and rest.split(":")[0]:
+            roots[family] = rest.split(":")[0]
+        elif os.path.isdir(d):
+            roots.setdefault(suite.clean, d)
+            roots.setdefault(suite.corrupted, d)
+        else:
+            raise InputError(f"--suite {name} takes --data {suite.clean}:DIR and --data {suite.corrupted}:DIR (or "
+                             f"one folder holding both), not {d!r}")
+    missing = [f for f in (suite.clean, suite.corrupted) if f not in roots]
+    if missing:
+        raise InputError(f"--suite {name} needs to know where {' and '.join(missing)} are: --data "
+                         f"{suite.clean}:DIR --data {suite.corrupted}:DIR, or one --data DIR holding both "
+                         "(`gradtrust datasets` shows each layout)")
+    chosen = _split(corruptions) or list(COMMON_CORRUPTIONS)
+    unknown = [c for c in chosen if c not in COMMON_CORRUPTIONS]
+    if unknown:
+        raise InputError(f"unknown corruption(s) {', '.join(unknown)}; valid: {', '.join(COMMON_CORRUPTIONS)}")
+    levels = [int(v) for v in _split(severities)] if severities else list(SEVERITY_LEVELS)
+    if not set(levels) <= set(SEVERITY_LEVELS):
+        raise InputError(f"severities are 1-5, got {levels}")
+    clean = f"{suite.clean}:{os.path.abspath(roots[suite.clean])}:test"
+    corrupted = os.path.abspath(roots[suite.corrupted])
+    return [clean] + [f"{suite.corrupted}:{corrupted}:{c}:{level}" for c in chosen for level in levels]
 
 
 def default_models() -> list[str]:
@@ -68,10 +128,17 @@ def _split(values) -> list[str]:
 
 
 def _is_builtin(data: str) -> bool:
-    return data.split(":")[0] == "digits" and not os.path.isdir(data)
+    """The built-in digits, or a data spec (``cifar10c:DIR:fog:3``): not a folder of the user's."""
+    from gradtrust.data.specs import is_data_spec
+
+    return (data.split(":")[0] == "digits" or is_data_spec(data)) and not os.path.exists(data)
 
 
 def _data_slug(data: str) -> str:
+    if _is_builtin(data) and data.split(":")[0] != "digits":  # name, settings and a digest of the whole spec
+        fields = data.split(":")
+        digest = hashlib.sha256(data.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        return slugify("-".join([fields[0], *fields[2:]])) + f"-{digest}"
     if _is_builtin(data):
         return slugify(data.replace(":", "-"))
     path = os.path.abspath(data)
@@ -121,6 +188,9 @@ def is_complete(job: BenchmarkJob, model: Any = None, dataset: Any = None) -> bo
         from gradtrust.data.open import open_dataset
 
         dataset = open_dataset(job.data, model, job.labels)
+    from gradtrust.models import model_for_dataset
+
+    model = model_for_dataset(model, dataset)
     d = job.out_dir
     folder = task_folder(ScoreTask(model, dataset, job.request["methods"]), d, job.request["batch_size"])
     if not folder.is_complete() or not (d / "scores.parquet").is_file():
@@ -146,7 +216,7 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: in
 
     from gradtrust.data.open import open_dataset
     from gradtrust.errors import GradTrustError
-    from gradtrust.models import load_model
+    from gradtrust.models import load_model, model_for_dataset
     from gradtrust.runs import score_dataset
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -163,6 +233,7 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: in
                 models[key] = load_model(job.model, job.weights, device=dev)
             model = models[key]
             dataset = open_dataset(job.data, model, job.labels)
+            model = model_for_dataset(model, dataset)  # ImageNet-A/R/O: the subset's logits
             if not force and is_complete(job, model, dataset):
                 outcomes.append(JobOutcome(job, "skipped", "already complete"))
                 echo(f"{prefix}: skipped (already complete in {job.out_dir})")
@@ -187,10 +258,18 @@ def run_jobs(jobs: list[BenchmarkJob], *, device: str | None = None, workers: in
 def run_benchmark(models=None, data=None, out: str | Path = DEFAULT_OUT, *, weights: str | None = None,
                   labels: str | None = None, methods: str | None = None, batch_size: int = 64,
                   device: str | None = None, workers: int = 0, force: bool = False, resamples: int = 1000,
-                  seed: int = 0, figures: bool = True, echo=click.echo):
-    """Score, then report (``<out>/report``). Returns ``(outcomes, report)``; see the module docstring."""
+                  seed: int = 0, figures: bool = True, echo=click.echo, suite: str | None = None,
+                  corruptions=None, severities=None):
+    """Score, then report (``<out>/report``). Returns ``(outcomes, report)``; see the module docstring.
+    ``suite``: expand ``data`` with :func:`suite_data` (``corruptions``/``severities``: a part of it)."""
     from gradtrust.reporting.report import build_report
 
+    if suite is not None:
+        if not _split(models):
+            from gradtrust.errors import InputError
+
+            raise InputError(f"--suite {suite} needs --models (e.g. cifar:resnet20,cifar:cifar10_resnet56)")
+        data = suite_data(suite, data, corruptions, severities)
     out = Path(out)
     jobs = plan_jobs(models, data, out, weights=weights, labels=labels, methods=methods, batch_size=batch_size)
     outcomes = run_jobs(jobs, device=device, workers=workers, force=force, echo=echo)

@@ -193,6 +193,29 @@ class Estimator:
         return out
 
     @classmethod
+    def _keys_message(cls, path: Path, section: str, found: set[str], expected: set[str]) -> str:
+        extra, missing = sorted(found - expected), sorted(expected - found)
+        what = "; ".join(part for part in (f"unknown {', '.join(map(repr, extra))}" if extra else "",
+                                           f"missing {', '.join(map(repr, missing))}" if missing else "") if part)
+        return (f"{path} is not a {cls.__name__} this version saved: its {section!r} keys differ ({what}). Was it "
+                "edited by hand? Fit and save it again.")
+
+    @classmethod
+    def _check_keys(cls, path: Path, config: dict[str, Any]) -> None:
+        """Refuse a configuration with unknown or missing keys: a missing parameter would silently take its
+        default, an unknown one would be ignored (:class:`ModelError` naming them)."""
+        top = {"format", "format_version", "params", "state", "metadata", "weights_sha256"}
+        if set(config) - top or {"params", "state"} - set(config):
+            raise ModelError(cls._keys_message(path, "top-level", set(config), top))
+        if not isinstance(config["params"], dict) or not isinstance(config["state"], dict):
+            raise ModelError(f"{path}: 'params' and 'state' must be JSON objects; fit and save it again.")
+        signature = inspect.signature(cls.__init__).parameters.values()
+        expected = {p.name for p in signature if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        expected -= set(cls.unsaved_params)
+        if set(config["params"]) != expected:
+            raise ModelError(cls._keys_message(path, "params", set(config["params"]), expected))
+
+    @classmethod
     def load(cls: type[E], folder: str | Path, **params: Any) -> E:
         """The estimator :meth:`save` wrote into ``folder``; ``params`` not ``None`` override the saved ones
         (e.g. ``device``). Nothing in the folder is imported or executed."""
@@ -212,10 +235,14 @@ class Estimator:
                                  "fit and save it again with this version.")
             if hashlib.sha256(weights).hexdigest() != config.get("weights_sha256"):
                 raise ModelError(f"{weights_path} does not match {cfg_path} (an interrupted save?): save it again.")
+            cls._check_keys(cfg_path, config)
             saved = {k: tuple(v) if isinstance(v, list) else v for k, v in config["params"].items()}
             estimator = cls(**{**saved, **{k: v for k, v in params.items() if v is not None}})
-            estimator._set_state(config["state"], safetensors_arrays(weights))
+            estimator._set_state(dict(config["state"]), safetensors_arrays(weights))
             estimator.metadata_ = dict(config.get("metadata") or {})
+            wrote = set(estimator._get_state()[0])  # the state keys this class saves
+            if set(config["state"]) != wrote:
+                raise ModelError(cls._keys_message(cfg_path, "state", set(config["state"]), wrote))
         except GradTrustError:
             raise
         except (OSError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:

@@ -21,10 +21,10 @@ import torch
 from gradtrust.errors import InputError
 
 __all__ = [
-    "brier", "doctor", "energy", "entropy", "gradnorm", "gradtrust", "gradtrust_from_row_energy",
-    "gradtrust_topk", "gradtrust_topk_from_row_energy", "gradtrust_topk_parts",
-    "logit_margin", "margin", "max_logit", "maxlogit_pnorm",
-    "mse_gradient_row_energy", "probabilities", "softmax", "top2_gap", "uniform_ce_gradient_l1",
+    "brier", "doctor", "energy", "entropy", "feature_square_variance", "gradnorm", "gradtrust",
+    "gradtrust_from_row_energy", "gradtrust_topk", "gradtrust_topk_from_row_energy", "gradtrust_topk_parts",
+    "logit_margin", "margin", "max_logit", "maxlogit_pnorm", "mse_gradient_row_energy", "mse_gradient_row_profile",
+    "probabilities", "softmax", "top2_gap", "uniform_ce_gradient_l1",
 ]
 
 
@@ -167,12 +167,44 @@ def maxlogit_pnorm(logits: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return centred.max(dim=1).values / norm
 
 
+def mse_gradient_row_profile(logits: torch.Tensor) -> torch.Tensor:
+    """The logit factor ``a_c⁴`` (B, C) of the row energies of :func:`mse_gradient_row_energy`, with
+    ``a_c = (2/C)(z_c − 1/C)``: ``e_c = a_c⁴ · Var_d(h_d²)`` (Prabhushankar & AlRegib, MIPR 2024;
+    ``docs/methods.md``, "GradTrust's closed form").
+
+    Every ratio of row energies GradTrust takes (``max_c e_c / mean_c e_c``, ``e_ŷ / mean e_c``) is a ratio of
+    these factors: ``Var_d(h_d²)`` cancels. Computing the ratio from the factors alone cancels it exactly, so
+    equal logits give bit-identical scores whatever the features (multiplying by ``Var_d(h_d²)`` first and
+    dividing it out again cancels it only up to rounding).
+
+    Examples:
+        >>> mse_gradient_row_profile(torch.tensor([[1.0, 0.0]]))  # a = (0.5, -0.5)
+        tensor([[0.0625, 0.0625]], dtype=torch.float64)
+    """
+    z = _logits(logits)
+    c = z.shape[1]
+    return ((2.0 / c) * (z - 1.0 / c)).pow(4)
+
+
+def feature_square_variance(features: torch.Tensor) -> torch.Tensor:
+    """``Var_d(h_d²)`` (B,) float64, unbiased over the ``D`` features: the per-sample factor of the row energies
+    (:func:`mse_gradient_row_energy`); where it is 0 (e.g. all-zero features) GradTrust is undefined.
+
+    Examples:
+        >>> feature_square_variance(torch.tensor([[1.0, 2.0]]))  # Var(1, 4)
+        tensor([4.5000], dtype=torch.float64)
+    """
+    h = features.reshape(features.shape[0], -1).double()
+    return h.square().var(dim=1, unbiased=True)
+
+
 def mse_gradient_row_energy(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Row energies ``e_c = Var_d(G_{c,d}²)`` (B, C) of ``G = ∂L/∂W`` for ``L = (1/C) Σ_c (z_c − 1/C)²``.
 
     Closed form on the final linear layer (Prabhushankar & AlRegib, MIPR 2024; ``docs/methods.md``,
     "GradTrust's closed form"): ``G = a hᵀ`` with ``a_c = (2/C)(z_c − 1/C)``, so ``e_c = a_c⁴ · Var_d(h_d²)``
-    (unbiased variance over the ``D`` features).
+    (unbiased variance over the ``D`` features): :func:`mse_gradient_row_profile` times
+    :func:`feature_square_variance`.
 
     Examples:
         >>> e = mse_gradient_row_energy(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 2.0]]))
@@ -181,9 +213,14 @@ def mse_gradient_row_energy(logits: torch.Tensor, features: torch.Tensor) -> tor
     """
     z = _logits(logits)
     h = _features(features, z.shape[0])
-    c = z.shape[1]
-    a = (2.0 / c) * (z - 1.0 / c)
-    return a.pow(4) * h.square().var(dim=1, unbiased=True).unsqueeze(1)
+    return mse_gradient_row_profile(z) * feature_square_variance(h).unsqueeze(1)
+
+
+def _undefined_where_flat(values: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """``values`` with NaN where ``Var_d(h_d²) = 0``: there ``G`` carries no row variance and GradTrust is
+    undefined (the features decide only this degenerate case)."""
+    flat = ~(feature_square_variance(_features(features, values.shape[0])) > 0)
+    return values.masked_fill(flat.to(values.device), float("nan"))
 
 
 def gradtrust_from_row_energy(row_energy: torch.Tensor) -> torch.Tensor:
@@ -202,14 +239,15 @@ def gradtrust(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
 
     ``L = (1/C) Σ_c (z_c − 1/C)²``, ``G = ∂L/∂W``, ``e_c = Var_d(G_{c,d}²)``, score ``max_c e_c / mean_c e_c``,
     which on the final layer is ``max_c (z_c − 1/C)⁴ / mean_c (z_c − 1/C)⁴`` wherever ``Var_d(h_d²) > 0``
-    (NaN where it is 0, e.g. all-zero features). The maximum runs over *all* rows: the winning row can be a
-    strongly negative logit rather than the prediction (``docs/methods.md``).
+    (NaN where it is 0, e.g. all-zero features), computed from the logits alone
+    (:func:`mse_gradient_row_profile`): equal logits give bit-identical scores. The maximum runs over *all*
+    rows: the winning row can be a strongly negative logit rather than the prediction (``docs/methods.md``).
 
     Examples:
         >>> gradtrust(torch.tensor([[2.5, -0.5]]), torch.tensor([[1.0, 2.0]]))  # (2⁴ + 1) / 2 → 16 / 8.5
         tensor([1.8824], dtype=torch.float64)
     """
-    return gradtrust_from_row_energy(mse_gradient_row_energy(logits, features))
+    return _undefined_where_flat(gradtrust_from_row_energy(mse_gradient_row_profile(logits)), features)
 
 
 def gradtrust_topk_parts(row_energy: torch.Tensor, logits: torch.Tensor, k: int | None = None
@@ -251,14 +289,14 @@ def gradtrust_topk_from_row_energy(row_energy: torch.Tensor, logits: torch.Tenso
 
 def gradtrust_topk(logits: torch.Tensor, features: torch.Tensor, k: int | None = None) -> torch.Tensor:
     """GradTrust as the slides word it: "variance of gradients of the predicted class / mean of variance of
-    gradients of the top-k counterfactual classes", on the final layer's closed form (see :func:`gradtrust`);
-    ``k = min(k or 10, C − 1)``.
+    gradients of the top-k counterfactual classes", on the final layer's closed form (see :func:`gradtrust`:
+    a ratio of :func:`mse_gradient_row_profile` factors, NaN where ``Var_d(h_d²) = 0``); ``k = min(k or 10, C − 1)``.
 
     Examples:
         >>> gradtrust_topk(torch.tensor([[2.5, -0.5, 0.0]]), torch.tensor([[1.0, 2.0]]), k=1)
         tensor([1785.0625], dtype=torch.float64)
     """
-    return gradtrust_topk_from_row_energy(mse_gradient_row_energy(logits, features), logits, k)
+    return _undefined_where_flat(gradtrust_topk_from_row_energy(mse_gradient_row_profile(logits), logits, k), features)
 
 
 def uniform_ce_gradient_l1(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,11 @@ column                      type       meaning
 ``index``                   int64      the sample's position in the dataset (stable id)
 ``path``                    string     where the sample came from (file path, or a built-in id)
 ``label``                   int64      the true class in the model's class order; −1 when unknown
-``prediction``              int64      ``ŷ = argmax_c z_c``
-``correct``                 bool       ``label == prediction`` (False where the label is unknown)
+``prediction``              int64      ``ŷ = argmax_c z_c``; −1 where the logits are not finite (no prediction)
+``correct``                 bool       ``label == prediction`` (False where the label is unknown or ŷ = −1)
 ``<method>``                float64    one column per trust score, higher = more trustworthy, NaN if undefined
 ``nan_reason_<method>``     string     why the value is NaN ("" where defined); only for methods with NaNs
+``nan_reason_prediction``   string     why ``prediction`` is −1 ("non-finite logits"); only when one is
 ==========================  =========  ===================================================================
 
 The runner writes it (:mod:`gradtrust.runs`), the evaluation reads it (:func:`gradtrust.evaluation.
@@ -39,6 +40,8 @@ BASE_TYPES: dict[str, str] = {"index": "int64", "path": "string", "label": "int6
 REQUIRED_COLUMNS: tuple[str, ...] = ("label", "prediction")
 #: Prefix of the column holding why a method's value is NaN.
 REASON_PREFIX = "nan_reason_"
+#: ``reason_column(PREDICTION)`` says why a sample has no prediction (−1): its logits are not finite.
+PREDICTION = "prediction"
 
 
 def reason_column(method: str) -> str:

@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "Introspective learning: fit H on f's gradient features, score with both, the digits comparison."),
     "methods": ("gradtrust.cli:methods_command", "List the trust-score methods, with their formula and source."),
     "models": ("gradtrust.cli:models_command", "List the model specs --model accepts."),
+    "datasets": ("gradtrust.cli:datasets_command",
+                 "List the --data specs for data sets in their distributed formats, with the layout each reads."),
 }
 
 
@@ -89,10 +91,11 @@ def methods_command() -> None:
 
 
 @click.command("models", cls=Command)
-@click.option("--family", type=click.Choice(["torchvision", "digits", "timm"]), default=None,
+@click.option("--family", type=click.Choice(["torchvision", "digits", "cifar", "timm"]), default=None,
               help="Only this family of model specs.")
 def models_command(family: str | None) -> None:
-    """List the model specs `--model` accepts (torchvision:<name>, digits:<name>, timm:<name>, or a file)."""
+    """List the model specs `--model` accepts (torchvision:<name>, digits:<name>, cifar:<name>, timm:<name>, or a
+    file)."""
     from gradtrust.models import available_models
 
     for spec in available_models(family):
@@ -105,6 +108,30 @@ def models_command(family: str | None) -> None:
             timm = "timm:<name>: needs timm (pip install 'gradtrust[timm]'), then `gradtrust models --family timm`"
         click.echo(f"also: {timm}; hf:<folder> (a transformers save_pretrained folder); package.module:factory "
                    "(your own builder, with --weights); a TorchScript file", err=True)
+
+
+@click.command("datasets", cls=Command)
+@click.argument("name", required=False)
+@click.option("--names", "names_only", is_flag=True, help="Only the spec names, one per line.")
+def datasets_command(name: str | None, names_only: bool) -> None:
+    """List the `--data` specs (NAME:ARG...) with the exact file layout each reads; NAME: only that one."""
+    import textwrap
+
+    from gradtrust.data.specs import data_spec, data_specs
+
+    specs = [data_spec(name)] if name else data_specs()
+    for spec in specs:
+        if names_only:
+            click.echo(spec.name)
+            continue
+        click.echo(spec.usage)
+        click.echo(f"    {spec.summary}")
+        for line in textwrap.wrap(f"layout: {spec.layout}", 96):
+            click.echo(f"    {line}")
+    if not name and not names_only:  # the forms outside the registry, on stderr so that stdout lists the registry
+        click.echo("also: DIR (class folders DIR/<class>/<image>), DIR with --labels FILE (the flat ImageNet validation "
+                   "layout), DIR of Kinetics-style videos for a video model, digits[:SPLIT[:CORRUPTION[:SEVERITY]]]",
+                   err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

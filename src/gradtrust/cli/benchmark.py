@@ -8,7 +8,7 @@ import time
 
 import click
 
-from gradtrust.benchmark import DEFAULT_OUT, run_benchmark
+from gradtrust.benchmark import DEFAULT_OUT, SUITES, run_benchmark
 from gradtrust.cli.memory import keep_freed_memory_option
 from gradtrust.cli.options import MODEL_SPEC_FORMS, Command, shared
 
@@ -23,13 +23,19 @@ from gradtrust.cli.options import MODEL_SPEC_FORMS, Command, shared
 @shared("labels")
 @click.option("--methods", default=None, metavar="a,b,c|all",
               help="Comma-separated trust scores; default all that apply to each model.")
-@click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the report's figures.")
+@click.option("--suite", type=click.Choice(list(SUITES)), default=None,
+              help="A corruption protocol: the clean test split + every corruption x severity (1 + 19 x 5 runs per "
+                   "model); --data says where the files are (cifar10:DIR and cifar10c:DIR, or one DIR holding both).")
+@click.option("--corruptions", default=None, metavar="a,b", help="With --suite: only these corruptions.")
+@click.option("--severities", default=None, metavar="1,2", help="With --suite: only these severities.")
+@click.option("--figures/--no-figures", default=None,
+              help="Draw the report's figures (default: yes, except with --suite: two per run).")
 @shared("out_dir", default=DEFAULT_OUT, show_default=True)
 @shared("force")
 @shared("batch_size", default=64)
 @shared("device", "workers", "resamples", "seed")
-def benchmark_command(models, weights, data, labels, methods, figures, out_dir, force, batch_size, device, workers,
-                      resamples, seed):
+def benchmark_command(models, weights, data, labels, methods, suite, corruptions, severities, figures, out_dir, force,
+                      batch_size, device, workers, resamples, seed):
     """Score every model on every dataset (runs already complete in --out are skipped), then write the report
     to <out>/report/ and print a short summary: the tally, the headline, each distinct note once with the
     number of runs it concerns, and where the files are (the tables are in the files, not on the console).
@@ -37,6 +43,9 @@ def benchmark_command(models, weights, data, labels, methods, figures, out_dir, 
     --data: repeatable or comma-separated (default: the digits test split and two corrupted copies). With no
     arguments: every bundled digits network on the clean digits test split and on its
     gaussian_noise and blur copies (severity 1): twelve runs on the CPU in about a minute.
+
+    --suite cifar10c: every model on CIFAR-10's test split and on CIFAR-10-C (19 corruptions x severities 1-5),
+    then the report with the accuracy and trust-score tables per severity (severity.md).
     """
     if labels is not None and not os.path.isfile(labels):
         raise click.BadParameter(f"labels file {os.path.abspath(labels)} does not exist.", param_hint="--labels")
@@ -49,9 +58,11 @@ def benchmark_command(models, weights, data, labels, methods, figures, out_dir, 
         except GradTrustError as exc:
             raise click.BadParameter(str(exc), param_hint="--methods") from None
     t0 = time.perf_counter()
+    draw = suite is None if figures is None else figures
     outcomes, report = run_benchmark(models, data, out_dir, weights=weights, labels=labels, methods=methods,
                                      batch_size=batch_size, device=device, workers=workers, force=force,
-                                     resamples=resamples, seed=seed, figures=figures)
+                                     resamples=resamples, seed=seed, figures=draw, suite=suite,
+                                     corruptions=corruptions, severities=severities)
     scored = sum(o.status == "scored" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -61,6 +72,8 @@ def benchmark_command(models, weights, data, labels, methods, figures, out_dir, 
     for o in failed:
         click.echo(f"failed: {o.job.name}: {o.message}", err=True)
     echo_summary(report)
+    if suite is not None and "severity_md" in report.files:
+        click.echo(f"Per corruption severity: {report.files['severity_md'].resolve()} (accuracy, AUAC, AUROC; + .csv)")
     if failed or not report.ok:
         sys.exit(1)
 

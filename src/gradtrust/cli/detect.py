@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.memory import check_batch_memory, keep_freed_memory_option
 from gradtrust.cli.options import Command, alias, device_of, echo_preprocessing, model_options, shared, weights_arg
 from gradtrust.errors import InputError
 
@@ -91,6 +91,7 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
                      for spec, weights in models]
     for _, loaded in loaded_models:
         echo_preprocessing(loaded, load_options or {})
+        check_batch_memory(loaded, batch_size)
     tables, failures = [], []
     for spec, loaded in loaded_models:
         started = time.perf_counter()
@@ -148,7 +149,8 @@ def run_detect(models: list[tuple[str, str | None]], data: str | None, challenge
 @click.option("--challenge", "challenges", default=None,
               help="Comma-separated: attacks fgsm,bim,pgd,cw,ll; corruptions NAME[:LEVEL] (no level = 1-5; "
                    "noise, blur, impulse, contrast, brightness; ImageNet-C names for images >= 32 px); "
-                   f"ood=FOLDER, ood=mnist, ood=patches. Default: {BUILTIN_CHALLENGES}.")
+                   f"ood=FOLDER, ood=SPEC (a data spec: ood=svhn:FILE.mat, ood=cifar10c:DIR:fog:3), ood=mnist, "
+                   f"ood=patches. Default: {BUILTIN_CHALLENGES}.")
 @click.option("--eps", type=float, default=None,
               help="L-inf attack budget in [0,1] pixel units (default 0.1 for digits, 8/255 otherwise).")
 @click.option("--fit-fraction", type=float, default=0.5, show_default=True,

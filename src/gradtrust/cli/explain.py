@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.memory import check_batch_memory, keep_freed_memory_option
 from gradtrust.cli.options import Command, data_or_digits, device_of, load_cli_model, model_options, rank, shared
 from gradtrust.errors import InputError
 
@@ -71,6 +71,7 @@ def explain_command(model_spec, weights, num_classes, load_options, data, labels
     from gradtrust.explanations.evaluate import parse_metrics
     from gradtrust.explanations.perturbation import PerturbationOptions
     from gradtrust.explanations.run import explain_dataset
+    from gradtrust.models import model_for_dataset
 
     parse_methods(methods)
     parse_metrics(eval_metrics)
@@ -79,8 +80,10 @@ def explain_command(model_spec, weights, num_classes, load_options, data, labels
     data = data_or_digits(model_spec, data, labels)
     dev = device_of(device)
     model = load_cli_model(model_spec, weights, num_classes, dev, load_options)
-    contrast = _contrast(contrast_arg, model.class_names)
+    check_batch_memory(model, batch_size)
     dataset = open_dataset(data, model, labels)
+    model = model_for_dataset(model, dataset)  # ImageNet-A/R/O: the subset's logits, as their papers
+    contrast = _contrast(contrast_arg, model.class_names)
     summary = explain_dataset(model, dataset, out_dir, methods=methods, layer=layer, contrast=contrast, voice=voice,
                               threshold=threshold, save_images=save_images, batch_size=batch_size,
                               num_workers=workers, device=str(dev), force=force, progress=not no_progress,
@@ -93,11 +96,18 @@ def explain_command(model_spec, weights, num_classes, load_options, data, labels
                    f"{summary.elapsed_s:.1f} s")
         click.echo(f"  explanations: {summary.explanations_path}")
         click.echo(f"  manifest:     {summary.manifest_path}")
+        if summary.num_no_prediction:
+            click.echo(f"  note:         {summary.num_no_prediction} sample(s) have non-finite logits: prediction -1, "
+                       "VOICE NaN (nan_reason_voice_snr / nan_reason_voice_iou), maps all zero")
         if evaluate:
             click.echo(f"  evaluation:   {summary.out_dir / 'evaluation.parquet'}, "
                        f"{summary.out_dir / 'evaluation_summary.csv'}")
-        if summary.images:
-            click.echo(f"  images:       {len(summary.images)} in {summary.out_dir / 'images'}")
+        if save_images or summary.images:
+            fewer = ""
+            if len(summary.images) < save_images:
+                fewer = (f" (--save-images {save_images} asked for more: the dataset has {summary.num_samples} "
+                         f"sample(s), {summary.num_failed} unreadable)")
+            click.echo(f"  images:       {len(summary.images)} in {summary.out_dir / 'images'}{fewer}")
 
 
 def _contrast(value: str | None, class_names: list[str]) -> int | None:

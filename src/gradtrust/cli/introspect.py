@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.memory import check_batch_memory, keep_freed_memory_option
 from gradtrust.cli.options import RANDOM_INIT_SEED, Group, alias, device_of, load_cli_model, model_options, rank, shared
 from gradtrust.errors import GradTrustError, InputError
 
@@ -66,6 +66,7 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
         raise InputError("--data is required: the training data (a class-folder DIR, or digits:train).")
     dev = device_of(device)
     model = load_cli_model(model_spec, weights, num_classes, dev, load_options)
+    check_batch_memory(model, batch_size)
     dataset = open_dataset(data, model, labels)
     if len(dataset) == 0:
         raise InputError("the training set is empty.")
@@ -89,7 +90,9 @@ def fit_command(model_spec, weights, num_classes, load_options, data, labels, hi
     intro.fit_features(feats["a"], feats["h"], feats["y"], feats["logits"], device=dev)
     saved_options = {**load_options, **({"class_names": list(model.class_names)} if "class_names" in load_options
                                         else {})}  # the list, not a file that may move: introspect score reloads f
+    saved_options.pop("trust_model_file", None)  # an opt-in is the user's, given again: never read from a folder
     extra = {"model": {"spec": model.spec, "weights": model.weights, "weights_sha256": model.weights_sha256,
+                       "parameters_sha256": fit.identity["model"]["parameters_sha256"],
                        "num_classes": model.num_classes, "class_names": list(model.class_names),
                        **({"load_options": saved_options} if saved_options else {})},
              "train": describe_dataset(dataset)}
@@ -145,10 +148,59 @@ def write_introspection_table(out: Path) -> Path:
     return path
 
 
+def fitted_model(recorded: dict, folder: Path, device, model_spec: str | None, weights: str | None,
+                 num_classes: int | None, load_options: dict):
+    """``f``, the network ``H`` was fitted on: the one ``--model`` names, checked against the parameters (or
+    weights) hash the folder records; without ``--model``, the model the folder names when that is a built-in
+    family's (``digits:``, ``torchvision:``, ``timm:``). A folder is data: a model it names that would run code
+    (``package.module:factory``, a model file) is loaded only with ``--trust-model-file``; the loading options
+    it records (preprocessing, class names, output index) are data and used, ``trust_model_file`` never."""
+    import torch
+
+    from gradtrust.models import load_model
+    from gradtrust.models.specs import SPEC_FAMILIES
+    from gradtrust.runs.identity import tensors_sha256
+
+    spec = recorded.get("spec")
+    if not spec:
+        raise InputError(f"{folder} does not say which model H was fitted on (no 'model'); fit it again.")
+    trusted = bool(load_options.get("trust_model_file"))
+    options = {k: v for k, v in (recorded.get("load_options") or {}).items() if k != "trust_model_file"}
+    if model_spec is not None:  # the folder's weights, preprocessing… are data: defaults for what is not given
+        same = model_spec == spec
+        model = load_cli_model(model_spec, weights if weights is not None or not same else recorded.get("weights"),
+                               num_classes if num_classes is not None or not same else recorded.get("num_classes"),
+                               device, {**options, **load_options})
+    else:
+        given = sorted(k for k in load_options if k != "trust_model_file")
+        if weights is not None or num_classes is not None or given:
+            raise InputError("--weights, --num-classes and the loading options describe the model given with "
+                             f"--model; add --model (the network H was fitted on, {spec}).")
+        if str(spec).split(":", 1)[0] not in SPEC_FAMILIES and not trusted:
+            raise InputError(f"{folder / 'estimator.json'} names the model {spec!r}, which loads Python code (a "
+                             "module to import or a model file); a saved folder is data, so GradTrust does not run "
+                             "what it names. Give the model with --model (and --weights), checked against the "
+                             "weights H was fitted on, or pass --trust-model-file if you trust this folder.")
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = load_model(spec, recorded.get("weights"), recorded.get("num_classes"), device=device,
+                           trust_model_file=trusted, **options)
+    if recorded.get("parameters_sha256"):
+        if tensors_sha256(model.module.state_dict()) != recorded["parameters_sha256"]:
+            raise InputError(f"the parameters of {model.spec} ({model.weights or 'random weights'}) differ from "
+                             f"those of the network H was fitted on ({spec}, "
+                             f"{recorded.get('weights') or 'random weights'}): give that network with --model and "
+                             "--weights, or fit H again for this one.")
+    elif recorded.get("weights_sha256") and model.weights_sha256 != recorded["weights_sha256"]:
+        raise InputError(f"the weights of {model.spec} ({model.weights}) differ from those H was fitted on "
+                         f"(SHA-256 {recorded['weights_sha256'][:12]}…): fit H again for these weights.")
+    return model
+
+
 @introspect_command.command("score")
 @keep_freed_memory_option
 @click.option("--introspective", "folder", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
               metavar="DIR", help="A folder written by `gradtrust introspect fit`.")
+@model_options()
 @shared("data", required=True)
 @shared("labels")
 @click.option("--methods", default=DEFAULT_METHODS, show_default=True, metavar="a,b,c|all",
@@ -157,29 +209,26 @@ def write_introspection_table(out: Path) -> Path:
 @shared("force")
 @shared("batch_size", default=64)
 @shared("workers", "device", "no_progress")
-def score_command(folder, data, labels, methods, out_dir, force, batch_size, workers, device, no_progress) -> None:
+def score_command(folder, model_spec, weights, num_classes, load_options, data, labels, methods, out_dir, force,
+                  batch_size, workers, device, no_progress) -> None:
     """Score a dataset with f and with H: both predictions, logits and trust scores.
+
+    f is the network the folder records when it is a built-in one (digits:, torchvision:, timm:); give it with
+    --model otherwise (its weights and preprocessing default to the recorded ones) — it is checked against the
+    parameters H was fitted on — or pass --trust-model-file to load the model the folder names (a factory or a
+    model file runs code).
 
     Writes RUN/feed_forward/, RUN/introspective/ (two score runs) and RUN/introspection.parquet into --out RUN.
     """
-    import torch
-
     from gradtrust.data.open import open_dataset
     from gradtrust.introspection.introspective import Introspective
-    from gradtrust.models import load_model
     from gradtrust.runs.score import score_dataset
 
     intro = Introspective.load(folder)
-    spec = intro.metadata_.get("model") or {}
-    if not spec.get("spec"):
-        raise InputError(f"{folder} does not say which model H was fitted on (no 'model').")
     dev = device_of(device)
-    torch.manual_seed(RANDOM_INIT_SEED)
-    model = load_model(spec["spec"], spec.get("weights"), spec.get("num_classes"), device=dev,
-                       **spec.get("load_options", {}))
-    if spec.get("weights_sha256") and model.weights_sha256 != spec["weights_sha256"]:
-        raise InputError(f"the weights of {spec['spec']} ({model.weights}) differ from those H was fitted on "
-                         f"(SHA-256 {spec['weights_sha256'][:12]}…): fit H again for these weights.")
+    model = fitted_model(intro.metadata_.get("model") or {}, folder, dev, model_spec, weights, num_classes,
+                         load_options)
+    check_batch_memory(model, batch_size)
     intro.check_fitted().to(dev)
     dataset = open_dataset(data, model, labels)
     kwargs = dict(methods=methods, batch_size=batch_size, num_workers=workers, device=str(dev), force=force,

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from gradtrust.cli.options import DEFINITIONS, SharedOption
+from gradtrust.errors import InputError
 
-__all__ = ["OPTION_NAME", "keep_freed_memory_option", "runs_on_cpu"]
+__all__ = ["OPTION_NAME", "available_memory", "check_batch_memory", "keep_freed_memory_option", "runs_on_cpu"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,3 +63,55 @@ def keep_freed_memory_option(command: F) -> F:
     # click lists options in reverse order of __click_params__: at the front, these are shown last.
     wrapper.__dict__["__click_params__"] = [option, threads, *getattr(command, "__click_params__", [])]
     return wrapper  # type: ignore[return-value]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (``MemAvailable`` of ``/proc/meminfo``, else free physical
+    pages by ``os.sysconf``); ``None`` where neither says."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def batch_memory(preprocessing: dict[str, Any], batch_size: int, channels: int = 3) -> int | None:
+    """A lower bound of the bytes one batch takes on the host before the model runs: one image resized (8-bit,
+    then float32) plus the batch of float32 inputs, twice (the collated batch and its copy for the model);
+    ``None`` when the preprocessing fixes no size. A one-number resize (the shorter side) counts as a square."""
+    def area(size: Any) -> int | None:
+        if not isinstance(size, (list, tuple)) or not size:
+            return None
+        sides = [int(v) for v in size]
+        return sides[0] * sides[-1]
+
+    resized, final = area(preprocessing.get("resize")), area(preprocessing.get("crop"))
+    final = final or resized
+    if final is None:
+        return None
+    return channels * ((resized or final) * (1 + 4) + 2 * batch_size * final * 4)
+
+
+def check_batch_memory(model: Any, batch_size: int, available: int | None = None) -> None:
+    """Refuse, before any image is read, a preprocessing whose batches cannot fit in memory (e.g. --input-size
+    100000: 120 GB per image), with the figure — rather than let the kernel's out-of-memory killer end the
+    process without a word."""
+    pre = model.meta.get("preprocessing") if isinstance(getattr(model, "meta", None), dict) else None
+    need = batch_memory(pre, batch_size) if isinstance(pre, dict) else None
+    have = available_memory() if available is None else available
+    if need is None or have is None or need <= have or not isinstance(pre, dict):
+        return
+    size = "x".join(str(v) for v in (pre.get("crop") or pre.get("resize") or []))
+    given = ", ".join(f"{k} {v}" for k, v in pre.items() if k in ("resize", "crop") and v)
+    raise InputError(f"the preprocessing ({given}) makes inputs of {size} pixels: a batch of {batch_size} needs at "
+                     f"least {need / 1e9:,.1f} GB "
+                     f"before the model runs, and this machine has {have / 1e9:,.1f} GB available. Use a smaller "
+                     "--input-size (or --resize/--crop) or --batch-size.")

@@ -26,6 +26,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 SECTIONS = ("Model", "Data", "Options", "Output", "Run")
 #: What one command may set differently for a shared option; type, help and flag stay the definition's.
 PER_COMMAND = frozenset({"default", "required", "multiple", "show_default"})
+_TYPED = "gradtrust.typed_options"  # ctx.meta: the option spellings on the command line
 RANDOM_INIT_SEED = 0  # random-weight models are initialised from torch.manual_seed(0): every run, every rank
 
 def _option(section: str, decls: str, help: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:  # noqa: A002
@@ -34,14 +35,15 @@ def _option(section: str, decls: str, help: str, **kwargs: Any) -> tuple[str, di
 
 _SIZE, _FILE, _N = "S|H,W", click.Path(dir_okay=False), click.IntRange(min=1)
 #: Every form a model spec takes, for the help of each option that reads one (``--model``, ``--models``).
-MODEL_SPEC_FORMS = ("torchvision:<name>, timm:<name>, digits:<name>, hf:<folder>, package.module:factory, or a "
-                    "TorchScript/pickled model file (`gradtrust models` lists them)")
+MODEL_SPEC_FORMS = ("torchvision:<name>, timm:<name>, digits:<name>, cifar:<name>, hf:<folder>, package.module:factory, "
+                    "or a TorchScript/pickled model file (`gradtrust models` lists them)")
 #: name → (help section, click.Option arguments). The name is the parameter the command's callback receives.
 DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "model_spec": _option("Model", "--model model_spec", MODEL_SPEC_FORMS + ".", metavar="SPEC"),
-    "weights": _option("Model", "--weights", "DEFAULT or a torchvision enum name (from the torch hub cache; never "
-                       "downloaded), a local .pth/.safetensors file, or 'random'. Default: the bundled weights for "
-                       "digits:*; random initialisation (seed 0) otherwise (`benchmark`: DEFAULT).", metavar="W"),
+    "weights": _option("Model", "--weights", "DEFAULT or a torchvision enum name (from the torch hub cache, as is a "
+                       "cifar: model's published file; never downloaded), a local .pth/.safetensors file, or "
+                       "'random'. Default: the bundled weights for digits:*; random initialisation (seed 0) otherwise "
+                       "(`benchmark`: DEFAULT).", metavar="W"),
     "num_classes": _option("Model", "--num-classes", "Outputs of a fine-tuned head (inferred from a weights file "
                            "when omitted).", type=_N, metavar="N"),
     "borrow": _option("Model", "--preprocessing borrow", "Borrow the preprocessing of a known model "
@@ -64,9 +66,11 @@ DEFINITIONS: dict[str, tuple[str, dict[str, Any]]] = {
                                 "and state dicts need no such flag).", is_flag=True),
     "output_index": _option("Model", "--output-index", "For a model returning several outputs (a tuple or dict): "
                             "which one holds the logits (0, ...).", metavar="I"),
-    "data": _option("Data", "--data", "The dataset: class-folder images (DIR/<class>/<img>) or the built-in "
-                    "digits[:SPLIT[:CORRUPTION[:SEVERITY]]]; where a model reads it, also a flat image folder with "
-                    "--labels or Kinetics-style videos (DIR/<class>/<clip>.mp4).", metavar="DIR|digits[:...]"),
+    "data": _option("Data", "--data", "The dataset: class-folder images (DIR/<class>/<img>), the built-in "
+                    "digits[:SPLIT[:CORRUPTION[:SEVERITY]]], or a data set in its distributed format "
+                    "(cifar10:DIR:test, cifar10c:DIR:fog:3, svhn:FILE.mat, mnist:DIR, imagenet-r:DIR, wds:PATTERN, "
+                    "...: see `gradtrust datasets`); where a model reads it, also a flat image folder with "
+                    "--labels or Kinetics-style videos (DIR/<class>/<clip>.mp4).", metavar="DIR|SPEC"),
     "labels": _option("Data", "--labels", "Labels of a flat image folder (ImageNet validation layout): "
                       "LOC_val_solution.csv or one label (WordNet ID or class index) per line in sorted file order.",
                       type=_FILE, metavar="FILE"),
@@ -106,6 +110,17 @@ class SharedOption(click.Option):
     @property
     def human_readable_name(self) -> str:  # an old spelling is named as typed, not by the parameter it fills
         return self.opts[0] if self.deprecated else super().human_readable_name
+
+    def handle_parse_result(self, ctx: click.Context, opts: Any, args: list[str]) -> Any:
+        """An old spelling warns only when it was typed: it shares its parameter with the new option, whose
+        value click would otherwise take for the old one's (and warn whenever the new spelling is used)."""
+        deprecated = self.deprecated
+        if deprecated and not set(self.opts) & ctx.meta.get(_TYPED, set()):
+            self.deprecated = False
+        try:
+            return super().handle_parse_result(ctx, opts, args)
+        finally:
+            self.deprecated = deprecated
 
 
 def _add(command: Callable[..., Any], option: click.Option) -> None:
@@ -277,6 +292,10 @@ class Command(click.Command):
         kwargs["context_settings"] = {**CONTEXT, **(kwargs.get("context_settings") or {})}
         super().__init__(*args, **kwargs)
         self.callback = None if self.callback is None else _handled(self.callback)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_TYPED] = {arg.split("=", 1)[0] for arg in args if arg.startswith("-")}  # see SharedOption
+        return super().parse_args(ctx, args)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The options under the headings of :data:`SECTIONS` (``--help`` last, under "Run")."""

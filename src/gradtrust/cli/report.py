@@ -49,10 +49,14 @@ def echo_report(report, *, print_table: bool = False) -> None:
               help="Most images in each run's qualitative grid.")
 @click.option("--title", default="GradTrust report", show_default=True, help="Title of the HTML page.")
 @click.option("--print-table", is_flag=True, help="Print the Markdown table to stdout.")
+@click.option("--allow-outside-images", is_flag=True,
+              help="Show sample images whose paths lie outside the runs' data roots (absolute elsewhere, or with "
+                   "..). Off by default: results from someone else could name any file; the page lists those left "
+                   "out.")
 @shared("out_dir", required=True)
 @shared("resamples", "seed", "force")
-def report_command(results, confidence, figures, max_images, title, print_table, out_dir, resamples, seed,
-                   force):
+def report_command(results, confidence, figures, max_images, title, print_table, allow_outside_images, out_dir,
+                   resamples, seed, force):
     """Report on runs of every kind: RESULTS are run folders written by gradtrust score, explain, detect,
     introspect or gradcon score, score parquet files, or folders holding runs (searched a few levels deep).
     Each run's kind comes from its manifest.json; the page has one section per kind and lists failed files.
@@ -67,7 +71,8 @@ def report_command(results, confidence, figures, max_images, title, print_table,
     from gradtrust.reporting.report import build_report
 
     report = build_report(results, out_dir, resamples=resamples, confidence=confidence, seed=seed,
-                          figures=figures, max_images=max_images, title=title, force=force)
+                          figures=figures, max_images=max_images, title=title, force=force,
+                          allow_outside_images=allow_outside_images)
     echo_report(report, print_table=print_table)
     if not report.ok:
         click.echo(f"error: none of the {len(results)} input(s) could be read as a run; "

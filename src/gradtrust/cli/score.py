@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from gradtrust.cli.memory import keep_freed_memory_option
+from gradtrust.cli.memory import check_batch_memory, keep_freed_memory_option
 from gradtrust.cli.options import Command, data_or_digits, device_of, load_cli_model, model_options, rank, shared
 from gradtrust.errors import InputError, UnknownNameError
 from gradtrust.scores import available_methods
@@ -117,7 +117,7 @@ def score_command(model_spec, weights, num_classes, load_options, data, labels, 
     into --out (default runs/digits)/<network>.
     """
     from gradtrust.data.open import open_dataset
-    from gradtrust.models import available_digits_models
+    from gradtrust.models import available_digits_models, model_for_dataset
     from gradtrust.runs.distributed import distributed_session
     from gradtrust.runs.score import check_score_options, score_dataset
     from gradtrust.scores.engine import resolve_methods
@@ -154,6 +154,7 @@ def score_command(model_spec, weights, num_classes, load_options, data, labels, 
     with distributed_session(dev):
         for spec, spec_weights, out in jobs:
             model = load_cli_model(spec, spec_weights, num_classes, dev, load_options)
+            check_batch_memory(model, batch_size)
             if rank() == 0:
                 if model.meta.get("weights_kind") == "random":
                     click.echo(f"note: {spec} has random weights (an untrained network); pass --weights DEFAULT "
@@ -161,6 +162,7 @@ def score_command(model_spec, weights, num_classes, load_options, data, labels, 
                 _warn_no_preprocessing(model, data)
             run_options = _odin_pixel_options(options, model)
             dataset = open_dataset(data, model, labels)
+            model = model_for_dataset(model, dataset)  # ImageNet-A/R/O: the subset's logits, as their papers
             try:
                 summary = score_dataset(model, dataset, out, methods=methods, options=run_options,
                                         batch_size=batch_size, num_workers=workers, device=str(dev), force=force,

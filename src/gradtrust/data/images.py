@@ -36,6 +36,7 @@ do not slowly copy a huge Python list) and labels; nothing is preloaded, and the
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -54,6 +55,7 @@ __all__ = [
     "ALPHA_MODES",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
+    "decode_rgb_image",
     "default_image_transform",
     "read_rgb_image",
     "to_rgb",
@@ -152,9 +154,19 @@ def read_rgb_image(path: str | os.PathLike, alpha: str = "white") -> Image.Image
     The reasons are short and stable: ``empty file (0 bytes)``, ``not a recognised image format``,
     ``truncated or corrupt image: …``, ``cannot convert mode X to RGB: …``, ``file not found``, ….
     """
-    path = check_file(path)
+    return _decode(check_file(path), alpha)
+
+
+def decode_rgb_image(data: bytes, alpha: str = "white") -> Image.Image:
+    """:func:`read_rgb_image` for an encoded image held in memory (a WebDataset member, an Arrow cell)."""
+    if not data:
+        raise DataError("empty file (0 bytes)")
+    return _decode(io.BytesIO(data), alpha)
+
+
+def _decode(source: Any, alpha: str) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()  # decode now: truncation and corruption show up here
             mode = image.mode
             try:

@@ -14,9 +14,12 @@
 ``digits:<split>``                     ``train`` or ``test``
 ``digits:<split>:<corruption>[:<s>]``  a corruption (``gaussian_noise``, ``blur``, ``contrast``, or
                                        ``clean``) at severity ``s`` (1, 2, 3; default 1)
+``NAME:ARG[:ARG…]``                    a data set in its distributed format (``cifar10:DIR:test``,
+                                       ``cifar10c:DIR:fog:3``, ``svhn:FILE.mat``, ``wds:PATTERN`` …): the
+                                       registry of :mod:`gradtrust.data.specs` (``gradtrust datasets``)
 =====================================  ===========================================================
 
-An existing folder always wins over the built-in spec of the same name (use ``digits:test`` to be
+An existing folder always wins over a spec of the same name (use ``digits:test`` to be
 explicit). Images and clips go through the model's own transform (``LoadedModel.transform``); a model
 without one (a model file, a ``digits:`` network) gets float ``[0, 1]`` tensors.
 
@@ -34,6 +37,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from gradtrust.data.specs import is_data_spec, open_data_spec
 from gradtrust.errors import DataError, UnknownNameError
 
 __all__ = ["OpenedDataset", "describe_dataset", "open_dataset", "parse_digits_spec"]
@@ -115,6 +119,12 @@ def open_dataset(data: Any, model: Any, labels: str | os.PathLike | None = None)
 
         return OpenedDataset(DigitsDataset(**parse_digits_spec(text)), text)
 
+    if not os.path.exists(text) and is_data_spec(text):
+        if labels is not None:
+            raise DataError(f"--labels applies to a flat image folder, not to the data spec {text!r} (it reads its "
+                            "own labels).")
+        return OpenedDataset(open_data_spec(text, model=model), text)
+
     root = os.path.abspath(text)
     if not os.path.exists(root):
         hint = " (for the built-in digits use 'digits' or 'digits:<split>[:<corruption>[:<severity>]]')" \
@@ -180,7 +190,8 @@ def describe_dataset(dataset: Any) -> dict[str, Any]:
     if isinstance(dataset, ImageFileDataset):
         info["root"] = dataset.root
         info["fingerprint"] = _files_fingerprint(dataset)
-        for attr in ("labels_file", "label_offset", "clip_len", "frame_stride", "frame_rate", "alpha"):
+        for attr in ("labels_file", "label_offset", "clip_len", "frame_stride", "frame_rate", "alpha", "variant",
+                     "corruption", "severity"):
             if hasattr(dataset, attr):
                 info[attr] = getattr(dataset, attr)
         if hasattr(dataset, "extensions"):

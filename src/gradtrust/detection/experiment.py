@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradtrust.data.specs import is_data_spec
 from gradtrust.detection.challenges import Challenge, attack, builtin_ood, check_same_geometry, corrupt, per_channel
 from gradtrust.detection.detector import DETECTOR_KINDS, Detector
 from gradtrust.detection.features import feature_layout, gradient_features
@@ -237,7 +238,7 @@ def make_challenge(module: nn.Module, known: KnownData, challenge: Challenge, se
         return known.from_pixels(corrupted), np.arange(known.x.shape[0])
     # OOD
     geometry = tuple(known.x.shape[1:])
-    if os.path.isdir(challenge.name):
+    if os.path.isdir(challenge.name) or is_data_spec(challenge.name):  # a folder, or svhn:FILE, cifar10c:DIR:fog:3…
         x = _load_folder(challenge.name, loaded, settings.ood_samples)
     else:
         if len(geometry) != 3:
@@ -297,8 +298,10 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
 
     # Fail early: every OOD folder exists and every challenge name is valid before any long work.
     for item in settings.challenges:
-        if item.kind == "ood" and not os.path.isdir(item.name) and item.name not in ("mnist", "patches"):
-            raise InputError(f"ood={item.name}: no such folder, and not a built-in OOD set (mnist, patches).")
+        if item.kind == "ood" and not (os.path.isdir(item.name) or is_data_spec(item.name)
+                                       or item.name in ("mnist", "patches")):
+            raise InputError(f"ood={item.name}: no such folder, not a data spec (gradtrust datasets) and not a "
+                             "built-in OOD set (mnist, patches).")
     if any(item.kind == "attack" for item in settings.challenges):
         from gradtrust.detection.challenges import check_attackable
 
@@ -335,6 +338,11 @@ def run_detection(loaded: Any, known: KnownData, settings: DetectionSettings, ou
 
     rows = []
     known_set = sets["known"]
+    bad = ~np.isfinite(known_set["logits"]).all(axis=1)
+    if bad.any():  # fitting on them would fail deep in a detector (NaN features, a non-converging eigensolver)
+        raise ModelError(f"the model gives non-finite logits (NaN or inf) for {int(bad.sum())} of the "
+                         f"{bad.size} known images: detection fits on their features, which are then undefined. "
+                         "Check the model and its preprocessing (--input-size, --mean/--std) first.")
     maha = None
     if "mahalanobis" in settings.baselines:
         maha = MahalanobisDetector().fit(known_set["pen"][known_set["fit"]], known_set["label"][known_set["fit"]])

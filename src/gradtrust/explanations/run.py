@@ -10,12 +10,14 @@ Output folder::
     <out>/images/<index>.png             overlays of the first ``save_images`` samples
 
 Columns of ``explanations.parquet``: ``index``, ``path``, ``label`` (model class index, −1 if unknown),
-``prediction``, ``correct``, ``target`` (P), ``contrast`` (Q, −1 without a contrast map), ``valid`` (finite
-logits), ``map_height``, ``map_width``, one ``map_<method>`` column per method (the layer-resolution ReLU'd map,
-row-major, ``list<float32>`` of ``map_height·map_width`` values: small) and, with VOICE, ``map_voice`` (the
-uncertainty map area-averaged to the layer's resolution, for galleries), ``voice_snr`` and ``voice_iou``
-(float64). The interventions (``occlusion``, ``rise``, ``shape``) are stored at input resolution, signed, with
-their own ``map_height_<method>``/``map_width_<method>`` when that differs from the shared size.
+``prediction`` (−1 where the logits are not finite), ``correct``, ``target`` (P), ``contrast`` (Q, −1 without a
+contrast map), ``valid`` (finite logits), ``map_height``, ``map_width``, one ``map_<method>`` column per method
+(the layer-resolution ReLU'd map, row-major, ``list<float32>`` of ``map_height·map_width`` values: small) and,
+with VOICE, ``map_voice`` (the uncertainty map area-averaged to the layer's resolution, for galleries),
+``voice_snr`` and ``voice_iou`` (float64; NaN where the logits are not finite, with the reason in
+``nan_reason_voice_snr`` / ``nan_reason_voice_iou``). The interventions (``occlusion``, ``rise``, ``shape``) are
+stored at input resolution, signed, with their own ``map_height_<method>``/``map_width_<method>`` when that
+differs from the shared size.
 
 With ``evaluate=True`` (``gradtrust explain --evaluate``) every map and the ``random`` and ``centre`` baselines are
 judged by masking (:func:`gradtrust.explanations.evaluate.evaluate_explanations`) and two more files are written::
@@ -63,6 +65,8 @@ from gradtrust.runs.distributed import resolve_device
 from gradtrust.runs.folder import RunFolder
 from gradtrust.runs.identity import dataset_identity, library_versions, model_identity
 from gradtrust.runs.task import model_labels, run_task
+from gradtrust.schema import reason_column
+from gradtrust.scores.packing import NONFINITE
 
 EXPLANATIONS_FILE = "explanations.parquet"
 EVALUATION_FILE = "evaluation.parquet"
@@ -83,6 +87,7 @@ class ExplainSummary:
     images: list[Path]
     elapsed_s: float
     layer: str | None
+    num_no_prediction: int = 0  # samples with non-finite logits (prediction −1, VOICE NaN)
 
 
 def explain_dataset(model, dataset, out_dir, *, methods=CAM_METHODS, layer: str | None = None,
@@ -212,7 +217,8 @@ class ExplainTask:
         kinds = {"index": pa.int64(), "path": pa.string(), "label": pa.int64(), "prediction": pa.int64(),
                  "correct": pa.bool_(), "target": pa.int64(), "contrast": pa.int64(), "valid": pa.bool_(),
                  "map_height": pa.int32(), "map_width": pa.int32(), "voice_snr": pa.float64(),
-                 "voice_iou": pa.float64()}
+                 "voice_iou": pa.float64(), reason_column("voice_snr"): pa.string(),
+                 reason_column("voice_iou"): pa.string()}
         names = list(rows[0]) if rows else list(kinds)[:10]
         fields = [pa.field(name, kinds.get(name, _column_type(name))) for name in names]
         return pa.table({name: [r[name] for r in rows] for name in names}, schema=pa.schema(fields)), {}
@@ -239,16 +245,18 @@ class ExplainTask:
         ch.atomic_write(out / EXPLANATIONS_FILE, lambda handle: pq.write_table(table, handle, compression="zstd"))
         failures = [{"index": i, "path": p, "reason": r} for m in metas for i, p, r in m["failures"]]
         images = sorted((out / IMAGES_DIR).glob("*.png"))
+        no_prediction = int(table.num_rows - sum(table["valid"].to_pylist())) if "valid" in table.column_names else 0
         manifest = folder.write_manifest({
             "identity": folder.identity, "layer": self.layer, "closed_form": self.closed_form,
-            "counts": {"samples": layout.num_samples, "explained": table.num_rows, "failed": len(failures)},
+            "counts": {"samples": layout.num_samples, "explained": table.num_rows, "failed": len(failures),
+                       "no_prediction": no_prediction},
             "failures": failures, "versions": library_versions(),
             "images": [str(p.relative_to(out)) for p in images], "execution": execution,
             **({"evaluation": {"file": EVALUATION_FILE, "summary": EVALUATION_SUMMARY, "rows": summary_rows}}
                if summary_rows is not None else {}),
             "elapsed_s": execution["elapsed_s"]})
         return ExplainSummary(out, out / EXPLANATIONS_FILE, manifest, layout.num_samples, table.num_rows,
-                              len(failures), images, execution["elapsed_s"], self.layer)
+                              len(failures), images, execution["elapsed_s"], self.layer, no_prediction)
 
 
 def _rows(batch, labels: torch.Tensor, ex, v) -> list[dict[str, Any]]:
@@ -261,9 +269,13 @@ def _rows(batch, labels: torch.Tensor, ex, v) -> list[dict[str, Any]]:
     voice_small = None if v is None else F.adaptive_avg_pool2d(v.uncertainty[:, None].float(), (h, w))[:, 0].cpu()
     out = []
     for j in range(prediction.shape[0]):
+        valid = bool(ex.valid[j])
+        # non-finite logits: no prediction (−1, never correct) and no VOICE statistics (NaN, with the reason), as
+        # in scores.parquet
+        predicted = int(prediction[j]) if valid else -1
         row = {"index": int(batch.indices[j]), "path": batch.paths[j], "label": int(labels[j]),
-               "prediction": int(prediction[j]), "correct": bool(labels[j] >= 0 and labels[j] == prediction[j]),
-               "target": int(ex.target[j]), "contrast": int(q[j]), "valid": bool(ex.valid[j]),
+               "prediction": predicted, "correct": bool(labels[j] >= 0 and labels[j] == predicted),
+               "target": int(ex.target[j]), "contrast": int(q[j]), "valid": valid,
                "map_height": int(h), "map_width": int(w)}
         for m, values in maps.items():
             row[f"map_{m}"] = values[j].flatten().numpy()
@@ -271,7 +283,10 @@ def _rows(batch, labels: torch.Tensor, ex, v) -> list[dict[str, Any]]:
                 row[f"map_height_{m}"], row[f"map_width_{m}"] = own_size[m]
         if v is not None and voice_small is not None:
             row["map_voice"] = voice_small[j].flatten().numpy()
-            row["voice_snr"], row["voice_iou"] = float(v.snr[j]), float(v.iou[j])
+            nan = float("nan")
+            row["voice_snr"], row["voice_iou"] = (float(v.snr[j]), float(v.iou[j])) if valid else (nan, nan)
+            for name in ("voice_snr", "voice_iou"):
+                row[reason_column(name)] = "" if valid else NONFINITE
         out.append(row)
     return out
 

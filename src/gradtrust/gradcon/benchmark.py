@@ -1,8 +1,10 @@
-"""The built-in GradCON benchmark: one model per digit class on the bundled digits, nothing downloaded.
+"""The GradCON benchmark: one model per class, as the release does — on the bundled digits by default (nothing
+downloaded), or on a data set in its distributed format: ``cifar10:DIR``, ``cifar100:DIR``, ``mnist:DIR``
+(train split to fit, test split to score; :func:`split_specs`).
 
 For each inlier class ``c``: train GradCON (β, γ) and the plain reconstruction-error autoencoder (β = γ = 0)
-identically (same seed, epochs, batches) on the digits train split's images of class ``c``; score the whole
-digits test split (901 images; class ``c`` = normal = positive); AUROC with 95% bootstrap CIs. Also shown:
+identically (same seed, epochs, batches) on the train split's images of class ``c``; score the whole test split
+(class ``c`` = normal = positive); AUROC with 95% bootstrap CIs. Also shown:
 the GradCON-trained model scored with γ = 0 (its reconstruction error alone), which separates the effect of
 the training constraint from that of the scoring term.
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from gradtrust.evaluation.bootstrap import ci_text
 
-__all__ = ["DEFAULT_EPOCHS", "GradconBenchmark", "run_gradcon_benchmark"]
+__all__ = ["DEFAULT_EPOCHS", "GradconBenchmark", "run_gradcon_benchmark", "split_specs"]
 
 #: Epochs per model on the ~90 training images of one digit class (2 batches of 64 per epoch).
 DEFAULT_EPOCHS = 40
@@ -54,7 +56,24 @@ def _cell(value: float, ci: tuple[float, float] | None) -> str:
     return ci_text(value, *(ci or (None, None)))
 
 
-def run_gradcon_benchmark(out_dir: str | Path = "gradcon-benchmark", *, classes: list[int] | None = None,
+def split_specs(data: str) -> tuple[str, str]:
+    """The (train, test) specs of a data set whose spec ends in its split: ``digits`` → ``digits:train``,
+    ``digits:test``; ``cifar10:DIR`` (or ``cifar10:DIR:test``) → ``cifar10:DIR:train``, ``cifar10:DIR:test``."""
+    from gradtrust.errors import InputError
+
+    base = str(data).strip()
+    for split in (":train", ":test"):
+        if base.endswith(split):
+            base = base[: -len(split)]
+    family = base.split(":")[0]
+    if family not in ("digits", "cifar10", "cifar100", "mnist") or (family != "digits" and ":" not in base):
+        raise InputError(f"the GradCON benchmark takes --data digits, cifar10:DIR, cifar100:DIR or mnist:DIR (a data "
+                         f"set with train and test splits), got {data!r}")
+    return f"{base}:train", f"{base}:test"
+
+
+def run_gradcon_benchmark(out_dir: str | Path = "gradcon-benchmark", *, data: str = "digits",
+                          classes: list[int] | None = None,
                           epochs: int = DEFAULT_EPOCHS, beta: float = 0.03, gamma: float = 0.12, seed: int = 0,
                           resamples: int = 1000, confidence: float = 0.95, device: str = "cpu",
                           progress: bool = True, echo: Any = None,
@@ -70,13 +89,13 @@ def run_gradcon_benchmark(out_dir: str | Path = "gradcon-benchmark", *, classes:
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        return _run(out_dir, classes=classes, epochs=epochs, beta=beta, gamma=gamma, seed=seed, resamples=resamples,
+        return _run(out_dir, data=data, classes=classes, epochs=epochs, beta=beta, gamma=gamma, seed=seed, resamples=resamples,
                     confidence=confidence, device=device, progress=progress, echo=echo)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: float, gamma: float, seed: int,
+def _run(out_dir: str | Path, *, data: str, classes: list[int] | None, epochs: int, beta: float, gamma: float, seed: int,
          resamples: int, confidence: float, device: str, progress: bool, echo: Any) -> GradconBenchmark:
     import pandas as pd
 
@@ -91,12 +110,13 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
     say = echo or (lambda _msg: None)
     t0 = time.perf_counter()
     out = Path(out_dir)
-    train = load_labelled("digits:train")
-    test = load_labelled("digits:test")
+    train_spec, test_spec = split_specs(data)
+    train = load_labelled(train_spec)
+    test = load_labelled(test_spec)
     classes = list(range(len(train.classes))) if classes is None else [int(c) for c in classes]
     bad = [c for c in classes if not 0 <= c < len(train.classes)]
     if bad or not classes:
-        raise InputError(f"digit classes must be in 0..9, got {classes}")
+        raise InputError(f"classes must be in 0..{len(train.classes) - 1}, got {classes}")
     if resamples < 1:
         raise InputError(f"resamples must be >= 1 for the confidence intervals, got {resamples}")
     n = len(test.labels)
@@ -114,7 +134,7 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
             det = GradCON(beta=b, gamma=g, epochs=epochs, seed=seed, device=device, progress=progress)
             det.fit(inliers)
             det.save(out / "models" / method / f"class_{c}", metadata={
-                "inlier": {"label": c, "name": test.classes[c]}, "data": "digits:train", "grayscale": False})
+                "inlier": {"label": c, "name": test.classes[c]}, "data": train_spec, "grayscale": False})
             run_dir = out / "runs" / method / f"class_{c}"
             score_to_run(det, test, c, run_dir, model_source=str(out / "models" / method / f"class_{c}"), force=True,
                          resamples=resamples, seed=seed)
@@ -147,7 +167,8 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
     rows.append(mean)
 
     settings = {"epochs": epochs, "beta": beta, "gamma": gamma, "seed": seed, "resamples": resamples,
-                "confidence": confidence, "device": device, "classes": classes}
+                "confidence": confidence, "device": device, "classes": classes, "data": data,
+                "image_size": list(test.images.shape[1:])}
     markdown = _markdown(rows, settings)
     flat = pd.DataFrame([{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in rows])
     for col in [c for c in flat.columns if c.endswith("_ci")]:
@@ -166,10 +187,15 @@ def _run(out_dir: str | Path, *, classes: list[int] | None, epochs: int, beta: f
 
 def _markdown(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
     conf = int(round(100 * s["confidence"]))
+    data = s.get("data", "digits")
+    name = "the bundled digits" if data == "digits" else data
+    side = s.get("image_size", [1, 8, 8])[1:]
+    size = "x".join(map(str, side)) + ("" if list(side) == [28, 28] else
+                                       ", upsampled to 28x28" if side[0] < 28 else ", resized to 28x28")
     lines = [
-        f"AUROC ×100 (inliers = the digit class = positive; all 901 digits test images scored), "
+        f"AUROC ×100 (inliers = the class = positive; all {rows[-1]['n_test']} test images of {name} scored), "
         f"[{conf}% paired bootstrap CI, {s['resamples']} resamples, seed {s['seed']}]. One model per class, "
-        f"trained {s['epochs']} epochs on that class's digits train images (upsampled 8x8 → 28x28), seed "
+        f"trained {s['epochs']} epochs on that class's train images ({size}), seed "
         f"{s['seed']}. AE: β = γ = 0 (reconstruction error); GradCON: β = {s['beta']} in training, γ = "
         f"{s['gamma']} in scoring; Δ = GradCON − AE; last column: the GradCON-trained model scored by its "
         "reconstruction error alone (γ = 0).",

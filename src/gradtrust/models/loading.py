@@ -12,6 +12,8 @@ Specs
     ``timm:<name>``         ``timm.create_model(name, pretrained=False, num_classes=…)`` (optional
                             dependency: ``pip install 'gradtrust[timm]'``); weights from local files only.
     ``digits:<name>``       the bundled digits networks (:mod:`gradtrust.models.digits`).
+    ``cifar:<name>``        the CIFAR model zoo (:mod:`gradtrust.models.cifar_zoo`): akamaster's ResNets and
+                            chenyaofo's torch-hub entries, weights from a file or the torch hub cache.
     ``hf:<folder>``         a local Hugging Face ``transformers`` image-classification checkpoint
                             (``save_pretrained`` folder), with its image processor and labels.
     ``package.module:fn``   your own builder: ``fn()`` (or ``fn(num_classes=N)``) returns the nn.Module.
@@ -51,7 +53,7 @@ from torch import nn
 from gradtrust.errors import ModelError, UnknownNameError
 
 # Importing the loader modules registers their sources (specs.SOURCES) for the dispatch below.
-from gradtrust.models import digits_loader, timm_models  # noqa: F401
+from gradtrust.models import cifar_zoo, digits_loader, timm_models  # noqa: F401
 from gradtrust.models.base import LoadedModel
 from gradtrust.models.factory import is_factory_spec, load_factory
 from gradtrust.models.files import load_model_file, load_module_object

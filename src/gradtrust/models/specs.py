@@ -1,4 +1,4 @@
-"""Model specs: the families (``torchvision:``, ``timm:``, ``digits:``, files) and the registry of their
+"""Model specs: the families (``torchvision:``, ``timm:``, ``digits:``, ``cifar:``, files) and the registry of their
 sources, `available_models`, argument checks and the wording of spec errors (close matches), shared by the
 loader modules."""
 
@@ -16,8 +16,8 @@ from gradtrust.errors import ModelError, UnknownNameError
 if TYPE_CHECKING:  # pragma: no cover
     from gradtrust.models.base import LoadedModel
 
-SPEC_FAMILIES = ("torchvision", "timm", "digits")
-WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".tar", ".pkl")
+SPEC_FAMILIES = ("torchvision", "timm", "digits", "cifar")
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".ckpt", ".safetensors", ".tar", ".pkl")
 MODEL_FILE_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".pkl", ".torchscript")
 MAX_LISTED = 8
 
@@ -148,8 +148,8 @@ def unknown_message(what: str, name: str, valid: list[str], prefix: str = "") ->
 def spec_message(spec: str) -> str:
     """The message of a spec no source understands: the accepted forms and close matches."""
     message = (
-        f"unknown model spec {spec!r}: use 'torchvision:<name>', 'timm:<name>', 'digits:<name>', 'hf:<folder>', "
-        "your own 'package.module:factory', or the path of a TorchScript model file"
+        f"unknown model spec {spec!r}: use 'torchvision:<name>', 'timm:<name>', 'digits:<name>', 'cifar:<name>', "
+        "'hf:<folder>', your own 'package.module:factory', or the path of a TorchScript model file"
     )
     family, sep, _ = spec.partition(":")
     if sep:

@@ -71,9 +71,9 @@ def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
             raise ModelError(
                 f"{path} holds Python objects other than tensors (a {found.group(1)}), so it cannot be read "
                 "safely as a state dict (torch.load(weights_only=True) refused it). If it is a whole pickled "
-                "model, pass it as the model spec instead of as the weights (that reads it with "
-                "weights_only=False, which can run code hidden in the file: only do it for files you trust); "
-                "better, save model.state_dict() or a TorchScript file"
+                "model you trust, pass it as the model instead of as the weights, with the opt-in: --model FILE "
+                "--trust-model-file (load_model(FILE, trust_model_file=True); unpickling can run code hidden in "
+                "the file); better, save model.state_dict() or a TorchScript file"
             ) from exc
         except Exception as exc:  # corrupt file, TorchScript archive, not a torch file at all…
             hint = ""

@@ -16,7 +16,7 @@ CONDITION_KEYS = frozenset({
     "transform", "clip_len", "frame_stride", "frame_rate", "alpha", "repr",
 })
 #: Content fingerprints: part of the identity, except for a corrupted copy (its pixels differ by design).
-FINGERPRINT_KEYS = frozenset({"fingerprint", "data_fingerprint", "sha256"})
+FINGERPRINT_KEYS = frozenset({"fingerprint", "data_fingerprint", "sha256", "content_sha256"})
 
 
 def dataset_description(manifest: dict) -> Any:
@@ -78,7 +78,8 @@ def dataset_identity(dataset: Any, manifest: dict) -> tuple[str, str]:
     flat = dataset_fields(dataset)
     if not flat:
         return "unknown", "unknown dataset (no manifest)" if not manifest else "unknown dataset"
-    dropped = CONDITION_KEYS | (FINGERPRINT_KEYS if "corruption" in flat else frozenset())
+    # a corrupted copy's fingerprint and files (CIFAR-10-C's <corruption>.npy) differ by design
+    dropped = CONDITION_KEYS | (FINGERPRINT_KEYS | {"files"} if "corruption" in flat else frozenset())
     # long per-sample lists are never identity
     ident = {k: v for k, v in flat.items() if k not in dropped and not (isinstance(v, list) and len(v) > 200)}
     if not ident:  # only a spec string we could not parse: the spec is the identity

@@ -181,7 +181,8 @@ def explain_section(folders: list[Path], report: Any) -> Section:
         path = report.figures.get(f"explanations/{owner.name}") if owner is not None else None
         name = f"explanations/{slugify(run.name)}.png"
         with drawing(section.problems, f"figures/{name}"):
-            if path is None and report.draw and gallery_figure(run, report.out_dir / "figures" / name) is not None:
+            if path is None and report.draw and gallery_figure(run, report.out_dir / "figures" / name,
+                                                               cache=report.images) is not None:
                 path = section.figures[f"explanations/{run.name}"] = report.out_dir / "figures" / name
         if path is not None:
             galleries.append(figure_details(run.name, path, run.name))

@@ -5,6 +5,7 @@ the curves, the concept scatter and the qualitative grid of each run.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -215,10 +216,29 @@ def scatter_figure(result: RunResult, path: Path, x_method: str = "gradtrust",
 
 
 class DigitsCache:
-    """The digits datasets a report's figures show images of, each built once per report."""
+    """The pictures a report's figures show: the digits datasets, each built once per report, and which image
+    files may be read. Results may come from someone else, so by default only files inside a run's data root
+    (its manifest's dataset root) or its own folder are read; a path leading elsewhere (``..``, absolute) is
+    not, and is listed in ``refused`` (run name → paths) for the page to say so. ``allow_outside=True``
+    (``gradtrust report --allow-outside-images``) reads them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, allow_outside: bool = False) -> None:
         self._sets: dict[tuple, Any] = {}
+        self.allow_outside = allow_outside
+        self.refused: dict[str, list[str]] = {}
+
+    def may_read(self, run: Run, path: Path, roots: list[Path]) -> bool:
+        """Whether ``path`` lies inside one of ``roots`` (lexically: ``..`` resolved, symbolic links kept, so a
+        data folder of links still shows), or ``allow_outside``; a refused path is recorded."""
+        if self.allow_outside:
+            return True
+        where = Path(os.path.normpath(os.path.abspath(path)))
+        if any(where == root or root in where.parents for root in roots):
+            return True
+        refused = self.refused.setdefault(run.name, [])
+        if str(path) not in refused:
+            refused.append(str(path))
+        return False
 
     def image(self, run: Run, sample_path: str) -> np.ndarray | None:
         m = _DIGITS_PATH.match(sample_path)
@@ -249,17 +269,19 @@ def load_sample_image(run: Run, sample_path: str, cache: DigitsCache | None = No
     if not sample_path:
         return None
     if sample_path.startswith("digits/"):
-        return (cache or DigitsCache()).image(run, sample_path)
+        return (cache or DigitsCache()).image(run, sample_path)  # rebuilt from the bundled data: no file read
+    cache = cache or DigitsCache()
     p = Path(sample_path)
-    candidates = [p] if p.is_absolute() else []
-    if not p.is_absolute():
-        fields = dataset_fields(dataset_description(run.manifest))
-        for key in ("root", "path", "data", "folder"):
-            if isinstance(fields.get(key), str):
-                candidates.append(Path(fields[key]) / p)
-        candidates += [run.source / p, run.source.parent / p, p]
+    fields = dataset_fields(dataset_description(run.manifest))
+    data_roots = [Path(fields[key]) for key in ("root", "path", "data", "folder") if isinstance(fields.get(key), str)]
+    home = run.source if run.source.is_dir() else run.source.parent
+    roots = [Path(os.path.normpath(os.path.abspath(r))) for r in (*data_roots, home)]
+    candidates = [p] if p.is_absolute() else [*(root / p for root in data_roots), run.source / p,
+                                               run.source.parent / p, p]
     for cand in candidates:
         if cand.suffix.lower() in _IMAGE_SUFFIXES and cand.is_file():
+            if not cache.may_read(run, cand, roots):
+                return None
             try:
                 from PIL import Image
 

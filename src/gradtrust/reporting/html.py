@@ -143,6 +143,15 @@ def score_html(report: Report) -> str:
     header, rows = summary_cells(report.summary)
     out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "summary"))
 
+    if report.severity is not None:  # a corruption benchmark: the tables per severity (severity.md)
+        from gradtrust.reporting.severity import SEVERITY_LEGEND, severity_tables
+
+        out.append('<h2 id="severity">Per corruption severity</h2>')
+        out.append(f'<p class="legend">{e(SEVERITY_LEGEND)}</p>')
+        for title, header, rows in severity_tables(report.severity):
+            out.append(f"<h3>{e(title)}</h3>")
+            out.append(table_html([e(h) for h in header], [[e(c) for c in row] for row in rows], "severity"))
+
     out.append('<h2 id="selective">Selective classification (AURC, AUGRC, AUROC, FPR@95)</h2>')
     out.append(f'<p class="legend">{_md_bold_to_html(selective_legend(report.resamples, report.seed, report.confidence))}</p>')
     for g in report.groups:
@@ -150,8 +159,9 @@ def score_html(report: Report) -> str:
             out.append(f"<h3>Dataset: {e(g.label)}</h3>")
         for i, r in enumerate(g.results):
             header, rows, notes = selective_cells(r, g.methods, html=True)
+            missing = f", {r.run.n_no_prediction} without prediction (non-finite logits)" if r.run.n_no_prediction else ""
             out.append(f"<details{' open' if i == 0 else ''}><summary><strong>{e(r.name)}</strong> — accuracy "
-                       f"{100 * r.accuracy:.2f}%, n = {r.run.n}</summary>")
+                       f"{100 * r.accuracy:.2f}%, n = {r.run.n}{missing}</summary>")
             out.append(table_html(header, rows, "selective"))
             out.append(_notes(notes))
             out.append("</details>")

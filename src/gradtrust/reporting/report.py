@@ -43,6 +43,25 @@ def dataset_warnings(groups: Sequence[Group]) -> list[str]:
             "gets its own table (and the CSV files a `dataset` column); compare rows only within a table."]
 
 
+def no_prediction_warnings(results: Sequence[Any]) -> list[str]:
+    """One warning per run with samples that have no prediction (non-finite logits), shown on the page."""
+    return [f"{r.name}: {r.run.n_no_prediction} of {r.run.n} sample(s) have non-finite logits (NaN or inf): no "
+            "prediction (−1, nan_reason_prediction in scores.parquet). They count as wrong in the accuracy and "
+            "every metric, and their scores are NaN (ranked least trustworthy)."
+            for r in results if r.run.n_no_prediction]
+
+
+def outside_image_warnings(images: Any) -> list[str]:
+    """One warning per run whose sample images were not read because they lie outside its data root."""
+    out = []
+    for name, paths in (getattr(images, "refused", None) or {}).items():
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        out.append(f"{name}: {len(paths)} image file(s) were not read, because their paths lie outside the run's "
+                   f"data root and folder ({shown}); the figures show them as missing. If you trust these results, "
+                   "pass --allow-outside-images (build_report(..., allow_outside_images=True)) to show them.")
+    return out
+
+
 def build_report(
     results: Iterable[str | Path],
     out_dir: str | Path,
@@ -54,6 +73,7 @@ def build_report(
     max_images: int = 16,
     title: str = "GradTrust report",
     force: bool = False,
+    allow_outside_images: bool = False,
 ) -> Report:
     """Write the report of the given runs into ``out_dir``: one page with a section per run kind (score, explain,
     detect, introspect, GradCON; :mod:`gradtrust.reporting.kinds`), the score runs' tables and figures, and
@@ -65,6 +85,9 @@ def build_report(
 
     ``results`` are run folders, score parquet files or folders holding runs; ``resamples`` bootstrap
     resamples (0 = no CIs, seeded by ``seed``) at level ``confidence``; ``max_images`` per qualitative grid.
+    The figures read sample images only inside each run's data root or folder (the results may be someone
+    else's): paths leading elsewhere are left out and named in a warning on the page, unless
+    ``allow_outside_images``.
     ``InputError`` when ``out_dir`` holds a report of other inputs (without ``force``) or something else;
     ``GradTrustError`` when the report cannot be written (read-only folder, full disk…): nothing is left behind.
     """
@@ -81,21 +104,39 @@ def build_report(
                         summary=None, resamples=resamples, confidence=confidence, seed=seed, inputs=inputs,
                         draw=figures, max_images=max_images, final_dir=out, version=__version__,
                         created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+        from gradtrust.reporting.figures import DigitsCache
+
+        report.images = DigitsCache(allow_outside=allow_outside_images)
         _write_sections(report, found)
         report.elapsed_s = time.perf_counter() - t0
         _write_json(report)
         _publish(tmp, out)
     except BaseException as exc:
+        # a failed write() names no file: the one being written is the newest in the temporary folder
+        where = None
+        if isinstance(exc, OSError):
+            newest = _newest_file(tmp) if tmp is not None and not exc.filename else None
+            where = exc.filename or (str(out / Path(newest).relative_to(tmp)) if newest and tmp else None)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise GradTrustError(f"cannot write the report into {out}: {exc}. Free space or choose a writable "
+            what = f"{exc.strerror or exc} ({where})" if where else str(exc)
+            raise GradTrustError(f"cannot write the report into {out}: {what}. Free space or choose a writable "
                                  "--out; an earlier report there is left as it was.") from None
         raise
     report.out_dir = out
     report.files = {k: out / Path(v).relative_to(tmp) for k, v in report.files.items()}
     report.figures = {k: out / Path(v).relative_to(tmp) for k, v in report.figures.items()}
     return report
+
+
+def _newest_file(folder: Path) -> str | None:
+    """The file of ``folder`` (recursively) modified last; None if none."""
+    try:
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        return str(max(files, key=lambda p: p.stat().st_mtime_ns)) if files else None
+    except OSError:
+        return None
 
 
 def check_replaceable(out: Path, inputs: list[str], force: bool) -> None:
@@ -138,6 +179,7 @@ def _write_sections(report: Report, found: dict[str, list[Path]]) -> None:
             report.problems += section.problems
             report.files.update(section.files)
             report.figures.update(section.figures)
+    report.warnings += outside_image_warnings(report.images)
     (report.out_dir / "index.html").write_text(render_html(report), encoding="utf-8")
     report.files["html"] = report.out_dir / "index.html"
 
@@ -150,10 +192,11 @@ def score_section(folders: list[Path], report: Report) -> Section:
     groups = group_runs([evaluate_run(r, resamples=report.resamples, confidence=report.confidence,
                                       seed=report.seed) for r in runs])
     report.groups, report.results = groups, [r for g in groups for r in g.results]
-    report.warnings = dataset_warnings(groups)
+    report.warnings = dataset_warnings(groups) + no_prediction_warnings(report.results)
     if report.results:
         report.summary = summarise(groups)
         _write_tables(report)
+        _write_severity(report)
         _write_calibration(report)
         if report.draw:
             _draw_figures(report, report.max_images)
@@ -163,9 +206,11 @@ def score_section(folders: list[Path], report: Report) -> Section:
     from gradtrust.reporting.html import score_html
 
     section.html = score_html(report)
-    links = [("table", "quantitative results"), ("summary", "summary"), ("selective", "selective classification"),
+    links = [("table", "quantitative results"), ("summary", "summary"), ("severity", "per severity"),
+             ("selective", "selective classification"),
              ("calibration", "calibration"), ("figures", "figures"), ("manifests", "manifests")]
-    section.links = [(a, w) for a, w in links if report.results and (a != "calibration" or report.calibration)]
+    section.links = [(a, w) for a, w in links if report.results and (a != "calibration" or report.calibration)
+                     and (a != "severity" or "severity_md" in report.files)]
     return section
 
 
@@ -185,6 +230,19 @@ def _write_tables(report: Report) -> None:
     report.files.update(table_md=out / "table.md", table_csv=out / "table.csv",
                         selective_md=out / "selective.md", selective_csv=out / "selective.csv",
                         summary_md=out / "summary.md")
+
+
+def _write_severity(report: Report) -> None:
+    """``severity.md``/``.csv`` when some runs are corrupted copies at a severity (:mod:`.severity`)."""
+    from gradtrust.reporting.severity import severity_frame, severity_markdown
+
+    frame = severity_frame(report.results)
+    if frame is None:
+        return
+    report.severity = frame
+    (report.out_dir / "severity.md").write_text(severity_markdown(frame), encoding="utf-8")
+    frame.to_csv(report.out_dir / "severity.csv", index=False)
+    report.files.update(severity_md=report.out_dir / "severity.md", severity_csv=report.out_dir / "severity.csv")
 
 
 def _write_calibration(report: Report) -> None:
@@ -214,7 +272,7 @@ def _draw_figures(report: Report, max_images: int) -> None:
         reliability = reliability_figure(report.calibration, fig_dir / "reliability.png")
         if reliability is not None:
             report.figures["reliability"] = reliability
-    cache = F.DigitsCache()
+    cache = report.images if report.images is not None else F.DigitsCache()
     used: set[str] = set()
     for r in report.results:
         slug = slugify(r.name)
@@ -265,7 +323,8 @@ def _write_json(report: Report) -> None:
                    for g in report.groups],
         "runs": [{"name": r.name, "source": str(r.run.source), "model": r.run.model,
                   "condition": r.run.condition, "dataset": r.run.dataset_label, "n": r.run.n,
-                  "n_wrong": r.run.n_wrong, "accuracy": r.accuracy, "methods": r.run.methods,
+                  "n_wrong": r.run.n_wrong, "no_prediction": r.run.n_no_prediction, "accuracy": r.accuracy,
+                  "methods": r.run.methods,
                   "notes": r.notes, "quadrants": report.quadrants.get(r.name)} for r in report.results],
         "summary": None if s is None else {
             "top2": s.top2, "top2_paper_methods": s.top2_paper, "rows": s.rows, "wins": s.wins,

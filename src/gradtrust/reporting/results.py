@@ -287,6 +287,7 @@ class Report:
     qualitative_notes: dict[str, str] = field(default_factory=dict)
     table_markdown: str = ""
     calibration: list = field(default_factory=list)
+    severity: Any = None  # the per-severity frame (gradtrust.reporting.severity) of a corruption benchmark
     resamples: int = 1000
     confidence: float = 0.95
     seed: int = 0
@@ -298,6 +299,7 @@ class Report:
     draw: bool = True  # draw the figures
     max_images: int = 16
     final_dir: Path | None = None  # where out_dir is renamed to once written
+    images: Any = None  # the figures' picture reader (gradtrust.reporting.figures.DigitsCache): which files it read
 
     @property
     def ok(self) -> bool:

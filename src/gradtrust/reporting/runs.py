@@ -39,7 +39,8 @@ class Run:
     """One loaded, validated run (from ``source``, a folder or a parquet file). ``frame`` holds only the rows
     with a known label (``label >= 0``; the others are counted in ``n_unlabeled``), ``correct`` recomputed as
     ``label == prediction``; ``methods`` are its score columns in file order; ``manifest`` is ``{}`` without
-    one; runs with equal ``dataset_key`` (:data:`.datasets.CONDITION_KEYS`) share a table; ``notes`` are worth
+    one; runs with equal ``dataset_key`` (:data:`.datasets.CONDITION_KEYS`) share a table; ``n_no_prediction``
+    labelled rows have no prediction (−1: non-finite logits; wrong in every metric); ``notes`` are worth
     saying (missing manifest…); ``name`` (``model · condition``) is made unique by :func:`load_runs`."""
 
     source: Path
@@ -53,6 +54,7 @@ class Run:
     dataset_label: str
     class_names: list[str] | None
     n_unlabeled: int = 0
+    n_no_prediction: int = 0
     notes: list[str] = field(default_factory=list)
     name: str = ""
 
@@ -173,6 +175,8 @@ def load_run(path: str | Path) -> Run:
     frame = frame.loc[keep].reset_index(drop=True)
     if frame.empty:
         raise ReportInputError("has no row with a known label: nothing to evaluate.")
+    # prediction −1: non-finite logits (nan_reason_prediction); never equal to a label, so counted as wrong
+    n_no_prediction = int((frame["prediction"].to_numpy() < 0).sum())
     correct = (frame["label"].to_numpy() == frame["prediction"].to_numpy())
     if "correct" in frame.columns:
         stored = frame["correct"].to_numpy()
@@ -205,6 +209,7 @@ def load_run(path: str | Path) -> Run:
         dataset_label=label,
         class_names=_class_names(manifest),
         n_unlabeled=n_unlabeled,
+        n_no_prediction=n_no_prediction,
         notes=notes,
     )
     run.name = f"{model} · {condition}" if condition else model

@@ -22,9 +22,43 @@ import torch
 
 from gradtrust.errors import GradTrustError
 
-# Ranks wait for one another at the end of their share of chunks; a resumed run can leave them unequal
-# shares, so the collective timeout is generous (GRADTRUST_DIST_TIMEOUT seconds, default 6 hours).
-_DEFAULT_TIMEOUT_S = 6 * 3600
+#: How long a process waits for another that shows no sign of life (seconds; ``GRADTRUST_RANK_TIMEOUT``, or its
+#: older name ``GRADTRUST_DIST_TIMEOUT``): the collectives' timeout, and the longest a rank may go without
+#: finishing a batch while the others wait for it (:func:`gradtrust.runs.task.run_task`).
+DEFAULT_RANK_TIMEOUT_S = 30 * 60
+RANK_TIMEOUT_ENV = "GRADTRUST_RANK_TIMEOUT"
+
+
+class PeerError(GradTrustError):
+    """Under torchrun: another rank failed (that rank reports the cause); raised on the other ranks."""
+
+
+class StalledError(GradTrustError):
+    """Under torchrun: another rank showed no sign of life for :func:`rank_timeout` seconds (raised on the
+    ranks that waited for it, each of which says so: the stalled one cannot)."""
+
+
+def rank_timeout() -> float:
+    """Seconds a process waits for a silent peer (:data:`DEFAULT_RANK_TIMEOUT_S` unless the environment says)."""
+    for name in (RANK_TIMEOUT_ENV, "GRADTRUST_DIST_TIMEOUT"):
+        text = os.environ.get(name)
+        if text:
+            try:
+                value = float(text)
+            except ValueError:
+                value = -1.0
+            if not value > 0:
+                raise GradTrustError(f"environment variable {name}={text!r} must be a number of seconds > 0.")
+            return value
+    return float(DEFAULT_RANK_TIMEOUT_S)
+
+
+def stalled_message(ranks: list[int], seconds: float) -> str:
+    """The message the waiting ranks end with when others show no sign of life."""
+    return (f"rank(s) {', '.join(map(str, ranks))} of this torchrun job showed no progress for {seconds:g} s "
+            f"({RANK_TIMEOUT_ENV}, default {DEFAULT_RANK_TIMEOUT_S} s): a stalled process (a hung file system, "
+            f"device or data loader?). Stopping; complete chunks are kept: run the same command again to resume "
+            f"(set {RANK_TIMEOUT_ENV} higher if one batch may take longer).")
 
 
 def env_world() -> tuple[int, int, int]:
@@ -81,7 +115,15 @@ class DistContext:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, value)
+        try:
+            dist.all_gather_object(out, value)
+        except RuntimeError as exc:  # gloo/NCCL: a peer died (its own output says why) or stayed silent
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "timed out" in text.lower() or "timeout" in text.lower():
+                raise StalledError(stalled_message([r for r in range(self.world_size) if r != self.rank],
+                                                     rank_timeout()) + f" ({text[:200]})") from None
+            raise PeerError(f"another process of this torchrun job stopped ({text[:200]}); its output says why. "
+                            "Complete chunks are kept: run the same command again to resume.") from None
         return out
 
 
@@ -104,7 +146,7 @@ def distributed_session(device: torch.device | None = None) -> Iterator[DistCont
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    timeout = datetime.timedelta(seconds=float(os.environ.get("GRADTRUST_DIST_TIMEOUT", _DEFAULT_TIMEOUT_S)))
+    timeout = datetime.timedelta(seconds=rank_timeout())
     try:
         dist.init_process_group(backend=backend, timeout=timeout)
     except (RuntimeError, ValueError) as exc:

@@ -56,6 +56,13 @@ class RunFolder:
         old = self.read()
         if old is None:
             return None
+        if not isinstance(old.get("identity"), dict):  # damaged (a JSON error, cut short) or not a run.json
+            try:
+                json.loads((self.out / RUN_FILE).read_text("utf-8"))
+                why = "it holds no run identity"
+            except (OSError, ValueError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            return [f"its {RUN_FILE} cannot be read ({why})"]
         if old.get("identity_sha256") == self.run_id:
             return []
         return identity_differences(old.get("identity", {}), self.identity) or [f"{RUN_FILE}: unreadable"]
@@ -73,7 +80,8 @@ class RunFolder:
                 "cannot be resumed safely. Use another --out, or --force to discard them.")
         if not force and diffs:
             raise RunConflictError(
-                f"the output folder {out} holds a {self.kind} run with other settings ({'; '.join(diffs)}). "
+                f"the output folder {out} holds {'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind} run with "
+                f"other settings ({'; '.join(diffs)}). "
                 "Use another --out to keep both, or --force to discard the old results.")
         if force and (diffs or leftovers):
             ch.remove_outputs(*(out / name for name in self.outputs), out / RUN_FILE)

@@ -72,13 +72,16 @@ def model_identity(model: Any, description: dict) -> dict:
 
 def dataset_identity(dataset: Any) -> dict:
     """The dataset's description (:func:`gradtrust.data.open.describe_dataset`, less the command-line
-    spelling) and, for a dataset of files (``dataset.path(i)``), ``content_sha256``: the SHA-256 of every
-    file's SHA-256 in dataset order (:func:`files_sha256`)."""
+    spelling) and ``content_sha256``: the SHA-256 of every file's SHA-256 (:func:`files_sha256`) — the files of
+    ``dataset.source_files()`` for a dataset whose samples live inside a few files, else of ``dataset.path(i)``
+    in dataset order."""
     from gradtrust.data.open import describe_dataset
 
     out = {k: v for k, v in describe_dataset(dataset).items() if k not in _DATASET_VOLATILE}
-    path = getattr(dataset, "path", None)
-    if callable(path):
+    source_files, path = getattr(dataset, "source_files", None), getattr(dataset, "path", None)
+    if callable(source_files):  # samples stored inside a few files (pickles, .npy, .mat, Arrow, tar shards)
+        out["content_sha256"] = files_sha256(source_files())
+    elif callable(path):
         out["content_sha256"] = files_sha256(path(i) for i in range(len(dataset)))
     return out
 

@@ -75,6 +75,12 @@ def adjusted_options(options: dict, parameters: dict[str, dict]) -> list[str]:
     return notes
 
 
+def no_prediction_note(count: int) -> str:
+    """What a run says about samples whose logits are not finite (manifest notes, console)."""
+    return (f"{count} sample(s) have non-finite logits (NaN or inf): no prediction (prediction −1, "
+            "nan_reason_prediction), counted as wrong in the accuracy; every score of theirs is NaN.")
+
+
 def write_logits(out: Path, layout: ch.ChunkLayout, metas: list[dict]) -> bool:
     """``logits.parquet`` (``index``, ``logits``) from the chunks, streamed, rows in the order of
     ``scores.parquet``. Skipped (and a stale file removed) when a chunk has no logits (written by an older
@@ -164,7 +170,8 @@ class ScoreTask:
                 result.prediction.numpy().astype(np.int64), result.logits.detach().cpu().numpy().astype(np.float32),
                 {name: values.detach().cpu().numpy().astype(np.float64) for name, values in result.scores.items()},
                 {name: list(result.reasons[name]) for name in result.scores},
-                (result.parameters, result.skipped, result.info))
+                (result.parameters, result.skipped, result.info),
+                list(result.prediction_reasons) or [""] * len(batch.paths))
 
     def chunk(self, parts: list) -> tuple[pa.Table, dict]:
         parts = [p for p in parts if p is not None]
@@ -178,7 +185,9 @@ class ScoreTask:
         methods = list(parts[0][5]) if parts else []
         reasons = {name: [r for p in parts for r in p[6][name]] for name in methods}
         columns.update({name: np.concatenate([p[5][name] for p in parts]).astype(np.float64) for name in methods})
-        nan_reasons = [name for name in methods if any(reasons[name])]
+        # A sample with non-finite logits has prediction −1 (never right) and says why in nan_reason_prediction.
+        reasons[schema.PREDICTION] = [r for p in parts for r in p[8]]
+        nan_reasons = [name for name in (schema.PREDICTION, *methods) if any(reasons[name])]
         columns.update({schema.reason_column(name): reasons[name] for name in nan_reasons})
         fields = schema.arrow_schema(methods, nan_reasons)
         # The logits travel in the chunk (last column) and go to logits.parquet at the end; scores.parquet
@@ -191,6 +200,7 @@ class ScoreTask:
         parameters, skipped, info = parts[0][7] if parts else ({}, {}, {})
         return pa.table(columns, schema=fields), {
             "labelled": int((label >= 0).sum()), "correct": int(columns["correct"].sum()), "methods": methods,
+            "no_prediction": int((prediction < 0).sum()),
             "nan_reasons": nan_reasons, "parameters": parameters, "skipped": skipped, "info": info,
             "logits": num_logits}
 
@@ -201,7 +211,7 @@ class ScoreTask:
         execution = {**execution, "keep_freed_memory": freed_memory_kept()}
         out = folder.out
         methods = list(dict.fromkeys(m for meta in metas for m in meta["methods"]))
-        nan_reasons = [m for m in methods if any(m in meta["nan_reasons"] for meta in metas)]
+        nan_reasons = [m for m in (schema.PREDICTION, *methods) if any(m in meta["nan_reasons"] for meta in metas)]
         table_schema = schema.arrow_schema(methods, nan_reasons)
 
         def write(handle) -> None:
@@ -228,6 +238,7 @@ class ScoreTask:
         scored = sum(m["rows"] for m in metas)
         labelled = sum(m["labelled"] for m in metas)
         correct = sum(m["correct"] for m in metas)
+        no_prediction = sum(m.get("no_prediction", 0) for m in metas)
         failures = [{"index": i, "path": p, "reason": r} for m in metas for i, p, r in m["failures"]]
         sample_notes = [{"index": i, "path": p, "note": n} for m in metas for i, p, n in m.get("notes", [])]
         first = next((m for m in metas if m["rows"]), metas[0])
@@ -255,12 +266,13 @@ class ScoreTask:
             "methods": {name: first["parameters"].get(name, {}) for name in methods},
             "method_info": {name: self.described[name] for name in methods if name in self.described},
             "skipped": first["skipped"],
-            "notes": adjusted_options(options, {name: first["parameters"].get(name, {}) for name in methods}),
+            "notes": adjusted_options(options, {name: first["parameters"].get(name, {}) for name in methods})
+            + ([no_prediction_note(no_prediction)] if no_prediction else []),
             "score_info": first["info"],
             "options": options,
             "columns": table_schema.names,
             "counts": {"samples": layout.num_samples, "scored": scored, "failed": len(failures),
-                       "labelled": labelled, "correct": correct},
+                       "labelled": labelled, "correct": correct, "no_prediction": no_prediction},
             "accuracy": accuracy,
             "failures": failures,
             "sample_notes": sample_notes,
@@ -289,8 +301,9 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
     :class:`gradtrust.ScoreOptions`. ``device``: ``None`` = the model's device (under torchrun:
     ``cuda:LOCAL_RANK`` when CUDA is available, else CPU). ``force``: discard the results of a different run
     already in ``out_dir`` instead of refusing. ``progress``: a bar on stderr (rank 0 only). ``chunk_size``:
-    samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024). ``dataset_info``: extra
-    JSON-serialisable facts about the dataset for the manifest (not part of the run's identity).
+    samples per chunk file (default: the smallest multiple of ``batch_size`` ≥ 1024; a sharded dataset's shard
+    size). ``dataset_info``: extra JSON-serialisable facts about the dataset for the manifest (not part of the
+    run's identity).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) chunk ``k`` is scored by rank ``k mod WORLD_SIZE``; rank 0
     merges and writes ``scores.parquet`` and ``manifest.json``; every rank returns the same summary.
@@ -302,7 +315,7 @@ def score_dataset(model, dataset, out_dir, *, methods=None, options: dict | None
     t0 = time.perf_counter()
     batch_size = check_int("batch_size", batch_size)
     num_workers = check_int("num_workers", num_workers, 0)
-    chunk_size = default_chunk_size(batch_size) if chunk_size is None else check_int("chunk_size", chunk_size)
+    chunk_size = default_chunk_size(batch_size, dataset) if chunk_size is None else check_int("chunk_size", chunk_size)
     task = ScoreTask(model, dataset, methods, options, dataset_info)
     dev = resolve_device(device, model.device)
     if model.device != dev:

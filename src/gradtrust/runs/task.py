@@ -14,7 +14,9 @@ challenge sets and GradCON scoring:
 
 Failures: a rank that fails drops a flag file (``.failed-rank-<r>``) in the shared output folder; every rank
 looks for flags after each batch, so the others stop within one batch with :class:`PeerError` naming the
-failing rank and its error — instead of waiting at the next collective for the 6-hour timeout.
+failing rank and its error. A rank that dies without a word ends the others' next collective (PeerError, one
+line); a rank alive but silent (no batch finished) for ``GRADTRUST_RANK_TIMEOUT`` seconds (default 30 minutes)
+ends the others with a message naming it.
 """
 
 from __future__ import annotations
@@ -32,16 +34,21 @@ from torch.utils.data import DataLoader
 from gradtrust.data.samples import Batch, Sample, collate_samples
 from gradtrust.errors import DataError, GradTrustError
 from gradtrust.runs import chunks as ch
-from gradtrust.runs.distributed import DistContext, distributed_session
+from gradtrust.runs.distributed import (
+    DistContext,
+    PeerError,
+    StalledError,
+    distributed_session,
+    rank_timeout,
+    stalled_message,
+)
 from gradtrust.runs.folder import RunFolder, now
 
 DEFAULT_CHUNK_SAMPLES = 1024
 _PROBE_TRIES = 32
 _FLAG = ".failed-rank-"
-
-
-class PeerError(GradTrustError):
-    """Under torchrun: another rank failed (that rank reports the cause); raised on the other ranks."""
+_ALIVE, _DONE = ".alive-rank-", ".done-rank-"  # a rank's last finished batch (mtime) / its share finished
+_POLL_S = 0.2
 
 
 class Task(Protocol):
@@ -66,14 +73,19 @@ class Task(Protocol):
     def finish(self, folder: RunFolder, layout: ch.ChunkLayout, metas: list[dict], execution: dict) -> Any: ...
 
 
-def default_chunk_size(batch_size: int) -> int:
-    """The smallest multiple of ``batch_size`` that is at least 1024 samples."""
+def default_chunk_size(batch_size: int, dataset: Any = None) -> int:
+    """The smallest multiple of ``batch_size`` that is at least 1024 samples — or, for a dataset stored in shards
+    of one size (``dataset.preferred_chunk_size``: WebDataset tar shards), the shard size, so that chunks end at
+    shard borders and each ``torchrun`` rank reads whole shards."""
+    preferred = getattr(dataset, "preferred_chunk_size", None)
+    if isinstance(preferred, int) and preferred > 0:
+        return preferred
     return batch_size * max(1, -(-DEFAULT_CHUNK_SAMPLES // batch_size))
 
 
 def task_folder(task: Task, out: str | Path, batch_size: int, chunk_size: int | None = None) -> RunFolder:
     """The run folder ``out`` of ``task`` with this layout: its identity is ``task.identity()`` + the layout."""
-    chunk_size = chunk_size or default_chunk_size(batch_size)
+    chunk_size = chunk_size or default_chunk_size(batch_size, getattr(task, "dataset", None))
     return RunFolder(out, task.kind, task.format,
                      {**task.identity(), "layout": {"chunk_size": chunk_size, "batch_size": batch_size}},
                      outputs=(ch.CHUNK_DIR, *task.outputs))
@@ -107,7 +119,7 @@ def _shared(ctx: DistContext, step: Callable[[], Any], where: str, main_only: bo
         try:
             value = step()
         except Exception as exc:
-            if not ctx.active:
+            if not ctx.active or isinstance(exc, StalledError):  # a stalled peer would never join the gather
                 raise
             problem = exc
     statuses = ctx.all_gather((None if problem is None else f"{type(problem).__name__}: {problem}", value))
@@ -130,7 +142,7 @@ def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chun
     t0 = time.perf_counter()
     if len(dataset) == 0:
         raise DataError("the dataset holds no samples.")
-    chunk_size = chunk_size or default_chunk_size(batch_size)
+    chunk_size = chunk_size or default_chunk_size(batch_size, dataset)
     layout = ch.ChunkLayout(len(dataset), chunk_size, batch_size)
     folder = task_folder(task, out, batch_size, chunk_size)
     with distributed_session(device) as ctx:
@@ -145,8 +157,9 @@ def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chun
             folder.claim(force or (replace and bool(folder.differences())))
             (folder.out / ch.CHUNK_DIR).mkdir(exist_ok=True)
             ch.remove_temporary_files(folder.out / ch.CHUNK_DIR)
-            for flag in folder.out.glob(f"{_FLAG}*"):
-                flag.unlink(missing_ok=True)
+            for prefix in (_FLAG, _ALIVE, _DONE):
+                for flag in folder.out.glob(f"{prefix}*"):
+                    flag.unlink(missing_ok=True)
             done = [k for k in range(layout.num_chunks) if chunk_done(folder, layout, k) is not None]
             samples = sum(layout.bounds(k)[1] - layout.bounds(k)[0] for k in done)
             if done:
@@ -157,8 +170,12 @@ def run_task(task: Task, dataset: Any, out: str | Path, *, batch_size: int, chun
         resumed = _shared(ctx, prepare, "preparing the run", main_only=True)
         mine = [k for k in range(layout.num_chunks) if k % ctx.world_size == ctx.rank]
         pending = [k for k in mine if chunk_done(folder, layout, k) is None]
-        _shared(ctx, lambda: _work(task, dataset, folder, layout, pending, device, num_workers,
-                                   progress and ctx.is_main, ctx), "computing the chunks")
+
+        def work() -> None:
+            _work(task, dataset, folder, layout, pending, device, num_workers, progress and ctx.is_main, ctx)
+            _wait_for_peers(folder.out, ctx)
+
+        _shared(ctx, work, "computing the chunks")
         execution = {"device": str(device), "world_size": ctx.world_size, "num_workers": num_workers,
                      "threads": torch.get_num_threads(), "resumed_chunks": resumed, "started_at": started_at}
         return _shared(ctx, lambda: task.finish(folder, layout, chunk_metas(folder, layout),
@@ -184,8 +201,42 @@ def _peer_failure(out: Path, rank: int) -> str | None:
     return None
 
 
+def _wait_for_peers(out: Path, ctx: DistContext) -> None:
+    """Under torchrun, after this rank's share: say so, then wait until every rank has said so — without a
+    collective, whose timeout would end a legitimately long wait (a resumed run leaves unequal shares). A
+    peer whose heartbeat (``.alive-rank-<r>``, touched after each batch) does not move for
+    :func:`~gradtrust.runs.distributed.rank_timeout` seconds is stalled: this rank stops with a message."""
+    if not ctx.active:
+        return
+    (out / f"{_DONE}{ctx.rank}").touch()
+    timeout, others = rank_timeout(), [r for r in range(ctx.world_size) if r != ctx.rank]
+    seen: dict[int, tuple[float | None, float]] = {r: (None, time.monotonic()) for r in others}
+    while True:
+        waiting = [r for r in others if not (out / f"{_DONE}{r}").exists()]
+        if not waiting:
+            return
+        peer = _peer_failure(out, ctx.rank)
+        if peer is not None:
+            raise PeerError(f"stopped: {peer}")
+        now_s = time.monotonic()
+        for r in waiting:
+            try:
+                beat: float | None = (out / f"{_ALIVE}{r}").stat().st_mtime
+            except OSError:
+                beat = None
+            if beat != seen[r][0]:
+                seen[r] = (beat, now_s)
+        stalled = [r for r in waiting if now_s - seen[r][1] > timeout]
+        if stalled:
+            raise StalledError(stalled_message(stalled, timeout))
+        time.sleep(_POLL_S)
+
+
 def _work(task: Task, dataset: Any, folder: RunFolder, layout: ch.ChunkLayout, pending: list[int],
           device: torch.device, num_workers: int, progress: bool, ctx: DistContext) -> None:
+    alive = folder.out / f"{_ALIVE}{ctx.rank}"
+    if ctx.active:
+        alive.touch()
     if not pending:
         return
     from tqdm import tqdm
@@ -219,9 +270,11 @@ def _work(task: Task, dataset: Any, folder: RunFolder, layout: ch.ChunkLayout, p
                         "written_by": {"rank": ctx.rank, "world_size": ctx.world_size}}
                 ch.write_chunk(layout.path(folder.out, k), table, meta)
                 parts, failures, notes = [], [], []
-            peer = _peer_failure(folder.out, ctx.rank) if ctx.active else None
-            if peer is not None:
-                raise PeerError(f"stopped: {peer}")
+            if ctx.active:
+                os.utime(alive)  # a heartbeat: this rank finished a batch
+                peer = _peer_failure(folder.out, ctx.rank)
+                if peer is not None:
+                    raise PeerError(f"stopped: {peer}")
     except PeerError:
         raise
     except BaseException as exc:  # tell the other ranks (they look after each batch), then fail here

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from gradtrust.errors import InputError, ModelError
@@ -12,7 +13,7 @@ from gradtrust.nn.model import as_module, input_mismatch, prepare_inputs
 from gradtrust.nn.state import scoring_state
 from gradtrust.scores.graphs import capturable, run_captured, use_graphs
 from gradtrust.scores.options import ScoreOptions
-from gradtrust.scores.packing import Layout, pack, to_host, unpack
+from gradtrust.scores.packing import NONFINITE, Layout, pack, to_host, unpack
 from gradtrust.scores.passes import BatchPasses
 from gradtrust.scores.registry import MethodSpec, available_methods, get_method
 from gradtrust.scores.result import ScoreResult
@@ -53,6 +54,9 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             defaults; :class:`gradtrust.scores.options.ScoreOptions`), e.g. ``odin_temperature``, ``layer``,
             ``micro_batch`` (score a large batch in slices: bounds the gradient passes' memory).
 
+    A sample whose logits are not finite has no prediction (``result.prediction`` −1, the reason in
+    ``result.prediction_reasons``) and every score NaN with the reason ``"non-finite logits"``.
+
     Cost: the forward-pass scores (softmax, entropy, max_logit, margin, brier, logit_margin, energy, doctor,
     maxlogit_pnorm, gradtrust, gradtrust_topk, gradnorm) share one forward pass; ODIN adds an input-gradient
     pass and a forward; Purview a backward with per-sample parameter gradients; MC dropout ``T`` forwards.
@@ -91,7 +95,7 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             runnable.append(method)
             parameters[method.name] = _method_parameters(method, passes, view)
         groups = _compute(passes, runnable)
-        host = to_host([packed for packed, _ in groups] + [passes.prediction, logits.float()])
+        host = to_host([packed for packed, _ in groups] + [passes.finite, passes.prediction, logits.float()])
         scores, reasons = {}, {}
         for (_, layout), packed_host in zip(groups, host[:len(groups)], strict=True):
             group_scores, group_reasons = unpack(packed_host, layout)
@@ -108,8 +112,13 @@ def score(model, inputs, methods: str | Iterable[str] | None = None, *, sample_i
             info["purview_backend"] = passes.purview_backend_used
             if passes.purview_fallback:  # submodules whose norms came from per-sample autograd
                 info["purview_fallback"] = dict(passes.purview_fallback)
-        return ScoreResult(scores=scores, prediction=torch.from_numpy(host[-2]), logits=torch.from_numpy(host[-1]),
-                           reasons=reasons, skipped=skipped, parameters=parameters, info=info)
+        # A sample whose logits are not finite has no prediction: −1, with the reason (never argmax of NaN).
+        finite = host[-3].astype(bool)
+        prediction = torch.from_numpy(np.where(finite, host[-2], -1).astype(np.int64))
+        why = [] if finite.all() else [("" if ok else NONFINITE) for ok in finite.tolist()]
+        return ScoreResult(scores=scores, prediction=prediction, logits=torch.from_numpy(host[-1]),
+                           reasons=reasons, skipped=skipped, parameters=parameters, info=info,
+                           prediction_reasons=why)
 
 
 def _compute(passes: BatchPasses, methods: list[MethodSpec]) -> list[tuple[torch.Tensor, Layout]]:

@@ -66,8 +66,19 @@ def uses_autograd_path(ctx: BatchPasses) -> bool:
 
 
 def feature_sq_variance(ctx: BatchPasses) -> torch.Tensor:
-    """``Var_d(h_d²)`` (unbiased) per sample: zero means the gradient rows carry no variance."""
-    return ctx.features.square().var(dim=1, unbiased=True)
+    """``Var_d(h_d²)`` (unbiased) per sample (:func:`gradtrust.functional.feature_square_variance`): zero means
+    the gradient rows carry no variance."""
+    return functional.feature_square_variance(ctx.features)
+
+
+def mse_gradient_row_profile(ctx: BatchPasses) -> torch.Tensor:
+    """The row energies of :func:`mse_gradient_rows` up to a positive per-sample factor, (B, R) float64, for the
+    scores that take ratios of them (GradTrust): on the closed form the logit factor ``a_c⁴``
+    (:func:`gradtrust.functional.mse_gradient_row_profile`; ``Var_d(h_d²)`` cancels exactly, so equal logits
+    give equal ratios bit for bit), through autograd the energies themselves."""
+    if not ctx.uses_autograd_path:
+        return functional.mse_gradient_row_profile(ctx.logits)
+    return ctx.mse_gradient_rows.row_energy
 
 
 def mse_gradient_rows(ctx: BatchPasses) -> GradientRows:
@@ -158,7 +169,8 @@ def rows_from_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, chunk_b
 
 COUNTERFACTUAL_GRADIENTS = PassSpec(
     "COUNTERFACTUAL_GRADIENTS",
-    provides={"mse_gradient_rows": mse_gradient_rows, "uniform_ce_grad_l1": uniform_ce_grad_l1,
+    provides={"mse_gradient_rows": mse_gradient_rows, "mse_gradient_row_profile": mse_gradient_row_profile,
+              "uniform_ce_grad_l1": uniform_ce_grad_l1,
               "feature_sq_variance": feature_sq_variance, "uses_autograd_path": uses_autograd_path,
               "layer_module": layer_module},
     params=(

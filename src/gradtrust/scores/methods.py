@@ -147,9 +147,11 @@ def gradtrust_score(batch: BatchView) -> MethodOutput:
     ``L = (1/C) Σ_c (z_c − 1/C)²`` (the MSE between the logits and the uniform "confounding" label).
     On the final layer ``e_c = a_c⁴ Var_d(h_d²)``, ``a_c = (2/C)(z_c − 1/C)``, so the score is
     ``max_c (z_c − 1/C)⁴ / mean_c (z_c − 1/C)⁴`` (:func:`gradtrust.functional.gradtrust`): one forward pass.
-    The maximum runs over all rows, and the largest ``|z_c − 1/C|`` can be a strongly negative logit.
+    The maximum runs over all rows, and the largest ``|z_c − 1/C|`` can be a strongly negative logit. The ratio
+    is taken of the logit factors ``a_c⁴`` (``mse_gradient_row_profile``), so ``Var_d(h_d²)`` cancels exactly and
+    equal logits give bit-identical scores; the features decide only where it is undefined (``Var_d(h_d²) = 0``).
     """
-    e = batch.mse_gradient_rows.row_energy
+    e = batch.mse_gradient_row_profile
     undefined = _gradient_undefined(batch)
     undefined["every gradient row has zero variance"] = ~(e.mean(dim=1) > 0)
     return MethodOutput(F.gradtrust_from_row_energy(e), undefined)
@@ -170,9 +172,10 @@ def gradtrust_topk_score(batch: BatchView) -> MethodOutput:
     """``e_ŷ / mean_{c ∈ top-k after ŷ} e_c``: the predicted class's row energy over that of the ``k``
     classes with the highest logits after ``ŷ`` (the counterfactual classes); default ``k = min(10, C − 1)``.
 
-    Rows must be classes: on a layer whose rows are not the ``C`` classes the score is undefined.
+    Rows must be classes: on a layer whose rows are not the ``C`` classes the score is undefined. On the closed
+    form the ratio is taken of the logit factors ``a_c⁴`` (see gradtrust).
     """
-    e = batch.mse_gradient_rows.row_energy
+    e = batch.mse_gradient_row_profile
     c = batch.num_classes
     if e.shape[1] != c or c < 2:
         return _undefined_for_all(batch, "gradtrust_topk needs a layer with one gradient row per class" if c >= 2

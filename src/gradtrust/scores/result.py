@@ -16,12 +16,14 @@ class ScoreResult(Mapping):
 
     Attributes:
         scores: ``{method: (B,) float64}`` in the order the methods were asked for.
-        prediction: ``ŷ`` (B,) int64.
+        prediction: ``ŷ = argmax_c z_c`` (B,) int64; −1 where the logits are not finite (no prediction).
         logits: the model's logits (B, C) float32 on the CPU.
         reasons: ``{method: [str] * B}``: why a value is NaN ("" where it is defined).
         skipped: ``{method: reason}`` for default methods that do not apply to this model.
         parameters: ``{method: {option: value}}``: the options each method read.
         info: how the scores were computed (final layer name, gradient path, Purview backend).
+        prediction_reasons: why a sample has no prediction (``"non-finite logits"``), ``""`` where it has one;
+            empty when every sample has one. :meth:`to_dataframe` writes it as ``nan_reason_prediction``.
     """
 
     scores: dict[str, torch.Tensor]
@@ -31,6 +33,7 @@ class ScoreResult(Mapping):
     skipped: dict[str, str] = field(default_factory=dict)
     parameters: dict[str, dict] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    prediction_reasons: list[str] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         try:
@@ -54,10 +57,13 @@ class ScoreResult(Mapping):
         fallback = {k: v for part in parts for k, v in part.info.get("purview_fallback", {}).items()}
         if fallback:
             info["purview_fallback"] = fallback
+        why = ([r for p in parts for r in (p.prediction_reasons or [""] * p.batch_size)]
+               if any(p.prediction_reasons for p in parts) else [])
         return cls(scores={name: torch.cat([p.scores[name] for p in parts]) for name in first.scores},
                    prediction=torch.cat([p.prediction for p in parts]), logits=torch.cat([p.logits for p in parts]),
                    reasons={name: [r for p in parts for r in p.reasons[name]] for name in first.reasons},
-                   skipped=dict(first.skipped), parameters=dict(first.parameters), info=info)
+                   skipped=dict(first.skipped), parameters=dict(first.parameters), info=info,
+                   prediction_reasons=why)
 
     @property
     def methods(self) -> list[str]:
@@ -73,11 +79,14 @@ class ScoreResult(Mapping):
 
     def to_dataframe(self, reasons: bool = True):
         """One row per sample: ``prediction``, one float64 column per method and, where a method produced
-        a NaN, a ``nan_reason_<method>`` column (pandas is imported lazily)."""
+        a NaN, a ``nan_reason_<method>`` column; ``nan_reason_prediction`` where a sample has no prediction
+        (pandas is imported lazily)."""
         import pandas as pd
 
         frame = pd.DataFrame({"prediction": self.prediction.numpy(),
                               **{name: values.numpy() for name, values in self.scores.items()}})
+        if reasons and any(self.prediction_reasons):
+            frame[reason_column("prediction")] = self.prediction_reasons
         if reasons:
             for name, why in self.reasons.items():
                 if any(why):
