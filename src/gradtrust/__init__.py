@@ -25,7 +25,7 @@ _LAZY: dict[str, str] = {name: module for module, names in {
     "gradtrust.models": ("load_model", "LoadedModel"),
     "gradtrust.detection": ("gradient_features", "Detector"),
     "gradtrust.gradcon": ("GradCON",),
-    "gradtrust.explanations": ("explain", "voice", "Explanation", "VoiceResult"),
+    "gradtrust.explanations": ("explain", "voice", "Explanation", "VoiceResult", "evaluate_explanations"),
     "gradtrust.cpu_memory": ("keep_freed_memory",),
     "gradtrust.errors": ("NotFittedError",),
     "gradtrust.trusted": ("TrustedClassifier", "TrustedOutput"),
@@ -36,7 +36,7 @@ __all__ = ["DataError", "Detector", "GradCON", "GradTrustError", "InputError", "
            "MethodSpec", "ModelError", "NotFittedError", "OptionError", "Pass", "PassSpec", "ScoreOptions",
            "ScoreResult", "UnknownNameError", "__version__", "available_methods", "functional", "get_method",
            "gradient_features", "load_model", "register_method", "register_pass", "score"]
-__all__ += ["Explanation", "VoiceResult", "explain", "voice"]  # gradtrust.explanations
+__all__ += ["Explanation", "VoiceResult", "evaluate_explanations", "explain", "voice"]  # gradtrust.explanations
 __all__ += ["keep_freed_memory"]  # gradtrust.cpu_memory
 __all__ += ["TrustedClassifier", "TrustedOutput", "selective"]  # gradtrust.trusted, gradtrust.selective
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradtrust.cpu_memory import keep_freed_memory
     from gradtrust.detection import Detector, gradient_features
     from gradtrust.errors import NotFittedError
-    from gradtrust.explanations import Explanation, VoiceResult, explain, voice
+    from gradtrust.explanations import Explanation, VoiceResult, evaluate_explanations, explain, voice
     from gradtrust.gradcon import GradCON
     from gradtrust.introspection import Introspective
     from gradtrust.models import LoadedModel, load_model

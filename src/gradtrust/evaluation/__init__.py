@@ -27,6 +27,12 @@ from gradtrust.evaluation.calibration import (
     softmax,
     top_label,
 )
+from gradtrust.evaluation.interventions import (
+    INTERVENTION_METRICS,
+    curve_auc,
+    summarise_interventions,
+    total_variance,
+)
 from gradtrust.evaluation.references import oracle_reference, random_reference
 from gradtrust.evaluation.risk import (
     augrc,
@@ -42,6 +48,7 @@ from gradtrust.evaluation.selective import PERCENTILES, accuracy_curve, auac, au
 from gradtrust.evaluation.summary import METRICS, TrustEvaluator, anomaly_summary, evaluate, evaluate_frame
 
 __all__ = [
+    "INTERVENTION_METRICS",
     "METRICS",
     "PERCENTILES",
     "VECTORISED_METRICS",
@@ -62,6 +69,7 @@ __all__ = [
     "bootstrap_indices",
     "brier_score",
     "classwise_calibration_error",
+    "curve_auc",
     "eaurc",
     "evaluate",
     "evaluate_frame",
@@ -77,5 +85,7 @@ __all__ = [
     "reliability_diagram",
     "risk_coverage_curve",
     "softmax",
+    "summarise_interventions",
     "top_label",
+    "total_variance",
 ]

@@ -22,17 +22,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gradtrust.errors import InputError
+from gradtrust.errors import InputError, ModelError
 from gradtrust.explanations.forward import Captured, capture
-from gradtrust.explanations.layers import LayerSpec, model_signature, resolve_layer
+from gradtrust.explanations.layers import LayerSpec, model_signature, resolve_layer, run_model
 from gradtrust.explanations.maps import minmax, upsample, weighted_map
+from gradtrust.explanations.perturbation import PERTURBATION_METHODS, PerturbationOptions, perturbation_maps
 from gradtrust.explanations.weights import DEFAULT_CHUNK_BYTES, ChannelWeights, find_closed_form_head
 from gradtrust.nn.cache import cached
 from gradtrust.nn.model import as_module, prepare_inputs
 from gradtrust.nn.state import scoring_state
 
-METHODS = ("gradcam", "counterfactual", "contrast")
-QUESTIONS = {"gradcam": "Why P?", "counterfactual": "What if not P?", "contrast": "Why P, rather than Q?"}
+#: the gradient maps (one forward and at most one batched backward per batch; the default of :func:`explain`)
+CAM_METHODS = ("gradcam", "counterfactual", "contrast")
+#: every explanation method, in display order: the gradient maps, then the interventions (many masked passes)
+METHODS = CAM_METHODS + PERTURBATION_METHODS
+QUESTIONS = {"gradcam": "Why P?", "counterfactual": "What if not P?", "contrast": "Why P, rather than Q?",
+             "occlusion": "Where does hiding a patch lower P?", "rise": "Which random views keep P?",
+             "shape": "Which removals lower P?"}
 
 
 @dataclass
@@ -40,13 +46,15 @@ class Explanation:
     """The maps of one batch.
 
     ``layer_maps[m]``: (B, h, w) float32 ReLU'd maps at the layer's resolution, before upsampling and
-    normalisation (``contrast`` is (B, C, h, w) with ``contrast="all"``). ``ex[m]``: the same upsampled to the
+    normalisation (``contrast`` is (B, C, h, w) with ``contrast="all"``); the interventions (``occlusion``,
+    ``rise``, ``shape``) are signed (B, H, W) maps at input resolution. ``ex[m]``: the same upsampled to the
     input size and min-max normalised per image into [0, 1], computed on first access (with
     ``contrast="all"`` that is B·C·H·W floats: 6.4 GB for 32 ImageNet images at 224², so upsample the classes
     you need from ``layer_maps`` with :func:`gradtrust.explanations.maps.upsample` and ``minmax`` instead). ``target`` (P) and
     ``contrast`` (Q) are the classes actually used, (B,) int64 (``contrast`` is ``None`` without a contrast
     map or with ``contrast="all"``). ``valid`` is False for samples whose logits are not finite: their maps
-    are zeros. ``closed_form`` says whether the weights came from the GAP + linear closed form.
+    are zeros. ``closed_form`` says whether the weights came from the GAP + linear closed form. ``layer`` is
+    ``""`` when only interventions ran (they read no layer).
     """
 
     layer_maps: dict[str, torch.Tensor]
@@ -138,6 +146,8 @@ class Session:
                 known[key] = head is not None
         if head is None:
             cap = capture(module, x, self.spec, graph=True)
+            if not cap.logits.requires_grad:
+                raise ModelError(no_gradient_reason(self.spec.name))
         assert cap is not None
         self.cap = cap
         self.weights = ChannelWeights(cap, head, chunk_bytes=chunk_bytes, spec=self.spec)
@@ -153,13 +163,30 @@ class Session:
         return torch.where(ok, maps, torch.zeros_like(maps))
 
 
-def explain(model, images, methods: str | Iterable[str] = METHODS, layer: str | None = None, target=None,
+def no_gradient_reason(layer: str) -> str:
+    return (f"the logits do not depend on layer {layer!r} through autograd (the model computes its output from "
+            "that layer without a gradient: a detach, torch.no_grad or a non-differentiable step after it), so no "
+            "gradient map exists there; choose another layer= or explain the network whose features it reads")
+
+
+def gradient_reaches_logits(module: nn.Module, x: torch.Tensor, layer: str | None) -> bool:
+    """Whether the logits are differentiable with respect to ``layer``'s output (one single-sample forward with a
+    graph, kept in the per-model cache per layer and input shape)."""
+    spec = resolve_layer(module, x, layer)
+    return cached(module, "explanation_gradient_reaches", (spec.name, *model_signature(x)),
+                  lambda: bool(capture(module, x[:1], spec, graph=True).logits.requires_grad))
+
+
+def explain(model, images, methods: str | Iterable[str] = CAM_METHODS, layer: str | None = None, target=None,
             contrast=None, *, gradient_path: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-            output_index: int | str | None = None) -> Explanation:
-    """Grad-CAM ("Why P?"), Counterfactual-CAM ("What if not P?") and Contrast-CAM ("Why P, rather than Q?").
+            output_index: int | str | None = None, perturbation: PerturbationOptions | None = None,
+            progress: bool = False) -> Explanation:
+    """Grad-CAM ("Why P?"), Counterfactual-CAM ("What if not P?"), Contrast-CAM ("Why P, rather than Q?") and the
+    interventions occlusion, RISE and SHAPE (:mod:`gradtrust.explanations.perturbation`).
 
     The model (an ``nn.Module`` or a :class:`gradtrust.LoadedModel`) runs in eval mode with frozen parameters
     and is left exactly as found; ``images``: a preprocessed batch (B, C, H, W) or video (B, C, T, H, W).
+    ``methods``: any of :data:`METHODS` (a list or comma-separated string; default the three gradient maps).
     ``layer``: the module whose output is explained (default: the last spatial layer before global pooling;
     for class-token ViTs the last block's first LayerNorm — see ``docs/explanations.md``). ``target`` (P):
     ``None`` (the prediction), an int, or (B,) class ids. ``contrast`` (Q): ``None`` (the highest logit other
@@ -167,18 +194,58 @@ def explain(model, images, methods: str | Iterable[str] = METHODS, layer: str | 
     is then (B, C, h, w)). ``gradient_path``: ``"auto"`` (the closed form when the layer feeds GAP + the final
     linear layer, verified on the batch; batched autograd otherwise), ``"closed_form"`` (error when it does not
     apply) or ``"autograd"``. ``chunk_bytes`` bounds one chunk of classes (``contrast="all"``, general path).
+    ``perturbation``: the :class:`PerturbationOptions` of occlusion, RISE and SHAPE (masks, grid, patch, stride,
+    seed, memory bound; default ``PerturbationOptions()``); ``progress``: a bar over the masked passes.
 
     Cost: one forward pass with the closed form; otherwise one forward pass with a graph from the layer on
-    and one batched backward (over two cotangents, or over chunks of classes for ``contrast="all"``).
+    and one batched backward (over two cotangents, or over chunks of classes for ``contrast="all"``). The
+    interventions add ``B·K`` masked single-image passes (``K`` = patches or masks), packed into large batches.
     """
     wanted = parse_methods(methods)
     if isinstance(contrast, str) and contrast != "all":
         raise InputError(f"contrast must be None, class ids or 'all', got {contrast!r}.")
+    options = perturbation if perturbation is not None else PerturbationOptions()
+    if not isinstance(options, PerturbationOptions):
+        raise InputError(f"perturbation must be a PerturbationOptions, got {type(options).__name__}.")
     module = as_module(model)
     x = prepare_images(module, images)
     with scoring_state(module, output_index=output_index):
-        s = Session(module, x, layer, gradient_path, chunk_bytes)
-        return explain_session(s, x, wanted, target, contrast)
+        return explain_batch(module, x, wanted, layer, target, contrast, gradient_path=gradient_path,
+                             chunk_bytes=chunk_bytes, perturbation=options, progress=progress)
+
+
+def explain_batch(module: nn.Module, x: torch.Tensor, wanted: list[str], layer: str | None = None, target=None,
+                  contrast=None, *, gradient_path: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                  perturbation: PerturbationOptions | None = None, progress: bool = False) -> Explanation:
+    """:func:`explain` on a prepared batch of a module already in its scoring state (the run's entry point)."""
+    cams = [m for m in wanted if m in CAM_METHODS]
+    if cams:
+        ex = explain_session(Session(module, x, layer, gradient_path, chunk_bytes), x, cams, target, contrast)
+    else:
+        ex = forward_explanation(module, x, target)
+    add_interventions(module, x, ex, wanted, perturbation or PerturbationOptions(), progress)
+    ex.layer_maps = {m: ex.layer_maps[m] for m in wanted}
+    return ex
+
+
+def forward_explanation(module: nn.Module, x: torch.Tensor, target=None) -> Explanation:
+    """An :class:`Explanation` with no map yet from one plain forward pass (interventions only: no layer)."""
+    with torch.no_grad():
+        logits = run_model(module, x).detach()
+    p = logits.argmax(1) if target is None else class_ids(target, x.shape[0], logits.shape[1], "target", logits.device)
+    return Explanation(layer_maps={}, layer="", target=p, contrast=None, logits=logits.float(),
+                       input_size=(x.shape[-2], x.shape[-1]), closed_form=False, valid=torch.isfinite(logits).all(1))
+
+
+def add_interventions(module: nn.Module, x: torch.Tensor, ex: Explanation, wanted: list[str],
+                      options: PerturbationOptions, progress: bool = False) -> None:
+    """Add the intervention maps of ``wanted`` (for ``ex.target``) to ``ex``; non-finite samples get zeros."""
+    interventions = [m for m in wanted if m in PERTURBATION_METHODS]
+    if not interventions:
+        return
+    maps = perturbation_maps(module, x, ex.logits, ex.target, interventions, options, progress)
+    ok = ex.valid[:, None, None]
+    ex.layer_maps.update({m: torch.where(ok & torch.isfinite(v), v, torch.zeros_like(v)) for m, v in maps.items()})
 
 
 def parse_methods(methods: str | Iterable[str]) -> list[str]:

@@ -13,8 +13,10 @@ the last module to finish whose output is a spatial map (``h·w > 1``), adaptive
 for a CNN the last block before global pooling. Vision transformers with a class token are the exception:
 the class token is the only token that reaches the head after the last block, so the patch tokens of the last
 block's *output* have zero gradient and every map would be empty. Their default is the last block's first
-LayerNorm (``encoder.layers.<last>.ln_1`` in torchvision, ``blocks.<last>.norm1`` in timm), as
-pytorch-grad-cam recommends for ViTs.
+LayerNorm (``encoder.layers.<last>.ln_1`` in torchvision, ``blocks.<last>.norm1`` in timm,
+``vit.layers.<last>.layernorm_before`` in Hugging Face ``transformers``), as pytorch-grad-cam recommends for ViTs.
+Hugging Face ViTs/DeiTs are recognised by their embeddings' ``cls_token`` (and ``distillation_token``): those
+prefix tokens are dropped and the patch grid is ``config.image_size // config.patch_size``.
 """
 
 from __future__ import annotations
@@ -135,12 +137,31 @@ def _final_linear(module: nn.Module, records: list[LayerCall], num_classes: int)
     return (call.name, int(call.input.shape[-1])) if call is not None else (None, None)
 
 
+def _hf_embeddings(module: nn.Module) -> Any:
+    """The embeddings of a Hugging Face ``transformers`` vision transformer with a class token, else None."""
+    attrs: Any = module
+    prefix = getattr(attrs, "base_model_prefix", None)
+    if getattr(attrs, "config", None) is None or not isinstance(prefix, str):
+        return None
+    embeddings = getattr(getattr(attrs, prefix, None), "embeddings", None)
+    return embeddings if getattr(embeddings, "cls_token", None) is not None else None
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value[0]), int(value[1])) if isinstance(value, list | tuple) else (int(value), int(value))
+
+
 def _token_info(module: nn.Module) -> tuple[int, tuple[int, int] | None]:
-    """Prefix tokens and patch grid of a torchvision or timm vision transformer (0, None otherwise)."""
+    """Prefix tokens and patch grid of a torchvision, timm or Hugging Face vision transformer (0, None otherwise)."""
     attrs: Any = module  # torchvision / timm attributes are not typed on nn.Module
     if hasattr(attrs, "class_token") and hasattr(attrs, "encoder"):  # torchvision VisionTransformer
         side = int(attrs.image_size) // int(attrs.patch_size)
         return 1, (side, side)
+    embeddings = _hf_embeddings(module)
+    if embeddings is not None:  # transformers ViT / DeiT: [CLS] (and [DIST]) first
+        prefix = 1 + (getattr(embeddings, "distillation_token", None) is not None)
+        size, patch = _pair(attrs.config.image_size), _pair(attrs.config.patch_size)
+        return prefix, (size[0] // patch[0], size[1] // patch[1])
     prefix = int(getattr(attrs, "num_prefix_tokens", 0) or 0)
     grid = getattr(getattr(attrs, "patch_embed", None), "grid_size", None)
     return prefix, ((int(grid[0]), int(grid[1])) if grid is not None and len(grid) == 2 else None)
@@ -151,6 +172,10 @@ def _transformer_default(module: nn.Module) -> str | None:
     if hasattr(attrs, "class_token") and hasattr(attrs, "encoder"):  # torchvision ViT
         last_name = list(attrs.encoder.layers.named_children())[-1][0]
         return f"encoder.layers.{last_name}.ln_1"
+    if _hf_embeddings(module) is not None:  # transformers ViT: the last block's first LayerNorm, as torchvision's
+        norms = [name for name, _ in module.named_modules() if name.endswith("layernorm_before")]
+        if norms:
+            return norms[-1]
     blocks = getattr(attrs, "blocks", None)
     if isinstance(blocks, nn.Sequential | nn.ModuleList) and hasattr(attrs, "num_prefix_tokens") and len(blocks):
         pooled_by_token = getattr(attrs, "global_pool", "token") in ("token", "map") and attrs.num_prefix_tokens

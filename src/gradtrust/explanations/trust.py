@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from gradtrust.errors import GradTrustError
-from gradtrust.explanations.cams import Session
+from gradtrust.explanations.cams import Session, gradient_reaches_logits, no_gradient_reason
 from gradtrust.explanations.layers import resolve_layer
 from gradtrust.explanations.uncertainty import VoiceResult, voice_session
 from gradtrust.scores import BatchView, MethodOutput, Param, PassSpec, register_method, register_pass
@@ -61,6 +61,8 @@ def _no_spatial_layer(ctx: BatchPasses) -> str | None:
         return f"no spatial layer for VOICE: {exc}"
     if ctx.inputs.dim() < 4:
         return "VOICE needs image or video inputs"
+    if not gradient_reaches_logits(ctx.model, ctx.inputs, ctx.options.voice_layer):
+        return f"VOICE needs gradients: {no_gradient_reason(resolve_layer(ctx.model, ctx.inputs, ctx.options.voice_layer).name)}"
     return None
 
 

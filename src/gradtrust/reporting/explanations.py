@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 
 from gradtrust.reporting.datasets import dataset_identity
+from gradtrust.reporting.explanation_scores import curves_figure, evaluation_html, read_summary
 from gradtrust.reporting.kinds import DATA_FILES, Section, drawing, mapping, register_section
 from gradtrust.reporting.runs import LoadProblem, Run, slugify
 
 EXPLANATIONS_FILE = DATA_FILES["explain"]
 COLUMNS = (("gradcam", "Why {p}?"), ("counterfactual", "What if not {p}?"), ("contrast", "Why {p}, not {q}?"),
+           ("occlusion", "Occlusion: {p}"), ("rise", "RISE: {p}"), ("shape", "SHAPE: {p}"),
            ("voice", "VOICE uncertainty"))
 
 
@@ -87,8 +89,10 @@ def gallery_figure(run: Run, path: Path, *, per_group: int = 2, cache: Any = Non
         size = (64, 64) if picture is None else picture.shape[:2]
         head = f"{group}\n{trust} {run.scores(trust)[row]:.3g}" if trust else group
         _panel(row_axes[0], picture, None, f"{head}\ntrue {_short(run.class_name(int(sample['label'])))}")
-        h, w = int(info["map_height"]), int(info["map_width"])
         for ax, (method, title) in zip(row_axes[1:], methods, strict=True):
+            own = f"map_height_{method}" in ex.columns  # interventions: stored at input resolution
+            h = int(info[f"map_height_{method}" if own else "map_height"])
+            w = int(info[f"map_width_{method}" if own else "map_width"])
             layer_map = torch.tensor(np.array(info[f"map_{method}"], dtype=np.float32)).reshape(1, 1, h, w)
             up = F.interpolate(layer_map, size=size, mode="bilinear", align_corners=False)[0, 0]
             lo, hi = float(up.min()), float(up.max())
@@ -152,7 +156,7 @@ def explain_section(folders: list[Path], report: Any) -> Section:
 
     e = html.escape
     section = Section("explain")
-    rows, galleries = [], []
+    rows, galleries, evaluations = [], [], []
     scored = {r.run.source.resolve(): r for r in report.results}
     for folder in folders:
         manifest = read_manifest(folder)
@@ -166,8 +170,8 @@ def explain_section(folders: list[Path], report: Any) -> Section:
         labelled = table["label"] >= 0
         snr = table["voice_snr"].mean() if "voice_snr" in table.columns else float("nan")
         iou = table["voice_iou"].mean() if "voice_iou" in table.columns else float("nan")
-        methods = [c[4:] for c in table.columns if c.startswith("map_") and c not in ("map_height", "map_width")]
-        rows.append([e(run.name), e(run.model), e(str(manifest.get("layer", "?"))), e(", ".join(methods)),
+        methods = [c[4:] for c in table.columns if c.startswith("map_") and not c.startswith(("map_height", "map_width"))]
+        rows.append([e(run.name), e(run.model), e(str(manifest.get("layer", "?") or "— (interventions)")), e(", ".join(methods)),
                      str(counts.get("samples", len(table))), str(len(table)), str(counts.get("failed", 0)),
                      f"{100 * table.loc[labelled, 'correct'].mean():.2f}" if labelled.any() else "n/a",
                      f"{snr:.3f}" if np.isfinite(snr) else "—", f"{iou:.3f}" if np.isfinite(iou) else "—"])
@@ -182,6 +186,14 @@ def explain_section(folders: list[Path], report: Any) -> Section:
                 path = section.figures[f"explanations/{run.name}"] = report.out_dir / "figures" / name
         if path is not None:
             galleries.append(figure_details(run.name, path, run.name))
+        summary = read_summary(folder)
+        if summary is not None:
+            curves = None
+            name = f"explanations/{slugify(run.name)}-curves.png"
+            with drawing(section.problems, f"figures/{name}"):
+                if report.draw and curves_figure(folder, report.out_dir / "figures" / name) is not None:
+                    curves = section.figures[f"explanations/{run.name}/curves"] = report.out_dir / "figures" / name
+            evaluations.append(evaluation_html(run.name, summary, curves))
     if rows:
         section.html = "\n".join([
             '<h2 id="explain">Explanations (gradtrust explain)</h2>',
@@ -190,5 +202,15 @@ def explain_section(folders: list[Path], report: Any) -> Section:
             "The gallery: the most and least trusted right and wrong predictions with their maps.</p>",
             table_html(["run", "model", "layer", "maps", "samples", "explained", "failed", "accuracy", "VOICE SNR",
                         "VOICE IoU"], rows, "explain"), *galleries])
+        if evaluations:
+            section.html += "\n" + "\n".join([
+                '<p class="legend">Runs with <code>--evaluate</code>: every map judged by masking the input and '
+                "reading the model (mean over samples, 95% bootstrap CI in brackets; ↓/↑ = lower/higher is better). "
+                "Deletion fills the most relevant pixels first, insertion puts them back into a blurred copy; Average "
+                "Drop and Increase in Confidence read the image multiplied by the map; ROAD removes with noisy linear "
+                "imputation; V[E(y|S)] and E[V(y|S)] split the variance of the model's answer over the kept "
+                "subsets S. <em>random</em> and <em>centre</em> are baseline maps; “deletion − random” is the "
+                "paired difference (negative = the map finds what the model needs faster than chance).</p>",
+                *evaluations])
         section.links = [("explain", "explanations")]
     return section
