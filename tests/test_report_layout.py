@@ -159,3 +159,30 @@ def test_curves_legend_is_mappable_and_each_panel_names_its_best(two_runs, tmp_p
     assert text and gradtrust.catalogue.display_name(best) in text[0]
     line = next(ln for ln in ax.lines if ln.get_label() == gradtrust.catalogue.display_name(best))
     assert line.get_linewidth() >= 2.4
+
+
+@pytest.mark.parametrize("columns", [["softmax"], ["softmax", "energy", "gradtrust", "gradnorm"]])
+def test_decision_figures_fit_their_canvas(tmp_path, monkeypatch, columns):
+    """The decisions section's figures with a long run name (one narrow histogram panel, several panels, the
+    risk–coverage curve): no text beyond the canvas."""
+    import pandas as pd
+
+    import gradtrust.reporting.decisions as D
+
+    outside: list[list[str]] = []
+    original = D.save_png
+
+    def check(fig, path):
+        outside.append(artists_outside(fig))
+        return original(fig, path)
+
+    monkeypatch.setattr(D, "save_png", check)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({name: rng.random(50) for name in columns})
+    gate = {"score": columns[0], "threshold": 0.5, "risk_bound": 0.05, "target_risk": 0.05, "delta": 0.05}
+    long_name = "digits:digits_cnn · incoming_production_images_of_tuesday: 50 unlabelled samples"
+    D.score_distribution_figure(frame, columns, gate, long_name, tmp_path / "dist.png")
+    scores, correct = rng.random(200), rng.random(200) < 0.8
+    realised = {"coverage": 0.6, "risk": 0.1, "coverage_ci": (0.5, 0.7), "risk_ci": (0.05, 0.15)}
+    D.risk_coverage_figure(scores, correct, gate, realised, long_name + " " + long_name, tmp_path / "rc.png")
+    assert outside == [[], []]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def risk_coverage_figure(
     ax.set_xlim(0, 1.01)
     top = max(float(np.nanmax(risk)) if risk.size else 0.0, bound if isinstance(bound, float) else 0.0)
     ax.set_ylim(0, max(top * 1.1, 0.01))
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, width=70), fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -91,7 +92,8 @@ def score_distribution_figure(
 ) -> Path:
     """Histograms of the score columns of an unlabelled run; on the gate's score, the threshold and the share
     it refuses."""
-    fig = new_figure(3.2 * min(len(columns), 3), 2.6 * ((len(columns) + 2) // 3))
+    width = 3.2 * min(len(columns), 3)
+    fig = new_figure(width, 2.6 * ((len(columns) + 2) // 3) + 0.3)
     for k, name in enumerate(columns):
         ax = fig.add_subplot((len(columns) + 2) // 3, min(len(columns), 3), k + 1)
         values = frame[name].to_numpy(dtype=np.float64)
@@ -105,7 +107,8 @@ def score_distribution_figure(
             label += f"\nthreshold {threshold:.4g}: refuses {100 * refused:.1f}%"
         ax.set_title(label, fontsize=9)
         ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=10)
+    # A run's name is often longer than one narrow panel: wrap it (~11 characters an inch at 10 pt).
+    fig.suptitle(textwrap.fill(title, width=int(11 * width)), fontsize=10)
     fig.tight_layout()
     return save_png(fig, path)
 
