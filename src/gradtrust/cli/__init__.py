@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("gradtrust.cli.benchmark:benchmark_command",
                   "Score several models on one dataset, then report (default: the bundled digits benchmark)."),
     "explain": ("gradtrust.cli.explain:explain_command",
-                "Grad-CAM, Counterfactual-CAM, Contrast-CAM and VOICE for every sample: explanations.parquet + PNGs."),
+                "Grad-CAM, Counterfactual/Contrast-CAM, occlusion, RISE, SHAPE, VOICE per sample; --evaluate judges them."),
     "gradcon": ("gradtrust.cli.gradcon:gradcon_command",
                 "GradCON anomaly detection: fit / score / benchmark (default: the bundled digits benchmark)."),
     "detect": ("gradtrust.cli.detect:detect_command",
