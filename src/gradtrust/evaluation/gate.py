@@ -27,6 +27,7 @@ from gradtrust.evaluation.guarantees import (
     Thresholds,
     binomial_upper_bound,
     clopper_pearson_interval,
+    correctness,
     coverage_lower_bound,
     coverage_thresholds,
     ltt_thresholds,
@@ -351,16 +352,7 @@ def fit_gate(
     method = str(method).lower()
     _check_target(risk, coverage, delta, method, p_value)
     columns, several = _as_columns(scores)
-    c = np.asarray(correct)
-    if c.dtype != bool:
-        c_float = np.asarray(c, dtype=np.float64)
-        if np.isnan(c_float).any() or not np.isin(c_float, (0.0, 1.0)).all():
-            raise InputError(
-                "correct must be booleans (or 0/1) for every sample: a gate is fitted on labelled "
-                "data only (an unlabelled run has no correctness)"
-            )
-        c = c_float.astype(bool)
-    c = c.ravel()
+    c = correctness(correct).ravel()
     for name, values in columns.items():
         if values.shape != c.shape:
             raise InputError(

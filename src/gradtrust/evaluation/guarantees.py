@@ -38,6 +38,7 @@ __all__ = [
     "binomial_upper_bound",
     "clopper_pearson_interval",
     "coverage_lower_bound",
+    "correctness",
     "coverage_thresholds",
     "hoeffding_bentkus_p_value",
     "ltt_min_accepted",
@@ -161,6 +162,21 @@ class _Sorted(NamedTuple):
     defined: np.ndarray  # (b, n) False where the threshold would be -inf (a NaN or -inf score): never used
 
 
+def correctness(correct: Any) -> np.ndarray:
+    """``correct`` as a boolean array of its shape; refused unless every entry is a boolean or 0/1 (a null
+    correctness, an unlabelled sample's, has no place in calibration)."""
+    c = np.asarray(correct)
+    if c.dtype == bool:
+        return c
+    c_float = np.asarray(c, dtype=np.float64)
+    if np.isnan(c_float).any() or not np.isin(c_float, (0.0, 1.0)).all():
+        raise InputError(
+            "correct must be booleans (or 0/1) for every sample: a gate is fitted on labelled "
+            "data only (an unlabelled run has no correctness)"
+        )
+    return c_float.astype(bool)
+
+
 def sorted_calibration(scores: Any, correct: Any) -> _Sorted:
     """Sort ``(b, n)`` calibration sets by score and count, for the threshold at every sorted position ``z``, the
     accepted samples ``{s ≥ s_(z)}`` and the errors among them (ties kept together). NaN scores rank below all."""
@@ -172,14 +188,7 @@ def sorted_calibration(scores: Any, correct: Any) -> _Sorted:
         raise InputError(f"scores and correct must have one shape, (n,) or (b, n); got {s.shape} and {c.shape}")
     if s.shape[1] == 0:
         raise InputError("no calibration samples: the calibration run is empty")
-    if c.dtype != bool:
-        c_float = np.asarray(c, dtype=np.float64)
-        if np.isnan(c_float).any() or not np.isin(c_float, (0.0, 1.0)).all():
-            raise InputError(
-                "correct must be booleans (or 0/1) for every sample: a gate is fitted on labelled "
-                "data only (an unlabelled run has no correctness)"
-            )
-        c = c_float.astype(bool)
+    c = correctness(c)
     s = np.where(np.isnan(s), -np.inf, s)
     order = np.argsort(s, axis=1, kind="stable")
     s_sorted = np.take_along_axis(s, order, axis=1)
