@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,35 +26,9 @@ import gradtrust
 from gradtrust.explanations import resolve_layer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' oracle
+from timing import ratio_to_forward, timed
+
 from reference_explanations import reference_map
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def ratio(model, x, work, repeats: int, device) -> tuple[float, float]:
-    """(min time of ``work``, min time of a plain forward) over interleaved repeats, after one warm-up each."""
-
-    def forward():
-        with torch.no_grad():
-            model(x)
-
-    forward(), work()
-    works, forwards = [], []
-    for _ in range(repeats):
-        forwards.append(timed(forward, device))
-        works.append(timed(work, device))
-    return min(works), min(forwards)
 
 
 def main() -> None:
@@ -83,11 +56,11 @@ def main() -> None:
         x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
         ex = gradtrust.explain(model, x[:1])
         path = "closed form" if ex.closed_form else "batched autograd"
-        t_ex, t_fwd = ratio(model, x, lambda m=model, x=x: gradtrust.explain(m, x), args.repeats, device)
+        t_ex, t_fwd = ratio_to_forward(model, x, lambda m=model, x=x: gradtrust.explain(m, x), args.repeats, device)
         print(f"{name} (layer {ex.layer}, {path}), batch {batch}: plain forward {t_fwd * 1e3:.0f} ms")
         print(f"  1. gradcam + counterfactual + contrast: {t_ex / t_fwd:.2f} forward passes "
               f"[{t_ex * 1e3:.0f} ms]")
-        t_v, t_fwd = ratio(model, x, lambda m=model, x=x: gradtrust.voice(m, x), max(1, args.repeats - 1), device)
+        t_v, t_fwd = ratio_to_forward(model, x, lambda m=model, x=x: gradtrust.voice(m, x), max(1, args.repeats - 1), device)
         print(f"  2. VOICE over all {ex.logits.shape[1]} classes: {t_v / t_fwd:.2f} forward passes [{t_v * 1e3:.0f} ms]")
 
         spec = resolve_layer(model, x, None)

@@ -20,42 +20,14 @@ Every call also makes one plain forward pass for ``P_t(x)``, counted in ``K``:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torchvision
+from timing import ratio_to_forward
 
 import gradtrust
 from gradtrust.explanations import PerturbationOptions
 from gradtrust.explanations.perturbation import occlusion_masks
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def ratio(model, x, work, repeats: int, device) -> tuple[float, float]:
-    """(min time of ``work``, min time of a plain forward) over interleaved repeats, after one warm-up each."""
-
-    def forward():
-        with torch.no_grad():
-            model(x)
-
-    forward(), work()
-    works, forwards = [], []
-    for _ in range(repeats):
-        forwards.append(timed(forward, device))
-        works.append(timed(work, device))
-    return min(works), min(forwards)
 
 
 def main() -> None:
@@ -115,7 +87,7 @@ def main() -> None:
         ),
     ]
     for name, passes, work in cases:
-        spent, forward = ratio(model, x, work, args.repeats, device)
+        spent, forward = ratio_to_forward(model, x, work, args.repeats, device)
         print(
             f"  {name:38s} {spent:8.2f} s  K = {passes:5d}  time / (K × forward) = {spent / (passes * forward):.2f}"
             f"  (forward {1000 * forward:.1f} ms)"

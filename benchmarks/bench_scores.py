@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,38 +29,12 @@ import gradtrust
 import gradtrust.scores
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' oracle
+from timing import ratio_to_forward, timed
+
 from reference_scores import reference_score
 
 FORWARD_GROUP = ["softmax", "entropy", "max_logit", "margin", "brier", "logit_margin", "energy", "doctor",
                  "maxlogit_pnorm", "gradtrust", "gradtrust_topk", "gradnorm"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def ratio_to_forward(model, x, work, repeats: int, device) -> tuple[float, float]:
-    """Minimum time of ``work`` and of a plain forward over interleaved repeats; returns (work, forward)."""
-
-    def forward():
-        with torch.no_grad():
-            model(x)
-
-    forward(), work()  # warm-up (allocator, kernels, hook discovery)
-    work_times, forward_times = [], []
-    for _ in range(repeats):
-        forward_times.append(timed(forward, device))
-        work_times.append(timed(work, device))
-    return min(work_times), min(forward_times)
 
 
 def main() -> None:
