@@ -196,6 +196,7 @@ def _type(feature: Any) -> str | None:
 
 
 def open_hf_datasets(args: list[str], options: dict[str, str], context: Any) -> ArrowImageDataset:
+    """The ``DataSpec.opener`` of this spec (:mod:`gradtrust.data.specs`): its fields, options and context → a dataset."""
     return ArrowImageDataset(
         args[0],
         args[1] if len(args) > 1 else None,

@@ -372,7 +372,9 @@ def _load_npy(path: str, kind: str) -> np.ndarray:
         raise DataError(f"{kind}: {path} is not a NumPy .npy array file: {exc}") from None
 
 
-# --------------------------------------------------------------------------- spec openers
+# Spec openers: each is a DataSpec.opener (gradtrust.data.specs), called as opener(args, options, context) with
+# the spec's positional fields (their count checked by DataSpec.open), its key=value options and the
+# OpenContext (transform, model); it returns the dataset.
 
 
 def open_cifar(args: list[str], options: dict[str, str], context: Any, variant: str) -> CIFARDataset:

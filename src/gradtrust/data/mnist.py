@@ -84,5 +84,6 @@ class MNISTDataset(ArrayImageDataset):
 
 
 def open_mnist(args: list[str], options: dict[str, str], context: Any) -> MNISTDataset:
+    """The ``DataSpec.opener`` of this spec (:mod:`gradtrust.data.specs`): its fields, options and context → a dataset."""
     rgb = options.get("rgb", "0").lower() in ("1", "true", "yes")
     return MNISTDataset(args[0], args[1] if len(args) > 1 else "test", context.transform, rgb=rgb)

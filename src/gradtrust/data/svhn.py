@@ -72,4 +72,5 @@ class SVHNDataset(ArrayImageDataset):
 
 
 def open_svhn(args: list[str], options: dict[str, str], context: Any) -> SVHNDataset:
+    """The ``DataSpec.opener`` of this spec (:mod:`gradtrust.data.specs`): its fields, options and context → a dataset."""
     return SVHNDataset(args[0], context.transform)

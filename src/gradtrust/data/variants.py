@@ -126,7 +126,9 @@ class OODFolderDataset(ImageFileDataset):
         self.extensions = IMAGE_EXTENSIONS
 
 
-# --------------------------------------------------------------------------- spec openers
+# Spec openers: each is a DataSpec.opener (gradtrust.data.specs), called as opener(args, options, context) with
+# the spec's positional fields (their count checked by DataSpec.open), its key=value options and the
+# OpenContext (transform, model); it returns the dataset.
 
 
 def open_imagenet_c(args: list[str], options: dict[str, str], context: Any) -> ImageNetVariantDataset:

@@ -192,6 +192,7 @@ def _label(handle: Any, shard: str, key: str, fields: dict, label_ext: str, labe
 
 
 def open_wds(args: list[str], options: dict[str, str], context: Any) -> WebDatasetShards:
+    """The ``DataSpec.opener`` of this spec (:mod:`gradtrust.data.specs`): its fields, options and context → a dataset."""
     return WebDatasetShards(
         ":".join(args),
         context.transform,

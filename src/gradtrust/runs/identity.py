@@ -38,10 +38,12 @@ _OPTIONS_VOLATILE = ("chunk_bytes", "micro_batch", "cuda_graphs")
 
 
 def canonical_json(value: Any) -> str:
+    """``value`` as JSON with sorted keys, no spaces and ASCII only: equal values give equal bytes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
 def sha256_of(value: Any) -> str:
+    """The SHA-256 (hex) of ``value``'s canonical JSON."""
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
@@ -62,6 +64,9 @@ def tensors_sha256(named: dict) -> str:
 
 
 def model_identity(model: Any, description: dict) -> dict:
+    """The part of a run's identity that names the model: the identifying keys of its description, with a long
+    class-name list replaced by its hash, and the SHA-256 of the loaded parameters and buffers (so two random
+    initialisations differ)."""
     out = {k: description.get(k) for k in _MODEL_KEYS}
     names = out.get("class_names") or []
     if len(names) > 50:  # keep run.json readable: the names' hash identifies them as well
